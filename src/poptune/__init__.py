@@ -1,0 +1,79 @@
+"""poptune: Population Based Training (Jaderberg et al., 2017) for Python.
+
+Example:
+    >>> import poptune as pt
+    >>> result = pt.run(MyTrainable, space={"lr": pt.LogUniform(1e-4, 1e-1)},  # doctest: +SKIP
+    ...                 metric="accuracy", population=8, intervals=30, workers=2)
+    >>> result.best, result.schedule()                                         # doctest: +SKIP
+"""
+
+from .checkpoints import CheckpointCorrupt, LocalCheckpoints
+from .population import load, resume, run
+from .records import (
+    Candidate,
+    CheckpointRef,
+    ExploitEvent,
+    FailureRecord,
+    IntervalRecord,
+    MemberRecord,
+    MemberStatus,
+    Mode,
+    PopulationStatus,
+)
+from .results import Best, EdgeKind, Lineage, LineageEdge, Result, ScheduleEntry
+from .runners import InProcessRunner, LocalProcessRunner
+from .space import Choice, Distribution, IntUniform, LogUniform, Space, Uniform
+from .storage import PopulationNotFound, SQLStorage, Storage, StorageError, open_storage
+from .strategies import Every, Exploit, Explore, Perturb, Ready, Resample, Tournament, Truncation
+from .trainable import Trainable
+from .worker import PopulationError, Worker
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Best",
+    "Candidate",
+    "CheckpointCorrupt",
+    "CheckpointRef",
+    "Choice",
+    "Distribution",
+    "EdgeKind",
+    "Every",
+    "ExploitEvent",
+    "Exploit",
+    "Explore",
+    "FailureRecord",
+    "InProcessRunner",
+    "IntUniform",
+    "IntervalRecord",
+    "Lineage",
+    "LineageEdge",
+    "LocalCheckpoints",
+    "LocalProcessRunner",
+    "LogUniform",
+    "MemberRecord",
+    "MemberStatus",
+    "Mode",
+    "Perturb",
+    "PopulationError",
+    "PopulationNotFound",
+    "PopulationStatus",
+    "Ready",
+    "Resample",
+    "Result",
+    "SQLStorage",
+    "ScheduleEntry",
+    "Space",
+    "Storage",
+    "StorageError",
+    "Tournament",
+    "Trainable",
+    "Truncation",
+    "Uniform",
+    "Worker",
+    "__version__",
+    "load",
+    "open_storage",
+    "resume",
+    "run",
+]

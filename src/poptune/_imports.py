@@ -1,0 +1,94 @@
+"""Import user objects by reference: ``package.module:QualName`` or ``/path/to/file.py:QualName``.
+
+Workers that join a population from another process or machine find the trainable (and any
+custom strategy) by the reference recorded with the population, so it must be importable there.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["import_object", "reference_of"]
+
+
+def reference_of(obj: Any) -> str | None:
+    """Return an importable reference for ``obj``, or ``None`` if it has none (e.g. a lambda).
+
+    Objects defined in a script run as ``__main__`` are referenced by the script's absolute path,
+    so ``poptune resume`` can find them again without running the script's main block.
+    """
+    target = obj if (inspect.isclass(obj) or inspect.isfunction(obj)) else type(obj)
+    qualname = getattr(target, "__qualname__", None)
+    module_name = getattr(target, "__module__", None)
+    if not qualname or not module_name or "<" in qualname:
+        return None
+    if module_name in ("__main__", "__mp_main__"):
+        module = sys.modules.get(module_name)
+        path = getattr(module, "__file__", None)
+        if path is None:  # an interactive session or a notebook: nothing to import later
+            return None
+        return f"{Path(path).resolve()}:{qualname}"
+    return f"{module_name}:{qualname}"
+
+
+def import_object(reference: str) -> Any:
+    """Import the object named by ``module:qualname`` or ``path/to/file.py:qualname``.
+
+    Raises:
+        ImportError: with the reference, the reason and what to do, if it cannot be imported.
+    """
+    if not isinstance(reference, str) or ":" not in reference:
+        raise ImportError(
+            f"Cannot import {reference!r}: expected 'package.module:QualName' or "
+            "'path/to/file.py:QualName'."
+        )
+    module_part, _, qualname = reference.rpartition(":")
+    try:
+        if module_part.endswith(".py"):
+            module = _import_file(Path(module_part))
+        else:
+            module = importlib.import_module(module_part)
+    except ImportError as error:
+        raise ImportError(
+            f"Cannot import {reference!r}: {error}. Make sure the module is on PYTHONPATH (or the "
+            "file exists) on this machine."
+        ) from error
+    obj: Any = module
+    for part in qualname.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise ImportError(
+                f"Cannot import {reference!r}: module {module.__name__!r} has no attribute "
+                f"{qualname!r}. Check the spelling, or define it at module level."
+            ) from None
+    return obj
+
+
+def _import_file(path: Path) -> Any:
+    path = path.resolve()
+    if not path.is_file():
+        raise ImportError(f"no such file {str(path)!r}")
+    name = "_poptune_user_" + "_".join(path.with_suffix("").parts[-3:]).replace("-", "_")
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {str(path)!r} as a Python module")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    # Let the script import its neighbours, as it could when it was run as a script.
+    sys.path.insert(0, str(path.parent))
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    finally:
+        sys.path.remove(str(path.parent))
+    return module

@@ -1,0 +1,145 @@
+"""Where member states live: one immutable, checksummed file per (member, step, attempt).
+
+A checkpoint is written to a temporary file, flushed and renamed into place, so a reader never
+sees a partial file. Its path, size and SHA-256 are committed to the storage together with the
+interval that produced it; a checkpoint is always found through that row, never by listing a
+folder, and its checksum is verified before its contents are decoded. Decoding uses poptune's
+own format (:mod:`poptune.serialization`), which never executes code from the file.
+
+Disk use stays bounded because the storage's ``collect_garbage`` drops the rows no one needs
+(see :meth:`poptune.storage.Storage.collect_garbage`) and the worker then deletes their files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import uuid
+from pathlib import Path
+from typing import Any, BinaryIO, Protocol
+
+from . import serialization
+from .records import CheckpointRef
+
+__all__ = ["CheckpointCorrupt", "CheckpointStore", "LocalCheckpoints"]
+
+
+class CheckpointCorrupt(RuntimeError):
+    """A checkpoint file is missing, truncated or does not match its recorded checksum."""
+
+
+class CheckpointStore(Protocol):
+    """Saves, loads and deletes member states; paths in refs are relative to the store."""
+
+    url: str
+
+    def save(self, population_id: int, member: int, step: int, state: Any) -> CheckpointRef:
+        """Write ``state`` atomically and return its reference (path, size, sha256)."""
+        ...
+
+    def load(self, ref: CheckpointRef) -> Any:
+        """Read, verify and decode the checkpoint. Raises :class:`CheckpointCorrupt`."""
+        ...
+
+    def delete(self, ref: CheckpointRef) -> None:
+        """Delete the checkpoint's file; a file already gone is fine."""
+        ...
+
+
+class _HashingWriter:
+    """A file wrapper that hashes and counts what passes through it."""
+
+    def __init__(self, file: BinaryIO) -> None:
+        self._file = file
+        self.digest = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        self.digest.update(view)
+        self.size += len(view)
+        return self._file.write(view)
+
+
+class LocalCheckpoints:
+    """Checkpoints in a local (or shared, POSIX) folder.
+
+    Example:
+        >>> store = LocalCheckpoints("runs/checkpoints")            # doctest: +SKIP
+        >>> ref = store.save(population_id=1, member=0, step=1, state={"w": [1.0]})  # doctest: +SKIP
+    """
+
+    def __init__(self, root: str | os.PathLike[str], fsync: bool = True) -> None:
+        self.root = Path(root).expanduser().resolve()
+        self.url = str(self.root)
+        self.fsync = fsync
+
+    def save(self, population_id: int, member: int, step: int, state: Any) -> CheckpointRef:
+        """Write ``state`` to a unique file, renamed into place only once complete."""
+        # A unique name per attempt: a late writer whose claim was taken over can never
+        # overwrite a checkpoint that another worker already committed.
+        relative = (
+            f"population-{population_id}/member-{member:04d}/"
+            f"step-{step:06d}-{uuid.uuid4().hex[:12]}.ckpt"
+        )
+        final = self.root / relative
+        final.parent.mkdir(parents=True, exist_ok=True)
+        temporary = final.with_name(f".{final.name}.tmp")
+        try:
+            with open(temporary, "wb") as file:
+                writer = _HashingWriter(file)
+                serialization.dump(state, writer)  # type: ignore[arg-type]
+                file.flush()
+                if self.fsync:
+                    os.fsync(file.fileno())
+            os.replace(temporary, final)
+        except BaseException:
+            temporary.unlink(missing_ok=True)
+            raise
+        return CheckpointRef(member, step, relative, writer.size, writer.digest.hexdigest())
+
+    def load(self, ref: CheckpointRef) -> Any:
+        """Read the file, check its size and SHA-256, then decode it."""
+        path = self.root / ref.path
+        try:
+            with open(path, "rb") as file:
+                data = bytearray(os.fstat(file.fileno()).st_size)
+                read = file.readinto(data)
+        except FileNotFoundError:
+            raise CheckpointCorrupt(
+                f"Checkpoint of member {ref.member} at step {ref.step} is missing: {path}."
+            ) from None
+        if read != ref.size or len(data) != ref.size:
+            raise CheckpointCorrupt(
+                f"Checkpoint {path} has {len(data)} bytes but {ref.size} were recorded: it was "
+                "truncated or replaced."
+            )
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != ref.sha256:
+            raise CheckpointCorrupt(
+                f"Checkpoint {path} does not match its recorded SHA-256 ({digest} != "
+                f"{ref.sha256}): it was corrupted or replaced."
+            )
+        try:
+            return serialization.load(data)
+        except serialization.SerializationError as error:
+            raise CheckpointCorrupt(f"Checkpoint {path} cannot be decoded: {error}") from error
+
+    def delete(self, ref: CheckpointRef) -> None:
+        """Delete the file of ``ref`` if it is still there."""
+        (self.root / ref.path).unlink(missing_ok=True)
+
+
+def open_checkpoints(url: str | os.PathLike[str] | CheckpointStore) -> CheckpointStore:
+    """Open a checkpoint store from a folder path or ``file://`` URL, or pass a store through."""
+    if not isinstance(url, str | os.PathLike):
+        return url
+    text = os.fspath(url)
+    if text.startswith("file://"):
+        text = text[len("file://") :]
+    elif "://" in text:
+        raise ValueError(
+            f"Checkpoint location {text!r} is not supported yet: use a local or shared folder "
+            "path (or a file:// URL)."
+        )
+    return LocalCheckpoints(text)

@@ -1,0 +1,346 @@
+"""One PBT run: validate the user's input, store the population, start workers, return results."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy.engine import make_url
+
+from ._imports import import_object, reference_of
+from .checkpoints import CheckpointStore, open_checkpoints
+from .progress import ProgressWatcher
+from .records import Mode, PopulationRecord, PopulationStatus
+from .results import Result
+from .runners import InProcessRunner, LocalProcessRunner, Runner, WorkerTarget
+from .space import Space, space_from_dict
+from .storage import PopulationNotFound, Storage, open_storage
+from .strategies import Every, Perturb, Truncation, describe, rebuild
+from .trainable import check_trainable
+from .worker import PopulationError, RunSpec, rng_for
+
+__all__ = ["load", "resume", "run"]
+
+log = logging.getLogger("poptune")
+
+_INIT = 0
+# Keys of the stored configuration that define the algorithm: a population may only be continued
+# by a run that agrees on all of them.
+_ALGORITHM_KEYS = (
+    "trainable",
+    "space",
+    "metric",
+    "mode",
+    "population",
+    "intervals",
+    "exploit",
+    "explore",
+    "ready",
+    "seed",
+    "sync",
+)
+_DEFAULT = object()
+
+
+def run(
+    trainable: type,
+    space: Mapping[str, Any] | Space,
+    metric: str,
+    mode: str = "max",
+    population: int = 8,
+    intervals: int = 10,
+    workers: int = 1,
+    exploit: Callable[..., Any] | None = _DEFAULT,  # type: ignore[assignment]
+    explore: Callable[..., Any] | None = None,
+    ready: Callable[..., Any] | None = None,
+    name: str | None = None,
+    storage: str | Storage | None = None,
+    checkpoints: str | os.PathLike[str] | CheckpointStore | None = None,
+    seed: int | None = None,
+    sync: bool = False,
+    progress: bool = True,
+    runner: Runner | None = None,
+) -> Result:
+    """Train a population with Population Based Training and return its results.
+
+    Args:
+        trainable: a class implementing :class:`poptune.Trainable`.
+        space: hyperparameter name -> distribution (``pt.Uniform``...) or a fixed value.
+        metric: the key of ``evaluate()``'s dict to optimise (any name if it returns a number).
+        mode: ``"max"`` or ``"min"``: whether higher or lower scores are better.
+        population: number of members (at least 2).
+        intervals: budget: how many intervals every member trains.
+        workers: 1 trains in this process; N > 1 starts N local worker processes.
+        exploit: ``pt.Truncation(0.2)`` by default, ``pt.Tournament()``, any callable, or
+            ``None`` for independent training (random search with the same budget).
+        explore: ``pt.Perturb()`` by default, ``pt.Resample()``, or any callable.
+        ready: ``pt.Every(1)`` by default, or any callable.
+        name: the population's name in the storage (default: the trainable's class name). If it
+            exists with the same configuration, the run continues it to the full budget.
+        storage: a SQLAlchemy URL; default ``$POPTUNE_STORAGE`` or ``sqlite:///runs/poptune.db``.
+        checkpoints: a folder for checkpoints; default ``checkpoints/`` next to the SQLite file.
+        seed: seeds every random decision and each member's trainable; random if ``None``.
+        sync: train in generations (every member finishes interval k before any exploits at k);
+            with a fixed seed the result is identical for any number of workers.
+        progress: show a progress display on stderr.
+        runner: where workers run; overrides ``workers``.
+
+    Raises:
+        ValueError / TypeError: for invalid arguments, naming the parameter and the value.
+        PopulationError: if the population stopped on an error (e.g. every member failed).
+
+    Example:
+        >>> result = pt.run(Digits, space={"lr": pt.LogUniform(1e-3, 0.5)},   # doctest: +SKIP
+        ...                 metric="accuracy", population=8, intervals=30, workers=2)
+    """
+    check_trainable(trainable)
+    space = _space(space)
+    mode_ = _mode(mode)
+    _check_int("population", population, 2)
+    _check_int("intervals", intervals, 1)
+    _check_int("workers", workers, 1)
+    if not isinstance(metric, str) or not metric:
+        raise ValueError(f"The 'metric' parameter must be a non-empty string. Got {metric!r}.")
+    if exploit is _DEFAULT:
+        exploit = Truncation()
+    explore = Perturb() if explore is None else explore
+    ready = Every() if ready is None else ready
+    for role, strategy in (("exploit", exploit), ("explore", explore), ("ready", ready)):
+        if strategy is not None and not callable(strategy):
+            raise TypeError(
+                f"The '{role}' parameter must be a strategy such as pt.Truncation() or a "
+                f"callable. Got {strategy!r}."
+            )
+    if seed is None:
+        seed = int(np.random.SeedSequence().generate_state(1)[0])
+    _check_int("seed", seed, 0)
+    if name is None:
+        name = trainable.__name__
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"The 'name' parameter must be a non-empty string. Got {name!r}.")
+
+    store = open_storage(storage)
+    config: dict[str, Any] = {
+        "trainable": reference_of(trainable),
+        "space": space.to_dict(),
+        "metric": metric,
+        "mode": mode_.value,
+        "population": population,
+        "intervals": intervals,
+        "exploit": describe(exploit),
+        "explore": describe(explore),
+        "ready": describe(ready),
+        "seed": seed,
+        "sync": bool(sync),
+    }
+    try:
+        record = store.population(name)
+    except PopulationNotFound:
+        record = None
+    if record is None:
+        store_url = _checkpoints_url(store, checkpoints)
+        config["checkpoints"] = store_url
+        initial = [space.sample(rng_for(seed, _INIT, i)) for i in range(population)]
+        record = store.create_population(name, config, initial)
+    else:
+        _check_same(record, config, store)
+        log.info("Continuing population %r from its storage.", name)
+    spec = RunSpec(
+        trainable=trainable,
+        space=space,
+        metric=metric,
+        mode=mode_,
+        intervals=intervals,
+        exploit=exploit,
+        explore=explore,
+        ready=ready,
+        seed=seed,
+        sync=bool(sync),
+    )
+    return _execute(store, record, spec, workers, progress, runner, checkpoints)
+
+
+def load(storage: str | Storage | None, name: str) -> Result:
+    """Open a stored population's results (finished, running, or interrupted).
+
+    Raises:
+        PopulationNotFound: if there is no population called ``name`` (the message lists them).
+    """
+    store = open_storage(storage)
+    record = store.population(name)
+    trainable = None
+    reference = record.config.get("trainable")
+    if reference:
+        try:
+            trainable = import_object(reference)
+        except ImportError:
+            trainable = None
+    return Result(store, record, open_checkpoints(record.config["checkpoints"]), trainable)
+
+
+def resume(
+    result: Result,
+    workers: int = 1,
+    progress: bool = True,
+    trainable: type | None = None,
+    exploit: Callable[..., Any] | None = _DEFAULT,  # type: ignore[assignment]
+    explore: Callable[..., Any] | None = None,
+    ready: Callable[..., Any] | None = None,
+    runner: Runner | None = None,
+) -> Result:
+    """Continue a stored population to its full budget with its stored configuration.
+
+    Failed members get another try from their last checkpoint. Strategies that were plain
+    callables without an import reference must be passed again.
+    """
+    _check_int("workers", workers, 1)
+    store = result.storage
+    record = store.population(result.name)
+    config = record.config
+    if trainable is None:
+        reference = config.get("trainable")
+        if not reference:
+            raise ValueError(
+                f"Population {record.name!r} was made with a trainable that cannot be imported "
+                "by reference (defined interactively?). Pass it: resume(trainable=MyClass)."
+            )
+        trainable = import_object(reference)
+    check_trainable(trainable)
+    spec = RunSpec(
+        trainable=trainable,
+        space=space_from_dict(config["space"]),
+        metric=config["metric"],
+        mode=Mode(config["mode"]),
+        intervals=int(config["intervals"]),
+        exploit=rebuild(config["exploit"], "exploit") if exploit is _DEFAULT else exploit,
+        explore=explore if explore is not None else rebuild(config["explore"], "explore"),
+        ready=ready if ready is not None else rebuild(config["ready"], "ready"),
+        seed=int(config["seed"]),
+        sync=bool(config["sync"]),
+    )
+    _reopen(store, record)
+    return _execute(store, store.population(record.name), spec, workers, progress, runner, None)
+
+
+def _execute(
+    store: Storage,
+    record: PopulationRecord,
+    spec: RunSpec,
+    workers: int,
+    progress: bool,
+    runner: Runner | None,
+    checkpoints: str | os.PathLike[str] | CheckpointStore | None,
+) -> Result:
+    checkpoint_store = (
+        checkpoints
+        if checkpoints is not None and not isinstance(checkpoints, str | os.PathLike)
+        else open_checkpoints(record.config["checkpoints"])
+    )
+    members = int(record.config["population"])
+    if runner is None:
+        runner = InProcessRunner() if workers == 1 else LocalProcessRunner(min(workers, members))
+    if record.status is PopulationStatus.ERROR:
+        _reopen(store, record)
+    target = WorkerTarget(spec, store.url, str(record.config["checkpoints"]), record.id)
+
+    def poll() -> Any:
+        return store.summary(record.id, spec.intervals, spec.mode)
+
+    watcher = ProgressWatcher(record.name, spec.metric, poll, enabled=progress)
+    try:
+        # The display starts once workers are running: forking a threaded process is unsafe.
+        runner.run(target, store, checkpoint_store, on_started=watcher.start)
+    except KeyboardInterrupt:
+        watcher.stop()
+        log.warning(
+            "Interrupted: population %r stopped cleanly; continue it with "
+            "`poptune resume %s` or pt.load(...).resume().",
+            record.name,
+            record.name,
+        )
+        raise
+    finally:
+        watcher.stop()
+    final = store.population(record.name)
+    if final.status is PopulationStatus.ERROR:
+        raise PopulationError(f"Population {record.name!r} stopped: {final.error}")
+    return Result(store, final, checkpoint_store, spec.trainable)
+
+
+def _reopen(store: Storage, record: PopulationRecord) -> None:
+    """Give failed members another try and mark the population running again."""
+    store.reopen_members(record.id, int(record.config["intervals"]))
+    if record.status is not PopulationStatus.RUNNING:
+        store.set_status(record.id, PopulationStatus.RUNNING, None)
+
+
+def _check_same(record: PopulationRecord, config: Mapping[str, Any], store: Storage) -> None:
+    stored = record.config
+    differing = [
+        key
+        for key in _ALGORITHM_KEYS
+        if _comparable(stored.get(key)) != _comparable(config.get(key))
+    ]
+    if differing:
+        details = "; ".join(
+            f"{key}: stored {stored.get(key)!r}, given {config.get(key)!r}" for key in differing
+        )
+        raise ValueError(
+            f"A population named {record.name!r} already exists in {store.url} with a different "
+            f"configuration ({details}). Choose another name, or continue the stored one with "
+            f"pt.load(storage, {record.name!r}).resume() / `poptune resume {record.name}`."
+        )
+
+
+def _comparable(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _comparable(v) for k, v in value.items() if k != "repr"}
+    if isinstance(value, list | tuple):
+        return [_comparable(v) for v in value]
+    return value
+
+
+def _checkpoints_url(
+    store: Storage, checkpoints: str | os.PathLike[str] | CheckpointStore | None
+) -> str:
+    if checkpoints is not None:
+        if isinstance(checkpoints, str | os.PathLike):
+            return str(Path(os.fspath(checkpoints)).expanduser().resolve())
+        return str(checkpoints.url)
+    url = make_url(store.url)
+    if url.get_backend_name() != "sqlite" or not url.database:
+        raise ValueError(
+            "With a server database, say where checkpoints go: pt.run(..., checkpoints=PATH) "
+            "with a folder every worker can reach."
+        )
+    return str(Path(url.database).expanduser().resolve().parent / "checkpoints")
+
+
+def _space(space: Any) -> Space:
+    if isinstance(space, Space):
+        return space
+    if not isinstance(space, Mapping):
+        raise TypeError(
+            f"The 'space' parameter must be a dict of hyperparameter name -> distribution "
+            f"(e.g. {{'lr': pt.LogUniform(1e-4, 1e-1)}}). Got {type(space).__name__}."
+        )
+    return Space(space)
+
+
+def _mode(mode: Any) -> Mode:
+    try:
+        return Mode(mode)
+    except ValueError:
+        raise ValueError(
+            f"The 'mode' parameter must be 'max' or 'min'. Got {mode!r} instead."
+        ) from None
+
+
+def _check_int(name: str, value: Any, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < low:
+        raise ValueError(f"The '{name}' parameter must be an int >= {low}. Got {value!r} instead.")
+

@@ -1,0 +1,162 @@
+"""Typed records: what storage hands back and what strategies read.
+
+Every record is a frozen dataclass: once an interval, an exploit or a checkpoint is recorded it
+never changes, so it is safe to share between threads, cache, and compare.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "Candidate",
+    "CheckpointRef",
+    "ExploitEvent",
+    "FailureRecord",
+    "IntervalRecord",
+    "MemberRecord",
+    "MemberStatus",
+    "Mode",
+    "PopulationRecord",
+    "PopulationStatus",
+]
+
+
+class Mode(str, enum.Enum):
+    """Whether a higher (``max``) or a lower (``min``) score is better."""
+
+    MAX = "max"
+    MIN = "min"
+
+    def fitness(self, score: float | None) -> float:
+        """Map a score to "higher is better"; a missing, NaN or infinite-bad score is ``-inf``."""
+        if score is None or math.isnan(score):
+            return -math.inf
+        return score if self is Mode.MAX else -score
+
+
+class MemberStatus(str, enum.Enum):
+    """Where a member is in its life: waiting for a worker, being trained, finished or failed."""
+
+    IDLE = "idle"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class PopulationStatus(str, enum.Enum):
+    """Whether a population still has work, has finished its budget, or was stopped by an error."""
+
+    RUNNING = "running"
+    FINISHED = "finished"
+    ERROR = "error"
+
+
+@dataclass(frozen=True)
+class CheckpointRef:
+    """A complete, committed checkpoint: the weights of ``member`` after it trained ``step``."""
+
+    member: int
+    step: int
+    path: str
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class MemberRecord:
+    """One slot of the population as it is now.
+
+    ``step`` counts the intervals this member has trained (0 before the first one). ``hparams``
+    are the hyperparameters its next interval trains with; ``score`` is the score of its latest
+    interval. ``parent`` is the member it last copied (``None`` if it never exploited), and
+    ``restore`` the checkpoint its next interval starts from (its own latest one, or a donor's
+    after an exploit; ``None`` before the first interval).
+    """
+
+    id: int
+    step: int
+    hparams: Mapping[str, Any]
+    score: float | None
+    parent: int | None
+    status: MemberStatus
+    restore: tuple[int, int] | None = None
+    exploit_pending: bool = False
+
+
+@dataclass(frozen=True)
+class IntervalRecord:
+    """One trained interval: ``member`` trained with ``hparams`` and reached ``step``.
+
+    ``origin`` is the checkpoint it started from, ``(member, step)``: its own previous one, a
+    donor's after an exploit, or ``None`` for the very first interval. ``wall_time`` is the
+    seconds spent in the user's ``train`` and ``evaluate``.
+    """
+
+    member: int
+    step: int
+    hparams: Mapping[str, Any]
+    score: float | None
+    metrics: Mapping[str, Any]
+    wall_time: float
+    finished_at: float
+    origin: tuple[int, int] | None = None
+
+
+@dataclass(frozen=True)
+class ExploitEvent:
+    """``member``, after its interval ``step``, copied ``donor``'s weights and hparams at
+    ``donor_step`` and explored them into ``hparams_after``."""
+
+    member: int
+    step: int
+    donor: int
+    donor_step: int
+    hparams_before: Mapping[str, Any]
+    hparams_after: Mapping[str, Any]
+    score: float | None = None
+    donor_score: float | None = None
+    time: float = 0.0
+
+
+@dataclass(frozen=True)
+class FailureRecord:
+    """An exception raised by user code while ``member`` was training towards ``step``."""
+
+    member: int
+    step: int
+    error: str
+    traceback: str
+    time: float
+
+
+@dataclass(frozen=True)
+class PopulationRecord:
+    """A stored population: its name, configuration and whether it is still running."""
+
+    id: int
+    name: str
+    config: Mapping[str, Any]
+    status: PopulationStatus
+    created_at: float
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """What an exploit strategy sees of one member: its latest recorded, checkpointed interval.
+
+    ``fitness`` is the score oriented so that higher is better (``-inf`` for NaN or missing
+    scores), so strategies never need to know the ``mode``. ``hparams`` are the ones that
+    produced the checkpoint at ``step``: copying a candidate copies exactly that pair.
+    """
+
+    member: int
+    step: int
+    score: float | None
+    fitness: float
+    hparams: Mapping[str, Any] = field(default_factory=dict)

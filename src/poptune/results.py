@@ -1,0 +1,313 @@
+"""What a population produced: members, intervals, exploits, the best member and its schedule.
+
+The same :class:`Result` comes back from ``pt.run`` and ``pt.load``; it reads the storage each
+time it is asked, so it also shows a population that other workers are still training.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .checkpoints import CheckpointStore
+from .records import (
+    CheckpointRef,
+    ExploitEvent,
+    FailureRecord,
+    IntervalRecord,
+    MemberRecord,
+    MemberStatus,
+    Mode,
+    PopulationRecord,
+)
+from .storage import Storage, Summary
+
+if TYPE_CHECKING:
+    import pandas
+
+__all__ = ["Best", "EdgeKind", "Lineage", "LineageEdge", "Result", "ScheduleEntry"]
+
+
+@dataclass(frozen=True)
+class Best:
+    """The best member: its latest interval's score, the hparams that produced it, its weights."""
+
+    member: int
+    step: int
+    score: float | None
+    hparams: Mapping[str, Any]
+    metrics: Mapping[str, Any]
+    checkpoint: CheckpointRef | None
+    _store: CheckpointStore | None = None
+    _trainable: type | None = None
+
+    def state(self) -> Any:
+        """The best member's state, as its ``state_dict()`` returned it."""
+        if self.checkpoint is None or self._store is None:
+            raise LookupError(f"Member {self.member} has no checkpoint to load yet.")
+        return self._store.load(self.checkpoint)
+
+    def load(self, trainable: type | None = None, seed: int = 0) -> Any:
+        """A fresh trainable built with the best hparams and loaded with the best weights.
+
+        ``trainable`` defaults to the population's own trainable class.
+        """
+        cls = trainable if trainable is not None else self._trainable
+        if cls is None:
+            raise LookupError(
+                "The population's trainable cannot be imported here; pass it: best.load(MyClass)."
+            )
+        instance = cls(dict(self.hparams), seed)
+        instance.load_state_dict(self.state())
+        return instance
+
+
+@dataclass(frozen=True)
+class ScheduleEntry:
+    """One interval of the winning lineage: the ``step``-th interval its weights trained for,
+    by ``member`` (its own step ``member_step``) with ``hparams``, reaching ``score``."""
+
+    step: int
+    member: int
+    member_step: int
+    hparams: Mapping[str, Any]
+    score: float | None
+
+
+class EdgeKind(str, enum.Enum):
+    """How a lineage node got its starting weights."""
+
+    TRAINED = "trained"  # continued from the same member's previous interval
+    COPIED = "copied"  # started from another member's checkpoint after an exploit
+
+
+@dataclass(frozen=True)
+class LineageEdge:
+    """``child`` (member, step) started from the weights of ``parent`` (member, step)."""
+
+    parent: tuple[int, int]
+    child: tuple[int, int]
+    kind: EdgeKind
+
+
+@dataclass(frozen=True)
+class Lineage:
+    """The lineage tree: one node per (member, interval), one edge to where its weights came from.
+
+    Example:
+        >>> lineage = result.lineage()                     # doctest: +SKIP
+        >>> [e for e in lineage.edges if e.kind is EdgeKind.COPIED]  # doctest: +SKIP
+    """
+
+    nodes: Mapping[tuple[int, int], IntervalRecord]
+    edges: tuple[LineageEdge, ...]
+
+    def ancestry(self, member: int, step: int) -> list[IntervalRecord]:
+        """The chain of intervals that led to (member, step), oldest first."""
+        chain: list[IntervalRecord] = []
+        node = self.nodes.get((member, step))
+        while node is not None:
+            chain.append(node)
+            node = None if node.origin is None else self.nodes.get(node.origin)
+        chain.reverse()
+        return chain
+
+
+class Result:
+    """A population's results, read from its storage.
+
+    Example:
+        >>> result = pt.load("sqlite:///runs/poptune.db", "digits")   # doctest: +SKIP
+        >>> result.best.score, result.schedule()[-1].hparams           # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        storage: Storage,
+        record: PopulationRecord,
+        checkpoints: CheckpointStore | None,
+        trainable: type | None = None,
+    ) -> None:
+        self.storage = storage
+        self._record = record
+        self._checkpoints = checkpoints
+        self._trainable = trainable
+
+    # --- identity ------------------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        """The population's name."""
+        return self._record.name
+
+    @property
+    def config(self) -> Mapping[str, Any]:
+        """The stored configuration (trainable, space, metric, mode, strategies, budget...)."""
+        return self._record.config
+
+    @property
+    def metric(self) -> str:
+        """The metric PBT optimises."""
+        return str(self.config["metric"])
+
+    @property
+    def mode(self) -> Mode:
+        """Whether higher (max) or lower (min) scores are better."""
+        return Mode(self.config["mode"])
+
+    @property
+    def record(self) -> PopulationRecord:
+        """The population's stored record, re-read (status and error may have changed)."""
+        self._record = self.storage.population(self.name)
+        return self._record
+
+    @property
+    def status(self) -> str:
+        """``running``, ``finished`` or ``error``."""
+        return self.record.status.value
+
+    # --- what happened -------------------------------------------------------------------
+
+    @property
+    def members(self) -> list[MemberRecord]:
+        """Each member's latest record: id, step, hparams, score, parent, status."""
+        return self.storage.members(self._record.id)
+
+    def intervals(self) -> list[IntervalRecord]:
+        """Every recorded interval, by member then step."""
+        return self.storage.intervals(self._record.id)
+
+    def exploits(self) -> list[ExploitEvent]:
+        """Every exploit event, in the order they happened."""
+        return self.storage.exploits(self._record.id)
+
+    def failures(self) -> list[FailureRecord]:
+        """Every failure of user code, with its traceback."""
+        return self.storage.failures(self._record.id)
+
+    def summary(self) -> Summary:
+        """Counts: steps done, members done/failed, exploits, best score."""
+        return self.storage.summary(self._record.id, int(self.config["intervals"]), self.mode)
+
+    @property
+    def best(self) -> Best:
+        """The healthy member with the best latest score.
+
+        Raises:
+            LookupError: if no member has a score yet.
+        """
+        members = [
+            m
+            for m in self.members
+            if m.status is not MemberStatus.FAILED and m.score is not None and m.step > 0
+        ]
+        if not members:
+            raise LookupError(f"Population {self.name!r} has no scored member yet.")
+        mode = self.mode
+        chosen = max(members, key=lambda m: (mode.fitness(m.score), -m.id))
+        interval = self._interval(chosen.id, chosen.step)
+        return Best(
+            member=chosen.id,
+            step=chosen.step,
+            score=chosen.score,
+            hparams=dict(interval.hparams) if interval else dict(chosen.hparams),
+            metrics=dict(interval.metrics) if interval else {},
+            checkpoint=self.storage.checkpoint(self._record.id, chosen.id, chosen.step),
+            _store=self._checkpoints,
+            _trainable=self._trainable,
+        )
+
+    def lineage(self) -> Lineage:
+        """The tree of (member, interval) nodes and where each one's weights came from."""
+        nodes = {(i.member, i.step): i for i in self.intervals()}
+        edges = tuple(
+            LineageEdge(
+                parent=node.origin,
+                child=key,
+                kind=EdgeKind.TRAINED if node.origin[0] == node.member else EdgeKind.COPIED,
+            )
+            for key, node in nodes.items()
+            if node.origin is not None
+        )
+        return Lineage(nodes=nodes, edges=edges)
+
+    def schedule(self, member: int | None = None) -> list[ScheduleEntry]:
+        """The hparams the lineage of ``member`` (default: the best) trained with, step by step.
+
+        Copies are followed back to the first interval, so the result is the full schedule that
+        produced the member's final weights and can be replayed.
+        """
+        if member is None:
+            best = self.best
+            member, step = best.member, best.step
+        else:
+            known = {m.id: m for m in self.members}
+            if member not in known:
+                raise ValueError(
+                    f"Population {self.name!r} has no member {member}; members are "
+                    f"0..{len(known) - 1}."
+                )
+            step = known[member].step
+        chain = self.lineage().ancestry(member, step)
+        return [
+            ScheduleEntry(
+                step=index,
+                member=node.member,
+                member_step=node.step,
+                hparams=dict(node.hparams),
+                score=node.score,
+            )
+            for index, node in enumerate(chain, start=1)
+        ]
+
+    def to_pandas(self) -> pandas.DataFrame:
+        """Every interval as a row: member, step, score, wall time, ``hparams.*``, ``metrics.*``."""
+        try:
+            import pandas as pd
+        except ImportError:
+            raise ImportError(
+                "Result.to_pandas() needs pandas: pip install pandas (or poptune[pandas])."
+            ) from None
+        rows = []
+        for interval in self.intervals():
+            row: dict[str, Any] = {
+                "member": interval.member,
+                "step": interval.step,
+                "score": interval.score,
+                "wall_time": interval.wall_time,
+                "finished_at": interval.finished_at,
+                "origin_member": None if interval.origin is None else interval.origin[0],
+                "origin_step": None if interval.origin is None else interval.origin[1],
+            }
+            row.update({f"hparams.{k}": v for k, v in interval.hparams.items()})
+            row.update({f"metrics.{k}": v for k, v in interval.metrics.items()})
+            rows.append(row)
+        return pd.DataFrame(rows)
+
+    # --- more work -----------------------------------------------------------------------
+
+    def resume(self, workers: int = 1, **options: Any) -> Result:
+        """Continue the population to its full budget; see :func:`poptune.resume`."""
+        from .population import resume
+
+        return resume(self, workers=workers, **options)
+
+    def _interval(self, member: int, step: int) -> IntervalRecord | None:
+        return next(
+            (i for i in self.intervals() if i.member == member and i.step == step), None
+        )
+
+    def __repr__(self) -> str:
+        summary = self.summary()
+        best = (
+            "no score yet"
+            if summary.best_score is None
+            else f"best {self.metric}={summary.best_score:.4g} (member {summary.best_member})"
+        )
+        return (
+            f"<poptune.Result {self.name!r}: {summary.status.value}, "
+            f"{summary.steps_done}/{summary.steps_total} intervals, {best}, "
+            f"{summary.exploits} exploits>"
+        )

@@ -1,0 +1,158 @@
+"""Runners start workers: in this process, or as local processes.
+
+Every runner runs the same :class:`~poptune.worker.Worker` loop; they differ only in where.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import sys
+from dataclasses import dataclass
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from .checkpoints import open_checkpoints
+from .storage import open_storage
+from .worker import PopulationError, RunSpec, Worker
+
+__all__ = ["InProcessRunner", "LocalProcessRunner", "Runner", "WorkerTarget"]
+
+log = logging.getLogger("poptune")
+
+
+def _nothing() -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class WorkerTarget:
+    """What a worker needs to join a population: the algorithm and where the state lives."""
+
+    spec: RunSpec
+    storage_url: str
+    checkpoints_url: str
+    population_id: int
+    lease_seconds: float = 30.0
+
+
+class Runner(Protocol):
+    """Starts workers on a population and returns when they have all stopped."""
+
+    def run(
+        self,
+        target: WorkerTarget,
+        storage: Any,
+        checkpoints: Any,
+        on_started: Callable[[], None] = _nothing,
+    ) -> None:
+        """Run workers until the budget is spent, re-raising Ctrl-C after a clean stop.
+
+        ``on_started`` is called once the workers are running (to start a progress display).
+        """
+        ...
+
+
+class InProcessRunner:
+    """One worker in the calling thread: no subprocess, friendly to notebooks and debuggers."""
+
+    def run(
+        self,
+        target: WorkerTarget,
+        storage: Any,
+        checkpoints: Any,
+        on_started: Callable[[], None] = _nothing,
+    ) -> None:
+        """Run one worker here until the budget is spent."""
+        on_started()
+        worker = Worker(
+            target.spec,
+            storage,
+            checkpoints,
+            target.population_id,
+            lease_seconds=target.lease_seconds,
+        )
+        worker.run()
+
+
+def _worker_main(target: WorkerTarget, stop: Any) -> None:
+    """Entry point of a worker process."""
+    # A child that sees Ctrl-C (the terminal sends it to the whole process group) releases its
+    # member and exits quietly; one that does not stops after its interval when ``stop`` is set.
+    try:
+        storage = open_storage(target.storage_url)
+        checkpoints = open_checkpoints(target.checkpoints_url)
+        worker = Worker(
+            target.spec,
+            storage,
+            checkpoints,
+            target.population_id,
+            lease_seconds=target.lease_seconds,
+        )
+        try:
+            worker.run(stop)
+        finally:
+            storage.close()
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except PopulationError as error:
+        log.error("%s", error)
+        sys.exit(3)
+
+
+class LocalProcessRunner:
+    """``workers`` local processes, each running the worker loop on the shared storage.
+
+    Processes are forked on Linux (fast start, the trainable class is inherited) and spawned
+    elsewhere (the trainable must then be importable, e.g. defined at module level).
+    """
+
+    def __init__(self, workers: int, start_method: str | None = None) -> None:
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+            raise ValueError(f"The 'workers' parameter must be an int >= 1. Got {workers!r}.")
+        self.workers = workers
+        if start_method is None:
+            start_method = "fork" if sys.platform.startswith("linux") else "spawn"
+        self.start_method = start_method
+
+    def run(
+        self,
+        target: WorkerTarget,
+        storage: Any,
+        checkpoints: Any,
+        on_started: Callable[[], None] = _nothing,
+    ) -> None:
+        """Start the processes and wait for them; on Ctrl-C stop them cleanly and re-raise."""
+        context = multiprocessing.get_context(self.start_method)
+        stop = context.Event()
+        # Never carry open database connections into a child.
+        storage.close()
+        processes = [
+            context.Process(
+                target=_worker_main,
+                args=(target, stop),
+                name=f"poptune-worker-{index}",
+                daemon=False,
+            )
+            for index in range(self.workers)
+        ]
+        for process in processes:
+            process.start()
+        on_started()
+        try:
+            for process in processes:
+                process.join()
+        except KeyboardInterrupt:
+            stop.set()
+            for process in processes:
+                process.join(timeout=target.lease_seconds)
+            for process in processes:
+                if process.is_alive():
+                    process.terminate()
+                    process.join()
+            raise
+        failed = [p for p in processes if p.exitcode not in (0, 3)]
+        if failed:
+            codes = ", ".join(f"{p.name}: {p.exitcode}" for p in failed)
+            log.warning("Worker processes exited abnormally (%s).", codes)
+

@@ -1,0 +1,56 @@
+"""Where a population's shared state lives: the :class:`Storage` protocol and its SQL backend.
+
+The embedded default is one SQLite file, ``runs/poptune.db`` under the current directory (or
+``$POPTUNE_STORAGE``); checkpoints go to a ``checkpoints`` folder next to it.
+"""
+
+from __future__ import annotations
+
+import os
+
+from ._base import (
+    Claim,
+    LeaseLost,
+    PopulationExists,
+    PopulationNotFound,
+    Storage,
+    StorageError,
+    Summary,
+)
+from ._sql import SCHEMA_VERSION, SQLStorage, redact_url
+
+__all__ = [
+    "DEFAULT_STORAGE",
+    "SCHEMA_VERSION",
+    "Claim",
+    "LeaseLost",
+    "PopulationExists",
+    "PopulationNotFound",
+    "SQLStorage",
+    "Storage",
+    "StorageError",
+    "Summary",
+    "default_storage_url",
+    "open_storage",
+    "redact_url",
+]
+
+DEFAULT_STORAGE = "sqlite:///runs/poptune.db"
+
+
+def default_storage_url() -> str:
+    """``$POPTUNE_STORAGE`` if set, else ``sqlite:///runs/poptune.db`` (relative to the cwd)."""
+    return os.environ.get("POPTUNE_STORAGE") or DEFAULT_STORAGE
+
+
+def open_storage(url: str | Storage | None = None) -> Storage:
+    """Open the storage at ``url`` (a SQLAlchemy URL), or pass a ``Storage`` through.
+
+    Raises:
+        StorageError: if the URL cannot be parsed or the database cannot be opened.
+    """
+    if url is None:
+        url = default_storage_url()
+    if not isinstance(url, str):
+        return url
+    return SQLStorage(url)

@@ -1,0 +1,214 @@
+"""The storage contract: all population state that workers share.
+
+No worker talks to another directly; everything they share goes through one ``Storage``. That is
+what lets the same worker loop run in one process, in local processes or on many machines.
+
+Contract (every implementation must keep it):
+
+- Each method is one transaction: it either happens completely or not at all.
+- ``claim`` is atomic: two callers, in any processes, never hold the same member at once. A
+  claim carries a fencing ``token``; every write made under a claim (``record_interval``,
+  ``record_exploit``, ``release``, ``renew``, ``record_failure``) is refused with
+  :class:`LeaseLost` once the claim was released or taken over after its lease expired.
+- ``record_interval`` writes the interval, its checkpoint row and the member's new state
+  together: there is never a score without its checkpoint, nor a step counted twice.
+- ``record_exploit`` succeeds only if the donor's checkpoint is still committed; the member then
+  restores from exactly that (donor, step) checkpoint and the hparams recorded with it.
+- Reads (``members``, ``intervals``, ``candidates``, ``summary``...) see committed data only; they
+  may be stale by the time the caller acts on them, which is why ``record_exploit`` re-checks.
+- A checkpoint row is deleted only by ``collect_garbage``, under the documented keep rule, and
+  never while a member is set to restore from it.
+
+Methods may be called from any thread, but one claim is used by one worker at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from ..records import (
+    CheckpointRef,
+    ExploitEvent,
+    FailureRecord,
+    IntervalRecord,
+    MemberRecord,
+    Mode,
+    PopulationRecord,
+    PopulationStatus,
+)
+
+__all__ = [
+    "Claim",
+    "LeaseLost",
+    "PopulationExists",
+    "PopulationNotFound",
+    "Storage",
+    "StorageError",
+    "Summary",
+]
+
+
+class StorageError(RuntimeError):
+    """The storage cannot be opened or used; the message says why and what to do."""
+
+
+class PopulationNotFound(KeyError):
+    """No population of that name in the storage."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "population not found"
+
+
+class PopulationExists(ValueError):
+    """A population of that name already exists."""
+
+
+class LeaseLost(RuntimeError):
+    """The claim this write was made under is no longer held (released or taken over)."""
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A member held by one worker until released; ``token`` fences late writes."""
+
+    population_id: int
+    member: MemberRecord
+    owner: str
+    token: int
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Counts for a progress display: how far the population is and how it is doing."""
+
+    members: int
+    steps_done: int
+    steps_total: int
+    running: int
+    done: int
+    failed: int
+    exploits: int
+    failures: int
+    best_member: int | None
+    best_score: float | None
+    status: PopulationStatus
+
+
+class Storage(Protocol):
+    """Population state shared by all workers. See the module docstring for the contract."""
+
+    url: str
+
+    def create_population(
+        self, name: str, config: Mapping[str, Any], hparams: Sequence[Mapping[str, Any]]
+    ) -> PopulationRecord:
+        """Create a population and one idle member per entry of ``hparams``.
+
+        Raises:
+            PopulationExists: if ``name`` is taken.
+        """
+        ...
+
+    def population(self, name: str) -> PopulationRecord:
+        """Read a population by name. Raises :class:`PopulationNotFound`."""
+        ...
+
+    def populations(self) -> list[PopulationRecord]:
+        """All populations, oldest first."""
+        ...
+
+    def set_status(self, population_id: int, status: PopulationStatus, error: str | None) -> None:
+        """Mark a population running, finished, or stopped by ``error``."""
+        ...
+
+    def claim(
+        self, population_id: int, owner: str, budget: int, lease_seconds: float, sync: bool
+    ) -> Claim | None:
+        """Atomically claim the least-advanced idle member with ``step < budget``.
+
+        In ``sync`` mode only members at the population's lowest step are claimable, so every
+        member finishes interval k before any member trains k + 1. A member whose lease expired
+        is claimable again. Returns ``None`` when nothing is claimable right now.
+        """
+        ...
+
+    def renew(self, claim: Claim, lease_seconds: float) -> None:
+        """Extend the claim's lease. Raises :class:`LeaseLost`."""
+        ...
+
+    def release(self, claim: Claim) -> None:
+        """Give the member back without recording anything. Raises :class:`LeaseLost`."""
+        ...
+
+    def record_interval(
+        self,
+        claim: Claim,
+        interval: IntervalRecord,
+        checkpoint: CheckpointRef,
+        exploit_pending: bool,
+        done: bool,
+    ) -> None:
+        """Record an interval with its checkpoint and release the member, atomically."""
+        ...
+
+    def record_exploit(
+        self, claim: Claim, event: ExploitEvent, hparams: Mapping[str, Any]
+    ) -> bool:
+        """Point the member at the donor's checkpoint with new ``hparams`` and log ``event``.
+
+        Returns ``False`` (changing nothing) if the donor's checkpoint is no longer committed.
+        """
+        ...
+
+    def record_failure(self, claim: Claim, failure: FailureRecord) -> None:
+        """Log a failure of user code and mark the member failed, releasing it."""
+        ...
+
+    def reopen_members(self, population_id: int, budget: int) -> None:
+        """Make failed members, and finished ones below ``budget``, idle again (to resume)."""
+        ...
+
+    def members(self, population_id: int) -> list[MemberRecord]:
+        """Every member's current record, by id."""
+        ...
+
+    def intervals(self, population_id: int) -> list[IntervalRecord]:
+        """Every recorded interval, by member then step."""
+        ...
+
+    def candidates(self, population_id: int, step: int | None = None) -> list[IntervalRecord]:
+        """The intervals exploit may copy: each healthy member's latest checkpointed interval,
+        or, with ``step``, each healthy member's interval at exactly that step."""
+        ...
+
+    def exploits(self, population_id: int) -> list[ExploitEvent]:
+        """Every exploit event, in the order they were recorded."""
+        ...
+
+    def failures(self, population_id: int) -> list[FailureRecord]:
+        """Every recorded failure of user code, oldest first."""
+        ...
+
+    def checkpoint(self, population_id: int, member: int, step: int) -> CheckpointRef | None:
+        """The committed checkpoint of ``member`` at ``step``, if it still exists."""
+        ...
+
+    def checkpoints(self, population_id: int) -> list[CheckpointRef]:
+        """Every committed checkpoint of the population."""
+        ...
+
+    def collect_garbage(self, population_id: int, mode: Mode) -> list[CheckpointRef]:
+        """Delete and return the checkpoint rows nothing needs any more (the caller deletes the
+        files). Kept: each member's latest, each member's restore point, the best-scoring
+        interval's, and everything at or above the lowest step of any healthy member."""
+        ...
+
+    def summary(self, population_id: int, budget: int, mode: Mode) -> Summary:
+        """Counts for progress displays."""
+        ...
+
+    def close(self) -> None:
+        """Release connections."""
+        ...

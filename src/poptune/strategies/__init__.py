@@ -1,0 +1,19 @@
+"""PBT's strategy seams: ready (when), exploit (copy whom) and explore (mutate how)."""
+
+from ._base import Exploit, Explore, Ready, describe, rebuild
+from .exploit import Tournament, Truncation
+from .explore import Perturb, Resample
+from .ready import Every
+
+__all__ = [
+    "Every",
+    "Exploit",
+    "Explore",
+    "Perturb",
+    "Ready",
+    "Resample",
+    "Tournament",
+    "Truncation",
+    "describe",
+    "rebuild",
+]

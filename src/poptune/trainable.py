@@ -1,0 +1,133 @@
+"""The user's side of PBT: one member's model, trained one interval at a time."""
+
+from __future__ import annotations
+
+import abc
+import math
+from collections.abc import Mapping
+from numbers import Real
+from typing import Any
+
+__all__ = ["Trainable", "check_trainable", "metrics_of"]
+
+
+class Trainable(abc.ABC):
+    """Subclass this with your model; poptune builds one per member interval.
+
+    A worker picking up a member calls ``__init__(hparams, seed)``, then ``load_state_dict`` with
+    the member's latest checkpoint (its own, or a better member's after an exploit), then
+    ``train(hparams)`` for one interval and ``evaluate()``, and finally stores ``state_dict()``.
+    Because an instance may be rebuilt for every interval, keep expensive, read-only work (loading
+    a data set) at module level or in a cache, and put everything training needs to continue
+    (weights, optimizer moments, counters) in ``state_dict``.
+
+    ``seed`` differs for every member and interval and is derived from the run's seed, so a
+    seeded run is reproducible. ``hparams`` may change between intervals (that is the schedule
+    PBT discovers): apply them in ``train`` rather than only in ``__init__``.
+
+    Example:
+        >>> import poptune as pt
+        >>> class Quadratic(pt.Trainable):
+        ...     def __init__(self, hparams, seed):
+        ...         self.theta = [0.9, 0.9]
+        ...     def train(self, hparams):
+        ...         h = (hparams["h0"], hparams["h1"])
+        ...         self.theta = [t - 0.01 * 2 * hi * t for t, hi in zip(self.theta, h)]
+        ...     def evaluate(self):
+        ...         return 1.2 - sum(t * t for t in self.theta)
+        ...     def state_dict(self):
+        ...         return {"theta": self.theta}
+        ...     def load_state_dict(self, state):
+        ...         self.theta = list(state["theta"])
+    """
+
+    @abc.abstractmethod
+    def __init__(self, hparams: Mapping[str, Any], seed: int) -> None:
+        """Build the model (and optimizer) for a member with these hyperparameters."""
+
+    @abc.abstractmethod
+    def train(self, hparams: Mapping[str, Any]) -> None:
+        """Train one interval with ``hparams`` (which may differ from the ones at ``__init__``)."""
+
+    @abc.abstractmethod
+    def evaluate(self) -> float | Mapping[str, float]:
+        """Return the score, or a dict of metrics that includes the run's ``metric``."""
+
+    @abc.abstractmethod
+    def state_dict(self) -> Any:
+        """Everything needed to continue training: what an exploit copies."""
+
+    @abc.abstractmethod
+    def load_state_dict(self, state: Any) -> None:
+        """Restore a state returned by ``state_dict`` (possibly another member's)."""
+
+
+_REQUIRED = ("train", "evaluate", "state_dict", "load_state_dict")
+
+
+def check_trainable(trainable: Any) -> None:
+    """Raise ``TypeError`` unless ``trainable`` is a class with the Trainable methods."""
+    if not isinstance(trainable, type):
+        raise TypeError(
+            f"The trainable must be a class (not an instance) with __init__(hparams, seed), "
+            f"train, evaluate, state_dict and load_state_dict. Got {trainable!r}."
+        )
+    missing = [name for name in _REQUIRED if not callable(getattr(trainable, name, None))]
+    if missing:
+        raise TypeError(
+            f"The trainable {trainable.__qualname__} lacks {', '.join(missing)}. Subclass "
+            "poptune.Trainable or define train, evaluate, state_dict and load_state_dict."
+        )
+
+
+def metrics_of(result: Any, metric: str) -> tuple[float, dict[str, Any]]:
+    """Split ``evaluate()``'s result into the score for ``metric`` and the dict of all metrics.
+
+    Raises:
+        KeyError: if ``metric`` is not among the returned keys (the message lists them).
+        TypeError: if the result is neither a number nor a mapping of numbers.
+    """
+    if isinstance(result, Real) and not isinstance(result, bool):
+        value = float(result)
+        return value, {metric: value}
+    if isinstance(result, Mapping):
+        metrics: dict[str, Any] = {}
+        for key, value in result.items():
+            if isinstance(value, Real) and not isinstance(value, bool):
+                metrics[str(key)] = float(value)
+            elif _is_scalar_tensor(value):
+                metrics[str(key)] = float(value.item())
+            else:
+                metrics[str(key)] = value if isinstance(value, str | bool | None) else repr(value)
+        if metric not in metrics:
+            raise KeyError(
+                f"evaluate() returned no metric {metric!r}; it returned the keys "
+                f"{sorted(metrics)}. Pass metric= one of those, or add {metric!r} to the dict."
+            )
+        score = metrics[metric]
+        if not isinstance(score, float):
+            raise TypeError(
+                f"evaluate() returned {metric!r}={result[metric]!r}, which is not a number."
+            )
+        return score, metrics
+    if _is_scalar_tensor(result):
+        value = float(result.item())
+        return value, {metric: value}
+    raise TypeError(
+        f"evaluate() must return a number or a dict of metrics; it returned {result!r} "
+        f"({type(result).__name__})."
+    )
+
+
+def _is_scalar_tensor(value: Any) -> bool:
+    item = getattr(value, "item", None)
+    size = getattr(value, "numel", None) or getattr(value, "size", None)
+    try:
+        return callable(item) and (size() if callable(size) else size) == 1
+    except TypeError:
+        return False
+
+
+def is_finite(score: float | None) -> bool:
+    """Whether a score can be compared (not None, NaN or infinite)."""
+    return score is not None and math.isfinite(score)

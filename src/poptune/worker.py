@@ -1,0 +1,322 @@
+"""The worker loop: claim a member, train one interval, record it, exploit and explore.
+
+It reads like the paper's Algorithm 1, with the exploit of a ready member done when the member is
+next claimed: in asynchronous mode that is as soon as a worker is free (with the freshest scores),
+in synchronous mode once every member has recorded the same step (the generation barrier).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import traceback
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from .checkpoints import CheckpointCorrupt, CheckpointStore
+from .records import (
+    Candidate,
+    ExploitEvent,
+    FailureRecord,
+    IntervalRecord,
+    MemberRecord,
+    MemberStatus,
+    Mode,
+    PopulationStatus,
+)
+from .space import Space
+from .storage import Claim, LeaseLost, Storage
+from .trainable import metrics_of
+
+__all__ = ["PopulationError", "RunSpec", "Worker", "derive_seed"]
+
+log = logging.getLogger("poptune")
+
+# Salts that keep the random streams of different decisions independent.
+_INIT, _EXPLOIT, _TRAIN = 0, 1, 2
+
+
+class PopulationError(RuntimeError):
+    """The population cannot continue (bad configuration, or every member failed)."""
+
+
+def derive_seed(seed: int, *keys: int) -> int:
+    """A 32-bit seed for one purpose, derived from the run seed and integer keys."""
+    return int(np.random.SeedSequence([seed, *keys]).generate_state(1)[0])
+
+
+def rng_for(seed: int, *keys: int) -> np.random.Generator:
+    """A generator for one decision, independent of which worker makes it and when."""
+    return np.random.default_rng(np.random.SeedSequence([seed, *keys]))
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything a worker needs to know about a population's algorithm."""
+
+    trainable: type
+    space: Space
+    metric: str
+    mode: Mode
+    intervals: int
+    exploit: Callable[..., Candidate | None] | None
+    explore: Callable[..., Mapping[str, Any]]
+    ready: Callable[[Candidate], bool]
+    seed: int
+    sync: bool = False
+
+
+class _UserCodeFailed(Exception):
+    """Raised inside the worker when the user's trainable raised; carries the traceback text."""
+
+
+class Worker:
+    """One loop over the population; run many of them (threads, processes, machines) at once."""
+
+    def __init__(
+        self,
+        spec: RunSpec,
+        storage: Storage,
+        checkpoints: CheckpointStore,
+        population_id: int,
+        lease_seconds: float = 30.0,
+        poll_seconds: float = 0.05,
+    ) -> None:
+        self.spec = spec
+        self.storage = storage
+        self.checkpoints = checkpoints
+        self.population_id = population_id
+        self.lease_seconds = lease_seconds
+        self.poll_seconds = poll_seconds
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.trained = 0
+        self._claim: Claim | None = None
+        self._closed = threading.Event()
+
+    # --- the loop ------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event | None = None) -> int:
+        """Work until the budget is spent (or ``stop`` is set); return the intervals trained."""
+        heartbeat = threading.Thread(target=self._heartbeat, name="poptune-lease", daemon=True)
+        heartbeat.start()
+        try:
+            while stop is None or not stop.is_set():
+                claim = self.storage.claim(
+                    self.population_id,
+                    self.owner,
+                    self.spec.intervals,
+                    self.lease_seconds,
+                    self.spec.sync,
+                )
+                if claim is None:
+                    if self._finished():
+                        break
+                    time.sleep(self.poll_seconds)
+                    continue
+                self._claim = claim
+                try:
+                    self.work_on(claim)
+                finally:
+                    self._claim = None
+        finally:
+            self._closed.set()
+        return self.trained
+
+    def work_on(self, claim: Claim) -> None:
+        """One member, one interval: exploit if due, restore, train, evaluate, save, record."""
+        try:
+            member = claim.member
+            if member.exploit_pending:
+                member = self.exploit_and_explore(claim)
+            interval, state = self.train_one_interval(member)
+            checkpoint = self.checkpoints.save(
+                self.population_id, member.id, interval.step, state
+            )
+            self.storage.record_interval(
+                claim,
+                interval,
+                checkpoint,
+                exploit_pending=interval.step < self.spec.intervals
+                and bool(self.spec.ready(self._candidate(interval))),
+                done=interval.step >= self.spec.intervals,
+            )
+        except _UserCodeFailed as failure:
+            self._record_failure(claim, failure)
+            return
+        except LeaseLost:
+            log.warning("Lost the lease on member %d; its interval was discarded.", claim.member.id)
+            return
+        except BaseException:
+            self._release_quietly(claim)
+            raise
+        self.trained += 1
+        self.collect_garbage()
+
+    # --- the paper's steps ---------------------------------------------------------------
+
+    def exploit_and_explore(self, claim: Claim) -> MemberRecord:
+        """Copy a better member's (weights, hparams) from one recorded step, then explore."""
+        member, spec = claim.member, self.spec
+        if spec.exploit is None:
+            return replace(member, exploit_pending=False)
+        rows = self.storage.candidates(self.population_id, member.step if spec.sync else None)
+        population = [self._candidate(row) for row in rows]
+        me = next((c for c in population if c.member == member.id), None)
+        if me is None:
+            return replace(member, exploit_pending=False)
+        rng = rng_for(spec.seed, _EXPLOIT, member.id, member.step)
+        donor = spec.exploit(me, population, rng)
+        if donor is None:
+            return replace(member, exploit_pending=False)
+        explored = spec.explore(dict(donor.hparams), spec.space, rng)
+        try:
+            hparams = spec.space.validate(explored)
+        except ValueError as error:
+            raise PopulationError(f"The explore strategy returned invalid hparams: {error}") from None
+        event = ExploitEvent(
+            member=member.id,
+            step=member.step,
+            donor=donor.member,
+            donor_step=donor.step,
+            hparams_before=dict(member.hparams),
+            hparams_after=hparams,
+            score=me.score,
+            donor_score=donor.score,
+            time=time.time(),
+        )
+        if not self.storage.record_exploit(claim, event, hparams):
+            return replace(member, exploit_pending=False)  # the donor's checkpoint is gone
+        return replace(
+            member,
+            hparams=hparams,
+            parent=donor.member,
+            restore=(donor.member, donor.step),
+            exploit_pending=False,
+        )
+
+    def train_one_interval(self, member: MemberRecord) -> tuple[IntervalRecord, Any]:
+        """Restore the member, train and evaluate it (user code); return the record and state."""
+        spec = self.spec
+        step = member.step + 1
+        hparams = dict(member.hparams)
+        state = None
+        if member.restore is not None:
+            ref = self.storage.checkpoint(self.population_id, *member.restore)
+            if ref is None:
+                raise _UserCodeFailed(
+                    f"Checkpoint {member.restore} of member {member.id} is not in the storage."
+                )
+            try:
+                state = self.checkpoints.load(ref)
+            except CheckpointCorrupt as error:
+                raise _UserCodeFailed(str(error)) from error
+        started = time.perf_counter()
+        try:
+            trainable = spec.trainable(hparams, derive_seed(spec.seed, _TRAIN, member.id, step))
+            if state is not None:
+                trainable.load_state_dict(state)
+            trainable.train(hparams)
+            result = trainable.evaluate()
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as error:
+            raise _UserCodeFailed(_describe(error)) from error
+        wall_time = time.perf_counter() - started
+        try:
+            score, metrics = metrics_of(result, spec.metric)
+        except (KeyError, TypeError) as error:
+            message = error.args[0] if error.args else str(error)
+            self.storage.set_status(self.population_id, PopulationStatus.ERROR, message)
+            raise PopulationError(message) from None
+        try:
+            new_state = trainable.state_dict()
+        except Exception as error:
+            raise _UserCodeFailed(_describe(error)) from error
+        interval = IntervalRecord(
+            member=member.id,
+            step=step,
+            hparams=hparams,
+            score=score,
+            metrics=metrics,
+            wall_time=wall_time,
+            finished_at=time.time(),
+            origin=member.restore,
+        )
+        return interval, new_state
+
+    # --- housekeeping --------------------------------------------------------------------
+
+    def collect_garbage(self) -> None:
+        """Delete checkpoints that no member, pending copy or best record needs."""
+        for ref in self.storage.collect_garbage(self.population_id, self.spec.mode):
+            self.checkpoints.delete(ref)
+
+    def _candidate(self, interval: IntervalRecord) -> Candidate:
+        return Candidate(
+            member=interval.member,
+            step=interval.step,
+            score=interval.score,
+            fitness=self.spec.mode.fitness(interval.score),
+            hparams=interval.hparams,
+        )
+
+    def _finished(self) -> bool:
+        population_id = self.population_id
+        summary = self.storage.summary(population_id, self.spec.intervals, self.spec.mode)
+        if summary.status is not PopulationStatus.RUNNING:
+            return True
+        members = self.storage.members(population_id)
+        healthy = [m for m in members if m.status is not MemberStatus.FAILED]
+        if not healthy:
+            failures = self.storage.failures(population_id)
+            last = failures[-1].traceback if failures else "no failure was recorded"
+            self.storage.set_status(
+                population_id,
+                PopulationStatus.ERROR,
+                f"Every member failed. The last failure:\n{last}",
+            )
+            return True
+        if all(m.step >= self.spec.intervals for m in healthy):
+            self.storage.set_status(population_id, PopulationStatus.FINISHED, None)
+            return True
+        return False
+
+    def _record_failure(self, claim: Claim, failure: _UserCodeFailed) -> None:
+        text = failure.args[0]
+        log.error("Member %d failed at step %d:\n%s", claim.member.id, claim.member.step + 1, text)
+        error_line = text.strip().splitlines()[-1] if text.strip() else "error"
+        record = FailureRecord(claim.member.id, claim.member.step + 1, error_line, text, time.time())
+        try:
+            self.storage.record_failure(claim, record)
+        except LeaseLost:
+            pass
+
+    def _release_quietly(self, claim: Claim) -> None:
+        try:
+            self.storage.release(claim)
+        except Exception:  # the lease will expire; nothing recorded is lost either way
+            log.debug("Could not release member %d", claim.member.id, exc_info=True)
+
+    def _heartbeat(self) -> None:
+        interval = max(self.lease_seconds / 3.0, 0.05)
+        while not self._closed.wait(interval):
+            claim = self._claim
+            if claim is None:
+                continue
+            try:
+                self.storage.renew(claim, self.lease_seconds)
+            except LeaseLost:
+                pass
+            except Exception:
+                log.debug("Lease renewal failed", exc_info=True)
+
+
+def _describe(error: BaseException) -> str:
+    return "".join(traceback.format_exception(type(error), error, error.__traceback__))
