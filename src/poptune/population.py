@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,7 @@ _ALGORITHM_KEYS = (
     "ready",
     "seed",
     "sync",
+    "initial",
 )
 _DEFAULT = object()
 
@@ -64,6 +65,7 @@ def run(
     sync: bool = False,
     progress: bool = True,
     runner: Runner | None = None,
+    initial: Sequence[Mapping[str, Any]] | None = None,
 ) -> Result:
     """Train a population with Population Based Training and return its results.
 
@@ -88,6 +90,7 @@ def run(
             with a fixed seed the result is identical for any number of workers.
         progress: show a progress display on stderr.
         runner: where workers run; overrides ``workers``.
+        initial: hyperparameters for the first members (e.g. a grid); the rest are sampled.
 
     Raises:
         ValueError / TypeError: for invalid arguments, naming the parameter and the value.
@@ -123,6 +126,7 @@ def run(
     if not isinstance(name, str) or not name.strip():
         raise ValueError(f"The 'name' parameter must be a non-empty string. Got {name!r}.")
 
+    start = _initial(space, population, seed, initial)
     store = open_storage(storage)
     config: dict[str, Any] = {
         "trainable": reference_of(trainable),
@@ -136,6 +140,7 @@ def run(
         "ready": describe(ready),
         "seed": seed,
         "sync": bool(sync),
+        "initial": start if initial is not None else None,
     }
     try:
         record = store.population(name)
@@ -144,8 +149,7 @@ def run(
     if record is None:
         store_url = _checkpoints_url(store, checkpoints)
         config["checkpoints"] = store_url
-        initial = [space.sample(rng_for(seed, _INIT, i)) for i in range(population)]
-        record = store.create_population(name, config, initial)
+        record = store.create_population(name, config, start)
     else:
         _check_same(record, config, store)
         log.info("Continuing population %r from its storage.", name)
@@ -318,6 +322,28 @@ def _checkpoints_url(
             "with a folder every worker can reach."
         )
     return str(Path(url.database).expanduser().resolve().parent / "checkpoints")
+
+
+def _initial(
+    space: Space, population: int, seed: int, initial: Sequence[Mapping[str, Any]] | None
+) -> list[dict[str, Any]]:
+    """The first hparams of every member: the given ones, then samples from the prior."""
+    given = list(initial or [])
+    if len(given) > population:
+        raise ValueError(
+            f"The 'initial' parameter has {len(given)} entries but the population has only "
+            f"{population} members. Pass at most {population}, or raise 'population'."
+        )
+    start = []
+    for index, hparams in enumerate(given):
+        if not isinstance(hparams, Mapping):
+            raise TypeError(f"initial[{index}] must be a dict of hparams. Got {hparams!r}.")
+        try:
+            start.append(space.validate(hparams))
+        except ValueError as error:
+            raise ValueError(f"initial[{index}] is not in the space: {error}") from None
+    start += [space.sample(rng_for(seed, _INIT, i)) for i in range(len(given), population)]
+    return start
 
 
 def _space(space: Any) -> Space:

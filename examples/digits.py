@@ -1,0 +1,140 @@
+"""PBT on scikit-learn's bundled digits: a PyTorch MLP, tuning lr, momentum and weight decay.
+
+Each interval is one epoch of SGD over the training split; the score is accuracy on a held-out
+split. PBT copies the weights *and* optimizer state of better members and perturbs their
+hyperparameters, so the result is a schedule (e.g. the learning rate moving over training)
+rather than one fixed setting.
+
+Run:  python examples/digits.py [--population 8] [--intervals 30] [--workers 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from sklearn.datasets import load_digits
+from torch import nn
+
+import poptune as pt
+from poptune.integrations.torch import apply_hparams, load_state, save_state, seed_everything
+
+SPACE = {
+    "lr": pt.LogUniform(1e-3, 0.5),
+    "momentum": pt.Uniform(0.0, 0.99),
+    "weight_decay": pt.LogUniform(1e-6, 1e-2),
+}
+
+
+@functools.cache
+def dataset() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The digits (8×8 images, 10 classes), split 2/3 train, 1/3 validation, always the same."""
+    images, labels = load_digits(return_X_y=True)
+    x = torch.tensor(images / 16.0, dtype=torch.float32)
+    y = torch.tensor(labels, dtype=torch.long)
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
+    x, y = x[order], y[order]
+    cut = 2 * len(x) // 3
+    return x[:cut], y[:cut], x[cut:], y[cut:]
+
+
+class Digits(pt.Trainable):
+    """A two-layer MLP trained with SGD; one interval is one epoch."""
+
+    batch_size = 64
+    hidden = 64
+
+    def __init__(self, hparams: Mapping[str, Any], seed: int) -> None:
+        torch.set_num_threads(1)
+        self.generator = seed_everything(seed)
+        self.model = nn.Sequential(
+            nn.Linear(64, self.hidden), nn.ReLU(), nn.Linear(self.hidden, 10)
+        )
+        self.optimizer = torch.optim.SGD(
+            self.model.parameters(),
+            lr=hparams["lr"],
+            momentum=hparams["momentum"],
+            weight_decay=hparams["weight_decay"],
+        )
+
+    def train(self, hparams: Mapping[str, Any]) -> None:
+        """One epoch with the current hparams (they change after an exploit)."""
+        apply_hparams(self.optimizer, hparams)
+        x, y, _, _ = dataset()
+        self.model.train()
+        order = torch.randperm(len(x), generator=self.generator)
+        for start in range(0, len(x), self.batch_size):
+            batch = order[start : start + self.batch_size]
+            self.optimizer.zero_grad()
+            loss = nn.functional.cross_entropy(self.model(x[batch]), y[batch])
+            loss.backward()
+            self.optimizer.step()
+
+    def evaluate(self) -> dict[str, float]:
+        """Accuracy (the metric PBT maximises) and loss on the validation split."""
+        _, _, x, y = dataset()
+        self.model.eval()
+        with torch.no_grad():
+            logits = self.model(x)
+        return {
+            "accuracy": float((logits.argmax(dim=1) == y).float().mean()),
+            "loss": float(nn.functional.cross_entropy(logits, y)),
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        """Model weights and SGD momentum buffers."""
+        return save_state(self.model, self.optimizer)
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore weights and optimizer state (possibly a better member's)."""
+        load_state(state, self.model, self.optimizer)
+
+
+def main(argv: Sequence[str] | None = None) -> pt.Result:
+    """Train the population and print the best member and its schedule."""
+    parser = argparse.ArgumentParser(description="PBT on the digits data set")
+    parser.add_argument("--population", type=int, default=8)
+    parser.add_argument("--intervals", type=int, default=30)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--name", default="digits")
+    parser.add_argument("--storage", default=None, help="default: sqlite:///runs/poptune.db")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+
+    result = pt.run(
+        Digits,
+        space=SPACE,
+        metric="accuracy",
+        mode="max",
+        population=args.population,
+        intervals=args.intervals,
+        workers=args.workers,
+        exploit=pt.Truncation(0.25),
+        explore=pt.Perturb((0.8, 1.2), resample_probability=0.25),
+        name=args.name,
+        storage=args.storage,
+        seed=args.seed,
+        progress=not args.no_progress,
+    )
+    best = result.best
+    print(f"\nbest member {best.member}: accuracy {best.score:.4f} after {best.step} intervals")
+    print("hparams: " + ", ".join(f"{k}={v:.4g}" for k, v in best.hparams.items()))
+    print(f"exploits: {len(result.exploits())}")
+    print("\nschedule of the winning lineage (step: member, lr, momentum, weight_decay, accuracy)")
+    for entry in result.schedule():
+        h = entry.hparams
+        print(
+            f"  {entry.step:3d}: member {entry.member}  lr={h['lr']:.4g}  "
+            f"momentum={h['momentum']:.3f}  weight_decay={h['weight_decay']:.2e}  "
+            f"accuracy={entry.score:.4f}"
+        )
+    print(f"\nInspect it later: poptune status {result.name}; poptune schedule {result.name}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

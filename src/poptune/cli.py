@@ -1,0 +1,261 @@
+"""The ``poptune`` command: list, inspect and resume populations stored in a database."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import math
+import sys
+from collections.abc import Callable, Mapping
+from functools import wraps
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from .population import load
+from .records import MemberRecord, Mode
+from .results import Result
+from .storage import PopulationNotFound, StorageError, default_storage_url, open_storage, redact_url
+from .worker import PopulationError
+
+__all__ = ["main"]
+
+_storage_option = click.option(
+    "--storage",
+    "storage",
+    default=None,
+    metavar="URL",
+    help="SQLAlchemy URL of the storage (default: $POPTUNE_STORAGE or sqlite:///runs/poptune.db).",
+)
+
+
+def _errors(function: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn the library's errors into one-line messages and exit codes."""
+
+    @wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return function(*args, **kwargs)
+        except (PopulationNotFound, StorageError, PopulationError, ValueError, ImportError) as e:
+            raise click.ClickException(str(e)) from None
+        except LookupError as error:
+            raise click.ClickException(str(error.args[0] if error.args else error)) from None
+
+    return wrapper
+
+
+def _format_score(score: float | None) -> str:
+    if score is None:
+        return "—"
+    if math.isnan(score):
+        return "nan"
+    return f"{score:.6g}"
+
+
+def _format_hparams(hparams: Mapping[str, Any]) -> str:
+    return ", ".join(
+        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in hparams.items()
+    )
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def _member_json(member: MemberRecord) -> dict[str, Any]:
+    return {
+        "id": member.id,
+        "status": member.status.value,
+        "step": member.step,
+        "score": _jsonable(member.score),
+        "hparams": _jsonable(dict(member.hparams)),
+        "parent": member.parent,
+    }
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="poptune")
+def main() -> None:
+    """Population Based Training: inspect and continue populations in a storage."""
+    logging.basicConfig(level=logging.INFO, format="poptune: %(message)s", stream=sys.stderr)
+
+
+@main.command("list")
+@_storage_option
+@_errors
+def list_command(storage: str | None) -> None:
+    """List the populations in the storage."""
+    store = open_storage(storage)
+    records = store.populations()
+    if not records:
+        click.echo(f"No populations in {redact_url(store.url)}.")
+        return
+    table = Table(title=f"populations in {redact_url(store.url)}")
+    for column in ("name", "status", "members", "intervals", "best", "metric", "created"):
+        table.add_column(column)
+    for record in records:
+        config = record.config
+        mode = Mode(config["mode"])
+        summary = store.summary(record.id, int(config["intervals"]), mode)
+        created = datetime.datetime.fromtimestamp(record.created_at).strftime("%Y-%m-%d %H:%M")
+        table.add_row(
+            record.name,
+            record.status.value,
+            str(summary.members),
+            f"{summary.steps_done}/{summary.steps_total}",
+            _format_score(summary.best_score),
+            f"{config['metric']} ({mode.value})",
+            created,
+        )
+    Console().print(table)
+
+
+@main.command()
+@click.argument("name")
+@_storage_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@_errors
+def status(name: str, storage: str | None, as_json: bool) -> None:
+    """Show every member of population NAME: step, score, hparams, parent."""
+    result = load(storage, name)
+    members = result.members
+    summary = result.summary()
+    if as_json:
+        payload = {
+            "name": result.name,
+            "status": summary.status.value,
+            "metric": result.metric,
+            "mode": result.mode.value,
+            "steps_done": summary.steps_done,
+            "steps_total": summary.steps_total,
+            "exploits": summary.exploits,
+            "failures": summary.failures,
+            "best_member": summary.best_member,
+            "best_score": _jsonable(summary.best_score),
+            "members": [_member_json(m) for m in members],
+        }
+        click.echo(json.dumps(payload, indent=2))
+        return
+    table = Table(
+        title=(
+            f"{result.name} · {summary.status.value} · {summary.steps_done}/"
+            f"{summary.steps_total} intervals · {summary.exploits} exploits"
+        )
+    )
+    for column in ("member", "status", "step", result.metric, "hparams", "parent"):
+        table.add_column(column, overflow="fold")
+    for member in members:
+        best = member.id == summary.best_member
+        table.add_row(
+            f"{member.id}{' ★' if best else ''}",
+            member.status.value,
+            str(member.step),
+            _format_score(member.score),
+            _format_hparams(member.hparams),
+            "—" if member.parent is None else str(member.parent),
+        )
+    Console().print(table)
+    record = result.record
+    if record.error:
+        click.echo(f"Stopped on an error: {record.error}", err=True)
+
+
+@main.command()
+@click.argument("name")
+@_storage_option
+@_errors
+def best(name: str, storage: str | None) -> None:
+    """Print the best member of population NAME as JSON."""
+    result = load(storage, name)
+    chosen = result.best
+    payload = {
+        "population": result.name,
+        "member": chosen.member,
+        "step": chosen.step,
+        "metric": result.metric,
+        "score": _jsonable(chosen.score),
+        "hparams": _jsonable(dict(chosen.hparams)),
+        "metrics": _jsonable(dict(chosen.metrics)),
+        "checkpoint": None if chosen.checkpoint is None else chosen.checkpoint.path,
+    }
+    click.echo(json.dumps(payload, indent=2))
+
+
+@main.command()
+@click.argument("name")
+@_storage_option
+@click.option("--member", type=int, default=None, help="Follow this member instead of the best.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@_errors
+def schedule(name: str, storage: str | None, member: int | None, as_json: bool) -> None:
+    """Print the hyperparameter schedule of the best member's lineage in population NAME."""
+    result = load(storage, name)
+    entries = result.schedule(member)
+    if as_json:
+        click.echo(
+            json.dumps(
+                [
+                    {
+                        "step": e.step,
+                        "member": e.member,
+                        "member_step": e.member_step,
+                        "score": _jsonable(e.score),
+                        "hparams": _jsonable(dict(e.hparams)),
+                    }
+                    for e in entries
+                ],
+                indent=2,
+            )
+        )
+        return
+    table = Table(title=f"schedule of {result.name} (lineage of member {entries[-1].member})")
+    names = list(entries[0].hparams) if entries else []
+    for column in ("step", "member", *names, result.metric):
+        table.add_column(column)
+    for entry in entries:
+        values = [entry.hparams.get(n) for n in names]
+        table.add_row(
+            str(entry.step),
+            str(entry.member),
+            *(f"{v:.4g}" if isinstance(v, float) else str(v) for v in values),
+            _format_score(entry.score),
+        )
+    Console().print(table)
+
+
+@main.command()
+@click.argument("name")
+@_storage_option
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--progress/--no-progress", default=True, help="Show a progress display.")
+@_errors
+def resume(name: str, storage: str | None, workers: int, progress: bool) -> None:
+    """Continue population NAME to its full budget (after Ctrl-C, a crash or a failure)."""
+    result: Result = load(storage, name)
+    try:
+        result = result.resume(workers=workers, progress=progress)
+    except KeyboardInterrupt:
+        url = storage or default_storage_url()
+        click.echo(
+            f"Interrupted; continue with: poptune resume {name} --storage '{redact_url(url)}'",
+            err=True,
+        )
+        sys.exit(130)
+    chosen = result.best
+    click.echo(
+        f"{result.name}: {result.status}; best {result.metric} {_format_score(chosen.score)} "
+        f"(member {chosen.member}, step {chosen.step}) with {_format_hparams(chosen.hparams)}"
+    )
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,125 @@
+"""Small trainables for tests, examples and benchmarks (no deep-learning framework needed).
+
+They live in the package, not in ``tests/``, so that worker processes and ``poptune resume`` can
+import them by reference (``poptune.testing:Quadratic``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from .trainable import Trainable
+
+__all__ = ["BurnCPU", "Failing", "Quadratic", "SlowQuadratic", "quadratic_space"]
+
+
+def quadratic_space() -> dict[str, Any]:
+    """The toy problem's space: the surrogate's two coefficients h0, h1 in [0, 1]."""
+    from .space import Uniform
+
+    return {"h0": Uniform(0.0, 1.0), "h1": Uniform(0.0, 1.0)}
+
+
+class Quadratic(Trainable):
+    """The PBT paper's toy problem (Jaderberg et al. 2017, section 4.1, figure 2).
+
+    The true objective is Q(θ) = 1.2 − (θ0² + θ1²), but a member can only follow the gradient
+    of the surrogate Q̂(θ|h) = 1.2 − (h0·θ0² + h1·θ1²) for its hyperparameters h. θ starts at
+    (0.9, 0.9); each interval takes ``steps`` gradient-ascent steps of size ``lr``. A member with
+    h = (1, 0) never improves θ1: only exploiting and exploring reach Q = 1.2.
+
+    ``evaluate`` returns ``{"q": Q(θ), "surrogate": Q̂(θ|h)}``.
+    """
+
+    steps = 4
+    lr = 0.05
+
+    def __init__(self, hparams: Mapping[str, Any], seed: int) -> None:
+        self.theta = np.array([0.9, 0.9])
+        self.h = np.array([hparams["h0"], hparams["h1"]], dtype=float)
+
+    def train(self, hparams: Mapping[str, Any]) -> None:
+        """``steps`` steps of gradient ascent on the surrogate with the current h."""
+        self.h = np.array([hparams["h0"], hparams["h1"]], dtype=float)
+        for _ in range(self.steps):
+            self.theta = self.theta + self.lr * (-2.0 * self.h * self.theta)
+
+    def evaluate(self) -> dict[str, float]:
+        """The true objective Q (what PBT optimises) and the surrogate the member follows."""
+        return {
+            "q": float(1.2 - np.sum(self.theta**2)),
+            "surrogate": float(1.2 - np.sum(self.h * self.theta**2)),
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        """θ is the whole state."""
+        return {"theta": self.theta.copy()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore θ (possibly a better member's)."""
+        self.theta = np.array(state["theta"], dtype=float)
+
+
+class BurnCPU(Trainable):
+    """A synthetic trainable for overhead measurements: each step burns ``step_seconds`` of CPU.
+
+    Its state is a float32 array of ``state_bytes`` bytes (default 1 MB), so checkpointing costs
+    what a small real model's would. The score improves with ``lr`` times the steps taken.
+    """
+
+    step_seconds = 0.020
+    steps_per_interval = 5
+    state_bytes = 1_000_000
+
+    def __init__(self, hparams: Mapping[str, Any], seed: int) -> None:
+        self.weights = np.zeros(self.state_bytes // 4, dtype=np.float32)
+        self.progress = 0.0
+
+    def train(self, hparams: Mapping[str, Any]) -> None:
+        """Burn CPU for ``steps_per_interval`` steps (busy loop, not sleep)."""
+        for _ in range(self.steps_per_interval):
+            deadline = time.process_time() + self.step_seconds
+            while time.process_time() < deadline:
+                pass
+            self.progress += float(hparams["lr"])
+        self.weights[:8] += 1.0
+
+    def evaluate(self) -> float:
+        """Higher is better."""
+        return self.progress
+
+    def state_dict(self) -> dict[str, Any]:
+        """The weights array and the progress counter."""
+        return {"weights": self.weights, "progress": self.progress}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore weights and progress."""
+        self.weights = state["weights"]
+        self.progress = float(state["progress"])
+
+
+class Failing(Quadratic):
+    """A Quadratic whose ``train`` raises when ``h0 > fail_above`` (every member by default)."""
+
+    fail_above = -1.0
+
+    def train(self, hparams: Mapping[str, Any]) -> None:
+        """Raise ``RuntimeError`` when h0 exceeds ``fail_above``, else train normally."""
+        if hparams["h0"] > self.fail_above:
+            raise RuntimeError(f"boom: training diverged with h0={hparams['h0']:.3f}")
+        super().train(hparams)
+
+
+class SlowQuadratic(Quadratic):
+    """A Quadratic whose intervals take ``delay`` seconds of wall time (for interrupt tests)."""
+
+    delay = 0.05
+
+    def train(self, hparams: Mapping[str, Any]) -> None:
+        """Sleep ``delay`` seconds, then train normally."""
+        time.sleep(self.delay)
+        super().train(hparams)

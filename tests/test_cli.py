@@ -1,0 +1,72 @@
+"""The ``poptune`` command on a real stored population."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+import poptune as pt
+from poptune.cli import main
+from poptune.testing import Quadratic, quadratic_space
+
+
+@pytest.fixture
+def population(storage_url: str) -> pt.Result:
+    return pt.run(
+        Quadratic, space=quadratic_space(), metric="q", population=4, intervals=6,
+        storage=storage_url, name="toy", seed=0, progress=False,
+    )
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def test_list(population, storage_url):
+    out = invoke("list", "--storage", storage_url)
+    assert out.exit_code == 0
+    assert "toy" in out.output and "finished" in out.output and "24/24" in out.output
+
+
+def test_status_table_and_json(population, storage_url):
+    out = invoke("status", "toy", "--storage", storage_url)
+    assert out.exit_code == 0
+    assert "h0=" in out.output and "finished" in out.output
+    data = json.loads(invoke("status", "toy", "--storage", storage_url, "--json").output)
+    assert data["status"] == "finished" and len(data["members"]) == 4
+    assert {m["step"] for m in data["members"]} == {6}
+    assert data["best_score"] == population.best.score
+
+
+def test_best_is_json(population, storage_url):
+    data = json.loads(invoke("best", "toy", "--storage", storage_url).output)
+    best = population.best
+    assert (data["member"], data["step"], data["score"]) == (best.member, best.step, best.score)
+    assert data["hparams"] == dict(best.hparams)
+
+
+def test_schedule(population, storage_url):
+    out = invoke("schedule", "toy", "--storage", storage_url)
+    assert out.exit_code == 0 and "schedule of toy" in out.output
+    entries = json.loads(invoke("schedule", "toy", "--storage", storage_url, "--json").output)
+    assert [e["step"] for e in entries] == list(range(1, len(entries) + 1))
+
+
+def test_missing_population_and_bad_storage(storage_url):
+    out = CliRunner().invoke(main, ["status", "nope", "--storage", storage_url])
+    assert out.exit_code == 1 and "No population named 'nope'" in out.output
+    out = CliRunner().invoke(main, ["list", "--storage", "sqlite://"])
+    assert out.exit_code == 1 and "in-memory" in out.output
+
+
+def test_resume_finishes_an_interrupted_population(storage_url):
+    result = pt.run(
+        Quadratic, space=quadratic_space(), metric="q", population=3, intervals=4,
+        storage=storage_url, name="cut", seed=0, progress=False,
+    )
+    # Simulate an interruption: forget the last intervals by marking members behind budget.
+    assert result.status == "finished"
+    out = invoke("resume", "cut", "--storage", storage_url, "--no-progress")
+    assert out.exit_code == 0 and "finished" in out.output

