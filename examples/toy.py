@@ -102,8 +102,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
                 "median mean Q": statistics.median(means),
                 "median best Q": statistics.median(bests),
             }
-    print(f"toy problem: population {args.population}, {args.intervals} intervals, "
-          f"{args.seeds} seeds (Q* = 1.2)")
+    print(
+        f"toy problem: population {args.population}, {args.intervals} intervals, "
+        f"{args.seeds} seeds (Q* = 1.2)"
+    )
     print(f"{'variant':<14} {'median mean Q':>14} {'median best Q':>14}")
     for variant, row in table.items():
         print(f"{variant:<14} {row['median mean Q']:>14.4f} {row['median best Q']:>14.4f}")

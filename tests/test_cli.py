@@ -15,8 +15,15 @@ from poptune.testing import Quadratic, quadratic_space
 @pytest.fixture
 def population(storage_url: str) -> pt.Result:
     return pt.run(
-        Quadratic, space=quadratic_space(), metric="q", population=4, intervals=6,
-        storage=storage_url, name="toy", seed=0, progress=False,
+        Quadratic,
+        space=quadratic_space(),
+        metric="q",
+        population=4,
+        intervals=6,
+        storage=storage_url,
+        name="toy",
+        seed=0,
+        progress=False,
     )
 
 
@@ -63,8 +70,15 @@ def test_missing_population_and_bad_storage(storage_url):
 
 def test_resume_finishes_an_interrupted_population(storage_url):
     result = pt.run(
-        Quadratic, space=quadratic_space(), metric="q", population=3, intervals=4,
-        storage=storage_url, name="cut", seed=0, progress=False,
+        Quadratic,
+        space=quadratic_space(),
+        metric="q",
+        population=3,
+        intervals=4,
+        storage=storage_url,
+        name="cut",
+        seed=0,
+        progress=False,
     )
     # Simulate an interruption: forget the last intervals by marking members behind budget.
     assert result.status == "finished"

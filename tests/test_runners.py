@@ -66,16 +66,26 @@ def test_ctrl_c_stops_cleanly_and_resume_finishes(tmp_path: Path, workers: int):
 
 def test_cli_resume_after_interrupt(tmp_path: Path):
     url = f"sqlite:///{tmp_path / 'poptune.db'}"
-    process = subprocess.Popen(
-        [sys.executable, "-c", SCRIPT, url, "2"], start_new_session=True
-    )
+    process = subprocess.Popen([sys.executable, "-c", SCRIPT, url, "2"], start_new_session=True)
     time.sleep(3.0)
     os.killpg(process.pid, signal.SIGINT)
     process.wait(timeout=60)
     out = subprocess.run(
-        [sys.executable, "-m", "poptune.cli", "resume", "cut", "--storage", url, "--workers",
-         "2", "--no-progress"],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "poptune.cli",
+            "resume",
+            "cut",
+            "--storage",
+            url,
+            "--workers",
+            "2",
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert out.returncode == 0, out.stderr
     assert "finished" in out.stdout

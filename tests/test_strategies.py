@@ -66,7 +66,7 @@ def test_truncation_rejects_non_number():
 def test_tournament_copies_only_better_opponents():
     pop = population(0.1, 0.9, 0.5)
     exploit = pt.Tournament()
-    outcomes = {exploit(pop[2], pop, np.random.default_rng(s)) for s in range(100)}
+    outcomes = [exploit(pop[2], pop, np.random.default_rng(s)) for s in range(100)]
     assert {None if o is None else o.member for o in outcomes} == {None, 1}
     assert all(exploit(pop[1], pop, np.random.default_rng(s)) is None for s in range(50))
     assert exploit(pop[0], pop[:1], np.random.default_rng(0)) is None

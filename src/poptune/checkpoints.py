@@ -66,7 +66,7 @@ class LocalCheckpoints:
 
     Example:
         >>> store = LocalCheckpoints("runs/checkpoints")            # doctest: +SKIP
-        >>> ref = store.save(population_id=1, member=0, step=1, state={"w": [1.0]})  # doctest: +SKIP
+        >>> ref = store.save(1, member=0, step=1, state={"w": [1.0]})  # doctest: +SKIP
     """
 
     def __init__(self, root: str | os.PathLike[str], fsync: bool = True) -> None:

@@ -369,4 +369,3 @@ def _mode(mode: Any) -> Mode:
 def _check_int(name: str, value: Any, low: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < low:
         raise ValueError(f"The '{name}' parameter must be an int >= {low}. Got {value!r} instead.")
-

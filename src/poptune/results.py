@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .checkpoints import CheckpointStore
@@ -40,8 +40,8 @@ class Best:
     hparams: Mapping[str, Any]
     metrics: Mapping[str, Any]
     checkpoint: CheckpointRef | None
-    _store: CheckpointStore | None = None
-    _trainable: type | None = None
+    _store: CheckpointStore | None = field(default=None, compare=False, repr=False)
+    _trainable: type | None = field(default=None, compare=False, repr=False)
 
     def state(self) -> Any:
         """The best member's state, as its ``state_dict()`` returned it."""
@@ -295,9 +295,7 @@ class Result:
         return resume(self, workers=workers, **options)
 
     def _interval(self, member: int, step: int) -> IntervalRecord | None:
-        return next(
-            (i for i in self.intervals() if i.member == member and i.step == step), None
-        )
+        return next((i for i in self.intervals() if i.member == member and i.step == step), None)
 
     def __repr__(self) -> str:
         summary = self.summary()

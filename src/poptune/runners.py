@@ -8,8 +8,8 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import sys
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .checkpoints import open_checkpoints
@@ -155,4 +155,3 @@ class LocalProcessRunner:
         if failed:
             codes = ", ".join(f"{p.name}: {p.exitcode}" for p in failed)
             log.warning("Worker processes exited abnormally (%s).", codes)
-

@@ -7,6 +7,7 @@ in synchronous mode once every member has recorded the same step (the generation
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -136,9 +137,7 @@ class Worker:
             if member.exploit_pending:
                 member = self.exploit_and_explore(claim)
             interval, state = self.train_one_interval(member)
-            checkpoint = self.checkpoints.save(
-                self.population_id, member.id, interval.step, state
-            )
+            checkpoint = self.checkpoints.save(self.population_id, member.id, interval.step, state)
             self.storage.record_interval(
                 claim,
                 interval,
@@ -179,7 +178,9 @@ class Worker:
         try:
             hparams = spec.space.validate(explored)
         except ValueError as error:
-            raise PopulationError(f"The explore strategy returned invalid hparams: {error}") from None
+            raise PopulationError(
+                f"The explore strategy returned invalid hparams: {error}"
+            ) from None
         event = ExploitEvent(
             member=member.id,
             step=member.step,
@@ -292,11 +293,11 @@ class Worker:
         text = failure.args[0]
         log.error("Member %d failed at step %d:\n%s", claim.member.id, claim.member.step + 1, text)
         error_line = text.strip().splitlines()[-1] if text.strip() else "error"
-        record = FailureRecord(claim.member.id, claim.member.step + 1, error_line, text, time.time())
-        try:
+        record = FailureRecord(
+            claim.member.id, claim.member.step + 1, error_line, text, time.time()
+        )
+        with contextlib.suppress(LeaseLost):
             self.storage.record_failure(claim, record)
-        except LeaseLost:
-            pass
 
     def _release_quietly(self, claim: Claim) -> None:
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing
 import os
 import time
@@ -46,8 +47,11 @@ def train(storage: SQLStorage, pid: int, score: float, budget: int = 5, ready: b
     assert claim is not None
     step = claim.member.step + 1
     storage.record_interval(
-        claim, interval(claim.member.id, step, score, claim.member.restore),
-        ckpt(claim.member.id, step), exploit_pending=ready, done=step >= budget,
+        claim,
+        interval(claim.member.id, step, score, claim.member.restore),
+        ckpt(claim.member.id, step),
+        exploit_pending=ready,
+        done=step >= budget,
     )
     return claim.member.id, step
 
@@ -109,7 +113,10 @@ def test_record_interval_is_atomic_with_its_checkpoint(storage):
     train(storage, pid, 0.5, ready=True)
     member = storage.members(pid)[0]
     assert (member.step, member.score, member.restore, member.exploit_pending) == (
-        1, 0.5, (0, 1), True,
+        1,
+        0.5,
+        (0, 1),
+        True,
     )
     assert storage.checkpoint(pid, 0, 1) == ckpt(0, 1)
     claim = storage.claim(pid, "w", 5, 30.0, sync=False)  # member 1
@@ -264,5 +271,5 @@ def test_claims_are_atomic_across_processes(storage_url, tmp_path: Path):
         spans.sort()
         tokens = [t for _, _, t in spans]
         assert len(set(tokens)) == len(tokens)  # every claim got its own fencing token
-        for (_, end, _), (start, _, _) in zip(spans, spans[1:]):
+        for (_, end, _), (start, _, _) in itertools.pairwise(spans):
             assert start >= end  # no two processes ever held the same member at once

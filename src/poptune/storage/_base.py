@@ -153,9 +153,7 @@ class Storage(Protocol):
         """Record an interval with its checkpoint and release the member, atomically."""
         ...
 
-    def record_exploit(
-        self, claim: Claim, event: ExploitEvent, hparams: Mapping[str, Any]
-    ) -> bool:
+    def record_exploit(self, claim: Claim, event: ExploitEvent, hparams: Mapping[str, Any]) -> bool:
         """Point the member at the donor's checkpoint with new ``hparams`` and log ``event``.
 
         Returns ``False`` (changing nothing) if the donor's checkpoint is no longer committed.

@@ -306,7 +306,9 @@ class SQLStorage:
     def population(self, name: str) -> PopulationRecord:
         """The population called ``name``."""
         with self._read() as connection:
-            row = connection.execute(sa.select(populations).where(populations.c.name == name)).first()
+            row = connection.execute(
+                sa.select(populations).where(populations.c.name == name)
+            ).first()
             if row is None:
                 known = connection.execute(sa.select(populations.c.name)).scalars().all()
         if row is None:
@@ -473,9 +475,7 @@ class SQLStorage:
                 )
             )
 
-    def record_exploit(
-        self, claim: Claim, event: ExploitEvent, hparams: Mapping[str, Any]
-    ) -> bool:
+    def record_exploit(self, claim: Claim, event: ExploitEvent, hparams: Mapping[str, Any]) -> bool:
         """Point the member at the donor's checkpoint, if it still exists, and log the event."""
         c = checkpoints.c
         with self._write() as connection:

@@ -1,0 +1,121 @@
+"""How much wall time poptune adds on top of the training work itself.
+
+A synthetic trainable (``poptune.testing.BurnCPU``) burns a fixed 20 ms of CPU per step, 5 steps
+per interval, and carries a 1 MB state. A population of 16 trains 20 intervals with 2 worker
+processes. Ideal time is the total CPU work divided by the 2 workers; the benchmark prints
+wall / ideal (start-up included) and the median per-interval framework time (claim, restore,
+save, record, exploit, garbage collection: everything but the user's train and evaluate),
+measured in-process over the same kind of run.
+
+Run:  python benchmarks/overhead.py [--population 16] [--intervals 20] [--workers 2]
+Targets (issue #3): wall / ideal <= 1.10; median framework time per interval <= 5 ms (SQLite).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import poptune as pt
+from poptune.runners import InProcessRunner
+from poptune.testing import BurnCPU
+from poptune.worker import Worker
+
+SPACE = {"lr": pt.LogUniform(1e-3, 1.0)}
+
+
+class TimedWorker(Worker):
+    """A worker that measures its own time per interval, minus the user's train/evaluate."""
+
+    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(*args, **kwargs)
+        self.framework: list[float] = []
+
+    def work_on(self, claim):  # type: ignore[no-untyped-def]
+        started = time.perf_counter()
+        self._user = 0.0
+        super().work_on(claim)
+        self.framework.append(time.perf_counter() - started - self._user)
+
+    def train_one_interval(self, member):  # type: ignore[no-untyped-def]
+        interval, state = super().train_one_interval(member)
+        self._user += interval.wall_time
+        return interval, state
+
+
+def wall_over_ideal(population: int, intervals: int, workers: int, folder: Path) -> tuple:
+    """Run the population with local worker processes; return (wall, ideal)."""
+    work = population * intervals * BurnCPU.steps_per_interval * BurnCPU.step_seconds
+    started = time.perf_counter()
+    pt.run(
+        BurnCPU,
+        space=SPACE,
+        metric="score",
+        population=population,
+        intervals=intervals,
+        workers=workers,
+        storage=f"sqlite:///{folder / 'overhead.db'}",
+        name="overhead",
+        seed=0,
+        progress=False,
+    )
+    wall = time.perf_counter() - started
+    return wall, work / workers
+
+
+def framework_time(population: int, intervals: int, folder: Path) -> list[float]:
+    """Per-interval framework seconds of one in-process worker."""
+    timings: list[float] = []
+
+    class TimedRunner(InProcessRunner):
+        def run(self, target, storage, checkpoints, on_started=lambda: None):  # type: ignore[no-untyped-def]
+            worker = TimedWorker(target.spec, storage, checkpoints, target.population_id)
+            on_started()
+            worker.run()
+            timings.extend(worker.framework)
+
+    pt.run(
+        BurnCPU,
+        space=SPACE,
+        metric="score",
+        population=population,
+        intervals=intervals,
+        storage=f"sqlite:///{folder / 'framework.db'}",
+        name="framework",
+        seed=0,
+        progress=False,
+        runner=TimedRunner(),
+    )
+    return timings
+
+
+def main() -> None:
+    """Run both measurements and print them against the targets."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--population", type=int, default=16)
+    parser.add_argument("--intervals", type=int, default=20)
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as name:
+        folder = Path(name)
+        wall, ideal = wall_over_ideal(args.population, args.intervals, args.workers, folder)
+        timings = framework_time(args.population, max(args.intervals // 4, 2), folder)
+    print(
+        f"population {args.population}, {args.intervals} intervals x "
+        f"{BurnCPU.steps_per_interval} steps x {BurnCPU.step_seconds * 1000:.0f} ms, "
+        f"{args.workers} workers, state {BurnCPU.state_bytes / 1e6:.0f} MB"
+    )
+    print(f"wall {wall:.2f} s, ideal {ideal:.2f} s, wall/ideal {wall / ideal:.3f} (target <= 1.10)")
+    timings_ms = sorted(t * 1000 for t in timings)
+    print(
+        f"framework time per interval: median {statistics.median(timings_ms):.2f} ms, "
+        f"p90 {timings_ms[int(0.9 * (len(timings_ms) - 1))]:.2f} ms over {len(timings_ms)} "
+        "intervals (target median <= 5 ms)"
+    )
+
+
+if __name__ == "__main__":
+    main()
