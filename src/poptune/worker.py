@@ -24,6 +24,7 @@ import numpy as np
 from .checkpoints import CheckpointCorrupt, CheckpointStore
 from .records import (
     Candidate,
+    CheckpointRef,
     ExploitEvent,
     FailureRecord,
     IntervalRecord,
@@ -133,10 +134,10 @@ class Worker:
     def work_on(self, claim: Claim) -> None:
         """One member, one interval: exploit if due, restore, train, evaluate, save, record."""
         try:
-            member = claim.member
+            member, restore = claim.member, claim.checkpoint
             if member.exploit_pending:
-                member = self.exploit_and_explore(claim)
-            interval, state = self.train_one_interval(member)
+                member, restore = self.exploit_and_explore(claim)
+            interval, state = self.train_one_interval(member, restore)
             checkpoint = self.checkpoints.save(self.population_id, member.id, interval.step, state)
             self.storage.record_interval(
                 claim,
@@ -160,20 +161,24 @@ class Worker:
 
     # --- the paper's steps ---------------------------------------------------------------
 
-    def exploit_and_explore(self, claim: Claim) -> MemberRecord:
-        """Copy a better member's (weights, hparams) from one recorded step, then explore."""
+    def exploit_and_explore(self, claim: Claim) -> tuple[MemberRecord, CheckpointRef | None]:
+        """Copy a better member's (weights, hparams) from one recorded step, then explore.
+
+        Returns the member as it now is and the checkpoint its next interval starts from.
+        """
         member, spec = claim.member, self.spec
+        unchanged = (replace(member, exploit_pending=False), claim.checkpoint)
         if spec.exploit is None:
-            return replace(member, exploit_pending=False)
+            return unchanged
         rows = self.storage.candidates(self.population_id, member.step if spec.sync else None)
         population = [self._candidate(row) for row in rows]
         me = next((c for c in population if c.member == member.id), None)
         if me is None:
-            return replace(member, exploit_pending=False)
+            return unchanged
         rng = rng_for(spec.seed, _EXPLOIT, member.id, member.step)
         donor = spec.exploit(me, population, rng)
         if donor is None:
-            return replace(member, exploit_pending=False)
+            return unchanged
         explored = spec.explore(dict(donor.hparams), spec.space, rng)
         try:
             hparams = spec.space.validate(explored)
@@ -192,30 +197,33 @@ class Worker:
             donor_score=donor.score,
             time=time.time(),
         )
-        if not self.storage.record_exploit(claim, event, hparams):
-            return replace(member, exploit_pending=False)  # the donor's checkpoint is gone
-        return replace(
+        copied = self.storage.record_exploit(claim, event, hparams)
+        if copied is None:  # the donor's checkpoint was collected meanwhile
+            return unchanged
+        member = replace(
             member,
             hparams=hparams,
             parent=donor.member,
             restore=(donor.member, donor.step),
             exploit_pending=False,
         )
+        return member, copied
 
-    def train_one_interval(self, member: MemberRecord) -> tuple[IntervalRecord, Any]:
+    def train_one_interval(
+        self, member: MemberRecord, restore: CheckpointRef | None
+    ) -> tuple[IntervalRecord, Any]:
         """Restore the member, train and evaluate it (user code); return the record and state."""
         spec = self.spec
         step = member.step + 1
         hparams = dict(member.hparams)
         state = None
         if member.restore is not None:
-            ref = self.storage.checkpoint(self.population_id, *member.restore)
-            if ref is None:
+            if restore is None:
                 raise _UserCodeFailed(
                     f"Checkpoint {member.restore} of member {member.id} is not in the storage."
                 )
             try:
-                state = self.checkpoints.load(ref)
+                state = self.checkpoints.load(restore)
             except CheckpointCorrupt as error:
                 raise _UserCodeFailed(str(error)) from error
         started = time.perf_counter()

@@ -71,12 +71,17 @@ class LeaseLost(RuntimeError):
 
 @dataclass(frozen=True)
 class Claim:
-    """A member held by one worker until released; ``token`` fences late writes."""
+    """A member held by one worker until released; ``token`` fences late writes.
+
+    ``checkpoint`` is the committed checkpoint the member restores from (``None`` before its
+    first interval), read in the same transaction as the claim.
+    """
 
     population_id: int
     member: MemberRecord
     owner: str
     token: int
+    checkpoint: CheckpointRef | None = None
 
 
 @dataclass(frozen=True)
@@ -153,10 +158,13 @@ class Storage(Protocol):
         """Record an interval with its checkpoint and release the member, atomically."""
         ...
 
-    def record_exploit(self, claim: Claim, event: ExploitEvent, hparams: Mapping[str, Any]) -> bool:
+    def record_exploit(
+        self, claim: Claim, event: ExploitEvent, hparams: Mapping[str, Any]
+    ) -> CheckpointRef | None:
         """Point the member at the donor's checkpoint with new ``hparams`` and log ``event``.
 
-        Returns ``False`` (changing nothing) if the donor's checkpoint is no longer committed.
+        Returns the donor's checkpoint, or ``None`` (changing nothing) if it is no longer
+        committed.
         """
         ...
 

@@ -339,65 +339,41 @@ class SQLStorage:
         self, population_id: int, owner: str, budget: int, lease_seconds: float, sync: bool
     ) -> Claim | None:
         """Claim the least-advanced claimable member, atomically."""
-        m = members.c
         now = time.time()
         with self._write() as connection:
-            query = (
-                sa.select(members)
-                .where(
-                    m.population_id == population_id,
-                    m.step < budget,
-                    sa.exists().where(
-                        populations.c.id == population_id,
-                        populations.c.status == PopulationStatus.RUNNING.value,
-                    ),
-                    sa.or_(
-                        m.status == MemberStatus.IDLE.value,
-                        sa.and_(m.status == MemberStatus.RUNNING.value, m.lease_until < now),
-                    ),
-                )
-                .order_by(m.step, m.member_id)
-                .limit(1)
-            )
-            if sync:
-                lowest = (
-                    sa.select(sa.func.min(m.step))
-                    .where(
-                        m.population_id == population_id,
-                        m.status != MemberStatus.FAILED.value,
-                    )
-                    .scalar_subquery()
-                )
-                query = query.where(m.step == lowest)
-            row = connection.execute(query).first()
+            row = connection.execute(
+                _CLAIM_SYNC if sync else _CLAIM,
+                {"pid": population_id, "budget": budget, "now": now},
+            ).first()
             if row is None:
                 return None
             token = int(row.token) + 1
             connection.execute(
-                members.update()
-                .where(m.population_id == population_id, m.member_id == row.member_id)
-                .values(
-                    status=MemberStatus.RUNNING.value,
-                    owner=owner,
-                    token=token,
-                    lease_until=now + lease_seconds,
-                )
+                _TAKE,
+                {
+                    "pid": population_id,
+                    "mid": row.member_id,
+                    "v_owner": owner,
+                    "v_token": token,
+                    "v_lease": now + lease_seconds,
+                },
             )
-        member = _member(row)
-        return Claim(population_id, member, owner, token)
-
-    def _fenced(self, claim: Claim) -> Any:
-        m = members.c
-        return members.update().where(
-            m.population_id == claim.population_id,
-            m.member_id == claim.member.id,
-            m.token == claim.token,
-            m.status == MemberStatus.RUNNING.value,
-        )
+        checkpoint = None
+        if row.c_path is not None:
+            checkpoint = CheckpointRef(
+                row.restore_member, row.restore_step, row.c_path, row.c_size, row.c_sha256
+            )
+        return Claim(population_id, _member(row), owner, token, checkpoint)
 
     @staticmethod
-    def _check(result: Any, claim: Claim) -> None:
-        if result.rowcount != 1:
+    def _fenced(connection: Connection, statement: Any, claim: Claim, **values: Any) -> None:
+        parameters = {
+            "f_pid": claim.population_id,
+            "f_mid": claim.member.id,
+            "f_token": claim.token,
+            **values,
+        }
+        if connection.execute(statement, parameters).rowcount != 1:
             raise LeaseLost(
                 f"Member {claim.member.id} is no longer held by {claim.owner} "
                 f"(claim token {claim.token}); its write was refused."
@@ -406,20 +382,12 @@ class SQLStorage:
     def renew(self, claim: Claim, lease_seconds: float) -> None:
         """Extend the lease of ``claim``."""
         with self._write() as connection:
-            result = connection.execute(
-                self._fenced(claim).values(lease_until=time.time() + lease_seconds)
-            )
-            self._check(result, claim)
+            self._fenced(connection, _RENEW, claim, v_lease=time.time() + lease_seconds)
 
     def release(self, claim: Claim) -> None:
         """Give the member back unchanged."""
         with self._write() as connection:
-            result = connection.execute(
-                self._fenced(claim).values(
-                    status=MemberStatus.IDLE.value, owner=None, lease_until=None
-                )
-            )
-            self._check(result, claim)
+            self._fenced(connection, _RELEASE, claim)
 
     # --- records -------------------------------------------------------------------------
 
@@ -434,104 +402,99 @@ class SQLStorage:
         """Record the interval, its checkpoint and the member's new state; release the member."""
         status = MemberStatus.DONE if done else MemberStatus.IDLE
         score = _score(interval.score)
+        hparams = _dumps(dict(interval.hparams))
+        origin = interval.origin
         with self._write() as connection:
-            result = connection.execute(
-                self._fenced(claim).values(
-                    step=interval.step,
-                    score=score,
-                    hparams=_dumps(dict(interval.hparams)),
-                    restore_member=checkpoint.member,
-                    restore_step=checkpoint.step,
-                    exploit_pending=exploit_pending,
-                    status=status.value,
-                    owner=None,
-                    lease_until=None,
-                )
-            )
-            self._check(result, claim)
-            origin = interval.origin
-            connection.execute(
-                intervals.insert().values(
-                    population_id=claim.population_id,
-                    member_id=interval.member,
-                    step=interval.step,
-                    hparams=_dumps(dict(interval.hparams)),
-                    score=score,
-                    metrics=_dumps(dict(interval.metrics)),
-                    wall_time=interval.wall_time,
-                    finished_at=interval.finished_at,
-                    origin_member=None if origin is None else origin[0],
-                    origin_step=None if origin is None else origin[1],
-                )
+            self._fenced(
+                connection,
+                _RECORD,
+                claim,
+                v_step=interval.step,
+                v_score=score,
+                v_hparams=hparams,
+                v_rm=checkpoint.member,
+                v_rs=checkpoint.step,
+                v_pending=exploit_pending,
+                v_status=status.value,
             )
             connection.execute(
-                checkpoints.insert().values(
-                    population_id=claim.population_id,
-                    member_id=checkpoint.member,
-                    step=checkpoint.step,
-                    path=checkpoint.path,
-                    size=checkpoint.size,
-                    sha256=checkpoint.sha256,
-                )
+                intervals.insert(),
+                {
+                    "population_id": claim.population_id,
+                    "member_id": interval.member,
+                    "step": interval.step,
+                    "hparams": hparams,
+                    "score": score,
+                    "metrics": _dumps(dict(interval.metrics)),
+                    "wall_time": interval.wall_time,
+                    "finished_at": interval.finished_at,
+                    "origin_member": None if origin is None else origin[0],
+                    "origin_step": None if origin is None else origin[1],
+                },
+            )
+            connection.execute(
+                checkpoints.insert(),
+                {
+                    "population_id": claim.population_id,
+                    "member_id": checkpoint.member,
+                    "step": checkpoint.step,
+                    "path": checkpoint.path,
+                    "size": checkpoint.size,
+                    "sha256": checkpoint.sha256,
+                },
             )
 
-    def record_exploit(self, claim: Claim, event: ExploitEvent, hparams: Mapping[str, Any]) -> bool:
+    def record_exploit(
+        self, claim: Claim, event: ExploitEvent, hparams: Mapping[str, Any]
+    ) -> CheckpointRef | None:
         """Point the member at the donor's checkpoint, if it still exists, and log the event."""
-        c = checkpoints.c
         with self._write() as connection:
-            exists = connection.execute(
-                sa.select(c.step).where(
-                    c.population_id == claim.population_id,
-                    c.member_id == event.donor,
-                    c.step == event.donor_step,
-                )
+            row = connection.execute(
+                _CHECKPOINT,
+                {"pid": claim.population_id, "mid": event.donor, "step": event.donor_step},
             ).first()
-            if exists is None:
-                return False
-            result = connection.execute(
-                self._fenced(claim).values(
-                    hparams=_dumps(dict(hparams)),
-                    parent=event.donor,
-                    restore_member=event.donor,
-                    restore_step=event.donor_step,
-                    exploit_pending=False,
-                )
+            if row is None:
+                return None
+            self._fenced(
+                connection,
+                _EXPLOIT,
+                claim,
+                v_hparams=_dumps(dict(hparams)),
+                v_parent=event.donor,
+                v_rm=event.donor,
+                v_rs=event.donor_step,
             )
-            self._check(result, claim)
             connection.execute(
-                exploits.insert().values(
-                    population_id=claim.population_id,
-                    member_id=event.member,
-                    step=event.step,
-                    donor_id=event.donor,
-                    donor_step=event.donor_step,
-                    hparams_before=_dumps(dict(event.hparams_before)),
-                    hparams_after=_dumps(dict(event.hparams_after)),
-                    score=_score(event.score),
-                    donor_score=_score(event.donor_score),
-                    time=event.time,
-                )
+                exploits.insert(),
+                {
+                    "population_id": claim.population_id,
+                    "member_id": event.member,
+                    "step": event.step,
+                    "donor_id": event.donor,
+                    "donor_step": event.donor_step,
+                    "hparams_before": _dumps(dict(event.hparams_before)),
+                    "hparams_after": _dumps(dict(event.hparams_after)),
+                    "score": _score(event.score),
+                    "donor_score": _score(event.donor_score),
+                    "time": event.time,
+                },
             )
-        return True
+        return _checkpoint(row)
 
     def record_failure(self, claim: Claim, failure: FailureRecord) -> None:
         """Log the failure and mark the member failed."""
         with self._write() as connection:
-            result = connection.execute(
-                self._fenced(claim).values(
-                    status=MemberStatus.FAILED.value, owner=None, lease_until=None
-                )
-            )
-            self._check(result, claim)
+            self._fenced(connection, _FAIL, claim)
             connection.execute(
-                failures.insert().values(
-                    population_id=claim.population_id,
-                    member_id=failure.member,
-                    step=failure.step,
-                    error=failure.error,
-                    traceback=failure.traceback,
-                    time=failure.time,
-                )
+                failures.insert(),
+                {
+                    "population_id": claim.population_id,
+                    "member_id": failure.member,
+                    "step": failure.step,
+                    "error": failure.error,
+                    "traceback": failure.traceback,
+                    "time": failure.time,
+                },
             )
 
     # --- reads ---------------------------------------------------------------------------
@@ -559,27 +522,11 @@ class SQLStorage:
 
     def candidates(self, population_id: int, step: int | None = None) -> list[IntervalRecord]:
         """Latest (or exactly ``step``) checkpointed interval of every healthy member."""
-        i, m, c = intervals.c, members.c, checkpoints.c
-        query = (
-            sa.select(intervals)
-            .join(
-                members,
-                sa.and_(m.population_id == i.population_id, m.member_id == i.member_id),
-            )
-            .join(
-                checkpoints,
-                sa.and_(
-                    c.population_id == i.population_id,
-                    c.member_id == i.member_id,
-                    c.step == i.step,
-                ),
-            )
-            .where(i.population_id == population_id, m.status != MemberStatus.FAILED.value)
-            .where(i.step == (m.step if step is None else step))
-            .order_by(i.member_id)
-        )
         with self._read() as connection:
-            rows = connection.execute(query).all()
+            if step is None:
+                rows = connection.execute(_LATEST, {"pid": population_id}).all()
+            else:
+                rows = connection.execute(_AT_STEP, {"pid": population_id, "step": step}).all()
         return [_interval(row) for row in rows]
 
     def exploits(self, population_id: int) -> list[ExploitEvent]:
@@ -618,12 +565,9 @@ class SQLStorage:
 
     def checkpoint(self, population_id: int, member: int, step: int) -> CheckpointRef | None:
         """The committed checkpoint of ``member`` at ``step``, or ``None``."""
-        c = checkpoints.c
         with self._read() as connection:
             row = connection.execute(
-                sa.select(checkpoints).where(
-                    c.population_id == population_id, c.member_id == member, c.step == step
-                )
+                _CHECKPOINT, {"pid": population_id, "mid": member, "step": step}
             ).first()
         return None if row is None else _checkpoint(row)
 
@@ -640,41 +584,26 @@ class SQLStorage:
 
     def collect_garbage(self, population_id: int, mode: Mode) -> list[CheckpointRef]:
         """Delete the checkpoint rows nothing needs; return them so their files can go too."""
-        m, c, i = members.c, checkpoints.c, intervals.c
         with self._write() as connection:
-            member_rows = connection.execute(
-                sa.select(m.member_id, m.step, m.restore_member, m.restore_step, m.status).where(
-                    m.population_id == population_id
-                )
-            ).all()
+            member_rows = connection.execute(_GC_MEMBERS, {"pid": population_id}).all()
             healthy = [r.step for r in member_rows if r.status != MemberStatus.FAILED.value]
             if not healthy:
                 return []
-            lowest = min(healthy)
-            rows = connection.execute(
-                sa.select(checkpoints).where(c.population_id == population_id, c.step < lowest)
-            ).all()
+            rows = connection.execute(_GC_OLD, {"pid": population_id, "lowest": min(healthy)}).all()
             if not rows:
                 return []
             keep = {(r.member_id, r.step) for r in member_rows}
             keep |= {(r.restore_member, r.restore_step) for r in member_rows}
-            order = i.score.desc() if mode is Mode.MAX else i.score.asc()
             best = connection.execute(
-                sa.select(i.member_id, i.step)
-                .where(i.population_id == population_id, i.score.is_not(None))
-                .order_by(order, i.member_id, i.step)
-                .limit(1)
+                _BEST_MAX if mode is Mode.MAX else _BEST_MIN, {"pid": population_id}
             ).first()
             if best is not None:
                 keep.add((best.member_id, best.step))
             doomed = [row for row in rows if (row.member_id, row.step) not in keep]
-            for row in doomed:
+            if doomed:
                 connection.execute(
-                    checkpoints.delete().where(
-                        c.population_id == population_id,
-                        c.member_id == row.member_id,
-                        c.step == row.step,
-                    )
+                    _GC_DELETE,
+                    [{"pid": population_id, "mid": r.member_id, "step": r.step} for r in doomed],
                 )
         return [_checkpoint(row) for row in doomed]
 
@@ -731,6 +660,142 @@ class SQLStorage:
                 )
                 .values(status=MemberStatus.IDLE.value, owner=None, lease_until=None)
             )
+
+
+# --- statements on the hot path, built once (SQLAlchemy then reuses their compiled form) -------
+
+_B = sa.bindparam
+_m, _i, _c = members.c, intervals.c, checkpoints.c
+_RUNNING = MemberStatus.RUNNING.value
+
+_CLAIM = (
+    sa.select(
+        members,
+        _c.path.label("c_path"),
+        _c.size.label("c_size"),
+        _c.sha256.label("c_sha256"),
+    )
+    .select_from(
+        members.outerjoin(
+            checkpoints,
+            sa.and_(
+                _c.population_id == _m.population_id,
+                _c.member_id == _m.restore_member,
+                _c.step == _m.restore_step,
+            ),
+        )
+    )
+    .where(
+        _m.population_id == _B("pid"),
+        _m.step < _B("budget"),
+        sa.exists().where(
+            populations.c.id == _B("pid"),
+            populations.c.status == PopulationStatus.RUNNING.value,
+        ),
+        sa.or_(
+            _m.status == MemberStatus.IDLE.value,
+            sa.and_(_m.status == _RUNNING, _m.lease_until < _B("now")),
+        ),
+    )
+    .order_by(_m.step, _m.member_id)
+    .limit(1)
+)
+_CLAIM_SYNC = _CLAIM.where(
+    _m.step
+    == sa.select(sa.func.min(members.c.step))
+    .where(
+        members.c.population_id == _B("pid"),
+        members.c.status != MemberStatus.FAILED.value,
+    )
+    .scalar_subquery()
+)
+_TAKE = (
+    members.update()
+    .where(_m.population_id == _B("pid"), _m.member_id == _B("mid"))
+    .values(status=_RUNNING, owner=_B("v_owner"), token=_B("v_token"), lease_until=_B("v_lease"))
+)
+
+
+def _fenced_update(**values: Any) -> Any:
+    """An update that only applies while the claim (population, member, token) is held."""
+    return (
+        members.update()
+        .where(
+            _m.population_id == _B("f_pid"),
+            _m.member_id == _B("f_mid"),
+            _m.token == _B("f_token"),
+            _m.status == _RUNNING,
+        )
+        .values(**values)
+    )
+
+
+_RENEW = _fenced_update(lease_until=_B("v_lease"))
+_RELEASE = _fenced_update(status=MemberStatus.IDLE.value, owner=None, lease_until=None)
+_FAIL = _fenced_update(status=MemberStatus.FAILED.value, owner=None, lease_until=None)
+_RECORD = _fenced_update(
+    step=_B("v_step"),
+    score=_B("v_score"),
+    hparams=_B("v_hparams"),
+    restore_member=_B("v_rm"),
+    restore_step=_B("v_rs"),
+    exploit_pending=_B("v_pending"),
+    status=_B("v_status"),
+    owner=None,
+    lease_until=None,
+)
+_EXPLOIT = _fenced_update(
+    hparams=_B("v_hparams"),
+    parent=_B("v_parent"),
+    restore_member=_B("v_rm"),
+    restore_step=_B("v_rs"),
+    exploit_pending=False,
+)
+_CHECKPOINT = sa.select(checkpoints).where(
+    _c.population_id == _B("pid"), _c.member_id == _B("mid"), _c.step == _B("step")
+)
+
+
+def _candidates(step: Any) -> Any:
+    return (
+        sa.select(intervals)
+        .join(members, sa.and_(_m.population_id == _i.population_id, _m.member_id == _i.member_id))
+        .join(
+            checkpoints,
+            sa.and_(
+                _c.population_id == _i.population_id,
+                _c.member_id == _i.member_id,
+                _c.step == _i.step,
+            ),
+        )
+        .where(_i.population_id == _B("pid"), _m.status != MemberStatus.FAILED.value)
+        .where(_i.step == step)
+        .order_by(_i.member_id)
+    )
+
+
+_LATEST = _candidates(_m.step)
+_AT_STEP = _candidates(_B("step"))
+_GC_MEMBERS = sa.select(_m.member_id, _m.step, _m.restore_member, _m.restore_step, _m.status).where(
+    _m.population_id == _B("pid")
+)
+_GC_OLD = sa.select(checkpoints).where(_c.population_id == _B("pid"), _c.step < _B("lowest"))
+_GC_DELETE = checkpoints.delete().where(
+    _c.population_id == _B("pid"), _c.member_id == _B("mid"), _c.step == _B("step")
+)
+
+
+def _best(order: Any) -> Any:
+    return (
+        sa.select(_i.member_id, _i.step)
+        .where(_i.population_id == _B("pid"), _i.score.is_not(None))
+        .order_by(order, _i.member_id, _i.step)
+        .limit(1)
+    )
+
+
+_BEST_MAX = _best(_i.score.desc())
+_BEST_MIN = _best(_i.score.asc())
 
 
 def _population(row: Any) -> PopulationRecord:
