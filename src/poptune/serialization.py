@@ -26,6 +26,7 @@ __all__ = ["SerializationError", "dump", "dumps", "load"]
 MAGIC = b"POPTUNE\x00CKPT"
 VERSION = 1
 _PREFIX = len(MAGIC) + 1 + 8
+_ALIGNMENT = 64
 
 
 class SerializationError(ValueError):
@@ -124,13 +125,23 @@ def dump(state: Any, file: BinaryIO) -> int:
     tree = encoder.encode(state, "")
     sizes = [len(b) for b in encoder.buffers]
     header = json.dumps({"tree": tree, "sizes": sizes}, allow_nan=True).encode()
+    # Pad the header (JSON allows trailing spaces) and every buffer to 64 bytes, so arrays
+    # decoded in place from a freshly read file are aligned.
+    header += b" " * (_align(_PREFIX + len(header)) - _PREFIX - len(header))
     file.write(MAGIC + bytes([VERSION]) + struct.pack("<Q", len(header)))
     file.write(header)
     total = _PREFIX + len(header)
     for buffer in encoder.buffers:
         file.write(buffer)
-        total += len(buffer)
+        padding = _align(len(buffer)) - len(buffer)
+        if padding:
+            file.write(b"\0" * padding)
+        total += len(buffer) + padding
     return total
+
+
+def _align(size: int) -> int:
+    return (size + _ALIGNMENT - 1) // _ALIGNMENT * _ALIGNMENT
 
 
 class _Bytes:
@@ -178,33 +189,35 @@ def load(data: bytes | bytearray | memoryview) -> Any:
         if size < 0:
             raise SerializationError("corrupt checkpoint: negative buffer size")
         offsets.append(position)
-        position += size
+        position += _align(size)
     if position != len(view):
         raise SerializationError(
             f"truncated or padded checkpoint: {len(view)} bytes, {position} expected"
         )
     buffers = [view[o : o + s] for o, s in zip(offsets, sizes, strict=True)]
     try:
-        return _decode(tree, buffers)
+        # A writable buffer (a fresh bytearray read from a file) is handed over: arrays view it
+        # instead of copying. Read-only data (bytes) is copied so arrays are writable.
+        return _decode(tree, buffers, copy=view.readonly)
     except SerializationError:
         raise
     except (ValueError, KeyError, TypeError, IndexError, AttributeError) as error:
         raise SerializationError(f"corrupt checkpoint contents: {error!r}") from None
 
 
-def _decode(node: Any, buffers: list[memoryview]) -> Any:
+def _decode(node: Any, buffers: list[memoryview], copy: bool) -> Any:
     if node is None or isinstance(node, bool | int | float | str):
         return node
     if isinstance(node, list):
-        return [_decode(v, buffers) for v in node]
+        return [_decode(v, buffers, copy) for v in node]
     if not isinstance(node, dict):
         raise SerializationError(f"unexpected node {node!r}")
     tag = node["t"]
     if tag == "tuple":
-        return tuple(_decode(v, buffers) for v in node["v"])
+        return tuple(_decode(v, buffers, copy) for v in node["v"])
     if tag == "dict":
-        keys = [_decode(k, buffers) for k in node["k"]]
-        values = [_decode(v, buffers) for v in node["v"]]
+        keys = [_decode(k, buffers, copy) for k in node["k"]]
+        values = [_decode(v, buffers, copy) for v in node["v"]]
         if len(keys) != len(values):
             raise SerializationError("dict node with unequal keys and values")
         return dict(zip(keys, values, strict=True))
@@ -214,10 +227,10 @@ def _decode(node: Any, buffers: list[memoryview]) -> Any:
         dtype = np.dtype(node["dtype"])
         if dtype.hasobject or dtype.fields is not None:
             raise SerializationError(f"refusing numpy dtype {dtype}")
-        array = _array(buffers[node["b"]], dtype, node["shape"])
+        array = _array(buffers[node["b"]], dtype, node["shape"], copy)
         return array[()] if tag == "npscalar" else array
     if tag == "tensor":
-        return _tensor(node, buffers)
+        return _tensor(node, buffers, copy)
     if tag == "torch_dtype":
         import torch
 
@@ -228,17 +241,18 @@ def _decode(node: Any, buffers: list[memoryview]) -> Any:
     raise SerializationError(f"unknown node tag {tag!r}")
 
 
-def _array(buffer: memoryview, dtype: np.dtype, shape: list[int]) -> np.ndarray:
+def _array(buffer: memoryview, dtype: np.dtype, shape: list[int], copy: bool) -> np.ndarray:
     shape = [int(s) for s in shape]
     count = int(np.prod(shape)) if shape else 1
     if count * dtype.itemsize != len(buffer) or any(s < 0 for s in shape):
         raise SerializationError(
             f"buffer of {len(buffer)} bytes does not hold shape {shape} of {dtype}"
         )
-    return np.frombuffer(buffer, dtype=dtype).reshape(shape).copy()
+    array = np.frombuffer(buffer, dtype=dtype).reshape(shape)
+    return array.copy() if copy or array.ctypes.data % max(dtype.alignment, 1) else array
 
 
-def _tensor(node: dict[str, Any], buffers: list[memoryview]) -> Any:
+def _tensor(node: dict[str, Any], buffers: list[memoryview], copy: bool) -> Any:
     import torch
 
     dtype = getattr(torch, node["dtype"], None)
@@ -251,7 +265,7 @@ def _tensor(node: dict[str, Any], buffers: list[memoryview]) -> Any:
     except TypeError:
         numpy_dtype = np.dtype({1: "u1", 2: "<i2", 4: "<i4", 8: "<i8"}[width])
         bits = True
-    array = _array(buffers[node["b"]], numpy_dtype, node["shape"])
+    array = _array(buffers[node["b"]], numpy_dtype, node["shape"], copy)
     tensor = torch.from_numpy(array)
     if bits:
         tensor = tensor.view(dtype)

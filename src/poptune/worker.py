@@ -139,13 +139,14 @@ class Worker:
                 member, restore = self.exploit_and_explore(claim)
             interval, state = self.train_one_interval(member, restore)
             checkpoint = self.checkpoints.save(self.population_id, member.id, interval.step, state)
-            self.storage.record_interval(
+            collected = self.storage.record_interval(
                 claim,
                 interval,
                 checkpoint,
                 exploit_pending=interval.step < self.spec.intervals
                 and bool(self.spec.ready(self._candidate(interval))),
                 done=interval.step >= self.spec.intervals,
+                mode=self.spec.mode,
             )
         except _UserCodeFailed as failure:
             self._record_failure(claim, failure)
@@ -157,7 +158,8 @@ class Worker:
             self._release_quietly(claim)
             raise
         self.trained += 1
-        self.collect_garbage()
+        for ref in collected:  # rows already gone: nothing can reach these files any more
+            self.checkpoints.delete(ref)
 
     # --- the paper's steps ---------------------------------------------------------------
 
@@ -261,11 +263,6 @@ class Worker:
         return interval, new_state
 
     # --- housekeeping --------------------------------------------------------------------
-
-    def collect_garbage(self) -> None:
-        """Delete checkpoints that no member, pending copy or best record needs."""
-        for ref in self.storage.collect_garbage(self.population_id, self.spec.mode):
-            self.checkpoints.delete(ref)
 
     def _candidate(self, interval: IntervalRecord) -> Candidate:
         return Candidate(

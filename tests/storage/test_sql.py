@@ -52,6 +52,7 @@ def train(storage: SQLStorage, pid: int, score: float, budget: int = 5, ready: b
         ckpt(claim.member.id, step),
         exploit_pending=ready,
         done=step >= budget,
+        mode=Mode.MAX,
     )
     return claim.member.id, step
 
@@ -101,10 +102,10 @@ def test_fencing_refuses_late_writes_after_lease_expiry(storage):
     new = storage.claim(pid, "fast", 5, 30.0, sync=False)
     assert new is not None and new.token == old.token + 1
     with pytest.raises(LeaseLost):
-        storage.record_interval(old, interval(0, 1, 0.3), ckpt(0, 1), False, False)
+        storage.record_interval(old, interval(0, 1, 0.3), ckpt(0, 1), False, False, Mode.MAX)
     with pytest.raises(LeaseLost):
         storage.renew(old, 30.0)
-    storage.record_interval(new, interval(0, 1, 0.4), ckpt(0, 1), False, False)
+    storage.record_interval(new, interval(0, 1, 0.4), ckpt(0, 1), False, False, Mode.MAX)
     assert [i.score for i in storage.intervals(pid)] == [0.4]
 
 
@@ -122,7 +123,7 @@ def test_record_interval_is_atomic_with_its_checkpoint(storage):
     claim = storage.claim(pid, "w", 5, 30.0, sync=False)  # member 1
     # A duplicate (member, step) violates the primary key: nothing of the transaction stays.
     with pytest.raises(Exception):  # noqa: B017 - the driver's IntegrityError
-        storage.record_interval(claim, interval(0, 1, 0.9), ckpt(1, 1), False, False)
+        storage.record_interval(claim, interval(0, 1, 0.9), ckpt(1, 1), False, False, Mode.MAX)
     assert storage.checkpoint(pid, 1, 1) is None
     assert storage.members(pid)[1].status is MemberStatus.RUNNING
 
@@ -168,9 +169,8 @@ def test_collect_garbage_keeps_what_is_needed(storage):
     pid = make(storage, n=2)
     for score in (0.9, 0.1, 0.2, 0.3, 0.4, 0.5):  # alternates members 0 and 1
         train(storage, pid, score)
-    # member 0: steps 1 (0.9, best ever), 2 (0.2), 3 (0.4); member 1: 1, 2, 3
-    doomed = storage.collect_garbage(pid, Mode.MAX)
-    assert {(c.member, c.step) for c in doomed} == {(0, 2), (1, 1), (1, 2)}
+    # member 0: steps 1 (0.9, best ever), 2 (0.2), 3 (0.4); member 1: 1, 2, 3. Recording an
+    # interval collects in the same transaction, so only the protected ones are left.
     kept = {(c.member, c.step) for c in storage.checkpoints(pid)}
     assert kept == {(0, 1), (0, 3), (1, 3)}
     assert storage.collect_garbage(pid, Mode.MAX) == []
@@ -178,17 +178,22 @@ def test_collect_garbage_keeps_what_is_needed(storage):
 
 def test_garbage_collection_spares_restore_points(storage):
     pid = make(storage, n=2)
-    train(storage, pid, 0.1)
-    train(storage, pid, 0.9)
-    claim = storage.claim(pid, "w", 5, 30.0, sync=False)  # member 0
-    storage.record_exploit(claim, ExploitEvent(0, 1, 1, 1, {}, {}, 0.1, 0.9, 1.0), {"x": 1.0})
+    for score in (0.1, 0.9, 0.2, 0.95, 0.3):  # member 0: steps 1-3, member 1: steps 1-2
+        train(storage, pid, score)
+    held = storage.claim(pid, "w1", 5, 30.0, sync=False)  # member 1, the least advanced
+    claim = storage.claim(pid, "w0", 5, 30.0, sync=False)  # member 0
+    assert (held.member.id, claim.member.id) == (1, 0)
+    donor = ExploitEvent(0, 3, 1, 2, {}, {}, 0.3, 0.95, 1.0)
+    assert storage.record_exploit(claim, donor, {"x": 1.0}) == ckpt(1, 2)
     storage.release(claim)
-    train(storage, pid, 0.95)  # member 0 from the copy: step 2
-    train(storage, pid, 0.96)  # member 1 step 2
-    kept = {(c.member, c.step) for c in storage.checkpoints(pid)}
-    storage.collect_garbage(pid, Mode.MAX)
-    after = {(c.member, c.step) for c in storage.checkpoints(pid)}
-    assert after == {(0, 2), (1, 2)} and kept > after
+    # Member 1 trains on with a better score: (1, 2) is then neither its latest, nor the best,
+    # nor above the lowest step, but member 0 will restore from it, so it must survive.
+    collected = storage.record_interval(
+        held, interval(1, 3, 0.99, (1, 2)), ckpt(1, 3), False, False, Mode.MAX
+    )
+    assert (1, 2) not in {(c.member, c.step) for c in collected}
+    assert storage.checkpoint(pid, 1, 2) == ckpt(1, 2)
+    assert storage.checkpoint(pid, 0, 2) is None  # unprotected: collected
 
 
 def test_summary_counts(storage):

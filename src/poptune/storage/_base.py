@@ -154,8 +154,13 @@ class Storage(Protocol):
         checkpoint: CheckpointRef,
         exploit_pending: bool,
         done: bool,
-    ) -> None:
-        """Record an interval with its checkpoint and release the member, atomically."""
+        mode: Mode,
+    ) -> list[CheckpointRef]:
+        """Record an interval with its checkpoint and release the member, atomically.
+
+        In the same transaction, collect garbage as :meth:`collect_garbage` does and return the
+        checkpoints it dropped, so the caller can delete their files.
+        """
         ...
 
     def record_exploit(

@@ -398,8 +398,10 @@ class SQLStorage:
         checkpoint: CheckpointRef,
         exploit_pending: bool,
         done: bool,
-    ) -> None:
-        """Record the interval, its checkpoint and the member's new state; release the member."""
+        mode: Mode,
+    ) -> list[CheckpointRef]:
+        """Record the interval, its checkpoint and the member's new state; release the member;
+        collect the checkpoints nothing needs any more (returned, so their files can go)."""
         status = MemberStatus.DONE if done else MemberStatus.IDLE
         score = _score(interval.score)
         hparams = _dumps(dict(interval.hparams))
@@ -443,6 +445,7 @@ class SQLStorage:
                     "sha256": checkpoint.sha256,
                 },
             )
+            return _collect(connection, claim.population_id, mode)
 
     def record_exploit(
         self, claim: Claim, event: ExploitEvent, hparams: Mapping[str, Any]
@@ -585,27 +588,7 @@ class SQLStorage:
     def collect_garbage(self, population_id: int, mode: Mode) -> list[CheckpointRef]:
         """Delete the checkpoint rows nothing needs; return them so their files can go too."""
         with self._write() as connection:
-            member_rows = connection.execute(_GC_MEMBERS, {"pid": population_id}).all()
-            healthy = [r.step for r in member_rows if r.status != MemberStatus.FAILED.value]
-            if not healthy:
-                return []
-            rows = connection.execute(_GC_OLD, {"pid": population_id, "lowest": min(healthy)}).all()
-            if not rows:
-                return []
-            keep = {(r.member_id, r.step) for r in member_rows}
-            keep |= {(r.restore_member, r.restore_step) for r in member_rows}
-            best = connection.execute(
-                _BEST_MAX if mode is Mode.MAX else _BEST_MIN, {"pid": population_id}
-            ).first()
-            if best is not None:
-                keep.add((best.member_id, best.step))
-            doomed = [row for row in rows if (row.member_id, row.step) not in keep]
-            if doomed:
-                connection.execute(
-                    _GC_DELETE,
-                    [{"pid": population_id, "mid": r.member_id, "step": r.step} for r in doomed],
-                )
-        return [_checkpoint(row) for row in doomed]
+            return _collect(connection, population_id, mode)
 
     def summary(self, population_id: int, budget: int, mode: Mode) -> Summary:
         """Counts for a progress display."""
@@ -796,6 +779,31 @@ def _best(order: Any) -> Any:
 
 _BEST_MAX = _best(_i.score.desc())
 _BEST_MIN = _best(_i.score.asc())
+
+
+def _collect(connection: Connection, population_id: int, mode: Mode) -> list[CheckpointRef]:
+    """Delete the checkpoint rows that the keep rule does not protect; return them."""
+    member_rows = connection.execute(_GC_MEMBERS, {"pid": population_id}).all()
+    healthy = [r.step for r in member_rows if r.status != MemberStatus.FAILED.value]
+    if not healthy:
+        return []
+    rows = connection.execute(_GC_OLD, {"pid": population_id, "lowest": min(healthy)}).all()
+    if not rows:
+        return []
+    keep = {(r.member_id, r.step) for r in member_rows}
+    keep |= {(r.restore_member, r.restore_step) for r in member_rows}
+    best = connection.execute(
+        _BEST_MAX if mode is Mode.MAX else _BEST_MIN, {"pid": population_id}
+    ).first()
+    if best is not None:
+        keep.add((best.member_id, best.step))
+    doomed = [row for row in rows if (row.member_id, row.step) not in keep]
+    if doomed:
+        connection.execute(
+            _GC_DELETE,
+            [{"pid": population_id, "mid": r.member_id, "step": r.step} for r in doomed],
+        )
+    return [_checkpoint(row) for row in doomed]
 
 
 def _population(row: Any) -> PopulationRecord:
