@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import queue
 import socket
 import threading
 import time
@@ -101,6 +102,7 @@ class Worker:
         self.trained = 0
         self._claim: Claim | None = None
         self._closed = threading.Event()
+        self._doomed: queue.SimpleQueue[CheckpointRef | None] = queue.SimpleQueue()
 
     # --- the loop ------------------------------------------------------------------------
 
@@ -108,6 +110,9 @@ class Worker:
         """Work until the budget is spent (or ``stop`` is set); return the intervals trained."""
         heartbeat = threading.Thread(target=self._heartbeat, name="poptune-lease", daemon=True)
         heartbeat.start()
+        # Deleting collected files is housekeeping: keep it off the per-interval path.
+        deleter = threading.Thread(target=self._delete_files, name="poptune-gc", daemon=True)
+        deleter.start()
         try:
             while stop is None or not stop.is_set():
                 claim = self.storage.claim(
@@ -129,6 +134,8 @@ class Worker:
                     self._claim = None
         finally:
             self._closed.set()
+            self._doomed.put(None)
+            deleter.join()
         return self.trained
 
     def work_on(self, claim: Claim) -> None:
@@ -159,7 +166,7 @@ class Worker:
             raise
         self.trained += 1
         for ref in collected:  # rows already gone: nothing can reach these files any more
-            self.checkpoints.delete(ref)
+            self._doomed.put(ref)
 
     # --- the paper's steps ---------------------------------------------------------------
 
@@ -309,6 +316,13 @@ class Worker:
             self.storage.release(claim)
         except Exception:  # the lease will expire; nothing recorded is lost either way
             log.debug("Could not release member %d", claim.member.id, exc_info=True)
+
+    def _delete_files(self) -> None:
+        while (ref := self._doomed.get()) is not None:
+            try:
+                self.checkpoints.delete(ref)
+            except OSError:  # an orphan file is harmless: nothing refers to it any more
+                log.debug("Could not delete checkpoint %s", ref.path, exc_info=True)
 
     def _heartbeat(self) -> None:
         interval = max(self.lease_seconds / 3.0, 0.05)
