@@ -89,11 +89,12 @@ class _Encoder:
                 f"state{path} is a numpy array of dtype {array.dtype}, which poptune cannot "
                 "store safely; use a numeric or bool dtype."
             )
+        shape = list(array.shape)  # before ascontiguousarray, which makes 0-d arrays 1-d
         array = np.ascontiguousarray(array)
         return {
             "t": "npscalar" if isinstance(value, np.generic) else "ndarray",
             "dtype": array.dtype.str,
-            "shape": list(array.shape),
+            "shape": shape,
             "b": self.buffer(array.reshape(-1).view(np.uint8)),
         }
 
@@ -248,7 +249,7 @@ def _array(buffer: memoryview, dtype: np.dtype, shape: list[int], copy: bool) ->
         raise SerializationError(
             f"buffer of {len(buffer)} bytes does not hold shape {shape} of {dtype}"
         )
-    array = np.frombuffer(buffer, dtype=dtype).reshape(shape)
+    array = np.frombuffer(buffer, dtype=dtype).reshape(tuple(shape))
     return array.copy() if copy or array.ctypes.data % max(dtype.alignment, 1) else array
 
 
