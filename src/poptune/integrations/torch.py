@@ -55,8 +55,6 @@ def save_state(
     if optimizer is not None:
         state["optimizer"] = _detached(optimizer.state_dict())
     for key, value in extra.items():
-        if key in ("model", "optimizer"):
-            raise ValueError(f"save_state: extra entry {key!r} would overwrite the {key} state.")
         state[key] = _detached(value)
     return state
 
