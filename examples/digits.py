@@ -102,6 +102,7 @@ def main(argv: Sequence[str] | None = None) -> pt.Result:
     parser.add_argument("--name", default="digits")
     parser.add_argument("--storage", default=None, help="default: sqlite:///runs/poptune.db")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sync", action="store_true", help="generations: reproducible runs")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
 
@@ -118,6 +119,7 @@ def main(argv: Sequence[str] | None = None) -> pt.Result:
         name=args.name,
         storage=args.storage,
         seed=args.seed,
+        sync=args.sync,
         progress=not args.no_progress,
     )
     best = result.best

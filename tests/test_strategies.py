@@ -39,8 +39,14 @@ def test_truncation_small_population_and_ties():
     pop = population(0.0, 1.0)
     assert exploit(pop[0], pop, np.random.default_rng(0)).member == 1
     assert exploit(pop[1], pop, np.random.default_rng(0)) is None
-    tied = population(0.5, 0.5, 0.5, 0.5)
-    assert all(exploit(c, tied, np.random.default_rng(0)) is None for c in tied)
+    tied = population(0.5, 0.5, 0.5, 0.5)  # rank alone decides, ties broken by member id
+    assert [exploit(c, tied, np.random.default_rng(0)) is None for c in tied] == [
+        True,
+        True,
+        True,
+        False,
+    ]
+    assert exploit(tied[3], tied, np.random.default_rng(0)).member == 0
 
 
 def test_truncation_treats_nan_as_worst():
