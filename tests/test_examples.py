@@ -31,10 +31,9 @@ def test_digits_learns_and_prints_a_schedule(tmp_path: Path, capsys):
     pytest.importorskip("torch")
     pytest.importorskip("sklearn")
     digits = load_example("digits")
-    result = digits.main(
-        ["--population", "4", "--intervals", "6", "--workers", "2", "--sync", "--no-progress"]
-        + ["--storage", f"sqlite:///{tmp_path / 'digits.db'}"]
-    )
+    storage = f"sqlite:///{tmp_path / 'digits.db'}"
+    options = ["--population", "4", "--intervals", "6", "--workers", "2", "--sync"]
+    result = digits.main([*options, "--no-progress", "--storage", storage])
     # sync + a fixed seed: deterministic whatever the worker count (0.938 when written)
     assert result.best.score > 0.85  # an untrained MLP scores about 0.1
     assert len(result.intervals()) == 24

@@ -15,6 +15,9 @@ from typing import Any
 
 __all__ = ["import_object", "reference_of"]
 
+# Modules imported from a file path get names with this prefix, and are referenced by path.
+_FILE_PREFIX = "_poptune_user_"
+
 
 def reference_of(obj: Any) -> str | None:
     """Return an importable reference for ``obj``, or ``None`` if it has none (e.g. a lambda).
@@ -27,7 +30,7 @@ def reference_of(obj: Any) -> str | None:
     module_name = getattr(target, "__module__", None)
     if not qualname or not module_name or "<" in qualname:
         return None
-    if module_name in ("__main__", "__mp_main__"):
+    if module_name in ("__main__", "__mp_main__") or module_name.startswith(_FILE_PREFIX):
         module = sys.modules.get(module_name)
         path = getattr(module, "__file__", None)
         if path is None:  # an interactive session or a notebook: nothing to import later
@@ -74,7 +77,7 @@ def _import_file(path: Path) -> Any:
     path = path.resolve()
     if not path.is_file():
         raise ImportError(f"no such file {str(path)!r}")
-    name = "_poptune_user_" + "_".join(path.with_suffix("").parts[-3:]).replace("-", "_")
+    name = _FILE_PREFIX + "_".join(path.with_suffix("").parts[-3:]).replace("-", "_")
     if name in sys.modules:
         return sys.modules[name]
     spec = importlib.util.spec_from_file_location(name, path)

@@ -18,7 +18,7 @@ from .records import Mode, PopulationRecord, PopulationStatus
 from .results import Result
 from .runners import InProcessRunner, LocalProcessRunner, Runner, WorkerTarget
 from .space import Space, space_from_dict
-from .storage import PopulationNotFound, Storage, open_storage
+from .storage import PopulationNotFound, Storage, open_storage, redact_url
 from .strategies import Every, Perturb, Truncation, describe, rebuild
 from .trainable import check_trainable
 from .worker import PopulationError, RunSpec, rng_for
@@ -152,7 +152,15 @@ def run(
         record = store.create_population(name, config, start)
     else:
         _check_same(record, config, store)
-        log.info("Continuing population %r from its storage.", name)
+        log.warning(
+            "Population %r already exists in %s with this configuration; continuing it%s. "
+            "Pass another name for a fresh run.",
+            name,
+            redact_url(store.url),
+            " (it is finished: nothing to train)"
+            if record.status is PopulationStatus.FINISHED
+            else "",
+        )
     spec = RunSpec(
         trainable=trainable,
         space=space,
@@ -294,7 +302,8 @@ def _check_same(record: PopulationRecord, config: Mapping[str, Any], store: Stor
             f"{key}: stored {stored.get(key)!r}, given {config.get(key)!r}" for key in differing
         )
         raise ValueError(
-            f"A population named {record.name!r} already exists in {store.url} with a different "
+            f"A population named {record.name!r} already exists in {redact_url(store.url)} with a "
+            "different "
             f"configuration ({details}). Choose another name, or continue the stored one with "
             f"pt.load(storage, {record.name!r}).resume() / `poptune resume {record.name}`."
         )

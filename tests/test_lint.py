@@ -1,0 +1,39 @@
+"""The code base stays ruff-clean (part of the test command, so CI checks it)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_ruff_check_is_clean():
+    if (
+        shutil.which("ruff") is None
+        and subprocess.run(
+            [sys.executable, "-m", "ruff", "--version"], capture_output=True
+        ).returncode
+    ):
+        pytest.skip("ruff is not installed (pip install -e '.[dev]')")
+    out = subprocess.run(
+        [sys.executable, "-m", "ruff", "check", "src", "tests", "examples", "benchmarks"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_import_poptune_imports_no_framework():
+    code = (
+        "import sys, poptune; "
+        "print(sorted(m for m in ('torch', 'ray', 'psycopg', 'matplotlib', 'pandas') "
+        "if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

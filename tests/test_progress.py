@@ -1,0 +1,64 @@
+"""The progress display: plain lines when not on a terminal."""
+
+from __future__ import annotations
+
+import io
+
+from poptune.progress import ProgressWatcher, format_summary
+from poptune.records import PopulationStatus
+from poptune.storage import Summary
+
+
+def summary(done: int) -> Summary:
+    return Summary(
+        members=4,
+        steps_done=done,
+        steps_total=40,
+        running=2,
+        done=0,
+        failed=1,
+        exploits=3,
+        failures=1,
+        best_member=2,
+        best_score=0.75,
+        status=PopulationStatus.RUNNING,
+    )
+
+
+def test_format_summary_has_what_a_person_needs():
+    line = format_summary("digits", "accuracy", summary(12), 3.2)
+    for part in (
+        "digits",
+        "12/40 intervals",
+        "best accuracy 0.75 (member 2)",
+        "3 exploits",
+        "1 failed",
+        "3.2s",
+    ):
+        assert part in line
+
+
+def test_plain_lines_at_every_tenth_and_at_the_end():
+    stream = io.StringIO()
+    done = iter(range(0, 41, 2))
+    state = {"done": 0}
+
+    def poll() -> Summary:
+        state["done"] = min(next(done, 40), 40)
+        return summary(state["done"])
+
+    watcher = ProgressWatcher("p", "q", poll, stream=stream, interval=0.001, log_every=1e9)
+    watcher.start()
+    while state["done"] < 40:
+        pass
+    watcher.stop()
+    lines = stream.getvalue().splitlines()
+    assert 5 <= len(lines) <= 13  # about one per tenth, plus the final line
+    assert "40/40 intervals" in lines[-1]
+
+
+def test_disabled_watcher_prints_nothing():
+    stream = io.StringIO()
+    with ProgressWatcher("p", "q", lambda: summary(1), enabled=False, stream=stream):
+        pass
+    assert stream.getvalue() == ""
