@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -139,4 +140,7 @@ def main(argv: Sequence[str] | None = None) -> pt.Result:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:  # poptune has already said how to resume
+        sys.exit(130)

@@ -107,7 +107,7 @@ class ProgressWatcher:
 
     def _run_live(self) -> None:
         from rich.console import Console
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.progress import BarColumn, Progress, TextColumn
 
         console = Console(file=self.stream)
         columns = (
@@ -115,10 +115,10 @@ class ProgressWatcher:
             BarColumn(),
             TextColumn("{task.completed}/{task.total} intervals"),
             TextColumn("{task.fields[info]}"),
-            TimeElapsedColumn(),
+            TextColumn("{task.fields[elapsed]}"),
         )
         with Progress(*columns, console=console, transient=False) as progress:
-            task = progress.add_task(self.name, total=None, info="starting")
+            task = progress.add_task(self.name, total=None, info="starting", elapsed="")
             while True:
                 stopping = self._stop.wait(self.interval)
                 summary = self._summary()
@@ -138,6 +138,7 @@ class ProgressWatcher:
                         completed=summary.steps_done,
                         total=summary.steps_total,
                         info=info,
+                        elapsed=f"{time.monotonic() - self._started:.0f}s",
                     )
                 if stopping:
                     return
