@@ -193,9 +193,10 @@ def test_trainable_must_be_a_class(storage_url):
         pt.run(Incomplete, space={}, metric="q", storage=storage_url)
 
 
-def test_unknown_metric_names_the_returned_keys(storage_url):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_unknown_metric_names_the_returned_keys(storage_url, workers):
     with pytest.raises(pt.PopulationError, match=r"no metric 'accuracy'.*\['q', 'surrogate'\]"):
-        run_toy(storage_url, name="m", metric="accuracy")
+        run_toy(storage_url, name="m", metric="accuracy", workers=workers)
     assert pt.load(storage_url, "m").status == "error"
 
 

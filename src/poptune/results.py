@@ -207,7 +207,7 @@ class Result:
             raise LookupError(f"Population {self.name!r} has no scored member yet.")
         mode = self.mode
         chosen = max(members, key=lambda m: (mode.fitness(m.score), -m.id))
-        interval = self._interval(chosen.id, chosen.step)
+        interval = self.storage.interval(self._record.id, chosen.id, chosen.step)
         return Best(
             member=chosen.id,
             step=chosen.step,
@@ -293,9 +293,6 @@ class Result:
         from .population import resume
 
         return resume(self, workers=workers, **options)
-
-    def _interval(self, member: int, step: int) -> IntervalRecord | None:
-        return next((i for i in self.intervals() if i.member == member and i.step == step), None)
 
     def __repr__(self) -> str:
         summary = self.summary()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import abc
-import math
 from collections.abc import Mapping
 from numbers import Real
 from typing import Any
@@ -126,8 +125,3 @@ def _is_scalar_tensor(value: Any) -> bool:
         return callable(item) and (size() if callable(size) else size) == 1
     except TypeError:
         return False
-
-
-def is_finite(score: float | None) -> bool:
-    """Whether a score can be compared (not None, NaN or infinite)."""
-    return score is not None and math.isfinite(score)

@@ -120,6 +120,8 @@ def test_record_interval_is_atomic_with_its_checkpoint(storage):
         True,
     )
     assert storage.checkpoint(pid, 0, 1) == ckpt(0, 1)
+    assert storage.interval(pid, 0, 1) == interval(0, 1, 0.5)
+    assert storage.interval(pid, 0, 2) is None
     claim = storage.claim(pid, "w", 5, 30.0, sync=False)  # member 1
     # A duplicate (member, step) violates the primary key: nothing of the transaction stays.
     with pytest.raises(Exception):  # noqa: B017 - the driver's IntegrityError

@@ -189,6 +189,10 @@ class Storage(Protocol):
         """Every recorded interval, by member then step."""
         ...
 
+    def interval(self, population_id: int, member: int, step: int) -> IntervalRecord | None:
+        """The interval ``member`` recorded at ``step``, if any."""
+        ...
+
     def candidates(self, population_id: int, step: int | None = None) -> list[IntervalRecord]:
         """The intervals exploit may copy: each healthy member's latest checkpointed interval,
         or, with ``step``, each healthy member's interval at exactly that step."""

@@ -523,6 +523,14 @@ class SQLStorage:
             ).all()
         return [_interval(row) for row in rows]
 
+    def interval(self, population_id: int, member: int, step: int) -> IntervalRecord | None:
+        """The interval ``member`` recorded at ``step``, or ``None``."""
+        with self._read() as connection:
+            row = connection.execute(
+                _INTERVAL, {"pid": population_id, "mid": member, "step": step}
+            ).first()
+        return None if row is None else _interval(row)
+
     def candidates(self, population_id: int, step: int | None = None) -> list[IntervalRecord]:
         """Latest (or exactly ``step``) checkpointed interval of every healthy member."""
         with self._read() as connection:
@@ -733,6 +741,9 @@ _EXPLOIT = _fenced_update(
     restore_member=_B("v_rm"),
     restore_step=_B("v_rs"),
     exploit_pending=False,
+)
+_INTERVAL = sa.select(intervals).where(
+    _i.population_id == _B("pid"), _i.member_id == _B("mid"), _i.step == _B("step")
 )
 _CHECKPOINT = sa.select(checkpoints).where(
     _c.population_id == _B("pid"), _c.member_id == _B("mid"), _c.step == _B("step")
