@@ -200,8 +200,9 @@ def test_unknown_metric_names_the_returned_keys(storage_url, workers):
     assert pt.load(storage_url, "m").status == "error"
 
 
-def test_failures_are_recorded_with_traceback_and_others_go_on(storage_url, monkeypatch):
+def test_failures_are_retried_recorded_with_traceback_and_others_go_on(storage_url, monkeypatch):
     monkeypatch.setattr(Failing, "fail_above", 0.6)
+    start = [{"h0": 0.9, "h1": 0.5}] + [{"h0": 0.1 * i, "h1": 0.5} for i in (1, 2, 3)]
     result = pt.run(
         Failing,
         space=quadratic_space(),
@@ -212,21 +213,60 @@ def test_failures_are_recorded_with_traceback_and_others_go_on(storage_url, monk
         name="f",
         seed=1,
         progress=False,
-        initial=[{"h0": 0.9, "h1": 0.5}, {"h0": 0.1, "h1": 0.5}],
+        initial=start,
         exploit=None,
     )
     failures = result.failures()
-    assert [f.member for f in failures] == [0]
+    # one attempt and max_failures=2 retries; no member had a checkpoint to re-seed it from yet
+    assert [(f.member, f.step) for f in failures] == [(0, 1)] * 3
     assert "RuntimeError: boom" in failures[0].traceback
-    assert "Traceback" in failures[0].traceback
-    statuses = {m.id: m.status for m in result.members}
-    assert statuses[0] is MemberStatus.FAILED
-    assert all(statuses[i] is MemberStatus.DONE for i in (1, 2, 3) if i != 0) or True
+    assert failures[0].traceback.startswith("Traceback")
+    assert failures[0].error == "RuntimeError: boom: training diverged with h0=0.900"
+    statuses = {m.id: (m.status, m.step) for m in result.members}
+    assert statuses == {
+        0: (MemberStatus.FAILED, 0),
+        1: (MemberStatus.DONE, 5),
+        2: (MemberStatus.DONE, 5),
+        3: (MemberStatus.DONE, 5),
+    }
     assert result.best.member != 0
+    assert result.status == "finished"
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_member_that_keeps_failing_is_reseeded_from_a_healthy_one(
+    storage_url, monkeypatch, workers
+):
+    monkeypatch.setattr(Failing, "fail_above", 0.6)
+    start = [{"h0": 0.2, "h1": 0.5}, {"h0": 0.3, "h1": 0.5}, {"h0": 0.9, "h1": 0.5}]
+    result = pt.run(
+        Failing,
+        space=quadratic_space(),
+        metric="q",
+        population=3,
+        intervals=5,
+        storage=storage_url,
+        name="reseed",
+        seed=0,
+        progress=False,
+        initial=start,
+        sync=True,
+        workers=workers,
+        max_failures=1,
+        exploit=None,
+    )
+    assert [(f.member, f.step) for f in result.failures()] == [(2, 1), (2, 1)]
+    reseeds = [e for e in result.exploits() if e.member == 2 and e.step == 0]
+    assert len(reseeds) == 1 and reseeds[0].donor in (0, 1) and reseeds[0].donor_step == 1
+    assert [(m.status, m.step) for m in result.members] == [(MemberStatus.DONE, 5)] * 3
+    first = next(i for i in result.intervals() if i.member == 2 and i.step == 1)
+    assert first.origin == (reseeds[0].donor, 1)  # it started from the donor's weights
 
 
 def test_every_member_failing_stops_the_run_with_the_traceback(storage_url):
-    with pytest.raises(pt.PopulationError, match=r"Every member failed(.|\n)*RuntimeError: boom"):
+    with pytest.raises(
+        pt.PopulationError, match=r"9 attempts in a row failed(.|\n)*RuntimeError: boom"
+    ):
         pt.run(
             Failing,
             space=quadratic_space(),
@@ -239,7 +279,7 @@ def test_every_member_failing_stops_the_run_with_the_traceback(storage_url):
             progress=False,
         )
     result = pt.load(storage_url, "all")
-    assert len(result.failures()) == 3
+    assert len(result.failures()) == 9  # 3 members x (1 attempt + 2 retries), not 150
     assert result.intervals() == []
 
 

@@ -66,6 +66,8 @@ def run(
     progress: bool = True,
     runner: Runner | None = None,
     initial: Sequence[Mapping[str, Any]] | None = None,
+    max_failures: int = 2,
+    lease_seconds: float = 30.0,
 ) -> Result:
     """Train a population with Population Based Training and return its results.
 
@@ -91,6 +93,10 @@ def run(
         progress: show a progress display on stderr.
         runner: where workers run; overrides ``workers``.
         initial: hyperparameters for the first members (e.g. a grid); the rest are sampled.
+        max_failures: how many times in a row a member whose ``train``/``evaluate`` raised is
+            retried from its last checkpoint before it is re-seeded from a healthy member.
+        lease_seconds: how long a worker's claim on a member lasts without a heartbeat; a
+            member of a worker that died is trained again after this long.
 
     Raises:
         ValueError / TypeError: for invalid arguments, naming the parameter and the value.
@@ -106,6 +112,8 @@ def run(
     _check_int("population", population, 2)
     _check_int("intervals", intervals, 1)
     _check_int("workers", workers, 1)
+    _check_int("max_failures", max_failures, 0)
+    _check_lease(lease_seconds)
     if not isinstance(metric, str) or not metric:
         raise ValueError(f"The 'metric' parameter must be a non-empty string. Got {metric!r}.")
     if exploit is _DEFAULT:
@@ -141,6 +149,8 @@ def run(
         "seed": seed,
         "sync": bool(sync),
         "initial": start if initial is not None else None,
+        "max_failures": max_failures,
+        "lease_seconds": float(lease_seconds),
     }
     try:
         record = store.population(name)
@@ -172,8 +182,12 @@ def run(
         ready=ready,
         seed=seed,
         sync=bool(sync),
+        population=population,
+        max_failures=max_failures,
     )
-    return _execute(store, record, spec, workers, progress, runner, checkpoints)
+    return _execute(
+        store, record, spec, workers, progress, runner, checkpoints, float(lease_seconds)
+    )
 
 
 def load(storage: str | Storage | None, name: str) -> Result:
@@ -233,9 +247,14 @@ def resume(
         ready=ready if ready is not None else rebuild(config["ready"], "ready"),
         seed=int(config["seed"]),
         sync=bool(config["sync"]),
+        population=int(config["population"]),
+        max_failures=int(config.get("max_failures", 2)),
     )
     _reopen(store, record)
-    return _execute(store, store.population(record.name), spec, workers, progress, runner, None)
+    lease = float(config.get("lease_seconds", 30.0))
+    return _execute(
+        store, store.population(record.name), spec, workers, progress, runner, None, lease
+    )
 
 
 def _execute(
@@ -246,6 +265,7 @@ def _execute(
     progress: bool,
     runner: Runner | None,
     checkpoints: str | os.PathLike[str] | CheckpointStore | None,
+    lease_seconds: float,
 ) -> Result:
     checkpoint_store = (
         checkpoints
@@ -257,7 +277,9 @@ def _execute(
         runner = InProcessRunner() if workers == 1 else LocalProcessRunner(min(workers, members))
     if record.status is PopulationStatus.ERROR:
         _reopen(store, record)
-    target = WorkerTarget(spec, store.url, str(record.config["checkpoints"]), record.id)
+    target = WorkerTarget(
+        spec, store.url, str(record.config["checkpoints"]), record.id, lease_seconds
+    )
 
     def poll() -> Any:
         return store.summary(record.id, spec.intervals, spec.mode)
@@ -373,6 +395,14 @@ def _mode(mode: Any) -> Mode:
         raise ValueError(
             f"The 'mode' parameter must be 'max' or 'min'. Got {mode!r} instead."
         ) from None
+
+
+def _check_lease(value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 86400:
+        raise ValueError(
+            f"The 'lease_seconds' parameter must be a number of seconds in (0, 86400). "
+            f"Got {value!r} instead."
+        )
 
 
 def _check_int(name: str, value: Any, low: int) -> None:

@@ -33,8 +33,9 @@ class Mode(str, enum.Enum):
     MIN = "min"
 
     def fitness(self, score: float | None) -> float:
-        """Map a score to "higher is better"; a missing, NaN or infinite-bad score is ``-inf``."""
-        if score is None or math.isnan(score):
+        """Map a score to "higher is better". A missing, NaN or infinite score (in either
+        direction: an overflow is a diverged run, not a perfect one) is the worst, ``-inf``."""
+        if score is None or not math.isfinite(score):
             return -math.inf
         return score if self is Mode.MAX else -score
 
@@ -75,7 +76,8 @@ class MemberRecord:
     are the hyperparameters its next interval trains with; ``score`` is the score of its latest
     interval. ``parent`` is the member it last copied (``None`` if it never exploited), and
     ``restore`` the checkpoint its next interval starts from (its own latest one, or a donor's
-    after an exploit; ``None`` before the first interval).
+    after an exploit; ``None`` before the first interval). ``failures`` counts the failed
+    attempts at its next interval since its last success.
     """
 
     id: int
@@ -86,6 +88,7 @@ class MemberRecord:
     status: MemberStatus
     restore: tuple[int, int] | None = None
     exploit_pending: bool = False
+    failures: int = 0
 
 
 @dataclass(frozen=True)

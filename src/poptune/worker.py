@@ -7,8 +7,8 @@ in synchronous mode once every member has recorded the same step (the generation
 
 from __future__ import annotations
 
-import contextlib
 import logging
+import math
 import os
 import queue
 import socket
@@ -43,7 +43,7 @@ __all__ = ["PopulationError", "RunSpec", "Worker", "derive_seed"]
 log = logging.getLogger("poptune")
 
 # Salts that keep the random streams of different decisions independent.
-_INIT, _EXPLOIT, _TRAIN = 0, 1, 2
+_INIT, _EXPLOIT, _TRAIN, _RESEED = 0, 1, 2, 3
 
 
 class PopulationError(RuntimeError):
@@ -74,6 +74,8 @@ class RunSpec:
     ready: Callable[[Candidate], bool]
     seed: int
     sync: bool = False
+    population: int = 2
+    max_failures: int = 2
 
 
 class _UserCodeFailed(Exception):
@@ -302,14 +304,61 @@ class Worker:
         return False
 
     def _record_failure(self, claim: Claim, failure: _UserCodeFailed) -> None:
+        """Retry the member from its last checkpoint, re-seed it from a healthy member once it
+        has failed ``max_failures`` times in a row, or mark it failed if no member is healthy."""
+        spec, member = self.spec, claim.member
         text = failure.args[0]
-        log.error("Member %d failed at step %d:\n%s", claim.member.id, claim.member.step + 1, text)
         error_line = text.strip().splitlines()[-1] if text.strip() else "error"
-        record = FailureRecord(
-            claim.member.id, claim.member.step + 1, error_line, text, time.time()
+        record = FailureRecord(member.id, member.step + 1, error_line, text, time.time())
+        retry = member.failures < spec.max_failures
+        reseed = None if retry else self._reseed(member)
+        try:
+            outcome = self.storage.record_failure(claim, record, retry, reseed)
+        except LeaseLost:
+            return
+        action = {
+            MemberStatus.FAILED: "marked failed",
+            MemberStatus.IDLE: "will retry" if retry else "re-seeded from another member",
+        }[outcome]
+        log.error("Member %d failed at step %d (%s):\n%s", member.id, member.step + 1, action, text)
+        # Every member failing the same way should stop the run, not burn the budget.
+        streak = self.storage.failure_streak(self.population_id)
+        if streak >= spec.population * (spec.max_failures + 1):
+            self.storage.set_status(
+                self.population_id,
+                PopulationStatus.ERROR,
+                f"{streak} attempts in a row failed, with no successful interval in between. "
+                f"The last failure:\n{text}",
+            )
+
+    def _reseed(self, member: MemberRecord) -> tuple[ExploitEvent, dict[str, Any]] | None:
+        """A donor's latest checkpoint and explored hparams for a member that keeps failing."""
+        spec = self.spec
+        population = [
+            c
+            for c in map(self._candidate, self.storage.candidates(self.population_id))
+            if c.member != member.id and c.fitness > -math.inf
+        ]
+        if not population:
+            return None
+        rng = rng_for(spec.seed, _RESEED, member.id, member.step, member.failures)
+        me = Candidate(member.id, member.step, None, -math.inf, dict(member.hparams))
+        donor = spec.exploit(me, [*population, me], rng) if spec.exploit is not None else None
+        if donor is None or donor.member == member.id:
+            donor = max(population, key=lambda c: (c.fitness, -c.member))
+        hparams = spec.space.validate(spec.explore(dict(donor.hparams), spec.space, rng))
+        event = ExploitEvent(
+            member=member.id,
+            step=member.step,
+            donor=donor.member,
+            donor_step=donor.step,
+            hparams_before=dict(member.hparams),
+            hparams_after=hparams,
+            score=None,
+            donor_score=donor.score,
+            time=time.time(),
         )
-        with contextlib.suppress(LeaseLost):
-            self.storage.record_failure(claim, record)
+        return event, hparams
 
     def _release_quietly(self, claim: Claim) -> None:
         try:

@@ -159,12 +159,45 @@ def test_record_exploit_points_member_at_donor(storage):
 def test_failure_marks_member_failed_and_reopen_gives_it_another_try(storage):
     pid = make(storage, n=2)
     claim = storage.claim(pid, "w", 5, 30.0, sync=False)
-    storage.record_failure(claim, FailureRecord(0, 1, "boom", "Traceback...\nboom", 1.0))
+    failure = FailureRecord(0, 1, "boom", "Traceback...\nboom", 1.0)
+    assert storage.record_failure(claim, failure, retry=False) is MemberStatus.FAILED
     assert storage.members(pid)[0].status is MemberStatus.FAILED
     assert storage.failures(pid)[0].error == "boom"
     assert storage.claim(pid, "w", 5, 30.0, sync=False).member.id == 1
     storage.reopen_members(pid, 5)
     assert storage.members(pid)[0].status is MemberStatus.IDLE
+
+
+def test_failure_retry_counts_and_success_resets(storage):
+    pid = make(storage, n=1)
+    for attempt in (1, 2):
+        claim = storage.claim(pid, "w", 5, 30.0, sync=False)
+        failure = FailureRecord(0, 1, "boom", "boom", time.time())
+        assert storage.record_failure(claim, failure, retry=True) is MemberStatus.IDLE
+        assert storage.members(pid)[0].failures == attempt
+    assert storage.failure_streak(pid) == 2
+    train(storage, pid, 0.5)
+    assert storage.members(pid)[0].failures == 0
+    assert storage.failure_streak(pid) == 0
+
+
+def test_failure_reseeds_from_a_donor(storage):
+    pid = make(storage, n=2)
+    train(storage, pid, 0.1)  # member 0 step 1
+    train(storage, pid, 0.9)  # member 1 step 1
+    claim = storage.claim(pid, "w", 5, 30.0, sync=False)  # member 0
+    event = ExploitEvent(0, 1, 1, 1, {"x": 0.0}, {"x": 1.1}, None, 0.9, 2.0)
+    failure = FailureRecord(0, 2, "boom", "boom", 2.0)
+    status = storage.record_failure(claim, failure, retry=False, reseed=(event, {"x": 1.1}))
+    assert status is MemberStatus.IDLE
+    member = storage.members(pid)[0]
+    assert (member.restore, member.parent, dict(member.hparams)) == ((1, 1), 1, {"x": 1.1})
+    assert storage.exploits(pid) == [event]
+    gone = ExploitEvent(0, 1, 1, 7, {}, {}, None, None, 3.0)  # donor checkpoint does not exist
+    claim = storage.claim(pid, "w", 5, 30.0, sync=False)
+    assert claim.member.id == 0
+    status = storage.record_failure(claim, failure, retry=False, reseed=(gone, {"x": 1.0}))
+    assert status is MemberStatus.FAILED
 
 
 def test_collect_garbage_keeps_what_is_needed(storage):

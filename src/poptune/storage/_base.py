@@ -34,6 +34,7 @@ from ..records import (
     FailureRecord,
     IntervalRecord,
     MemberRecord,
+    MemberStatus,
     Mode,
     PopulationRecord,
     PopulationStatus,
@@ -173,8 +174,21 @@ class Storage(Protocol):
         """
         ...
 
-    def record_failure(self, claim: Claim, failure: FailureRecord) -> None:
-        """Log a failure of user code and mark the member failed, releasing it."""
+    def record_failure(
+        self,
+        claim: Claim,
+        failure: FailureRecord,
+        retry: bool,
+        reseed: tuple[ExploitEvent, Mapping[str, Any]] | None = None,
+    ) -> MemberStatus:
+        """Log a failure of user code and release the member, atomically, to be retried from its
+        last checkpoint (``retry``), re-seeded from a donor's checkpoint with new hparams
+        (``reseed``: the exploit event and the hparams; only if the donor's checkpoint is still
+        committed), or else marked failed. Returns the member's new status."""
+        ...
+
+    def failure_streak(self, population_id: int) -> int:
+        """How many failures were recorded since the last successful interval."""
         ...
 
     def reopen_members(self, population_id: int, budget: int) -> None:

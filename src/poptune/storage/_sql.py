@@ -41,7 +41,7 @@ from ._base import (
 
 __all__ = ["SCHEMA_VERSION", "SQLStorage", "redact_url"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 metadata = sa.MetaData()
 
@@ -61,6 +61,8 @@ populations = sa.Table(
     sa.Column("status", sa.String(16), nullable=False),
     sa.Column("error", sa.Text, nullable=True),
     sa.Column("created_at", sa.Float, nullable=False),
+    # failures recorded since the last successful interval, across all members
+    sa.Column("failure_streak", sa.Integer, nullable=False, default=0),
 )
 
 members = sa.Table(
@@ -76,6 +78,7 @@ members = sa.Table(
     sa.Column("restore_member", sa.Integer, nullable=True),
     sa.Column("restore_step", sa.Integer, nullable=True),
     sa.Column("exploit_pending", sa.Boolean, nullable=False),
+    sa.Column("failures", sa.Integer, nullable=False, default=0),
     sa.Column("owner", sa.String(255), nullable=True),
     sa.Column("token", sa.Integer, nullable=False),
     sa.Column("lease_until", sa.Float, nullable=True),
@@ -275,6 +278,7 @@ class SQLStorage:
                         status=PopulationStatus.RUNNING.value,
                         error=None,
                         created_at=now,
+                        failure_streak=0,
                     )
                 )
                 population_id = int(result.inserted_primary_key[0])
@@ -292,6 +296,7 @@ class SQLStorage:
                             "restore_member": None,
                             "restore_step": None,
                             "exploit_pending": False,
+                            "failures": 0,
                             "owner": None,
                             "token": 0,
                             "lease_until": None,
@@ -445,6 +450,7 @@ class SQLStorage:
                     "sha256": checkpoint.sha256,
                 },
             )
+            connection.execute(_STREAK_RESET, {"pid": claim.population_id})
             return _collect(connection, claim.population_id, mode)
 
     def record_exploit(
@@ -467,27 +473,47 @@ class SQLStorage:
                 v_rm=event.donor,
                 v_rs=event.donor_step,
             )
-            connection.execute(
-                exploits.insert(),
-                {
-                    "population_id": claim.population_id,
-                    "member_id": event.member,
-                    "step": event.step,
-                    "donor_id": event.donor,
-                    "donor_step": event.donor_step,
-                    "hparams_before": _dumps(dict(event.hparams_before)),
-                    "hparams_after": _dumps(dict(event.hparams_after)),
-                    "score": _score(event.score),
-                    "donor_score": _score(event.donor_score),
-                    "time": event.time,
-                },
-            )
+            connection.execute(exploits.insert(), _exploit_row(claim.population_id, event))
         return _checkpoint(row)
 
-    def record_failure(self, claim: Claim, failure: FailureRecord) -> None:
-        """Log the failure and mark the member failed."""
+    def record_failure(
+        self,
+        claim: Claim,
+        failure: FailureRecord,
+        retry: bool,
+        reseed: tuple[ExploitEvent, Mapping[str, Any]] | None = None,
+    ) -> MemberStatus:
+        """Log the failure; then retry the member, re-seed it from a donor, or mark it failed."""
         with self._write() as connection:
-            self._fenced(connection, _FAIL, claim)
+            outcome = MemberStatus.FAILED
+            if retry:
+                self._fenced(connection, _RETRY, claim)
+                outcome = MemberStatus.IDLE
+            elif (
+                reseed is not None
+                and connection.execute(
+                    _CHECKPOINT,
+                    {
+                        "pid": claim.population_id,
+                        "mid": reseed[0].donor,
+                        "step": reseed[0].donor_step,
+                    },
+                ).first()
+            ):
+                event, hparams = reseed
+                self._fenced(
+                    connection,
+                    _RESEED,
+                    claim,
+                    v_hparams=_dumps(dict(hparams)),
+                    v_parent=event.donor,
+                    v_rm=event.donor,
+                    v_rs=event.donor_step,
+                )
+                connection.execute(exploits.insert(), _exploit_row(claim.population_id, event))
+                outcome = MemberStatus.IDLE
+            else:
+                self._fenced(connection, _FAIL, claim)
             connection.execute(
                 failures.insert(),
                 {
@@ -499,6 +525,13 @@ class SQLStorage:
                     "time": failure.time,
                 },
             )
+            connection.execute(_STREAK_UP, {"pid": claim.population_id})
+        return outcome
+
+    def failure_streak(self, population_id: int) -> int:
+        """How many failures were recorded since the last successful interval."""
+        with self._read() as connection:
+            return int(connection.execute(_STREAK, {"pid": population_id}).scalar_one())
 
     # --- reads ---------------------------------------------------------------------------
 
@@ -649,7 +682,7 @@ class SQLStorage:
                         sa.and_(m.status == MemberStatus.DONE.value, m.step < budget),
                     ),
                 )
-                .values(status=MemberStatus.IDLE.value, owner=None, lease_until=None)
+                .values(status=MemberStatus.IDLE.value, owner=None, lease_until=None, failures=0)
             )
 
 
@@ -724,6 +757,32 @@ def _fenced_update(**values: Any) -> Any:
 _RENEW = _fenced_update(lease_until=_B("v_lease"))
 _RELEASE = _fenced_update(status=MemberStatus.IDLE.value, owner=None, lease_until=None)
 _FAIL = _fenced_update(status=MemberStatus.FAILED.value, owner=None, lease_until=None)
+_RETRY = _fenced_update(
+    status=MemberStatus.IDLE.value, owner=None, lease_until=None, failures=_m.failures + 1
+)
+_RESEED = _fenced_update(
+    hparams=_B("v_hparams"),
+    parent=_B("v_parent"),
+    restore_member=_B("v_rm"),
+    restore_step=_B("v_rs"),
+    exploit_pending=False,
+    failures=0,
+    status=MemberStatus.IDLE.value,
+    owner=None,
+    lease_until=None,
+)
+_STREAK = sa.select(populations.c.failure_streak).where(populations.c.id == _B("pid"))
+_STREAK_UP = (
+    populations.update()
+    .where(populations.c.id == _B("pid"))
+    .values(failure_streak=populations.c.failure_streak + 1)
+)
+# Only touches the row when there is a streak to reset, so successes do not contend on it.
+_STREAK_RESET = (
+    populations.update()
+    .where(populations.c.id == _B("pid"), populations.c.failure_streak > 0)
+    .values(failure_streak=0)
+)
 _RECORD = _fenced_update(
     step=_B("v_step"),
     score=_B("v_score"),
@@ -732,6 +791,7 @@ _RECORD = _fenced_update(
     restore_step=_B("v_rs"),
     exploit_pending=_B("v_pending"),
     status=_B("v_status"),
+    failures=0,
     owner=None,
     lease_until=None,
 )
@@ -792,6 +852,21 @@ _BEST_MAX = _best(_i.score.desc())
 _BEST_MIN = _best(_i.score.asc())
 
 
+def _exploit_row(population_id: int, event: ExploitEvent) -> dict[str, Any]:
+    return {
+        "population_id": population_id,
+        "member_id": event.member,
+        "step": event.step,
+        "donor_id": event.donor,
+        "donor_step": event.donor_step,
+        "hparams_before": _dumps(dict(event.hparams_before)),
+        "hparams_after": _dumps(dict(event.hparams_after)),
+        "score": _score(event.score),
+        "donor_score": _score(event.donor_score),
+        "time": event.time,
+    }
+
+
 def _collect(connection: Connection, population_id: int, mode: Mode) -> list[CheckpointRef]:
     """Delete the checkpoint rows that the keep rule does not protect; return them."""
     member_rows = connection.execute(_GC_MEMBERS, {"pid": population_id}).all()
@@ -839,6 +914,7 @@ def _member(row: Any) -> MemberRecord:
         status=MemberStatus(row.status),
         restore=restore,
         exploit_pending=bool(row.exploit_pending),
+        failures=int(row.failures),
     )
 
 
