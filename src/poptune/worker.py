@@ -142,12 +142,14 @@ class Worker:
 
     def work_on(self, claim: Claim) -> None:
         """One member, one interval: exploit if due, restore, train, evaluate, save, record."""
+        checkpoint = None
         try:
             member, restore = claim.member, claim.checkpoint
             if member.exploit_pending:
                 member, restore = self.exploit_and_explore(claim)
-            interval, state = self.train_one_interval(member, restore)
-            checkpoint = self.checkpoints.save(self.population_id, member.id, interval.step, state)
+            member, restore, state = self.restore(claim, member, restore)
+            interval, state = self.train_one_interval(member, restore, state)
+            checkpoint = self.save(member, interval.step, state)
             collected = self.storage.record_interval(
                 claim,
                 interval,
@@ -162,6 +164,8 @@ class Worker:
             return
         except LeaseLost:
             log.warning("Lost the lease on member %d; its interval was discarded.", claim.member.id)
+            if checkpoint is not None:  # written but never committed: nobody can refer to it
+                self._doomed.put(checkpoint)
             return
         except BaseException:
             self._release_quietly(claim)
@@ -220,23 +224,95 @@ class Worker:
         )
         return member, copied
 
+    def restore(
+        self, claim: Claim, member: MemberRecord, ref: CheckpointRef | None
+    ) -> tuple[MemberRecord, CheckpointRef | None, Any]:
+        """Load the checkpoint the member starts from, verified by its checksum.
+
+        A missing, truncated or corrupted checkpoint is never trained on: its row is dropped
+        (so no one copies it) and the member falls back to its own previous checkpoint, else to
+        the best healthy member's latest one (recorded as an exploit without explore).
+        """
+        if member.restore is None:
+            return member, None, None
+        while True:
+            if ref is not None:
+                try:
+                    return member, ref, self.checkpoints.load(ref)
+                except CheckpointCorrupt as error:
+                    log.warning("%s Falling back to another checkpoint.", error)
+                    self.storage.discard_checkpoint(self.population_id, ref)
+                    self._doomed.put(ref)
+                    damaged = (ref.member, ref.step)
+            else:
+                log.warning(
+                    "Checkpoint %s of member %d is not in the storage; falling back.",
+                    member.restore,
+                    member.id,
+                )
+                damaged = member.restore
+            member, ref = self._fallback(claim, member, damaged)
+
+    def _fallback(
+        self, claim: Claim, member: MemberRecord, damaged: tuple[int, int]
+    ) -> tuple[MemberRecord, CheckpointRef]:
+        own = self.storage.previous_checkpoint(self.population_id, *damaged)
+        if own is not None and own.member == member.id:
+            return replace(member, restore=(own.member, own.step)), own
+        population = [
+            c
+            for c in map(self._candidate, self.storage.candidates(self.population_id))
+            if (c.member, c.step) != damaged and c.member != member.id
+        ]
+        for donor in sorted(population, key=lambda c: (-c.fitness, c.member)):
+            event = ExploitEvent(
+                member=member.id,
+                step=member.step,
+                donor=donor.member,
+                donor_step=donor.step,
+                hparams_before=dict(member.hparams),
+                hparams_after=dict(donor.hparams),
+                score=member.score,
+                donor_score=donor.score,
+                time=time.time(),
+            )
+            ref = self.storage.record_exploit(claim, event, donor.hparams)
+            if ref is not None:
+                restored = replace(
+                    member,
+                    hparams=dict(donor.hparams),
+                    parent=donor.member,
+                    restore=(donor.member, donor.step),
+                )
+                return restored, ref
+        raise _UserCodeFailed(
+            f"No intact checkpoint to restore member {member.id} from: {damaged} is damaged "
+            "and no other member has a checkpoint yet."
+        )
+
+    def save(self, member: MemberRecord, step: int, state: Any) -> CheckpointRef:
+        """Write the member's new checkpoint; a full disk stops the population clearly."""
+        try:
+            return self.checkpoints.save(self.population_id, member.id, step, state)
+        except OSError as error:
+            message = (
+                f"Could not write the checkpoint of member {member.id} at step {step}: {error}. "
+                "No partial checkpoint was left behind. Free space (or point checkpoints= "
+                "elsewhere), then resume the population."
+            )
+            self.storage.set_status(self.population_id, PopulationStatus.ERROR, message)
+            raise PopulationError(message) from error
+        except TypeError as error:  # the state holds something that cannot be stored safely
+            raise _UserCodeFailed(f"state_dict() cannot be checkpointed: {error}") from error
+
     def train_one_interval(
-        self, member: MemberRecord, restore: CheckpointRef | None
+        self, member: MemberRecord, restore: CheckpointRef | None, state: Any
     ) -> tuple[IntervalRecord, Any]:
-        """Restore the member, train and evaluate it (user code); return the record and state."""
+        """Train and evaluate the member from ``state`` (user code); return the record and the
+        new state."""
         spec = self.spec
         step = member.step + 1
         hparams = dict(member.hparams)
-        state = None
-        if member.restore is not None:
-            if restore is None:
-                raise _UserCodeFailed(
-                    f"Checkpoint {member.restore} of member {member.id} is not in the storage."
-                )
-            try:
-                state = self.checkpoints.load(restore)
-            except CheckpointCorrupt as error:
-                raise _UserCodeFailed(str(error)) from error
         started = time.perf_counter()
         try:
             trainable = spec.trainable(hparams, derive_seed(spec.seed, _TRAIN, member.id, step))

@@ -17,7 +17,8 @@ Contract (every implementation must keep it):
 - Reads (``members``, ``intervals``, ``candidates``, ``summary``...) see committed data only; they
   may be stale by the time the caller acts on them, which is why ``record_exploit`` re-checks.
 - A checkpoint row is deleted only by ``collect_garbage``, under the documented keep rule, and
-  never while a member is set to restore from it.
+  never while a member is set to restore from it; or by ``discard_checkpoint`` when its file
+  failed its checksum (a damaged checkpoint must never be copied).
 
 Methods may be called from any thread, but one claim is used by one worker at a time.
 """
@@ -222,6 +223,16 @@ class Storage(Protocol):
 
     def checkpoint(self, population_id: int, member: int, step: int) -> CheckpointRef | None:
         """The committed checkpoint of ``member`` at ``step``, if it still exists."""
+        ...
+
+    def previous_checkpoint(
+        self, population_id: int, member: int, step: int
+    ) -> CheckpointRef | None:
+        """The latest committed checkpoint of ``member`` before ``step``, if one is kept."""
+        ...
+
+    def discard_checkpoint(self, population_id: int, ref: CheckpointRef) -> None:
+        """Drop the row of a damaged checkpoint so that no one restores or copies it again."""
         ...
 
     def checkpoints(self, population_id: int) -> list[CheckpointRef]:

@@ -615,6 +615,33 @@ class SQLStorage:
             ).first()
         return None if row is None else _checkpoint(row)
 
+    def previous_checkpoint(
+        self, population_id: int, member: int, step: int
+    ) -> CheckpointRef | None:
+        """The latest committed checkpoint of ``member`` before ``step``, if one is kept."""
+        c = checkpoints.c
+        with self._read() as connection:
+            row = connection.execute(
+                sa.select(checkpoints)
+                .where(c.population_id == population_id, c.member_id == member, c.step < step)
+                .order_by(c.step.desc())
+                .limit(1)
+            ).first()
+        return None if row is None else _checkpoint(row)
+
+    def discard_checkpoint(self, population_id: int, ref: CheckpointRef) -> None:
+        """Drop the row of a damaged checkpoint so that no one restores or copies it again."""
+        c = checkpoints.c
+        with self._write() as connection:
+            connection.execute(
+                checkpoints.delete().where(
+                    c.population_id == population_id,
+                    c.member_id == ref.member,
+                    c.step == ref.step,
+                    c.sha256 == ref.sha256,
+                )
+            )
+
     def checkpoints(self, population_id: int) -> list[CheckpointRef]:
         """Every committed checkpoint."""
         c = checkpoints.c
