@@ -1,0 +1,112 @@
+"""Bad files: damaged checkpoints are never trained on; a full disk is reported clearly."""
+
+from __future__ import annotations
+
+import errno
+import logging
+from pathlib import Path
+
+import pytest
+
+import poptune as pt
+from poptune import serialization
+from poptune.runners import InProcessRunner
+from poptune.testing import Quadratic, quadratic_space
+from poptune.worker import Worker
+
+
+class DamageAfter(InProcessRunner):
+    """Trains ``before`` intervals, damages member 0's latest checkpoint, then finishes."""
+
+    def __init__(self, before: int, damage: str) -> None:
+        self.before = before
+        self.damage = damage
+        self.damaged: pt.CheckpointRef | None = None
+
+    def run(self, target, storage, checkpoints, on_started=lambda: None):
+        worker = Worker(target.spec, storage, checkpoints, target.population_id)
+        spec = target.spec
+        for _ in range(self.before):
+            claim = storage.claim(target.population_id, worker.owner, spec.intervals, 30.0, False)
+            worker.work_on(claim)
+        member = storage.members(target.population_id)[0]
+        self.damaged = storage.checkpoint(target.population_id, *member.restore)
+        path = checkpoints.root / self.damaged.path
+        if self.damage == "flip":
+            data = bytearray(path.read_bytes())
+            data[len(data) // 2] ^= 0xFF
+            path.write_bytes(bytes(data))
+        elif self.damage == "truncate":
+            path.write_bytes(path.read_bytes()[:10])
+        else:
+            path.unlink()
+        worker.run()
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "delete"])
+def test_a_damaged_checkpoint_is_never_trained_on(tmp_path: Path, damage: str, caplog):
+    url = f"sqlite:///{tmp_path / 'poptune.db'}"
+    runner = DamageAfter(before=6, damage=damage)
+    with caplog.at_level(logging.WARNING, logger="poptune"):
+        result = pt.run(
+            Quadratic,
+            space=quadratic_space(),
+            metric="q",
+            population=3,
+            intervals=5,
+            storage=url,
+            name="damaged",
+            seed=0,
+            progress=False,
+            exploit=None,
+            runner=runner,
+        )
+    bad = runner.damaged
+    assert (bad.member, bad.step) == (0, 2)
+    assert [m.step for m in result.members] == [5, 5, 5]
+    assert result.failures() == []
+    assert "Falling back" in caplog.text or "falling back" in caplog.text
+    # the damaged checkpoint's row is gone, so nobody restores or copies it any more
+    assert result.storage.checkpoint(result.record.id, 0, 2) is None
+    third = next(i for i in result.intervals() if i.member == 0 and i.step == 3)
+    assert third.origin != (0, 2)
+    copies = [e for e in result.exploits() if e.member == 0 and e.step == 2]
+    assert third.origin == (copies[0].donor, copies[0].donor_step)
+    assert third.hparams == copies[0].hparams_after  # weights and hparams from the same donor
+
+
+def test_a_full_disk_stops_the_run_clearly_and_leaves_no_partial_file(tmp_path: Path, monkeypatch):
+    real_dump = serialization.dump
+    calls = {"n": 0}
+
+    def dump(state, file):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            file.write(b"partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_dump(state, file)
+
+    monkeypatch.setattr(serialization, "dump", dump)
+    url = f"sqlite:///{tmp_path / 'poptune.db'}"
+    with pytest.raises(pt.PopulationError, match=r"No space left on device.*resume"):
+        pt.run(
+            Quadratic,
+            space=quadratic_space(),
+            metric="q",
+            population=3,
+            intervals=4,
+            storage=url,
+            name="full",
+            seed=0,
+            progress=False,
+        )
+    files = list((tmp_path / "checkpoints").rglob("*"))
+    assert not [f for f in files if f.name.endswith(".tmp")]
+    result = pt.load(url, "full")
+    committed = {c.path for c in result.storage.checkpoints(result.record.id)}
+    on_disk = {str(f.relative_to(tmp_path / "checkpoints")) for f in files if f.is_file()}
+    assert on_disk == committed  # nothing half-written is visible
+    assert len(result.intervals()) == 4
+    monkeypatch.setattr(serialization, "dump", real_dump)  # "free some space"
+    resumed = result.resume(progress=False)
+    assert [m.step for m in resumed.members] == [4, 4, 4]
