@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -305,8 +306,33 @@ def _execute(
     return Result(store, final, checkpoint_store, spec.trainable)
 
 
+def _expire_dead_local_claims(store: Storage, record: PopulationRecord) -> None:
+    """Free members held by workers of this machine whose process is gone (killed, crashed),
+    instead of waiting for their leases to run out. Workers elsewhere are left to their leases."""
+    host = socket.gethostname()
+    dead = set()
+    for owner in store.claims(record.id).values():
+        owner_host, _, rest = (owner or "").partition(":")
+        pid_text = rest.partition(":")[0]
+        if owner_host == host and pid_text.isdigit() and not _alive(int(pid_text)):
+            dead.add(owner)
+    if dead and store.expire_claims(record.id, sorted(dead)):
+        log.warning("Took back members held by %d dead worker(s) of this machine.", len(dead))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _reopen(store: Storage, record: PopulationRecord) -> None:
     """Give failed members another try and mark the population running again."""
+    _expire_dead_local_claims(store, record)
     store.reopen_members(record.id, int(record.config["intervals"]))
     if record.status is not PopulationStatus.RUNNING:
         store.set_status(record.id, PopulationStatus.RUNNING, None)

@@ -192,6 +192,14 @@ class Storage(Protocol):
         """How many failures were recorded since the last successful interval."""
         ...
 
+    def expire_claims(self, population_id: int, owners: Sequence[str]) -> int:
+        """End the leases held by ``owners`` (workers known to be dead); return how many."""
+        ...
+
+    def claims(self, population_id: int) -> dict[int, str]:
+        """Member id -> owner, for every member currently held by a worker."""
+        ...
+
     def reopen_members(self, population_id: int, budget: int) -> None:
         """Make failed members, and finished ones below ``budget``, idle again (to resume)."""
         ...

@@ -18,6 +18,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.functions import FunctionElement
 
 from ..records import (
     CheckpointRef,
@@ -344,11 +346,9 @@ class SQLStorage:
         self, population_id: int, owner: str, budget: int, lease_seconds: float, sync: bool
     ) -> Claim | None:
         """Claim the least-advanced claimable member, atomically."""
-        now = time.time()
         with self._write() as connection:
             row = connection.execute(
-                _CLAIM_SYNC if sync else _CLAIM,
-                {"pid": population_id, "budget": budget, "now": now},
+                _CLAIM_SYNC if sync else _CLAIM, {"pid": population_id, "budget": budget}
             ).first()
             if row is None:
                 return None
@@ -360,7 +360,7 @@ class SQLStorage:
                     "mid": row.member_id,
                     "v_owner": owner,
                     "v_token": token,
-                    "v_lease": now + lease_seconds,
+                    "v_lease": lease_seconds,
                 },
             )
         checkpoint = None
@@ -387,7 +387,7 @@ class SQLStorage:
     def renew(self, claim: Claim, lease_seconds: float) -> None:
         """Extend the lease of ``claim``."""
         with self._write() as connection:
-            self._fenced(connection, _RENEW, claim, v_lease=time.time() + lease_seconds)
+            self._fenced(connection, _RENEW, claim, v_lease=lease_seconds)
 
     def release(self, claim: Claim) -> None:
         """Give the member back unchanged."""
@@ -696,6 +696,34 @@ class SQLStorage:
             status=PopulationStatus(status),
         )
 
+    def expire_claims(self, population_id: int, owners: Sequence[str]) -> int:
+        """End the leases held by ``owners`` (workers known to be dead); return how many."""
+        if not owners:
+            return 0
+        m = members.c
+        with self._write() as connection:
+            result = connection.execute(
+                members.update()
+                .where(
+                    m.population_id == population_id,
+                    m.status == MemberStatus.RUNNING.value,
+                    m.owner.in_(list(owners)),
+                )
+                .values(lease_until=0.0)
+            )
+        return int(result.rowcount)
+
+    def claims(self, population_id: int) -> dict[int, str]:
+        """Member id -> owner, for every member currently held by a worker."""
+        m = members.c
+        with self._read() as connection:
+            rows = connection.execute(
+                sa.select(m.member_id, m.owner).where(
+                    m.population_id == population_id, m.status == MemberStatus.RUNNING.value
+                )
+            ).all()
+        return {row.member_id: row.owner for row in rows}
+
     def reopen_members(self, population_id: int, budget: int) -> None:
         """Make failed members (and finished ones below ``budget``) idle again, to resume."""
         m = members.c
@@ -711,6 +739,32 @@ class SQLStorage:
                 )
                 .values(status=MemberStatus.IDLE.value, owner=None, lease_until=None, failures=0)
             )
+
+
+class db_clock(FunctionElement[float]):
+    """The database server's clock in seconds since the epoch.
+
+    Leases are computed and compared with it, so workers whose host clocks disagree still
+    agree on when a lease expires.
+    """
+
+    type = sa.Float()
+    inherit_cache = True
+
+
+@compiles(db_clock)
+def _clock_default(element: Any, compiler: Any, **kw: Any) -> str:
+    return "(CAST(strftime('%s', 'now') AS REAL))"
+
+
+@compiles(db_clock, "sqlite")
+def _clock_sqlite(element: Any, compiler: Any, **kw: Any) -> str:
+    return "((julianday('now') - 2440587.5) * 86400.0)"
+
+
+@compiles(db_clock, "postgresql")
+def _clock_postgresql(element: Any, compiler: Any, **kw: Any) -> str:
+    return "EXTRACT(EPOCH FROM clock_timestamp())"
 
 
 # --- statements on the hot path, built once (SQLAlchemy then reuses their compiled form) -------
@@ -745,7 +799,7 @@ _CLAIM = (
         ),
         sa.or_(
             _m.status == MemberStatus.IDLE.value,
-            sa.and_(_m.status == _RUNNING, _m.lease_until < _B("now")),
+            sa.and_(_m.status == _RUNNING, _m.lease_until < db_clock()),
         ),
     )
     .order_by(_m.step, _m.member_id)
@@ -763,7 +817,12 @@ _CLAIM_SYNC = _CLAIM.where(
 _TAKE = (
     members.update()
     .where(_m.population_id == _B("pid"), _m.member_id == _B("mid"))
-    .values(status=_RUNNING, owner=_B("v_owner"), token=_B("v_token"), lease_until=_B("v_lease"))
+    .values(
+        status=_RUNNING,
+        owner=_B("v_owner"),
+        token=_B("v_token"),
+        lease_until=db_clock() + _B("v_lease", type_=sa.Float),
+    )
 )
 
 
@@ -781,7 +840,7 @@ def _fenced_update(**values: Any) -> Any:
     )
 
 
-_RENEW = _fenced_update(lease_until=_B("v_lease"))
+_RENEW = _fenced_update(lease_until=db_clock() + _B("v_lease", type_=sa.Float))
 _RELEASE = _fenced_update(status=MemberStatus.IDLE.value, owner=None, lease_until=None)
 _FAIL = _fenced_update(status=MemberStatus.FAILED.value, owner=None, lease_until=None)
 _RETRY = _fenced_update(
