@@ -81,3 +81,20 @@ def test_open_checkpoints(tmp_path: Path):
     assert open_checkpoints(f"file://{tmp_path}").root == tmp_path.resolve()
     with pytest.raises(ValueError, match="not supported yet"):
         open_checkpoints("s3://bucket/x")
+
+
+def test_sweep_removes_only_old_uncommitted_files(tmp_path: Path):
+    import time as time_module
+
+    from poptune.checkpoints import sweep_orphans
+
+    store = LocalCheckpoints(tmp_path)
+    kept = store.save(1, 0, 1, {"x": 1})
+    orphan = store.save(1, 0, 2, {"x": 2})
+    fresh = store.save(1, 1, 1, {"x": 3})
+    old = time_module.time() - 100
+    for ref in (kept, orphan):
+        os.utime(tmp_path / ref.path, (old, old))
+    swept = sweep_orphans(store, 1, {kept.path}, older_than=60.0)
+    assert swept == [orphan.path]
+    assert set(store.files(1)) == {kept.path, fresh.path}  # a fresh file may be about to commit

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 import uuid
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
@@ -21,7 +22,13 @@ from typing import Any, BinaryIO, Protocol
 from . import serialization
 from .records import CheckpointRef
 
-__all__ = ["CheckpointCorrupt", "CheckpointStore", "LocalCheckpoints"]
+__all__ = [
+    "CheckpointCorrupt",
+    "CheckpointStore",
+    "LocalCheckpoints",
+    "open_checkpoints",
+    "sweep_orphans",
+]
 
 
 class CheckpointCorrupt(RuntimeError):
@@ -43,6 +50,14 @@ class CheckpointStore(Protocol):
 
     def delete(self, ref: CheckpointRef) -> None:
         """Delete the checkpoint's file; a file already gone is fine."""
+        ...
+
+    def files(self, population_id: int) -> dict[str, float]:
+        """Every file stored for the population (relative path -> modification time)."""
+        ...
+
+    def remove(self, path: str) -> None:
+        """Delete a stored file by its relative path; a file already gone is fine."""
         ...
 
 
@@ -135,7 +150,44 @@ class LocalCheckpoints:
 
     def delete(self, ref: CheckpointRef) -> None:
         """Delete the file of ``ref`` if it is still there."""
-        (self.root / ref.path).unlink(missing_ok=True)
+        self.remove(ref.path)
+
+    def files(self, population_id: int) -> dict[str, float]:
+        """Every file under the population's folder, temporary ones included."""
+        folder = self.root / f"population-{population_id}"
+        found: dict[str, float] = {}
+        if folder.is_dir():
+            for path in folder.rglob("*"):
+                try:
+                    if path.is_file():
+                        found[str(path.relative_to(self.root))] = path.stat().st_mtime
+                except FileNotFoundError:  # deleted meanwhile by a worker
+                    continue
+        return found
+
+    def remove(self, path: str) -> None:
+        """Delete a file by its path relative to the store."""
+        (self.root / path).unlink(missing_ok=True)
+
+
+def sweep_orphans(
+    store: CheckpointStore, population_id: int, committed: set[str], older_than: float
+) -> list[str]:
+    """Delete files of the population that no committed checkpoint row refers to.
+
+    Such orphans are left by a worker killed between writing a checkpoint and committing it
+    (or in the middle of writing it). Only files older than ``older_than`` seconds are touched,
+    so a checkpoint that a live worker is about to commit is never taken away.
+    """
+    now = time.time()
+    orphans = [
+        path
+        for path, mtime in store.files(population_id).items()
+        if path not in committed and now - mtime > older_than
+    ]
+    for path in orphans:
+        store.remove(path)
+    return orphans
 
 
 def open_checkpoints(url: str | os.PathLike[str] | CheckpointStore) -> CheckpointStore:

@@ -13,7 +13,7 @@ import numpy as np
 from sqlalchemy.engine import make_url
 
 from ._imports import import_object, reference_of
-from .checkpoints import CheckpointStore, open_checkpoints
+from .checkpoints import CheckpointStore, open_checkpoints, sweep_orphans
 from .progress import ProgressWatcher
 from .records import Mode, PopulationRecord, PopulationStatus
 from .results import Result
@@ -237,7 +237,23 @@ def resume(
             )
         trainable = import_object(reference)
     check_trainable(trainable)
-    spec = RunSpec(
+    spec = _spec_from_config(config, trainable, exploit, explore, ready)
+    _reopen(store, record)
+    lease = float(config.get("lease_seconds", 30.0))
+    return _execute(
+        store, store.population(record.name), spec, workers, progress, runner, None, lease
+    )
+
+
+def _spec_from_config(
+    config: Mapping[str, Any],
+    trainable: type,
+    exploit: Callable[..., Any] | None = _DEFAULT,  # type: ignore[assignment]
+    explore: Callable[..., Any] | None = None,
+    ready: Callable[..., Any] | None = None,
+) -> RunSpec:
+    """The algorithm of a stored population; strategies given here replace the stored ones."""
+    return RunSpec(
         trainable=trainable,
         space=space_from_dict(config["space"]),
         metric=config["metric"],
@@ -250,11 +266,6 @@ def resume(
         sync=bool(config["sync"]),
         population=int(config["population"]),
         max_failures=int(config.get("max_failures", 2)),
-    )
-    _reopen(store, record)
-    lease = float(config.get("lease_seconds", 30.0))
-    return _execute(
-        store, store.population(record.name), spec, workers, progress, runner, None, lease
     )
 
 
@@ -281,6 +292,10 @@ def _execute(
     target = WorkerTarget(
         spec, store.url, str(record.config["checkpoints"]), record.id, lease_seconds
     )
+    committed = {ref.path for ref in store.checkpoints(record.id)}
+    swept = sweep_orphans(checkpoint_store, record.id, committed, older_than=2 * lease_seconds)
+    if swept:
+        log.info("Deleted %d orphan checkpoint file(s) left by killed workers.", len(swept))
 
     def poll() -> Any:
         return store.summary(record.id, spec.intervals, spec.mode)

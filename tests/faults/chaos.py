@@ -1,0 +1,117 @@
+"""A worker process that injects faults, for the fault-injection harness (``test_chaos.py``).
+
+Run as ``python chaos.py STORAGE_URL NAME`` with ``$POPTUNE_CHAOS_SEED`` set. It joins the
+population like any worker, but with probabilities taken from ``$POPTUNE_CHAOS`` (JSON) it
+
+- SIGKILLs itself during ``train``, half-way through writing a checkpoint, or inside a database
+  write transaction before it commits (what "killed during the commit" looks like to SQLite);
+- raises from ``train`` and returns NaN from ``evaluate``.
+
+The trainable signs its own state, so if poptune ever handed it damaged data (a checkpoint whose
+checksum failed silently), ``load_state_dict`` would raise ``CORRUPT STATE`` and the harness
+would find it among the recorded failures.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import sys
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+
+from poptune import checkpoints as checkpoints_module
+from poptune.checkpoints import LocalCheckpoints
+from poptune.population import _spec_from_config, load
+from poptune.storage import SQLStorage
+from poptune.testing import Quadratic
+from poptune.worker import Worker
+
+CHAOS: dict[str, float] = json.loads(os.environ.get("POPTUNE_CHAOS", "{}"))
+RNG = np.random.default_rng(int(os.environ.get("POPTUNE_CHAOS_SEED", "0")))
+
+
+def maybe_die(kind: str) -> None:
+    """SIGKILL this process with probability ``CHAOS[kind]``."""
+    if RNG.random() < CHAOS.get(kind, 0.0):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def signature(theta: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(theta).tobytes()).hexdigest()
+
+
+class Chaotic(Quadratic):
+    """The toy problem, with injected kills, exceptions and NaN scores."""
+
+    def train(self, hparams: Mapping[str, Any]) -> None:
+        maybe_die("kill_train")
+        if RNG.random() < CHAOS.get("raise", 0.0):
+            raise RuntimeError("injected failure in train")
+        super().train(hparams)
+
+    def evaluate(self) -> dict[str, float]:
+        result = super().evaluate()
+        if RNG.random() < CHAOS.get("nan", 0.0):
+            result["q"] = float("nan")
+        return result
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"theta": self.theta.copy(), "signature": signature(self.theta)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if signature(np.asarray(state["theta"])) != state["signature"]:
+            raise RuntimeError("CORRUPT STATE reached the trainable")
+        super().load_state_dict(state)
+
+
+class ChaosCheckpoints(LocalCheckpoints):
+    """Dies half-way through writing a checkpoint."""
+
+    def save(self, population_id: int, member: int, step: int, state: Any) -> Any:
+        if RNG.random() < CHAOS.get("kill_write", 0.0):
+            real_dump = checkpoints_module.serialization.dump
+
+            def dump_then_die(value: Any, file: Any) -> int:
+                file.write(b"POPTUNE\x00CKPT half a file")
+                os.kill(os.getpid(), signal.SIGKILL)
+                return real_dump(value, file)
+
+            checkpoints_module.serialization.dump = dump_then_die  # type: ignore[assignment]
+        return super().save(population_id, member, step, state)
+
+
+class ChaosStorage(SQLStorage):
+    """Dies inside a write transaction, after its statements and before its commit."""
+
+    @contextmanager
+    def _write(self) -> Iterator[Any]:
+        with super()._write() as connection:
+            yield connection
+            maybe_die("kill_commit")
+
+
+def main() -> None:
+    url, name = sys.argv[1], sys.argv[2]
+    result = load(url, name)
+    storage = ChaosStorage(url)
+    store = ChaosCheckpoints(result.config["checkpoints"])
+    spec = _spec_from_config(result.config, Chaotic)
+    worker = Worker(
+        spec,
+        storage,
+        store,
+        result.record.id,
+        lease_seconds=float(result.config["lease_seconds"]),
+        poll_seconds=0.01,
+    )
+    worker.run()
+
+
+if __name__ == "__main__":
+    main()
