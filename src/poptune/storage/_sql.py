@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -40,8 +41,9 @@ from ._base import (
     StorageError,
     Summary,
 )
+from ._retry import retrying
 
-__all__ = ["SCHEMA_VERSION", "SQLStorage", "redact_url"]
+__all__ = ["NETWORK_FILESYSTEMS", "SCHEMA_VERSION", "SQLStorage", "filesystem_type", "redact_url"]
 
 SCHEMA_VERSION = 2
 
@@ -143,6 +145,50 @@ failures = sa.Table(
 )
 
 
+NETWORK_FILESYSTEMS = frozenset(
+    {
+        "nfs",
+        "nfs4",
+        "cifs",
+        "smb3",
+        "smbfs",
+        "fuse.sshfs",
+        "sshfs",
+        "9p",
+        "glusterfs",
+        "fuse.glusterfs",
+        "ceph",
+        "fuse.ceph",
+        "lustre",
+        "afs",
+        "gpfs",
+        "beegfs",
+        "fuse.s3fs",
+        "fuse.gcsfuse",
+        "fuse.rclone",
+    }
+)
+
+
+def filesystem_type(path: Path) -> str | None:
+    """The type of the filesystem holding ``path`` (from /proc/mounts), if it can be told."""
+    try:
+        lines = Path("/proc/mounts").read_text().splitlines()
+    except OSError:
+        return None
+    resolved = str(path.resolve())
+    best, kind = "", None
+    for line in lines:
+        parts = line.split()
+        if len(parts) < 3:
+            continue
+        mount = parts[1].replace("\\040", " ")
+        inside = resolved == mount or resolved.startswith(mount.rstrip("/") + "/")
+        if inside and len(mount) > len(best):
+            best, kind = mount, parts[2]
+    return kind
+
+
 def redact_url(url: str) -> str:
     """``url`` with any password replaced by ``***``, safe to print or log."""
     try:
@@ -187,7 +233,18 @@ class SQLStorage:
                     "processes cannot share and which is lost at exit. Use a file: "
                     "'sqlite:///runs/poptune.db'."
                 )
-            Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            folder = Path(database).expanduser().parent
+            folder.mkdir(parents=True, exist_ok=True)
+            kind = filesystem_type(folder)
+            if kind in NETWORK_FILESYSTEMS:
+                warnings.warn(
+                    f"The SQLite database {database} is on a network filesystem ({kind}), where "
+                    "SQLite's locking is unreliable and workers on several machines can corrupt "
+                    "it. Use PostgreSQL for populations shared between machines "
+                    "(storage='postgresql+psycopg://...').",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
         try:
             self._engine = self._create_engine(url)
             self._create_schema()
@@ -739,6 +796,38 @@ class SQLStorage:
                 )
                 .values(status=MemberStatus.IDLE.value, owner=None, lease_until=None, failures=0)
             )
+
+
+# Every public method is one transaction: retry it through transient errors.
+for _name in (
+    "create_population",
+    "population",
+    "populations",
+    "set_status",
+    "claim",
+    "renew",
+    "release",
+    "record_interval",
+    "record_exploit",
+    "record_failure",
+    "failure_streak",
+    "members",
+    "intervals",
+    "interval",
+    "candidates",
+    "exploits",
+    "failures",
+    "checkpoint",
+    "previous_checkpoint",
+    "discard_checkpoint",
+    "checkpoints",
+    "collect_garbage",
+    "summary",
+    "expire_claims",
+    "claims",
+    "reopen_members",
+):
+    setattr(SQLStorage, _name, retrying(getattr(SQLStorage, _name)))
 
 
 class db_clock(FunctionElement[float]):
