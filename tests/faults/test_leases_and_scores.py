@@ -1,0 +1,156 @@
+"""Leases (late writers fenced, racing expiries, SIGKILL then resume) and non-finite scores."""
+
+from __future__ import annotations
+
+import logging
+import math
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+import poptune as pt
+from poptune.runners import InProcessRunner
+from poptune.storage import SQLStorage
+from poptune.testing import Quadratic, quadratic_space
+from poptune.worker import Worker
+
+
+class CreateOnly(InProcessRunner):
+    def run(self, target, storage, checkpoints, on_started=lambda: None):
+        self.target, self.storage, self.checkpoints = target, storage, checkpoints
+
+
+def test_a_worker_back_from_a_long_pause_has_its_late_write_refused(tmp_path: Path):
+    runner = CreateOnly()
+    pt.run(
+        Quadratic,
+        space=quadratic_space(),
+        metric="q",
+        population=2,
+        intervals=3,
+        storage=f"sqlite:///{tmp_path / 'p.db'}",
+        name="late",
+        seed=0,
+        progress=False,
+        lease_seconds=0.2,
+        runner=runner,
+    )
+    target, storage, store = runner.target, runner.storage, runner.checkpoints
+    paused = Worker(target.spec, storage, store, target.population_id, lease_seconds=0.2)
+    claim = storage.claim(target.population_id, paused.owner, 3, 0.2, False)
+    time.sleep(0.4)  # a GC pause or a partition: no heartbeat, the lease runs out
+    other = Worker(target.spec, storage, store, target.population_id, lease_seconds=30.0)
+    taken = storage.claim(target.population_id, other.owner, 3, 30.0, False)
+    assert taken.member.id == claim.member.id and taken.token == claim.token + 1
+    other.work_on(taken)
+    paused.work_on(claim)  # trains, then its record is refused
+    assert paused.trained == 0 and other.trained == 1
+    intervals = storage.intervals(target.population_id)
+    assert [(i.member, i.step) for i in intervals] == [(claim.member.id, 1)]
+    late = paused._doomed.get_nowait()  # its uncommitted checkpoint is queued for deletion
+    assert late.path not in {c.path for c in storage.checkpoints(target.population_id)}
+
+
+def _claim_expired(url: str, pid: int, results) -> None:
+    storage = SQLStorage(url)
+    claim = storage.claim(pid, str(os.getpid()), 5, 30.0, sync=False)
+    results.append(None if claim is None else (claim.member.id, claim.token))
+    storage.close()
+
+
+def test_two_workers_expiring_the_same_stale_lease_at_once(tmp_path: Path):
+    url = f"sqlite:///{tmp_path / 'p.db'}"
+    storage = SQLStorage(url)
+    pid = storage.create_population("p", {"intervals": 5}, [{"x": 0.0}]).id
+    storage.claim(pid, "dead", 5, 0.01, sync=False)
+    time.sleep(0.05)
+    context = multiprocessing.get_context("fork")
+    with context.Manager() as manager:
+        results = manager.list()
+        processes = [context.Process(target=_claim_expired, args=(url, pid, results)) for _ in "ab"]
+        for process in processes:
+            process.start()
+        for process in processes:
+            process.join(60)
+        assert [p.exitcode for p in processes] == [0, 0]  # both exit cleanly
+        assert sorted(results, key=str) == [(0, 2), None]  # exactly one took it over
+
+
+KILLED = textwrap.dedent(
+    """
+    import sys
+    import poptune as pt
+    from poptune.testing import SlowQuadratic, quadratic_space
+    pt.run(SlowQuadratic, space=quadratic_space(), metric="q", population=6, intervals=20,
+           workers=2, storage=sys.argv[1], name="killed", seed=0, progress=False)
+    """
+)
+
+
+@pytest.mark.parametrize("after", [1.5, 3.0])
+def test_sigkill_every_process_then_resume_finishes_exactly(tmp_path: Path, after, caplog):
+    url = f"sqlite:///{tmp_path / 'p.db'}"
+    process = subprocess.Popen([sys.executable, "-c", KILLED, url], start_new_session=True)
+    time.sleep(after)
+    os.killpg(process.pid, signal.SIGKILL)  # no handler runs, no lease is released
+    process.wait(30)
+    before = pt.load(url, "killed")
+    assert before.status == "running"
+    with caplog.at_level(logging.WARNING, logger="poptune"):
+        result = before.resume(workers=2, progress=False)
+    assert result.status == "finished"
+    assert [m.step for m in result.members] == [20] * 6
+    assert len(result.intervals()) == 6 * 20  # the same as an uninterrupted run
+    if any(m.status is pt.MemberStatus.RUNNING for m in before.members):
+        assert "dead worker" in caplog.text  # freed at once, not after the 30 s lease
+
+
+class NaNAbove(Quadratic):
+    """Returns NaN (or +inf) for members whose h0 is above 0.9: a diverged run."""
+
+    value = float("nan")
+
+    def evaluate(self):
+        result = super().evaluate()
+        if self.h[0] > 0.9:
+            result["q"] = self.value
+        return result
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_scores_are_the_worst_and_never_copied(tmp_path: Path, monkeypatch, value):
+    monkeypatch.setattr(NaNAbove, "value", value)
+    start = [{"h0": 0.95, "h1": 0.5}] + [{"h0": 0.1 * i, "h1": 0.5} for i in (2, 3, 4)]
+    result = pt.run(
+        NaNAbove,
+        space=quadratic_space(),
+        metric="q",
+        population=4,
+        intervals=4,
+        storage=f"sqlite:///{tmp_path / 'p.db'}",
+        name="nan",
+        seed=0,
+        progress=False,
+        initial=start,
+        sync=True,
+        exploit=pt.Truncation(0.25),
+    )
+    first = next(i for i in result.intervals() if (i.member, i.step) == (0, 1))
+    assert math.isnan(first.metrics["q"]) if math.isnan(value) else first.metrics["q"] == value
+    assert first.score is None if math.isnan(value) else first.score == value
+    exploits = result.exploits()
+    assert any(e.member == 0 and e.step == 1 for e in exploits)  # exploited at the next ready
+    bad = {
+        (i.member, i.step)
+        for i in result.intervals()
+        if i.score is None or not math.isfinite(i.score)
+    }
+    assert not [e for e in exploits if (e.donor, e.donor_step) in bad]  # never a donor
+    assert math.isfinite(result.best.score)
