@@ -23,6 +23,8 @@ from poptune.runners import InProcessRunner
 
 CHAOS_SCRIPT = Path(__file__).with_name("chaos.py")
 POPULATION, INTERVALS, WORKERS = 8, 16, 3
+# Other values explore other fault sequences: POPTUNE_CHAOS_SEED_BASE=7 pytest tests/faults
+SEED_BASE = int(os.environ.get("POPTUNE_CHAOS_SEED_BASE", "0"))
 
 
 class CreateOnly(InProcessRunner):
@@ -78,7 +80,7 @@ def test_chaos(tmp_path: Path, scenario: str):
         lease_seconds=1.0,
         runner=CreateOnly(),
     )
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(SEED_BASE)
     exits: Counter[int] = Counter()
     corrupted: list[pt.CheckpointRef] = []
     env = {**os.environ, "POPTUNE_CHAOS": json.dumps(chaos)}
@@ -86,7 +88,7 @@ def test_chaos(tmp_path: Path, scenario: str):
         processes = [
             subprocess.Popen(
                 [sys.executable, str(CHAOS_SCRIPT), url, "chaos"],
-                env={**env, "POPTUNE_CHAOS_SEED": str(100 * round_ + index)},
+                env={**env, "POPTUNE_CHAOS_SEED": str(SEED_BASE + 100 * round_ + index)},
                 stderr=subprocess.PIPE,
             )
             for index in range(WORKERS)
