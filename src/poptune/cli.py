@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import sys
+import time
 from collections.abc import Callable, Mapping
 from functools import wraps
 from typing import Any
@@ -123,10 +124,21 @@ def list_command(storage: str | None) -> None:
 @click.argument("name")
 @_storage_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@click.option("--watch", is_flag=True, help="Refresh until the population stops (Ctrl-C quits).")
+@click.option(
+    "--every",
+    type=click.FloatRange(min=0.2),
+    default=2.0,
+    show_default=True,
+    help="Seconds between refreshes with --watch.",
+)
 @_errors
-def status(name: str, storage: str | None, as_json: bool) -> None:
+def status(name: str, storage: str | None, as_json: bool, watch: bool, every: float) -> None:
     """Show every member of population NAME: step, score, hparams, parent."""
     result = load(storage, name)
+    if watch:
+        _watch(result, every)
+        return
     members = result.members
     summary = result.summary()
     if as_json:
@@ -145,28 +157,93 @@ def status(name: str, storage: str | None, as_json: bool) -> None:
         }
         click.echo(json.dumps(payload, indent=2))
         return
+    Console().print(_status_table(result, members, summary))
+    record = result.record
+    if record.error:
+        click.echo(f"Stopped on an error: {record.error}", err=True)
+
+
+def _status_table(result: Result, members: list[MemberRecord], summary: Any) -> Table:
+    best = "—" if summary.best_score is None else _format_score(summary.best_score)
     table = Table(
         title=(
             f"{result.name} · {summary.status.value} · {summary.steps_done}/"
-            f"{summary.steps_total} intervals · {summary.exploits} exploits"
+            f"{summary.steps_total} intervals · best {result.metric} {best} · "
+            f"{summary.exploits} exploits · {summary.failures} failures"
         )
     )
     for column in ("member", "status", "step", result.metric, "hparams", "parent"):
         table.add_column(column, overflow="fold")
     for member in members:
-        best = member.id == summary.best_member
         table.add_row(
-            f"{member.id}{' ★' if best else ''}",
+            f"{member.id}{' ★' if member.id == summary.best_member else ''}",
             member.status.value,
             str(member.step),
             _format_score(member.score),
             _format_hparams(member.hparams),
             "—" if member.parent is None else str(member.parent),
         )
-    Console().print(table)
-    record = result.record
-    if record.error:
-        click.echo(f"Stopped on an error: {record.error}", err=True)
+    return table
+
+
+def _watch(result: Result, every: float) -> None:
+    """Redraw the member table until the population stops running."""
+    from rich.live import Live
+
+    def table() -> Table:
+        return _status_table(result, result.members, result.summary())
+
+    try:
+        with Live(table(), refresh_per_second=4, console=Console()) as live:
+            while result.summary().status.value == "running":
+                time.sleep(every)
+                live.update(table())
+            live.update(table())
+    except KeyboardInterrupt:
+        pass
+
+
+@main.command()
+@click.argument("name")
+@_storage_option
+@click.option(
+    "-o",
+    "--output",
+    "output",
+    default=None,
+    metavar="FILE",
+    help="Where to write the HTML (default: NAME-report.html).",
+)
+@_errors
+def report(name: str, storage: str | None, output: str | None) -> None:
+    """Write a self-contained HTML report of population NAME."""
+    result = load(storage, name)
+    path = result.report(output or f"{name}-report.html")
+    click.echo(f"Wrote {path}")
+
+
+@main.command()
+@click.argument("name")
+@_storage_option
+@click.option(
+    "--kind",
+    type=click.Choice(["scores", "hparams", "lineage"]),
+    default="scores",
+    show_default=True,
+)
+@click.option(
+    "-o",
+    "--output",
+    "output",
+    required=True,
+    metavar="FILE",
+    help="Image file: .png, .svg or .pdf.",
+)
+@_errors
+def plot(name: str, storage: str | None, kind: str, output: str) -> None:
+    """Save a static figure of population NAME (needs matplotlib)."""
+    path = load(storage, name).plot(kind, output)
+    click.echo(f"Wrote {path}")
 
 
 @main.command()

@@ -300,7 +300,13 @@ def _execute(
     def poll() -> Any:
         return store.summary(record.id, spec.intervals, spec.mode)
 
-    watcher = ProgressWatcher(record.name, spec.metric, poll, enabled=progress)
+    watcher = ProgressWatcher(
+        record.name,
+        spec.metric,
+        poll,
+        enabled=progress,
+        exploits=lambda: store.exploits(record.id),
+    )
     try:
         # The display starts once workers are running: forking a threaded process is unsafe.
         runner.run(target, store, checkpoint_store, on_started=watcher.start)

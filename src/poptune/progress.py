@@ -5,9 +5,10 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TextIO
 
+from .records import ExploitEvent
 from .storage import Summary
 
 __all__ = ["ProgressWatcher", "format_summary"]
@@ -28,6 +29,10 @@ def format_summary(name: str, metric: str, summary: Summary, elapsed: float) -> 
     )
 
 
+def _score(value: object) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
 class ProgressWatcher:
     """Polls a population's summary in a background thread and shows it.
 
@@ -44,6 +49,7 @@ class ProgressWatcher:
         stream: TextIO | None = None,
         interval: float = 0.5,
         log_every: float = 30.0,
+        exploits: Callable[[], Sequence[ExploitEvent]] | None = None,
     ) -> None:
         self.name = name
         self.metric = metric
@@ -56,6 +62,8 @@ class ProgressWatcher:
         self._thread: threading.Thread | None = None
         self._started = time.monotonic()
         self._live = bool(getattr(self.stream, "isatty", lambda: False)())
+        self._exploits = exploits
+        self._shown = 0
 
     def __enter__(self) -> ProgressWatcher:
         self.start()
@@ -86,12 +94,33 @@ class ProgressWatcher:
         except Exception:  # a progress display must never break a run
             return None
 
+    def _new_exploits(self, summary: Summary) -> list[str]:
+        """Lines for exploits recorded since the last call (at most 5, then a count)."""
+        if self._exploits is None or summary.exploits <= self._shown:
+            return []
+        try:
+            events = list(self._exploits())[self._shown :]
+        except Exception:
+            return []
+        self._shown += len(events)
+        lines = [
+            f"exploit: member {e.member} (step {e.step}, {self.metric} {_score(e.score)}) "
+            f"copied member {e.donor} (step {e.donor_step}, {_score(e.donor_score)}); "
+            + ", ".join(f"{k}={_score(v)}" for k, v in e.hparams_after.items())
+            for e in events[:5]
+        ]
+        if len(events) > 5:
+            lines.append(f"... and {len(events) - 5} more exploits")
+        return lines
+
     def _run_plain(self) -> None:
         last_tenth, last_time = -1, 0.0
         while True:
             stopping = self._stop.wait(self.interval)
             summary = self._summary()
             if summary is not None:
+                for line in self._new_exploits(summary):
+                    print(f"{self.name}: {line}", file=self.stream, flush=True)
                 tenth = 10 * summary.steps_done // max(summary.steps_total, 1)
                 now = time.monotonic()
                 if stopping or tenth > last_tenth or now - last_time >= self.log_every:
@@ -123,6 +152,8 @@ class ProgressWatcher:
                 stopping = self._stop.wait(self.interval)
                 summary = self._summary()
                 if summary is not None:
+                    for line in self._new_exploits(summary):
+                        progress.console.print(f"[dim]{line}[/dim]", highlight=False)
                     best = (
                         "—"
                         if summary.best_score is None

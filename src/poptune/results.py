@@ -7,8 +7,10 @@ time it is asked, so it also shows a population that other workers are still tra
 from __future__ import annotations
 
 import enum
+import html
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .checkpoints import CheckpointStore
@@ -113,6 +115,12 @@ class Lineage:
             node = None if node.origin is None else self.nodes.get(node.origin)
         chain.reverse()
         return chain
+
+
+def _short(value: Any) -> str:
+    if value is None:
+        return "—"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 class Result:
@@ -285,6 +293,43 @@ class Result:
             row.update({f"metrics.{k}": v for k, v in interval.metrics.items()})
             rows.append(row)
         return pd.DataFrame(rows)
+
+    # --- reading it ----------------------------------------------------------------------
+
+    def report(self, path: str | Path) -> Path:
+        """Write a self-contained HTML report (scores, hparams, lineage tree, schedule)."""
+        from .report import write_report
+
+        return write_report(self, path)
+
+    def plot(self, kind: str, path: str | Path) -> Path:
+        """Save one static figure (``scores``, ``hparams`` or ``lineage``); needs matplotlib."""
+        from .report import build_model, plot
+
+        return plot(build_model(self), kind, path)
+
+    def _repr_html_(self) -> str:
+        """A summary table for notebooks: status, best member and every member's latest."""
+        summary = self.summary()
+        escape = html.escape
+        rows = "".join(
+            f"<tr><td>{m.id}{' ★' if m.id == summary.best_member else ''}</td>"
+            f"<td>{escape(m.status.value)}</td><td>{m.step}</td>"
+            f"<td>{escape(_short(m.score))}</td>"
+            f"<td>{escape(', '.join(f'{k}={_short(v)}' for k, v in m.hparams.items()))}</td>"
+            f"<td>{'' if m.parent is None else m.parent}</td></tr>"
+            for m in self.members
+        )
+        best = "—" if summary.best_score is None else _short(summary.best_score)
+        return (
+            f"<div><b>poptune population {escape(self.name)}</b>: {escape(summary.status.value)},"
+            f" {summary.steps_done}/{summary.steps_total} intervals, best "
+            f"{escape(self.metric)} {escape(best)} (member {summary.best_member}), "
+            f"{summary.exploits} exploits, {summary.failures} failures"
+            "<table><thead><tr><th>member</th><th>status</th><th>step</th>"
+            f"<th>{escape(self.metric)}</th><th>hparams</th><th>parent</th></tr></thead>"
+            f"<tbody>{rows}</tbody></table></div>"
+        )
 
     # --- more work -----------------------------------------------------------------------
 

@@ -1,0 +1,120 @@
+"""Static figures for papers (matplotlib, extra ``report``): scores, hyperparameters, lineage."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from ._model import ReportModel
+
+__all__ = ["KINDS", "plot"]
+
+KINDS = ("scores", "hparams", "lineage")
+
+
+def _pyplot() -> Any:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ImportError(
+            "Static plots need matplotlib: pip install matplotlib (or 'poptune[report]')."
+        ) from None
+    return plt
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def plot(model: ReportModel, kind: str, path: str | Path) -> Path:
+    """Draw one figure of ``kind`` (scores, hparams or lineage) to ``path`` (.png, .svg, .pdf)."""
+    if kind not in KINDS:
+        raise ValueError(f"Unknown plot kind {kind!r}; choose one of {', '.join(KINDS)}.")
+    path = Path(path)
+    if path.suffix.lower() not in (".png", ".svg", ".pdf"):
+        raise ValueError(f"Cannot tell the image format of {str(path)!r}: use .png, .svg or .pdf.")
+    plt = _pyplot()
+    groups: dict[int, list[Any]] = defaultdict(list)
+    for interval in model.intervals:
+        groups[interval.member].append(interval)
+    if kind == "scores":
+        figure, axis = plt.subplots(figsize=(7, 4))
+        for member, intervals in sorted(groups.items()):
+            points = [(i.step, i.score) for i in intervals if _finite(i.score)]
+            if points:
+                xs, ys = zip(*points, strict=True)
+                axis.plot(xs, ys, lw=2.5 if member == model.best_member else 1, alpha=0.8)
+        score = {(i.member, i.step): i.score for i in model.intervals if _finite(i.score)}
+        marks = [(e.step, score[(e.member, e.step)]) for e in model.exploits
+                 if (e.member, e.step) in score]  # fmt: skip
+        if marks:
+            xs, ys = zip(*marks, strict=True)
+            axis.scatter(xs, ys, marker="^", color="#d62728", s=18, zorder=3, label="exploit")
+            axis.legend(loc="lower right")
+        axis.set_xlabel("interval")
+        axis.set_ylabel(model.metric)
+        axis.set_title(f"{model.name}: {model.metric} per member")
+    elif kind == "hparams":
+        names = model.hparam_names or ["(none)"]
+        figure, axes = plt.subplots(len(names), 1, figsize=(7, 2.4 * len(names)), squeeze=False)
+        for axis, name in zip(axes[:, 0], names, strict=True):
+            for _member, intervals in sorted(groups.items()):
+                axis.plot(
+                    [i.step for i in intervals],
+                    [i.hparams.get(name) for i in intervals],
+                    lw=0.8,
+                    alpha=0.6,
+                )
+            if model.schedule:
+                axis.plot(
+                    [e.step for e in model.schedule],
+                    [e.hparams.get(name) for e in model.schedule],
+                    color="black",
+                    lw=2.2,
+                    ls="--",
+                    label="winning lineage",
+                )
+                axis.legend(loc="best", fontsize=8)
+            if name in model.log_scale:
+                axis.set_yscale("log")
+            axis.set_ylabel(name)
+        axes[-1, 0].set_xlabel("interval")
+        figure.suptitle(f"{model.name}: hyperparameters")
+    else:
+        figure, axis = plt.subplots(figsize=(8, max(3.0, 0.22 * model.population + 1.5)))
+        for interval in model.intervals:
+            if interval.origin is None:
+                continue
+            om, os_ = interval.origin
+            copied = om != interval.member
+            winning = (interval.member, interval.step) in model.lineage_keys
+            axis.plot(
+                [os_, interval.step],
+                [om, interval.member],
+                color="black" if winning else ("#d62728" if copied else "#c9d1d9"),
+                lw=2 if winning else 0.8,
+                zorder=1,
+            )
+        finite = [i for i in model.intervals if _finite(i.score)]
+        points = axis.scatter(
+            [i.step for i in finite],
+            [i.member for i in finite],
+            c=[i.score for i in finite],
+            cmap="viridis" if model.mode.value == "max" else "viridis_r",
+            s=14,
+            zorder=2,
+        )
+        figure.colorbar(points, ax=axis, label=model.metric)
+        axis.set_xlabel("interval")
+        axis.set_ylabel("member")
+        axis.set_title(f"{model.name}: lineage (red: copies, black: winning lineage)")
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=150)
+    plt.close(figure)
+    return path
