@@ -14,7 +14,14 @@ import numpy as np
 
 from .trainable import Trainable
 
-__all__ = ["BurnCPU", "Failing", "Quadratic", "SlowQuadratic", "quadratic_space"]
+__all__ = [
+    "BurnCPU",
+    "Failing",
+    "Quadratic",
+    "SlowQuadratic",
+    "quadratic_space",
+    "synthetic_report_model",
+]
 
 
 def quadratic_space() -> dict[str, Any]:
@@ -123,3 +130,42 @@ class SlowQuadratic(Quadratic):
         """Sleep ``delay`` seconds, then train normally."""
         time.sleep(self.delay)
         super().train(hparams)
+
+
+def synthetic_report_model(members: int, steps: int) -> Any:
+    """A report model of a large population built from made-up records, without training it
+    (to check that the HTML report stays responsive, e.g. for 64 members x 100 intervals)."""
+    from .records import IntervalRecord, MemberRecord, MemberStatus, Mode
+    from .report import ReportModel
+
+    intervals = []
+    for m in range(members):
+        for s in range(1, steps + 1):
+            origin = None if s == 1 else ((m + 1) % members if s % 7 == 0 else m, s - 1)
+            h = {"lr": 10 ** (-3 + (m * s) % 7 / 3), "units": 16 * (1 + (m + s) % 4)}
+            score = s / steps - m / 1000
+            intervals.append(IntervalRecord(m, s, h, score, {}, 0.1, float(s), origin))
+    records = [
+        MemberRecord(m, steps, {}, 1.0 - m / 1000, None, MemberStatus.DONE) for m in range(members)
+    ]
+    return ReportModel(
+        name="synthetic",
+        metric="accuracy",
+        mode=Mode.MAX,
+        status="finished",
+        error=None,
+        population=members,
+        budget=steps,
+        members=records,
+        intervals=intervals,
+        exploits=[],
+        failures=[],
+        schedule=[],
+        lineage_keys=set(),
+        hparam_names=["lr", "units"],
+        log_scale={"lr"},
+        best_member=0,
+        best_score=1.0,
+        wall_time=1.0,
+        config={},
+    )

@@ -7,6 +7,7 @@ controls (population, hyperparameter and metric names, values, error text) goes 
 
 from __future__ import annotations
 
+import bisect
 import datetime
 import html
 import math
@@ -256,9 +257,8 @@ def _lineage_figure(model: ReportModel) -> str:
     parts = _frame(
         x, y, height, "interval (member's step)", "member", [str(m) for m in range(rows)]
     )
-    scores = model.finite_scores() or [0.0, 1.0]
-    low, high = min(scores), max(scores)
-    span = (high - low) or 1.0
+    # Colour by rank, not by value: scores bunch up late in training, ranks stay spread out.
+    ranked = sorted(model.finite_scores()) or [0.0]
     sign = 1.0 if model.mode.value == "max" else -1.0
     radius = max(1.5, min(4.0, 360 / max(rows, steps)))
     edges, nodes = [], []
@@ -283,7 +283,8 @@ def _lineage_figure(model: ReportModel) -> str:
                     f'<line class="{css}" x1="{ox:.1f}" y1="{oy:.1f}" x2="{cx:.1f}" y2="{cy:.1f}"/>'
                 )
         if _finite(interval.score):
-            t = (float(interval.score) - low) / span  # type: ignore[arg-type]
+            rank = bisect.bisect_left(ranked, float(interval.score))  # type: ignore[arg-type]
+            t = rank / max(len(ranked) - 1, 1)
             fill = _viridis(t if sign > 0 else 1 - t)
         else:
             fill = "#d62728"
@@ -411,8 +412,8 @@ with a dashed line from the copied (donor, step). Hover a line to follow a membe
 <p class="legend">The value each member trained with at every interval; the dashed black line is
 the winning lineage's schedule.</p>{hparams}</section>
 <section><h2>Lineage</h2>
-<p class="legend">One node per (member, interval), coloured by {_E(model.metric)} (yellow is
-{"better" if model.mode.value == "max" else "worse"}); grey edges continue a member's own
+<p class="legend">One node per (member, interval), coloured by the rank of its
+{_E(model.metric)} among all intervals (yellow is best); grey edges continue a member's own
 training, red edges are copies; the winning lineage is outlined in black. Red nodes: NaN or
 infinite scores.</p>{_lineage_figure(model)}</section>
 <section><h2>Schedule of the best member</h2>{schedule}</section>

@@ -1,0 +1,185 @@
+"""The HTML report in a real headless Chromium, static plots, and the notebook summary."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+import poptune as pt
+from poptune.cli import main
+from poptune.report import build_model, render_html
+from poptune.testing import Quadratic, synthetic_report_model
+
+NASTY = "<script>alert(1)</script>"
+METRIC = "<img src=x onerror=alert(2)>"
+FIXED = "<b>note</b>"
+CHROMIUM = os.environ.get("POPTUNE_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+
+
+class Hostile(Quadratic):
+    """The toy problem with user strings that would run script if they were not escaped."""
+
+    def train(self, hparams):
+        if hparams["h0"] > 0.97:
+            raise RuntimeError("<script>alert(3)</script> diverged")
+        super().train(hparams)
+
+    def evaluate(self):
+        return {METRIC: super().evaluate()["q"]}
+
+
+@pytest.fixture
+def hostile(storage_url: str) -> pt.Result:
+    space = {"h0": pt.Uniform(0.0, 1.0), "h1": pt.Uniform(0.0, 1.0), FIXED: "</script>&amp;"}
+    start = [{"h0": 0.99, "h1": 0.5, FIXED: "</script>&amp;"}]
+    return pt.run(
+        Hostile,
+        space=space,
+        metric=METRIC,
+        population=6,
+        intervals=8,
+        storage=storage_url,
+        name=NASTY,
+        seed=0,
+        progress=False,
+        initial=start,
+        max_failures=0,
+    )
+
+
+def browser_page():
+    playwright = pytest.importorskip("playwright.sync_api")
+    if not Path(CHROMIUM).exists():
+        pytest.skip(
+            f"no Chromium at {CHROMIUM}: apt-get install chromium (or set POPTUNE_CHROMIUM)"
+        )
+    return playwright.sync_playwright()
+
+
+def open_in_chromium(path: Path, screenshot: Path | None = None) -> dict:
+    with browser_page() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1100, "height": 900})
+        errors: list[str] = []
+        dialogs: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+        page.goto(path.as_uri())
+        page.wait_for_function("window.poptuneReportReady === true")
+        figures = page.evaluate(
+            """() => Array.from(document.querySelectorAll('svg.figure')).map(svg => ({
+                id: svg.id,
+                marks: svg.querySelectorAll('polyline, circle, path').length,
+                width: svg.getBoundingClientRect().width,
+                height: svg.getBoundingClientRect().height}))"""
+        )
+        name = page.text_content("#population-name")
+        page.dispatch_event("#scores polyline[data-member='1']", "mouseover")
+        highlighted = page.evaluate("document.querySelectorAll('.hl').length")
+        if screenshot is not None:
+            page.screenshot(path=str(screenshot), full_page=True)
+        browser.close()
+    return {
+        "errors": errors,
+        "dialogs": dialogs,
+        "figures": figures,
+        "name": name,
+        "highlighted": highlighted,
+    }
+
+
+def test_report_in_chromium_draws_everything_and_escapes_user_strings(hostile, tmp_path):
+    path = hostile.report(tmp_path / "report.html")
+    text = path.read_text()
+    assert "<script>alert" not in text and "<img src=x" not in text
+    assert "http://" not in text.replace('xmlns="http://www.w3.org/2000/svg"', "")
+    assert "https://" not in text  # self-contained: nothing is fetched
+    shot = tmp_path / "report.png"
+    page = open_in_chromium(path, shot)
+    assert page["errors"] == [] and page["dialogs"] == []
+    assert page["name"] == NASTY  # shown as text, not run
+    ids = {f["id"] for f in page["figures"]}
+    assert ids == {"scores", "hparam-h0", "hparam-h1", "lineage"}
+    for figure in page["figures"]:
+        assert figure["marks"] > 0 and figure["width"] > 100 and figure["height"] > 100, figure
+    assert page["highlighted"] > 1  # hovering a member highlights it across figures
+    assert shot.stat().st_size > 10_000 and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "diverged" in text  # the failure is listed, escaped
+
+
+def test_a_64_by_100_population_renders_completely(tmp_path):
+    path = tmp_path / "big.html"
+    path.write_text(render_html(synthetic_report_model(64, 100)))
+    page = open_in_chromium(path)
+    assert page["errors"] == []
+    lineage = next(f for f in page["figures"] if f["id"] == "lineage")
+    assert lineage["marks"] >= 6400  # one node per (member, interval)
+
+
+@pytest.mark.parametrize("kind", ["scores", "hparams", "lineage"])
+@pytest.mark.parametrize("suffix", [".png", ".svg"])
+def test_static_plots(hostile, tmp_path, kind, suffix):
+    pytest.importorskip("matplotlib")
+    path = hostile.plot(kind, tmp_path / f"{kind}{suffix}")
+    assert path.stat().st_size > 1000
+
+
+def test_plot_refuses_bad_kind_and_format(hostile, tmp_path):
+    pytest.importorskip("matplotlib")
+    with pytest.raises(ValueError, match="Unknown plot kind 'pie'"):
+        hostile.plot("pie", tmp_path / "x.png")
+    with pytest.raises(ValueError, match=r"\.png, \.svg or \.pdf"):
+        hostile.plot("scores", tmp_path / "x.gif")
+
+
+def test_cli_report_and_plot(hostile, storage_url, tmp_path):
+    out = CliRunner().invoke(
+        main, ["report", NASTY, "--storage", storage_url, "-o", str(tmp_path / "r.html")]
+    )
+    assert out.exit_code == 0 and (tmp_path / "r.html").stat().st_size > 5000
+    pytest.importorskip("matplotlib")
+    out = CliRunner().invoke(
+        main,
+        [
+            "plot",
+            NASTY,
+            "--storage",
+            storage_url,
+            "--kind",
+            "lineage",
+            "-o",
+            str(tmp_path / "l.svg"),
+        ],
+    )
+    assert out.exit_code == 0 and (tmp_path / "l.svg").exists()
+
+
+def test_status_watch_stops_when_the_population_is_done(hostile, storage_url):
+    out = CliRunner().invoke(main, ["status", NASTY, "--storage", storage_url, "--watch"])
+    assert out.exit_code == 0 and "finished" in out.output
+
+
+def test_notebook_summary_is_escaped(hostile):
+    html = hostile._repr_html_()
+    assert "<table>" in html and "&lt;script&gt;" in html and NASTY not in html
+
+
+def test_report_of_a_population_without_scores(storage_url, tmp_path):
+    result = pt.run(
+        Quadratic,
+        space={"h0": 0.5, "h1": 0.5},
+        metric="q",
+        population=2,
+        intervals=1,
+        storage=storage_url,
+        name="tiny",
+        progress=False,
+    )
+    model = build_model(result)
+    assert model.hparam_names == []
+    assert "Population" in render_html(model)
