@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import time
 
 from poptune.progress import ProgressWatcher, format_summary
 from poptune.records import PopulationStatus
@@ -49,8 +50,9 @@ def test_plain_lines_at_every_tenth_and_at_the_end():
 
     watcher = ProgressWatcher("p", "q", poll, stream=stream, interval=0.001, log_every=1e9)
     watcher.start()
-    while state["done"] < 40:
-        pass
+    deadline = time.monotonic() + 30
+    while state["done"] < 40 and time.monotonic() < deadline:
+        time.sleep(0.001)
     watcher.stop()
     lines = stream.getvalue().splitlines()
     assert 5 <= len(lines) <= 13  # about one per tenth, plus the final line
@@ -62,3 +64,42 @@ def test_disabled_watcher_prints_nothing():
     with ProgressWatcher("p", "q", lambda: summary(1), enabled=False, stream=stream):
         pass
     assert stream.getvalue() == ""
+
+
+def test_exploits_are_shown_as_they_happen():
+    from poptune.records import ExploitEvent
+
+    events = [
+        ExploitEvent(3, 4, 1, 4, {"lr": 0.1}, {"lr": 0.12}, 0.5, 0.9, 1.0),
+        ExploitEvent(2, 4, 1, 4, {"lr": 0.2}, {"lr": 0.08}, 0.6, 0.9, 2.0),
+    ]
+    shown = {"n": 0}
+
+    def poll() -> Summary:
+        shown["n"] = min(shown["n"] + 1, 2)
+        return Summary(
+            members=4,
+            steps_done=4 * shown["n"],
+            steps_total=8,
+            running=0,
+            done=0,
+            failed=0,
+            exploits=shown["n"],
+            failures=0,
+            best_member=1,
+            best_score=0.9,
+            status=PopulationStatus.RUNNING,
+        )
+
+    stream = io.StringIO()
+    watcher = ProgressWatcher(
+        "p", "acc", poll, stream=stream, interval=0.01, exploits=lambda: events[: shown["n"]]
+    )
+    watcher.start()
+    deadline = time.monotonic() + 30
+    while shown["n"] < 2 and time.monotonic() < deadline:
+        time.sleep(0.001)
+    watcher.stop()
+    text = stream.getvalue()
+    assert "member 3 (step 4, acc 0.5) copied member 1 (step 4, 0.9); lr=0.12" in text
+    assert text.count("copied member 1") == 2  # each exploit once
