@@ -1,8 +1,14 @@
-"""Shared fixtures: every storage kind the suite runs against, and a fresh run folder."""
+"""Shared fixtures: every storage kind the suite runs against, and a fresh run folder.
+
+Tests that take ``storage_url`` (or ``storage``) run once per backend: SQLite always, PostgreSQL
+when ``$POPTUNE_TEST_POSTGRES`` names a server database whose user may create databases
+(``.ci/run`` installs and starts one). Each PostgreSQL test gets a database of its own.
+"""
 
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,19 +16,36 @@ import pytest
 
 from poptune.storage import SQLStorage
 
-
-def storage_urls(tmp_path: Path) -> dict[str, str]:
-    """Each storage backend available here, by name. PostgreSQL joins via $POPTUNE_TEST_POSTGRES."""
-    urls = {"sqlite": f"sqlite:///{tmp_path / 'poptune.db'}"}
-    if os.environ.get("POPTUNE_TEST_POSTGRES"):
-        urls["postgresql"] = os.environ["POPTUNE_TEST_POSTGRES"]
-    return urls
+POSTGRES = os.environ.get("POPTUNE_TEST_POSTGRES")
 
 
-@pytest.fixture(params=["sqlite"])
-def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A storage URL for each backend (a new backend runs the suite by adding a param here)."""
-    return storage_urls(tmp_path)[request.param]
+@pytest.fixture(params=["sqlite", "postgresql"])
+def storage_url(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[str]:
+    """A fresh, empty storage of each kind (a new backend runs the suite by adding a param)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'poptune.db'}"
+        return
+    if not POSTGRES:
+        pytest.skip(
+            "PostgreSQL tests need $POPTUNE_TEST_POSTGRES, e.g. "
+            "postgresql+psycopg://poptune:poptune@127.0.0.1/poptune (.ci/run starts one)"
+        )
+    import sqlalchemy as sa
+    from sqlalchemy.engine import make_url
+
+    name = f"poptune_test_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(POSTGRES, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    monkeypatch.setenv("POPTUNE_CHECKPOINTS", str(tmp_path / "checkpoints"))
+    try:
+        yield make_url(POSTGRES).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as connection:
+            connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
 
 
 @pytest.fixture

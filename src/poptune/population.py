@@ -397,12 +397,15 @@ def _checkpoints_url(
             return str(Path(os.fspath(checkpoints)).expanduser().resolve())
         return str(checkpoints.url)
     url = make_url(store.url)
-    if url.get_backend_name() != "sqlite" or not url.database:
-        raise ValueError(
-            "With a server database, say where checkpoints go: pt.run(..., checkpoints=PATH) "
-            "with a folder every worker can reach."
-        )
-    return str(Path(url.database).expanduser().resolve().parent / "checkpoints")
+    if url.get_backend_name() == "sqlite" and url.database:
+        return str(Path(url.database).expanduser().resolve().parent / "checkpoints")
+    folder = Path(os.environ.get("POPTUNE_CHECKPOINTS") or "runs/checkpoints").resolve()
+    log.warning(
+        "Checkpoints go to %s (pass checkpoints= or set $POPTUNE_CHECKPOINTS). Workers on other "
+        "machines need to reach this folder at the same path.",
+        folder,
+    )
+    return str(folder)
 
 
 def _initial(

@@ -515,6 +515,7 @@ class SQLStorage:
     ) -> CheckpointRef | None:
         """Point the member at the donor's checkpoint, if it still exists, and log the event."""
         with self._write() as connection:
+            _lock_population(connection, claim.population_id)
             row = connection.execute(
                 _CHECKPOINT,
                 {"pid": claim.population_id, "mid": event.donor, "step": event.donor_step},
@@ -893,6 +894,9 @@ _CLAIM = (
     )
     .order_by(_m.step, _m.member_id)
     .limit(1)
+    # PostgreSQL: lock the chosen row and skip rows other workers are claiming right now, so
+    # concurrent claims never wait on each other (SQLite serialises writers instead).
+    .with_for_update(skip_locked=True, of=members)
 )
 _CLAIM_SYNC = _CLAIM.where(
     _m.step
@@ -1027,6 +1031,18 @@ _BEST_MAX = _best(_i.score.desc())
 _BEST_MIN = _best(_i.score.asc())
 
 
+def _lock_population(connection: Connection, population_id: int) -> None:
+    """Serialise checkpoint garbage collection with the copies that pin checkpoints.
+
+    SQLite already runs one write transaction at a time. On PostgreSQL a transaction-scoped
+    advisory lock per population makes "is the donor's checkpoint still there, then point the
+    member at it" and "which checkpoints does no member point at, then delete them" atomic with
+    respect to each other.
+    """
+    if connection.dialect.name == "postgresql":
+        connection.execute(sa.select(sa.func.pg_advisory_xact_lock(population_id)))
+
+
 def _exploit_row(population_id: int, event: ExploitEvent) -> dict[str, Any]:
     return {
         "population_id": population_id,
@@ -1044,6 +1060,7 @@ def _exploit_row(population_id: int, event: ExploitEvent) -> dict[str, Any]:
 
 def _collect(connection: Connection, population_id: int, mode: Mode) -> list[CheckpointRef]:
     """Delete the checkpoint rows that the keep rule does not protect; return them."""
+    _lock_population(connection, population_id)
     member_rows = connection.execute(_GC_MEMBERS, {"pid": population_id}).all()
     healthy = [r.step for r in member_rows if r.status != MemberStatus.FAILED.value]
     if not healthy:
