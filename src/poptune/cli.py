@@ -312,6 +312,33 @@ def schedule(name: str, storage: str | None, member: int | None, as_json: bool) 
 @main.command()
 @click.argument("name")
 @_storage_option
+@click.option(
+    "--checkpoints",
+    default=None,
+    metavar="PATH",
+    help="Where this machine reaches the checkpoints (default: the recorded one).",
+)
+@_errors
+def worker(name: str, storage: str | None, checkpoints: str | None) -> None:
+    """Join population NAME as one more worker, until its budget is spent.
+
+    Start any number of these, on any machine that reaches the storage and the checkpoints
+    (a SLURM array job, a Kubernetes Job...): the trainable is imported by its recorded
+    module:qualname, and workers may join or leave at any time.
+    """
+    from .population import join
+
+    try:
+        trained = join(load(storage, name), checkpoints=checkpoints)
+    except KeyboardInterrupt:
+        click.echo("Interrupted; the member in progress was given back.", err=True)
+        sys.exit(130)
+    click.echo(f"{name}: this worker trained {trained} intervals; the population is done.")
+
+
+@main.command()
+@click.argument("name")
+@_storage_option
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--progress/--no-progress", default=True, help="Show a progress display.")
 @_errors

@@ -22,9 +22,9 @@ from .space import Space, space_from_dict
 from .storage import PopulationNotFound, Storage, open_storage, redact_url
 from .strategies import Every, Perturb, Truncation, describe, rebuild
 from .trainable import check_trainable
-from .worker import PopulationError, RunSpec, rng_for
+from .worker import PopulationError, RunSpec, Worker, rng_for
 
-__all__ = ["load", "resume", "run"]
+__all__ = ["join", "load", "resume", "run"]
 
 log = logging.getLogger("poptune")
 
@@ -243,6 +243,39 @@ def resume(
     return _execute(
         store, store.population(record.name), spec, workers, progress, runner, None, lease
     )
+
+
+def join(
+    result: Result,
+    checkpoints: str | os.PathLike[str] | None = None,
+    trainable: type | None = None,
+) -> int:
+    """Run one worker on a stored population in this process until the budget is spent.
+
+    This is what ``poptune worker`` runs on every machine that joins. Returns the number of
+    intervals this worker trained.
+    """
+    record = result.storage.population(result.name)
+    config = record.config
+    if trainable is None:
+        reference = config.get("trainable")
+        if not reference:
+            raise ValueError(
+                f"Population {record.name!r} was made with a trainable that cannot be imported "
+                "by reference; start workers from Python with poptune.population.join(...)."
+            )
+        trainable = import_object(reference)
+    check_trainable(trainable)
+    spec = _spec_from_config(config, trainable)
+    store = open_checkpoints(checkpoints if checkpoints is not None else config["checkpoints"])
+    worker = Worker(
+        spec,
+        result.storage,
+        store,
+        record.id,
+        lease_seconds=float(config.get("lease_seconds", 30.0)),
+    )
+    return worker.run()
 
 
 def _spec_from_config(

@@ -19,6 +19,7 @@ import json
 import os
 import signal
 import sys
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -86,14 +87,42 @@ class ChaosCheckpoints(LocalCheckpoints):
         return super().save(population_id, member, step, state)
 
 
+AUDIT = os.environ.get("POPTUNE_AUDIT")
+
+
+def audit(event: str, claim: Any) -> None:
+    """Append "event member token monotonic-time" to $POPTUNE_AUDIT (one file per worker)."""
+    if AUDIT and claim is not None:
+        with open(AUDIT, "a") as file:
+            file.write(f"{event} {claim.member.id} {claim.token} {time.monotonic()}\n")
+
+
 class ChaosStorage(SQLStorage):
-    """Dies inside a write transaction, after its statements and before its commit."""
+    """Dies inside a write transaction, after its statements and before its commit; with
+    ``$POPTUNE_AUDIT`` it logs when each claim starts and ends, to check exclusivity."""
 
     @contextmanager
     def _write(self) -> Iterator[Any]:
         with super()._write() as connection:
             yield connection
             maybe_die("kill_commit")
+
+    def claim(self, *args: Any, **kwargs: Any) -> Any:
+        claim = super().claim(*args, **kwargs)
+        audit("claim", claim)
+        return claim
+
+    def record_interval(self, claim: Any, *args: Any, **kwargs: Any) -> Any:
+        audit("end", claim)  # logged before the release commits: a conservative end time
+        return super().record_interval(claim, *args, **kwargs)
+
+    def release(self, claim: Any) -> None:
+        audit("end", claim)
+        super().release(claim)
+
+    def record_failure(self, claim: Any, *args: Any, **kwargs: Any) -> Any:
+        audit("end", claim)
+        return super().record_failure(claim, *args, **kwargs)
 
 
 def main() -> None:
