@@ -12,7 +12,9 @@ Disk use stays bounded because the storage's ``collect_garbage`` drops the rows 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import os
 import time
 import uuid
@@ -25,6 +27,7 @@ from .records import CheckpointRef
 __all__ = [
     "CheckpointCorrupt",
     "CheckpointStore",
+    "FsspecCheckpoints",
     "LocalCheckpoints",
     "open_checkpoints",
     "sweep_orphans",
@@ -132,21 +135,8 @@ class LocalCheckpoints:
             raise CheckpointCorrupt(
                 f"Checkpoint of member {ref.member} at step {ref.step} is missing: {path}."
             ) from None
-        if read != ref.size or len(data) != ref.size:
-            raise CheckpointCorrupt(
-                f"Checkpoint {path} has {len(data)} bytes but {ref.size} were recorded: it was "
-                "truncated or replaced."
-            )
-        digest = hashlib.sha256(data).hexdigest()
-        if digest != ref.sha256:
-            raise CheckpointCorrupt(
-                f"Checkpoint {path} does not match its recorded SHA-256 ({digest} != "
-                f"{ref.sha256}): it was corrupted or replaced."
-            )
-        try:
-            return serialization.load(data)
-        except serialization.SerializationError as error:
-            raise CheckpointCorrupt(f"Checkpoint {path} cannot be decoded: {error}") from error
+        del data[read:]  # in case the file shrank while it was read
+        return _verified(data, ref, str(path))
 
     def delete(self, ref: CheckpointRef) -> None:
         """Delete the file of ``ref`` if it is still there."""
@@ -190,16 +180,108 @@ def sweep_orphans(
     return orphans
 
 
+class FsspecCheckpoints:
+    """Checkpoints on any fsspec URL: ``s3://bucket/prefix`` (s3fs), ``gs://``, ``memory://``...
+
+    A checkpoint is uploaded in one put (S3 makes an object visible only once it is complete),
+    so a reader never sees a partial one; its SHA-256 is checked on every load. Credentials and
+    endpoints come from the usual places of the filesystem (for S3: the AWS environment or
+    config, and ``FSSPEC_S3_ENDPOINT_URL`` for an S3-compatible server).
+
+    Example:
+        >>> store = FsspecCheckpoints("s3://my-bucket/poptune")    # doctest: +SKIP
+    """
+
+    def __init__(self, url: str, **storage_options: Any) -> None:
+        try:
+            import fsspec
+        except ImportError:
+            raise ImportError(
+                f"Checkpoints at {url!r} need fsspec (and s3fs for s3://): "
+                "pip install 'poptune[s3]'."
+            ) from None
+        self.url = url.rstrip("/")
+        self.fs, self.root = fsspec.core.url_to_fs(self.url, **storage_options)
+
+    def _path(self, relative: str) -> str:
+        return f"{self.root}/{relative}"
+
+    def save(self, population_id: int, member: int, step: int, state: Any) -> CheckpointRef:
+        """Serialise, hash and upload ``state`` in a single put."""
+        relative = (
+            f"population-{population_id}/member-{member:04d}/"
+            f"step-{step:06d}-{uuid.uuid4().hex[:12]}.ckpt"
+        )
+        buffer = io.BytesIO()
+        writer = _HashingWriter(buffer)  # type: ignore[arg-type]
+        serialization.dump(state, writer)  # type: ignore[arg-type]
+        self.fs.pipe_file(self._path(relative), buffer.getvalue())
+        return CheckpointRef(member, step, relative, writer.size, writer.digest.hexdigest())
+
+    def load(self, ref: CheckpointRef) -> Any:
+        """Download, check size and SHA-256, then decode."""
+        try:
+            data = bytearray(self.fs.cat_file(self._path(ref.path)))
+        except FileNotFoundError:
+            raise CheckpointCorrupt(
+                f"Checkpoint of member {ref.member} at step {ref.step} is missing: "
+                f"{self.url}/{ref.path}."
+            ) from None
+        return _verified(data, ref, f"{self.url}/{ref.path}")
+
+    def delete(self, ref: CheckpointRef) -> None:
+        """Delete the object of ``ref`` if it is still there."""
+        self.remove(ref.path)
+
+    def files(self, population_id: int) -> dict[str, float]:
+        """Every object under the population's prefix, with its modification time."""
+        prefix = self._path(f"population-{population_id}")
+        try:
+            found = self.fs.find(prefix, detail=True)
+        except FileNotFoundError:
+            return {}
+        result: dict[str, float] = {}
+        for path, info in found.items():
+            modified = info.get("mtime") or info.get("LastModified") or info.get("created")
+            if hasattr(modified, "timestamp"):
+                modified = modified.timestamp()
+            relative = path[len(self.root) :].lstrip("/") if path.startswith(self.root) else path
+            result[relative] = float(modified) if modified is not None else time.time()
+        return result
+
+    def remove(self, path: str) -> None:
+        """Delete an object by its path relative to the store."""
+        with contextlib.suppress(FileNotFoundError):
+            self.fs.rm_file(self._path(path))
+
+
+def _verified(data: bytearray, ref: CheckpointRef, where: str) -> Any:
+    """Check size and checksum of ``data`` against ``ref``, then decode it."""
+    if len(data) != ref.size:
+        raise CheckpointCorrupt(
+            f"Checkpoint {where} has {len(data)} bytes but {ref.size} were recorded: it was "
+            "truncated or replaced."
+        )
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != ref.sha256:
+        raise CheckpointCorrupt(
+            f"Checkpoint {where} does not match its recorded SHA-256 ({digest} != "
+            f"{ref.sha256}): it was corrupted or replaced."
+        )
+    try:
+        return serialization.load(data)
+    except serialization.SerializationError as error:
+        raise CheckpointCorrupt(f"Checkpoint {where} cannot be decoded: {error}") from error
+
+
 def open_checkpoints(url: str | os.PathLike[str] | CheckpointStore) -> CheckpointStore:
-    """Open a checkpoint store from a folder path or ``file://`` URL, or pass a store through."""
+    """Open a checkpoint store: a folder path or ``file://`` URL gives :class:`LocalCheckpoints`,
+    any other URL (``s3://...``) :class:`FsspecCheckpoints`; a store passes through."""
     if not isinstance(url, str | os.PathLike):
         return url
     text = os.fspath(url)
     if text.startswith("file://"):
-        text = text[len("file://") :]
-    elif "://" in text:
-        raise ValueError(
-            f"Checkpoint location {text!r} is not supported yet: use a local or shared folder "
-            "path (or a file:// URL)."
-        )
+        return LocalCheckpoints(text[len("file://") :])
+    if "://" in text:
+        return FsspecCheckpoints(text)
     return LocalCheckpoints(text)

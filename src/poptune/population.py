@@ -426,6 +426,9 @@ def _checkpoints_url(
     store: Storage, checkpoints: str | os.PathLike[str] | CheckpointStore | None
 ) -> str:
     if checkpoints is not None:
+        if isinstance(checkpoints, str) and "://" in checkpoints:
+            open_checkpoints(checkpoints)  # fail now, clearly, if the scheme is not installed
+            return checkpoints
         if isinstance(checkpoints, str | os.PathLike):
             return str(Path(os.fspath(checkpoints)).expanduser().resolve())
         return str(checkpoints.url)
