@@ -201,7 +201,13 @@ class FsspecCheckpoints:
                 "pip install 'poptune[s3]'."
             ) from None
         self.url = url.rstrip("/")
-        self.fs, self.root = fsspec.core.url_to_fs(self.url, **storage_options)
+        try:
+            self.fs, self.root = fsspec.core.url_to_fs(self.url, **storage_options)
+        except (ValueError, ImportError) as error:
+            raise ValueError(
+                f"Cannot open the checkpoint location {url!r}: {error}. Check the URL, and "
+                "install the filesystem it needs (s3fs for s3://: pip install 'poptune[s3]')."
+            ) from error
 
     def _path(self, relative: str) -> str:
         return f"{self.root}/{relative}"
