@@ -21,7 +21,7 @@ from .records import (
     PopulationStatus,
 )
 from .results import Best, EdgeKind, Lineage, LineageEdge, Result, ScheduleEntry
-from .runners import InProcessRunner, LocalProcessRunner
+from .runners import InProcessRunner, LocalProcessRunner, RayRunner
 from .space import Choice, Distribution, IntUniform, LogUniform, Space, Uniform
 from .storage import PopulationNotFound, SQLStorage, Storage, StorageError, open_storage
 from .strategies import Every, Exploit, Explore, Perturb, Ready, Resample, Tournament, Truncation
@@ -58,6 +58,7 @@ __all__ = [
     "PopulationError",
     "PopulationNotFound",
     "PopulationStatus",
+    "RayRunner",
     "Ready",
     "Resample",
     "Result",

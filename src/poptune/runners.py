@@ -16,7 +16,7 @@ from .checkpoints import open_checkpoints
 from .storage import open_storage
 from .worker import PopulationError, RunSpec, Worker
 
-__all__ = ["InProcessRunner", "LocalProcessRunner", "Runner", "WorkerTarget"]
+__all__ = ["InProcessRunner", "LocalProcessRunner", "RayRunner", "Runner", "WorkerTarget"]
 
 log = logging.getLogger("poptune")
 
@@ -155,3 +155,92 @@ class LocalProcessRunner:
         if failed:
             codes = ", ".join(f"{p.name}: {p.exitcode}" for p in failed)
             log.warning("Worker processes exited abnormally (%s).", codes)
+
+
+class _RayWorker:
+    """The body of one Ray actor: the ordinary worker loop against the shared storage."""
+
+    def __init__(self, target: WorkerTarget) -> None:
+        self.target = target
+
+    def run(self) -> int:
+        target = self.target
+        storage = open_storage(target.storage_url)
+        try:
+            worker = Worker(
+                target.spec,
+                storage,
+                open_checkpoints(target.checkpoints_url),
+                target.population_id,
+                lease_seconds=target.lease_seconds,
+            )
+            return worker.run()
+        finally:
+            storage.close()
+
+
+class RayRunner:
+    """Workers as Ray actors on an existing Ray cluster (extra ``ray``).
+
+    Each actor asks Ray for ``num_cpus`` and ``num_gpus``, so GPU clusters place one worker per
+    GPU; the actors share the population through its storage like any other workers (use
+    PostgreSQL and a shared folder or object store when the cluster has several machines).
+
+    Example:
+        >>> runner = pt.RayRunner(address="auto", workers=8, num_gpus=1)  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        address: str | None = "auto",
+        workers: int = 2,
+        num_cpus: float = 1.0,
+        num_gpus: float = 0.0,
+        runtime_env: dict[str, Any] | None = None,
+    ) -> None:
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+            raise ValueError(f"The 'workers' parameter must be an int >= 1. Got {workers!r}.")
+        for name, value in (("num_cpus", num_cpus), ("num_gpus", num_gpus)):
+            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+                raise ValueError(
+                    f"The '{name}' parameter of RayRunner must be a number >= 0. Got {value!r}."
+                )
+        self.address = address
+        self.workers = workers
+        self.num_cpus = float(num_cpus)
+        self.num_gpus = float(num_gpus)
+        self.runtime_env = runtime_env
+
+    def run(
+        self,
+        target: WorkerTarget,
+        storage: Any,
+        checkpoints: Any,
+        on_started: Callable[[], None] = _nothing,
+    ) -> None:
+        """Start the actors, wait for them, and shut them down on Ctrl-C."""
+        try:
+            import ray
+        except ImportError:
+            raise ImportError("RayRunner needs Ray: pip install 'poptune[ray]'.") from None
+        started_here = not ray.is_initialized()
+        if started_here:
+            ray.init(
+                address=self.address,
+                runtime_env=self.runtime_env,
+                log_to_driver=False,
+                configure_logging=False,
+            )
+        actor = ray.remote(num_cpus=self.num_cpus, num_gpus=self.num_gpus)(_RayWorker)
+        actors = [actor.remote(target) for _ in range(self.workers)]
+        try:
+            runs = [a.run.remote() for a in actors]
+            on_started()
+            ray.get(runs)
+        except KeyboardInterrupt:
+            for a in actors:
+                ray.kill(a)  # their members come back when the leases expire
+            raise
+        finally:
+            if started_here:
+                ray.shutdown()

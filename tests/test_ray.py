@@ -1,0 +1,81 @@
+"""RayRunner on a real local Ray cluster: a head node and a second node joined to it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import poptune as pt
+from poptune.testing import Quadratic, quadratic_space
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[str]:
+    """`ray start --head` plus a second node `ray start --address`; stopped afterwards."""
+    pytest.importorskip("ray")
+    ray_cli = shutil.which("ray")
+    if ray_cli is None:
+        pytest.skip("the ray command is not installed (pip install 'poptune[ray]')")
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    common = ["--num-cpus=1", "--disable-usage-stats"]
+    subprocess.run(
+        [ray_cli, "start", "--head", f"--port={port}", "--include-dashboard=false", *common],
+        check=True,
+        capture_output=True,
+        env=env,
+        timeout=180,
+    )
+    try:
+        subprocess.run(
+            [ray_cli, "start", f"--address={address}", *common],
+            check=True,
+            capture_output=True,
+            env=env,
+            timeout=180,
+        )
+        yield address
+    finally:
+        subprocess.run([ray_cli, "stop", "--force"], capture_output=True, env=env, timeout=180)
+
+
+def test_ray_runner_trains_the_population_on_two_nodes(ray_cluster: str, tmp_path: Path):
+    import ray
+
+    url = f"sqlite:///{tmp_path / 'p.db'}"
+    result = pt.run(
+        Quadratic,
+        space=quadratic_space(),
+        metric="q",
+        population=4,
+        intervals=5,
+        storage=url,
+        name="ray",
+        seed=0,
+        progress=False,
+        runner=pt.RayRunner(address=ray_cluster, workers=2, num_cpus=1),
+    )
+    assert result.status == "finished"
+    assert [m.step for m in result.members] == [5] * 4
+    assert len(result.intervals()) == 20
+    assert not ray.is_initialized()  # the runner disconnected its driver
+
+
+def test_ray_runner_validates_its_parameters():
+    with pytest.raises(ValueError, match="'workers'"):
+        pt.RayRunner(workers=0)
+    with pytest.raises(ValueError, match="'num_gpus'"):
+        pt.RayRunner(num_gpus=-1)
