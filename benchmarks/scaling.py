@@ -6,7 +6,7 @@ throughput (intervals/s), wall / ideal (ideal = CPU work / workers) and the spee
 workers over 1; then, from an in-process run, the median storage time per interval (claim,
 exploit reads and writes, record: every storage call a worker makes for one interval).
 
-Run:  python benchmarks/scaling.py [--intervals 4] [--postgres URL]
+Run:  python benchmarks/scaling.py [--intervals 4] [--postgres URL] [--ray ADDRESS]
 PostgreSQL is measured when --postgres or $POPTUNE_TEST_POSTGRES names a database whose user may
 create databases (a temporary one is created and dropped). Targets (issue #6): 2 workers >= 1.85x
 the throughput of 1 worker on both storages; median storage time per interval on PostgreSQL
@@ -55,9 +55,12 @@ def temporary_postgres(admin_url: str) -> Iterator[str]:
         admin.dispose()
 
 
-def throughput(url: str, workers: int, intervals: int, folder: Path) -> tuple[float, float]:
-    """(intervals per second, wall / ideal) of one run."""
+def throughput(
+    url: str, workers: int, intervals: int, folder: Path, ray: str | None = None
+) -> tuple[float, float]:
+    """(intervals per second, wall / ideal) of one run; on Ray when ``ray`` is an address."""
     work = POPULATION * intervals * BurnCPU.steps_per_interval * BurnCPU.step_seconds
+    runner = pt.RayRunner(address=ray, workers=workers, num_cpus=1) if ray else None
     started = time.perf_counter()
     pt.run(
         BurnCPU,
@@ -71,6 +74,7 @@ def throughput(url: str, workers: int, intervals: int, folder: Path) -> tuple[fl
         seed=0,
         progress=False,
         checkpoints=folder / f"checkpoints-{workers}",
+        runner=runner,
     )
     wall = time.perf_counter() - started
     return POPULATION * intervals / wall, wall / (work / workers)
@@ -127,10 +131,10 @@ def storage_time(url: str, intervals: int, folder: Path) -> list[float]:
     return totals
 
 
-def measure(label: str, url: str, intervals: int, folder: Path) -> None:
-    """Print one storage's figures."""
-    one, ratio_one = throughput(url, 1, intervals, folder)
-    two, ratio_two = throughput(url, 2, intervals, folder)
+def measure(label: str, url: str, intervals: int, folder: Path, ray: str | None = None) -> None:
+    """Print one storage's (or Ray's) figures."""
+    one, ratio_one = throughput(url, 1, intervals, folder, ray)
+    two, ratio_two = throughput(url, 2, intervals, folder, ray)
     timings = sorted(t * 1000 for t in storage_time(url, max(2, intervals // 2), folder))
     print(
         f"{label:<10} 1 worker {one:6.2f} intervals/s (wall/ideal {ratio_one:.3f}) | "
@@ -145,6 +149,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--intervals", type=int, default=4)
     parser.add_argument("--postgres", default=os.environ.get("POPTUNE_TEST_POSTGRES"))
+    parser.add_argument("--ray", default=None, help="address of a running Ray cluster")
     args = parser.parse_args()
     print(
         f"population {POPULATION}, {args.intervals} intervals x {BurnCPU.steps_per_interval} "
@@ -158,6 +163,12 @@ def main() -> None:
                 measure("PostgreSQL", url, args.intervals, folder)
         else:
             print("PostgreSQL: skipped (pass --postgres URL or set $POPTUNE_TEST_POSTGRES)")
+        if args.ray:
+            measure(
+                "Ray+SQLite", f"sqlite:///{folder / 'ray.db'}", args.intervals, folder, args.ray
+            )
+        else:
+            print("Ray: skipped (start one with `ray start --head` and pass --ray ADDRESS)")
 
 
 if __name__ == "__main__":
