@@ -84,3 +84,36 @@ def test_resume_finishes_an_interrupted_population(storage_url):
     assert result.status == "finished"
     out = invoke("resume", "cut", "--storage", storage_url, "--no-progress")
     assert out.exit_code == 0 and "finished" in out.output
+
+
+def test_workers_join_a_stored_population_from_the_command_line(storage_url, tmp_path):
+    import subprocess
+    import sys
+
+    from poptune.runners import InProcessRunner
+
+    class CreateOnly(InProcessRunner):
+        def run(self, target, storage, checkpoints, on_started=lambda: None):
+            on_started()
+
+    pt.run(
+        Quadratic,
+        space=quadratic_space(),
+        metric="q",
+        population=4,
+        intervals=5,
+        storage=storage_url,
+        name="joined",
+        seed=0,
+        progress=False,
+        runner=CreateOnly(),
+        checkpoints=tmp_path / "checkpoints",
+    )
+    command = [sys.executable, "-m", "poptune.cli", "worker", "joined", "--storage", storage_url]
+    workers = [subprocess.Popen(command, stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [w.communicate(timeout=300)[0] for w in workers]
+    assert [w.returncode for w in workers] == [0, 0]
+    trained = sum(int(out.split("trained ")[1].split()[0]) for out in outputs)
+    assert trained == 4 * 5  # between them, exactly the budget
+    result = pt.load(storage_url, "joined")
+    assert result.status == "finished" and [m.step for m in result.members] == [5] * 4
