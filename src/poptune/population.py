@@ -228,14 +228,7 @@ def resume(
     store = result.storage
     record = store.population(result.name)
     config = record.config
-    if trainable is None:
-        reference = config.get("trainable")
-        if not reference:
-            raise ValueError(
-                f"Population {record.name!r} was made with a trainable that cannot be imported "
-                "by reference (defined interactively?). Pass it: resume(trainable=MyClass)."
-            )
-        trainable = import_object(reference)
+    trainable = trainable if trainable is not None else _recorded_trainable(record)
     check_trainable(trainable)
     spec = _spec_from_config(config, trainable, exploit, explore, ready)
     _reopen(store, record)
@@ -257,14 +250,7 @@ def join(
     """
     record = result.storage.population(result.name)
     config = record.config
-    if trainable is None:
-        reference = config.get("trainable")
-        if not reference:
-            raise ValueError(
-                f"Population {record.name!r} was made with a trainable that cannot be imported "
-                "by reference; start workers from Python with poptune.population.join(...)."
-            )
-        trainable = import_object(reference)
+    trainable = trainable if trainable is not None else _recorded_trainable(record)
     check_trainable(trainable)
     spec = _spec_from_config(config, trainable)
     store = open_checkpoints(checkpoints if checkpoints is not None else config["checkpoints"])
@@ -276,6 +262,18 @@ def join(
         lease_seconds=float(config.get("lease_seconds", 30.0)),
     )
     return worker.run()
+
+
+def _recorded_trainable(record: PopulationRecord) -> type:
+    """Import the trainable by the reference recorded with the population."""
+    reference = record.config.get("trainable")
+    if not reference:
+        raise ValueError(
+            f"Population {record.name!r} was made with a trainable that cannot be imported by "
+            "reference (defined interactively?). Pass it: resume(trainable=MyClass) or "
+            "join(result, trainable=MyClass)."
+        )
+    return import_object(reference)
 
 
 def _spec_from_config(

@@ -36,6 +36,23 @@ class WorkerTarget:
     lease_seconds: float = 30.0
 
 
+def run_target(target: WorkerTarget, stop: Any = None) -> int:
+    """Open the storage and checkpoints named by ``target`` and run one worker on them (the body
+    of a worker process or a Ray actor). Returns the intervals it trained."""
+    storage = open_storage(target.storage_url)
+    try:
+        worker = Worker(
+            target.spec,
+            storage,
+            open_checkpoints(target.checkpoints_url),
+            target.population_id,
+            lease_seconds=target.lease_seconds,
+        )
+        return worker.run(stop)
+    finally:
+        storage.close()
+
+
 class Runner(Protocol):
     """Starts workers on a population and returns when they have all stopped."""
 
@@ -80,19 +97,7 @@ def _worker_main(target: WorkerTarget, stop: Any) -> None:
     # A child that sees Ctrl-C (the terminal sends it to the whole process group) releases its
     # member and exits quietly; one that does not stops after its interval when ``stop`` is set.
     try:
-        storage = open_storage(target.storage_url)
-        checkpoints = open_checkpoints(target.checkpoints_url)
-        worker = Worker(
-            target.spec,
-            storage,
-            checkpoints,
-            target.population_id,
-            lease_seconds=target.lease_seconds,
-        )
-        try:
-            worker.run(stop)
-        finally:
-            storage.close()
+        run_target(target, stop)
     except KeyboardInterrupt:
         sys.exit(130)
     except PopulationError as error:
@@ -164,19 +169,7 @@ class _RayWorker:
         self.target = target
 
     def run(self) -> int:
-        target = self.target
-        storage = open_storage(target.storage_url)
-        try:
-            worker = Worker(
-                target.spec,
-                storage,
-                open_checkpoints(target.checkpoints_url),
-                target.population_id,
-                lease_seconds=target.lease_seconds,
-            )
-            return worker.run()
-        finally:
-            storage.close()
+        return run_target(self.target)
 
 
 class RayRunner:

@@ -1,13 +1,26 @@
 """The search space: priors to sample, perturb and validate hyperparameters.
 
-Every distribution validates its definition when it is built, samples only with the generator it
-is given, and perturbs so that a value never leaves the space: numbers are multiplied by a factor
-and clipped to their bounds, integers stay integers, ordered choices move to a neighbour.
+A :class:`Space` maps each hyperparameter name to a :class:`Distribution` (tunable) or to a plain
+constant (fixed). Every distribution validates its definition when it is built, draws only from
+the ``numpy.random.Generator`` it is given, returns plain Python values, and perturbs so that a
+value never leaves the space: numbers are multiplied by a factor and clipped to their bounds,
+integers stay integers, ordered choices move to a neighbour, unordered choices are redrawn.
+
+Example:
+    >>> import numpy as np
+    >>> from poptune.space import Choice, LogUniform, Space
+    >>> space = Space({"lr": LogUniform(1e-4, 1e-1), "act": Choice(["relu", "tanh"]), "seed": 7})
+    >>> rng = np.random.default_rng(0)
+    >>> hparams = space.sample(rng)
+    >>> new = space.perturb(hparams, (0.8, 1.2), rng, resample_probability=0.25)
+    >>> space.validate(new) == new
+    True
 """
 
 from __future__ import annotations
 
 import abc
+import dataclasses
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -26,19 +39,113 @@ __all__ = [
     "space_from_dict",
 ]
 
+# What a fixed value or a Choice option may be: whatever JSON stores and gives back unchanged.
 _SCALARS = (str, int, float, bool, type(None))
+_SCALAR_NAMES = "a str, int, float, bool or None"
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+# --- helpers -------------------------------------------------------------------------------------
+
+
+def _plain_scalar(value: Any) -> Any:
+    """``value`` as an exact built-in scalar (numpy scalars and str/int/float subclasses such
+    as enums are converted), or unchanged if it is not a scalar at all."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, str):
+        return str.__str__(value)
+    if isinstance(value, int):
+        return int.__int__(value)
+    if isinstance(value, float):
+        return float.__float__(value)
+    return value
+
+
+def _strict_key(value: Any) -> tuple[type, Any]:
+    """An equality key that tells ``1``, ``1.0`` and ``True`` apart, unlike ``==``."""
+    return (type(value), value)
+
+
+def _same_value(expected: Any, value: Any) -> bool:
+    """Whether ``value`` stands for the scalar ``expected``: the same type and value, or equal
+    numbers of other types (``3.0`` or ``np.int64(3)`` for ``3``) but never a bool for a number."""
+    if type(expected) is type(value):
+        return bool(expected == value)
+    numeric = (Real, np.number)
+    if (
+        isinstance(expected, numeric)
+        and isinstance(value, numeric)
+        and not isinstance(expected, bool | np.bool_)
+        and not isinstance(value, bool | np.bool_)
+    ):
+        return bool(expected == value)
+    if isinstance(expected, str) and isinstance(value, str):
+        return expected == value
+    return False
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, Real) and not isinstance(value, bool)
+
+
+def _check_factor(owner: str, factor: Any) -> float:
+    if not _is_real(factor) or not math.isfinite(float(factor)) or float(factor) <= 0:
+        raise ValueError(
+            f"{owner}.perturb: `factor` must be a positive finite number (got factor={factor!r}); "
+            "use factors such as 0.8 or 1.2."
+        )
+    return float(factor)
+
+
+def _float_bound(owner: str, name: str, value: Any) -> float:
+    if not _is_real(value):
+        raise TypeError(
+            f"{owner}: `{name}` must be a number (got {name}={value!r} of type "
+            f"{type(value).__name__}); pass an int or a float."
+        )
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
+        raise ValueError(
+            f"{owner}: `{name}` must be finite (got {name}={value!r}); use a finite bound."
+        )
+    return number
+
+
+def _check_order(owner: str, low: float, high: float) -> None:
+    if not low < high:
+        raise ValueError(
+            f"{owner}: `low` must be smaller than `high` (got low={low!r}, high={high!r}); "
+            "swap them or widen the range, or use a fixed value for a constant."
+        )
+
+
+def _clip(value: Any, low: Any, high: Any) -> Any:
+    return min(max(value, low), high)
+
+
+# --- distributions -------------------------------------------------------------------------------
 
 
 class Distribution(abc.ABC):
-    """A prior over one hyperparameter: sample, perturb, check membership, describe as JSON."""
+    """A prior over one hyperparameter: sample, perturb, check membership, describe as JSON.
+
+    Subclasses are immutable values: equal when their definitions are equal, with a ``repr`` that
+    rebuilds them. :func:`space_from_dict` knows the four built-in kinds by their ``"type"``.
+    """
 
     @abc.abstractmethod
     def sample(self, rng: np.random.Generator) -> Any:
-        """Draw a value from the prior with ``rng``."""
+        """Draw a value from the prior using only ``rng``; a plain Python value."""
 
     @abc.abstractmethod
     def perturb(self, value: Any, factor: float, rng: np.random.Generator) -> Any:
-        """Return a value near ``value``, moved by ``factor``, always inside the distribution."""
+        """Return a value moved from ``value`` by ``factor``, always inside the distribution."""
 
     @abc.abstractmethod
     def contains(self, value: Any) -> bool:
@@ -48,77 +155,88 @@ class Distribution(abc.ABC):
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable description, with ``"type"`` the class name."""
 
-
-def _bound(owner: str, name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, Real):
-        raise TypeError(
-            f"{owner}: `{name}` must be a number (got {value!r} of type "
-            f"{type(value).__name__}); pass an int or a float."
-        )
-    number = float(value)
-    if not math.isfinite(number):
-        raise ValueError(
-            f"{owner}: `{name}` must be finite (got {name}={value!r}); use a finite bound."
-        )
-    return number
-
-
-def _ordered_bounds(owner: str, low: float, high: float) -> None:
-    if low >= high:
-        raise ValueError(
-            f"{owner}: `low` must be smaller than `high` (got low={low!r}, high={high!r}); "
-            "swap them or widen the range, or use a fixed value for a constant."
-        )
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(float(value))
+    def _canonical(self, value: Any) -> Any:
+        """``value`` (already contained) in the distribution's own type; see Space.validate."""
+        return value
 
 
 @dataclass(frozen=True)
-class Uniform(Distribution):
-    """Floats drawn uniformly from ``[low, high]``.
-
-    Example:
-        >>> import poptune as pt
-        >>> pt.Uniform(0.0, 0.99)
-        Uniform(low=0.0, high=0.99)
-    """
+class _FloatRange(Distribution):
+    """Shared by Uniform and LogUniform: float bounds, clipped perturbation."""
 
     low: float
     high: float
 
     def __post_init__(self) -> None:
-        name = type(self).__name__
-        object.__setattr__(self, "low", _bound(name, "low", self.low))
-        object.__setattr__(self, "high", _bound(name, "high", self.high))
-        _ordered_bounds(name, self.low, self.high)
+        owner = type(self).__name__
+        object.__setattr__(self, "low", _float_bound(owner, "low", self.low))
+        object.__setattr__(self, "high", _float_bound(owner, "high", self.high))
+        _check_order(owner, self.low, self.high)
 
-    def sample(self, rng: np.random.Generator) -> float:
-        """A uniform draw in ``[low, high]``."""
-        return float(rng.uniform(self.low, self.high))
+    def _snap(self, value: Any) -> float:
+        """A numeric ``value`` clipped into ``[low, high]``; anything else is an error."""
+        owner = type(self).__name__
+        if not _is_real(value):
+            raise TypeError(
+                f"{owner}.perturb: the value must be a number (got {value!r} of type "
+                f"{type(value).__name__}); pass a float inside {self!r}."
+            )
+        number = float(value)
+        if math.isnan(number):
+            raise ValueError(
+                f"{owner}.perturb: cannot perturb NaN (got value={value!r}); pass a float "
+                f"inside {self!r}."
+            )
+        return float(_clip(number, self.low, self.high))
 
     def perturb(self, value: Any, factor: float, rng: np.random.Generator) -> float:
-        """``value * factor`` clipped to ``[low, high]`` (with negative values the clip still
-        keeps the result inside the range)."""
-        return float(min(max(float(value) * factor, self.low), self.high))
+        """``value * factor`` clipped to ``[low, high]``.
+
+        A ``value`` outside the bounds is clipped first. On a negative range the product moves
+        away from zero for ``factor > 1`` like everywhere else; the clip still keeps the result
+        inside ``[low, high]``. ``rng`` is unused: the move is fully decided by ``factor``.
+        """
+        factor = _check_factor(type(self).__name__, factor)
+        return float(_clip(self._snap(value) * factor, self.low, self.high))
 
     def contains(self, value: Any) -> bool:
-        """A finite number within the bounds."""
-        return _is_number(value) and self.low <= float(value) <= self.high
+        """A real number (not a bool) within ``[low, high]``."""
+        return _is_real(value) and self.low <= float(value) <= self.high
 
     def to_dict(self) -> dict[str, Any]:
-        """``{"type": ..., "low": ..., "high": ...}``."""
+        """``{"type": <class name>, "low": ..., "high": ...}``."""
         return {"type": type(self).__name__, "low": self.low, "high": self.high}
+
+    def _canonical(self, value: Any) -> float:
+        return float(value)
 
 
 @dataclass(frozen=True)
-class LogUniform(Uniform):
-    """Floats drawn log-uniformly from ``[low, high]`` with ``0 < low`` (learning rates...).
+class Uniform(_FloatRange):
+    """Floats drawn uniformly from ``[low, high]``.
 
     Example:
-        >>> import poptune as pt
-        >>> pt.LogUniform(1e-4, 1e-1)
+        >>> Uniform(0.0, 0.99)
+        Uniform(low=0.0, high=0.99)
+    """
+
+    def sample(self, rng: np.random.Generator) -> float:
+        """A uniform draw in ``[low, high]``."""
+        if math.isfinite(self.high - self.low):
+            value = float(rng.uniform(self.low, self.high))
+        else:  # the width overflows a float (e.g. -1e308..1e308): interpolate instead
+            share = float(rng.random())
+            value = self.low * (1.0 - share) + self.high * share
+        return float(_clip(value, self.low, self.high))
+
+
+@dataclass(frozen=True)
+class LogUniform(_FloatRange):
+    """Floats drawn log-uniformly from ``[low, high]``, with ``0 < low``: learning rates, weight
+    decays and other scales where each decade is as likely as the next.
+
+    Example:
+        >>> LogUniform(1e-4, 1e-1)
         LogUniform(low=0.0001, high=0.1)
     """
 
@@ -132,17 +250,18 @@ class LogUniform(Uniform):
 
     def sample(self, rng: np.random.Generator) -> float:
         """A log-uniform draw in ``[low, high]``."""
-        value = math.exp(rng.uniform(math.log(self.low), math.log(self.high)))
-        return float(min(max(value, self.low), self.high))
+        value = math.exp(float(rng.uniform(math.log(self.low), math.log(self.high))))
+        return float(_clip(value, self.low, self.high))
 
 
 @dataclass(frozen=True)
 class IntUniform(Distribution):
     """Integers drawn uniformly from ``low..high``, both ends included.
 
+    Integral floats such as ``16.0`` are accepted as bounds and stored as ``int``.
+
     Example:
-        >>> import poptune as pt
-        >>> pt.IntUniform(16, 256)
+        >>> IntUniform(16, 256)
         IntUniform(low=16, high=256)
     """
 
@@ -152,95 +271,186 @@ class IntUniform(Distribution):
     def __post_init__(self) -> None:
         for name in ("low", "high"):
             value = getattr(self, name)
-            number = _bound("IntUniform", name, value)
-            if not number.is_integer():
+            if isinstance(value, Integral) and not isinstance(value, bool):
+                number = int(value)
+            else:
+                as_float = _float_bound("IntUniform", name, value)
+                if not as_float.is_integer():
+                    raise ValueError(
+                        f"IntUniform: `{name}` must be an integer (got {name}={value!r}); round "
+                        "it, or use Uniform for floats."
+                    )
+                number = int(as_float)
+            if not _INT64[0] <= number <= _INT64[1]:
                 raise ValueError(
-                    f"IntUniform: `{name}` must be an integer (got {name}={value!r}); round it, "
-                    "or use Uniform for floats."
+                    f"IntUniform: `{name}` must fit in a 64-bit integer (got {name}={value!r}); "
+                    "narrow the range."
                 )
-            object.__setattr__(self, name, int(number))
-        _ordered_bounds("IntUniform", self.low, self.high)
+            object.__setattr__(self, name, number)
+        _check_order("IntUniform", self.low, self.high)
 
     def sample(self, rng: np.random.Generator) -> int:
         """A uniform integer in ``low..high``."""
-        return int(rng.integers(self.low, self.high + 1))
+        return int(rng.integers(self.low, self.high, endpoint=True))
+
+    def _snap(self, value: Any) -> int:
+        """A numeric ``value`` rounded to an integer and clipped into ``low..high``."""
+        if isinstance(value, Integral) and not isinstance(value, bool):
+            return int(_clip(int(value), self.low, self.high))
+        if not _is_real(value):
+            raise TypeError(
+                f"IntUniform.perturb: the value must be a number (got {value!r} of type "
+                f"{type(value).__name__}); pass an int inside {self!r}."
+            )
+        number = float(value)
+        if math.isnan(number):
+            raise ValueError(
+                f"IntUniform.perturb: cannot perturb NaN (got value={value!r}); pass an int "
+                f"inside {self!r}."
+            )
+        rounded = number if math.isinf(number) else round(number)
+        return int(_clip(rounded, self.low, self.high))
 
     def perturb(self, value: Any, factor: float, rng: np.random.Generator) -> int:
-        """``round(value * factor)``, at least one step in the factor's direction, clipped."""
-        current = round(float(value))
+        """``round(value * factor)``, clipped to ``low..high``; always a Python ``int``.
+
+        If rounding leaves the value where it was and ``factor != 1``, it moves one step in the
+        factor's direction (``+1`` for ``factor > 1``, ``-1`` below), so small integers such as
+        0 or 1 are not stuck. The step follows the factor, not the sign of the value: on negative
+        values a factor above 1 still steps up by one. A ``value`` outside the bounds (or not
+        integral) is rounded and clipped first. ``rng`` is unused.
+        """
+        factor = _check_factor("IntUniform", factor)
+        current = self._snap(value)
         moved = round(current * factor)
         if moved == current and factor != 1.0:
             moved = current + (1 if factor > 1.0 else -1)
-        return int(min(max(moved, self.low), self.high))
+        return int(_clip(moved, self.low, self.high))
 
     def contains(self, value: Any) -> bool:
-        """An integer (``int`` or integral number, not bool) within the bounds."""
+        """An integer (an ``int``, a numpy integer or an integral float; not a bool) within
+        ``low..high``."""
         if isinstance(value, bool):
             return False
         if isinstance(value, Integral):
             return self.low <= int(value) <= self.high
-        return _is_number(value) and float(value).is_integer() and self.low <= value <= self.high
+        return (
+            _is_real(value)
+            and math.isfinite(float(value))
+            and float(value).is_integer()
+            and self.low <= float(value) <= self.high
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """``{"type": "IntUniform", "low": ..., "high": ...}``."""
         return {"type": "IntUniform", "low": self.low, "high": self.high}
 
+    def _canonical(self, value: Any) -> int:
+        return int(value)
+
 
 @dataclass(frozen=True)
 class Choice(Distribution):
-    """One of ``options``. Ordered choices perturb to a neighbour; unordered ones resample.
+    """One of ``options``, each a str, int, float, bool or None (so the space stores as JSON).
+
+    ``ordered=True`` (the default) means the options are a scale, such as batch sizes: perturbing
+    moves to the neighbouring option. ``ordered=False`` means they are names with no order, such
+    as optimizers: perturbing draws a different option. ``options`` is stored as a tuple.
 
     Example:
-        >>> import poptune as pt
-        >>> pt.Choice([32, 64, 128])
+        >>> Choice([32, 64, 128])
         Choice(options=(32, 64, 128), ordered=True)
+        >>> Choice(["sgd", "adam"], ordered=False).perturb("sgd", 1.2, np.random.default_rng(0))
+        'adam'
     """
 
-    options: tuple[Any, ...]
+    options: Sequence[Any]
     ordered: bool = True
 
     def __post_init__(self) -> None:
-        options = self.options
+        options: Any = self.options
+        if isinstance(options, np.ndarray):
+            options = options.tolist()
         if isinstance(options, str | bytes) or not isinstance(options, Sequence):
             raise TypeError(
-                f"Choice: `options` must be a list or tuple of values (got {options!r}); "
-                "for example Choice(['sgd', 'adam'])."
+                f"Choice: `options` must be a list or tuple (got options={options!r} of type "
+                f"{type(options).__name__}); for example Choice(['sgd', 'adam'])."
             )
-        options = tuple(options)
-        if not options:
-            raise ValueError("Choice: `options` must not be empty (got []); give at least one.")
-        for option in options:
-            if not isinstance(option, _SCALARS) or (
-                isinstance(option, float) and not math.isfinite(option)
-            ):
+        plain = tuple(_plain_scalar(option) for option in options)
+        if not plain:
+            raise ValueError(
+                "Choice: `options` must not be empty (got options=[]); give at least one option."
+            )
+        for option in plain:
+            if not isinstance(option, _SCALARS):
                 raise TypeError(
-                    f"Choice: every option must be a str, int, finite float, bool or None so the "
-                    f"space can be stored as JSON (got {option!r} of type "
-                    f"{type(option).__name__}); pass a name and map it in your trainable."
+                    f"Choice: every option must be {_SCALAR_NAMES} so the space can be stored "
+                    f"as JSON (got {option!r} of type {type(option).__name__}); pass a name and "
+                    "map it to the object in your trainable."
                 )
-        keys = [(type(o), o) for o in options]
-        if len(set(keys)) != len(keys):
-            raise ValueError(f"Choice: `options` must be distinct (got {list(options)!r}).")
-        object.__setattr__(self, "options", options)
+            if isinstance(option, float) and not math.isfinite(option):
+                raise ValueError(
+                    f"Choice: options must be finite (got {option!r} in {list(plain)!r}); "
+                    "remove it or use a large finite number."
+                )
+        for index, option in enumerate(plain):
+            if any(_same_value(earlier, option) for earlier in plain[:index]):
+                raise ValueError(
+                    f"Choice: `options` must be distinct (got {option!r} twice in "
+                    f"{list(plain)!r}); remove the duplicate."
+                )
+        if not isinstance(self.ordered, bool | np.bool_):
+            raise TypeError(
+                f"Choice: `ordered` must be True or False (got ordered={self.ordered!r}); "
+                "True for a scale such as batch sizes, False for names such as optimizers."
+            )
+        object.__setattr__(self, "options", plain)
         object.__setattr__(self, "ordered", bool(self.ordered))
 
-    def _index(self, value: Any) -> int:
+    def __eq__(self, other: object) -> bool:
+        # Type-strict, so Choice([1, 2]) != Choice([True, 2]) although 1 == True.
+        if type(other) is not type(self):
+            return NotImplemented
+        assert isinstance(other, Choice)
+        return self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def _key(self) -> tuple[Any, ...]:
+        return (tuple(_strict_key(o) for o in self.options), self.ordered)
+
+    def _index(self, value: Any) -> int | None:
         for index, option in enumerate(self.options):
             if type(option) is type(value) and option == value:
                 return index
         for index, option in enumerate(self.options):
-            if option == value and not isinstance(option, bool) and not isinstance(value, bool):
+            if _same_value(option, value):
                 return index
-        raise ValueError(f"Choice: {value!r} is not one of the options {list(self.options)!r}.")
+        return None
 
     def sample(self, rng: np.random.Generator) -> Any:
         """A uniformly drawn option."""
         return self.options[int(rng.integers(len(self.options)))]
 
     def perturb(self, value: Any, factor: float, rng: np.random.Generator) -> Any:
-        """Ordered: the neighbour in the factor's direction (reflected at the ends).
-        Unordered: a different option, drawn uniformly."""
+        """Move away from ``value``, which must be one of the options.
+
+        Ordered: the neighbour in the factor's direction (the next option for ``factor > 1``,
+        the previous one otherwise), reflected at either end so the value changes whenever there
+        are two or more options. Unordered: a different option drawn uniformly with ``rng``; the
+        factor is ignored. With a single option, that option is returned.
+
+        Raises:
+            ValueError: if ``value`` is not one of the options.
+        """
+        _check_factor("Choice", factor)
         index = self._index(value)
+        if index is None:
+            raise ValueError(
+                f"Choice.perturb: {value!r} is not one of the options {list(self.options)!r}; "
+                "pass one of them."
+            )
         count = len(self.options)
         if count == 1:
             return self.options[0]
@@ -254,16 +464,16 @@ class Choice(Distribution):
         return self.options[moved]
 
     def contains(self, value: Any) -> bool:
-        """Whether ``value`` is one of the options."""
-        try:
-            self._index(value)
-        except ValueError:
-            return False
-        return True
+        """Whether ``value`` is one of the options (``3.0`` counts as ``3``, ``True`` does not)."""
+        return self._index(value) is not None
 
     def to_dict(self) -> dict[str, Any]:
         """``{"type": "Choice", "options": [...], "ordered": ...}``."""
         return {"type": "Choice", "options": list(self.options), "ordered": self.ordered}
+
+    def _canonical(self, value: Any) -> Any:
+        index = self._index(value)
+        return value if index is None else self.options[index]
 
 
 _TYPES: dict[str, type[Distribution]] = {
@@ -274,14 +484,59 @@ _TYPES: dict[str, type[Distribution]] = {
 }
 
 
+# --- the space -----------------------------------------------------------------------------------
+
+
+def _check_probability(method: str, name: str, value: Any) -> float:
+    if not _is_real(value) or not 0.0 <= float(value) <= 1.0:
+        raise ValueError(
+            f"Space.{method}: `{name}` must be a number in [0, 1] (got {name}={value!r}); "
+            "0 never resamples, 1 always does."
+        )
+    return float(value)
+
+
+def _check_factors(factors: Any) -> tuple[float, ...]:
+    if isinstance(factors, str | bytes) or not isinstance(factors, Sequence) or not factors:
+        raise ValueError(
+            f"Space.perturb: `factors` must be a non-empty sequence of positive numbers (got "
+            f"factors={factors!r}); for example (0.8, 1.2)."
+        )
+    for factor in factors:
+        if not _is_real(factor) or not math.isfinite(float(factor)) or float(factor) <= 0:
+            raise ValueError(
+                f"Space.perturb: every factor must be a positive finite number (got {factor!r} "
+                f"in factors={tuple(factors)!r}); for example (0.8, 1.2)."
+            )
+    return tuple(float(f) for f in factors)
+
+
+def _check_hparams(method: str, hparams: Any) -> Mapping[str, Any]:
+    if not isinstance(hparams, Mapping):
+        raise TypeError(
+            f"Space.{method}: `hparams` must be a dict of name -> value (got "
+            f"{type(hparams).__name__}: {hparams!r})."
+        )
+    return hparams
+
+
 class Space(Mapping[str, Any]):
-    """Hyperparameter name -> distribution, or a fixed value that never changes.
+    """Hyperparameter name -> :class:`Distribution` (tuned), or a fixed value that never changes.
+
+    A fixed value is a str, int, float, bool or None; it is returned as given by :meth:`sample`,
+    :meth:`perturb` and :meth:`resample`. ``Space(other_space)`` copies a space.
+
+    Random numbers are drawn name by name in the order the names were given, so the same seed and
+    the same space always give the same hyperparameters. For the same reason two spaces are equal
+    only if they list the same names, in the same order, with equal definitions.
 
     Example:
-        >>> import numpy as np, poptune as pt
-        >>> space = pt.Space({"lr": pt.LogUniform(1e-4, 1e-1), "optimizer": "sgd"})
+        >>> import numpy as np
+        >>> space = Space({"lr": LogUniform(1e-4, 1e-1), "optimizer": "sgd"})
         >>> sorted(space.sample(np.random.default_rng(0)))
         ['lr', 'optimizer']
+        >>> space.fixed
+        {'optimizer': 'sgd'}
     """
 
     def __init__(self, params: Mapping[str, Any]) -> None:
@@ -289,43 +544,74 @@ class Space(Mapping[str, Any]):
             params = dict(params._params)
         if not isinstance(params, Mapping):
             raise TypeError(
-                f"A space must be a dict of hyperparameter name -> distribution or fixed value; "
-                f"got {type(params).__name__}."
+                "Space: the space must be a dict of hyperparameter name -> distribution or fixed "
+                f"value (got {type(params).__name__}: {params!r}); for example "
+                "{'lr': LogUniform(1e-4, 1e-1), 'optimizer': 'sgd'}."
             )
         checked: dict[str, Any] = {}
         for name, value in params.items():
-            if not isinstance(name, str) or not name:
-                raise TypeError(f"Hyperparameter names must be non-empty strings (got {name!r}).")
-            if isinstance(value, Distribution):
-                checked[name] = value
-            elif isinstance(value, _SCALARS):
-                if isinstance(value, float) and math.isnan(value):
-                    raise ValueError(f"Hyperparameter {name!r} is fixed to NaN; give a number.")
-                checked[name] = value
-            else:
+            if not isinstance(name, str):
                 raise TypeError(
-                    f"Hyperparameter {name!r} is a {type(value).__name__} ({value!r}); use a "
-                    "distribution (pt.Uniform, pt.LogUniform, pt.IntUniform, pt.Choice) or a "
-                    "fixed str, int, float, bool or None."
+                    f"Space: hyperparameter names must be strings (got {name!r} of type "
+                    f"{type(name).__name__}); name it, e.g. 'lr'."
                 )
+            if not name:
+                raise ValueError(
+                    "Space: hyperparameter names must not be empty (got ''); name it, e.g. 'lr'."
+                )
+            checked[name] = self._checked_value(name, value)
         self._params = checked
 
-    # --- mapping -------------------------------------------------------------------------
+    @staticmethod
+    def _checked_value(name: str, value: Any) -> Any:
+        if isinstance(value, Distribution):
+            return value
+        plain = _plain_scalar(value)
+        if not isinstance(plain, _SCALARS):
+            raise TypeError(
+                f"Space: hyperparameter {name!r} is a {type(value).__name__} ({value!r}); use a "
+                "distribution (Uniform, LogUniform, IntUniform, Choice) or a fixed "
+                f"{_SCALAR_NAMES}."
+            )
+        if isinstance(plain, float) and math.isnan(plain):
+            raise ValueError(
+                f"Space: hyperparameter {name!r} is fixed to NaN (got {value!r}); give a number, "
+                "or None for 'not set'."
+            )
+        return plain
+
+    # --- mapping ---------------------------------------------------------------------------------
 
     def __getitem__(self, name: str) -> Any:
+        """The distribution or fixed value of ``name``."""
         return self._params[name]
 
     def __iter__(self) -> Iterator[str]:
+        """The names, in the order given."""
         return iter(self._params)
 
     def __len__(self) -> int:
+        """How many hyperparameters, tuned and fixed."""
         return len(self._params)
 
+    def __contains__(self, name: object) -> bool:
+        """Whether ``name`` is a hyperparameter of this space."""
+        return name in self._params
+
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Space) and other.to_dict() == self.to_dict()
+        """Same names in the same order, equal distributions, fixed values of the same type."""
+        if not isinstance(other, Space):
+            return NotImplemented
+        return self._key() == other._key()
 
     def __hash__(self) -> int:
-        return hash(repr(self.to_dict()))
+        return hash(self._key())
+
+    def _key(self) -> tuple[Any, ...]:
+        return tuple(
+            (name, value if isinstance(value, Distribution) else _strict_key(value))
+            for name, value in self._params.items()
+        )
 
     def __repr__(self) -> str:
         return f"Space({self._params!r})"
@@ -337,18 +623,18 @@ class Space(Mapping[str, Any]):
 
     @property
     def distributions(self) -> dict[str, Distribution]:
-        """The tunable hyperparameters."""
+        """The tuned hyperparameters and their distributions, in the order given."""
         return {k: v for k, v in self._params.items() if isinstance(v, Distribution)}
 
     @property
     def fixed(self) -> dict[str, Any]:
-        """The fixed hyperparameters and their values."""
+        """The fixed hyperparameters and their values, in the order given."""
         return {k: v for k, v in self._params.items() if not isinstance(v, Distribution)}
 
-    # --- operations ----------------------------------------------------------------------
+    # --- operations ------------------------------------------------------------------------------
 
     def sample(self, rng: np.random.Generator) -> dict[str, Any]:
-        """A full set of hyperparameters drawn from the priors (fixed values as given)."""
+        """A full set of hyperparameters drawn from the priors, fixed values as given."""
         return {
             name: value.sample(rng) if isinstance(value, Distribution) else value
             for name, value in self._params.items()
@@ -361,8 +647,25 @@ class Space(Mapping[str, Any]):
         rng: np.random.Generator,
         resample_probability: float = 0.0,
     ) -> dict[str, Any]:
-        """Perturb every tunable value by a factor drawn from ``factors``; each one is instead
-        resampled from its prior with probability ``resample_probability``."""
+        """A new dict with every tuned value perturbed by a factor drawn uniformly from
+        ``factors`` (see each distribution's ``perturb``), or, with probability
+        ``resample_probability``, resampled from its prior. Fixed values are reset to theirs.
+
+        Example:
+            >>> import numpy as np
+            >>> space = Space({"n": IntUniform(1, 8), "opt": "sgd"})
+            >>> space.perturb({"n": 4, "opt": "sgd"}, (0.5,), np.random.default_rng(0))
+            {'n': 2, 'opt': 'sgd'}
+
+        Raises:
+            ValueError: bad ``factors`` or ``resample_probability``, a tuned name missing from
+                ``hparams``, or a choice value that is not one of its options.
+        """
+        hparams = _check_hparams("perturb", hparams)
+        factors = _check_factors(factors)
+        resample_probability = _check_probability(
+            "perturb", "resample_probability", resample_probability
+        )
         result: dict[str, Any] = {}
         for name, value in self._params.items():
             if not isinstance(value, Distribution):
@@ -370,14 +673,17 @@ class Space(Mapping[str, Any]):
             elif resample_probability > 0 and rng.random() < resample_probability:
                 result[name] = value.sample(rng)
             else:
-                factor = float(factors[int(rng.integers(len(factors)))])
+                factor = factors[int(rng.integers(len(factors)))]
                 result[name] = value.perturb(self._current(hparams, name), factor, rng)
         return result
 
     def resample(
         self, hparams: Mapping[str, Any], rng: np.random.Generator, probability: float = 1.0
     ) -> dict[str, Any]:
-        """Resample each tunable value from its prior with ``probability``, else keep it."""
+        """A new dict with each tuned value resampled from its prior with ``probability``, else
+        kept from ``hparams``. Fixed values are reset to theirs."""
+        hparams = _check_hparams("resample", hparams)
+        probability = _check_probability("resample", "probability", probability)
         result: dict[str, Any] = {}
         for name, value in self._params.items():
             if not isinstance(value, Distribution):
@@ -389,31 +695,55 @@ class Space(Mapping[str, Any]):
         return result
 
     def validate(self, hparams: Mapping[str, Any]) -> dict[str, Any]:
-        """Check that ``hparams`` names exactly this space's hyperparameters with legal values.
+        """Check that ``hparams`` has exactly this space's names with legal values.
+
+        Returns a plain dict in the space's name order, each value in its distribution's own
+        Python type (``np.float64(0.1)`` -> ``0.1``, ``3.0`` for an IntUniform -> ``3``), so it
+        can be stored as JSON. A fixed hyperparameter must equal its fixed value.
 
         Raises:
-            ValueError: naming the missing or unknown names, or the value out of its range.
+            TypeError: if ``hparams`` is not a mapping.
+            ValueError: naming the missing or unknown names, or the value that is out of range.
         """
-        if not isinstance(hparams, Mapping):
-            raise ValueError(f"hparams must be a dict (got {type(hparams).__name__}).")
+        hparams = _check_hparams("validate", hparams)
         missing = [n for n in self._params if n not in hparams]
         extra = [n for n in hparams if n not in self._params]
-        if missing:
-            raise ValueError(f"hparams lack {missing}; the space has {list(self._params)}.")
-        if extra:
+        if missing or extra:
+            problems = []
+            if missing:
+                problems.append(f"missing {missing} (add them)")
+            if extra:
+                problems.append(f"unknown names {extra} (remove them, or add them to the space)")
             raise ValueError(
-                f"hparams have unknown names {extra}; the space has {list(self._params)}."
+                f"Space.validate: the hparams do not match the space: {'; '.join(problems)}. "
+                f"The space has {list(self._params)}."
             )
-        for name, value in self._params.items():
-            if isinstance(value, Distribution) and not value.contains(hparams[name]):
-                raise ValueError(
-                    f"Hyperparameter {name!r}={hparams[name]!r} is outside its distribution "
-                    f"{value!r}."
-                )
-        return {name: hparams[name] for name in self._params}
+        result: dict[str, Any] = {}
+        for name, spec in self._params.items():
+            value = hparams[name]
+            if isinstance(spec, Distribution):
+                if not spec.contains(value):
+                    raise ValueError(
+                        f"Space.validate: hyperparameter {name!r} = {value!r} is outside its "
+                        f"distribution {spec!r}; pass a value inside it."
+                    )
+                result[name] = spec._canonical(value)
+            else:
+                if not _same_value(spec, value):
+                    raise ValueError(
+                        f"Space.validate: hyperparameter {name!r} = {value!r} differs from its "
+                        f"fixed value {spec!r}; pass {spec!r}, or make it a distribution."
+                    )
+                result[name] = spec
+        return result
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
-        """A JSON-serialisable description; :func:`space_from_dict` reverses it."""
+        """A JSON-serialisable description; :func:`space_from_dict` rebuilds an equal space.
+
+        Example:
+            >>> Space({"lr": Uniform(0, 1), "seed": 7}).to_dict()["seed"]
+            {'type': 'Fixed', 'value': 7}
+        """
         return {
             name: value.to_dict()
             if isinstance(value, Distribution)
@@ -423,24 +753,52 @@ class Space(Mapping[str, Any]):
 
     def _current(self, hparams: Mapping[str, Any], name: str) -> Any:
         if name not in hparams:
-            raise ValueError(f"hparams lack {name!r}; the space has {list(self._params)}.")
+            raise ValueError(
+                f"Space: the hparams lack {name!r} (got names {list(hparams)}); pass a value for "
+                f"every name of the space {list(self._params)}."
+            )
         return hparams[name]
 
 
 def space_from_dict(description: Mapping[str, Mapping[str, Any]]) -> Space:
-    """Rebuild a :class:`Space` from :meth:`Space.to_dict` output."""
+    """Rebuild a :class:`Space` from :meth:`Space.to_dict` output (also after a JSON round trip).
+
+    Raises:
+        TypeError: if ``description`` or one of its entries is not a mapping.
+        ValueError: an unknown ``"type"``, or fields missing or unknown for that type.
+    """
+    if not isinstance(description, Mapping):
+        raise TypeError(
+            f"space_from_dict: expected a dict of name -> description (got "
+            f"{type(description).__name__}: {description!r}); pass Space.to_dict() output."
+        )
     params: dict[str, Any] = {}
     for name, spec in description.items():
+        if not isinstance(spec, Mapping):
+            raise TypeError(
+                f"space_from_dict: {name!r} must be described by a dict with a 'type' (got "
+                f"{spec!r}); pass Space.to_dict() output."
+            )
         kind = spec.get("type")
+        fields = {k: v for k, v in spec.items() if k != "type"}
         if kind == "Fixed":
-            params[name] = spec["value"]
-        elif kind in _TYPES:
-            fields = {k: v for k, v in spec.items() if k != "type"}
-            if kind == "Choice":
-                fields["options"] = tuple(fields["options"])
-            params[name] = _TYPES[kind](**fields)
+            required: set[str] = {"value"}
+            allowed = {"value"}
+        elif isinstance(kind, str) and kind in _TYPES:
+            declared = dataclasses.fields(_TYPES[kind])  # type: ignore[arg-type]
+            allowed = {f.name for f in declared}
+            required = {f.name for f in declared if f.default is dataclasses.MISSING}
         else:
             raise ValueError(
-                f"Unknown distribution type {kind!r} for {name!r}; known: {['Fixed', *_TYPES]}."
+                f"space_from_dict: unknown distribution type {kind!r} for {name!r}; known types "
+                f"are {['Fixed', *_TYPES]}."
             )
+        lacking = sorted(required - set(fields))
+        unknown = sorted(set(fields) - allowed)
+        if lacking or unknown:
+            raise ValueError(
+                f"space_from_dict: {name!r} ({dict(spec)!r}) does not describe a {kind}: "
+                f"missing {lacking}, unknown {unknown}; expected keys {sorted(allowed)}."
+            )
+        params[name] = fields["value"] if kind == "Fixed" else _TYPES[kind](**fields)
     return Space(params)

@@ -194,35 +194,12 @@ class Worker:
         donor = spec.exploit(me, population, rng)
         if donor is None:
             return unchanged
-        explored = spec.explore(dict(donor.hparams), spec.space, rng)
-        try:
-            hparams = spec.space.validate(explored)
-        except ValueError as error:
-            raise PopulationError(
-                f"The explore strategy returned invalid hparams: {error}"
-            ) from None
-        event = ExploitEvent(
-            member=member.id,
-            step=member.step,
-            donor=donor.member,
-            donor_step=donor.step,
-            hparams_before=dict(member.hparams),
-            hparams_after=hparams,
-            score=me.score,
-            donor_score=donor.score,
-            time=time.time(),
-        )
+        hparams = self._explore(donor, rng)
+        event = _copy_event(member, donor, hparams, me.score)
         copied = self.storage.record_exploit(claim, event, hparams)
         if copied is None:  # the donor's checkpoint was collected meanwhile
             return unchanged
-        member = replace(
-            member,
-            hparams=hparams,
-            parent=donor.member,
-            restore=(donor.member, donor.step),
-            exploit_pending=False,
-        )
-        return member, copied
+        return _after_copy(member, event), copied
 
     def restore(
         self, claim: Claim, member: MemberRecord, ref: CheckpointRef | None
@@ -265,26 +242,10 @@ class Worker:
             if (c.member, c.step) != damaged and c.member != member.id
         ]
         for donor in sorted(population, key=lambda c: (-c.fitness, c.member)):
-            event = ExploitEvent(
-                member=member.id,
-                step=member.step,
-                donor=donor.member,
-                donor_step=donor.step,
-                hparams_before=dict(member.hparams),
-                hparams_after=dict(donor.hparams),
-                score=member.score,
-                donor_score=donor.score,
-                time=time.time(),
-            )
+            event = _copy_event(member, donor, donor.hparams, member.score)
             ref = self.storage.record_exploit(claim, event, donor.hparams)
             if ref is not None:
-                restored = replace(
-                    member,
-                    hparams=dict(donor.hparams),
-                    parent=donor.member,
-                    restore=(donor.member, donor.step),
-                )
-                return restored, ref
+                return _after_copy(member, event), ref
         raise _UserCodeFailed(
             f"No intact checkpoint to restore member {member.id} from: {damaged} is damaged "
             "and no other member has a checkpoint yet."
@@ -422,19 +383,19 @@ class Worker:
         donor = spec.exploit(me, [*population, me], rng) if spec.exploit is not None else None
         if donor is None or donor.member == member.id:
             donor = max(population, key=lambda c: (c.fitness, -c.member))
-        hparams = spec.space.validate(spec.explore(dict(donor.hparams), spec.space, rng))
-        event = ExploitEvent(
-            member=member.id,
-            step=member.step,
-            donor=donor.member,
-            donor_step=donor.step,
-            hparams_before=dict(member.hparams),
-            hparams_after=hparams,
-            score=None,
-            donor_score=donor.score,
-            time=time.time(),
-        )
-        return event, hparams
+        hparams = self._explore(donor, rng)
+        return _copy_event(member, donor, hparams, None), hparams
+
+    def _explore(self, donor: Candidate, rng: np.random.Generator) -> dict[str, Any]:
+        """Explore the donor's recorded hparams; a strategy leaving the space stops the run."""
+        spec = self.spec
+        explored = spec.explore(dict(donor.hparams), spec.space, rng)
+        try:
+            return spec.space.validate(explored)
+        except ValueError as error:
+            raise PopulationError(
+                f"The explore strategy returned invalid hparams: {error}"
+            ) from None
 
     def _release_quietly(self, claim: Claim) -> None:
         try:
@@ -461,6 +422,34 @@ class Worker:
                 pass
             except Exception:
                 log.debug("Lease renewal failed", exc_info=True)
+
+
+def _copy_event(
+    member: MemberRecord, donor: Candidate, hparams: Mapping[str, Any], score: float | None
+) -> ExploitEvent:
+    """``member`` copies ``donor``'s (weights, hparams) recorded at ``donor.step``."""
+    return ExploitEvent(
+        member=member.id,
+        step=member.step,
+        donor=donor.member,
+        donor_step=donor.step,
+        hparams_before=dict(member.hparams),
+        hparams_after=dict(hparams),
+        score=score,
+        donor_score=donor.score,
+        time=time.time(),
+    )
+
+
+def _after_copy(member: MemberRecord, event: ExploitEvent) -> MemberRecord:
+    """The member as it is once ``event`` is recorded: the donor's weights, the new hparams."""
+    return replace(
+        member,
+        hparams=dict(event.hparams_after),
+        parent=event.donor,
+        restore=(event.donor, event.donor_step),
+        exploit_pending=False,
+    )
 
 
 def _describe(error: BaseException) -> str:
