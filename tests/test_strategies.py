@@ -154,3 +154,72 @@ def test_callables_are_described_by_reference():
     assert lam["ref"] is None
     with pytest.raises(ValueError, match="resume"):
         rebuild(lam, "exploit")
+
+
+def test_welch_p_value_matches_scipy():
+    stats = pytest.importorskip("scipy.stats")
+    from poptune.strategies.exploit import welch_p_value
+
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        a = rng.normal(0, rng.uniform(0.1, 3), int(rng.integers(2, 20)))
+        b = rng.normal(rng.uniform(-2, 2), rng.uniform(0.1, 3), int(rng.integers(2, 20)))
+        expected = stats.ttest_ind(a, b, equal_var=False).pvalue
+        assert welch_p_value(list(a), list(b)) == pytest.approx(expected, rel=1e-9, abs=1e-15)
+    assert welch_p_value([1.0], [2.0, 3.0]) == 1.0
+    assert welch_p_value([1.0, 1.0], [2.0, 2.0]) == 0.0
+
+
+def with_history(member: int, scores: list[float]) -> Candidate:
+    return Candidate(member, len(scores), scores[-1], scores[-1], {}, tuple(scores))
+
+
+def test_ttest_copies_only_significantly_better_members():
+    exploit = pt.TTest(window=5, alpha=0.05)
+    weak = with_history(0, [0.10, 0.12, 0.11, 0.09, 0.10])
+    strong = with_history(1, [0.90, 0.92, 0.91, 0.89, 0.90])
+    noisy = with_history(1, [0.0, 0.4, 0.05, 0.3, 0.2])  # mean higher, not significant
+    assert exploit(weak, [weak, strong], np.random.default_rng(0)) == strong
+    assert exploit(strong, [weak, strong], np.random.default_rng(0)) is None
+    assert exploit(weak, [weak, noisy], np.random.default_rng(0)) is None
+    diverged = Candidate(0, 5, float("nan"), -math.inf, {}, ())
+    assert exploit(diverged, [diverged, noisy], np.random.default_rng(0)) == noisy
+    short = with_history(1, [0.9])
+    assert exploit(weak, [weak, short], np.random.default_rng(0)) is None
+    assert rebuild(describe(exploit), "exploit") == exploit
+    with pytest.raises(ValueError, match="'window' parameter of TTest"):
+        pt.TTest(window=1)
+    with pytest.raises(ValueError, match="'alpha' parameter of TTest"):
+        pt.TTest(alpha=1.5)
+
+
+def test_ttest_in_a_run_sees_each_members_recent_scores(tmp_path):
+    from poptune.testing import Quadratic, quadratic_space
+
+    seen = []
+
+    class Recording(pt.TTest):
+        def __call__(self, member, population, rng):
+            seen.append((member.step, {c.member: c.history for c in population}))
+            return super().__call__(member, population, rng)
+
+    result = pt.run(
+        Quadratic,
+        space=quadratic_space(),
+        metric="q",
+        population=4,
+        intervals=8,
+        storage=f"sqlite:///{tmp_path / 'p.db'}",
+        name="t",
+        seed=0,
+        progress=False,
+        exploit=Recording(window=3),
+        sync=True,
+    )
+    assert seen
+    by_key = {(i.member, i.step): i.score for i in result.intervals()}
+    for step, histories in seen:
+        for member, history in histories.items():
+            expected = [by_key[(member, s)] for s in range(max(1, step - 2), step + 1)]
+            assert list(history) == pytest.approx(expected)
+    assert len(result.intervals()) == 32

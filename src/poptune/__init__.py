@@ -24,7 +24,17 @@ from .results import Best, EdgeKind, Lineage, LineageEdge, Result, ScheduleEntry
 from .runners import InProcessRunner, LocalProcessRunner, RayRunner
 from .space import Choice, Distribution, IntUniform, LogUniform, Space, Uniform
 from .storage import PopulationNotFound, SQLStorage, Storage, StorageError, open_storage
-from .strategies import Every, Exploit, Explore, Perturb, Ready, Resample, Tournament, Truncation
+from .strategies import (
+    Every,
+    Exploit,
+    Explore,
+    Perturb,
+    Ready,
+    Resample,
+    Tournament,
+    Truncation,
+    TTest,
+)
 from .trainable import Trainable
 from .worker import PopulationError, Worker
 
@@ -67,6 +77,7 @@ __all__ = [
     "Space",
     "Storage",
     "StorageError",
+    "TTest",
     "Tournament",
     "Trainable",
     "Truncation",

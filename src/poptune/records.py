@@ -163,3 +163,6 @@ class Candidate:
     score: float | None
     fitness: float
     hparams: Mapping[str, Any] = field(default_factory=dict)
+    #: fitness of the member's last intervals up to ``step``, oldest first; filled only for
+    #: exploit strategies that ask for it with a ``history`` attribute (e.g. ``TTest``)
+    history: tuple[float, ...] = ()

@@ -186,7 +186,7 @@ class Worker:
         if spec.exploit is None:
             return unchanged
         rows = self.storage.candidates(self.population_id, member.step if spec.sync else None)
-        population = [self._candidate(row) for row in rows]
+        population = self._with_history([self._candidate(row) for row in rows])
         me = next((c for c in population if c.member == member.id), None)
         if me is None:
             return unchanged
@@ -318,6 +318,25 @@ class Worker:
             fitness=self.spec.mode.fitness(interval.score),
             hparams=interval.hparams,
         )
+
+    def _with_history(self, population: list[Candidate]) -> list[Candidate]:
+        """Attach each candidate's recent fitness when the exploit strategy asks for it."""
+        window = int(getattr(self.spec.exploit, "history", 0) or 0)
+        if window <= 0 or not population:
+            return population
+        since = min(c.step for c in population) - window
+        recent: dict[int, list[tuple[int, float]]] = {}
+        for member, step, score in self.storage.scores_since(self.population_id, since):
+            recent.setdefault(member, []).append((step, self.spec.mode.fitness(score)))
+        return [
+            replace(
+                c,
+                history=tuple(
+                    f for step, f in recent.get(c.member, []) if c.step - window < step <= c.step
+                ),
+            )
+            for c in population
+        ]
 
     def _finished(self) -> bool:
         population_id = self.population_id

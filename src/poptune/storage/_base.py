@@ -216,6 +216,10 @@ class Storage(Protocol):
         """The interval ``member`` recorded at ``step``, if any."""
         ...
 
+    def scores_since(self, population_id: int, step: int) -> list[tuple[int, int, float | None]]:
+        """(member, step, score) of every interval after ``step``, by member then step."""
+        ...
+
     def candidates(self, population_id: int, step: int | None = None) -> list[IntervalRecord]:
         """The intervals exploit may copy: each healthy member's latest checkpointed interval,
         or, with ``step``, each healthy member's interval at exactly that step."""

@@ -622,6 +622,17 @@ class SQLStorage:
             ).first()
         return None if row is None else _interval(row)
 
+    def scores_since(self, population_id: int, step: int) -> list[tuple[int, int, float | None]]:
+        """(member, step, score) of every interval after ``step``, by member then step."""
+        i = intervals.c
+        with self._read() as connection:
+            rows = connection.execute(
+                sa.select(i.member_id, i.step, i.score)
+                .where(i.population_id == population_id, i.step > step)
+                .order_by(i.member_id, i.step)
+            ).all()
+        return [(row.member_id, row.step, row.score) for row in rows]
+
     def candidates(self, population_id: int, step: int | None = None) -> list[IntervalRecord]:
         """Latest (or exactly ``step``) checkpointed interval of every healthy member."""
         with self._read() as connection:
@@ -816,6 +827,7 @@ for _name in (
     "intervals",
     "interval",
     "candidates",
+    "scores_since",
     "exploits",
     "failures",
     "checkpoint",

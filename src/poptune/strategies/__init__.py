@@ -1,7 +1,7 @@
 """PBT's strategy seams: ready (when), exploit (copy whom) and explore (mutate how)."""
 
 from ._base import Exploit, Explore, Ready, describe, rebuild
-from .exploit import Tournament, Truncation
+from .exploit import Tournament, Truncation, TTest
 from .explore import Perturb, Resample
 from .ready import Every
 
@@ -12,6 +12,7 @@ __all__ = [
     "Perturb",
     "Ready",
     "Resample",
+    "TTest",
     "Tournament",
     "Truncation",
     "describe",
