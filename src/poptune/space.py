@@ -539,7 +539,9 @@ class Space(Mapping[str, Any]):
         {'optimizer': 'sgd'}
     """
 
-    def __init__(self, params: Mapping[str, Any]) -> None:
+    def __init__(
+        self, params: Mapping[str, Distribution | str | int | float | bool | None]
+    ) -> None:
         if isinstance(params, Space):
             params = dict(params._params)
         if not isinstance(params, Mapping):
