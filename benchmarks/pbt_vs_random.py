@@ -52,6 +52,7 @@ class Task:
     population: int
     intervals: int
     watch: str  # the hyperparameter whose schedule is shown
+    others: tuple[tuple[str, Callable[[], Any]], ...] = ()  # more exploit strategies to compare
 
 
 TASKS = [
@@ -66,10 +67,32 @@ TASKS = [
         20,
         "lr",
     ),
+    Task(
+        "cartpole (mean return of the last 10 episodes)",
+        lambda: _cartpole(),
+        lambda: _example("cartpole").SPACE,
+        "return",
+        195.0,
+        6,
+        8,
+        "lr",
+        (
+            ("PBT, tournament", pt.Tournament),
+            ("PBT, t-test", lambda: pt.TTest(window=4, alpha=0.1)),
+        ),
+    ),
 ]
 
 
-def run_once(task: Task, exploit: Any, seed: int, workers: int, storage: str) -> dict[str, Any]:
+def _cartpole() -> type:
+    cartpole = _example("cartpole")
+    cartpole.CartPole.steps = 1500
+    return cartpole.CartPole
+
+
+def run_once(
+    task: Task, label: str, exploit: Any, seed: int, workers: int, storage: str
+) -> dict[str, Any]:
     """Train one population; return its figures."""
     started = time.perf_counter()
     result = pt.run(
@@ -81,7 +104,7 @@ def run_once(task: Task, exploit: Any, seed: int, workers: int, storage: str) ->
         workers=workers,
         exploit=exploit,
         explore=pt.Perturb((0.8, 1.2), resample_probability=0.25),
-        name=f"{task.name}-{exploit is None}-{seed}",
+        name=f"{task.name}-{label}-{seed}",
         storage=storage,
         seed=seed,
         sync=True,
@@ -151,8 +174,15 @@ def main() -> None:
             if args.quick:
                 task.intervals, task.population = max(4, task.intervals // 4), 4
             rows, schedule = [], "—"
-            for label, exploit in (("PBT", pt.Truncation(0.25)), ("random search", None)):
-                runs = [run_once(task, exploit, s, args.workers, storage) for s in range(seeds)]
+            variants = [
+                ("PBT", lambda: pt.Truncation(0.25)),
+                ("random search", lambda: None),
+                *task.others,
+            ]
+            for label, make in variants:
+                runs = [
+                    run_once(task, label, make(), s, args.workers, storage) for s in range(seeds)
+                ]
                 rows.append((label, summarise(runs, task.intervals)))
                 if label == "PBT":
                     schedule = describe_schedule(runs[0]["schedule"])
