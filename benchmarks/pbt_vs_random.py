@@ -68,6 +68,16 @@ TASKS = [
         "lr",
     ),
     Task(
+        "GAN (quality: modes covered x good samples, non-differentiable)",
+        lambda: _example("gan").Ring,
+        lambda: _example("gan").SPACE,
+        "quality",
+        0.5,
+        6,
+        10,
+        "generator_lr",
+    ),
+    Task(
         "cartpole (mean return of the last 10 episodes)",
         lambda: _cartpole(),
         lambda: _example("cartpole").SPACE,

@@ -31,9 +31,9 @@ def test_quick_run_writes_the_results_tables(tmp_path: Path):
     )
     assert run.returncode == 0, run.stderr[-3000:]
     text = output.read_text()
-    for heading in ("## toy (Q, max 1.2)", "## digits (accuracy)", "## cartpole", "ablation"):
+    for heading in ("## toy (Q, max 1.2)", "## digits", "## GAN", "## cartpole", "ablation"):
         assert heading in text
-    assert text.count("| PBT |") == 4  # three tasks and the ablation
-    assert text.count("| random search |") == 3
+    assert text.count("| PBT |") == 5  # four tasks and the ablation
+    assert text.count("| random search |") == 4
     assert "| PBT, t-test |" in text and "| PBT, tournament |" in text
     assert "winning lineage, `lr`" in text
