@@ -40,8 +40,8 @@ class TimedWorker(Worker):
         super().work_on(claim)
         self.framework.append(time.perf_counter() - started - self._user)
 
-    def train_one_interval(self, member, restore):  # type: ignore[no-untyped-def]
-        interval, state = super().train_one_interval(member, restore)
+    def train_one_interval(self, member, restore, state):  # type: ignore[no-untyped-def]
+        interval, state = super().train_one_interval(member, restore, state)
         self._user += interval.wall_time
         return interval, state
 

@@ -275,7 +275,8 @@ def _verified(data: bytearray, ref: CheckpointRef, where: str) -> Any:
             f"{ref.sha256}): it was corrupted or replaced."
         )
     try:
-        return serialization.load(data)
+        # ``data`` is a fresh buffer that nobody else holds: decode arrays in place.
+        return serialization.load(data, copy=False)
     except serialization.SerializationError as error:
         raise CheckpointCorrupt(f"Checkpoint {where} cannot be decoded: {error}") from error
 
