@@ -78,6 +78,16 @@ TASKS = [
         "generator_lr",
     ),
     Task(
+        "translation (corpus BLEU of 200 held-out sentences)",
+        lambda: _example("translate").Translator,
+        lambda: _example("translate").SPACE,
+        "bleu",
+        95.0,
+        6,
+        8,
+        "lr",
+    ),
+    Task(
         "cartpole (mean return of the last 10 episodes)",
         lambda: _cartpole(),
         lambda: _example("cartpole").SPACE,

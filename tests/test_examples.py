@@ -77,3 +77,20 @@ def test_gan_improves_its_non_differentiable_quality(tmp_path: Path, capsys):
     assert "modes" in capsys.readouterr().out
     _, covered, fraction = gan.quality(gan.real_batch(2000, gan.torch.Generator()))
     assert covered == 8 and fraction > 0.95  # the metric rewards the real distribution
+
+
+def test_translation_learns_and_is_scored_by_bleu(tmp_path: Path, capsys):
+    pytest.importorskip("torch")
+    pytest.importorskip("sacrebleu")
+    translate = load_example("translate")
+    hparams = {"lr": 1e-3, "attention_dropout": 0.1, "layer_dropout": 0.1, "relu_dropout": 0.1}
+    baseline = translate.Translator(hparams, seed=0).evaluate()["bleu"]  # untrained: about 0
+    storage = f"sqlite:///{tmp_path / 'translate.db'}"
+    options = ["--population", "2", "--intervals", "3", "--workers", "1", "--sync"]
+    result = translate.main([*options, "--no-progress", "--storage", storage])
+    assert result.best.score > baseline + 20  # BLEU points; sync + fixed seed: deterministic
+    assert 0.0 <= result.best.metrics["exact"] <= 1.0
+    assert "BLEU" in capsys.readouterr().out
+    model = result.best.load()
+    source = [[1, 2, 3, 4]]
+    assert len(model.translate(source)[0]) <= 14

@@ -31,9 +31,10 @@ def test_quick_run_writes_the_results_tables(tmp_path: Path):
     )
     assert run.returncode == 0, run.stderr[-3000:]
     text = output.read_text()
-    for heading in ("## toy (Q, max 1.2)", "## digits", "## GAN", "## cartpole", "ablation"):
+    headings = ("## toy", "## digits", "## GAN", "## translation", "## cartpole", "ablation")
+    for heading in headings:
         assert heading in text
-    assert text.count("| PBT |") == 5  # four tasks and the ablation
-    assert text.count("| random search |") == 4
+    assert text.count("| PBT |") == 6  # five tasks and the ablation
+    assert text.count("| random search |") == 5
     assert "| PBT, t-test |" in text and "| PBT, tournament |" in text
     assert "winning lineage, `lr`" in text
