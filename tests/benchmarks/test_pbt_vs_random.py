@@ -14,6 +14,8 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 def test_quick_run_writes_the_results_tables(tmp_path: Path):
     pytest.importorskip("torch")
     pytest.importorskip("sklearn")
+    pytest.importorskip("gymnasium")
+    pytest.importorskip("sacrebleu")
     output = tmp_path / "results.md"
     run = subprocess.run(
         [
