@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 import poptune as pt
 from poptune.cli import main
-from poptune.testing import Quadratic, quadratic_space
+from poptune.testing import CreateOnlyRunner, Quadratic, quadratic_space
 
 
 @pytest.fixture
@@ -90,12 +90,6 @@ def test_workers_join_a_stored_population_from_the_command_line(storage_url, tmp
     import subprocess
     import sys
 
-    from poptune.runners import InProcessRunner
-
-    class CreateOnly(InProcessRunner):
-        def run(self, target, storage, checkpoints, on_started=lambda: None):
-            on_started()
-
     pt.run(
         Quadratic,
         space=quadratic_space(),
@@ -106,7 +100,7 @@ def test_workers_join_a_stored_population_from_the_command_line(storage_url, tmp
         name="joined",
         seed=0,
         progress=False,
-        runner=CreateOnly(),
+        runner=CreateOnlyRunner(),
         checkpoints=tmp_path / "checkpoints",
     )
     command = [sys.executable, "-m", "poptune.cli", "worker", "joined", "--storage", storage_url]

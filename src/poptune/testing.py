@@ -16,6 +16,7 @@ from .trainable import Trainable
 
 __all__ = [
     "BurnCPU",
+    "CreateOnlyRunner",
     "Failing",
     "Quadratic",
     "SlowQuadratic",
@@ -169,3 +170,13 @@ def synthetic_report_model(members: int, steps: int) -> Any:
         wall_time=1.0,
         config={},
     )
+
+
+class CreateOnlyRunner:
+    """A runner that trains nothing: ``pt.run(..., runner=CreateOnlyRunner())`` only stores the
+    population, for tests whose workers join later (other processes, ``poptune worker``). It
+    keeps what a runner is handed, so a test can build workers on the same storage."""
+
+    def run(self, target: Any, storage: Any, checkpoints: Any, on_started: Any = None) -> None:
+        """Remember the target, storage and checkpoints; start nothing."""
+        self.target, self.storage, self.checkpoints = target, storage, checkpoints

@@ -19,19 +19,12 @@ import poptune as pt
 from poptune._imports import import_object
 from poptune.checkpoints import LocalCheckpoints, sweep_orphans
 from poptune.records import MemberStatus
-from poptune.runners import InProcessRunner
+from poptune.testing import CreateOnlyRunner
 
 CHAOS_SCRIPT = Path(__file__).with_name("chaos.py")
 POPULATION, INTERVALS, WORKERS = 8, 16, 3
 # Other values explore other fault sequences: POPTUNE_CHAOS_SEED_BASE=7 pytest tests/faults
 SEED_BASE = int(os.environ.get("POPTUNE_CHAOS_SEED_BASE", "0"))
-
-
-class CreateOnly(InProcessRunner):
-    """Stores the population and trains nothing: chaos workers do the training."""
-
-    def run(self, target, storage, checkpoints, on_started=lambda: None):
-        on_started()
 
 
 SCENARIOS = {
@@ -78,7 +71,7 @@ def test_chaos(tmp_path: Path, scenario: str):
         seed=1,
         progress=False,
         lease_seconds=1.0,
-        runner=CreateOnly(),
+        runner=CreateOnlyRunner(),
     )
     rng = np.random.default_rng(SEED_BASE)
     exits: Counter[int] = Counter()

@@ -16,19 +16,13 @@ from pathlib import Path
 import pytest
 
 import poptune as pt
-from poptune.runners import InProcessRunner
 from poptune.storage import SQLStorage
-from poptune.testing import Quadratic, quadratic_space
+from poptune.testing import CreateOnlyRunner, Quadratic, quadratic_space
 from poptune.worker import Worker
 
 
-class CreateOnly(InProcessRunner):
-    def run(self, target, storage, checkpoints, on_started=lambda: None):
-        self.target, self.storage, self.checkpoints = target, storage, checkpoints
-
-
 def test_a_worker_back_from_a_long_pause_has_its_late_write_refused(tmp_path: Path):
-    runner = CreateOnly()
+    runner = CreateOnlyRunner()
     pt.run(
         Quadratic,
         space=quadratic_space(),

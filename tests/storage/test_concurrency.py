@@ -17,14 +17,9 @@ import pytest
 import poptune as pt
 from poptune._imports import import_object
 from poptune.records import MemberStatus
-from poptune.runners import InProcessRunner
+from poptune.testing import CreateOnlyRunner
 
 CHAOS_SCRIPT = Path(__file__).resolve().parent.parent / "faults" / "chaos.py"
-
-
-class CreateOnly(InProcessRunner):
-    def run(self, target, storage, checkpoints, on_started=lambda: None):
-        on_started()
 
 
 def test_many_workers_share_a_population(storage_url: str, tmp_path: Path):
@@ -41,7 +36,7 @@ def test_many_workers_share_a_population(storage_url: str, tmp_path: Path):
         name="crowd",
         seed=3,
         progress=False,
-        runner=CreateOnly(),
+        runner=CreateOnlyRunner(),
         checkpoints=tmp_path / "checkpoints",
     )
     audits = [tmp_path / f"audit-{i}.log" for i in range(workers)]
