@@ -19,7 +19,7 @@ from .records import Mode, PopulationRecord, PopulationStatus
 from .results import Result
 from .runners import InProcessRunner, LocalProcessRunner, Runner, WorkerTarget
 from .space import Space, space_from_dict
-from .storage import PopulationNotFound, Storage, open_storage, redact_url
+from .storage import LEGACY_STEPS, PopulationNotFound, Storage, open_storage, redact_url
 from .strategies import Every, Perturb, Truncation, describe, rebuild
 from .trainable import check_trainable
 from .worker import PopulationError, RunSpec, Worker, rng_for
@@ -227,6 +227,7 @@ def resume(
     _check_int("workers", workers, 1)
     store = result.storage
     record = store.population(result.name)
+    _check_continuable(record)
     config = record.config
     trainable = trainable if trainable is not None else _recorded_trainable(record)
     check_trainable(trainable)
@@ -249,6 +250,7 @@ def join(
     intervals this worker trained.
     """
     record = result.storage.population(result.name)
+    _check_continuable(record)
     config = record.config
     trainable = trainable if trainable is not None else _recorded_trainable(record)
     check_trainable(trainable)
@@ -262,6 +264,17 @@ def join(
         lease_seconds=float(config.get("lease_seconds", 30.0)),
     )
     return worker.run()
+
+
+def _check_continuable(record: PopulationRecord) -> None:
+    """Refuse to train a population recorded when ``step`` meant something else."""
+    if record.config.get(LEGACY_STEPS):
+        raise PopulationError(
+            f"Population {record.name!r} was recorded by an older poptune, whose steps counted "
+            "the intervals a member trained itself rather than the intervals behind its weights. "
+            "It can still be read (status, report, pt.load), but not continued: training it on "
+            "would mix the two meanings. Start a new population (another name) instead."
+        )
 
 
 def _recorded_trainable(record: PopulationRecord) -> type:
@@ -315,6 +328,7 @@ def _execute(
         if checkpoints is not None and not isinstance(checkpoints, str | os.PathLike)
         else open_checkpoints(record.config["checkpoints"])
     )
+    _check_continuable(record)
     members = int(record.config["population"])
     if runner is None:
         runner = InProcessRunner() if workers == 1 else LocalProcessRunner(min(workers, members))

@@ -201,7 +201,10 @@ class Result:
 
     @property
     def best(self) -> Best:
-        """The healthy member with the best latest score.
+        """The best weights a healthy member holds now, and the interval that produced them.
+
+        A member that copied a donor holds the donor's weights: ``member`` and ``step`` name the
+        interval that trained them (so they equal the donor's).
 
         Raises:
             LookupError: if no member has a score yet.
@@ -209,20 +212,24 @@ class Result:
         members = [
             m
             for m in self.members
-            if m.status is not MemberStatus.FAILED and m.score is not None and m.step > 0
+            if m.status is not MemberStatus.FAILED
+            and m.score is not None
+            and m.step > 0
+            and m.restore is not None
         ]
         if not members:
             raise LookupError(f"Population {self.name!r} has no scored member yet.")
         mode = self.mode
         chosen = max(members, key=lambda m: (mode.fitness(m.score), -m.id))
-        interval = self.storage.interval(self._record.id, chosen.id, chosen.step)
+        member, step = chosen.restore  # type: ignore[misc]
+        interval = self.storage.interval(self._record.id, member, step)
         return Best(
-            member=chosen.id,
-            step=chosen.step,
+            member=member,
+            step=step,
             score=chosen.score,
             hparams=dict(interval.hparams) if interval else dict(chosen.hparams),
             metrics=dict(interval.metrics) if interval else {},
-            checkpoint=self.storage.checkpoint(self._record.id, chosen.id, chosen.step),
+            checkpoint=self.storage.checkpoint(self._record.id, member, step),
             _store=self._checkpoints,
             _trainable=self._trainable,
         )
@@ -257,7 +264,9 @@ class Result:
                     f"Population {self.name!r} has no member {member}; members are "
                     f"0..{len(known) - 1}."
                 )
-            step = known[member].step
+            if known[member].restore is None:
+                return []
+            member, step = known[member].restore  # the weights it holds (a donor's, if copied)
         chain = self.lineage().ancestry(member, step)
         return [
             ScheduleEntry(

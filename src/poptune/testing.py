@@ -20,6 +20,7 @@ __all__ = [
     "Failing",
     "Quadratic",
     "SlowQuadratic",
+    "check_steps",
     "quadratic_space",
     "synthetic_report_model",
 ]
@@ -180,3 +181,47 @@ class CreateOnlyRunner:
     def run(self, target: Any, storage: Any, checkpoints: Any, on_started: Any = None) -> None:
         """Remember the target, storage and checkpoints; start nothing."""
         self.target, self.storage, self.checkpoints = target, storage, checkpoints
+
+
+def check_steps(result: Any) -> None:
+    """Assert the step invariants of a population (for tests of any storage or runner).
+
+    - ``step`` is the number of intervals behind the weights: every interval starts from a
+      checkpoint one step earlier (its own, or a donor's after an exploit), and the first from
+      nothing;
+    - no member trains a step twice, and no interval exceeds the budget, so the population
+      trained at most ``population x intervals`` intervals;
+    - every exploit's donor interval was recorded, at or after the copier's step;
+    - no step is lost or counted twice: each member's step is the intervals it trained plus the
+      steps it gained by copying weights further ahead.
+
+    Raises:
+        AssertionError: naming the first interval or exploit that breaks an invariant.
+    """
+    budget = int(result.config["intervals"])
+    records = result.intervals()
+    keys = {(i.member, i.step) for i in records}
+    assert len(keys) == len(records), "a (member, step) was recorded twice"
+    for interval in records:
+        where = f"interval (member {interval.member}, step {interval.step})"
+        assert 1 <= interval.step <= budget, f"{where} is outside the budget {budget}"
+        if interval.step == 1:
+            assert interval.origin is None, f"{where} started from {interval.origin}"
+        else:
+            assert interval.origin is not None, f"{where} started from nothing"
+            assert interval.origin[1] == interval.step - 1, (
+                f"{where} started from {interval.origin}: its weights trained "
+                f"{interval.origin[1] + 1} intervals, not {interval.step}"
+            )
+    assert len(records) <= len(result.members) * budget
+    gained = dict.fromkeys((m.id for m in result.members), 0)
+    for event in result.exploits():
+        assert (event.donor, event.donor_step) in keys, f"{event} copied an unrecorded interval"
+        assert event.donor_step >= event.step, f"{event} copied weights behind its own"
+        gained[event.member] += event.donor_step - event.step
+    for member in result.members:
+        trained = sum(1 for i in records if i.member == member.id)
+        assert member.step == trained + gained[member.id], (
+            f"member {member.id} is at step {member.step}, but trained {trained} intervals and "
+            f"gained {gained[member.id]} steps by copying"
+        )

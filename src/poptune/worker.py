@@ -1,8 +1,9 @@
 """The worker loop: claim a member, train one interval, record it, exploit and explore.
 
 It reads like the paper's Algorithm 1, with the exploit of a ready member done when the member is
-next claimed: in asynchronous mode that is as soon as a worker is free (with the freshest scores),
-in synchronous mode once every member has recorded the same step (the generation barrier).
+next claimed: in asynchronous mode that is as soon as a worker is free (against every member
+that has reached its step), in synchronous mode once every member has recorded the same step (the
+generation barrier). A member's ``step`` is always the number of intervals behind its weights.
 """
 
 from __future__ import annotations
@@ -147,6 +148,8 @@ class Worker:
             member, restore = claim.member, claim.checkpoint
             if member.exploit_pending:
                 member, restore = self.exploit_and_explore(claim)
+                if member.step >= self.spec.intervals:
+                    return  # it copied weights that are at the budget: the member is done
             member, restore, state = self.restore(claim, member, restore)
             interval, state = self.train_one_interval(member, restore, state)
             checkpoint = self.save(member, interval.step, state)
@@ -177,7 +180,15 @@ class Worker:
     # --- the paper's steps ---------------------------------------------------------------
 
     def exploit_and_explore(self, claim: Claim) -> tuple[MemberRecord, CheckpointRef | None]:
-        """Copy a better member's (weights, hparams) from one recorded step, then explore.
+        """Copy a better member's (weights, hparams, step) from one recorded step, then explore.
+
+        Members are compared at equal training: a member at step t is ranked against the
+        interval every healthy member recorded at step t, and copies the chosen donor's
+        checkpoint from that step. Comparing against members that trained further would reward
+        training time rather than hyperparameters (and, with the step travelling with the
+        weights, let the population collapse onto whichever member ran ahead). Every member at
+        or past t recorded a checkpoint at t, and garbage collection keeps every checkpoint at
+        or above the lowest step of a healthy member, so these donors are still there.
 
         Returns the member as it now is and the checkpoint its next interval starts from.
         """
@@ -185,7 +196,7 @@ class Worker:
         unchanged = (replace(member, exploit_pending=False), claim.checkpoint)
         if spec.exploit is None:
             return unchanged
-        rows = self.storage.candidates(self.population_id, member.step if spec.sync else None)
+        rows = self.storage.candidates(self.population_id, member.step)
         population = self._with_history([self._candidate(row) for row in rows])
         me = next((c for c in population if c.member == member.id), None)
         if me is None:
@@ -196,7 +207,9 @@ class Worker:
             return unchanged
         hparams = self._explore(donor, rng)
         event = _copy_event(member, donor, hparams, me.score)
-        copied = self.storage.record_exploit(claim, event, hparams)
+        copied = self.storage.record_exploit(
+            claim, event, hparams, done=donor.step >= spec.intervals
+        )
         if copied is None:  # the donor's checkpoint was collected meanwhile
             return unchanged
         return _after_copy(member, event), copied
@@ -207,8 +220,9 @@ class Worker:
         """Load the checkpoint the member starts from, verified by its checksum.
 
         A missing, truncated or corrupted checkpoint is never trained on: its row is dropped
-        (so no one copies it) and the member falls back to its own previous checkpoint, else to
-        the best healthy member's latest one (recorded as an exploit without explore).
+        (so no one copies it) and the member falls back to the best healthy member's latest
+        checkpoint at its step or later (recorded as an exploit without explore). Its own older
+        checkpoints are not used: their weights trained fewer intervals than its step says.
         """
         if member.restore is None:
             return member, None, None
@@ -233,13 +247,12 @@ class Worker:
     def _fallback(
         self, claim: Claim, member: MemberRecord, damaged: tuple[int, int]
     ) -> tuple[MemberRecord, CheckpointRef]:
-        own = self.storage.previous_checkpoint(self.population_id, *damaged)
-        if own is not None and own.member == member.id:
-            return replace(member, restore=(own.member, own.step)), own
         population = [
             c
             for c in map(self._candidate, self.storage.candidates(self.population_id))
-            if (c.member, c.step) != damaged and c.member != member.id
+            if (c.member, c.step) != damaged
+            and c.member != member.id
+            and member.step <= c.step < self.spec.intervals
         ]
         for donor in sorted(population, key=lambda c: (-c.fitness, c.member)):
             event = _copy_event(member, donor, donor.hparams, member.score)
@@ -248,7 +261,7 @@ class Worker:
                 return _after_copy(member, event), ref
         raise _UserCodeFailed(
             f"No intact checkpoint to restore member {member.id} from: {damaged} is damaged "
-            "and no other member has a checkpoint yet."
+            f"and no other member has a checkpoint at step {member.step} or later yet."
         )
 
     def save(self, member: MemberRecord, step: int, state: Any) -> CheckpointRef:
@@ -369,12 +382,19 @@ class Worker:
         retry = member.failures < spec.max_failures
         reseed = None if retry else self._reseed(member)
         try:
-            outcome = self.storage.record_failure(claim, record, retry, reseed)
+            outcome = self.storage.record_failure(
+                claim,
+                record,
+                retry,
+                reseed,
+                done=reseed is not None and reseed[0].donor_step >= spec.intervals,
+            )
         except LeaseLost:
             return
         action = {
             MemberStatus.FAILED: "marked failed",
             MemberStatus.IDLE: "will retry" if retry else "re-seeded from another member",
+            MemberStatus.DONE: "re-seeded from a member at the budget: done",
         }[outcome]
         log.error("Member %d failed at step %d (%s):\n%s", member.id, member.step + 1, action, text)
         # Every member failing the same way should stop the run, not burn the budget.
@@ -393,7 +413,7 @@ class Worker:
         population = [
             c
             for c in map(self._candidate, self.storage.candidates(self.population_id))
-            if c.member != member.id and c.fitness > -math.inf
+            if c.member != member.id and c.fitness > -math.inf and c.step >= member.step
         ]
         if not population:
             return None
@@ -461,9 +481,12 @@ def _copy_event(
 
 
 def _after_copy(member: MemberRecord, event: ExploitEvent) -> MemberRecord:
-    """The member as it is once ``event`` is recorded: the donor's weights, the new hparams."""
+    """The member as it is once ``event`` is recorded: the donor's weights and step (the
+    intervals behind those weights), the new hparams."""
     return replace(
         member,
+        step=event.donor_step,
+        score=event.donor_score,
         hparams=dict(event.hparams_after),
         parent=event.donor,
         restore=(event.donor, event.donor_step),

@@ -150,10 +150,28 @@ def test_record_exploit_points_member_at_donor(storage):
     assert storage.record_exploit(claim, event, {"x": 1.2})
     member = storage.members(pid)[claim.member.id]
     assert (member.parent, member.restore, dict(member.hparams)) == (1, (1, 1), {"x": 1.2})
+    assert (member.step, member.score) == (1, 0.9)  # the step and score travel with the weights
     assert storage.exploits(pid) == [event]
     missing = ExploitEvent(claim.member.id, 1, 1, 7, {}, {}, None, None, 6.0)
     assert not storage.record_exploit(claim, missing, {"x": 3.0})
     assert len(storage.exploits(pid)) == 1
+
+
+def test_copying_weights_ahead_moves_the_step_and_at_the_budget_finishes(storage):
+    pid = make(storage, n=2)
+    for score in (0.1, 0.9, 0.2, 0.95):  # both members at step 2
+        train(storage, pid, score, budget=3)
+    train(storage, pid, 0.97, budget=3)  # member 0 reaches the budget
+    claim = storage.claim(pid, "w", 3, 30.0, sync=False)
+    assert (claim.member.id, claim.member.step) == (1, 2)
+    event = ExploitEvent(1, 2, 0, 3, {"x": 1.0}, {"x": 0.5}, 0.95, 0.97, 5.0)
+    assert storage.record_exploit(claim, event, {"x": 0.5}, done=True) == ckpt(0, 3)
+    member = storage.members(pid)[1]
+    assert (member.step, member.score, member.restore) == (3, 0.97, (0, 3))
+    assert member.status is MemberStatus.DONE  # released in the same transaction
+    assert storage.claim(pid, "w", 3, 30.0, sync=False) is None
+    with pytest.raises(LeaseLost):
+        storage.release(claim)
 
 
 def test_failure_marks_member_failed_and_reopen_gives_it_another_try(storage):
@@ -212,23 +230,33 @@ def test_collect_garbage_keeps_what_is_needed(storage):
 
 
 def test_garbage_collection_spares_restore_points(storage):
-    pid = make(storage, n=2)
-    for score in (0.1, 0.9, 0.2, 0.95, 0.3):  # member 0: steps 1-3, member 1: steps 1-2
+    pid = make(storage, n=3)
+    for score in (0.1, 0.9, 0.2, 0.3, 0.95, 0.25):  # every member at step 2; (1, 2) the best
         train(storage, pid, score)
-    held = storage.claim(pid, "w1", 5, 30.0, sync=False)  # member 1, the least advanced
     claim = storage.claim(pid, "w0", 5, 30.0, sync=False)  # member 0
-    assert (held.member.id, claim.member.id) == (1, 0)
-    donor = ExploitEvent(0, 3, 1, 2, {}, {}, 0.3, 0.95, 1.0)
+    assert claim.member.id == 0
+    donor = ExploitEvent(0, 2, 1, 2, {}, {}, 0.3, 0.95, 1.0)
     assert storage.record_exploit(claim, donor, {"x": 1.0}) == ckpt(1, 2)
+    # While member 0 is held, members 1 and 2 train on with better scores: (1, 2) is then
+    # neither member 1's latest nor the best, but member 0 will restore from it, so it must
+    # survive.
+    collected = []
+    for member, score in ((1, 0.99), (2, 0.98), (1, 0.999), (2, 0.997)):
+        train_claim = storage.claim(pid, "w", 5, 30.0, sync=False)
+        assert train_claim.member.id == member
+        step = train_claim.member.step + 1
+        collected += storage.record_interval(
+            train_claim,
+            interval(member, step, score, train_claim.member.restore),
+            ckpt(member, step),
+            False,
+            False,
+            Mode.MAX,
+        )
     storage.release(claim)
-    # Member 1 trains on with a better score: (1, 2) is then neither its latest, nor the best,
-    # nor above the lowest step, but member 0 will restore from it, so it must survive.
-    collected = storage.record_interval(
-        held, interval(1, 3, 0.99, (1, 2)), ckpt(1, 3), False, False, Mode.MAX
-    )
     assert (1, 2) not in {(c.member, c.step) for c in collected}
     assert storage.checkpoint(pid, 1, 2) == ckpt(1, 2)
-    assert storage.checkpoint(pid, 0, 2) is None  # unprotected: collected
+    assert storage.checkpoint(pid, 1, 1) is None  # what nothing needs is still collected
 
 
 def test_summary_counts(storage):
@@ -267,6 +295,45 @@ def test_schema_version_mismatch_is_refused(storage_url):
     engine.dispose()
     with pytest.raises(StorageError, match="schema version 999"):
         SQLStorage(storage_url)
+
+
+def test_a_schema_2_database_is_upgraded_readable_but_not_continued(storage_url, tmp_path):
+    """Schema 2 counted a member's own intervals as its step; its populations stay readable
+    after the upgrade but are never trained on under the new meaning."""
+    import sqlalchemy as sa
+
+    import poptune as pt
+    from poptune.testing import Quadratic, quadratic_space
+
+    options = dict(
+        space=quadratic_space(),
+        metric="q",
+        population=3,
+        intervals=3,
+        storage=storage_url,
+        checkpoints=tmp_path / "checkpoints",
+        name="old",
+        seed=0,
+        progress=False,
+    )
+    pt.run(Quadratic, **options).storage.close()
+    engine = sa.create_engine(storage_url)
+    with engine.begin() as connection:
+        connection.execute(sa.text("UPDATE poptune_meta SET value='2'"))
+    engine.dispose()
+
+    old = pt.load(storage_url, "old")  # upgrades in place
+    assert old.config["legacy_steps"] is True
+    assert len(old.intervals()) == 9 and old.best.step == 3 and len(old.schedule()) == 3
+    with pytest.raises(pt.PopulationError, match=r"older poptune.*Start a new population"):
+        old.resume(progress=False)
+    with pytest.raises(pt.PopulationError, match="older poptune"):
+        pt.run(Quadratic, **{**options, "intervals": 3})
+    fresh = pt.run(Quadratic, **{**options, "name": "new"})  # new populations train as usual
+    assert "legacy_steps" not in fresh.config and fresh.status == "finished"
+    with SQLStorage(storage_url)._read() as connection:
+        version = connection.execute(sa.text("SELECT value FROM poptune_meta")).scalar_one()
+    assert version == "3"
 
 
 def _claimer(url: str, pid: int, log_path: str, rounds: int) -> None:

@@ -17,10 +17,11 @@ from ._base import (
     StorageError,
     Summary,
 )
-from ._sql import SCHEMA_VERSION, SQLStorage, redact_url
+from ._sql import LEGACY_STEPS, SCHEMA_VERSION, SQLStorage, redact_url
 
 __all__ = [
     "DEFAULT_STORAGE",
+    "LEGACY_STEPS",
     "SCHEMA_VERSION",
     "Claim",
     "LeaseLost",

@@ -13,7 +13,10 @@ Contract (every implementation must keep it):
 - ``record_interval`` writes the interval, its checkpoint row and the member's new state
   together: there is never a score without its checkpoint, nor a step counted twice.
 - ``record_exploit`` succeeds only if the donor's checkpoint is still committed; the member then
-  restores from exactly that (donor, step) checkpoint and the hparams recorded with it.
+  restores from exactly that (donor, step) checkpoint and the hparams recorded with it, and its
+  ``step`` becomes the donor's: a member's step is always the number of intervals behind the
+  weights it holds (the paper's t), so a member's steps only grow and no model trains more
+  than the budget.
 - Reads (``members``, ``intervals``, ``candidates``, ``summary``...) see committed data only; they
   may be stale by the time the caller acts on them, which is why ``record_exploit`` re-checks.
 - A checkpoint row is deleted only by ``collect_garbage``, under the documented keep rule, and
@@ -166,12 +169,18 @@ class Storage(Protocol):
         ...
 
     def record_exploit(
-        self, claim: Claim, event: ExploitEvent, hparams: Mapping[str, Any]
+        self,
+        claim: Claim,
+        event: ExploitEvent,
+        hparams: Mapping[str, Any],
+        done: bool = False,
     ) -> CheckpointRef | None:
         """Point the member at the donor's checkpoint with new ``hparams`` and log ``event``.
 
-        Returns the donor's checkpoint, or ``None`` (changing nothing) if it is no longer
-        committed.
+        The member takes the donor's step and score (``event.donor_step``,
+        ``event.donor_score``). With ``done`` (the donor's step is the budget) the member is
+        also released as done, in the same transaction. Returns the donor's checkpoint, or
+        ``None`` (changing nothing) if it is no longer committed.
         """
         ...
 
@@ -181,11 +190,13 @@ class Storage(Protocol):
         failure: FailureRecord,
         retry: bool,
         reseed: tuple[ExploitEvent, Mapping[str, Any]] | None = None,
+        done: bool = False,
     ) -> MemberStatus:
         """Log a failure of user code and release the member, atomically, to be retried from its
-        last checkpoint (``retry``), re-seeded from a donor's checkpoint with new hparams
-        (``reseed``: the exploit event and the hparams; only if the donor's checkpoint is still
-        committed), or else marked failed. Returns the member's new status."""
+        last checkpoint (``retry``), re-seeded from a donor's checkpoint, step and score with new
+        hparams (``reseed``: the exploit event and the hparams; only if the donor's checkpoint is
+        still committed; ``done`` when the donor is at the budget), or else marked failed.
+        Returns the member's new status."""
         ...
 
     def failure_streak(self, population_id: int) -> int:
@@ -235,12 +246,6 @@ class Storage(Protocol):
 
     def checkpoint(self, population_id: int, member: int, step: int) -> CheckpointRef | None:
         """The committed checkpoint of ``member`` at ``step``, if it still exists."""
-        ...
-
-    def previous_checkpoint(
-        self, population_id: int, member: int, step: int
-    ) -> CheckpointRef | None:
-        """The latest committed checkpoint of ``member`` before ``step``, if one is kept."""
         ...
 
     def discard_checkpoint(self, population_id: int, ref: CheckpointRef) -> None:

@@ -43,9 +43,20 @@ from ._base import (
 )
 from ._retry import retrying
 
-__all__ = ["NETWORK_FILESYSTEMS", "SCHEMA_VERSION", "SQLStorage", "filesystem_type", "redact_url"]
+__all__ = [
+    "LEGACY_STEPS",
+    "NETWORK_FILESYSTEMS",
+    "SCHEMA_VERSION",
+    "SQLStorage",
+    "filesystem_type",
+    "redact_url",
+]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+#: Set in the configuration of populations recorded before schema 3, whose ``step`` counted the
+#: intervals a member trained itself rather than the intervals behind its weights. They can be
+#: read but not continued.
+LEGACY_STEPS = "legacy_steps"
 
 metadata = sa.MetaData()
 
@@ -197,6 +208,26 @@ def redact_url(url: str) -> str:
         return "<unparseable storage URL>"
 
 
+def _mark_legacy_steps(connection: Connection) -> int:
+    """Schema 2 -> 3: the meaning of ``step`` changed (it now travels with copied weights).
+
+    The tables are unchanged, and old rows are kept as they were recorded; each old population
+    is marked, so it stays readable but is never continued under the new meaning.
+    """
+    for row in connection.execute(sa.select(populations.c.id, populations.c.config)).all():
+        config = json.loads(row.config)
+        config[LEGACY_STEPS] = True
+        connection.execute(
+            populations.update().where(populations.c.id == row.id).values(config=_dumps(config))
+        )
+    return 3
+
+
+#: schema version -> the function that upgrades a database from it, in place, and returns the
+#: version it upgraded to. Each runs in the transaction that opens the storage.
+_MIGRATIONS: dict[int, Any] = {2: _mark_legacy_steps}
+
+
 def _dumps(value: Any) -> str:
     return json.dumps(value, allow_nan=True)
 
@@ -305,10 +336,19 @@ class SQLStorage:
                     meta_table.insert().values(key="schema_version", value=str(SCHEMA_VERSION))
                 )
             elif int(row.value) != SCHEMA_VERSION:
-                raise StorageError(
-                    f"The storage {redact_url(self.url)} has poptune schema version {row.value}, "
-                    f"but this poptune uses version {SCHEMA_VERSION}. Use the poptune version "
-                    "that created it, or a new database."
+                version = int(row.value)
+                if version not in _MIGRATIONS:
+                    raise StorageError(
+                        f"The storage {redact_url(self.url)} has poptune schema version "
+                        f"{row.value}, which this poptune (schema {SCHEMA_VERSION}) cannot "
+                        "upgrade. Use the poptune version that created it, or a new database."
+                    )
+                while version != SCHEMA_VERSION:
+                    version = _MIGRATIONS[version](connection)
+                connection.execute(
+                    meta_table.update()
+                    .where(meta_table.c.key == "schema_version")
+                    .values(value=str(SCHEMA_VERSION))
                 )
 
     def close(self) -> None:
@@ -511,9 +551,14 @@ class SQLStorage:
             return _collect(connection, claim.population_id, mode)
 
     def record_exploit(
-        self, claim: Claim, event: ExploitEvent, hparams: Mapping[str, Any]
+        self,
+        claim: Claim,
+        event: ExploitEvent,
+        hparams: Mapping[str, Any],
+        done: bool = False,
     ) -> CheckpointRef | None:
-        """Point the member at the donor's checkpoint, if it still exists, and log the event."""
+        """Point the member at the donor's checkpoint, step and score, if the checkpoint still
+        exists, and log the event; release the member as done if ``done``."""
         with self._write() as connection:
             _lock_population(connection, claim.population_id)
             row = connection.execute(
@@ -524,12 +569,14 @@ class SQLStorage:
                 return None
             self._fenced(
                 connection,
-                _EXPLOIT,
+                _EXPLOIT_DONE if done else _EXPLOIT,
                 claim,
                 v_hparams=_dumps(dict(hparams)),
                 v_parent=event.donor,
                 v_rm=event.donor,
                 v_rs=event.donor_step,
+                v_step=event.donor_step,
+                v_score=_score(event.donor_score),
             )
             connection.execute(exploits.insert(), _exploit_row(claim.population_id, event))
         return _checkpoint(row)
@@ -540,6 +587,7 @@ class SQLStorage:
         failure: FailureRecord,
         retry: bool,
         reseed: tuple[ExploitEvent, Mapping[str, Any]] | None = None,
+        done: bool = False,
     ) -> MemberStatus:
         """Log the failure; then retry the member, re-seed it from a donor, or mark it failed."""
         with self._write() as connection:
@@ -559,6 +607,7 @@ class SQLStorage:
                 ).first()
             ):
                 event, hparams = reseed
+                outcome = MemberStatus.DONE if done else MemberStatus.IDLE
                 self._fenced(
                     connection,
                     _RESEED,
@@ -567,9 +616,11 @@ class SQLStorage:
                     v_parent=event.donor,
                     v_rm=event.donor,
                     v_rs=event.donor_step,
+                    v_step=event.donor_step,
+                    v_score=_score(event.donor_score),
+                    v_status=outcome.value,
                 )
                 connection.execute(exploits.insert(), _exploit_row(claim.population_id, event))
-                outcome = MemberStatus.IDLE
             else:
                 self._fenced(connection, _FAIL, claim)
             connection.execute(
@@ -681,20 +732,6 @@ class SQLStorage:
         with self._read() as connection:
             row = connection.execute(
                 _CHECKPOINT, {"pid": population_id, "mid": member, "step": step}
-            ).first()
-        return None if row is None else _checkpoint(row)
-
-    def previous_checkpoint(
-        self, population_id: int, member: int, step: int
-    ) -> CheckpointRef | None:
-        """The latest committed checkpoint of ``member`` before ``step``, if one is kept."""
-        c = checkpoints.c
-        with self._read() as connection:
-            row = connection.execute(
-                sa.select(checkpoints)
-                .where(c.population_id == population_id, c.member_id == member, c.step < step)
-                .order_by(c.step.desc())
-                .limit(1)
             ).first()
         return None if row is None else _checkpoint(row)
 
@@ -831,7 +868,6 @@ for _name in (
     "exploits",
     "failures",
     "checkpoint",
-    "previous_checkpoint",
     "discard_checkpoint",
     "checkpoints",
     "collect_garbage",
@@ -956,9 +992,11 @@ _RESEED = _fenced_update(
     parent=_B("v_parent"),
     restore_member=_B("v_rm"),
     restore_step=_B("v_rs"),
+    step=_B("v_step"),
+    score=_B("v_score"),
     exploit_pending=False,
     failures=0,
-    status=MemberStatus.IDLE.value,
+    status=_B("v_status"),
     owner=None,
     lease_until=None,
 )
@@ -986,12 +1024,18 @@ _RECORD = _fenced_update(
     owner=None,
     lease_until=None,
 )
-_EXPLOIT = _fenced_update(
-    hparams=_B("v_hparams"),
-    parent=_B("v_parent"),
-    restore_member=_B("v_rm"),
-    restore_step=_B("v_rs"),
-    exploit_pending=False,
+_EXPLOIT_VALUES: dict[str, Any] = {
+    "hparams": _B("v_hparams"),
+    "parent": _B("v_parent"),
+    "restore_member": _B("v_rm"),
+    "restore_step": _B("v_rs"),
+    "step": _B("v_step"),
+    "score": _B("v_score"),
+    "exploit_pending": False,
+}
+_EXPLOIT = _fenced_update(**_EXPLOIT_VALUES)
+_EXPLOIT_DONE = _fenced_update(
+    **_EXPLOIT_VALUES, status=MemberStatus.DONE.value, owner=None, lease_until=None
 )
 _INTERVAL = sa.select(intervals).where(
     _i.population_id == _B("pid"), _i.member_id == _B("mid"), _i.step == _B("step")

@@ -25,9 +25,9 @@ __all__ = ["Exploit", "Explore", "Ready", "describe", "rebuild"]
 class Exploit(Protocol):
     """Pick a donor for ``member`` among ``population``, or ``None`` to keep training as it is.
 
-    ``population`` holds the latest recorded candidate of every healthy member (``member``
-    included). Only candidates with a complete checkpoint are ever offered, so any returned
-    candidate can be copied.
+    ``population`` holds the interval every healthy member recorded at ``member.step``
+    (``member`` included), so members are compared at equal training. Only candidates with a
+    complete checkpoint are ever offered, so any returned candidate can be copied.
     """
 
     def __call__(
