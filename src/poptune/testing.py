@@ -16,6 +16,7 @@ from .trainable import Trainable
 
 __all__ = [
     "BurnCPU",
+    "CountingQuadratic",
     "CreateOnlyRunner",
     "Failing",
     "Quadratic",
@@ -109,6 +110,34 @@ class BurnCPU(Trainable):
         """Restore weights and progress."""
         self.weights = state["weights"]
         self.progress = float(state["progress"])
+
+
+class CountingQuadratic(Quadratic):
+    """A Quadratic that counts, per process, how often it is built and loaded, and reports
+    which instance trained each interval (``instance`` metric), to test members kept in memory.
+    """
+
+    builds = 0
+    loads = 0
+    seeds: list[int] = []  # noqa: RUF012 - per-process test record, reset by the test
+
+    def __init__(self, hparams: Mapping[str, Any], seed: int) -> None:
+        super().__init__(hparams, seed)
+        type(self).builds += 1
+        self.instance = type(self).builds
+
+    def reseed(self, seed: int) -> None:
+        """Record the interval's seed."""
+        type(self).seeds.append(seed)
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Count, then restore θ."""
+        type(self).loads += 1
+        super().load_state_dict(state)
+
+    def evaluate(self) -> dict[str, float]:
+        """Q, the surrogate, and the number of the instance that trained."""
+        return {**super().evaluate(), "instance": float(self.instance)}
 
 
 class Failing(Quadratic):

@@ -3,26 +3,48 @@
 from __future__ import annotations
 
 import abc
+import random
+import sys
 from collections.abc import Mapping
 from numbers import Real
 from typing import Any
 
-__all__ = ["Trainable", "check_trainable", "metrics_of"]
+import numpy as np
+
+__all__ = ["Trainable", "check_trainable", "metrics_of", "seed_globals"]
+
+
+def seed_globals(seed: int) -> None:
+    """Seed Python's ``random``, NumPy's global generator and, if it is imported, torch's.
+
+    This is what :meth:`Trainable.reseed` does by default before every interval.
+    """
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.manual_seed(seed)
 
 
 class Trainable(abc.ABC):
-    """Subclass this with your model; poptune builds one per member interval.
+    """Subclass this with your model; a worker keeps one instance per member in memory.
 
-    A worker picking up a member calls ``__init__(hparams, seed)``, then ``load_state_dict`` with
-    the member's latest checkpoint (its own, or a better member's after an exploit), then
-    ``train(hparams)`` for one interval and ``evaluate()``, and finally stores ``state_dict()``.
-    Because an instance may be rebuilt for every interval, keep expensive, read-only work (loading
-    a data set) at module level or in a cache, and put everything training needs to continue
-    (weights, optimizer moments, counters) in ``state_dict``.
+    A worker picking up a member for the first time calls ``__init__(hparams, seed)`` (and
+    ``load_state_dict`` with the member's checkpoint, if it has one). Then, for every interval,
+    ``reseed(seed)``, ``train(hparams)`` and ``evaluate()``; ``state_dict()`` is checkpointed in
+    the background. The same instance continues the member's next intervals: after an exploit
+    it gets the donor's state through ``load_state_dict``. It is rebuilt only when the member
+    moves to another worker, after a failure, or on resume; so put everything training needs to
+    continue (weights, optimizer moments, counters) in ``state_dict``, and keep expensive,
+    read-only work (loading a data set) at module level or in a cache.
 
-    ``seed`` differs for every member and interval and is derived from the run's seed, so a
-    seeded run is reproducible. ``hparams`` may change between intervals (that is the schedule
-    PBT discovers): apply them in ``train`` rather than only in ``__init__``.
+    ``seed`` (and ``reseed``'s) differs for every member and interval and is derived from the
+    run's seed, so a seeded run is reproducible: a synchronous run gives the same result whether
+    a member stayed in memory or was rebuilt elsewhere, as long as an interval's randomness
+    comes from the seed it was given. ``reseed`` seeds Python's, NumPy's and torch's global
+    generators by default; override it if you keep generators of your own. ``hparams`` may
+    change between intervals (that is the schedule PBT discovers): apply them in ``train``
+    rather than only in ``__init__``.
 
     Example:
         >>> import poptune as pt
@@ -43,6 +65,15 @@ class Trainable(abc.ABC):
     @abc.abstractmethod
     def __init__(self, hparams: Mapping[str, Any], seed: int) -> None:
         """Build the model (and optimizer) for a member with these hyperparameters."""
+
+    def reseed(self, seed: int) -> None:
+        """Seed the randomness of the coming interval; called before every ``train``.
+
+        The default seeds Python's, NumPy's and torch's global generators
+        (:func:`seed_globals`). Override it to reseed generators of your own, e.g.
+        ``self.generator = torch.Generator().manual_seed(seed)``.
+        """
+        seed_globals(seed)
 
     @abc.abstractmethod
     def train(self, hparams: Mapping[str, Any]) -> None:

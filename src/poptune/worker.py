@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from .checkpoints import CheckpointCorrupt, CheckpointStore
+from .live import LiveMember, LiveMembers, open_session
 from .records import (
     Candidate,
     CheckpointRef,
@@ -38,6 +39,7 @@ from .records import (
 from .space import Space
 from .storage import Claim, LeaseLost, Storage
 from .trainable import metrics_of
+from .writer import BackgroundWriter
 
 __all__ = ["PopulationError", "RunSpec", "Worker", "derive_seed"]
 
@@ -84,7 +86,12 @@ class _UserCodeFailed(Exception):
 
 
 class Worker:
-    """One loop over the population; run many of them (threads, processes, machines) at once."""
+    """One loop over the population; run many of them (threads, processes, machines) at once.
+
+    The worker keeps the members it trains in memory (at most ``resident`` of them, see
+    :mod:`poptune.live`) and writes their checkpoints in the background while the next member
+    trains (see :mod:`poptune.writer`).
+    """
 
     def __init__(
         self,
@@ -94,6 +101,7 @@ class Worker:
         population_id: int,
         lease_seconds: float = 30.0,
         poll_seconds: float = 0.05,
+        resident: int | None = None,
     ) -> None:
         self.spec = spec
         self.storage = storage
@@ -103,9 +111,11 @@ class Worker:
         self.poll_seconds = poll_seconds
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.trained = 0
-        self._claim: Claim | None = None
+        self.live = LiveMembers(resident if resident is not None else spec.population)
+        self._held: dict[int, Claim] = {}  # member -> claim, while trained or being written
         self._closed = threading.Event()
         self._doomed: queue.SimpleQueue[CheckpointRef | None] = queue.SimpleQueue()
+        self._writer: BackgroundWriter | None = None
 
     # --- the loop ------------------------------------------------------------------------
 
@@ -118,64 +128,72 @@ class Worker:
         deleter.start()
         try:
             while stop is None or not stop.is_set():
+                self.writer.check()  # a checkpoint that could not be written stops the worker
                 claim = self.storage.claim(
                     self.population_id,
                     self.owner,
                     self.spec.intervals,
                     self.lease_seconds,
                     self.spec.sync,
+                    prefer=self.live.ids(),
                 )
                 if claim is None:
-                    if self._finished():
+                    if self.writer.idle() and self._finished():
                         break
                     time.sleep(self.poll_seconds)
                     continue
-                self._claim = claim
-                try:
-                    self.work_on(claim)
-                finally:
-                    self._claim = None
+                self.work_on(claim)
         finally:
-            self._closed.set()
-            self._doomed.put(None)
-            deleter.join()
+            try:
+                self.flush()  # the last interval's checkpoint: nothing trained is dropped
+            finally:
+                for claim in list(self._held.values()):  # jobs a failed write left unrun
+                    self._forget(claim)
+                    self._release_quietly(claim)
+                self.live.close()
+                self._closed.set()
+                self._doomed.put(None)
+                deleter.join()
         return self.trained
 
     def work_on(self, claim: Claim) -> None:
-        """One member, one interval: exploit if due, restore, train, evaluate, save, record."""
-        checkpoint = None
+        """One member, one interval: exploit if due, restore, train and evaluate; the checkpoint
+        is saved and the interval recorded in the background (:meth:`flush` waits for it)."""
+        self._held[claim.member.id] = claim
         try:
             member, restore = claim.member, claim.checkpoint
             if member.exploit_pending:
                 member, restore = self.exploit_and_explore(claim)
                 if member.step >= self.spec.intervals:
+                    del self._held[member.id]
                     return  # it copied weights that are at the budget: the member is done
-            member, restore, state = self.restore(claim, member, restore)
-            interval, state = self.train_one_interval(member, restore, state)
-            checkpoint = self.save(member, interval.step, state)
-            collected = self.storage.record_interval(
-                claim,
-                interval,
-                checkpoint,
-                exploit_pending=interval.step < self.spec.intervals
-                and bool(self.spec.ready(self._candidate(interval))),
-                done=interval.step >= self.spec.intervals,
-                mode=self.spec.mode,
-            )
+            member, live = self.restore(claim, member, restore)
+            interval, state = self.train_one_interval(live, member)
         except _UserCodeFailed as failure:
             self._record_failure(claim, failure)
             return
         except LeaseLost:
             log.warning("Lost the lease on member %d; its interval was discarded.", claim.member.id)
-            if checkpoint is not None:  # written but never committed: nobody can refer to it
-                self._doomed.put(checkpoint)
+            self._forget(claim)
             return
         except BaseException:
+            self._forget(claim)
             self._release_quietly(claim)
             raise
-        self.trained += 1
-        for ref in collected:  # rows already gone: nothing can reach these files any more
-            self._doomed.put(ref)
+        self.writer.submit(lambda: self.save_and_record(claim, live, interval, state))
+
+    def flush(self) -> None:
+        """Wait until every trained interval is saved and recorded (re-raising a failure)."""
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    @property
+    def writer(self) -> BackgroundWriter:
+        """The background thread that saves checkpoints and records intervals."""
+        if self._writer is None:
+            self._writer = BackgroundWriter()
+        return self._writer
 
     # --- the paper's steps ---------------------------------------------------------------
 
@@ -216,25 +234,39 @@ class Worker:
 
     def restore(
         self, claim: Claim, member: MemberRecord, ref: CheckpointRef | None
-    ) -> tuple[MemberRecord, CheckpointRef | None, Any]:
-        """Load the checkpoint the member starts from, verified by its checksum.
+    ) -> tuple[MemberRecord, LiveMember]:
+        """The member's live trainable, holding the weights it restores from.
+
+        If this worker holds the member and its weights equal the committed checkpoint it
+        restores from, training continues in memory. Otherwise the checkpoint (the donor's after
+        an exploit, or the member's own when it moved here) is loaded, verified by its checksum,
+        into the live instance, which is built first if this worker does not hold the member.
 
         A missing, truncated or corrupted checkpoint is never trained on: its row is dropped
         (so no one copies it) and the member falls back to the best healthy member's latest
         checkpoint at its step or later (recorded as an exploit without explore). Its own older
         checkpoints are not used: their weights trained fewer intervals than its step says.
         """
-        if member.restore is None:
-            return member, None, None
+        live = self.live.get(member.id)
+        if member.restore is None:  # the first interval: fresh weights
+            return member, self._build(member)
+        if live is not None and ref is not None and live.holds == ref:
+            return member, live
         while True:
             if ref is not None:
                 try:
-                    return member, ref, self.checkpoints.load(ref)
+                    state = self.checkpoints.load(ref)
                 except CheckpointCorrupt as error:
                     log.warning("%s Falling back to another checkpoint.", error)
                     self.storage.discard_checkpoint(self.population_id, ref)
                     self._doomed.put(ref)
                     damaged = (ref.member, ref.step)
+                else:
+                    live = live if live is not None else self._build(member)
+                    live.holds = None
+                    self._user_code(live.session.load, state)
+                    live.holds = ref
+                    return member, live
             else:
                 log.warning(
                     "Checkpoint %s of member %d is not in the storage; falling back.",
@@ -264,40 +296,18 @@ class Worker:
             f"and no other member has a checkpoint at step {member.step} or later yet."
         )
 
-    def save(self, member: MemberRecord, step: int, state: Any) -> CheckpointRef:
-        """Write the member's new checkpoint; a full disk stops the population clearly."""
-        try:
-            return self.checkpoints.save(self.population_id, member.id, step, state)
-        except OSError as error:
-            message = (
-                f"Could not write the checkpoint of member {member.id} at step {step}: {error}. "
-                "No partial checkpoint was left behind. Free space (or point checkpoints= "
-                "elsewhere), then resume the population."
-            )
-            self.storage.set_status(self.population_id, PopulationStatus.ERROR, message)
-            raise PopulationError(message) from error
-        except TypeError as error:  # the state holds something that cannot be stored safely
-            raise _UserCodeFailed(f"state_dict() cannot be checkpointed: {error}") from error
-
     def train_one_interval(
-        self, member: MemberRecord, restore: CheckpointRef | None, state: Any
+        self, live: LiveMember, member: MemberRecord
     ) -> tuple[IntervalRecord, Any]:
-        """Train and evaluate the member from ``state`` (user code); return the record and the
-        new state."""
+        """Train and evaluate the member for one interval (user code); return the record and the
+        state to checkpoint."""
         spec = self.spec
         step = member.step + 1
         hparams = dict(member.hparams)
+        seed = derive_seed(spec.seed, _TRAIN, member.id, step)
+        live.holds = None  # from here on its weights are ahead of every checkpoint
         started = time.perf_counter()
-        try:
-            trainable = spec.trainable(hparams, derive_seed(spec.seed, _TRAIN, member.id, step))
-            if state is not None:
-                trainable.load_state_dict(state)
-            trainable.train(hparams)
-            result = trainable.evaluate()
-        except (KeyboardInterrupt, SystemExit):
-            raise
-        except Exception as error:
-            raise _UserCodeFailed(_describe(error)) from error
+        result = self._user_code(live.session.step, hparams, seed)
         wall_time = time.perf_counter() - started
         try:
             score, metrics = metrics_of(result, spec.metric)
@@ -305,10 +315,6 @@ class Worker:
             message = error.args[0] if error.args else str(error)
             self.storage.set_status(self.population_id, PopulationStatus.ERROR, message)
             raise PopulationError(message) from None
-        try:
-            new_state = trainable.state_dict()
-        except Exception as error:
-            raise _UserCodeFailed(_describe(error)) from error
         interval = IntervalRecord(
             member=member.id,
             step=step,
@@ -319,7 +325,80 @@ class Worker:
             finished_at=time.time(),
             origin=member.restore,
         )
-        return interval, new_state
+        return interval, self._user_code(live.session.state)
+
+    def save_and_record(
+        self, claim: Claim, live: LiveMember, interval: IntervalRecord, state: Any
+    ) -> None:
+        """Write the interval's checkpoint, then record both and release the member, atomically
+        (on the background writer: the member stays claimed until this is done)."""
+        checkpoint = None
+        try:
+            checkpoint = self.save(claim.member.id, interval.step, state)
+            live.holds = checkpoint  # before the commit: the member is claimable right after
+            collected = self.storage.record_interval(
+                claim,
+                interval,
+                checkpoint,
+                exploit_pending=interval.step < self.spec.intervals
+                and bool(self.spec.ready(self._candidate(interval))),
+                done=interval.step >= self.spec.intervals,
+                mode=self.spec.mode,
+            )
+        except _UserCodeFailed as failure:
+            self._record_failure(claim, failure)
+            return
+        except LeaseLost:
+            log.warning("Lost the lease on member %d; its interval was discarded.", claim.member.id)
+            if checkpoint is not None:  # written but never committed: nobody can refer to it
+                self._doomed.put(checkpoint)
+            self._forget(claim)
+            return
+        except BaseException:
+            self._forget(claim)
+            self._release_quietly(claim)
+            raise
+        self._held.pop(claim.member.id, None)
+        self.trained += 1
+        for ref in collected:  # rows already gone: nothing can reach these files any more
+            self._doomed.put(ref)
+
+    def save(self, member: int, step: int, state: Any) -> CheckpointRef:
+        """Write the member's new checkpoint; a full disk stops the population clearly."""
+        try:
+            return self.checkpoints.save(self.population_id, member, step, state)
+        except OSError as error:
+            message = (
+                f"Could not write the checkpoint of member {member} at step {step}: {error}. "
+                "No partial checkpoint was left behind. Free space (or point checkpoints= "
+                "elsewhere), then resume the population."
+            )
+            self.storage.set_status(self.population_id, PopulationStatus.ERROR, message)
+            raise PopulationError(message) from error
+        except TypeError as error:  # the state holds something that cannot be stored safely
+            raise _UserCodeFailed(f"state_dict() cannot be checkpointed: {error}") from error
+
+    def _build(self, member: MemberRecord) -> LiveMember:
+        """A new live instance of the member's trainable (user code), kept by this worker."""
+        seed = derive_seed(self.spec.seed, _TRAIN, member.id, member.step + 1)
+        session = self._user_code(open_session, self.spec.trainable, member.hparams, seed)
+        live = LiveMember(member.id, session)
+        self.live.add(live)
+        return live
+
+    def _user_code(self, call: Callable[..., Any], *args: Any) -> Any:
+        """Run user code; any exception it raises becomes a recorded failure of the member."""
+        try:
+            return call(*args)
+        except (KeyboardInterrupt, SystemExit, PopulationError):
+            raise
+        except Exception as error:
+            raise _UserCodeFailed(_describe(error)) from error
+
+    def _forget(self, claim: Claim) -> None:
+        """Stop holding ``claim``; its live weights (if any) are no longer trusted."""
+        self._held.pop(claim.member.id, None)
+        self.live.drop(claim.member.id)
 
     # --- housekeeping --------------------------------------------------------------------
 
@@ -376,10 +455,13 @@ class Worker:
         """Retry the member from its last checkpoint, re-seed it from a healthy member once it
         has failed ``max_failures`` times in a row, or mark it failed if no member is healthy."""
         spec, member = self.spec, claim.member
+        self._forget(claim)
         text = failure.args[0]
         error_line = text.strip().splitlines()[-1] if text.strip() else "error"
         record = FailureRecord(member.id, member.step + 1, error_line, text, time.time())
         retry = member.failures < spec.max_failures
+        if not retry:
+            self.writer.flush()  # this worker's own intervals in flight may be the donors
         reseed = None if retry else self._reseed(member)
         try:
             outcome = self.storage.record_failure(
@@ -452,15 +534,13 @@ class Worker:
     def _heartbeat(self) -> None:
         interval = max(self.lease_seconds / 3.0, 0.05)
         while not self._closed.wait(interval):
-            claim = self._claim
-            if claim is None:
-                continue
-            try:
-                self.storage.renew(claim, self.lease_seconds)
-            except LeaseLost:
-                pass
-            except Exception:
-                log.debug("Lease renewal failed", exc_info=True)
+            for claim in list(self._held.values()):
+                try:
+                    self.storage.renew(claim, self.lease_seconds)
+                except LeaseLost:
+                    pass
+                except Exception:
+                    log.debug("Lease renewal failed", exc_info=True)
 
 
 def _copy_event(

@@ -29,6 +29,7 @@ class DamageAfter(InProcessRunner):
         for _ in range(self.before):
             claim = storage.claim(target.population_id, worker.owner, spec.intervals, 30.0, False)
             worker.work_on(claim)
+        worker.flush()
         member = storage.members(target.population_id)[0]
         self.damaged = storage.checkpoint(target.population_id, *member.restore)
         path = checkpoints.root / self.damaged.path
@@ -40,7 +41,9 @@ class DamageAfter(InProcessRunner):
             path.write_bytes(path.read_bytes()[:10])
         else:
             path.unlink()
-        worker.run()
+        # A new worker (the old one would continue member 0 in memory, never reading the file):
+        # as after a restart, or when the member moves to another worker.
+        Worker(target.spec, storage, checkpoints, target.population_id).run()
 
 
 @pytest.mark.parametrize("damage", ["flip", "truncate", "delete"])

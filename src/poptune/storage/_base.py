@@ -134,9 +134,18 @@ class Storage(Protocol):
         ...
 
     def claim(
-        self, population_id: int, owner: str, budget: int, lease_seconds: float, sync: bool
+        self,
+        population_id: int,
+        owner: str,
+        budget: int,
+        lease_seconds: float,
+        sync: bool,
+        prefer: Sequence[int] = (),
     ) -> Claim | None:
         """Atomically claim the least-advanced idle member with ``step < budget``.
+
+        Among members at the same step, those in ``prefer`` (the members this worker keeps in
+        memory) come first, then the lowest id.
 
         In ``sync`` mode only members at the population's lowest step are claimable, so every
         member finishes interval k before any member trains k + 1. A member whose lease expired

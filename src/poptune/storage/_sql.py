@@ -440,12 +440,19 @@ class SQLStorage:
     # --- claims --------------------------------------------------------------------------
 
     def claim(
-        self, population_id: int, owner: str, budget: int, lease_seconds: float, sync: bool
+        self,
+        population_id: int,
+        owner: str,
+        budget: int,
+        lease_seconds: float,
+        sync: bool,
+        prefer: Sequence[int] = (),
     ) -> Claim | None:
-        """Claim the least-advanced claimable member, atomically."""
+        """Claim the least-advanced claimable member, atomically, preferring ``prefer`` on ties."""
         with self._write() as connection:
             row = connection.execute(
-                _CLAIM_SYNC if sync else _CLAIM, {"pid": population_id, "budget": budget}
+                _CLAIM_SYNC if sync else _CLAIM,
+                {"pid": population_id, "budget": budget, "prefer": list(prefer)},
             ).first()
             if row is None:
                 return None
@@ -940,7 +947,11 @@ _CLAIM = (
             sa.and_(_m.status == _RUNNING, _m.lease_until < db_clock()),
         ),
     )
-    .order_by(_m.step, _m.member_id)
+    .order_by(
+        _m.step,
+        sa.case((_m.member_id.in_(_B("prefer", expanding=True)), 0), else_=1),
+        _m.member_id,
+    )
     .limit(1)
     # PostgreSQL: lock the chosen row and skip rows other workers are claiming right now, so
     # concurrent claims never wait on each other (SQLite serialises writers instead).

@@ -1,0 +1,152 @@
+"""Members kept in memory by a worker between intervals.
+
+A worker that trains a member keeps its trainable alive (a :class:`Session`), so that the next
+interval of the same member continues in memory: no rebuild, no reload from disk. Each live
+member remembers which committed checkpoint its weights equal (``holds``); the worker reuses it
+only when that is exactly the checkpoint the member restores from, so a member that moved to
+another worker and came back, or whose interval was lost, is reloaded rather than trusted.
+
+How many members a worker keeps is bounded (``resident``); the least recently used is dropped
+first (its weights are safe in its checkpoint).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from .records import CheckpointRef
+from .trainable import seed_globals
+
+__all__ = ["ClassSession", "LiveMember", "LiveMembers", "Session", "open_session"]
+
+
+class Session(Protocol):
+    """One member's training, alive in a worker: what the worker calls between intervals."""
+
+    def load(self, state: Any) -> None:
+        """Replace the weights with ``state`` (a donor's after an exploit, or a checkpoint)."""
+        ...
+
+    def step(self, hparams: Mapping[str, Any], seed: int) -> Any:
+        """Train one interval with ``hparams`` and ``seed``; return what evaluation returned."""
+        ...
+
+    def state(self) -> Any:
+        """The state to checkpoint after the interval just trained."""
+        ...
+
+    def close(self) -> None:
+        """Release what the session holds (threads, devices); it is not used again."""
+        ...
+
+
+class ClassSession:
+    """A :class:`~poptune.Trainable` instance: built once, then trained interval after interval.
+
+    Before every interval it calls the instance's ``reseed(seed)`` (by default: seed Python's,
+    NumPy's and torch's global generators), so an interval's randomness depends on the member
+    and step only, not on whether the instance was kept or rebuilt.
+    """
+
+    def __init__(self, trainable: type, hparams: Mapping[str, Any], seed: int) -> None:
+        self.instance = trainable(dict(hparams), seed)
+
+    def load(self, state: Any) -> None:
+        """``load_state_dict(state)``."""
+        self.instance.load_state_dict(state)
+
+    def step(self, hparams: Mapping[str, Any], seed: int) -> Any:
+        """``reseed(seed)``, ``train(hparams)``, then ``evaluate()``."""
+        reseed = getattr(self.instance, "reseed", None)
+        if callable(reseed):
+            reseed(seed)
+        else:  # a duck-typed class without the Trainable base
+            seed_globals(seed)
+        self.instance.train(dict(hparams))
+        return self.instance.evaluate()
+
+    def state(self) -> Any:
+        """``state_dict()``."""
+        return self.instance.state_dict()
+
+    def close(self) -> None:
+        """Drop the instance."""
+        self.instance = None
+
+
+def open_session(trainable: Any, hparams: Mapping[str, Any], seed: int) -> Session:
+    """Start a member's session: build the instance of a Trainable class."""
+    return ClassSession(trainable, hparams, seed)
+
+
+@dataclass
+class LiveMember:
+    """A member's session in this worker, and the committed checkpoint its weights equal.
+
+    ``holds`` is ``None`` while the weights are ahead of every committed checkpoint (trained,
+    not yet saved) or were never saved; such a member is reused only once its checkpoint is
+    written and committed.
+    """
+
+    member: int
+    session: Session
+    holds: CheckpointRef | None = None
+
+
+class LiveMembers:
+    """At most ``resident`` live members, least recently used dropped first.
+
+    Only the worker's own threads use it: the loop gets, adds and drops members; the background
+    writer sets ``holds`` of a member that the loop does not touch until its record commits, and
+    drops a member whose record failed.
+    """
+
+    def __init__(self, resident: int) -> None:
+        if isinstance(resident, bool) or not isinstance(resident, int) or resident < 1:
+            raise ValueError(f"The 'resident' parameter must be an int >= 1. Got {resident!r}.")
+        self.resident = resident
+        self._members: OrderedDict[int, LiveMember] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, member: int) -> LiveMember | None:
+        """The live member, marked as most recently used, or ``None``."""
+        with self._lock:
+            live = self._members.get(member)
+            if live is not None:
+                self._members.move_to_end(member)
+            return live
+
+    def add(self, live: LiveMember) -> None:
+        """Keep ``live`` (replacing the member's previous session), dropping the least recently
+        used members beyond ``resident``."""
+        closing = []
+        with self._lock:
+            previous = self._members.pop(live.member, None)
+            if previous is not None:
+                closing.append(previous)
+            self._members[live.member] = live
+            while len(self._members) > self.resident:
+                closing.append(self._members.popitem(last=False)[1])
+        for old in closing:
+            old.session.close()
+
+    def drop(self, member: int) -> None:
+        """Forget a member (after a failure, or when it is no longer trusted)."""
+        with self._lock:
+            live = self._members.pop(member, None)
+        if live is not None:
+            live.session.close()
+
+    def ids(self) -> list[int]:
+        """The members held, to prefer them when claiming."""
+        with self._lock:
+            return list(self._members)
+
+    def close(self) -> None:
+        """Drop every member."""
+        for member in self.ids():
+            self.drop(member)

@@ -1,0 +1,78 @@
+"""Checkpoint writing off the training path: one background thread per worker.
+
+While a member's checkpoint is written and its interval recorded, the worker trains the next
+member. At most one job waits behind the running one, so memory holds at most two states being
+written. The member being written stays claimed until its job records it, so nobody (this
+worker included) trains it, or copies an incomplete checkpoint of it, meanwhile.
+
+An exception raised by a job (a full disk, a storage that went away) is re-raised in the
+worker's loop by :meth:`BackgroundWriter.check`, and the writer runs no job after it.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable
+
+__all__ = ["BackgroundWriter"]
+
+
+class BackgroundWriter:
+    """Runs jobs one at a time, in order, on a daemon thread.
+
+    Example:
+        >>> writer = BackgroundWriter()
+        >>> writer.submit(lambda: None)
+        >>> writer.close()          # waits for the queued jobs, then re-raises their error
+    """
+
+    def __init__(self, name: str = "poptune-writer") -> None:
+        self._jobs: queue.Queue[Callable[[], None] | None] = queue.Queue(maxsize=1)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, job: Callable[[], None]) -> None:
+        """Queue ``job``; blocks while another job is already waiting."""
+        self.check()
+        self._jobs.put(job)
+
+    def flush(self) -> None:
+        """Wait until every queued job has run; re-raise the first error of one.
+
+        Called from a job itself (on the writer's thread), it returns at once: there is
+        nothing before that job to wait for.
+        """
+        if threading.current_thread() is not self._thread:
+            self._jobs.join()
+        self.check()
+
+    def idle(self) -> bool:
+        """Whether no job is running or waiting."""
+        return self._jobs.unfinished_tasks == 0
+
+    def check(self) -> None:
+        """Re-raise the error of a job that failed, if any."""
+        if self._error is not None:
+            raise self._error
+
+    def close(self) -> None:
+        """Run what is queued, stop the thread, and re-raise a job's error."""
+        if self._thread.is_alive():
+            self._jobs.put(None)
+            self._thread.join()
+        self.check()
+
+    def _run(self) -> None:
+        while True:
+            job = self._jobs.get()
+            try:
+                if job is None:
+                    return
+                if self._error is None:
+                    job()
+            except BaseException as error:  # handed to the loop, which decides
+                self._error = error
+            finally:
+                self._jobs.task_done()
