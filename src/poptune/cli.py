@@ -6,6 +6,7 @@ import datetime
 import json
 import logging
 import math
+import os
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -16,6 +17,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from .devices import CUDA_VISIBLE_DEVICES, apply_environment, device_environment, parse_device
 from .population import load
 from .records import MemberRecord, Mode
 from .results import Result
@@ -318,8 +320,15 @@ def schedule(name: str, storage: str | None, member: int | None, as_json: bool) 
     metavar="PATH",
     help="Where this machine reaches the checkpoints (default: the recorded one).",
 )
+@click.option(
+    "--device",
+    default=None,
+    metavar="DEVICE",
+    help="The one device this worker sees: cuda:N (N >= 0) or cpu; it becomes cuda:0 inside "
+    "the worker and is in $POPTUNE_DEVICE.",
+)
 @_errors
-def worker(name: str, storage: str | None, checkpoints: str | None) -> None:
+def worker(name: str, storage: str | None, checkpoints: str | None, device: str | None) -> None:
     """Join population NAME as one more worker, until its budget is spent.
 
     Start any number of these, on any machine that reaches the storage and the checkpoints
@@ -328,6 +337,11 @@ def worker(name: str, storage: str | None, checkpoints: str | None) -> None:
     """
     from .population import join
 
+    if device is not None:
+        # Before the trainable is imported (load imports it): CUDA reads CUDA_VISIBLE_DEVICES
+        # once, when it initialises.
+        visible = os.environ.get(CUDA_VISIBLE_DEVICES)
+        apply_environment(device_environment([parse_device(device)], 0, visible))
     try:
         trained = join(load(storage, name), checkpoints=checkpoints)
     except KeyboardInterrupt:
@@ -341,12 +355,23 @@ def worker(name: str, storage: str | None, checkpoints: str | None) -> None:
 @_storage_option
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--progress/--no-progress", default=True, help="Show a progress display.")
+@click.option(
+    "--device",
+    "devices",
+    multiple=True,
+    metavar="DEVICE",
+    help="A device for the workers (repeat it: --device cuda:0 --device cuda:1); worker i "
+    "gets the i-th, round-robin. Each is cuda:N (N >= 0) or cpu.",
+)
 @_errors
-def resume(name: str, storage: str | None, workers: int, progress: bool) -> None:
+def resume(
+    name: str, storage: str | None, workers: int, progress: bool, devices: tuple[str, ...]
+) -> None:
     """Continue population NAME to its full budget (after Ctrl-C, a crash or a failure)."""
+    devices = tuple(parse_device(device) for device in devices)
     result: Result = load(storage, name)
     try:
-        result = result.resume(workers=workers, progress=progress)
+        result = result.resume(workers=workers, progress=progress, devices=devices or None)
     except KeyboardInterrupt:
         url = storage or default_storage_url()
         click.echo(

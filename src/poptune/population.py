@@ -17,7 +17,7 @@ from .checkpoints import CheckpointStore, open_checkpoints, sweep_orphans
 from .progress import ProgressWatcher
 from .records import Mode, PopulationRecord, PopulationStatus
 from .results import Result
-from .runners import InProcessRunner, LocalProcessRunner, Runner, WorkerTarget
+from .runners import InProcessRunner, LocalProcessRunner, RayRunner, Runner, WorkerTarget
 from .space import Space, space_from_dict
 from .storage import LEGACY_STEPS, PopulationNotFound, Storage, open_storage, redact_url
 from .strategies import Every, Perturb, Truncation, describe, rebuild
@@ -69,6 +69,7 @@ def run(
     initial: Sequence[Mapping[str, Any]] | None = None,
     max_failures: int = 2,
     lease_seconds: float = 30.0,
+    devices: Sequence[str] | None = None,
 ) -> Result:
     """Train a population with Population Based Training and return its results.
 
@@ -98,6 +99,11 @@ def run(
             retried from its last checkpoint before it is re-seeded from a healthy member.
         lease_seconds: how long a worker's claim on a member lasts without a heartbeat; a
             member of a worker that died is trained again after this long.
+        devices: GPUs for the local workers, e.g. ``["cuda:0", "cuda:1"]`` (each ``"cuda:N"``
+            or ``"cpu"``): worker ``i`` sees only ``devices[i % len(devices)]``, as ``cuda:0``,
+            and finds its device in ``$POPTUNE_DEVICE``. Workers then always run in worker
+            processes, also with ``workers=1``; this process's environment is left as it is.
+            Do not initialise CUDA here before the run. See docs/gpus.md.
 
     Raises:
         ValueError / TypeError: for invalid arguments, naming the parameter and the value.
@@ -115,6 +121,7 @@ def run(
     _check_int("workers", workers, 1)
     _check_int("max_failures", max_failures, 0)
     _check_lease(lease_seconds)
+    runner = _runner(runner, workers, population, devices)
     if not isinstance(metric, str) or not metric:
         raise ValueError(f"The 'metric' parameter must be a non-empty string. Got {metric!r}.")
     if exploit is _DEFAULT:
@@ -186,9 +193,7 @@ def run(
         population=population,
         max_failures=max_failures,
     )
-    return _execute(
-        store, record, spec, workers, progress, runner, checkpoints, float(lease_seconds)
-    )
+    return _execute(store, record, spec, progress, runner, checkpoints, float(lease_seconds))
 
 
 def load(storage: str | Storage | None, name: str) -> Result:
@@ -218,25 +223,26 @@ def resume(
     explore: Callable[..., Any] | None = None,
     ready: Callable[..., Any] | None = None,
     runner: Runner | None = None,
+    devices: Sequence[str] | None = None,
 ) -> Result:
     """Continue a stored population to its full budget with its stored configuration.
 
     Failed members get another try from their last checkpoint. Strategies that were plain
-    callables without an import reference must be passed again.
+    callables without an import reference must be passed again. ``devices`` gives the workers
+    GPUs as in :func:`run`.
     """
     _check_int("workers", workers, 1)
     store = result.storage
     record = store.population(result.name)
     _check_continuable(record)
     config = record.config
+    runner = _runner(runner, workers, int(config["population"]), devices)
     trainable = trainable if trainable is not None else _recorded_trainable(record)
     check_trainable(trainable)
     spec = _spec_from_config(config, trainable, exploit, explore, ready)
     _reopen(store, record)
     lease = float(config.get("lease_seconds", 30.0))
-    return _execute(
-        store, store.population(record.name), spec, workers, progress, runner, None, lease
-    )
+    return _execute(store, store.population(record.name), spec, progress, runner, None, lease)
 
 
 def join(
@@ -317,9 +323,8 @@ def _execute(
     store: Storage,
     record: PopulationRecord,
     spec: RunSpec,
-    workers: int,
     progress: bool,
-    runner: Runner | None,
+    runner: Runner,
     checkpoints: str | os.PathLike[str] | CheckpointStore | None,
     lease_seconds: float,
 ) -> Result:
@@ -329,9 +334,6 @@ def _execute(
         else open_checkpoints(record.config["checkpoints"])
     )
     _check_continuable(record)
-    members = int(record.config["population"])
-    if runner is None:
-        runner = InProcessRunner() if workers == 1 else LocalProcessRunner(min(workers, members))
     if record.status is PopulationStatus.ERROR:
         _reopen(store, record)
     target = WorkerTarget(
@@ -370,6 +372,34 @@ def _execute(
     if final.status is PopulationStatus.ERROR:
         raise PopulationError(f"Population {record.name!r} stopped: {final.error}")
     return Result(store, final, checkpoint_store, spec.trainable)
+
+
+def _runner(
+    runner: Runner | None, workers: int, members: int, devices: Sequence[str] | None
+) -> Runner:
+    """Where the workers run: the given runner, else this process (one worker, no devices) or
+    local worker processes.
+
+    With ``devices`` the workers are processes even for ``workers=1``: CUDA reads
+    ``CUDA_VISIBLE_DEVICES`` once, when it initialises, and this process may have done so
+    already; a fresh process also leaves the caller's environment untouched.
+    """
+    if devices is not None:
+        if isinstance(runner, RayRunner):
+            raise ValueError(
+                "The 'devices' parameter cannot be used with a RayRunner: Ray assigns GPUs to "
+                f"its workers. Pass RayRunner(num_gpus=1) instead. Got devices={devices!r}."
+            )
+        if runner is not None:
+            raise ValueError(
+                "The 'devices' parameter applies to the worker processes pt.run starts; with "
+                "runner= give the devices to the runner, e.g. "
+                f"pt.LocalProcessRunner(2, devices=[...]). Got devices={devices!r}."
+            )
+        return LocalProcessRunner(min(workers, members), devices=devices)
+    if runner is not None:
+        return runner
+    return InProcessRunner() if workers == 1 else LocalProcessRunner(min(workers, members))
 
 
 def _expire_dead_local_claims(store: Storage, record: PopulationRecord) -> None:

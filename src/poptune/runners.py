@@ -7,12 +7,21 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .checkpoints import open_checkpoints
+from .devices import (
+    CUDA_VISIBLE_DEVICES,
+    apply_environment,
+    cuda_initialised,
+    device_environment,
+    idle_devices,
+    parse_devices,
+)
 from .storage import open_storage
 from .worker import PopulationError, RunSpec, Worker
 
@@ -92,8 +101,10 @@ class InProcessRunner:
         worker.run()
 
 
-def _worker_main(target: WorkerTarget, stop: Any) -> None:
-    """Entry point of a worker process."""
+def _worker_main(target: WorkerTarget, stop: Any, environment: Mapping[str, str]) -> None:
+    """Entry point of a worker process: set its environment (its device), then run a worker."""
+    # First of all: CUDA reads CUDA_VISIBLE_DEVICES once, when user code initialises it.
+    apply_environment(environment)
     # A child that sees Ctrl-C (the terminal sends it to the whole process group) releases its
     # member and exits quietly; one that does not stops after its interval when ``stop`` is set.
     try:
@@ -110,15 +121,47 @@ class LocalProcessRunner:
 
     Processes are forked on Linux (fast start, the trainable class is inherited) and spawned
     elsewhere (the trainable must then be importable, e.g. defined at module level).
+
+    ``devices`` (e.g. ``["cuda:0", "cuda:1"]``) gives worker ``i`` the device
+    ``devices[i % len(devices)]``: its process sees only that GPU, as ``cuda:0``, and finds its
+    name in ``$POPTUNE_DEVICE`` (see :mod:`poptune.devices`). The environment is set when the
+    process starts, before the worker loop builds a trainable; a spawned process imports the
+    trainable's module before that, so module-level code must not initialise CUDA (importing
+    torch is fine).
+
+    Example:
+        >>> runner = pt.LocalProcessRunner(4, devices=["cuda:0", "cuda:1"])  # doctest: +SKIP
     """
 
-    def __init__(self, workers: int, start_method: str | None = None) -> None:
+    def __init__(
+        self,
+        workers: int,
+        start_method: str | None = None,
+        devices: Sequence[str] | None = None,
+    ) -> None:
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
             raise ValueError(f"The 'workers' parameter must be an int >= 1. Got {workers!r}.")
         self.workers = workers
         if start_method is None:
             start_method = "fork" if sys.platform.startswith("linux") else "spawn"
         self.start_method = start_method
+        self.devices = None if devices is None else parse_devices(devices)
+        self._environments()  # a device this process cannot see is refused now, not in a child
+        if self.devices is not None and (idle := idle_devices(self.devices, workers)):
+            log.warning(
+                "With %d worker process(es), device(s) %s stay idle. Pass workers=%d for one "
+                "worker per device.",
+                workers,
+                ", ".join(idle),
+                len(self.devices),
+            )
+
+    def _environments(self) -> list[dict[str, str]]:
+        """The environment each worker process sets at its start (its device, if any)."""
+        if self.devices is None:
+            return [{} for _ in range(self.workers)]
+        visible = os.environ.get(CUDA_VISIBLE_DEVICES)
+        return [device_environment(self.devices, i, visible) for i in range(self.workers)]
 
     def run(
         self,
@@ -128,6 +171,15 @@ class LocalProcessRunner:
         on_started: Callable[[], None] = _nothing,
     ) -> None:
         """Start the processes and wait for them; on Ctrl-C stop them cleanly and re-raise."""
+        if self.devices is not None and self.start_method == "fork" and cuda_initialised():
+            raise RuntimeError(
+                "CUDA is already initialised in this process, so worker processes forked from it "
+                "cannot use their devices. Build models and tensors on the GPU inside the "
+                "trainable, not before pt.run; or start spawned workers with "
+                "runner=pt.LocalProcessRunner(workers, start_method='spawn', devices=[...]) "
+                "(the trainable must then be importable)."
+            )
+        environments = self._environments()
         context = multiprocessing.get_context(self.start_method)
         stop = context.Event()
         # Never carry open database connections into a child.
@@ -135,11 +187,11 @@ class LocalProcessRunner:
         processes = [
             context.Process(
                 target=_worker_main,
-                args=(target, stop),
+                args=(target, stop, environment),
                 name=f"poptune-worker-{index}",
                 daemon=False,
             )
-            for index in range(self.workers)
+            for index, environment in enumerate(environments)
         ]
         for process in processes:
             process.start()

@@ -6,8 +6,10 @@ import them by reference (``poptune.testing:Quadratic``).
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,6 +22,7 @@ __all__ = [
     "CreateOnlyRunner",
     "Failing",
     "Quadratic",
+    "RecordsEnvironment",
     "SlowQuadratic",
     "check_steps",
     "quadratic_space",
@@ -161,6 +164,56 @@ class SlowQuadratic(Quadratic):
         """Sleep ``delay`` seconds, then train normally."""
         time.sleep(self.delay)
         super().train(hparams)
+
+
+# What a trainable's module-level code would see (e.g. one that initialises CUDA on import).
+_VISIBLE_AT_IMPORT = os.environ.get("CUDA_VISIBLE_DEVICES")
+
+
+class RecordsEnvironment(Quadratic):
+    """A Quadratic whose metrics say which process trained it and what environment it saw.
+
+    ``evaluate`` adds ``pid`` and, as strings (``None`` when unset), ``CUDA_VISIBLE_DEVICES``
+    and ``POPTUNE_DEVICE``, so a test can check the device each worker process was given; and
+    ``CUDA_VISIBLE_DEVICES at import``, its value when this module was imported (in a forked
+    worker: the parent's).
+
+    With the fixed hparams ``rendezvous`` (a folder) and ``workers`` (a count), the first
+    ``train`` of each process waits until ``workers`` processes have arrived, so that every
+    worker trains (and reports) at least once, however fast the others are.
+    """
+
+    timeout = 60.0
+
+    def train(self, hparams: Mapping[str, Any]) -> None:
+        """Meet the other workers once per process, then train normally."""
+        if "rendezvous" in hparams:
+            _meet(Path(hparams["rendezvous"]), int(hparams["workers"]), self.timeout)
+        super().train(hparams)
+
+    def evaluate(self) -> dict[str, Any]:
+        """The Quadratic's metrics plus the process id and its device variables."""
+        return {
+            **super().evaluate(),
+            "pid": os.getpid(),
+            "CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES"),
+            "POPTUNE_DEVICE": os.environ.get("POPTUNE_DEVICE"),
+            "CUDA_VISIBLE_DEVICES at import": _VISIBLE_AT_IMPORT,
+        }
+
+
+def _meet(folder: Path, processes: int, timeout: float) -> None:
+    """Mark this process as arrived in ``folder``; wait until ``processes`` have arrived."""
+    marker = folder / str(os.getpid())
+    if marker.exists():
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    marker.touch()
+    deadline = time.monotonic() + timeout
+    while len(list(folder.iterdir())) < processes:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"only {len(list(folder.iterdir()))} of {processes} arrived")
+        time.sleep(0.01)
 
 
 def synthetic_report_model(members: int, steps: int) -> Any:
