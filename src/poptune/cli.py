@@ -327,8 +327,21 @@ def schedule(name: str, storage: str | None, member: int | None, as_json: bool) 
     help="The one device this worker sees: cuda:N (N >= 0) or cpu; it becomes cuda:0 inside "
     "the worker and is in $POPTUNE_DEVICE.",
 )
+@click.option(
+    "--resident",
+    type=click.IntRange(min=1),
+    default=None,
+    help="How many members this worker keeps in memory between intervals (default: all it "
+    "trains). Lower it when memory is short.",
+)
 @_errors
-def worker(name: str, storage: str | None, checkpoints: str | None, device: str | None) -> None:
+def worker(
+    name: str,
+    storage: str | None,
+    checkpoints: str | None,
+    device: str | None,
+    resident: int | None,
+) -> None:
     """Join population NAME as one more worker, until its budget is spent.
 
     Start any number of these, on any machine that reaches the storage and the checkpoints
@@ -343,7 +356,7 @@ def worker(name: str, storage: str | None, checkpoints: str | None, device: str 
         visible = os.environ.get(CUDA_VISIBLE_DEVICES)
         apply_environment(device_environment([parse_device(device)], 0, visible))
     try:
-        trained = join(load(storage, name), checkpoints=checkpoints)
+        trained = join(load(storage, name), checkpoints=checkpoints, resident=resident)
     except KeyboardInterrupt:
         click.echo("Interrupted; the member in progress was given back.", err=True)
         sys.exit(130)

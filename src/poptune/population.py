@@ -70,6 +70,7 @@ def run(
     max_failures: int = 2,
     lease_seconds: float = 30.0,
     devices: Sequence[str] | None = None,
+    resident: int | None = None,
 ) -> Result:
     """Train a population with Population Based Training and return its results.
 
@@ -104,6 +105,10 @@ def run(
             and finds its device in ``$POPTUNE_DEVICE``. Workers then always run in worker
             processes, also with ``workers=1``; this process's environment is left as it is.
             Do not initialise CUDA here before the run. See docs/gpus.md.
+        resident: how many members each worker keeps in memory (their trainables, weights
+            included) between intervals; default: its share of the population plus one. A
+            member a worker holds continues without rebuild or reload; lower it when memory is
+            short (1 keeps only the member in training).
 
     Raises:
         ValueError / TypeError: for invalid arguments, naming the parameter and the value.
@@ -121,6 +126,8 @@ def run(
     _check_int("workers", workers, 1)
     _check_int("max_failures", max_failures, 0)
     _check_lease(lease_seconds)
+    if resident is not None:
+        _check_int("resident", resident, 1)
     runner = _runner(runner, workers, population, devices)
     if not isinstance(metric, str) or not metric:
         raise ValueError(f"The 'metric' parameter must be a non-empty string. Got {metric!r}.")
@@ -193,7 +200,10 @@ def run(
         population=population,
         max_failures=max_failures,
     )
-    return _execute(store, record, spec, progress, runner, checkpoints, float(lease_seconds))
+    resident = resident if resident is not None else _default_resident(population, workers)
+    return _execute(
+        store, record, spec, progress, runner, checkpoints, float(lease_seconds), int(resident)
+    )
 
 
 def load(storage: str | Storage | None, name: str) -> Result:
@@ -242,19 +252,26 @@ def resume(
     spec = _spec_from_config(config, trainable, exploit, explore, ready)
     _reopen(store, record)
     lease = float(config.get("lease_seconds", 30.0))
-    return _execute(store, store.population(record.name), spec, progress, runner, None, lease)
+    resident = _default_resident(int(config["population"]), workers)
+    return _execute(
+        store, store.population(record.name), spec, progress, runner, None, lease, resident
+    )
 
 
 def join(
     result: Result,
     checkpoints: str | os.PathLike[str] | None = None,
     trainable: type | None = None,
+    resident: int | None = None,
 ) -> int:
     """Run one worker on a stored population in this process until the budget is spent.
 
-    This is what ``poptune worker`` runs on every machine that joins. Returns the number of
+    This is what ``poptune worker`` runs on every machine that joins. ``resident`` bounds the
+    members it keeps in memory (default: the whole population). Returns the number of
     intervals this worker trained.
     """
+    if resident is not None:
+        _check_int("resident", resident, 1)
     record = result.storage.population(result.name)
     _check_continuable(record)
     config = record.config
@@ -268,6 +285,7 @@ def join(
         store,
         record.id,
         lease_seconds=float(config.get("lease_seconds", 30.0)),
+        resident=resident,
     )
     return worker.run()
 
@@ -327,6 +345,7 @@ def _execute(
     runner: Runner,
     checkpoints: str | os.PathLike[str] | CheckpointStore | None,
     lease_seconds: float,
+    resident: int,
 ) -> Result:
     checkpoint_store = (
         checkpoints
@@ -337,7 +356,7 @@ def _execute(
     if record.status is PopulationStatus.ERROR:
         _reopen(store, record)
     target = WorkerTarget(
-        spec, store.url, str(record.config["checkpoints"]), record.id, lease_seconds
+        spec, store.url, str(record.config["checkpoints"]), record.id, lease_seconds, resident
     )
     committed = {ref.path for ref in store.checkpoints(record.id)}
     swept = sweep_orphans(checkpoint_store, record.id, committed, older_than=2 * lease_seconds)
@@ -400,6 +419,12 @@ def _runner(
     if runner is not None:
         return runner
     return InProcessRunner() if workers == 1 else LocalProcessRunner(min(workers, members))
+
+
+def _default_resident(population: int, workers: int) -> int:
+    """Each worker's share of the population, plus one for the member that moves between
+    workers when one of them is ahead."""
+    return min(population, -(-population // workers) + 1)
 
 
 def _expire_dead_local_claims(store: Storage, record: PopulationRecord) -> None:

@@ -43,6 +43,7 @@ class WorkerTarget:
     checkpoints_url: str
     population_id: int
     lease_seconds: float = 30.0
+    resident: int | None = None  # members a worker keeps in memory (None: all)
 
 
 def run_target(target: WorkerTarget, stop: Any = None) -> int:
@@ -56,6 +57,7 @@ def run_target(target: WorkerTarget, stop: Any = None) -> int:
             open_checkpoints(target.checkpoints_url),
             target.population_id,
             lease_seconds=target.lease_seconds,
+            resident=target.resident,
         )
         return worker.run(stop)
     finally:
@@ -97,6 +99,7 @@ class InProcessRunner:
             checkpoints,
             target.population_id,
             lease_seconds=target.lease_seconds,
+            resident=target.resident,
         )
         worker.run()
 

@@ -138,7 +138,10 @@ class Worker:
                     prefer=self.live.ids(),
                 )
                 if claim is None:
-                    if self.writer.idle() and self._finished():
+                    if not self.writer.idle():  # recording our own interval may free a member
+                        self.writer.flush()
+                        continue
+                    if self._finished():
                         break
                     time.sleep(self.poll_seconds)
                     continue

@@ -1,0 +1,101 @@
+"""Members stay in memory: a worker continues a member without rebuilding or reloading it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import poptune as pt
+from poptune.live import LiveMember, LiveMembers
+from poptune.testing import CountingQuadratic, check_steps, quadratic_space
+
+
+@pytest.fixture(autouse=True)
+def _counts() -> None:
+    CountingQuadratic.builds = CountingQuadratic.loads = 0
+    CountingQuadratic.seeds = []
+
+
+def run(tmp_path: Path, **options):
+    settings = dict(
+        space=quadratic_space(),
+        metric="q",
+        population=4,
+        intervals=8,
+        storage=f"sqlite:///{tmp_path / 'poptune.db'}",
+        seed=0,
+        progress=False,
+    )
+    settings.update(options)
+    return pt.run(CountingQuadratic, **settings)
+
+
+def test_each_member_is_built_once_and_continues_in_memory(tmp_path: Path):
+    result = run(tmp_path, exploit=None)
+    assert len(result.intervals()) == 32
+    assert CountingQuadratic.builds == 4
+    assert CountingQuadratic.loads == 0  # never read back from disk
+    by_member = {}
+    for interval in result.intervals():
+        by_member.setdefault(interval.member, set()).add(interval.metrics["instance"])
+    assert all(len(instances) == 1 for instances in by_member.values())
+
+
+def test_an_exploit_loads_the_donor_into_the_live_instance(tmp_path: Path):
+    result = run(tmp_path, exploit=pt.Truncation(0.25))
+    exploits = result.exploits()
+    assert exploits
+    assert CountingQuadratic.builds == 4  # no member was rebuilt
+    assert CountingQuadratic.loads == len(exploits)  # one load per copy, into the live instance
+    check_steps(result)
+
+
+def test_every_interval_gets_its_own_seed(tmp_path: Path):
+    result = run(tmp_path, exploit=None, intervals=3)
+    assert len(CountingQuadratic.seeds) == 12
+    assert len(set(CountingQuadratic.seeds)) == 12
+    rerun = sorted(CountingQuadratic.seeds)
+    CountingQuadratic.seeds = []
+    run(tmp_path, exploit=None, intervals=3, name="again")
+    assert sorted(CountingQuadratic.seeds) == rerun  # derived from (seed, member, step) only
+    assert result.status == "finished"
+
+
+def test_resident_bounds_the_members_kept(tmp_path: Path):
+    result = pt.run(
+        CountingQuadratic,
+        space=quadratic_space(),
+        metric="q",
+        population=3,
+        intervals=4,
+        storage=f"sqlite:///{tmp_path / 'poptune.db'}",
+        seed=0,
+        progress=False,
+        exploit=None,
+        resident=1,
+    )
+    # one member in memory at a time, trained round robin: every interval after a member's
+    # first starts from its checkpoint, into a rebuilt instance
+    assert CountingQuadratic.builds == 12
+    assert CountingQuadratic.loads == 9
+    assert [i.step for i in result.intervals() if i.member == 0] == [1, 2, 3, 4]
+
+
+def test_live_members_drop_the_least_recently_used():
+    class Session:
+        closed = 0
+
+        def close(self) -> None:
+            Session.closed += 1
+
+    live = LiveMembers(2)
+    for member in (0, 1):
+        live.add(LiveMember(member, Session()))
+    assert live.get(0) is not None  # 0 is now the most recently used
+    live.add(LiveMember(2, Session()))
+    assert live.ids() == [0, 2] and Session.closed == 1
+    live.drop(0)
+    assert live.ids() == [2] and Session.closed == 2
+    with pytest.raises(ValueError, match=r"'resident' parameter must be an int >= 1. Got 0"):
+        LiveMembers(0)
