@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from .loop import LoopSession
 from .records import CheckpointRef
 from .trainable import seed_globals
 
@@ -31,8 +32,8 @@ class Session(Protocol):
         """Replace the weights with ``state`` (a donor's after an exploit, or a checkpoint)."""
         ...
 
-    def step(self, hparams: Mapping[str, Any], seed: int) -> Any:
-        """Train one interval with ``hparams`` and ``seed``; return what evaluation returned."""
+    def step(self, hparams: Mapping[str, Any], seed: int, step: int) -> Any:
+        """Train interval ``step`` with ``hparams`` and ``seed``; return the metrics."""
         ...
 
     def state(self) -> Any:
@@ -59,7 +60,7 @@ class ClassSession:
         """``load_state_dict(state)``."""
         self.instance.load_state_dict(state)
 
-    def step(self, hparams: Mapping[str, Any], seed: int) -> Any:
+    def step(self, hparams: Mapping[str, Any], seed: int, step: int) -> Any:
         """``reseed(seed)``, ``train(hparams)``, then ``evaluate()``."""
         reseed = getattr(self.instance, "reseed", None)
         if callable(reseed):
@@ -78,9 +79,12 @@ class ClassSession:
         self.instance = None
 
 
-def open_session(trainable: Any, hparams: Mapping[str, Any], seed: int) -> Session:
-    """Start a member's session: build the instance of a Trainable class."""
-    return ClassSession(trainable, hparams, seed)
+def open_session(trainable: Any, hparams: Mapping[str, Any], seed: int, member: int) -> Session:
+    """Start a member's session: build the instance of a Trainable class, or start a training
+    function (:mod:`poptune.loop`) on its own thread."""
+    if isinstance(trainable, type):
+        return ClassSession(trainable, hparams, seed)
+    return LoopSession(trainable, hparams, seed, member)
 
 
 @dataclass

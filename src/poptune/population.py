@@ -49,7 +49,7 @@ _DEFAULT = object()
 
 
 def run(
-    trainable: type,
+    trainable: type | Callable[..., Any],
     space: Mapping[str, Any] | Space,
     metric: str,
     mode: str = "max",
@@ -75,7 +75,8 @@ def run(
     """Train a population with Population Based Training and return its results.
 
     Args:
-        trainable: a class implementing :class:`poptune.Trainable`.
+        trainable: a class implementing :class:`poptune.Trainable`, or a training function
+            ``def train(ctx)`` that loops over ``ctx.intervals()`` (see :mod:`poptune.loop`).
         space: hyperparameter name -> distribution (``pt.Uniform``...) or a fixed value.
         metric: the key of ``evaluate()``'s dict to optimise (any name if it returns a number).
         mode: ``"max"`` or ``"min"``: whether higher or lower scores are better.
@@ -86,7 +87,7 @@ def run(
             ``None`` for independent training (random search with the same budget).
         explore: ``pt.Perturb()`` by default, ``pt.Resample()``, or any callable.
         ready: ``pt.Every(1)`` by default, or any callable.
-        name: the population's name in the storage (default: the trainable's class name). If it
+        name: the population's name in the storage (default: the trainable's name). If it
             exists with the same configuration, the run continues it to the full budget.
         storage: a SQLAlchemy URL; default ``$POPTUNE_STORAGE`` or ``sqlite:///runs/poptune.db``.
         checkpoints: a folder for checkpoints; default ``checkpoints/`` next to the SQLite file.

@@ -61,6 +61,11 @@ class Best:
             raise LookupError(
                 "The population's trainable cannot be imported here; pass it: best.load(MyClass)."
             )
+        if not isinstance(cls, type):
+            raise TypeError(
+                f"The population trains a function ({getattr(cls, '__qualname__', cls)!r}), so "
+                "there is no instance to build: load best.state() into your model instead."
+            )
         instance = cls(dict(self.hparams), seed)
         instance.load_state_dict(self.state())
         return instance

@@ -25,6 +25,7 @@ __all__ = [
     "RecordsEnvironment",
     "SlowQuadratic",
     "check_steps",
+    "quadratic_loop",
     "quadratic_space",
     "synthetic_report_model",
 ]
@@ -307,3 +308,31 @@ def check_steps(result: Any) -> None:
             f"member {member.id} is at step {member.step}, but trained {trained} intervals and "
             f"gained {gained[member.id]} steps by copying"
         )
+
+
+def quadratic_loop(ctx: Any) -> None:
+    """The paper's toy problem (:class:`Quadratic`) as a training function: θ stays in memory
+    across intervals; after an exploit (or a move) it is replaced by ``interval.state``.
+
+    It reports the true objective ``q``, the surrogate, and ``starts``: how many times this
+    member's function was started in this process (1 if nothing ever restarted).
+    """
+    quadratic_loop.starts[ctx.member] = quadratic_loop.starts.get(ctx.member, 0) + 1
+    theta = np.array([0.9, 0.9])
+    for interval in ctx.intervals():
+        if interval.state is not None:
+            theta = np.array(interval.state["theta"], dtype=float)
+        h = np.array([interval.hparams["h0"], interval.hparams["h1"]], dtype=float)
+        for _ in range(Quadratic.steps):
+            theta = theta + Quadratic.lr * (-2.0 * h * theta)
+        interval.report(
+            {
+                "q": float(1.2 - np.sum(theta**2)),
+                "surrogate": float(1.2 - np.sum(h * theta**2)),
+                "starts": float(quadratic_loop.starts[ctx.member]),
+            },
+            state={"theta": theta.copy()},
+        )
+
+
+quadratic_loop.starts = {}  # type: ignore[attr-defined]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import inspect
 import random
 import sys
 from collections.abc import Mapping
@@ -96,11 +97,16 @@ _REQUIRED = ("train", "evaluate", "state_dict", "load_state_dict")
 
 
 def check_trainable(trainable: Any) -> None:
-    """Raise ``TypeError`` unless ``trainable`` is a class with the Trainable methods."""
+    """Raise ``TypeError`` unless ``trainable`` is a class with the Trainable methods or a
+    training function taking one argument (see :mod:`poptune.loop`)."""
     if not isinstance(trainable, type):
+        if inspect.isfunction(trainable) or inspect.ismethod(trainable):
+            _check_training_function(trainable)
+            return
         raise TypeError(
             f"The trainable must be a class (not an instance) with __init__(hparams, seed), "
-            f"train, evaluate, state_dict and load_state_dict. Got {trainable!r}."
+            f"train, evaluate, state_dict and load_state_dict, or a training function "
+            f"def train(ctx): ... Got {trainable!r}."
         )
     missing = [name for name in _REQUIRED if not callable(getattr(trainable, name, None))]
     if missing:
@@ -108,6 +114,16 @@ def check_trainable(trainable: Any) -> None:
             f"The trainable {trainable.__qualname__} lacks {', '.join(missing)}. Subclass "
             "poptune.Trainable or define train, evaluate, state_dict and load_state_dict."
         )
+
+
+def _check_training_function(function: Any) -> None:
+    try:
+        inspect.signature(function).bind(object())
+    except TypeError:
+        raise TypeError(
+            "A training function must take one argument, the context: def train(ctx): ... "
+            f"Got {function.__qualname__}{inspect.signature(function)}."
+        ) from None
 
 
 def metrics_of(result: Any, metric: str) -> tuple[float, dict[str, Any]]:

@@ -67,7 +67,7 @@ def rng_for(seed: int, *keys: int) -> np.random.Generator:
 class RunSpec:
     """Everything a worker needs to know about a population's algorithm."""
 
-    trainable: type
+    trainable: Any  # a Trainable class, or a training function (poptune.loop)
     space: Space
     metric: str
     mode: Mode
@@ -310,7 +310,7 @@ class Worker:
         seed = derive_seed(spec.seed, _TRAIN, member.id, step)
         live.holds = None  # from here on its weights are ahead of every checkpoint
         started = time.perf_counter()
-        result = self._user_code(live.session.step, hparams, seed)
+        result = self._user_code(live.session.step, hparams, seed, step)
         wall_time = time.perf_counter() - started
         try:
             score, metrics = metrics_of(result, spec.metric)
@@ -384,7 +384,9 @@ class Worker:
     def _build(self, member: MemberRecord) -> LiveMember:
         """A new live instance of the member's trainable (user code), kept by this worker."""
         seed = derive_seed(self.spec.seed, _TRAIN, member.id, member.step + 1)
-        session = self._user_code(open_session, self.spec.trainable, member.hparams, seed)
+        session = self._user_code(
+            open_session, self.spec.trainable, member.hparams, seed, member.id
+        )
         live = LiveMember(member.id, session)
         self.live.add(live)
         return live
