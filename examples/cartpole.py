@@ -53,6 +53,13 @@ class CartPole(pt.Trainable):
         self.optimizer = torch.optim.Adam(self.parameters, lr=hparams["lr"])
         self.returns: list[float] = []  # finished episodes' returns, most recent last
 
+    def reseed(self, seed: int) -> None:
+        """Each interval draws from its own seed, whether this instance was kept or rebuilt (so a
+        synchronous run is the same for any number of workers)."""
+        super().reseed(seed)  # torch's global generator (dropout, initialisation)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.seed = seed  # the episodes of the coming interval start from it
+
     def train(self, hparams: Mapping[str, Any]) -> None:
         """``steps`` environment steps of n-step A2C with the current hyperparameters."""
         apply_hparams(self.optimizer, hparams)

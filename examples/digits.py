@@ -61,6 +61,12 @@ class Digits(pt.Trainable):
             weight_decay=hparams["weight_decay"],
         )
 
+    def reseed(self, seed: int) -> None:
+        """Each interval draws from its own seed, whether this instance was kept or rebuilt (so a
+        synchronous run is the same for any number of workers)."""
+        super().reseed(seed)  # torch's global generator (dropout, initialisation)
+        self.generator = torch.Generator().manual_seed(seed)
+
     def train(self, hparams: Mapping[str, Any]) -> None:
         """One epoch with the current hparams (they change after an exploit)."""
         apply_hparams(self.optimizer, hparams)

@@ -78,6 +78,12 @@ class Ring(pt.Trainable):
             self.discriminator.parameters(), lr=hparams["discriminator_lr"], betas=(0.5, 0.999)
         )
 
+    def reseed(self, seed: int) -> None:
+        """Each interval draws from its own seed, whether this instance was kept or rebuilt (so a
+        synchronous run is the same for any number of workers)."""
+        super().reseed(seed)  # torch's global generator (dropout, initialisation)
+        self.rng = torch.Generator().manual_seed(seed)
+
     def train(self, hparams: Mapping[str, Any]) -> None:
         """Alternate discriminator and generator updates with the current learning rates."""
         apply_hparams(self.g_optimizer, {"lr": hparams["generator_lr"]})

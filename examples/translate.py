@@ -129,6 +129,12 @@ class Translator(pt.Trainable):
         )
         return self.output(hidden)
 
+    def reseed(self, seed: int) -> None:
+        """Each interval draws from its own seed, whether this instance was kept or rebuilt (so a
+        synchronous run is the same for any number of workers)."""
+        super().reseed(seed)  # torch's global generator (dropout, initialisation)
+        self.rng = torch.Generator().manual_seed(seed)
+
     def train(self, hparams: Mapping[str, Any]) -> None:
         """``updates`` steps of teacher-forced cross-entropy with the current hparams."""
         apply_hparams(self.optimizer, hparams)

@@ -43,6 +43,22 @@ def test_digits_learns_and_prints_a_schedule(tmp_path: Path, capsys):
     assert set(state) == {"model", "optimizer"}
 
 
+@pytest.mark.parametrize("example", ["digits", "digits_loop"])
+def test_digits_in_sync_is_the_same_for_one_and_two_workers(tmp_path: Path, example: str):
+    """Members kept in memory or rebuilt elsewhere: every interval draws from its own seed."""
+    pytest.importorskip("torch")
+    pytest.importorskip("sklearn")
+    module = load_example(example)
+    scores = []
+    for workers in ("1", "2"):
+        options = ["--population", "3", "--intervals", "3", "--workers", workers, "--sync"]
+        storage = f"sqlite:///{tmp_path / f'{workers}.db'}"
+        result = module.main([*options, "--no-progress", "--storage", storage])
+        scores.append([(i.member, i.step, i.score, i.origin) for i in result.intervals()])
+    assert scores[0] == scores[1]
+    assert max(score for _, _, score, _ in scores[0]) > 0.5  # untrained: about 0.1
+
+
 def test_cartpole_learns_beyond_the_untrained_policy(tmp_path: Path, capsys):
     pytest.importorskip("torch")
     pytest.importorskip("gymnasium")

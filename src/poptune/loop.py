@@ -141,7 +141,6 @@ class LoopSession:
             LoopError: if the function returned, or ended the interval without reporting.
             Exception: whatever the function raised.
         """
-        seed_globals(seed)
         with self._condition:
             self._result = None
             self._request = Interval(self, hparams, seed, step, self._pending_state)
@@ -201,6 +200,9 @@ class LoopSession:
                 if self._closing:
                     return
                 interval, self._request = self._request, None
+            # Here, on the function's thread: its own set-up code (before the loop) may still
+            # have been drawing from the global generators while the worker asked.
+            seed_globals(interval.seed)
             yield interval
 
     def _reported(self, metrics: Any, state: Any) -> None:

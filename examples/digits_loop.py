@@ -1,0 +1,116 @@
+"""The digits example with your own training loop instead of a Trainable class.
+
+The same MLP, data and hyperparameters as ``examples/digits.py``, written as a plain PyTorch
+loop: one function per member, which builds its model once and keeps it in memory. poptune
+steps it one interval (one epoch) at a time; after an exploit, ``interval.state`` holds the
+better member's weights and optimizer state, and ``interval.hparams`` the explored
+hyperparameters, and the loop simply carries on.
+
+Run:  python examples/digits_loop.py [--population 8] [--intervals 30] [--workers 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from sklearn.datasets import load_digits
+from torch import nn
+
+import poptune as pt
+from poptune.integrations.torch import apply_hparams, load_state, save_state
+
+SPACE = {
+    "lr": pt.LogUniform(1e-3, 0.5),
+    "momentum": pt.Uniform(0.0, 0.99),
+    "weight_decay": pt.LogUniform(1e-6, 1e-2),
+}
+
+
+@functools.cache
+def dataset() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The digits (8×8 images, 10 classes), split 2/3 train, 1/3 validation, always the same."""
+    images, labels = load_digits(return_X_y=True)
+    x = torch.tensor(images / 16.0, dtype=torch.float32)
+    y = torch.tensor(labels, dtype=torch.long)
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
+    x, y = x[order], y[order]
+    cut = 2 * len(x) // 3
+    return x[:cut], y[:cut], x[cut:], y[cut:]
+
+
+def train(ctx: Any) -> None:
+    """One member: build once, then one epoch per interval until poptune says stop."""
+    torch.set_num_threads(1)
+    torch.manual_seed(ctx.seed)
+    model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+    optimizer = torch.optim.SGD(model.parameters(), **ctx.hparams)
+    x, y, x_val, y_val = dataset()
+    for interval in ctx.intervals():
+        if interval.state is not None:  # a better member's state (exploit), or ours (moved)
+            load_state(interval.state, model, optimizer)
+        apply_hparams(optimizer, interval.hparams)  # explore may have changed them
+        generator = torch.Generator().manual_seed(interval.seed)  # this interval's data order
+        model.train()
+        order = torch.randperm(len(x), generator=generator)
+        for start in range(0, len(x), 64):
+            batch = order[start : start + 64]
+            optimizer.zero_grad()
+            nn.functional.cross_entropy(model(x[batch]), y[batch]).backward()
+            optimizer.step()
+        model.eval()
+        with torch.no_grad():
+            logits = model(x_val)
+        accuracy = float((logits.argmax(dim=1) == y_val).float().mean())
+        interval.report({"accuracy": accuracy}, state=save_state(model, optimizer))
+
+
+def main(argv: Sequence[str] | None = None) -> pt.Result:
+    """Train the population and print the best member and its schedule."""
+    parser = argparse.ArgumentParser(description="PBT on the digits data set, your own loop")
+    parser.add_argument("--population", type=int, default=8)
+    parser.add_argument("--intervals", type=int, default=30)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--name", default="digits-loop")
+    parser.add_argument("--storage", default=None, help="default: sqlite:///runs/poptune.db")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sync", action="store_true", help="generations: reproducible runs")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+
+    result = pt.run(
+        train,
+        space=SPACE,
+        metric="accuracy",
+        population=args.population,
+        intervals=args.intervals,
+        workers=args.workers,
+        exploit=pt.Truncation(0.25),
+        explore=pt.Perturb((0.8, 1.2), resample_probability=0.25),
+        name=args.name,
+        storage=args.storage,
+        seed=args.seed,
+        sync=args.sync,
+        progress=not args.no_progress,
+    )
+    best = result.best
+    print(f"\nbest member {best.member}: accuracy {best.score:.4f} after {best.step} intervals")
+    print("schedule of the winning lineage (step: member, lr, momentum, accuracy)")
+    for entry in result.schedule():
+        h = entry.hparams
+        print(
+            f"  {entry.step:3d}: member {entry.member}  lr={h['lr']:.4g}  "
+            f"momentum={h['momentum']:.3f}  accuracy={entry.score:.4f}"
+        )
+    return result
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except KeyboardInterrupt:  # poptune has already said how to resume
+        sys.exit(130)
