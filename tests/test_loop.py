@@ -141,3 +141,18 @@ def test_best_load_explains_that_a_function_has_no_instance(tmp_path: Path):
     assert set(result.best.state()) == {"theta"}
     with pytest.raises(TypeError, match=r"load best.state\(\) into your model"):
         result.best.load()
+
+
+def reports_an_object(ctx: Any) -> None:
+    for interval in ctx.intervals():
+        interval.report(0.5, state={"model": {"w": [1.0]}, "sampler": object()})
+
+
+def test_a_state_that_cannot_be_checkpointed_names_the_offending_key(tmp_path: Path):
+    url = f"sqlite:///{tmp_path / 'poptune.db'}"
+    with pytest.raises(pt.PopulationError, match="attempts in a row failed"):
+        run(reports_an_object, url, name="object", population=2, intervals=2, exploit=None)
+    failures = pt.load(url, "object").failures()
+    assert failures
+    assert all("cannot be checkpointed" in f.traceback for f in failures)
+    assert all("state['sampler']" in f.traceback for f in failures)

@@ -379,7 +379,10 @@ class Worker:
             self.storage.set_status(self.population_id, PopulationStatus.ERROR, message)
             raise PopulationError(message) from error
         except TypeError as error:  # the state holds something that cannot be stored safely
-            raise _UserCodeFailed(f"state_dict() cannot be checkpointed: {error}") from error
+            raise _UserCodeFailed(
+                f"The state of member {member} at step {step} (from state_dict(), or "
+                f"interval.report(state=...)) cannot be checkpointed: {error}"
+            ) from error
 
     def _build(self, member: MemberRecord) -> LiveMember:
         """A new live instance of the member's trainable (user code), kept by this worker."""
