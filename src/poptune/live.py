@@ -124,6 +124,11 @@ class LiveMembers:
                 self._members.move_to_end(member)
             return live
 
+    def peek(self, member: int) -> LiveMember | None:
+        """The live member, without marking it as used, or ``None``."""
+        with self._lock:
+            return self._members.get(member)
+
     def add(self, live: LiveMember) -> None:
         """Keep ``live`` (replacing the member's previous session), dropping the least recently
         used members beyond ``resident``."""

@@ -39,7 +39,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-__all__ = ["SerializationError", "dump", "dumps", "load"]
+__all__ = ["SerializationError", "copy", "dump", "dumps", "load"]
 
 MAGIC = b"POPTUNE\x00CKPT"
 VERSION = 1
@@ -271,6 +271,25 @@ def dumps(state: Any) -> bytes:
         parts.append(buffer)
         parts.append(_ZEROS[: _align(buffer.nbytes) - buffer.nbytes])
     return b"".join(parts)
+
+
+def copy(state: Any) -> Any:
+    """A deep copy of ``state`` through poptune's format: what saving and loading it would
+    give, without a file or a checksum (arrays and tensors are copied once, into one buffer).
+
+    Example:
+        >>> copy({"w": np.ones(2)})
+        {'w': array([1., 1.])}
+    """
+    head, buffers = _encode(state)
+    data = bytearray(len(head) + sum(_align(buffer.nbytes) for buffer in buffers))
+    view = memoryview(data)
+    view[: len(head)] = head
+    position = len(head)
+    for buffer in buffers:
+        view[position : position + buffer.nbytes] = memoryview(buffer).cast("B")
+        position += _align(buffer.nbytes)
+    return load(data, copy=False)
 
 
 def load(data: bytes | bytearray | memoryview, *, copy: bool = True) -> Any:

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from . import serialization
 from .checkpoints import CheckpointCorrupt, CheckpointStore
 from .live import LiveMember, LiveMembers, open_session
 from .records import (
@@ -242,8 +243,10 @@ class Worker:
 
         If this worker holds the member and its weights equal the committed checkpoint it
         restores from, training continues in memory. Otherwise the checkpoint (the donor's after
-        an exploit, or the member's own when it moved here) is loaded, verified by its checksum,
-        into the live instance, which is built first if this worker does not hold the member.
+        an exploit, or the member's own when it moved here) is loaded into the live instance,
+        which is built first if this worker does not hold the member: copied from the donor's
+        live instance if this worker holds it unchanged since that checkpoint, else read from
+        the store and verified by its checksum.
 
         A missing, truncated or corrupted checkpoint is never trained on: its row is dropped
         (so no one copies it) and the member falls back to the best healthy member's latest
@@ -258,7 +261,7 @@ class Worker:
         while True:
             if ref is not None:
                 try:
-                    state = self.checkpoints.load(ref)
+                    state = self._state_of(ref)
                 except CheckpointCorrupt as error:
                     log.warning("%s Falling back to another checkpoint.", error)
                     self.storage.discard_checkpoint(self.population_id, ref)
@@ -278,6 +281,14 @@ class Worker:
                 )
                 damaged = member.restore
             member, ref = self._fallback(claim, member, damaged)
+
+    def _state_of(self, ref: CheckpointRef) -> Any:
+        """The state checkpointed as ``ref``: copied from the live member of this worker that
+        still holds exactly it (a donor trained here), else read from the checkpoint store."""
+        donor = self.live.peek(ref.member)
+        if donor is not None and donor.holds == ref:
+            return serialization.copy(self._user_code(donor.session.state))
+        return self.checkpoints.load(ref)
 
     def _fallback(
         self, claim: Claim, member: MemberRecord, damaged: tuple[int, int]
