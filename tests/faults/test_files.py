@@ -29,7 +29,7 @@ class DamageAfter(InProcessRunner):
         for _ in range(self.before):
             claim = storage.claim(target.population_id, worker.owner, spec.intervals, 30.0, False)
             worker.work_on(claim)
-        worker.flush()
+            worker.flush()  # recorded before the next claim, as one interval at a time
         member = storage.members(target.population_id)[0]
         self.damaged = storage.checkpoint(target.population_id, *member.restore)
         path = checkpoints.root / self.damaged.path

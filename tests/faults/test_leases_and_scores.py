@@ -44,7 +44,9 @@ def test_a_worker_back_from_a_long_pause_has_its_late_write_refused(tmp_path: Pa
     taken = storage.claim(target.population_id, other.owner, 3, 30.0, False)
     assert taken.member.id == claim.member.id and taken.token == claim.token + 1
     other.work_on(taken)
+    other.flush()  # the checkpoint is written and the interval recorded in the background
     paused.work_on(claim)  # trains, then its record is refused
+    paused.flush()
     assert paused.trained == 0 and other.trained == 1
     intervals = storage.intervals(target.population_id)
     assert [(i.member, i.step) for i in intervals] == [(claim.member.id, 1)]
