@@ -98,3 +98,21 @@ def test_sweep_removes_only_old_uncommitted_files(tmp_path: Path):
     swept = sweep_orphans(store, 1, {kept.path}, older_than=60.0)
     assert swept == [orphan.path]
     assert set(store.files(1)) == {kept.path, fresh.path}  # a fresh file may be about to commit
+
+
+def test_a_collected_file_is_overwritten_by_the_next_save_not_reallocated(tmp_path: Path):
+    store = LocalCheckpoints(tmp_path, spares=1)
+    big = store.save(1, 0, 1, {"w": np.arange(1000.0)})
+    inode = (tmp_path / big.path).stat().st_ino
+    store.delete(big)  # kept as a spare, under a name nobody looks up
+    assert not (tmp_path / big.path).exists()
+    small = store.save(1, 0, 2, {"w": np.arange(3.0)})
+    assert (tmp_path / small.path).stat().st_ino == inode  # the same file, overwritten
+    assert (tmp_path / small.path).stat().st_size == small.size  # and cut to its new size
+    np.testing.assert_array_equal(store.load(small)["w"], np.arange(3.0))
+    other = store.save(1, 1, 1, {"w": np.zeros(2)})
+    store.delete(small)
+    store.delete(other)  # the pool is full: deleted
+    assert len(list((tmp_path / "population-1").rglob("*"))) == 3  # 2 folders and 1 spare
+    store.close()
+    assert [p for p in (tmp_path / "population-1").rglob("*") if p.is_file()] == []

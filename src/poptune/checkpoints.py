@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 import io
 import os
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -52,11 +53,16 @@ class CheckpointStore(Protocol):
         ...
 
     def delete(self, ref: CheckpointRef) -> None:
-        """Delete the checkpoint's file; a file already gone is fine."""
+        """Delete the checkpoint's file (or keep it to overwrite later, under another name, so
+        that no reader finds it again); a file already gone is fine."""
         ...
 
     def files(self, population_id: int) -> dict[str, float]:
         """Every file stored for the population (relative path -> modification time)."""
+        ...
+
+    def close(self) -> None:
+        """Release what the store keeps between calls (spare files); it stays usable."""
         ...
 
     def remove(self, path: str) -> None:
@@ -93,12 +99,21 @@ class LocalCheckpoints:
         >>> ref = store.save(1, member=0, step=1, state={"w": [1.0]})  # doctest: +SKIP
     """
 
-    def __init__(self, root: str | os.PathLike[str], fsync: bool | None = None) -> None:
+    def __init__(
+        self, root: str | os.PathLike[str], fsync: bool | None = None, spares: int = 2
+    ) -> None:
         self.root = Path(root).expanduser().resolve()
         self.url = str(self.root)
         if fsync is None:
             fsync = os.environ.get("POPTUNE_FSYNC", "0").lower() in ("1", "true", "yes")
         self.fsync = fsync
+        # Files of collected checkpoints, kept to be overwritten by the next save instead of
+        # deleted: writing into pages the page cache already holds costs a fraction of
+        # allocating new ones (for a 200 MB state, about 30 ms of system time instead of 50 to
+        # 500), and the filesystem does not allocate the blocks again.
+        self.spares = spares
+        self._spare: list[Path] = []
+        self._lock = threading.Lock()
 
     def save(self, population_id: int, member: int, step: int, state: Any) -> CheckpointRef:
         """Write ``state`` to a unique file, renamed into place only once complete."""
@@ -112,9 +127,10 @@ class LocalCheckpoints:
         final.parent.mkdir(parents=True, exist_ok=True)
         temporary = final.with_name(f".{final.name}.tmp")
         try:
-            with open(temporary, "wb") as file:
+            with self._open_for_writing(temporary) as file:
                 writer = _HashingWriter(file)
                 serialization.dump(state, writer)  # type: ignore[arg-type]
+                file.truncate()  # a recycled file may have been longer
                 file.flush()
                 if self.fsync:
                     os.fsync(file.fileno())
@@ -123,6 +139,19 @@ class LocalCheckpoints:
             temporary.unlink(missing_ok=True)
             raise
         return CheckpointRef(member, step, relative, writer.size, writer.digest.hexdigest())
+
+    def _open_for_writing(self, temporary: Path) -> BinaryIO:
+        """A new file at ``temporary``, or a spare one moved there to be overwritten."""
+        while True:
+            with self._lock:
+                spare = self._spare.pop() if self._spare else None
+            if spare is None:
+                return open(temporary, "wb")
+            try:
+                os.replace(spare, temporary)
+                return open(temporary, "r+b")
+            except FileNotFoundError:  # swept meanwhile as an orphan
+                continue
 
     def load(self, ref: CheckpointRef) -> Any:
         """Read the file, check its size and SHA-256, then decode it."""
@@ -139,8 +168,28 @@ class LocalCheckpoints:
         return _verified(data, ref, str(path))
 
     def delete(self, ref: CheckpointRef) -> None:
-        """Delete the file of ``ref`` if it is still there."""
-        self.remove(ref.path)
+        """Take the file of ``ref`` away (if it is still there): kept under a spare name to be
+        overwritten by a later save, while fewer than ``spares`` are kept, else deleted."""
+        path = self.root / ref.path
+        with self._lock:
+            keep = len(self._spare) < self.spares
+        if keep:
+            spare = path.with_name(f".spare-{uuid.uuid4().hex[:12]}")
+            try:
+                os.replace(path, spare)
+            except FileNotFoundError:
+                return
+            with self._lock:
+                self._spare.append(spare)
+            return
+        path.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        """Delete the spare files."""
+        with self._lock:
+            spares, self._spare = self._spare, []
+        for spare in spares:
+            spare.unlink(missing_ok=True)
 
     def files(self, population_id: int) -> dict[str, float]:
         """Every file under the population's folder, temporary ones included."""
@@ -238,6 +287,9 @@ class FsspecCheckpoints:
     def delete(self, ref: CheckpointRef) -> None:
         """Delete the object of ``ref`` if it is still there."""
         self.remove(ref.path)
+
+    def close(self) -> None:
+        """Nothing to release: every object is uploaded in one put."""
 
     def files(self, population_id: int) -> dict[str, float]:
         """Every object under the population's prefix, with its modification time."""

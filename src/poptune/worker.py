@@ -158,6 +158,7 @@ class Worker:
                 self._closed.set()
                 self._doomed.put(None)
                 deleter.join()
+                self.checkpoints.close()
         return self.trained
 
     def work_on(self, claim: Claim) -> None:
