@@ -9,6 +9,7 @@ import logging
 import multiprocessing
 import os
 import sys
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -204,8 +205,9 @@ class LocalProcessRunner:
                 process.join()
         except KeyboardInterrupt:
             stop.set()
+            deadline = time.monotonic() + target.lease_seconds  # one wait for all, not each
             for process in processes:
-                process.join(timeout=target.lease_seconds)
+                process.join(timeout=max(0.0, deadline - time.monotonic()))
             for process in processes:
                 if process.is_alive():
                     process.terminate()

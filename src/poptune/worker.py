@@ -127,6 +127,7 @@ class Worker:
         # Deleting collected files is housekeeping: keep it off the per-interval path.
         deleter = threading.Thread(target=self._delete_files, name="poptune-gc", daemon=True)
         deleter.start()
+        interrupted = True
         try:
             while stop is None or not stop.is_set():
                 self.writer.check()  # a checkpoint that could not be written stops the worker
@@ -147,9 +148,12 @@ class Worker:
                     time.sleep(self.poll_seconds)
                     continue
                 self.work_on(claim)
+            interrupted = False
         finally:
             try:
-                self.flush()  # the last interval's checkpoint: nothing trained is dropped
+                # The last interval's checkpoint: nothing trained is dropped. After Ctrl-C or an
+                # error, wait a bounded time: the storage may be what failed.
+                self.flush(timeout=self.lease_seconds / 3 if interrupted else None)
             finally:
                 for claim in list(self._held.values()):  # jobs a failed write left unrun
                     self._forget(claim)
@@ -187,10 +191,14 @@ class Worker:
             raise
         self.writer.submit(lambda: self.save_and_record(claim, live, interval, state))
 
-    def flush(self) -> None:
-        """Wait until every trained interval is saved and recorded (re-raising a failure)."""
+    def flush(self, timeout: float | None = None) -> None:
+        """Wait until every trained interval is saved and recorded (re-raising a failure); with
+        ``timeout``, give up after that many seconds (the members' leases then expire)."""
         if self._writer is not None:
-            self._writer.close()
+            if not self._writer.close(timeout):
+                log.warning(
+                    "Gave up waiting %.0f s for the last checkpoint to be recorded.", timeout
+                )
             self._writer = None
 
     @property

@@ -57,12 +57,22 @@ class BackgroundWriter:
         if self._error is not None:
             raise self._error
 
-    def close(self) -> None:
-        """Run what is queued, stop the thread, and re-raise a job's error."""
+    def close(self, timeout: float | None = None) -> bool:
+        """Run what is queued, stop the thread, and re-raise a job's error.
+
+        With ``timeout`` (seconds), give up waiting after that long and return ``False``: the
+        daemon thread is left to finish or die with the process.
+        """
         if self._thread.is_alive():
-            self._jobs.put(None)
-            self._thread.join()
+            try:
+                self._jobs.put(None, timeout=timeout)
+            except queue.Full:
+                return False
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                return False
         self.check()
+        return True
 
     def _run(self) -> None:
         while True:
