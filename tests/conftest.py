@@ -60,3 +60,13 @@ def storage(storage_url: str) -> Iterator[SQLStorage]:
 def _quiet_threads() -> None:
     """Single-threaded numeric libraries: the CI machine has 2 cores shared by workers."""
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+@pytest.fixture(params=["inline", "background"])
+def writes(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a test with checkpoints written in line (small states) and on the background
+    writer (large states), in this process and in the worker processes it starts."""
+    monkeypatch.setenv(
+        "POPTUNE_BACKGROUND_BYTES", "0" if request.param == "background" else str(2**62)
+    )
+    return request.param

@@ -31,7 +31,7 @@ def run(tmp_path: Path, **options):
     return pt.run(CountingQuadratic, **settings)
 
 
-def test_each_member_is_built_once_and_continues_in_memory(tmp_path: Path):
+def test_each_member_is_built_once_and_continues_in_memory(tmp_path: Path, writes):
     result = run(tmp_path, exploit=None)
     assert len(result.intervals()) == 32
     assert CountingQuadratic.builds == 4
@@ -42,7 +42,7 @@ def test_each_member_is_built_once_and_continues_in_memory(tmp_path: Path):
     assert all(len(instances) == 1 for instances in by_member.values())
 
 
-def test_an_exploit_loads_the_donor_into_the_live_instance(tmp_path: Path):
+def test_an_exploit_loads_the_donor_into_the_live_instance(tmp_path: Path, writes):
     result = run(tmp_path, exploit=pt.Truncation(0.25))
     exploits = result.exploits()
     assert exploits
@@ -62,7 +62,7 @@ def test_every_interval_gets_its_own_seed(tmp_path: Path):
     assert result.status == "finished"
 
 
-def test_resident_bounds_the_members_kept(tmp_path: Path):
+def test_resident_bounds_the_members_kept(tmp_path: Path, writes):
     result = pt.run(
         CountingQuadratic,
         space=quadratic_space(),
@@ -102,7 +102,9 @@ def test_live_members_drop_the_least_recently_used():
         LiveMembers(0)
 
 
-def test_a_donor_held_here_is_copied_from_memory_not_read_from_disk(tmp_path: Path, monkeypatch):
+def test_a_donor_held_here_is_copied_from_memory_not_read_from_disk(
+    tmp_path: Path, writes, monkeypatch
+):
     from poptune.checkpoints import LocalCheckpoints
 
     reads = []

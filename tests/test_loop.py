@@ -50,7 +50,7 @@ def test_a_loop_trains_like_the_class_and_never_restarts(storage_url):
 
 
 @pytest.mark.parametrize("workers", [1, 2])
-def test_an_exploit_hands_the_donor_state_to_the_running_loop(storage_url, workers):
+def test_an_exploit_hands_the_donor_state_to_the_running_loop(storage_url, writes, workers):
     result = run(quadratic_loop, storage_url, name="copies", workers=workers, intervals=6)
     check_steps(result)
     exploits = result.exploits()
@@ -75,7 +75,7 @@ def test_an_exploit_hands_the_donor_state_to_the_running_loop(storage_url, worke
     assert replayed
 
 
-def test_sync_loops_are_identical_for_one_and_two_workers(tmp_path: Path):
+def test_sync_loops_are_identical_for_one_and_two_workers(tmp_path: Path, writes):
     one = run(quadratic_loop, f"sqlite:///{tmp_path / 'one.db'}", sync=True)
     two = run(quadratic_loop, f"sqlite:///{tmp_path / 'two.db'}", sync=True, workers=2)
     assert _records(one) == _records(two)
@@ -115,7 +115,9 @@ def reports_no_state(ctx: Any) -> None:
         (reports_no_state, "interval.report() needs state="),
     ],
 )
-def test_a_broken_loop_gets_a_clear_error_and_loses_nothing(tmp_path: Path, function, message):
+def test_a_broken_loop_gets_a_clear_error_and_loses_nothing(
+    tmp_path: Path, writes, function, message
+):
     url = f"sqlite:///{tmp_path / 'poptune.db'}"
     with pytest.raises(pt.PopulationError, match="attempts in a row failed"):
         run(function, url, name="broken", population=2, intervals=4, exploit=None)

@@ -144,7 +144,7 @@ def _final_state(result: pt.Result):
     )
 
 
-def test_sync_mode_is_identical_for_one_and_two_workers(tmp_path: Path):
+def test_sync_mode_is_identical_for_one_and_two_workers(tmp_path: Path, writes):
     results = []
     for workers in (1, 2):
         url = f"sqlite:///{tmp_path / f'sync-{workers}.db'}"

@@ -8,6 +8,7 @@ generation barrier). A member's ``step`` is always the number of intervals behin
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -45,6 +46,12 @@ from .writer import BackgroundWriter
 __all__ = ["PopulationError", "RunSpec", "Worker", "derive_seed"]
 
 log = logging.getLogger("poptune")
+
+#: Checkpoints at least this large (judged by the worker's last one) are written on the
+#: background writer while the next interval trains; smaller ones are written in line, which
+#: costs less than handing them to a thread that must share the interpreter with training.
+#: ``$POPTUNE_BACKGROUND_BYTES`` overrides it (0: always in the background).
+BACKGROUND_BYTES = 16 * 2**20
 
 # Salts that keep the random streams of different decisions independent.
 _INIT, _EXPLOIT, _TRAIN, _RESEED = 0, 1, 2, 3
@@ -117,6 +124,8 @@ class Worker:
         self._closed = threading.Event()
         self._doomed: queue.SimpleQueue[CheckpointRef | None] = queue.SimpleQueue()
         self._writer: BackgroundWriter | None = None
+        self._checkpoint_bytes = 0  # the size of the last checkpoint this worker wrote
+        self._background_bytes = int(os.environ.get("POPTUNE_BACKGROUND_BYTES", BACKGROUND_BYTES))
 
     # --- the loop ------------------------------------------------------------------------
 
@@ -189,7 +198,12 @@ class Worker:
             self._forget(claim)
             self._release_quietly(claim)
             raise
-        self.writer.submit(lambda: self.save_and_record(claim, live, interval, state))
+        job = functools.partial(self.save_and_record, claim, live, interval, state)
+        if self._checkpoint_bytes >= self._background_bytes:
+            self.writer.submit(job)
+        else:  # a small state is written faster than a thread would take over
+            self.writer.flush()
+            job()
 
     def flush(self, timeout: float | None = None) -> None:
         """Wait until every trained interval is saved and recorded (re-raising a failure); with
@@ -358,6 +372,7 @@ class Worker:
         checkpoint = None
         try:
             checkpoint = self.save(claim.member.id, interval.step, state)
+            self._checkpoint_bytes = checkpoint.size
             live.holds = checkpoint  # before the commit: the member is claimable right after
             collected = self.storage.record_interval(
                 claim,

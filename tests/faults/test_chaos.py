@@ -56,7 +56,7 @@ def corrupt_one(result: pt.Result, rng: np.random.Generator) -> pt.CheckpointRef
 
 
 @pytest.mark.parametrize("scenario", list(SCENARIOS))
-def test_chaos(tmp_path: Path, scenario: str):
+def test_chaos(tmp_path: Path, writes, scenario: str):
     chaos = SCENARIOS[scenario]
     url = f"sqlite:///{tmp_path / 'poptune.db'}"
     chaotic = import_object(f"{CHAOS_SCRIPT}:Chaotic")
