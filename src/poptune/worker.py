@@ -47,7 +47,7 @@ __all__ = ["PopulationError", "RunSpec", "Worker", "derive_seed"]
 
 log = logging.getLogger("poptune")
 
-#: Checkpoints at least this large (judged by the worker's last one) are written on the
+#: States at least this large (their arrays and tensors) are checkpointed on the
 #: background writer while the next interval trains; smaller ones are written in line, which
 #: costs less than handing them to a thread that must share the interpreter with training.
 #: ``$POPTUNE_BACKGROUND_BYTES`` overrides it (0: always in the background).
@@ -124,7 +124,6 @@ class Worker:
         self._closed = threading.Event()
         self._doomed: queue.SimpleQueue[CheckpointRef | None] = queue.SimpleQueue()
         self._writer: BackgroundWriter | None = None
-        self._checkpoint_bytes = 0  # the size of the last checkpoint this worker wrote
         self._background_bytes = int(os.environ.get("POPTUNE_BACKGROUND_BYTES", BACKGROUND_BYTES))
 
     # --- the loop ------------------------------------------------------------------------
@@ -199,7 +198,7 @@ class Worker:
             self._release_quietly(claim)
             raise
         job = functools.partial(self.save_and_record, claim, live, interval, state)
-        if self._checkpoint_bytes >= self._background_bytes:
+        if serialization.array_bytes(state) >= self._background_bytes:
             self.writer.submit(job)
         else:  # a small state is written faster than a thread would take over
             self.writer.flush()
@@ -372,7 +371,6 @@ class Worker:
         checkpoint = None
         try:
             checkpoint = self.save(claim.member.id, interval.step, state)
-            self._checkpoint_bytes = checkpoint.size
             live.holds = checkpoint  # before the commit: the member is claimable right after
             collected = self.storage.record_interval(
                 claim,
