@@ -19,7 +19,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from poptune.serialization import MAGIC, VERSION, SerializationError, dump, dumps, load
+from poptune.serialization import (
+    MAGIC,
+    VERSION,
+    SerializationError,
+    array_bytes,
+    copy,
+    dump,
+    dumps,
+    load,
+)
 
 torch = pytest.importorskip("torch")
 torch.set_num_threads(1)
@@ -341,3 +350,20 @@ def test_importing_the_format_and_loading_arrays_do_not_import_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_array_bytes_is_the_size_of_the_arrays_and_tensors_in_a_state():
+    torch = pytest.importorskip("torch")
+    state = {"model": {"w": torch.zeros(10, 10)}, "opt": [np.zeros(3), (b"abc",)], "step": 7}
+    assert array_bytes(state) == 400 + 24 + 3
+    assert len(dumps(state)) >= array_bytes(state)
+
+
+def test_copy_is_what_saving_and_loading_gives_and_shares_nothing():
+    torch = pytest.importorskip("torch")
+    state = {"w": np.arange(4.0), "t": torch.ones(2, 2), "nested": [1, ("x", np.float32(2))]}
+    copied = copy(state)
+    assert dumps(copied) == dumps(state) == dumps(load(dumps(state)))
+    copied["w"][0] = 9.0
+    copied["t"][0, 0] = 9.0
+    assert state["w"][0] == 0.0 and state["t"][0, 0] == 1.0
