@@ -8,6 +8,7 @@ Example:
 """
 
 from .checkpoints import CheckpointCorrupt, LocalCheckpoints
+from .loop import Context, Interval, LoopError
 from .population import load, resume, run
 from .records import (
     Candidate,
@@ -46,6 +47,7 @@ __all__ = [
     "CheckpointCorrupt",
     "CheckpointRef",
     "Choice",
+    "Context",
     "Distribution",
     "EdgeKind",
     "Every",
@@ -55,12 +57,14 @@ __all__ = [
     "FailureRecord",
     "InProcessRunner",
     "IntUniform",
+    "Interval",
     "IntervalRecord",
     "Lineage",
     "LineageEdge",
     "LocalCheckpoints",
     "LocalProcessRunner",
     "LogUniform",
+    "LoopError",
     "MemberRecord",
     "MemberStatus",
     "Mode",
