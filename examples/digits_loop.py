@@ -12,35 +12,16 @@ Run:  python examples/digits_loop.py [--population 8] [--intervals 30] [--worker
 from __future__ import annotations
 
 import argparse
-import functools
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 import torch
-from sklearn.datasets import load_digits
+from digits import SPACE, dataset  # the same data and space (examples/digits.py)
 from torch import nn
 
 import poptune as pt
 from poptune.integrations.torch import apply_hparams, load_state, save_state
-
-SPACE = {
-    "lr": pt.LogUniform(1e-3, 0.5),
-    "momentum": pt.Uniform(0.0, 0.99),
-    "weight_decay": pt.LogUniform(1e-6, 1e-2),
-}
-
-
-@functools.cache
-def dataset() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The digits (8×8 images, 10 classes), split 2/3 train, 1/3 validation, always the same."""
-    images, labels = load_digits(return_X_y=True)
-    x = torch.tensor(images / 16.0, dtype=torch.float32)
-    y = torch.tensor(labels, dtype=torch.long)
-    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
-    x, y = x[order], y[order]
-    cut = 2 * len(x) // 3
-    return x[:cut], y[:cut], x[cut:], y[cut:]
 
 
 def train(ctx: Any) -> None:

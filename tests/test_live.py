@@ -63,18 +63,7 @@ def test_every_interval_gets_its_own_seed(tmp_path: Path):
 
 
 def test_resident_bounds_the_members_kept(tmp_path: Path, writes):
-    result = pt.run(
-        CountingQuadratic,
-        space=quadratic_space(),
-        metric="q",
-        population=3,
-        intervals=4,
-        storage=f"sqlite:///{tmp_path / 'poptune.db'}",
-        seed=0,
-        progress=False,
-        exploit=None,
-        resident=1,
-    )
+    result = run(tmp_path, population=3, intervals=4, exploit=None, resident=1)
     # one member in memory at a time, trained least-advanced first: a member continues in
     # memory only when it is claimed right after its own interval; every other time it is
     # rebuilt and restored from its checkpoint (how often depends on when writes finish)

@@ -265,12 +265,20 @@ def dumps(state: Any) -> bytes:
         >>> load(dumps({"step": 3, "w": np.zeros(2)}))
         {'step': 3, 'w': array([0., 0.])}
     """
+    return bytes(_pack(state))
+
+
+def _pack(state: Any) -> bytearray:
+    """``state`` in poptune's format, laid out in one new buffer (every array copied once)."""
     head, buffers = _encode(state)
-    parts: list[bytes | memoryview] = [head]
+    data = bytearray(len(head) + sum(_align(buffer.nbytes) for buffer in buffers))
+    view = memoryview(data)
+    view[: len(head)] = head
+    position = len(head)
     for buffer in buffers:
-        parts.append(buffer)
-        parts.append(_ZEROS[: _align(buffer.nbytes) - buffer.nbytes])
-    return b"".join(parts)
+        view[position : position + buffer.nbytes] = memoryview(buffer).cast("B")
+        position += _align(buffer.nbytes)
+    return data
 
 
 def array_bytes(state: Any) -> int:
@@ -304,15 +312,7 @@ def copy(state: Any) -> Any:
         >>> copy({"w": np.ones(2)})
         {'w': array([1., 1.])}
     """
-    head, buffers = _encode(state)
-    data = bytearray(len(head) + sum(_align(buffer.nbytes) for buffer in buffers))
-    view = memoryview(data)
-    view[: len(head)] = head
-    position = len(head)
-    for buffer in buffers:
-        view[position : position + buffer.nbytes] = memoryview(buffer).cast("B")
-        position += _align(buffer.nbytes)
-    return load(data, copy=False)
+    return load(_pack(state), copy=False)
 
 
 def load(data: bytes | bytearray | memoryview, *, copy: bool = True) -> Any:

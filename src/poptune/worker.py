@@ -164,8 +164,7 @@ class Worker:
                 self.flush(timeout=self.lease_seconds / 3 if interrupted else None)
             finally:
                 for claim in list(self._held.values()):  # jobs a failed write left unrun
-                    self._forget(claim)
-                    self._release_quietly(claim)
+                    self._abandon(claim)
                 self.live.close()
                 self._closed.set()
                 self._doomed.put(None)
@@ -182,7 +181,7 @@ class Worker:
             if member.exploit_pending:
                 member, restore = self.exploit_and_explore(claim)
                 if member.step >= self.spec.intervals:
-                    del self._held[member.id]
+                    self._forget(claim)
                     return  # it copied weights that are at the budget: the member is done
             member, live = self.restore(claim, member, restore)
             interval, state = self.train_one_interval(live, member)
@@ -194,8 +193,7 @@ class Worker:
             self._forget(claim)
             return
         except BaseException:
-            self._forget(claim)
-            self._release_quietly(claim)
+            self._abandon(claim)
             raise
         job = functools.partial(self.save_and_record, claim, live, interval, state)
         if serialization.array_bytes(state) >= self._background_bytes:
@@ -291,7 +289,6 @@ class Worker:
                     damaged = (ref.member, ref.step)
                 else:
                     live = live if live is not None else self._build(member)
-                    live.holds = None
                     self._user_code(live.session.load, state)
                     live.holds = ref
                     return member, live
@@ -391,8 +388,7 @@ class Worker:
             self._forget(claim)
             return
         except BaseException:
-            self._forget(claim)
-            self._release_quietly(claim)
+            self._abandon(claim)
             raise
         self._held.pop(claim.member.id, None)
         self.trained += 1
@@ -440,6 +436,15 @@ class Worker:
         """Stop holding ``claim``; its live weights (if any) are no longer trusted."""
         self._held.pop(claim.member.id, None)
         self.live.drop(claim.member.id)
+
+    def _abandon(self, claim: Claim) -> None:
+        """Forget ``claim`` and give the member back unchanged (best effort: else its lease
+        expires)."""
+        self._forget(claim)
+        try:
+            self.storage.release(claim)
+        except Exception:  # the lease will expire; nothing recorded is lost either way
+            log.debug("Could not release member %d", claim.member.id, exc_info=True)
 
     # --- housekeeping --------------------------------------------------------------------
 
@@ -558,12 +563,6 @@ class Worker:
             raise PopulationError(
                 f"The explore strategy returned invalid hparams: {error}"
             ) from None
-
-    def _release_quietly(self, claim: Claim) -> None:
-        try:
-            self.storage.release(claim)
-        except Exception:  # the lease will expire; nothing recorded is lost either way
-            log.debug("Could not release member %d", claim.member.id, exc_info=True)
 
     def _delete_files(self) -> None:
         while (ref := self._doomed.get()) is not None:
