@@ -438,7 +438,7 @@ def _expire_dead_local_claims(store: Storage, record: PopulationRecord) -> None:
         pid_text = rest.partition(":")[0]
         if owner_host == host and pid_text.isdigit() and not _alive(int(pid_text)):
             dead.add(owner)
-    if dead and store.expire_claims(record.id, sorted(dead)):
+    if dead and store.release_claims(record.id, sorted(dead)):
         log.warning("Took back members held by %d dead worker(s) of this machine.", len(dead))
 
 

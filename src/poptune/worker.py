@@ -165,6 +165,8 @@ class Worker:
             finally:
                 for claim in list(self._held.values()):  # jobs a failed write left unrun
                     self._abandon(claim)
+                if interrupted:  # Ctrl-C can land between a claim's commit and its return
+                    self._release_all()
                 self.live.close()
                 self._closed.set()
                 self._doomed.put(None)
@@ -445,6 +447,14 @@ class Worker:
             self.storage.release(claim)
         except Exception:  # the lease will expire; nothing recorded is lost either way
             log.debug("Could not release member %d", claim.member.id, exc_info=True)
+
+    def _release_all(self) -> None:
+        """Give back every member the storage says this worker holds, including one whose claim
+        committed but never reached us (best effort: else the leases expire)."""
+        try:
+            self.storage.release_claims(self.population_id, [self.owner])
+        except Exception:
+            log.debug("Could not release the members of %s", self.owner, exc_info=True)
 
     # --- housekeeping --------------------------------------------------------------------
 

@@ -150,3 +150,47 @@ def test_non_finite_scores_are_the_worst_and_never_copied(tmp_path: Path, monkey
     }
     assert not [e for e in exploits if (e.donor, e.donor_step) in bad]  # never a donor
     assert math.isfinite(result.best.score)
+
+
+class _CtrlCAfterCommit:
+    """A storage whose third claim commits, then Ctrl-C arrives before the claim is returned."""
+
+    def __init__(self, storage: SQLStorage) -> None:
+        self.storage, self.claims = storage, 0
+
+    def __getattr__(self, name: str):
+        return getattr(self.storage, name)
+
+    def claim(self, *args, **kwargs):
+        claim = self.storage.claim(*args, **kwargs)
+        self.claims += 1
+        if self.claims == 3:
+            raise KeyboardInterrupt
+        return claim
+
+
+def test_ctrl_c_between_a_claims_commit_and_its_return_gives_the_member_back(tmp_path: Path):
+    runner = CreateOnlyRunner()
+    pt.run(
+        Quadratic,
+        space=quadratic_space(),
+        metric="q",
+        population=4,
+        intervals=5,
+        storage=f"sqlite:///{tmp_path / 'p.db'}",
+        name="cut",
+        seed=0,
+        progress=False,
+        runner=runner,
+    )
+    target, storage = runner.target, runner.storage
+    worker = Worker(
+        target.spec, _CtrlCAfterCommit(storage), runner.checkpoints, target.population_id
+    )
+    with pytest.raises(KeyboardInterrupt):
+        worker.run()
+    assert worker.trained == 2
+    assert storage.claims(target.population_id) == {}  # nobody holds a member any more
+    members = storage.members(target.population_id)
+    assert sorted(m.step for m in members) == [0, 0, 1, 1]
+    assert {m.status for m in members} == {pt.MemberStatus.IDLE}

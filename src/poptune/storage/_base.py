@@ -212,8 +212,9 @@ class Storage(Protocol):
         """How many failures were recorded since the last successful interval."""
         ...
 
-    def expire_claims(self, population_id: int, owners: Sequence[str]) -> int:
-        """End the leases held by ``owners`` (workers known to be dead); return how many."""
+    def release_claims(self, population_id: int, owners: Sequence[str]) -> int:
+        """Give back, unchanged, every member held by ``owners`` (workers that are gone or
+        stopping); return how many."""
         ...
 
     def claims(self, population_id: int) -> dict[int, str]:

@@ -809,8 +809,9 @@ class SQLStorage:
             status=PopulationStatus(status),
         )
 
-    def expire_claims(self, population_id: int, owners: Sequence[str]) -> int:
-        """End the leases held by ``owners`` (workers known to be dead); return how many."""
+    def release_claims(self, population_id: int, owners: Sequence[str]) -> int:
+        """Give back, unchanged, every member held by ``owners`` (workers that are gone or
+        stopping); return how many."""
         if not owners:
             return 0
         m = members.c
@@ -822,7 +823,7 @@ class SQLStorage:
                     m.status == MemberStatus.RUNNING.value,
                     m.owner.in_(list(owners)),
                 )
-                .values(lease_until=0.0)
+                .values(status=MemberStatus.IDLE.value, owner=None, lease_until=None)
             )
         return int(result.rowcount)
 
@@ -879,7 +880,7 @@ for _name in (
     "checkpoints",
     "collect_garbage",
     "summary",
-    "expire_claims",
+    "release_claims",
     "claims",
     "reopen_members",
 ):
