@@ -9,14 +9,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from poptune.checkpoints import CheckpointCorrupt, LocalCheckpoints, open_checkpoints
+from poptune import checkpoints
+from poptune.checkpoints import (
+    DIRECT_BYTES,
+    CheckpointCorrupt,
+    LocalCheckpoints,
+    open_checkpoints,
+)
 
 
 def test_round_trip_with_checksum(tmp_path: Path):
     store = LocalCheckpoints(tmp_path)
     state = {"w": np.arange(10, dtype=np.float32), "step": 3, "opt": {0: {"m": np.ones(2)}}}
     ref = store.save(1, 2, 3, state)
-    assert (ref.member, ref.step, len(ref.sha256)) == (2, 3, 64)
+    assert (ref.member, ref.step) == (2, 3)
+    assert ref.checksum == checkpoints.checksum((tmp_path / ref.path).read_bytes())
+    assert ref.checksum.startswith("xxh3_128:") and len(ref.checksum) == 9 + 32
     assert (tmp_path / ref.path).stat().st_size == ref.size
     loaded = store.load(ref)
     assert np.array_equal(loaded["w"], state["w"]) and loaded["opt"][0]["m"].tolist() == [1, 1]
@@ -46,7 +54,7 @@ def test_damaged_checkpoints_are_detected_before_decoding(tmp_path: Path, damage
         path.unlink()
     else:
         path.write_bytes(pickle.dumps({"w": 0}).ljust(len(data), b"\0"))
-    with pytest.raises(CheckpointCorrupt, match=r"member 0|recorded|SHA-256|missing"):
+    with pytest.raises(CheckpointCorrupt, match=r"member 0|recorded|checksum|missing"):
         store.load(ref)
 
 
@@ -56,8 +64,6 @@ class _Exploit:
 
 
 def test_a_malicious_pickle_with_a_matching_checksum_is_refused(tmp_path: Path):
-    import hashlib
-
     from poptune.records import CheckpointRef
 
     marker = Path("/tmp/poptune-pwned")
@@ -65,7 +71,7 @@ def test_a_malicious_pickle_with_a_matching_checksum_is_refused(tmp_path: Path):
     payload = pickle.dumps(_Exploit())
     path = tmp_path / "evil.ckpt"
     path.write_bytes(payload)
-    ref = CheckpointRef(0, 1, "evil.ckpt", len(payload), hashlib.sha256(payload).hexdigest())
+    ref = CheckpointRef(0, 1, "evil.ckpt", len(payload), checkpoints.checksum(payload))
     with pytest.raises(CheckpointCorrupt, match="cannot be decoded"):
         LocalCheckpoints(tmp_path).load(ref)
     assert not marker.exists()
@@ -113,6 +119,90 @@ def test_a_collected_file_is_overwritten_by_the_next_save_not_reallocated(tmp_pa
     other = store.save(1, 1, 1, {"w": np.zeros(2)})
     store.delete(small)
     store.delete(other)  # the pool is full: deleted
-    assert len(list((tmp_path / "population-1").rglob("*"))) == 3  # 2 folders and 1 spare
+    files = [p for p in (tmp_path / "population-1").rglob("*") if p.is_file()]
+    assert len(files) == 1  # the pool is full: deleted
     store.close()
     assert [p for p in (tmp_path / "population-1").rglob("*") if p.is_file()] == []
+
+
+def test_workers_share_one_pool_of_spares_per_population(tmp_path: Path):
+    collector, writer = LocalCheckpoints(tmp_path), LocalCheckpoints(tmp_path)  # two workers
+    old = collector.save(1, 0, 1, {"w": np.arange(1000.0)})
+    inode = (tmp_path / old.path).stat().st_ino
+    other_population = collector.save(2, 0, 1, {"w": np.arange(1000.0)})
+    collector.delete(old)
+    collector.delete(other_population)
+    new = writer.save(1, 3, 2, {"w": np.ones(5)})  # the other worker's save reuses the file
+    assert (tmp_path / new.path).stat().st_ino == inode
+    np.testing.assert_array_equal(writer.load(new)["w"], np.ones(5))
+    collector.close()  # removes its spare that nobody took, not files now in use
+    assert [p.name for p in (tmp_path / "population-1").rglob("*") if p.is_file()] == [
+        Path(new.path).name
+    ]
+    assert [p for p in (tmp_path / "population-2").rglob("*") if p.is_file()] == []
+
+
+def test_spares_must_be_a_count(tmp_path: Path):
+    with pytest.raises(ValueError, match=r"'spares' parameter must be an int >= 0\. Got -1"):
+        LocalCheckpoints(tmp_path, spares=-1)
+    store = LocalCheckpoints(tmp_path, spares=0)
+    ref = store.save(1, 0, 1, {"w": np.zeros(3)})
+    store.delete(ref)  # no pool: deleted at once
+    assert [p for p in (tmp_path / "population-1").rglob("*") if p.is_file()] == []
+
+
+def _large_state() -> dict:
+    """Over DIRECT_BYTES, with sizes that are not multiples of a block."""
+    rng = np.random.default_rng(0)
+    return {
+        "w": rng.standard_normal(DIRECT_BYTES // 8 + 12345),
+        "b": rng.standard_normal(7).astype(np.float32),
+        "step": 3,
+    }
+
+
+def test_large_states_go_around_the_page_cache_and_come_back_exact(tmp_path: Path):
+    store = LocalCheckpoints(tmp_path, direct=True)
+    state = _large_state()
+    ref = store.save(1, 0, 1, state)
+    path = tmp_path / ref.path
+    assert path.stat().st_size == ref.size  # padded blocks cut back to the exact size
+    assert checkpoints.checksum(path.read_bytes()) == ref.checksum
+    loaded = store.load(ref)
+    np.testing.assert_array_equal(loaded["w"], state["w"])
+    np.testing.assert_array_equal(loaded["b"], state["b"])
+    assert loaded["step"] == 3
+    loaded["w"][0] = 42.0  # decoded in place, writable, and the file is untouched
+    assert store.load(ref)["w"][0] == state["w"][0]
+    buffered = LocalCheckpoints(tmp_path / "buffered", direct=False).save(1, 0, 1, state)
+    assert (buffered.size, buffered.checksum) == (ref.size, ref.checksum)  # the same bytes
+
+
+def test_a_direct_save_into_a_longer_spare_is_cut_to_size(tmp_path: Path):
+    store = LocalCheckpoints(tmp_path, direct=True)
+    big = store.save(1, 0, 1, {"w": np.zeros(DIRECT_BYTES // 4)})  # 2 x DIRECT_BYTES
+    inode = (tmp_path / big.path).stat().st_ino
+    store.delete(big)
+    ref = store.save(1, 0, 2, _large_state())
+    assert (tmp_path / ref.path).stat().st_ino == inode
+    assert (tmp_path / ref.path).stat().st_size == ref.size
+    np.testing.assert_array_equal(store.load(ref)["w"], _large_state()["w"])
+
+
+def test_a_filesystem_without_direct_io_falls_back_to_the_page_cache(tmp_path: Path, monkeypatch):
+    def refuse(path: Path, flags: int) -> int:
+        raise checkpoints._DirectRefused("Invalid argument")
+
+    monkeypatch.setattr(checkpoints, "_open_direct", refuse)
+    store = LocalCheckpoints(tmp_path, direct=True)
+    ref = store.save(1, 0, 1, _large_state())
+    assert store.direct is False  # asked once, then never again
+    np.testing.assert_array_equal(store.load(ref)["w"], _large_state()["w"])
+    assert [p.name for p in tmp_path.rglob("*.tmp")] == []
+
+
+def test_direct_io_can_be_turned_off_from_the_environment(tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("POPTUNE_DIRECT_IO", "0")
+    assert LocalCheckpoints(tmp_path).direct is False
+    monkeypatch.delenv("POPTUNE_DIRECT_IO")
+    assert LocalCheckpoints(tmp_path).direct is hasattr(os, "O_DIRECT")

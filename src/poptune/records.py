@@ -65,7 +65,7 @@ class CheckpointRef:
     step: int
     path: str
     size: int
-    sha256: str
+    checksum: str  # "xxh3_128:<hex>", or a bare SHA-256 hex for older checkpoints
 
 
 @dataclass(frozen=True)

@@ -52,7 +52,7 @@ __all__ = [
     "redact_url",
 ]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 #: Set in the configuration of populations recorded before schema 3, whose ``step`` counted the
 #: intervals a member trained itself rather than the intervals behind its weights. They can be
 #: read but not continued.
@@ -123,7 +123,7 @@ checkpoints = sa.Table(
     sa.Column("step", sa.Integer, primary_key=True, autoincrement=False),
     sa.Column("path", sa.Text, nullable=False),
     sa.Column("size", sa.BigInteger, nullable=False),
-    sa.Column("sha256", sa.String(64), nullable=False),
+    sa.Column("checksum", sa.String(64), nullable=False),
 )
 
 exploits = sa.Table(
@@ -223,9 +223,17 @@ def _mark_legacy_steps(connection: Connection) -> int:
     return 3
 
 
+def _name_checksums(connection: Connection) -> int:
+    """Schema 3 -> 4: checkpoints record a named checksum (``"xxh3_128:<hex>"``) instead of a
+    SHA-256. The column is renamed; the SHA-256 values already in it stay valid (a bare hex
+    checksum is verified as SHA-256)."""
+    connection.execute(sa.text("ALTER TABLE poptune_checkpoints RENAME COLUMN sha256 TO checksum"))
+    return 4
+
+
 #: schema version -> the function that upgrades a database from it, in place, and returns the
 #: version it upgraded to. Each runs in the transaction that opens the storage.
-_MIGRATIONS: dict[int, Any] = {2: _mark_legacy_steps}
+_MIGRATIONS: dict[int, Any] = {2: _mark_legacy_steps, 3: _name_checksums}
 
 
 def _dumps(value: Any) -> str:
@@ -470,7 +478,7 @@ class SQLStorage:
         checkpoint = None
         if row.c_path is not None:
             checkpoint = CheckpointRef(
-                row.restore_member, row.restore_step, row.c_path, row.c_size, row.c_sha256
+                row.restore_member, row.restore_step, row.c_path, row.c_size, row.c_checksum
             )
         return Claim(population_id, _member(row), owner, token, checkpoint)
 
@@ -551,7 +559,7 @@ class SQLStorage:
                     "step": checkpoint.step,
                     "path": checkpoint.path,
                     "size": checkpoint.size,
-                    "sha256": checkpoint.sha256,
+                    "checksum": checkpoint.checksum,
                 },
             )
             connection.execute(_STREAK_RESET, {"pid": claim.population_id})
@@ -751,7 +759,7 @@ class SQLStorage:
                     c.population_id == population_id,
                     c.member_id == ref.member,
                     c.step == ref.step,
-                    c.sha256 == ref.sha256,
+                    c.checksum == ref.checksum,
                 )
             )
 
@@ -924,7 +932,7 @@ _CLAIM = (
         members,
         _c.path.label("c_path"),
         _c.size.label("c_size"),
-        _c.sha256.label("c_sha256"),
+        _c.checksum.label("c_checksum"),
     )
     .select_from(
         members.outerjoin(
@@ -1193,4 +1201,4 @@ def _interval(row: Any) -> IntervalRecord:
 
 
 def _checkpoint(row: Any) -> CheckpointRef:
-    return CheckpointRef(row.member_id, row.step, row.path, row.size, row.sha256)
+    return CheckpointRef(row.member_id, row.step, row.path, row.size, row.checksum)
