@@ -19,7 +19,14 @@ from .records import Mode, PopulationRecord, PopulationStatus
 from .results import Result
 from .runners import InProcessRunner, LocalProcessRunner, RayRunner, Runner, WorkerTarget
 from .space import Space, space_from_dict
-from .storage import LEGACY_STEPS, PopulationNotFound, Storage, open_storage, redact_url
+from .storage import (
+    LEGACY_STEPS,
+    PopulationExists,
+    PopulationNotFound,
+    Storage,
+    open_storage,
+    redact_url,
+)
 from .strategies import Every, Perturb, Truncation, describe, rebuild
 from .trainable import check_trainable
 from .worker import PopulationError, RunSpec, Worker, rng_for
@@ -173,9 +180,12 @@ def run(
     except PopulationNotFound:
         record = None
     if record is None:
-        store_url = _checkpoints_url(store, checkpoints)
-        config["checkpoints"] = store_url
-        record = store.create_population(name, config, start)
+        config["checkpoints"] = _checkpoints_url(store, checkpoints)
+        try:
+            record = store.create_population(name, config, start)
+        except PopulationExists:  # an identical run started at the same time created it
+            record = store.population(name)
+            _check_same(record, config, store)
     else:
         _check_same(record, config, store)
         log.warning(

@@ -53,6 +53,7 @@ __all__ = [
 ]
 
 SCHEMA_VERSION = 4
+_LOCK = 0x706F7074756E65  # "poptune": the advisory lock that serialises schema creation
 #: Set in the configuration of populations recorded before schema 3, whose ``step`` counted the
 #: intervals a member trained itself rather than the intervals behind its weights. They can be
 #: read but not continued.
@@ -335,6 +336,11 @@ class SQLStorage:
 
     def _create_schema(self) -> None:
         with self._write() as connection:
+            if connection.dialect.name == "postgresql":
+                # Processes opening a new database at once would race in CREATE TABLE (a
+                # duplicate key in PostgreSQL's catalog): one creates, the others wait. (On
+                # SQLite, BEGIN IMMEDIATE already serialises them.)
+                connection.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK})
             metadata.create_all(connection)
             row = connection.execute(
                 sa.select(meta_table.c.value).where(meta_table.c.key == "schema_version")
@@ -865,6 +871,7 @@ class SQLStorage:
 
 # Every public method is one transaction: retry it through transient errors.
 for _name in (
+    "_create_schema",
     "create_population",
     "population",
     "populations",
