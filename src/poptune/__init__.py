@@ -9,7 +9,7 @@ Example:
 
 from .checkpoints import CheckpointCorrupt, LocalCheckpoints
 from .loop import Context, Interval, LoopError
-from .population import load, resume, run
+from .population import delete, load, resume, run
 from .records import (
     Candidate,
     CheckpointRef,
@@ -88,6 +88,7 @@ __all__ = [
     "Uniform",
     "Worker",
     "__version__",
+    "delete",
     "load",
     "open_storage",
     "resume",

@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .devices import CUDA_VISIBLE_DEVICES, apply_environment, device_environment, parse_device
+from .population import delete as delete_population
 from .population import load
 from .records import MemberRecord, Mode
 from .results import Result
@@ -120,6 +121,26 @@ def list_command(storage: str | None) -> None:
             created,
         )
     Console().print(table)
+
+
+@main.command()
+@click.argument("name")
+@_storage_option
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@_errors
+def delete(name: str, storage: str | None, yes: bool) -> None:
+    """Delete population NAME: its records and its checkpoint files (no undo)."""
+    store = open_storage(storage)
+    record = store.population(name)  # fails clearly, listing the names, before asking
+    summary = store.summary(record.id, int(record.config["intervals"]), Mode(record.config["mode"]))
+    if not yes:
+        click.confirm(
+            f"Delete population {name!r} ({record.status.value}, {summary.steps_done} intervals "
+            f"recorded) and its checkpoints in {record.config.get('checkpoints')}?",
+            abort=True,
+        )
+    delete_population(store, name)
+    click.echo(f"Deleted population {name!r} from {redact_url(store.url)}.")
 
 
 @main.command()

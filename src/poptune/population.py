@@ -31,7 +31,7 @@ from .strategies import Every, Perturb, Truncation, describe, rebuild
 from .trainable import check_trainable
 from .worker import PopulationError, RunSpec, Worker, rng_for
 
-__all__ = ["join", "load", "resume", "run"]
+__all__ = ["delete", "join", "load", "resume", "run"]
 
 log = logging.getLogger("poptune")
 
@@ -178,6 +178,17 @@ def run(
     try:
         record = store.population(name)
     except PopulationNotFound:
+        record = None
+    if record is not None and _differences(record, config) and _never_trained(store, record):
+        log.warning(
+            "Population %r in %s never recorded an interval (status %s), and this run has "
+            "another configuration (%s): replacing it.",
+            name,
+            redact_url(store.url),
+            record.status.value,
+            "; ".join(_differences(record, config)),
+        )
+        _delete(store, record)
         record = None
     if record is None:
         config["checkpoints"] = _checkpoints_url(store, checkpoints)
@@ -473,23 +484,65 @@ def _reopen(store: Storage, record: PopulationRecord) -> None:
         store.set_status(record.id, PopulationStatus.RUNNING, None)
 
 
-def _check_same(record: PopulationRecord, config: Mapping[str, Any], store: Storage) -> None:
+def _differences(record: PopulationRecord, config: Mapping[str, Any]) -> list[str]:
+    """Where ``config`` and the stored configuration disagree on the algorithm."""
     stored = record.config
-    differing = [
-        key
+    return [
+        f"{key}: stored {stored.get(key)!r}, given {config.get(key)!r}"
         for key in _ALGORITHM_KEYS
         if _comparable(stored.get(key)) != _comparable(config.get(key))
     ]
+
+
+def _check_same(record: PopulationRecord, config: Mapping[str, Any], store: Storage) -> None:
+    differing = _differences(record, config)
     if differing:
-        details = "; ".join(
-            f"{key}: stored {stored.get(key)!r}, given {config.get(key)!r}" for key in differing
-        )
         raise ValueError(
             f"A population named {record.name!r} already exists in {redact_url(store.url)} with a "
-            "different "
-            f"configuration ({details}). Choose another name, or continue the stored one with "
-            f"pt.load(storage, {record.name!r}).resume() / `poptune resume {record.name}`."
+            f"different configuration ({'; '.join(differing)}). Choose another name, continue "
+            f"the stored one with pt.load(storage, {record.name!r}).resume() / `poptune resume "
+            f"{record.name}`, or delete it with `poptune delete {record.name}`."
         )
+
+
+def _never_trained(store: Storage, record: PopulationRecord) -> bool:
+    """Whether the population has nothing worth keeping: no interval recorded, and no worker
+    (alive) training one."""
+    _expire_dead_local_claims(store, record)
+    return not store.intervals(record.id) and not store.claims(record.id)
+
+
+def delete(storage: str | Storage | None, name: str) -> None:
+    """Delete a stored population: its records and its checkpoint files. There is no undo.
+
+    Raises:
+        PopulationNotFound: if there is no population called ``name`` (the message lists them).
+        PopulationError: if workers hold members of it (stop them first).
+    """
+    store = open_storage(storage)
+    record = store.population(name)
+    _expire_dead_local_claims(store, record)
+    held = store.claims(record.id)
+    if held:
+        raise PopulationError(
+            f"Population {name!r} is being trained: workers {sorted(set(held.values()))} hold "
+            f"members {sorted(held)}. Stop them (Ctrl-C), or wait for their leases to expire, "
+            "then delete it."
+        )
+    _delete(store, record)
+
+
+def _delete(store: Storage, record: PopulationRecord) -> None:
+    """Delete the population's rows, then every file of it (nothing refers to them any more)."""
+    refs = store.delete_population(record.id)
+    location = record.config.get("checkpoints")
+    if not location:
+        return
+    files = open_checkpoints(location)
+    paths = {ref.path for ref in refs} | set(files.files(record.id))
+    for path in sorted(paths):
+        files.remove(path)
+    files.close()
 
 
 def _comparable(value: Any) -> Any:

@@ -121,6 +121,11 @@ class Storage(Protocol):
         """
         ...
 
+    def delete_population(self, population_id: int) -> list[CheckpointRef]:
+        """Delete the population and everything recorded for it, in one transaction; return
+        its checkpoints, whose files nothing can reach any more."""
+        ...
+
     def population(self, name: str) -> PopulationRecord:
         """Read a population by name. Raises :class:`PopulationNotFound`."""
         ...

@@ -421,6 +421,19 @@ class SQLStorage:
             raise PopulationExists(f"A population named {name!r} already exists.") from None
         return self.population(name)
 
+    def delete_population(self, population_id: int) -> list[CheckpointRef]:
+        """Delete the population and everything recorded for it, in one transaction; return
+        its checkpoints, whose files nothing can reach any more."""
+        with self._write() as connection:
+            c = checkpoints.c
+            rows = connection.execute(
+                sa.select(checkpoints).where(c.population_id == population_id)
+            ).all()
+            for table in (failures, exploits, checkpoints, intervals, members):
+                connection.execute(table.delete().where(table.c.population_id == population_id))
+            connection.execute(populations.delete().where(populations.c.id == population_id))
+        return [_checkpoint(row) for row in rows]
+
     def population(self, name: str) -> PopulationRecord:
         """The population called ``name``."""
         with self._read() as connection:
@@ -873,6 +886,7 @@ class SQLStorage:
 for _name in (
     "_create_schema",
     "create_population",
+    "delete_population",
     "population",
     "populations",
     "set_status",

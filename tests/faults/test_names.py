@@ -1,0 +1,85 @@
+"""A name is never poisoned: a run that recorded nothing is replaced by a corrected one, and
+any population can be deleted (records and files) once no worker trains it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+import poptune as pt
+from poptune.cli import main
+from poptune.records import PopulationStatus
+from poptune.storage import PopulationNotFound
+from poptune.testing import Quadratic, quadratic_space
+
+
+def _run(url: str, tmp_path: Path, **overrides):
+    options = dict(
+        space=quadratic_space(),
+        metric="q",
+        population=3,
+        intervals=2,
+        storage=url,
+        checkpoints=tmp_path / "checkpoints",
+        name="p",
+        seed=0,
+        progress=False,
+    )
+    return pt.run(Quadratic, **{**options, **overrides})
+
+
+def test_a_wrong_metric_name_does_not_poison_the_name(storage_url: str, tmp_path: Path, caplog):
+    with pytest.raises(pt.PopulationError, match=r"no metric 'accuracy'.*keys \['q'"):
+        _run(storage_url, tmp_path, metric="accuracy")
+    assert pt.load(storage_url, "p").status == "error"
+    result = _run(storage_url, tmp_path)  # corrected: replaces what never recorded anything
+    assert result.status == "finished" and result.metric == "q"
+    assert len(result.intervals()) == 3 * 2
+    assert "never recorded an interval" in caplog.text and "replacing it" in caplog.text
+    assert [r.name for r in result.storage.populations()] == ["p"]
+
+
+def test_a_population_that_trained_is_never_replaced(storage_url: str, tmp_path: Path):
+    _run(storage_url, tmp_path)
+    with pytest.raises(ValueError, match=r"different configuration.*poptune delete p"):
+        _run(storage_url, tmp_path, intervals=3)
+    assert len(pt.load(storage_url, "p").intervals()) == 3 * 2
+
+
+def test_delete_removes_records_and_files_but_not_while_trained(storage_url: str, tmp_path):
+    result = _run(storage_url, tmp_path)
+    _run(storage_url, tmp_path, name="other")
+    store, pid = result.storage, result.record.id
+    folder = tmp_path / "checkpoints" / f"population-{pid}"
+    assert [f for f in folder.rglob("*") if f.is_file()]
+    store.set_status(pid, PopulationStatus.RUNNING, None)  # a worker elsewhere trains it on
+    store.reopen_members(pid, 3)
+    claim = store.claim(pid, "elsewhere:1:worker", 3, 60.0, sync=False)
+    assert claim is not None
+    with pytest.raises(pt.PopulationError, match=r"being trained.*elsewhere:1:worker"):
+        pt.delete(storage_url, "p")
+    store.release(claim)
+    pt.delete(storage_url, "p")
+    with pytest.raises(PopulationNotFound):
+        pt.load(storage_url, "p")
+    assert not [
+        f
+        for f in (tmp_path / "checkpoints").rglob("*")
+        if f.is_file() and f.is_relative_to(tmp_path / "checkpoints" / f"population-{pid}")
+    ]
+    assert len(pt.load(storage_url, "other").intervals()) == 6  # the others are untouched
+
+
+def test_cli_delete_asks_first(tmp_path: Path):
+    url = f"sqlite:///{tmp_path / 'p.db'}"
+    _run(url, tmp_path)
+    runner = CliRunner()
+    kept = runner.invoke(main, ["delete", "p", "--storage", url], input="n\n")
+    assert kept.exit_code == 1 and "Delete population 'p' (finished, 6 intervals" in kept.output
+    assert pt.load(url, "p").status == "finished"
+    deleted = runner.invoke(main, ["delete", "p", "--storage", url, "--yes"])
+    assert deleted.exit_code == 0 and "Deleted population 'p'" in deleted.output
+    missing = runner.invoke(main, ["delete", "p", "--storage", url, "--yes"])
+    assert missing.exit_code != 0 and "No population named 'p'" in missing.output
