@@ -7,7 +7,7 @@ Example:
     >>> result.best, result.schedule()                                         # doctest: +SKIP
 """
 
-from .checkpoints import CheckpointCorrupt, LocalCheckpoints
+from .checkpoints import CheckpointCorrupt, CheckpointMissing, LocalCheckpoints
 from .loop import Context, Interval, LoopError
 from .population import delete, load, resume, run
 from .records import (
@@ -45,6 +45,7 @@ __all__ = [
     "Best",
     "Candidate",
     "CheckpointCorrupt",
+    "CheckpointMissing",
     "CheckpointRef",
     "Choice",
     "Context",

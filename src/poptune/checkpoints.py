@@ -45,6 +45,7 @@ _STAGING = 1 * 2**20  # the aligned buffer that direct writes go through
 
 __all__ = [
     "CheckpointCorrupt",
+    "CheckpointMissing",
     "CheckpointStore",
     "FsspecCheckpoints",
     "LocalCheckpoints",
@@ -55,6 +56,11 @@ __all__ = [
 
 class CheckpointCorrupt(RuntimeError):
     """A checkpoint file is missing, truncated or does not match its recorded checksum."""
+
+
+class CheckpointMissing(CheckpointCorrupt):
+    """A checkpoint's file is not where the store looks for it: deleted, or the folder moved
+    (then open the population with ``checkpoints=`` its new location)."""
 
 
 class CheckpointStore(Protocol):
@@ -283,7 +289,7 @@ class LocalCheckpoints:
             else:
                 data = _read(path)
         except FileNotFoundError:
-            raise CheckpointCorrupt(
+            raise CheckpointMissing(
                 f"Checkpoint of member {ref.member} at step {ref.step} is missing: {path}."
             ) from None
         return _verified(data, ref, str(path))
@@ -406,7 +412,7 @@ class FsspecCheckpoints:
         try:
             data = bytearray(self.fs.cat_file(self._path(ref.path)))
         except FileNotFoundError:
-            raise CheckpointCorrupt(
+            raise CheckpointMissing(
                 f"Checkpoint of member {ref.member} at step {ref.step} is missing: "
                 f"{self.url}/{ref.path}."
             ) from None

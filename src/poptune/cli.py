@@ -18,8 +18,8 @@ from rich.console import Console
 from rich.table import Table
 
 from .devices import CUDA_VISIBLE_DEVICES, apply_environment, device_environment, parse_device
+from .population import checkpoints_location, load
 from .population import delete as delete_population
-from .population import load
 from .records import MemberRecord, Mode
 from .results import Result
 from .storage import PopulationNotFound, StorageError, default_storage_url, open_storage, redact_url
@@ -33,6 +33,15 @@ _storage_option = click.option(
     default=None,
     metavar="URL",
     help="SQLAlchemy URL of the storage (default: $POPTUNE_STORAGE or sqlite:///runs/poptune.db).",
+)
+
+_checkpoints_option = click.option(
+    "--checkpoints",
+    "checkpoints",
+    default=None,
+    metavar="PATH_OR_URL",
+    help="Where this machine finds the population's checkpoints, if not where they were "
+    "recorded (the default folder next to a SQLite file moves with it).",
 )
 
 
@@ -126,26 +135,29 @@ def list_command(storage: str | None) -> None:
 @main.command()
 @click.argument("name")
 @_storage_option
+@_checkpoints_option
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @_errors
-def delete(name: str, storage: str | None, yes: bool) -> None:
+def delete(name: str, storage: str | None, checkpoints: str | None, yes: bool) -> None:
     """Delete population NAME: its records and its checkpoint files (no undo)."""
     store = open_storage(storage)
     record = store.population(name)  # fails clearly, listing the names, before asking
     summary = store.summary(record.id, int(record.config["intervals"]), Mode(record.config["mode"]))
     if not yes:
+        folder = checkpoints or checkpoints_location(store, record)
         click.confirm(
             f"Delete population {name!r} ({record.status.value}, {summary.steps_done} intervals "
-            f"recorded) and its checkpoints in {record.config.get('checkpoints')}?",
+            f"recorded) and its checkpoints in {folder}?",
             abort=True,
         )
-    delete_population(store, name)
+    delete_population(store, name, checkpoints)
     click.echo(f"Deleted population {name!r} from {redact_url(store.url)}.")
 
 
 @main.command()
 @click.argument("name")
 @_storage_option
+@_checkpoints_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 @click.option("--watch", is_flag=True, help="Refresh until the population stops (Ctrl-C quits).")
 @click.option(
@@ -156,9 +168,16 @@ def delete(name: str, storage: str | None, yes: bool) -> None:
     help="Seconds between refreshes with --watch.",
 )
 @_errors
-def status(name: str, storage: str | None, as_json: bool, watch: bool, every: float) -> None:
+def status(
+    name: str,
+    storage: str | None,
+    checkpoints: str | None,
+    as_json: bool,
+    watch: bool,
+    every: float,
+) -> None:
     """Show every member of population NAME: step, score, hparams, parent."""
-    result = load(storage, name)
+    result = load(storage, name, checkpoints)
     if watch:
         _watch(result, every)
         return
@@ -229,6 +248,7 @@ def _watch(result: Result, every: float) -> None:
 @main.command()
 @click.argument("name")
 @_storage_option
+@_checkpoints_option
 @click.option(
     "-o",
     "--output",
@@ -238,9 +258,9 @@ def _watch(result: Result, every: float) -> None:
     help="Where to write the HTML (default: NAME-report.html).",
 )
 @_errors
-def report(name: str, storage: str | None, output: str | None) -> None:
+def report(name: str, storage: str | None, checkpoints: str | None, output: str | None) -> None:
     """Write a self-contained HTML report of population NAME."""
-    result = load(storage, name)
+    result = load(storage, name, checkpoints)
     path = result.report(output or f"{name}-report.html")
     click.echo(f"Wrote {path}")
 
@@ -248,6 +268,7 @@ def report(name: str, storage: str | None, output: str | None) -> None:
 @main.command()
 @click.argument("name")
 @_storage_option
+@_checkpoints_option
 @click.option(
     "--kind",
     type=click.Choice(["scores", "hparams", "lineage"]),
@@ -263,19 +284,20 @@ def report(name: str, storage: str | None, output: str | None) -> None:
     help="Image file: .png, .svg or .pdf.",
 )
 @_errors
-def plot(name: str, storage: str | None, kind: str, output: str) -> None:
+def plot(name: str, storage: str | None, checkpoints: str | None, kind: str, output: str) -> None:
     """Save a static figure of population NAME (needs matplotlib)."""
-    path = load(storage, name).plot(kind, output)
+    path = load(storage, name, checkpoints).plot(kind, output)
     click.echo(f"Wrote {path}")
 
 
 @main.command()
 @click.argument("name")
 @_storage_option
+@_checkpoints_option
 @_errors
-def best(name: str, storage: str | None) -> None:
+def best(name: str, storage: str | None, checkpoints: str | None) -> None:
     """Print the best member of population NAME as JSON."""
-    result = load(storage, name)
+    result = load(storage, name, checkpoints)
     chosen = result.best
     payload = {
         "population": result.name,
@@ -293,12 +315,15 @@ def best(name: str, storage: str | None) -> None:
 @main.command()
 @click.argument("name")
 @_storage_option
+@_checkpoints_option
 @click.option("--member", type=int, default=None, help="Follow this member instead of the best.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 @_errors
-def schedule(name: str, storage: str | None, member: int | None, as_json: bool) -> None:
+def schedule(
+    name: str, storage: str | None, checkpoints: str | None, member: int | None, as_json: bool
+) -> None:
     """Print the hyperparameter schedule of the best member's lineage in population NAME."""
-    result = load(storage, name)
+    result = load(storage, name, checkpoints)
     entries = result.schedule(member)
     if as_json:
         click.echo(
@@ -377,7 +402,7 @@ def worker(
         visible = os.environ.get(CUDA_VISIBLE_DEVICES)
         apply_environment(device_environment([parse_device(device)], 0, visible))
     try:
-        trained = join(load(storage, name), checkpoints=checkpoints, resident=resident)
+        trained = join(load(storage, name, checkpoints), checkpoints=checkpoints, resident=resident)
     except KeyboardInterrupt:
         click.echo("Interrupted; the member in progress was given back.", err=True)
         sys.exit(130)
@@ -387,6 +412,7 @@ def worker(
 @main.command()
 @click.argument("name")
 @_storage_option
+@_checkpoints_option
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--progress/--no-progress", default=True, help="Show a progress display.")
 @click.option(
@@ -399,11 +425,16 @@ def worker(
 )
 @_errors
 def resume(
-    name: str, storage: str | None, workers: int, progress: bool, devices: tuple[str, ...]
+    name: str,
+    storage: str | None,
+    checkpoints: str | None,
+    workers: int,
+    progress: bool,
+    devices: tuple[str, ...],
 ) -> None:
     """Continue population NAME to its full budget (after Ctrl-C, a crash or a failure)."""
     devices = tuple(parse_device(device) for device in devices)
-    result: Result = load(storage, name)
+    result: Result = load(storage, name, checkpoints)
     try:
         result = result.resume(workers=workers, progress=progress, devices=devices or None)
     except KeyboardInterrupt:

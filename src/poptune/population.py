@@ -228,8 +228,16 @@ def run(
     )
 
 
-def load(storage: str | Storage | None, name: str) -> Result:
+def load(
+    storage: str | Storage | None,
+    name: str,
+    checkpoints: str | os.PathLike[str] | CheckpointStore | None = None,
+) -> Result:
     """Open a stored population's results (finished, running, or interrupted).
+
+    ``checkpoints`` says where this machine finds the population's checkpoints when they are
+    not where they were recorded (a folder given to ``pt.run`` that moved, or is mounted
+    elsewhere here); the default folder next to a SQLite file moves with it by itself.
 
     Raises:
         PopulationNotFound: if there is no population called ``name`` (the message lists them).
@@ -243,7 +251,8 @@ def load(storage: str | Storage | None, name: str) -> Result:
             trainable = import_object(reference)
         except ImportError:
             trainable = None
-    return Result(store, record, open_checkpoints(record.config["checkpoints"]), trainable)
+    location = checkpoints if checkpoints is not None else checkpoints_location(store, record)
+    return Result(store, record, open_checkpoints(location), trainable)
 
 
 def resume(
@@ -276,7 +285,14 @@ def resume(
     lease = float(config.get("lease_seconds", 30.0))
     resident = _default_resident(int(config["population"]), workers)
     return _execute(
-        store, store.population(record.name), spec, progress, runner, None, lease, resident
+        store,
+        store.population(record.name),
+        spec,
+        progress,
+        runner,
+        result.checkpoint_store,
+        lease,
+        resident,
     )
 
 
@@ -300,7 +316,9 @@ def join(
     trainable = trainable if trainable is not None else _recorded_trainable(record)
     check_trainable(trainable)
     spec = _spec_from_config(config, trainable)
-    store = open_checkpoints(checkpoints if checkpoints is not None else config["checkpoints"])
+    store = open_checkpoints(
+        checkpoints if checkpoints is not None else checkpoints_location(result.storage, record)
+    )
     worker = Worker(
         spec,
         result.storage,
@@ -372,13 +390,13 @@ def _execute(
     checkpoint_store = (
         checkpoints
         if checkpoints is not None and not isinstance(checkpoints, str | os.PathLike)
-        else open_checkpoints(record.config["checkpoints"])
+        else open_checkpoints(checkpoints_location(store, record))
     )
     _check_continuable(record)
     if record.status is PopulationStatus.ERROR:
         _reopen(store, record)
     target = WorkerTarget(
-        spec, store.url, str(record.config["checkpoints"]), record.id, lease_seconds, resident
+        spec, store.url, str(checkpoint_store.url), record.id, lease_seconds, resident
     )
     committed = {ref.path for ref in store.checkpoints(record.id)}
     swept = sweep_orphans(checkpoint_store, record.id, committed, older_than=2 * lease_seconds)
@@ -512,8 +530,13 @@ def _never_trained(store: Storage, record: PopulationRecord) -> bool:
     return not store.intervals(record.id) and not store.claims(record.id)
 
 
-def delete(storage: str | Storage | None, name: str) -> None:
-    """Delete a stored population: its records and its checkpoint files. There is no undo.
+def delete(
+    storage: str | Storage | None,
+    name: str,
+    checkpoints: str | os.PathLike[str] | CheckpointStore | None = None,
+) -> None:
+    """Delete a stored population: its records and its checkpoint files (found where they
+    were recorded, or at ``checkpoints``). There is no undo.
 
     Raises:
         PopulationNotFound: if there is no population called ``name`` (the message lists them).
@@ -529,16 +552,21 @@ def delete(storage: str | Storage | None, name: str) -> None:
             f"members {sorted(held)}. Stop them (Ctrl-C), or wait for their leases to expire, "
             "then delete it."
         )
-    _delete(store, record)
+    _delete(store, record, checkpoints)
 
 
-def _delete(store: Storage, record: PopulationRecord) -> None:
+def _delete(
+    store: Storage,
+    record: PopulationRecord,
+    checkpoints: str | os.PathLike[str] | CheckpointStore | None = None,
+) -> None:
     """Delete the population's rows, then every file of it (nothing refers to them any more)."""
     refs = store.delete_population(record.id)
-    location = record.config.get("checkpoints")
-    if not location:
+    if checkpoints is None and not record.config.get("checkpoints"):
         return
-    files = open_checkpoints(location)
+    if checkpoints is None:
+        checkpoints = checkpoints_location(store, record)
+    files = open_checkpoints(checkpoints)
     paths = {ref.path for ref in refs} | set(files.files(record.id))
     for path in sorted(paths):
         files.remove(path)
@@ -561,11 +589,14 @@ def _checkpoints_url(
             open_checkpoints(checkpoints)  # fail now, clearly, if the scheme is not installed
             return checkpoints
         if isinstance(checkpoints, str | os.PathLike):
-            return str(Path(os.fspath(checkpoints)).expanduser().resolve())
+            folder = Path(os.fspath(checkpoints)).expanduser().resolve()
+            database = _sqlite_folder(store.url)
+            if database is not None and folder.is_relative_to(database):
+                return folder.relative_to(database).as_posix()  # moves with the database
+            return str(folder)
         return str(checkpoints.url)
-    url = make_url(store.url)
-    if url.get_backend_name() == "sqlite" and url.database:
-        return str(Path(url.database).expanduser().resolve().parent / "checkpoints")
+    if _sqlite_folder(store.url) is not None:
+        return "checkpoints"  # next to the database file, wherever it moves
     folder = Path(os.environ.get("POPTUNE_CHECKPOINTS") or "runs/checkpoints").resolve()
     log.warning(
         "Checkpoints go to %s (pass checkpoints= or set $POPTUNE_CHECKPOINTS). Workers on other "
@@ -573,6 +604,24 @@ def _checkpoints_url(
         folder,
     )
     return str(folder)
+
+
+def _sqlite_folder(url: str) -> Path | None:
+    """The folder of a SQLite database file, or ``None`` for other storages."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database:
+        return Path(parsed.database).expanduser().resolve().parent
+    return None
+
+
+def checkpoints_location(store: Storage, record: PopulationRecord) -> str:
+    """Where the population's checkpoints are, as recorded: an absolute folder or URL, or a
+    folder relative to the SQLite database file (the default), which moves with it."""
+    recorded = str(record.config["checkpoints"])
+    folder = _sqlite_folder(store.url)
+    if "://" in recorded or Path(recorded).is_absolute() or folder is None:
+        return recorded
+    return str(folder / recorded)
 
 
 def _initial(

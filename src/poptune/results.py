@@ -148,6 +148,11 @@ class Result:
         self._checkpoints = checkpoints
         self._trainable = trainable
 
+    @property
+    def checkpoint_store(self) -> CheckpointStore | None:
+        """Where this result reads the population's checkpoints (as given to :func:`load`)."""
+        return self._checkpoints
+
     # --- identity ------------------------------------------------------------------------
 
     @property

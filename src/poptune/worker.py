@@ -20,12 +20,12 @@ import traceback
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
 from . import serialization
-from .checkpoints import CheckpointCorrupt, CheckpointStore
+from .checkpoints import CheckpointCorrupt, CheckpointMissing, CheckpointStore
 from .live import LiveMember, LiveMembers, open_session
 from .records import (
     Candidate,
@@ -270,10 +270,12 @@ class Worker:
         live instance if this worker holds it unchanged since that checkpoint, else read from
         the store and verified by its checksum.
 
-        A missing, truncated or corrupted checkpoint is never trained on: its row is dropped
-        (so no one copies it) and the member falls back to the best healthy member's latest
-        checkpoint at its step or later (recorded as an exploit without explore). Its own older
-        checkpoints are not used: their weights trained fewer intervals than its step says.
+        A checkpoint whose file is missing stops the population with a message (nothing is
+        dropped: the folder may have moved, see :meth:`_stop_on_missing`). A truncated or
+        corrupted checkpoint is never trained on: its row is dropped (so no one copies it) and
+        the member falls back to the best healthy member's latest checkpoint at its step or
+        later (recorded as an exploit without explore). Its own older checkpoints are not used:
+        their weights trained fewer intervals than its step says.
         """
         live = self.live.get(member.id)
         if member.restore is None:  # the first interval: fresh weights
@@ -284,6 +286,11 @@ class Worker:
             if ref is not None:
                 try:
                     state = self._state_of(ref)
+                except CheckpointMissing as error:
+                    if self.storage.checkpoint(self.population_id, ref.member, ref.step) != ref:
+                        damaged = (ref.member, ref.step)  # collected meanwhile: pick again
+                    else:
+                        self._stop_on_missing(error)
                 except CheckpointCorrupt as error:
                     log.warning("%s Falling back to another checkpoint.", error)
                     self.storage.discard_checkpoint(self.population_id, ref)
@@ -302,6 +309,19 @@ class Worker:
                 )
                 damaged = member.restore
             member, ref = self._fallback(claim, member, damaged)
+
+    def _stop_on_missing(self, error: CheckpointMissing) -> NoReturn:
+        """Stop the population: a committed checkpoint's file is not in the folder. Dropping
+        the rows of missing files would throw away a population whose folder merely moved."""
+        message = (
+            f"{error} The storage records it, so the checkpoint folder is probably not where "
+            f"this worker looks ({self.checkpoints.url}): if the run directory moved or is "
+            "mounted elsewhere here, open the population with checkpoints= its new location "
+            "(pt.load(storage, name, checkpoints=...).resume(), or --checkpoints). Nothing "
+            "was dropped."
+        )
+        self.storage.set_status(self.population_id, PopulationStatus.ERROR, message)
+        raise PopulationError(message) from error
 
     def _state_of(self, ref: CheckpointRef) -> Any:
         """The state checkpointed as ``ref``: copied from the live member of this worker that
