@@ -537,12 +537,27 @@ class SQLStorage:
         mode: Mode,
     ) -> list[CheckpointRef]:
         """Record the interval, its checkpoint and the member's new state; release the member;
-        collect the checkpoints nothing needs any more (returned, so their files can go)."""
+        collect the checkpoints nothing needs any more (returned, so their files can go).
+
+        Idempotent: a retry of a call that did commit (its reply was lost with the connection)
+        finds its own checkpoint (a unique path) recorded, and succeeds without writing again.
+        """
         status = MemberStatus.DONE if done else MemberStatus.IDLE
         score = _score(interval.score)
         hparams = _dumps(dict(interval.hparams))
         origin = interval.origin
         with self._write() as connection:
+            c = checkpoints.c
+            committed = connection.execute(
+                sa.select(c.path).where(
+                    c.population_id == claim.population_id,
+                    c.member_id == checkpoint.member,
+                    c.step == checkpoint.step,
+                    c.path == checkpoint.path,
+                )
+            ).first()
+            if committed is not None:
+                return []  # what it collected then is swept later as orphan files
             self._fenced(
                 connection,
                 _RECORD,
