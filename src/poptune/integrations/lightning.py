@@ -19,8 +19,9 @@ optimizers' and LR schedulers' states, the precision plugin's scaler), then wait
 After an exploit it loads the donor's checkpoint into the running module and optimizers; then
 it applies the interval's hyperparameters: optimizer settings (``lr``, ``momentum``,
 ``weight_decay``, ``betas``...) on every param group, in place, and the rest as attributes of
-the module (or entries of ``module.hparams``). When poptune is done with the member it sets
-``trainer.should_stop``. What is and is not copied: docs/lightning.md.
+the module (``self.dropout_p = ...`` set in ``__init__`` and read while training; entries of
+``module.hparams`` with the same names are updated too). When poptune is done with the member it
+sets ``trainer.should_stop``. What is and is not copied: docs/lightning.md.
 
 Every hyperparameter must be one of those (or be declared ``static``): one the callback could
 not apply is refused when ``fit`` starts, rather than silently ignored.
@@ -229,10 +230,10 @@ class PBTCallback(pl.Callback):
                 mapping={k: v for k, v in self.mapping.items() if k in own},
             )
         for name in names:
-            if name in module.hparams:
-                module.hparams[name] = hparams[name]
             if _is_plain_attribute(module, name):
                 setattr(module, name, hparams[name])
+            if name in module.hparams:  # kept in step, for loggers and Lightning's checkpoints
+                module.hparams[name] = hparams[name]
 
     def _check_hparams(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         settings: set[str] = set()
@@ -248,17 +249,19 @@ class PBTCallback(pl.Callback):
         for name in self.ctx.hparams:
             if name in self.static or self.mapping.get(name, name) in settings:
                 continue
-            if name not in module.hparams and not _is_plain_attribute(module, name):
+            # An entry of module.hparams alone is no proof: save_hyperparameters() also records
+            # what only built a layer (nn.Dropout(p)), so setting it would change nothing.
+            if not _is_plain_attribute(module, name):
                 refused.append(name)
         if refused:
             optimizers = ", ".join(type(o).__name__ for o in trainer.optimizers) or "none"
             raise ValueError(
                 f"PBTCallback cannot apply the hyperparameters {refused}: they are neither "
                 f"settings of the optimizers ({optimizers}: {sorted(settings)}) nor attributes of "
-                f"{type(module).__name__} (plain values set in __init__, or entries of "
-                "self.hparams from save_hyperparameters()). Store each in an attribute that the "
-                "module reads while training, rename it with mapping={name: setting}, or pass "
-                "static=[...] for those used only to build the module or the data."
+                f"{type(module).__name__} (plain values set in __init__, e.g. self.{refused[0]} "
+                f"= {refused[0]}, that the module reads while training). Add such an attribute, "
+                "rename an optimizer setting with mapping={name: setting}, or pass static=[...] "
+                "for those used only to build the module or the data."
             )
         tuned_lr = [n for n in self.ctx.hparams if self.mapping.get(n, n) == "lr"]
         schedulers = [type(c.scheduler).__name__ for c in trainer.lr_scheduler_configs]
