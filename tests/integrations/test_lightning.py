@@ -219,3 +219,16 @@ def test_bad_input_is_refused_with_a_clear_message(
     assert failures
     for failure in failures:
         assert re.search(message, failure.traceback), failure.traceback
+
+
+def test_a_member_rebuilt_from_its_checkpoint_trains_exactly_like_one_kept_in_memory(
+    tmp_path: Path,
+):
+    """resident=1: every member is rebuilt (new trainer, checkpoint loaded) for each interval,
+    and draws its data order and everything else from the interval's seed all the same."""
+    kept = run(tmp_path, name="kept")
+    rebuilt = run(tmp_path, name="rebuilt", resident=1)
+    assert sum(BUILT.values()) >= 3 + 6  # 3 kept; rebuilt: at least 2 of 3 intervals each
+    assert [(i.member, i.step, i.score, i.origin) for i in rebuilt.intervals()] == [
+        (i.member, i.step, i.score, i.origin) for i in kept.intervals()
+    ]

@@ -114,11 +114,12 @@ class PBTCallback(pl.Callback):
     # --- Lightning's hooks ---------------------------------------------------------------
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Refuse hyperparameters that could not be applied, before any training."""
+        """Refuse hyperparameters that could not be applied; then wait for the member's first
+        interval and set it up."""
         self._check_hparams(trainer, pl_module)
-
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Wait for the member's first interval (after the sanity check), then set it up."""
+        # Here rather than in on_train_start: Lightning draws the first epoch's data order
+        # before that hook, and it must come from the interval's seed, as every later epoch's
+        # does (the sanity check in between runs with the generators' state isolated).
         self._intervals = self.ctx.intervals()
         self._next(trainer, pl_module)
 
