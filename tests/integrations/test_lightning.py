@@ -92,10 +92,27 @@ class Probe(pl.LightningModule):
 
     def on_validation_epoch_end(self) -> None:  # before the callback reports (on_validation_end)
         optimizer = self.trainer.optimizers[0]
-        SEEN.setdefault(self._where(), {})["end"] = {
+        seen = SEEN.setdefault(self._where(), {})
+        seen["validations"] = seen.get("validations", 0) + 1
+        seen["end"] = {
             "params": _params(self),
             "buffers": _buffers(self, optimizer),
         }
+
+
+class Smoothed(Probe):
+    """A probe whose loss reads a hyperparameter from a plain attribute, and whose learning
+    rate is called ``learning_rate``."""
+
+    def __init__(self, learning_rate: float, momentum: float, hidden: int, smoothing: float):
+        super().__init__(lr=learning_rate, momentum=momentum, hidden=hidden)
+        self.smoothing = smoothing
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        SEEN.setdefault(self._where(), {}).setdefault("smoothing", set()).add(self.smoothing)
+        x, y = batch
+        logits = self.net(x)
+        return torch.nn.functional.cross_entropy(logits, y, label_smoothing=self.smoothing)
 
 
 def _params(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -115,7 +132,7 @@ def probe(ctx: Any) -> None:
     torch.manual_seed(ctx.seed)
     BUILT[ctx.member] = BUILT.get(ctx.member, 0) + 1
     train, val = loaders()
-    module = Probe(**ctx.hparams)
+    module = OPTIONS.get("module", Probe)(**ctx.hparams)
     options = {"static": ["hidden"], **OPTIONS.get("fit", {})}
     metric = options.pop("metric", "val_acc")
     fit(ctx, module, metric, train_dataloaders=train, val_dataloaders=val, **options)
@@ -189,6 +206,26 @@ def test_an_exploit_moves_the_donor_state_and_new_lr_into_the_running_trainer(tm
             assert all(matches) if should_match else not any(matches)
         checked += 1
     assert checked >= 2
+
+
+def test_every_mapping_and_module_attributes(tmp_path: Path):
+    OPTIONS.update(module=Smoothed, fit={"every": 2, "mapping": {"learning_rate": "lr"}})
+    space = {
+        "learning_rate": pt.LogUniform(1e-3, 1.0),
+        "momentum": pt.Uniform(0.1, 0.9),
+        "hidden": 3,
+        "smoothing": pt.Uniform(0.0, 0.3),
+    }
+    result = run(tmp_path, space=space)
+    recorded = {(i.member, i.step): i.hparams for i in result.intervals()}
+    assert len(recorded) == 9 and result.exploits()
+    for where, hparams in recorded.items():
+        assert SEEN[where]["validations"] == 2  # two validation epochs per interval
+        assert SEEN[where]["smoothing"] == {hparams["smoothing"]}  # every batch used it
+        assert SEEN[where]["first"]["lr"] == hparams["learning_rate"]
+    # an explored value reached the module: the member trained with a smoothing it never had
+    changed = [e for e in result.exploits() if (e.member, e.donor_step + 1) in recorded]
+    assert any(e.hparams_after["smoothing"] != e.hparams_before["smoothing"] for e in changed)
 
 
 @pytest.mark.parametrize(
