@@ -7,6 +7,8 @@ can record the tensors it actually trained with.
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -269,3 +271,17 @@ def test_a_member_rebuilt_from_its_checkpoint_trains_exactly_like_one_kept_in_me
     assert [(i.member, i.step, i.score, i.origin) for i in rebuilt.intervals()] == [
         (i.member, i.step, i.score, i.origin) for i in kept.intervals()
     ]
+
+
+def test_poptune_does_not_import_lightning_and_a_missing_install_says_what_to_do():
+    code = (
+        "import sys, poptune, poptune.integrations\n"
+        "assert 'lightning' not in sys.modules, 'poptune imported lightning'\n"
+        "sys.modules['lightning'] = None  # as if it were not installed\n"
+        "try:\n"
+        "    import poptune.integrations.lightning\n"
+        "except ImportError as error:\n"
+        "    print(error)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "pip install 'poptune[lightning]'" in out.stdout
