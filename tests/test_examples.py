@@ -44,11 +44,13 @@ def test_digits_learns_and_prints_a_schedule(tmp_path: Path, capsys):
     assert set(state) == {"model", "optimizer"}
 
 
-@pytest.mark.parametrize("example", ["digits", "digits_loop"])
+@pytest.mark.parametrize("example", ["digits", "digits_loop", "lightning_digits"])
 def test_digits_in_sync_is_the_same_for_one_and_two_workers(tmp_path: Path, example: str):
     """Members kept in memory or rebuilt elsewhere: every interval draws from its own seed."""
     pytest.importorskip("torch")
     pytest.importorskip("sklearn")
+    if example == "lightning_digits":
+        pytest.importorskip("lightning")
     module = load_example(example)
     scores = []
     for workers in ("1", "2"):
