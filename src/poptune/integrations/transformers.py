@@ -363,7 +363,9 @@ def trainable(
         trainer.add_callback(PBTCallback(ctx, trainer, metric, static=static))
         trainer.train()
 
-    train.__qualname__ = train.__name__ = f"pbt_{_name(factory)}"
+    # Only the name: the qualname keeps "<locals>", so that the population records no import
+    # reference for this closure (pass it again to pt.resume).
+    train.__name__ = f"pbt_{_name(factory)}"
     return train
 
 
