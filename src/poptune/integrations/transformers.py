@@ -41,8 +41,13 @@ from typing import Any
 
 try:
     import torch
-    from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState
-    from transformers import TrainingArguments as _TrainingArguments
+    from transformers import (
+        Trainer,
+        TrainerCallback,
+        TrainerControl,
+        TrainerState,
+        TrainingArguments,
+    )
     from transformers.optimization import get_scheduler
     from transformers.trainer_utils import IntervalStrategy
 except ImportError as error:  # pragma: no cover - exercised only without transformers
@@ -74,7 +79,7 @@ APPLIED: tuple[str, ...] = (
     "adam_beta2",
     "adam_epsilon",
     "max_grad_norm",
-) + (("warmup_ratio",) if hasattr(_TrainingArguments, "warmup_ratio") else ())
+) + (("warmup_ratio",) if hasattr(TrainingArguments, "warmup_ratio") else ())
 _OPTIMIZER_SETTINGS = {"adam_beta1": "betas", "adam_beta2": "betas", "adam_epsilon": "eps"}
 
 
@@ -121,7 +126,7 @@ class PBTCallback(TrainerCallback):
 
     def on_train_begin(
         self,
-        args: _TrainingArguments,
+        args: TrainingArguments,
         state: TrainerState,
         control: TrainerControl,
         **kwargs: Any,
@@ -133,7 +138,7 @@ class PBTCallback(TrainerCallback):
 
     def on_evaluate(
         self,
-        args: _TrainingArguments,
+        args: TrainingArguments,
         state: TrainerState,
         control: TrainerControl,
         metrics: Mapping[str, Any] | None = None,
@@ -277,7 +282,7 @@ class PBTCallback(TrainerCallback):
 
     # --- set-up checks ---------------------------------------------------------------------
 
-    def _check_setup(self, args: _TrainingArguments, state: TrainerState) -> None:
+    def _check_setup(self, args: TrainingArguments, state: TrainerState) -> None:
         """Refuse, before anything trains, what the callback could not do faithfully."""
         if args.eval_strategy != IntervalStrategy.STEPS or not state.eval_steps:
             raise ValueError(
