@@ -8,6 +8,7 @@ import io
 import json
 import math
 import pickle
+import shutil
 import struct
 import subprocess
 import sys
@@ -19,9 +20,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from poptune.checkpoints import LocalCheckpoints
 from poptune.serialization import (
     MAGIC,
     VERSION,
+    Directory,
     SerializationError,
     array_bytes,
     copy,
@@ -196,7 +199,7 @@ def test_dump_writes_what_dumps_returns_with_aligned_buffers():
     size = dump(state, buffer)
     data = buffer.getvalue()
     assert size == len(data) == len(dumps(state)) and data == dumps(state)
-    assert data.startswith(MAGIC + bytes([VERSION]))
+    assert data.startswith(MAGIC + bytes([1]))  # no directory: version 1, as before them
     (length,) = struct.unpack("<Q", data[len(MAGIC) + 1 : len(MAGIC) + 9])
     assert (len(MAGIC) + 9 + length) % 64 == 0 and len(data) % 64 == 0
     assert json.loads(data[len(MAGIC) + 9 : len(MAGIC) + 9 + length])["sizes"] == [8000, 3, 40]
@@ -367,3 +370,105 @@ def test_copy_is_what_saving_and_loading_gives_and_shares_nothing():
     copied["w"][0] = 9.0
     copied["t"][0, 0] = 9.0
     assert state["w"][0] == 0.0 and state["t"][0, 0] == 1.0
+
+
+# --- directories: a folder (save_pretrained, sharded states) as one value ---------------------
+
+
+def a_folder(root: Path) -> Path:
+    """A folder like save_pretrained writes: a config, binary weights, a nested shard, an
+    empty file and a symbolic link to a file inside it."""
+    (root / "shards").mkdir(parents=True)
+    (root / "config.json").write_text('{"hidden_size": 32}')
+    (root / "model.safetensors").write_bytes(bytes(range(256)) * 3)
+    (root / "shards" / "part-0.bin").write_bytes(b"\x00\xff" * 100)
+    (root / "empty").write_bytes(b"")
+    (root / "latest").symlink_to("shards/part-0.bin")
+    return root
+
+
+def files_of(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def test_a_directory_round_trips_in_a_state_and_materializes_the_same_files(tmp_path: Path):
+    folder = a_folder(tmp_path / "saved")
+    directory = Directory.from_path(folder)
+    assert list(directory) == ["config.json", "empty", "latest", "model.safetensors",
+                               "shards/part-0.bin"]  # fmt: skip
+    assert directory["latest"] == directory["shards/part-0.bin"]  # a link is stored as a copy
+    assert directory.nbytes == array_bytes({"d": directory}) == 19 + 768 + 200 * 2
+    state = {"model": directory, "step": 3, "w": np.ones(2)}
+    data = dumps(state)
+    assert data[len(MAGIC)] == VERSION == 2  # directories need version 2
+    loaded = load(data)
+    assert loaded["model"] == directory and loaded["step"] == 3
+    target = loaded["model"].materialize(tmp_path / "restored")
+    expected = files_of(folder)
+    expected["latest"] = expected["shards/part-0.bin"]
+    assert files_of(target) == expected
+    fresh = loaded["model"].materialize()  # a new temporary folder
+    try:
+        assert fresh != target and files_of(fresh) == expected
+    finally:
+        shutil.rmtree(fresh)
+    assert copy(state)["model"] == directory
+
+
+def test_a_directory_round_trips_through_local_checkpoints(tmp_path: Path):
+    directory = Directory.from_path(a_folder(tmp_path / "saved"))
+    store = LocalCheckpoints(tmp_path / "checkpoints")
+    ref = store.save(1, member=0, step=2, state={"model": directory, "epoch": 2})
+    loaded = store.load(ref)
+    assert loaded == {"model": directory, "epoch": 2}
+    assert files_of(loaded["model"].materialize(tmp_path / "out")) == dict(directory)
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["../escape", "a/../../b", "/etc/passwd", "a//b", "./a", "a/.", "", "a\\..\\b", "C:x", "a\x00"],
+)
+def test_paths_that_could_leave_the_folder_are_refused(path):
+    with pytest.raises(ValueError, match="Directory: the path"):
+        Directory({path: b"x"})
+
+
+def test_a_path_that_is_both_file_and_folder_and_non_bytes_are_refused():
+    with pytest.raises(ValueError, match="'a' is both a file and a folder"):
+        Directory({"a": b"1", "a/b/c": b"2"})
+    with pytest.raises(TypeError, match="contents of 'a' must be bytes"):
+        Directory({"a": "text"})
+
+
+def test_a_forged_checkpoint_with_a_traversal_path_is_refused():
+    data = dumps({"d": Directory({"ab/evil": b"x", "ok": b"y"})})
+    for forged_path in (b'"../evil"', b'"/a/evil"'):
+        forged = data.replace(b'"ab/evil"', forged_path)
+        assert forged != data and len(forged) == len(data)
+        with pytest.raises(SerializationError, match="refusing a directory"):
+            load(forged)
+    # a version 1 file (from before directories) cannot hold one
+    old = bytearray(data)
+    old[len(MAGIC)] = 1
+    with pytest.raises(SerializationError, match="directory in a version 1 file"):
+        load(old)
+
+
+def test_symbolic_links_out_of_the_folder_and_to_folders_are_refused(tmp_path: Path):
+    folder = a_folder(tmp_path / "saved")
+    (tmp_path / "secret").write_text("not yours")
+    (folder / "leak").symlink_to(tmp_path / "secret")
+    with pytest.raises(ValueError, match=r"'leak' .* is a symbolic link to .*outside the folder"):
+        Directory.from_path(folder)
+    (folder / "leak").unlink()
+    (folder / "shards-link").symlink_to("shards", target_is_directory=True)
+    with pytest.raises(ValueError, match=r"'shards-link' .* link to a folder"):
+        Directory.from_path(folder)
+
+
+def test_materialize_refuses_a_folder_that_is_not_empty(tmp_path: Path):
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "x").write_text("mine")
+    with pytest.raises(FileExistsError, match="is not empty"):
+        Directory({"a": b"1"}).materialize(tmp_path / "busy")
+    assert (tmp_path / "busy" / "x").read_text() == "mine"

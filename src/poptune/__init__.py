@@ -23,6 +23,7 @@ from .records import (
 )
 from .results import Best, EdgeKind, Lineage, LineageEdge, Result, ScheduleEntry
 from .runners import InProcessRunner, LocalProcessRunner, RayRunner
+from .serialization import Directory
 from .space import Choice, Distribution, IntUniform, LogUniform, Space, Uniform
 from .storage import PopulationNotFound, SQLStorage, Storage, StorageError, open_storage
 from .strategies import (
@@ -49,6 +50,7 @@ __all__ = [
     "CheckpointRef",
     "Choice",
     "Context",
+    "Directory",
     "Distribution",
     "EdgeKind",
     "Every",

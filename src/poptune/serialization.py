@@ -16,7 +16,13 @@ is a tagged node, so nothing is ambiguous:
   the same with ``"t": "npscalar"``, so an ``np.float32`` comes back as an ``np.float32``;
 - torch tensors ``{"t": "tensor", "dtype": "float32", "shape": [...], "b": i, "rg": bool}``
   (``"p": true`` for an ``nn.Parameter``); dtypes numpy lacks (bfloat16, float8...) are stored
-  as integers of the same width; ``torch.dtype`` values ``{"t": "torch_dtype", "v": "float32"}``.
+  as integers of the same width; ``torch.dtype`` values ``{"t": "torch_dtype", "v": "float32"}``;
+- a :class:`Directory` (a folder such as ``save_pretrained`` writes) ``{"t": "dir", "k":
+  [relative paths], "b": [i, ...]}``: each file's relative POSIX path and the buffer of its bytes.
+
+Version 1 files have no directories. A file holding a directory is written as version 2, so
+that a poptune from before directories refuses it by its version instead of misreading it;
+every other file is still written as version 1, byte for byte as before.
 
 Round trips are exact: bitwise for arrays and tensors, and types are kept (a float NaN comes
 back as NaN, without its sign and payload bits). Three conversions are deliberate: subclasses
@@ -26,23 +32,34 @@ A value referenced from two places is stored twice. Anything else (objects, sets
 sparse tensors...) is refused with the path where it was found.
 
 There is no pickle anywhere: :func:`load` only parses JSON and copies bytes, and imports torch
-only when the file holds tensors.
+only when the file holds tensors. A directory's files (safetensors, JSON configs...) are bytes
+too; :func:`load` never writes them anywhere, :meth:`Directory.materialize` does when asked.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import stat
 import struct
 import sys
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from types import MappingProxyType
 from typing import Any, BinaryIO
 
 import numpy as np
 
-__all__ = ["SerializationError", "array_bytes", "copy", "dump", "dumps", "load"]
+__all__ = ["Directory", "SerializationError", "array_bytes", "copy", "dump", "dumps", "load"]
 
 MAGIC = b"POPTUNE\x00CKPT"
-VERSION = 1
+#: The newest format version this poptune reads and writes (2: directories); a file without a
+#: :class:`Directory` is written as version 1, readable by every poptune.
+VERSION = 2
+_VERSIONS = (1, 2)
+_DIRECTORY_VERSION = 2
 _PREFIX = len(MAGIC) + 1 + 8
 _ALIGNMENT = 64
 _ZEROS = bytes(_ALIGNMENT)
@@ -53,6 +70,170 @@ _FIX = "convert it to numpy arrays, tensors or Python scalars, lists, tuples and
 
 class SerializationError(ValueError):
     """The data is not a valid poptune checkpoint (wrong magic, truncated, inconsistent)."""
+
+
+class Directory(Mapping[str, bytes]):
+    """A folder's files as one immutable value that a state may contain.
+
+    Use it for what a framework saves as a directory (``model.save_pretrained(path)``, sharded
+    optimizer states): the folder is checkpointed as one unit, checksummed with the rest of
+    the state, and comes back as this value, whose :meth:`materialize` writes the files into a
+    fresh folder for the framework to load. Files are bytes and nothing in them is executed or
+    unpickled by poptune (a safetensors file is loaded by safetensors, not by poptune).
+
+    It maps relative POSIX paths (``"config.json"``, ``"shards/part-0.safetensors"``) to the
+    files' bytes; only files are kept (an empty sub-folder is not). A path may not be absolute,
+    contain ``..``, ``.``, empty segments, backslashes or NUL, nor be both a file and a folder.
+
+    Example:
+        >>> model.save_pretrained("out/model")                 # doctest: +SKIP
+        >>> state = {"model": Directory.from_path("out/model"), "step": 3}
+        >>> loaded = load(dumps(state))                        # doctest: +SKIP
+        >>> path = loaded["model"].materialize()               # a new temporary folder
+        >>> model = AutoModel.from_pretrained(path)            # doctest: +SKIP
+    """
+
+    __slots__ = ("_files",)
+
+    def __init__(self, files: Mapping[str, bytes | bytearray | memoryview]) -> None:
+        if not isinstance(files, Mapping):
+            raise TypeError(
+                "Directory: give a mapping of relative path -> bytes, e.g. {'config.json': "
+                f"b'{{}}'}}, or use Directory.from_path(folder). Got {type(files).__name__}."
+            )
+        checked: dict[str, bytes] = {}
+        for path, data in files.items():
+            _check_relative(path)
+            if not isinstance(data, bytes | bytearray | memoryview):
+                raise TypeError(
+                    f"Directory: the contents of {path!r} must be bytes; got {type(data).__name__}."
+                )
+            checked[path] = bytes(data)
+        _check_no_file_is_a_folder(checked)
+        self._files: Mapping[str, bytes] = MappingProxyType(dict(sorted(checked.items())))
+
+    @classmethod
+    def from_path(cls, folder: str | os.PathLike[str]) -> Directory:
+        """Read every file under ``folder`` (recursively) into a Directory.
+
+        A symbolic link to a file inside ``folder`` is stored as a copy of that file.
+
+        Raises:
+            ValueError: if ``folder`` is not a folder, or holds a symbolic link that points
+                outside it or at a folder, or a special file (socket, FIFO, device).
+        """
+        root = Path(folder)
+        if not root.is_dir():
+            raise ValueError(f"Directory.from_path: {str(root)!r} is not a folder.")
+        real_root = root.resolve()
+        files: dict[str, bytes] = {}
+        for current, folders, names in os.walk(root):
+            for name in [*folders, *names]:
+                path = Path(current) / name
+                relative = path.relative_to(root).as_posix()
+                if path.is_symlink():
+                    target = path.resolve()
+                    if not target.is_relative_to(real_root) or not target.exists():
+                        raise ValueError(
+                            f"Directory.from_path: {relative!r} in {str(root)!r} is a symbolic "
+                            f"link to {os.readlink(path)!r}, which is outside the folder or "
+                            "missing; copy the file in instead."
+                        )
+                    if target.is_dir():
+                        raise ValueError(
+                            f"Directory.from_path: {relative!r} in {str(root)!r} is a symbolic "
+                            "link to a folder; poptune stores files only, so replace it with "
+                            "the folder itself."
+                        )
+                if name in folders:
+                    continue  # a real sub-folder: os.walk descends into it
+                if not stat.S_ISREG(path.stat().st_mode):
+                    raise ValueError(
+                        f"Directory.from_path: {relative!r} in {str(root)!r} is not a regular "
+                        "file (a socket, FIFO or device); poptune stores regular files only."
+                    )
+                files[relative] = path.read_bytes()
+        return cls(files)
+
+    def materialize(self, folder: str | os.PathLike[str] | None = None) -> Path:
+        """Write the files into ``folder`` (created if missing, else it must be empty), or into
+        a new temporary folder that the caller owns (remove it when done); return the folder.
+
+        Raises:
+            FileExistsError: if ``folder`` exists and is not empty.
+        """
+        if folder is None:
+            root = Path(tempfile.mkdtemp(prefix="poptune-directory-"))
+        else:
+            root = Path(folder)
+            root.mkdir(parents=True, exist_ok=True)
+            if any(root.iterdir()):
+                raise FileExistsError(
+                    f"Directory.materialize: {str(root)!r} is not empty; give a new or empty "
+                    "folder, or none for a fresh temporary one."
+                )
+        for relative, data in self._files.items():
+            path = root.joinpath(*relative.split("/"))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "xb") as file:  # "x": never through a link planted meanwhile
+                file.write(data)
+        return root
+
+    @property
+    def nbytes(self) -> int:
+        """The total size of the files, in bytes."""
+        return sum(len(data) for data in self._files.values())
+
+    def __getitem__(self, path: str) -> bytes:
+        return self._files[path]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._files)
+
+    def __len__(self) -> int:
+        return len(self._files)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Directory):
+            return NotImplemented
+        return dict(self._files) == dict(other._files)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Directory({len(self._files)} files, {self.nbytes} bytes)"
+
+
+def _check_relative(path: Any) -> None:
+    """Raise ``ValueError`` unless ``path`` is a safe relative POSIX file path."""
+    if not isinstance(path, str):
+        raise TypeError(f"Directory: paths must be strings; got {path!r}.")
+    problem = None
+    if not path:
+        problem = "is empty"
+    elif path.startswith("/"):
+        problem = "is absolute"
+    elif "\\" in path or "\x00" in path:
+        problem = "contains a backslash or NUL"
+    elif any(part in ("", ".", "..") for part in path.split("/")):
+        problem = "has an empty, '.' or '..' segment"
+    elif len(path) >= 2 and path[1] == ":":
+        problem = "starts with a drive letter"
+    if problem:
+        raise ValueError(
+            f"Directory: the path {path!r} {problem}; paths are relative to the folder, "
+            "'/'-separated, and stay inside it (e.g. 'shards/part-0.safetensors')."
+        )
+
+
+def _check_no_file_is_a_folder(files: Mapping[str, bytes]) -> None:
+    folders = set()
+    for path in files:
+        parts = path.split("/")
+        folders.update("/".join(parts[:end]) for end in range(1, len(parts)))
+    clash = sorted(folders & set(files))
+    if clash:
+        raise ValueError(f"Directory: {clash[0]!r} is both a file and a folder of other files.")
 
 
 class _Refused(Exception):
@@ -79,6 +260,7 @@ class _Encoder:
 
     def __init__(self) -> None:
         self.buffers: list[memoryview] = []
+        self.version = 1  # raised to the version of the newest node written
 
     def buffer(self, data: Any) -> int:
         self.buffers.append(memoryview(data).cast("B"))
@@ -105,6 +287,10 @@ class _Encoder:
         if isinstance(value, bytes | bytearray):
             tag = "bytearray" if isinstance(value, bytearray) else "bytes"
             return {"t": tag, "b": self.buffer(value)}
+        if isinstance(value, Directory):
+            self.version = max(self.version, _DIRECTORY_VERSION)
+            paths = list(value)
+            return {"t": "dir", "k": paths, "b": [self.buffer(value[p]) for p in paths]}
         if isinstance(value, dict):
             return self.mapping(value)
         if isinstance(value, list):
@@ -228,7 +414,8 @@ def _encode(state: Any) -> tuple[bytes, list[memoryview]]:
     # ensure_ascii (the default) makes the header's length in characters its length in bytes.
     # Pad the header (JSON allows trailing spaces) so that every buffer starts 64-byte aligned.
     length = _align(_PREFIX + len(header)) - _PREFIX
-    head = MAGIC + bytes([VERSION]) + struct.pack("<Q", length) + header.ljust(length).encode()
+    version = bytes([encoder.version])
+    head = MAGIC + version + struct.pack("<Q", length) + header.ljust(length).encode()
     return head, encoder.buffers
 
 
@@ -293,6 +480,8 @@ def array_bytes(state: Any) -> int:
         return int(state.nbytes)
     if isinstance(state, bytes | bytearray | memoryview):
         return len(state)
+    if isinstance(state, Directory):
+        return state.nbytes
     if isinstance(state, dict):
         return sum(array_bytes(value) for value in state.values())
     if isinstance(state, list | tuple):
@@ -334,10 +523,10 @@ def load(data: bytes | bytearray | memoryview, *, copy: bool = True) -> Any:
             "unpickles)."
         )
     version = view[len(MAGIC)]
-    if version != VERSION:
+    if version not in _VERSIONS:
         raise SerializationError(
-            f"checkpoint format version {version} is not supported (this poptune reads version "
-            f"{VERSION}); load it with the poptune version that wrote it."
+            f"checkpoint format version {version} is not supported (this poptune reads versions "
+            f"{_VERSIONS[0]} to {VERSION}); load it with the poptune version that wrote it."
         )
     (length,) = struct.unpack("<Q", view[len(MAGIC) + 1 : _PREFIX])
     if _PREFIX + length > len(view):
@@ -363,7 +552,7 @@ def load(data: bytes | bytearray | memoryview, *, copy: bool = True) -> Any:
         )
     buffers = [view[o : o + s] for o, s in zip(offsets, sizes, strict=True)]
     try:
-        return _Decoder(buffers, copy=copy or view.readonly).decode(tree)
+        return _Decoder(buffers, copy=copy or view.readonly, version=version).decode(tree)
     except SerializationError:
         raise
     except (ValueError, KeyError, TypeError, IndexError, AttributeError, RuntimeError) as error:
@@ -378,9 +567,10 @@ def _is_count(value: Any) -> bool:
 class _Decoder:
     """Rebuilds a state from a header tree and the buffers it points at."""
 
-    def __init__(self, buffers: list[memoryview], copy: bool) -> None:
+    def __init__(self, buffers: list[memoryview], copy: bool, version: int = 1) -> None:
         self.buffers = buffers
         self.copy = copy
+        self.version = version
 
     def decode(self, node: Any) -> Any:
         if node is None or isinstance(node, bool | int | float | str):
@@ -414,7 +604,28 @@ class _Decoder:
             return int(node["v"], 16)
         if tag == "torch_dtype":
             return _torch_dtype(node["v"])
+        if tag == "dir":
+            return self.directory(node)
         raise SerializationError(f"corrupt checkpoint: unknown node tag {tag!r:.100}")
+
+    def directory(self, node: dict[str, Any]) -> Directory:
+        if self.version < _DIRECTORY_VERSION:
+            raise SerializationError(
+                f"corrupt checkpoint: a directory in a version {self.version} file (directories "
+                f"came with version {_DIRECTORY_VERSION})"
+            )
+        paths, indices = node["k"], node["b"]
+        if not isinstance(paths, list) or not isinstance(indices, list):
+            raise SerializationError("corrupt checkpoint: a directory's paths or buffers")
+        if len(paths) != len(indices) or len(set(paths)) != len(paths):
+            raise SerializationError(
+                "corrupt checkpoint: a directory has unequal or repeated paths and buffers"
+            )
+        files = {path: bytes(self.buffer({"b": i})) for path, i in zip(paths, indices, strict=True)}
+        try:
+            return Directory(files)
+        except (TypeError, ValueError) as error:
+            raise SerializationError(f"corrupt checkpoint: refusing a directory: {error}") from None
 
     def buffer(self, node: dict[str, Any]) -> memoryview:
         index = node["b"]
