@@ -79,3 +79,68 @@ def test_a_lost_commit_reply_keeps_the_interval_and_its_checkpoint(
     for ref in result.storage.checkpoints(result.record.id):  # every recorded file is there
         assert (tmp_path / "checkpoints" / ref.path).is_file()
     assert result.best.state()["theta"].shape == (2,)
+
+
+def test_a_lost_exploit_reply_records_the_exploit_once(storage_url: str, tmp_path: Path):
+    runner = CreateOnlyRunner()
+    pt.run(
+        Quadratic,
+        space=quadratic_space(),
+        metric="q",
+        population=4,
+        intervals=6,
+        storage=storage_url,
+        checkpoints=tmp_path / "checkpoints",
+        name="copies",
+        seed=0,
+        progress=False,
+        sync=True,  # every generation exploits: the bottom member copies the top one
+        runner=runner,
+    )
+    target, storage = runner.target, runner.storage
+    calls = _lose_replies(storage, "record_exploit", {1, 2, 3, 4})
+    Worker(target.spec, storage, runner.checkpoints, target.population_id).run()
+    result = pt.load(storage_url, "copies", checkpoints=tmp_path / "checkpoints")
+    events = [(e.member, e.step, e.donor, e.donor_step, e.time) for e in result.exploits()]
+    assert len(calls) >= 4 and len(events) == len(set(events)) == len(calls)  # none twice
+    assert result.status == "finished" and [m.step for m in result.members] == [6] * 4
+    check_steps(result)  # each copy counted once in the members' steps
+
+
+class _Flaky(Quadratic):
+    """The third and fifth intervals trained in this process fail (then succeed on retry)."""
+
+    calls = 0
+
+    def train(self, hparams):
+        type(self).calls += 1
+        if type(self).calls in (3, 5):
+            raise RuntimeError("a flaky interval")
+        super().train(hparams)
+
+
+def test_a_lost_failure_reply_logs_the_failure_once(storage_url: str, tmp_path: Path):
+    _Flaky.calls = 0
+    runner = CreateOnlyRunner()
+    pt.run(
+        _Flaky,
+        space=quadratic_space(),
+        metric="q",
+        population=2,
+        intervals=3,
+        storage=storage_url,
+        checkpoints=tmp_path / "checkpoints",
+        name="flaky",
+        seed=0,
+        progress=False,
+        exploit=None,
+        runner=runner,
+    )
+    target, storage = runner.target, runner.storage
+    calls = _lose_replies(storage, "record_failure", {1, 2})
+    Worker(target.spec, storage, runner.checkpoints, target.population_id).run()
+    result = pt.load(storage_url, "flaky", checkpoints=tmp_path / "checkpoints")
+    logged = [(f.member, f.step, f.time) for f in result.failures()]
+    assert len(calls) == 2 and len(logged) == len(set(logged)) == 2  # each logged once
+    assert result.status == "finished" and [m.step for m in result.members] == [3, 3]
+    check_steps(result)

@@ -607,7 +607,11 @@ class SQLStorage:
         done: bool = False,
     ) -> CheckpointRef | None:
         """Point the member at the donor's checkpoint, step and score, if the checkpoint still
-        exists, and log the event; release the member as done if ``done``."""
+        exists, and log the event; release the member as done if ``done``.
+
+        Idempotent: a retry of a call that did commit (its reply was lost) finds the event
+        recorded (same member, step, donor and time) and writes nothing twice.
+        """
         with self._write() as connection:
             _lock_population(connection, claim.population_id)
             row = connection.execute(
@@ -616,6 +620,8 @@ class SQLStorage:
             ).first()
             if row is None:
                 return None
+            if _exploit_recorded(connection, claim.population_id, event):
+                return _checkpoint(row)
             self._fenced(
                 connection,
                 _EXPLOIT_DONE if done else _EXPLOIT,
@@ -638,8 +644,29 @@ class SQLStorage:
         reseed: tuple[ExploitEvent, Mapping[str, Any]] | None = None,
         done: bool = False,
     ) -> MemberStatus:
-        """Log the failure; then retry the member, re-seed it from a donor, or mark it failed."""
+        """Log the failure; then retry the member, re-seed it from a donor, or mark it failed.
+
+        Idempotent: a retry of a call that did commit (its reply was lost) finds the failure
+        recorded (same member, step and time) and returns what became of the member.
+        """
         with self._write() as connection:
+            f = failures.c
+            logged = connection.execute(
+                sa.select(f.member_id).where(
+                    f.population_id == claim.population_id,
+                    f.member_id == failure.member,
+                    f.step == failure.step,
+                    f.time == failure.time,
+                )
+            ).first()
+            if logged is not None:
+                m = members.c
+                status = connection.execute(
+                    sa.select(m.status).where(
+                        m.population_id == claim.population_id, m.member_id == failure.member
+                    )
+                ).scalar_one()
+                return MemberStatus(status)
             outcome = MemberStatus.FAILED
             if retry:
                 self._fenced(connection, _RETRY, claim)
@@ -1153,6 +1180,24 @@ def _lock_population(connection: Connection, population_id: int) -> None:
     """
     if connection.dialect.name == "postgresql":
         connection.execute(sa.select(sa.func.pg_advisory_xact_lock(population_id)))
+
+
+def _exploit_recorded(connection: Connection, population_id: int, event: ExploitEvent) -> bool:
+    """Whether ``event`` is logged already (by this very call, whose reply was lost)."""
+    e = exploits.c
+    return (
+        connection.execute(
+            sa.select(e.id).where(
+                e.population_id == population_id,
+                e.member_id == event.member,
+                e.step == event.step,
+                e.donor_id == event.donor,
+                e.donor_step == event.donor_step,
+                e.time == event.time,
+            )
+        ).first()
+        is not None
+    )
 
 
 def _exploit_row(population_id: int, event: ExploitEvent) -> dict[str, Any]:
