@@ -405,8 +405,8 @@ class Worker:
             return
         except LeaseLost:
             log.warning("Lost the lease on member %d; its interval was discarded.", claim.member.id)
-            if checkpoint is not None:  # written but never committed: nobody can refer to it
-                self._doomed.put(checkpoint)
+            if checkpoint is not None and not self._recorded(checkpoint):
+                self._doomed.put(checkpoint)  # written, never committed: nobody refers to it
             self._forget(claim)
             return
         except BaseException:
@@ -416,6 +416,15 @@ class Worker:
         self.trained += 1
         for ref in collected:  # rows already gone: nothing can reach these files any more
             self._doomed.put(ref)
+
+    def _recorded(self, checkpoint: CheckpointRef) -> bool:
+        """Whether the storage refers to ``checkpoint`` (a file is deleted only when it does
+        not; if the storage cannot say, the file is kept for the orphan sweep)."""
+        try:
+            found = self.storage.checkpoint(self.population_id, checkpoint.member, checkpoint.step)
+        except Exception:
+            return True
+        return found is not None and found.path == checkpoint.path
 
     def save(self, member: int, step: int, state: Any) -> CheckpointRef:
         """Write the member's new checkpoint; a full disk stops the population clearly."""
