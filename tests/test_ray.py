@@ -77,5 +77,56 @@ def test_ray_runner_trains_the_population_on_two_nodes(ray_cluster: str, tmp_pat
 def test_ray_runner_validates_its_parameters():
     with pytest.raises(ValueError, match="'workers'"):
         pt.RayRunner(workers=0)
+    with pytest.raises(ValueError, match="'max_restarts' parameter of RayRunner"):
+        pt.RayRunner(max_restarts=-1)
     with pytest.raises(ValueError, match="'num_gpus'"):
         pt.RayRunner(num_gpus=-1)
+
+
+def test_a_killed_actor_is_replaced_and_the_run_finishes(ray_cluster: str, tmp_path: Path):
+    import signal
+    import threading
+    import time
+
+    from poptune.storage import SQLStorage
+    from poptune.testing import SlowQuadratic, check_steps
+
+    url = f"sqlite:///{tmp_path / 'p.db'}"
+    killed: list[int] = []
+
+    def kill_one_worker() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not killed:
+            time.sleep(0.2)
+            try:
+                storage = SQLStorage(url)
+                record = storage.population("killed")
+                owners = list(storage.claims(record.id).values())
+                storage.close()
+            except Exception:
+                continue
+            if owners and len(pt.load(url, "killed").intervals()) >= 4:
+                pid = int(owners[0].split(":")[1])  # owner = host:pid:id
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+
+    killer = threading.Thread(target=kill_one_worker, daemon=True)
+    killer.start()
+    result = pt.run(
+        SlowQuadratic,
+        space=quadratic_space(),
+        metric="q",
+        population=4,
+        intervals=8,
+        storage=url,
+        name="killed",
+        seed=0,
+        progress=False,
+        lease_seconds=2.0,
+        runner=pt.RayRunner(address=ray_cluster, workers=2, num_cpus=1, max_restarts=2),
+    )
+    killer.join()
+    assert killed, "no worker was killed"
+    assert result.status == "finished"
+    assert [m.step for m in result.members] == [8] * 4
+    check_steps(result)

@@ -235,6 +235,9 @@ class RayRunner:
     Each actor asks Ray for ``num_cpus`` and ``num_gpus``, so GPU clusters place one worker per
     GPU; the actors share the population through its storage like any other workers (use
     PostgreSQL and a shared folder or object store when the cluster has several machines).
+    An actor that dies (its process killed, its node lost) is restarted by Ray and runs the
+    worker loop again, up to ``max_restarts`` times each; the member it was training returns
+    to the population when its lease expires.
 
     Example:
         >>> runner = pt.RayRunner(address="auto", workers=8, num_gpus=1)  # doctest: +SKIP
@@ -247,9 +250,15 @@ class RayRunner:
         num_cpus: float = 1.0,
         num_gpus: float = 0.0,
         runtime_env: dict[str, Any] | None = None,
+        max_restarts: int = 3,
     ) -> None:
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
             raise ValueError(f"The 'workers' parameter must be an int >= 1. Got {workers!r}.")
+        if isinstance(max_restarts, bool) or not isinstance(max_restarts, int) or max_restarts < 0:
+            raise ValueError(
+                f"The 'max_restarts' parameter of RayRunner must be an int >= 0. "
+                f"Got {max_restarts!r}."
+            )
         for name, value in (("num_cpus", num_cpus), ("num_gpus", num_gpus)):
             if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
                 raise ValueError(
@@ -260,6 +269,7 @@ class RayRunner:
         self.num_cpus = float(num_cpus)
         self.num_gpus = float(num_gpus)
         self.runtime_env = runtime_env
+        self.max_restarts = max_restarts
 
     def run(
         self,
@@ -281,7 +291,16 @@ class RayRunner:
                 log_to_driver=False,
                 configure_logging=False,
             )
-        actor = ray.remote(num_cpus=self.num_cpus, num_gpus=self.num_gpus)(_RayWorker)
+        # A dead actor (its process or node lost) is restarted and its worker loop run again,
+        # up to max_restarts times per actor: the loop only claims from the storage, so a
+        # rerun continues where the population is (the lost member returns when its lease
+        # expires).
+        actor = ray.remote(
+            num_cpus=self.num_cpus,
+            num_gpus=self.num_gpus,
+            max_restarts=self.max_restarts,
+            max_task_retries=self.max_restarts,
+        )(_RayWorker)
         actors = [actor.remote(target) for _ in range(self.workers)]
         try:
             runs = [a.run.remote() for a in actors]
