@@ -265,12 +265,14 @@ def resume(
     ready: Callable[..., Any] | None = None,
     runner: Runner | None = None,
     devices: Sequence[str] | None = None,
+    checkpoints: str | os.PathLike[str] | CheckpointStore | None = None,
 ) -> Result:
     """Continue a stored population to its full budget with its stored configuration.
 
     Failed members get another try from their last checkpoint. Strategies that were plain
     callables without an import reference must be passed again. ``devices`` gives the workers
-    GPUs as in :func:`run`.
+    GPUs as in :func:`run`. ``checkpoints`` says where the checkpoints are now, if not where
+    ``result`` found them (see :func:`load`).
     """
     _check_int("workers", workers, 1)
     store = result.storage
@@ -290,7 +292,7 @@ def resume(
         spec,
         progress,
         runner,
-        result.checkpoint_store,
+        open_checkpoints(checkpoints) if checkpoints is not None else result.checkpoint_store,
         lease,
         resident,
     )

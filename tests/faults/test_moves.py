@@ -73,3 +73,5 @@ def test_an_explicit_folder_that_moved_is_named_with_checkpoints(tmp_path: Path)
         main, ["status", "moved", "--storage", url, "--checkpoints", str(tmp_path / "mounted")]
     )
     assert out.exit_code == 0, out.output
+    pt.load(url, "moved").resume(checkpoints=tmp_path / "mounted", progress=False)  # finished
+    assert pt.load(url, "moved").status == "finished"
