@@ -423,6 +423,12 @@ def worker(
     help="A device for the workers (repeat it: --device cuda:0 --device cuda:1); worker i "
     "gets the i-th, round-robin. Each is cuda:N (N >= 0) or cpu.",
 )
+@click.option(
+    "--intervals",
+    type=click.IntRange(min=1),
+    default=None,
+    help="A larger budget: members train on to this many intervals (default: the stored one).",
+)
 @_errors
 def resume(
     name: str,
@@ -431,12 +437,16 @@ def resume(
     workers: int,
     progress: bool,
     devices: tuple[str, ...],
+    intervals: int | None,
 ) -> None:
-    """Continue population NAME to its full budget (after Ctrl-C, a crash or a failure)."""
+    """Continue population NAME to its full budget (after Ctrl-C, a crash or a failure), or
+    to a larger one with --intervals."""
     devices = tuple(parse_device(device) for device in devices)
     result: Result = load(storage, name, checkpoints)
     try:
-        result = result.resume(workers=workers, progress=progress, devices=devices or None)
+        result = result.resume(
+            workers=workers, progress=progress, devices=devices or None, intervals=intervals
+        )
     except KeyboardInterrupt:
         url = storage or default_storage_url()
         click.echo(

@@ -266,18 +266,33 @@ def resume(
     runner: Runner | None = None,
     devices: Sequence[str] | None = None,
     checkpoints: str | os.PathLike[str] | CheckpointStore | None = None,
+    intervals: int | None = None,
 ) -> Result:
     """Continue a stored population to its full budget with its stored configuration.
 
     Failed members get another try from their last checkpoint. Strategies that were plain
     callables without an import reference must be passed again. ``devices`` gives the workers
     GPUs as in :func:`run`. ``checkpoints`` says where the checkpoints are now, if not where
-    ``result`` found them (see :func:`load`).
+    ``result`` found them (see :func:`load`). ``intervals`` gives the population (finished or
+    not) a larger budget: its members train on from where they are, to that many intervals.
+
+    Raises:
+        ValueError: if ``intervals`` is less than the population's budget.
     """
     _check_int("workers", workers, 1)
     store = result.storage
     record = store.population(result.name)
     _check_continuable(record)
+    if intervals is not None:
+        _check_int("intervals", intervals, 1)
+        budget = int(record.config["intervals"])
+        if intervals < budget:
+            raise ValueError(
+                f"The 'intervals' parameter of resume must be at least the population's "
+                f"budget ({budget}): a budget only grows. Got {intervals}."
+            )
+        store.extend(record.id, intervals)
+        record = store.population(result.name)
     config = record.config
     runner = _runner(runner, workers, int(config["population"]), devices)
     trainable = trainable if trainable is not None else _recorded_trainable(record)

@@ -226,6 +226,11 @@ class Storage(Protocol):
         """Member id -> owner, for every member currently held by a worker."""
         ...
 
+    def extend(self, population_id: int, intervals: int) -> None:
+        """Give the population a budget of ``intervals`` (not less than its own), in one
+        transaction: record it, make members done below it idle, and mark it running."""
+        ...
+
     def reopen_members(self, population_id: int, budget: int) -> None:
         """Make failed members, and finished ones below ``budget``, idle again (to resume)."""
         ...

@@ -907,6 +907,38 @@ class SQLStorage:
             ).all()
         return {row.member_id: row.owner for row in rows}
 
+    def extend(self, population_id: int, intervals: int) -> None:
+        """Give the population a budget of ``intervals`` (not less than its own), in one
+        transaction: record it, make members done below it idle, and mark it running."""
+        with self._write() as connection:
+            _lock_population(connection, population_id)
+            config = json.loads(
+                connection.execute(
+                    sa.select(populations.c.config).where(populations.c.id == population_id)
+                ).scalar_one()
+            )
+            if intervals < int(config["intervals"]):
+                raise ValueError(
+                    f"A budget only grows: intervals={intervals} is less than the population's "
+                    f"{config['intervals']}."
+                )
+            config["intervals"] = intervals
+            connection.execute(
+                populations.update()
+                .where(populations.c.id == population_id)
+                .values(config=_dumps(config), status=PopulationStatus.RUNNING.value, error=None)
+            )
+            m = members.c
+            connection.execute(
+                members.update()
+                .where(
+                    m.population_id == population_id,
+                    m.status == MemberStatus.DONE.value,
+                    m.step < intervals,
+                )
+                .values(status=MemberStatus.IDLE.value, owner=None, lease_until=None)
+            )
+
     def reopen_members(self, population_id: int, budget: int) -> None:
         """Make failed members (and finished ones below ``budget``) idle again, to resume."""
         m = members.c
@@ -954,6 +986,7 @@ for _name in (
     "release_claims",
     "claims",
     "reopen_members",
+    "extend",
 ):
     setattr(SQLStorage, _name, retrying(getattr(SQLStorage, _name)))
 

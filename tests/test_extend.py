@@ -1,0 +1,55 @@
+"""A population (finished or not) is given a larger budget: its members train on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+import poptune as pt
+from poptune.cli import main
+from poptune.testing import Quadratic, check_steps, quadratic_space
+
+
+def _run(url: str, **overrides):
+    options = dict(
+        space=quadratic_space(),
+        metric="q",
+        population=4,
+        intervals=3,
+        storage=url,
+        name="more",
+        seed=0,
+        progress=False,
+    )
+    return pt.run(Quadratic, **{**options, **overrides})
+
+
+@pytest.mark.parametrize("sync", [False, True])
+def test_a_finished_population_trains_on_to_a_larger_budget(storage_url: str, sync: bool):
+    first = _run(storage_url, sync=sync)
+    before = {(i.member, i.step) for i in first.intervals()}
+    assert first.status == "finished" and len(before) == 4 * 3
+    longer = first.resume(intervals=6, progress=False)
+    assert longer.status == "finished" and longer.config["intervals"] == 6
+    assert [m.step for m in longer.members] == [6] * 4
+    intervals = longer.intervals()
+    assert len(intervals) == 4 * 6 and before <= {(i.member, i.step) for i in intervals}
+    assert len(longer.schedule()) == 6
+    check_steps(longer)  # every interval continues from the recorded weights, none twice
+    again = pt.load(storage_url, "more").resume(progress=False)  # the new budget is stored
+    assert len(again.intervals()) == 4 * 6
+
+
+def test_a_budget_only_grows(tmp_path: Path):
+    url = f"sqlite:///{tmp_path / 'p.db'}"
+    result = _run(url)
+    with pytest.raises(ValueError, match=r"at least the population's budget \(3\).*Got 2"):
+        result.resume(intervals=2, progress=False)
+    assert pt.load(url, "more").config["intervals"] == 3
+    out = CliRunner().invoke(
+        main, ["resume", "more", "--storage", url, "--intervals", "4", "--no-progress"]
+    )
+    assert out.exit_code == 0, out.output
+    assert [m.step for m in pt.load(url, "more").members] == [4] * 4
