@@ -201,7 +201,9 @@ def status(
         return
     Console().print(_status_table(result, members, summary))
     record = result.record
-    if record.error:
+    if record.status.value == "stopped":
+        click.echo(f"Stopped before its budget: {record.error}", err=True)
+    elif record.error:
         click.echo(f"Stopped on an error: {record.error}", err=True)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from .storage import (
     redact_url,
 )
 from .strategies import Every, Perturb, Truncation, describe, rebuild
+from .strategies.stop import Stop, describe_stop, stop_list
 from .trainable import check_trainable
 from .worker import PopulationError, RunSpec, Worker, rng_for
 
@@ -78,6 +80,7 @@ def run(
     lease_seconds: float = 30.0,
     devices: Sequence[str] | None = None,
     resident: int | None = None,
+    stop: Stop | Sequence[Stop] | None = None,
 ) -> Result:
     """Train a population with Population Based Training and return its results.
 
@@ -117,6 +120,10 @@ def run(
             included) between intervals; default: its share of the population plus one. A
             member a worker holds continues without rebuild or reload; lower it when memory is
             short (1 keeps only the member in training).
+        stop: stop before the budget: ``pt.Target(score)``, ``pt.Plateau(intervals)``,
+            ``pt.WallClock(seconds)``, any callable taking a :class:`poptune.strategies.Progress`
+            and returning a reason (or ``None``), or a list of them (the first that gives a
+            reason stops the population: its status becomes ``stopped``, with the reason).
 
     Raises:
         ValueError / TypeError: for invalid arguments, naming the parameter and the value.
@@ -127,6 +134,8 @@ def run(
         ...                 metric="accuracy", population=8, intervals=30, workers=2)
     """
     check_trainable(trainable)
+    started_at = time.time()
+    criteria = stop_list(stop)
     space = _space(space)
     mode_ = _mode(mode)
     _check_int("population", population, 2)
@@ -174,6 +183,8 @@ def run(
         "initial": start if initial is not None else None,
         "max_failures": max_failures,
         "lease_seconds": float(lease_seconds),
+        "stop": describe_stop(criteria),
+        "started_at": started_at,
     }
     try:
         record = store.population(name)
@@ -199,6 +210,7 @@ def run(
             _check_same(record, config, store)
     else:
         _check_same(record, config, store)
+        store.update_config(record.id, {"stop": config["stop"], "started_at": started_at})
         log.warning(
             "Population %r already exists in %s with this configuration; continuing it%s. "
             "Pass another name for a fresh run.",
@@ -221,6 +233,8 @@ def run(
         sync=bool(sync),
         population=population,
         max_failures=max_failures,
+        stop=tuple(criteria),
+        started_at=started_at,
     )
     resident = resident if resident is not None else _default_resident(population, workers)
     return _execute(
@@ -267,6 +281,7 @@ def resume(
     devices: Sequence[str] | None = None,
     checkpoints: str | os.PathLike[str] | CheckpointStore | None = None,
     intervals: int | None = None,
+    stop: Stop | Sequence[Stop] | None = _DEFAULT,  # type: ignore[assignment]
 ) -> Result:
     """Continue a stored population to its full budget with its stored configuration.
 
@@ -275,6 +290,8 @@ def resume(
     GPUs as in :func:`run`. ``checkpoints`` says where the checkpoints are now, if not where
     ``result`` found them (see :func:`load`). ``intervals`` gives the population (finished or
     not) a larger budget: its members train on from where they are, to that many intervals.
+    ``stop`` replaces the stored stop criteria (``None`` or ``[]``: none); by default they are
+    kept (a wall-clock limit counts from this call).
 
     Raises:
         ValueError: if ``intervals`` is less than the population's budget.
@@ -292,7 +309,11 @@ def resume(
                 f"budget ({budget}): a budget only grows. Got {intervals}."
             )
         store.extend(record.id, intervals)
-        record = store.population(result.name)
+    changes: dict[str, Any] = {"started_at": time.time()}
+    if stop is not _DEFAULT:
+        changes["stop"] = describe_stop(stop_list(stop))
+    store.update_config(record.id, changes)
+    record = store.population(result.name)
     config = record.config
     runner = _runner(runner, workers, int(config["population"]), devices)
     trainable = trainable if trainable is not None else _recorded_trainable(record)
@@ -391,6 +412,8 @@ def _spec_from_config(
         sync=bool(config["sync"]),
         population=int(config["population"]),
         max_failures=int(config.get("max_failures", 2)),
+        stop=tuple(rebuild(d, "stop") for d in config.get("stop") or []),
+        started_at=float(config.get("started_at", time.time())),
     )
 
 
@@ -447,6 +470,8 @@ def _execute(
     final = store.population(record.name)
     if final.status is PopulationStatus.ERROR:
         raise PopulationError(f"Population {record.name!r} stopped: {final.error}")
+    if final.status is PopulationStatus.STOPPED:
+        log.warning("Population %r stopped before its budget: %s.", record.name, final.error)
     return Result(store, final, checkpoint_store, spec.trainable)
 
 

@@ -50,10 +50,12 @@ class MemberStatus(str, enum.Enum):
 
 
 class PopulationStatus(str, enum.Enum):
-    """Whether a population still has work, has finished its budget, or was stopped by an error."""
+    """Whether a population still has work, has finished its budget, was stopped early by a
+    stop criterion (the reason is recorded), or was stopped by an error."""
 
     RUNNING = "running"
     FINISHED = "finished"
+    STOPPED = "stopped"
     ERROR = "error"
 
 

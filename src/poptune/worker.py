@@ -40,6 +40,7 @@ from .records import (
 )
 from .space import Space
 from .storage import Claim, LeaseLost, Storage
+from .strategies.stop import Progress, check_stop
 from .trainable import metrics_of
 from .writer import BackgroundWriter
 
@@ -87,6 +88,8 @@ class RunSpec:
     sync: bool = False
     population: int = 2
     max_failures: int = 2
+    stop: tuple[Callable[..., str | None], ...] = ()  # checked after every recorded interval
+    started_at: float = 0.0  # time.time() when this run began (for WallClock)
 
 
 class _UserCodeFailed(Exception):
@@ -416,6 +419,21 @@ class Worker:
         self.trained += 1
         for ref in collected:  # rows already gone: nothing can reach these files any more
             self._doomed.put(ref)
+        if self.spec.stop:
+            self._check_stop()
+
+    def _check_stop(self) -> None:
+        """Stop the population (status ``stopped``, with the reason) if a criterion says so."""
+        spec = self.spec
+        progress = Progress.from_scores(
+            spec.metric,
+            spec.mode,
+            self.storage.scores_since(self.population_id, 0),
+            time.time() - spec.started_at,
+        )
+        reason = check_stop(spec.stop, progress)
+        if reason is not None and self.storage.stop(self.population_id, reason):
+            log.info("Population stopped: %s.", reason)
 
     def _recorded(self, checkpoint: CheckpointRef) -> bool:
         """Whether the storage refers to ``checkpoint`` (a file is deleted only when it does

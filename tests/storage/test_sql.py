@@ -217,7 +217,8 @@ def test_failure_reseeds_from_a_donor(storage):
     gone = ExploitEvent(0, 1, 1, 7, {}, {}, None, None, 3.0)  # donor checkpoint does not exist
     claim = storage.claim(pid, "w", 5, 30.0, sync=False)
     assert claim.member.id == 0
-    status = storage.record_failure(claim, failure, retry=False, reseed=(gone, {"x": 1.0}))
+    again = FailureRecord(0, 2, "boom", "boom", 3.0)  # another failure (a retry repeats one)
+    status = storage.record_failure(claim, again, retry=False, reseed=(gone, {"x": 1.0}))
     assert status is MemberStatus.FAILED
 
 

@@ -226,6 +226,15 @@ class Storage(Protocol):
         """Member id -> owner, for every member currently held by a worker."""
         ...
 
+    def stop(self, population_id: int, reason: str) -> bool:
+        """Mark a running population stopped, with ``reason``; ``False`` if it was not running
+        (finished, stopped or failed meanwhile)."""
+        ...
+
+    def update_config(self, population_id: int, values: Mapping[str, Any]) -> None:
+        """Set these keys of the population's stored configuration (others are kept)."""
+        ...
+
     def extend(self, population_id: int, intervals: int) -> None:
         """Give the population a budget of ``intervals`` (not less than its own), in one
         transaction: record it, make members done below it idle, and mark it running."""

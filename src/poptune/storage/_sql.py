@@ -464,6 +464,36 @@ class SQLStorage:
                 .values(status=status.value, error=error)
             )
 
+    def stop(self, population_id: int, reason: str) -> bool:
+        """Mark a running population stopped, with ``reason``; ``False`` if it was not running
+        (finished, stopped or failed meanwhile)."""
+        with self._write() as connection:
+            result = connection.execute(
+                populations.update()
+                .where(
+                    populations.c.id == population_id,
+                    populations.c.status == PopulationStatus.RUNNING.value,
+                )
+                .values(status=PopulationStatus.STOPPED.value, error=reason)
+            )
+        return bool(result.rowcount)
+
+    def update_config(self, population_id: int, values: Mapping[str, Any]) -> None:
+        """Set these keys of the population's stored configuration (others are kept)."""
+        with self._write() as connection:
+            _lock_population(connection, population_id)
+            config = json.loads(
+                connection.execute(
+                    sa.select(populations.c.config).where(populations.c.id == population_id)
+                ).scalar_one()
+            )
+            config.update(values)
+            connection.execute(
+                populations.update()
+                .where(populations.c.id == population_id)
+                .values(config=_dumps(config))
+            )
+
     # --- claims --------------------------------------------------------------------------
 
     def claim(
@@ -987,6 +1017,8 @@ for _name in (
     "claims",
     "reopen_members",
     "extend",
+    "stop",
+    "update_config",
 ):
     setattr(SQLStorage, _name, retrying(getattr(SQLStorage, _name)))
 

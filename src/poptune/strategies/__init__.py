@@ -4,17 +4,23 @@ from ._base import Exploit, Explore, Ready, describe, rebuild
 from .exploit import Tournament, Truncation, TTest
 from .explore import Perturb, Resample
 from .ready import Every
+from .stop import Plateau, Progress, Stop, Target, WallClock
 
 __all__ = [
     "Every",
     "Exploit",
     "Explore",
     "Perturb",
+    "Plateau",
+    "Progress",
     "Ready",
     "Resample",
+    "Stop",
     "TTest",
+    "Target",
     "Tournament",
     "Truncation",
+    "WallClock",
     "describe",
     "rebuild",
 ]

@@ -1,0 +1,210 @@
+"""When to stop a population before its budget: a target score, a plateau, a wall-clock limit.
+
+A stop criterion is a small object called after every recorded interval with a
+:class:`Progress` (the best fitness at each step so far, and the time the run has taken); it
+returns the reason to stop, or ``None`` to go on. The first criterion that gives a reason stops
+the population: its status becomes ``stopped``, with that reason, and the workers finish the
+intervals they are training.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..records import Mode
+from ._base import register
+
+__all__ = ["Plateau", "Progress", "Stop", "Target", "WallClock", "check_stop"]
+
+#: A stop criterion: the population's progress in, the reason to stop (or ``None``) out.
+Stop = Callable[["Progress"], "str | None"]
+
+
+@dataclass(frozen=True)
+class Progress:
+    """What stop criteria see after an interval is recorded.
+
+    Attributes:
+        metric: the name of the score.
+        mode: whether higher (``max``) or lower (``min``) scores are better.
+        best_by_step: the best fitness recorded at each step ``1..len``, ``-inf`` where no
+            finite score was recorded (fitness is the score, negated for ``min``).
+        elapsed: seconds since the run (``pt.run`` or ``resume``) started.
+    """
+
+    metric: str
+    mode: Mode
+    best_by_step: Sequence[float]
+    elapsed: float
+
+    @classmethod
+    def from_scores(
+        cls,
+        metric: str,
+        mode: Mode,
+        scores: Sequence[tuple[int, int, float | None]],
+        elapsed: float,
+    ) -> Progress:
+        """From ``(member, step, score)`` rows, as the storage's ``scores_since`` gives them."""
+        steps = max((step for _, step, _ in scores), default=0)
+        best = [-math.inf] * steps
+        for _, step, score in scores:
+            fitness = mode.fitness(score)
+            if math.isfinite(fitness) and fitness > best[step - 1]:
+                best[step - 1] = fitness
+        return cls(metric, mode, best, elapsed)
+
+    def best_until(self, step: int) -> float:
+        """The best fitness recorded at steps ``1..step``."""
+        return max(self.best_by_step[:step], default=-math.inf)
+
+    def score(self, fitness: float) -> float:
+        """The score that has this fitness."""
+        return fitness if self.mode is Mode.MAX else -fitness
+
+
+def _check_number(owner: str, name: str, value: Any, positive: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(
+            f"The '{name}' parameter of {owner} must be a finite number. Got {value!r}."
+        )
+    if positive and value <= 0:
+        raise ValueError(f"The '{name}' parameter of {owner} must be > 0. Got {value!r}.")
+    return float(value)
+
+
+@register
+class Target:
+    """Stop once the best score reaches ``score`` (at least it for ``max``, at most for ``min``).
+
+    Example:
+        >>> import poptune as pt
+        >>> stop = pt.Target(0.98)        # e.g. accuracy
+    """
+
+    def __init__(self, score: float) -> None:
+        self.target = _check_number("Target", "score", score)
+
+    def __call__(self, progress: Progress) -> str | None:
+        """The reason to stop, once the target is reached."""
+        best = progress.best_until(len(progress.best_by_step))
+        if best >= progress.mode.fitness(self.target):
+            return (
+                f"target reached: the best {progress.metric} is {progress.score(best):.6g} "
+                f"({'>=' if progress.mode is Mode.MAX else '<='} {self.target:.6g})"
+            )
+        return None
+
+    def to_config(self) -> dict[str, Any]:
+        """Parameters to store with the population."""
+        return {"score": self.target}
+
+    def __repr__(self) -> str:
+        return f"Target({self.target!r})"
+
+
+@register
+class Plateau:
+    """Stop when the best score has not improved by more than ``min_delta`` over the last
+    ``intervals`` steps (compared with the best before them).
+
+    Example:
+        >>> import poptune as pt
+        >>> stop = pt.Plateau(intervals=5, min_delta=1e-3)
+    """
+
+    def __init__(self, intervals: int, min_delta: float = 0.0) -> None:
+        if isinstance(intervals, bool) or not isinstance(intervals, int) or intervals < 1:
+            raise ValueError(
+                f"The 'intervals' parameter of Plateau must be an int >= 1. Got {intervals!r}."
+            )
+        self.intervals = intervals
+        self.min_delta = _check_number("Plateau", "min_delta", min_delta)
+        if self.min_delta < 0:
+            raise ValueError(
+                f"The 'min_delta' parameter of Plateau must be >= 0. Got {min_delta!r}."
+            )
+
+    def __call__(self, progress: Progress) -> str | None:
+        """The reason to stop, once the best has stalled for ``intervals`` steps."""
+        last = len(progress.best_by_step)
+        if last <= self.intervals:
+            return None
+        before = progress.best_until(last - self.intervals)
+        now = progress.best_until(last)
+        if not math.isfinite(before) or now - before > self.min_delta:
+            return None
+        return (
+            f"plateau: the best {progress.metric} ({progress.score(now):.6g}) improved by no "
+            f"more than {self.min_delta:g} over the last {self.intervals} steps"
+        )
+
+    def to_config(self) -> dict[str, Any]:
+        """Parameters to store with the population."""
+        return {"intervals": self.intervals, "min_delta": self.min_delta}
+
+    def __repr__(self) -> str:
+        return f"Plateau(intervals={self.intervals}, min_delta={self.min_delta!r})"
+
+
+@register
+class WallClock:
+    """Stop once the run (``pt.run`` or ``resume``) has taken ``seconds`` of wall-clock time;
+    the intervals in progress then finish.
+
+    Example:
+        >>> import poptune as pt
+        >>> stop = pt.WallClock(3600)      # one hour
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = _check_number("WallClock", "seconds", seconds, positive=True)
+
+    def __call__(self, progress: Progress) -> str | None:
+        """The reason to stop, once the time is up."""
+        if progress.elapsed >= self.seconds:
+            return (
+                f"wall-clock limit reached: the run took {progress.elapsed:.0f} s "
+                f"(limit {self.seconds:g} s)"
+            )
+        return None
+
+    def to_config(self) -> dict[str, Any]:
+        """Parameters to store with the population."""
+        return {"seconds": self.seconds}
+
+    def __repr__(self) -> str:
+        return f"WallClock({self.seconds!r})"
+
+
+def check_stop(criteria: Sequence[Stop], progress: Progress) -> str | None:
+    """The reason of the first criterion that says stop, or ``None``."""
+    for criterion in criteria:
+        reason = criterion(progress)
+        if reason:
+            return reason
+    return None
+
+
+def stop_list(stop: Stop | Sequence[Stop] | None) -> list[Stop]:
+    """``stop=`` as given to ``pt.run``: one criterion, several, or none; checked."""
+    if stop is None:
+        return []
+    criteria = list(stop) if isinstance(stop, Sequence) and not isinstance(stop, str) else [stop]
+    for criterion in criteria:
+        if not callable(criterion):
+            raise TypeError(
+                "The 'stop' parameter must be a criterion such as pt.Target(0.95), "
+                f"pt.Plateau(5) or pt.WallClock(3600), or a list of them. Got {criterion!r}."
+            )
+    return criteria
+
+
+def describe_stop(criteria: Sequence[Stop]) -> list[Mapping[str, Any] | None]:
+    """The stored form of ``criteria`` (see :func:`~poptune.strategies.describe`)."""
+    from ._base import describe
+
+    return [describe(criterion) for criterion in criteria]
