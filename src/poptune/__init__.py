@@ -9,7 +9,7 @@ Example:
 
 from .checkpoints import CheckpointCorrupt, CheckpointMissing, LocalCheckpoints
 from .loop import Context, Interval, LoopError
-from .population import delete, load, resume, run
+from .population import delete, load, replay, resume, run
 from .records import (
     Candidate,
     CheckpointRef,
@@ -100,6 +100,7 @@ __all__ = [
     "delete",
     "load",
     "open_storage",
+    "replay",
     "resume",
     "run",
 ]

@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .devices import CUDA_VISIBLE_DEVICES, apply_environment, device_environment, parse_device
-from .population import checkpoints_location, load
+from .population import checkpoints_location, load, replay
 from .population import delete as delete_population
 from .records import MemberRecord, Mode
 from .results import Result
@@ -409,6 +409,26 @@ def worker(
         click.echo("Interrupted; the member in progress was given back.", err=True)
         sys.exit(130)
     click.echo(f"{name}: this worker trained {trained} intervals; the population is done.")
+
+
+@main.command("replay")
+@click.argument("name")
+@_storage_option
+@click.option("--member", type=int, default=None, help="Whose lineage (default: the best).")
+@click.option("--as", "replay_name", default=None, help="Its name (default: NAME-replay).")
+@click.option("--progress/--no-progress", default=True, help="Show a progress display.")
+@_errors
+def replay_command(
+    name: str, storage: str | None, member: int | None, replay_name: str | None, progress: bool
+) -> None:
+    """Train one fresh model on the winning schedule of NAME (no weight copying)."""
+    source = load(storage, name)
+    replayed = replay(source.storage, name, member, replay_name, progress=progress)
+    click.echo(
+        f"{replayed.name}: {source.metric} {_format_score(replayed.best.score)} after "
+        f"{replayed.best.step} intervals on the schedule of {name} (whose best is "
+        f"{_format_score(source.best.score)})"
+    )
 
 
 @main.command()

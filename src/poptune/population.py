@@ -33,7 +33,7 @@ from .strategies.stop import Stop, describe_stop, stop_list
 from .trainable import check_trainable
 from .worker import PopulationError, RunSpec, Worker, rng_for
 
-__all__ = ["delete", "join", "load", "resume", "run"]
+__all__ = ["delete", "join", "load", "replay", "resume", "run"]
 
 log = logging.getLogger("poptune")
 
@@ -334,6 +334,77 @@ def resume(
     )
 
 
+def replay(
+    storage: str | Storage | None,
+    name: str,
+    member: int | None = None,
+    replay_name: str | None = None,
+    trainable: type | Callable[..., Any] | None = None,
+    progress: bool = True,
+) -> Result:
+    """Train one fresh model following a population's winning schedule, without copying weights.
+
+    The model starts from fresh weights (the trainable's own initialisation, seeded by the
+    population's seed) and trains interval ``t`` with the hyperparameters the winning lineage
+    (of ``member``, default the best) used at its ``t``-th interval. It is stored as its own
+    population, ``replay_name`` (default ``"<name>-replay"``), so ``status``, the report and
+    :func:`load` show it; running it again continues it.
+
+    Raises:
+        PopulationNotFound: if there is no population called ``name``.
+        ValueError: if the population has no trained lineage to replay yet.
+    """
+    source = load(storage, name)
+    entries = source.schedule(member)
+    if not entries:
+        raise ValueError(
+            f"Population {name!r} has no trained lineage to replay yet: train it first."
+        )
+    stored = source.record.config
+    trainable = trainable if trainable is not None else _recorded_trainable(source.record)
+    check_trainable(trainable)
+    store = source.storage
+    target = replay_name or f"{name}-replay"
+    config: dict[str, Any] = {
+        **{key: stored[key] for key in ("trainable", "space", "metric", "mode", "seed")},
+        "population": 1,
+        "intervals": len(entries),
+        "exploit": None,
+        "explore": stored["explore"],
+        "ready": stored["ready"],
+        "sync": False,
+        "initial": [dict(entries[0].hparams)],
+        "max_failures": int(stored.get("max_failures", 2)),
+        "lease_seconds": float(stored.get("lease_seconds", 30.0)),
+        "schedule": [dict(entry.hparams) for entry in entries],
+        "replay_of": {"population": name, "member": entries[-1].member},
+        "checkpoints": stored["checkpoints"],
+    }
+    try:
+        record = store.population(target)
+    except PopulationNotFound:
+        try:
+            record = store.create_population(target, config, [dict(entries[0].hparams)])
+        except PopulationExists:
+            record = store.population(target)
+    if record.config.get("schedule") != config["schedule"]:
+        raise ValueError(
+            f"A population named {target!r} already exists in {redact_url(store.url)} and is "
+            f"not a replay of this schedule. Pass replay_name= another name."
+        )
+    spec = _spec_from_config(record.config, trainable)
+    return _execute(
+        store,
+        record,
+        spec,
+        progress,
+        InProcessRunner(),
+        None,
+        float(config["lease_seconds"]),
+        1,
+    )
+
+
 def join(
     result: Result,
     checkpoints: str | os.PathLike[str] | None = None,
@@ -414,6 +485,7 @@ def _spec_from_config(
         max_failures=int(config.get("max_failures", 2)),
         stop=tuple(rebuild(d, "stop") for d in config.get("stop") or []),
         started_at=float(config.get("started_at", time.time())),
+        schedule=tuple(dict(h) for h in config.get("schedule") or ()),
     )
 
 

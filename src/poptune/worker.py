@@ -90,6 +90,8 @@ class RunSpec:
     max_failures: int = 2
     stop: tuple[Callable[..., str | None], ...] = ()  # checked after every recorded interval
     started_at: float = 0.0  # time.time() when this run began (for WallClock)
+    # A replay: interval t trains with schedule[t - 1] instead of the member's hparams.
+    schedule: tuple[Mapping[str, Any], ...] = ()
 
 
 class _UserCodeFailed(Exception):
@@ -361,7 +363,7 @@ class Worker:
         state to checkpoint."""
         spec = self.spec
         step = member.step + 1
-        hparams = dict(member.hparams)
+        hparams = dict(spec.schedule[step - 1] if spec.schedule else member.hparams)
         seed = derive_seed(spec.seed, _TRAIN, member.id, step)
         live.holds = None  # from here on its weights are ahead of every checkpoint
         started = time.perf_counter()
