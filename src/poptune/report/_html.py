@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import bisect
 import datetime
+import functools
 import html
 import math
 from collections import defaultdict
@@ -41,6 +42,7 @@ _WIDTH, _MARGIN = 920, (24, 16, 36, 64)  # top, right, bottom, left
 _E = html.escape
 
 
+@functools.lru_cache(maxsize=65536)  # the lineage asks for the same ranks on every redraw
 def _viridis(t: float) -> str:
     t = min(max(t, 0.0), 1.0) * (len(_VIRIDIS) - 1)
     low = math.floor(t)
