@@ -222,7 +222,8 @@ def _hparam_figure(model: ReportModel, name: str) -> str:
     numeric = all(_finite(v) for v in values)
     labels: list[str] = []
     if numeric:
-        low, high = min(values), max(values)  # type: ignore[type-var]
+        # No interval yet (a population that has not trained): an empty figure, not a crash.
+        low, high = (min(values), max(values)) if values else (0.0, 1.0)  # type: ignore[type-var]
         y = _Axis(low, high, height - bottom, top, log=name in model.log_scale)
 
         def position(value: Any) -> float:
