@@ -23,7 +23,7 @@ pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
 from starlette.testclient import TestClient
 
-from poptune.dashboard import create_app
+from poptune.dashboard import Dashboard, create_app
 
 NASTY = "<script>alert(1)</script>"
 METRIC = "<img src=x onerror=alert(2)>"
@@ -107,6 +107,26 @@ def test_update_is_204_until_the_population_changes(storage_url):
     assert '<span id="intervals">6</span>' in changed.json()["html"]
     again = client.get("/api/population", params={"name": "later", "since": version})
     assert again.content == changed.content  # the same version is rendered once, then shared
+
+
+def test_reading_only_new_intervals_gives_every_interval(storage_url):
+    result = pt.run(
+        Quadratic,
+        space=_space(),
+        metric="q",
+        population=4,
+        intervals=8,
+        storage=storage_url,
+        name="grows",
+        progress=False,
+        runner=CreateOnlyRunner(),
+    )
+    board = Dashboard(storage_url)
+    assert board.model("grows").intervals == []
+    result.resume(progress=False)
+    assert result.exploits()  # members jumped steps by copying: those steps have no interval
+    assert board.model("grows").intervals == result.intervals()  # one query per new interval
+    board.close()
 
 
 @pytest.mark.parametrize(
