@@ -483,5 +483,30 @@ def resume(
     )
 
 
+@main.command()
+@_storage_option
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to listen on; anything but loopback lets anyone who reaches it read it.",
+)
+@click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True)
+@click.option(
+    "--every",
+    type=click.FloatRange(min=0.2),
+    default=1.0,
+    show_default=True,
+    help="Seconds between the browser's checks for new intervals.",
+)
+@_errors
+def dashboard(storage: str | None, host: str, port: int, every: float) -> None:
+    """Serve a live, read-only dashboard of the populations in the storage (needs
+    'poptune[dashboard]')."""
+    from .dashboard import serve
+
+    serve(storage, host=host, port=port, poll_seconds=every)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

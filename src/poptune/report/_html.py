@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import bisect
 import datetime
+import functools
 import html
 import math
 from collections import defaultdict
@@ -18,7 +19,15 @@ from typing import Any
 from ..records import IntervalRecord
 from ._model import ReportModel
 
-__all__ = ["render_html"]
+__all__ = [
+    "CSS",
+    "HIGHLIGHT_JS",
+    "figure_sections",
+    "member_table",
+    "render_html",
+    "strategies_line",
+    "summary_cards",
+]
 
 # viridis, sampled at 9 points: perceptually uniform and readable for colour-blind people
 _VIRIDIS = [
@@ -33,6 +42,7 @@ _WIDTH, _MARGIN = 920, (24, 16, 36, 64)  # top, right, bottom, left
 _E = html.escape
 
 
+@functools.lru_cache(maxsize=65536)  # the lineage asks for the same ranks on every redraw
 def _viridis(t: float) -> str:
     t = min(max(t, 0.0), 1.0) * (len(_VIRIDIS) - 1)
     low = math.floor(t)
@@ -212,7 +222,8 @@ def _hparam_figure(model: ReportModel, name: str) -> str:
     numeric = all(_finite(v) for v in values)
     labels: list[str] = []
     if numeric:
-        low, high = min(values), max(values)  # type: ignore[type-var]
+        # No interval yet (a population that has not trained): an empty figure, not a crash.
+        low, high = (min(values), max(values)) if values else (0.0, 1.0)  # type: ignore[type-var]
         y = _Axis(low, high, height - bottom, top, log=name in model.log_scale)
 
         def position(value: Any) -> float:
@@ -309,7 +320,7 @@ def _table(headers: Sequence[str], rows: Iterable[Sequence[Any]], css: str = "")
     return f'<table class="{css}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
-_CSS = """
+CSS = """
 body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;color:#1f2328;
 background:#f6f8fa}main{max-width:980px;margin:0 auto;padding:24px}h1{font-size:22px;margin:0 0 4px}
 h2{font-size:17px;margin:28px 0 8px}section{background:#fff;border:1px solid #d0d7de;
@@ -330,7 +341,7 @@ pre{white-space:pre-wrap;font-size:12px;background:#f6f8fa;padding:8px;border-ra
 .legend{font-size:12px;color:#57606a}
 """
 
-_JS = """
+HIGHLIGHT_JS = """
 (function(){
   var active=null;
   function mark(member,on){
@@ -350,9 +361,8 @@ _JS = """
 """
 
 
-def render_html(model: ReportModel) -> str:
-    """The whole report as one HTML document."""
-    created = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
+def summary_cards(model: ReportModel) -> str:
+    """The row of cards at the top: best score, status, budget used, wall time, counts."""
     best = (
         "—"
         if model.best_score is None
@@ -370,9 +380,19 @@ def render_html(model: ReportModel) -> str:
         f'<div class="card"><span class="muted">{_E(k)}</span><b>{_E(v)}</b></div>'
         for k, v in cards
     )
-    strategies = ", ".join(
+    return f'<div class="cards">{card_html}</div>'
+
+
+def strategies_line(model: ReportModel) -> str:
+    """The population's exploit, explore and ready strategies in one line (not escaped)."""
+    return ", ".join(
         f"{role}: {_describe(model.config.get(role))}" for role in ("exploit", "explore", "ready")
     )
+
+
+def figure_sections(model: ReportModel) -> str:
+    """The report's body: scores, hyperparameters and lineage figures, the best member's
+    schedule and the failures, as ``<section>`` elements."""
     schedule_rows = [
         [e.step, e.member, e.member_step, *[e.hparams.get(n) for n in model.hparam_names], e.score]
         for e in model.schedule
@@ -390,21 +410,10 @@ def render_html(model: ReportModel) -> str:
             for f in model.failures[-50:]
         )
         failures = f"<section><h2>Failures ({len(model.failures)})</h2>{items}</section>"
-    error = f'<p class="error">Stopped: {_E(model.error)}</p>' if model.error else ""
     hparams = "".join(
         f"<h2>{_E(name)}</h2>{_hparam_figure(model, name)}" for name in model.hparam_names
     )
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>poptune report: {_E(model.name)}</title><style>{_CSS}</style></head>
-<body><main>
-<h1>Population <span id="population-name">{_E(model.name)}</span></h1>
-<p class="muted">{_E(model.metric)} ({_E(model.mode.value)}) · {model.population} members ·
-{model.budget} intervals each · {_E(strategies)} · report made {created}</p>
-{error}
-<div class="cards">{card_html}</div>
-<section><h2>Scores</h2>
+    return f"""<section><h2>Scores</h2>
 <p class="legend">One line per member; the best member is thick. Red triangles mark exploits,
 with a dashed line from the copied (donor, step). Hover a line to follow a member everywhere.</p>
 {_scores_figure(model)}</section>
@@ -417,8 +426,44 @@ the winning lineage's schedule.</p>{hparams}</section>
 training, red edges are copies; the winning lineage is outlined in black. Red nodes: NaN or
 infinite scores.</p>{_lineage_figure(model)}</section>
 <section><h2>Schedule of the best member</h2>{schedule}</section>
-{failures}
-</main><script>{_JS}</script></body></html>
+{failures}"""
+
+
+def member_table(model: ReportModel) -> str:
+    """Every member as it is now: status, step, score, parent and next hparams (best starred)."""
+    names = list(model.hparam_names)
+    rows = []
+    for member in model.members:
+        star = " ★" if member.id == model.best_member else ""
+        cells = [
+            f"{member.id}{star}",
+            member.status.value,
+            member.step,
+            "—" if member.score is None else member.score,
+            "—" if member.parent is None else member.parent,
+            *["—" if member.hparams.get(n) is None else member.hparams.get(n) for n in names],
+        ]
+        rows.append(cells)
+    headers = ["member", "status", "step", model.metric, "parent", *names]
+    return _table(headers, rows, "members")
+
+
+def render_html(model: ReportModel) -> str:
+    """The whole report as one HTML document."""
+    created = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
+    error = f'<p class="error">Stopped: {_E(model.error)}</p>' if model.error else ""
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>poptune report: {_E(model.name)}</title><style>{CSS}</style></head>
+<body><main>
+<h1>Population <span id="population-name">{_E(model.name)}</span></h1>
+<p class="muted">{_E(model.metric)} ({_E(model.mode.value)}) · {model.population} members ·
+{model.budget} intervals each · {_E(strategies_line(model))} · report made {created}</p>
+{error}
+{summary_cards(model)}
+{figure_sections(model)}
+</main><script>{HIGHLIGHT_JS}</script></body></html>
 """
 
 

@@ -1,0 +1,192 @@
+"""The dashboard's web application (Starlette) and its server (uvicorn), both imported lazily."""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import secrets
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from ..storage import PopulationNotFound, StorageError
+from ._pages import Dashboard, error_page
+
+if TYPE_CHECKING:
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+
+__all__ = ["create_app", "serve"]
+
+# Errors that mean "the storage cannot be read right now", shown as a 503 page.
+_UNAVAILABLE = (StorageError, SQLAlchemyError, OSError)
+
+
+def _starlette() -> Any:
+    try:
+        import starlette  # noqa: F401
+    except ImportError:
+        raise ImportError(
+            "The dashboard needs Starlette and uvicorn: pip install 'poptune[dashboard]'."
+        ) from None
+
+
+def _headers(nonce: str | None = None) -> dict[str, str]:
+    script = f"'nonce-{nonce}'" if nonce else "'none'"
+    return {
+        # The page runs only its own inline script; nothing is fetched from elsewhere.
+        "Content-Security-Policy": (
+            f"default-src 'none'; script-src {script}; style-src 'unsafe-inline'; "
+            "img-src data:; connect-src 'self'; base-uri 'none'; form-action 'none'; "
+            "frame-ancestors 'none'"
+        ),
+        "X-Content-Type-Options": "nosniff",
+        "Referrer-Policy": "no-referrer",
+        "Cache-Control": "no-store",
+    }
+
+
+def create_app(
+    storage_url: str | None = None,
+    poll_seconds: float = 1.0,
+    allowed_hosts: Sequence[str] | None = None,
+) -> Starlette:
+    """The dashboard of the populations in ``storage_url`` as a Starlette application.
+
+    Read-only (GET only). The storage is opened on the first request, and again on later
+    requests until it opens, so a storage that is missing or down gives a 503 page that names it
+    (password hidden), not a stack trace. ``allowed_hosts`` restricts the ``Host`` header
+    (:func:`serve` sets it to the loopback names when it binds to loopback).
+
+    Routes: ``/`` (the populations), ``/population?name=NAME`` (one population),
+    ``/api/populations`` and ``/api/population?name=NAME&since=VERSION`` (JSON that the pages
+    poll; 204 while the population is still at ``VERSION``).
+
+    Example:
+        >>> from starlette.testclient import TestClient                # doctest: +SKIP
+        >>> TestClient(create_app("sqlite:///runs/poptune.db")).get("/")  # doctest: +SKIP
+    """
+    _starlette()
+    from starlette.applications import Starlette
+    from starlette.middleware import Middleware
+    from starlette.middleware.gzip import GZipMiddleware
+    from starlette.middleware.trustedhost import TrustedHostMiddleware
+    from starlette.responses import HTMLResponse, JSONResponse, Response
+    from starlette.routing import Route
+
+    board = Dashboard(storage_url, poll_seconds)
+
+    def page(render: Callable[[str], str]) -> Response:
+        nonce = secrets.token_urlsafe(16)
+        try:
+            text = render(nonce)
+        except PopulationNotFound as error:
+            return HTMLResponse(
+                error_page("Population not found", str(error), board.redacted_url),
+                status_code=404,
+                headers=_headers(),
+            )
+        except _UNAVAILABLE as error:
+            return HTMLResponse(
+                error_page(
+                    "The storage cannot be read", board.scrub(str(error)), board.redacted_url
+                ),
+                status_code=503,
+                headers=_headers(),
+            )
+        return HTMLResponse(text, headers=_headers(nonce))
+
+    def api_error(error: Exception) -> Response:
+        if isinstance(error, PopulationNotFound):
+            return JSONResponse({"error": str(error)}, status_code=404, headers=_headers())
+        message = f"The storage {board.redacted_url} cannot be read: {board.scrub(str(error))}"
+        return JSONResponse({"error": message}, status_code=503, headers=_headers())
+
+    def name_of(request: Request) -> str:
+        name = request.query_params.get("name")
+        if name is None:
+            raise PopulationNotFound("Which population? Add ?name=NAME to the address.")
+        return name
+
+    def index(request: Request) -> Response:
+        return page(board.index_page)
+
+    def population(request: Request) -> Response:
+        return page(lambda nonce: board.population_page(name_of(request), nonce))
+
+    def api_populations(request: Request) -> Response:
+        try:
+            table = board.populations_table()
+        except (PopulationNotFound, *_UNAVAILABLE) as error:
+            return api_error(error)
+        return JSONResponse({"version": "", "html": table}, headers=_headers())
+
+    def api_population(request: Request) -> Response:
+        try:
+            update = board.update(name_of(request), request.query_params.get("since"))
+        except (PopulationNotFound, *_UNAVAILABLE) as error:
+            return api_error(error)
+        if update is None:
+            return Response(status_code=204, headers=_headers())
+        # Encoded and compressed once per version, whoever polls (the gzip middleware lets
+        # a response with a Content-Encoding through untouched).
+        headers = {**_headers(), "Vary": "Accept-Encoding"}
+        if "gzip" in request.headers.get("accept-encoding", ""):
+            headers["Content-Encoding"] = "gzip"
+            return Response(update.gzipped, media_type="application/json", headers=headers)
+        return Response(update.body, media_type="application/json", headers=headers)
+
+    routes = [
+        Route("/", index),
+        Route("/population", population),
+        Route("/api/populations", api_populations),
+        Route("/api/population", api_population),
+    ]
+    middleware = [Middleware(GZipMiddleware, minimum_size=1024, compresslevel=6)]
+    if allowed_hosts is not None:
+        middleware.insert(0, Middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts)))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        board.close()
+
+    app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
+    app.state.dashboard = board
+    return app
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def serve(
+    storage_url: str | None = None,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    poll_seconds: float = 1.0,
+) -> None:
+    """Serve the dashboard of ``storage_url`` at ``http://host:port/`` until Ctrl-C.
+
+    It binds to loopback by default. On loopback only requests addressed to a loopback name are
+    answered (a web page elsewhere cannot read the dashboard through DNS rebinding); on any
+    other address everyone who reaches it may read it (there is no login).
+    """
+    _starlette()
+    import uvicorn
+
+    hosts = ["127.0.0.1", "localhost", "[::1]", "::1", host] if _loopback(host) else None
+    app = create_app(storage_url, poll_seconds, allowed_hosts=hosts)
+    board: Dashboard = app.state.dashboard
+    shown = f"[{host}]" if ":" in host else host
+    print(
+        f"poptune dashboard of {board.redacted_url} at http://{shown}:{port}/ (Ctrl-C stops)",
+        flush=True,
+    )
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
