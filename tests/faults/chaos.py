@@ -129,7 +129,7 @@ def main() -> None:
     url, name = sys.argv[1], sys.argv[2]
     result = load(url, name)
     storage = ChaosStorage(url)
-    store = ChaosCheckpoints(result.config["checkpoints"])
+    store = ChaosCheckpoints(result.checkpoint_store.url)
     spec = _spec_from_config(result.config, Chaotic)
     worker = Worker(
         spec,

@@ -17,7 +17,7 @@ import pytest
 
 import poptune as pt
 from poptune._imports import import_object
-from poptune.checkpoints import LocalCheckpoints, sweep_orphans
+from poptune.checkpoints import sweep_orphans
 from poptune.records import MemberStatus
 from poptune.testing import CreateOnlyRunner, check_steps
 
@@ -48,7 +48,7 @@ def corrupt_one(result: pt.Result, rng: np.random.Generator) -> pt.CheckpointRef
     if not refs:
         return None
     ref = refs[int(rng.integers(len(refs)))]
-    path = Path(result.config["checkpoints"]) / ref.path
+    path = Path(result.checkpoint_store.url) / ref.path
     data = bytearray(path.read_bytes())
     data[int(rng.integers(len(data)))] ^= 0xFF
     path.write_bytes(bytes(data))
@@ -119,7 +119,7 @@ def test_chaos(tmp_path: Path, writes, scenario: str):
     )
     # Orphans (files of workers killed before their commit) are swept once old enough.
     committed = {ref.path for ref in result.storage.checkpoints(result.record.id)}
-    store = LocalCheckpoints(result.config["checkpoints"])
+    store = result.checkpoint_store
     orphans = sweep_orphans(store, result.record.id, committed, older_than=0.0)
     assert set(store.files(result.record.id)) == committed
 
