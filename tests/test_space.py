@@ -283,7 +283,7 @@ def test_perturb_rejects_a_bad_factor(dist, factor):
         (lambda: Choice({1, 2}), TypeError, r"options=\{1, 2\}.*set"),
         (lambda: Choice([1, 2], ordered="yes"), TypeError, r"ordered='yes'"),
         (lambda: Space({"layers": [1, 2]}), TypeError, r"'layers' is a list \(\[1, 2\]\)"),
-        (lambda: Space({"f": print}), TypeError, r"'f' is a builtin_function_or_method"),
+        (lambda: Space({"f": len}), TypeError, r"'f' is a builtin_function_or_method"),
         (lambda: Space({"x": math.nan}), ValueError, r"'x' is fixed to NaN"),
         (lambda: Space({"": Uniform(0, 1)}), ValueError, r"must not be empty \(got ''\)"),
         (lambda: Space({1: Uniform(0, 1)}), TypeError, r"got 1 of type int"),
