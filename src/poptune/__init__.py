@@ -37,6 +37,7 @@ from .strategies import (
     Truncation,
     TTest,
 )
+from .trackers import MLflow, TensorBoard, Tracker
 from .trainable import Trainable
 from .worker import PopulationError, Worker
 
@@ -68,6 +69,7 @@ __all__ = [
     "LocalProcessRunner",
     "LogUniform",
     "LoopError",
+    "MLflow",
     "MemberRecord",
     "MemberStatus",
     "Mode",
@@ -85,7 +87,9 @@ __all__ = [
     "Storage",
     "StorageError",
     "TTest",
+    "TensorBoard",
     "Tournament",
+    "Tracker",
     "Trainable",
     "Truncation",
     "Uniform",
