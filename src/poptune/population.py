@@ -28,6 +28,7 @@ from .storage import (
     redact_url,
 )
 from .strategies import Every, Perturb, Truncation, describe, rebuild
+from .trackers import BackgroundExport, Tracker, check_trackers
 from .trainable import check_trainable
 from .worker import PopulationError, RunSpec, Worker, rng_for
 
@@ -78,6 +79,7 @@ def run(
     lease_seconds: float = 30.0,
     devices: Sequence[str] | None = None,
     resident: int | None = None,
+    trackers: Sequence[Tracker] | None = None,
 ) -> Result:
     """Train a population with Population Based Training and return its results.
 
@@ -117,6 +119,10 @@ def run(
             included) between intervals; default: its share of the population plus one. A
             member a worker holds continues without rebuild or reload; lower it when memory is
             short (1 keeps only the member in training).
+        trackers: where to export the population while it trains, e.g.
+            ``[pt.TensorBoard("runs/tb"), pt.MLflow("sqlite:///runs/mlflow.db")]``: a thread
+            beside the workers exports what the storage holds, and the rest once they stop. A
+            failing tracker is a warning, never a stopped run. See docs/trackers.md.
 
     Raises:
         ValueError / TypeError: for invalid arguments, naming the parameter and the value.
@@ -137,6 +143,7 @@ def run(
     if resident is not None:
         _check_int("resident", resident, 1)
     runner = _runner(runner, workers, population, devices)
+    trackers = check_trackers(trackers)
     if not isinstance(metric, str) or not metric:
         raise ValueError(f"The 'metric' parameter must be a non-empty string. Got {metric!r}.")
     if exploit is _DEFAULT:
@@ -224,7 +231,15 @@ def run(
     )
     resident = resident if resident is not None else _default_resident(population, workers)
     return _execute(
-        store, record, spec, progress, runner, checkpoints, float(lease_seconds), int(resident)
+        store,
+        record,
+        spec,
+        progress,
+        runner,
+        checkpoints,
+        float(lease_seconds),
+        int(resident),
+        trackers,
     )
 
 
@@ -388,6 +403,7 @@ def _execute(
     checkpoints: str | os.PathLike[str] | CheckpointStore | None,
     lease_seconds: float,
     resident: int,
+    trackers: Sequence[Tracker] = (),
 ) -> Result:
     checkpoint_store = (
         checkpoints
@@ -415,9 +431,17 @@ def _execute(
         enabled=progress,
         exploits=lambda: store.exploits(record.id),
     )
+    exporter = BackgroundExport(Result(store, record, None), trackers)
+
+    def started() -> None:
+        watcher.start()
+        if trackers:
+            exporter.start()
+
     try:
-        # The display starts once workers are running: forking a threaded process is unsafe.
-        runner.run(target, store, checkpoint_store, on_started=watcher.start)
+        # The display and the exporter start once workers are running: forking a threaded
+        # process is unsafe.
+        runner.run(target, store, checkpoint_store, on_started=started)
     except KeyboardInterrupt:
         watcher.stop()
         log.warning(
@@ -429,6 +453,7 @@ def _execute(
         raise
     finally:
         watcher.stop()
+        exporter.stop()  # exports what the workers recorded last
     final = store.population(record.name)
     if final.status is PopulationStatus.ERROR:
         raise PopulationError(f"Population {record.name!r} stopped: {final.error}")
