@@ -33,7 +33,16 @@ from typing import Any
 from .records import ExploitEvent, IntervalRecord, PopulationStatus
 from .results import Result
 
-__all__ = ["MLflow", "Position", "TensorBoard", "Tracker", "TrackerExporter", "check_trackers"]
+__all__ = [
+    "BackgroundExport",
+    "MLflow",
+    "Position",
+    "TensorBoard",
+    "Tracker",
+    "TrackerError",
+    "TrackerExporter",
+    "check_trackers",
+]
 
 log = logging.getLogger("poptune")
 
@@ -89,6 +98,10 @@ class Position:
             {int(k): int(v) for k, v in data.get("intervals", {}).items()},
             {int(k): int(v) for k, v in data.get("exploits", {}).items()},
         )
+
+
+class TrackerError(RuntimeError):
+    """A tracker failed to open, write or close; the message names the tracker and the cause."""
 
 
 # --- the tracker contract --------------------------------------------------------------------
@@ -616,7 +629,10 @@ class TrackerExporter:
 
     def _failed(self, tracker: Tracker, stage: str, error: Exception) -> None:
         if self.strict:
-            raise error
+            raise TrackerError(
+                f"{tracker!r} failed to {stage} population {self.result.name!r}: "
+                f"{type(error).__name__}: {error}"
+            ) from error
         log.warning(
             "Tracker %r failed to %s population %r and is left out of this run (%s: %s). "
             "Training goes on; export later with `poptune export %s ...`.",
