@@ -586,8 +586,10 @@ class TrackerExporter:
         """Hand every tracker what the storage holds beyond its position."""
         if not self._open:
             return
-        intervals = self.result.intervals()
+        # Exploits first: a member's exploit at step s is committed after its interval s, so
+        # every exploit read here comes with its interval, even while workers record more.
         exploits = self.result.exploits()
+        intervals = self.result.intervals()
         for entry in list(self._open):
             new_intervals = entry.position.new_intervals(intervals)
             new_exploits = entry.position.new_exploits(exploits)
