@@ -42,6 +42,7 @@ __all__ = [
     "TrackerError",
     "TrackerExporter",
     "check_trackers",
+    "describe_exploit",
 ]
 
 log = logging.getLogger("poptune")
