@@ -32,8 +32,8 @@ def test_ruff_check_is_clean():
 def test_import_poptune_imports_no_framework():
     code = (
         "import sys, poptune; "
-        "print(sorted(m for m in ('torch', 'ray', 'psycopg', 'matplotlib', 'pandas') "
-        "if m in sys.modules))"
+        "print(sorted(m for m in ('torch', 'ray', 'psycopg', 'matplotlib', 'pandas', "
+        "'tensorboard', 'mlflow') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -40,6 +40,7 @@ from .strategies import (
     TTest,
     WallClock,
 )
+from .trackers import MLflow, TensorBoard, Tracker
 from .trainable import Trainable
 from .worker import PopulationError, Worker
 
@@ -71,6 +72,7 @@ __all__ = [
     "LocalProcessRunner",
     "LogUniform",
     "LoopError",
+    "MLflow",
     "MemberRecord",
     "MemberStatus",
     "Mode",
@@ -90,7 +92,9 @@ __all__ = [
     "StorageError",
     "TTest",
     "Target",
+    "TensorBoard",
     "Tournament",
+    "Tracker",
     "Trainable",
     "Truncation",
     "Uniform",

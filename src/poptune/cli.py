@@ -23,6 +23,7 @@ from .population import delete as delete_population
 from .records import MemberRecord, Mode
 from .results import Result
 from .storage import PopulationNotFound, StorageError, default_storage_url, open_storage, redact_url
+from .trackers import MLflow, TensorBoard, Tracker, TrackerError, TrackerExporter
 from .worker import PopulationError
 
 __all__ = ["main"]
@@ -506,6 +507,64 @@ def dashboard(storage: str | None, host: str, port: int, every: float) -> None:
     from .dashboard import serve
 
     serve(storage, host=host, port=port, poll_seconds=every)
+
+
+@main.command("export")
+@click.argument("name")
+@_storage_option
+@click.option(
+    "--tensorboard", "logdir", default=None, metavar="DIR", help="Write TensorBoard runs here."
+)
+@click.option(
+    "--mlflow",
+    "tracking_uri",
+    default=None,
+    metavar="URI",
+    help="Write MLflow runs to this tracking URI (e.g. sqlite:///mlflow.db).",
+)
+@click.option("--experiment", default="poptune", show_default=True, help="The MLflow experiment.")
+@click.option("--follow", is_flag=True, help="Keep exporting until the population stops.")
+@click.option(
+    "--every",
+    type=click.FloatRange(min=0.2),
+    default=2.0,
+    show_default=True,
+    help="Seconds between looks at the storage with --follow.",
+)
+@_errors
+def export(
+    name: str,
+    storage: str | None,
+    logdir: str | None,
+    tracking_uri: str | None,
+    experiment: str,
+    follow: bool,
+    every: float,
+) -> None:
+    """Export population NAME to TensorBoard and/or MLflow; only what is not there yet."""
+    trackers: list[Tracker] = []
+    if logdir is not None:
+        trackers.append(TensorBoard(logdir))
+    if tracking_uri is not None:
+        trackers.append(MLflow(tracking_uri, experiment=experiment))
+    if not trackers:
+        raise click.UsageError("Say where to export: --tensorboard DIR and/or --mlflow URI.")
+    store = open_storage(storage)
+    result = Result(store, store.population(name), None)  # reading needs no user code
+    try:
+        with TrackerExporter(result, trackers) as exporter:
+            try:
+                if follow:
+                    exporter.follow(every)
+                else:
+                    exporter.export()
+            except KeyboardInterrupt:
+                click.echo("Interrupted; what was exported is kept.", err=True)
+    except TrackerError as error:
+        raise click.ClickException(str(error)) from None
+    for tracker in trackers:
+        intervals, exploits = exporter.written[id(tracker)]
+        click.echo(f"{name}: {intervals} new intervals, {exploits} new exploits -> {tracker!r}")
 
 
 if __name__ == "__main__":  # pragma: no cover

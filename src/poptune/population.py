@@ -30,6 +30,7 @@ from .storage import (
 )
 from .strategies import Every, Perturb, Truncation, describe, rebuild
 from .strategies.stop import Stop, describe_stop, stop_list
+from .trackers import BackgroundExport, Tracker, check_trackers
 from .trainable import check_trainable
 from .worker import PopulationError, RunSpec, Worker, rng_for
 
@@ -81,6 +82,7 @@ def run(
     devices: Sequence[str] | None = None,
     resident: int | None = None,
     stop: Stop | Sequence[Stop] | None = None,
+    trackers: Sequence[Tracker] | None = None,
 ) -> Result:
     """Train a population with Population Based Training and return its results.
 
@@ -124,6 +126,10 @@ def run(
             ``pt.WallClock(seconds)``, any callable taking a :class:`poptune.strategies.Progress`
             and returning a reason (or ``None``), or a list of them (the first that gives a
             reason stops the population: its status becomes ``stopped``, with the reason).
+        trackers: where to export the population while it trains, e.g.
+            ``[pt.TensorBoard("runs/tb"), pt.MLflow("sqlite:///runs/mlflow.db")]``: a thread
+            beside the workers exports what the storage holds, and the rest once they stop. A
+            failing tracker is a warning, never a stopped run. See docs/trackers.md.
 
     Raises:
         ValueError / TypeError: for invalid arguments, naming the parameter and the value.
@@ -146,6 +152,7 @@ def run(
     if resident is not None:
         _check_int("resident", resident, 1)
     runner = _runner(runner, workers, population, devices)
+    trackers = check_trackers(trackers)
     if not isinstance(metric, str) or not metric:
         raise ValueError(f"The 'metric' parameter must be a non-empty string. Got {metric!r}.")
     if exploit is _DEFAULT:
@@ -238,7 +245,15 @@ def run(
     )
     resident = resident if resident is not None else _default_resident(population, workers)
     return _execute(
-        store, record, spec, progress, runner, checkpoints, float(lease_seconds), int(resident)
+        store,
+        record,
+        spec,
+        progress,
+        runner,
+        checkpoints,
+        float(lease_seconds),
+        int(resident),
+        trackers,
     )
 
 
@@ -282,6 +297,7 @@ def resume(
     checkpoints: str | os.PathLike[str] | CheckpointStore | None = None,
     intervals: int | None = None,
     stop: Stop | Sequence[Stop] | None = _DEFAULT,  # type: ignore[assignment]
+    trackers: Sequence[Tracker] | None = None,
 ) -> Result:
     """Continue a stored population to its full budget with its stored configuration.
 
@@ -291,7 +307,8 @@ def resume(
     ``result`` found them (see :func:`load`). ``intervals`` gives the population (finished or
     not) a larger budget: its members train on from where they are, to that many intervals.
     ``stop`` replaces the stored stop criteria (``None`` or ``[]``: none); by default they are
-    kept (a wall-clock limit counts from this call).
+    kept (a wall-clock limit counts from this call). ``trackers`` export while it trains, as
+    in :func:`run`.
 
     Raises:
         ValueError: if ``intervals`` is less than the population's budget.
@@ -331,6 +348,7 @@ def resume(
         open_checkpoints(checkpoints) if checkpoints is not None else result.checkpoint_store,
         lease,
         resident,
+        check_trackers(trackers),
     )
 
 
@@ -498,6 +516,7 @@ def _execute(
     checkpoints: str | os.PathLike[str] | CheckpointStore | None,
     lease_seconds: float,
     resident: int,
+    trackers: Sequence[Tracker] = (),
 ) -> Result:
     checkpoint_store = (
         checkpoints
@@ -525,9 +544,17 @@ def _execute(
         enabled=progress,
         exploits=lambda: store.exploits(record.id),
     )
+    exporter = BackgroundExport(Result(store, record, None), trackers)
+
+    def started() -> None:
+        watcher.start()
+        if trackers:
+            exporter.start()
+
     try:
-        # The display starts once workers are running: forking a threaded process is unsafe.
-        runner.run(target, store, checkpoint_store, on_started=watcher.start)
+        # The display and the exporter start once workers are running: forking a threaded
+        # process is unsafe.
+        runner.run(target, store, checkpoint_store, on_started=started)
     except KeyboardInterrupt:
         watcher.stop()
         log.warning(
@@ -539,6 +566,7 @@ def _execute(
         raise
     finally:
         watcher.stop()
+        exporter.stop()  # exports what the workers recorded last
     final = store.population(record.name)
     if final.status is PopulationStatus.ERROR:
         raise PopulationError(f"Population {record.name!r} stopped: {final.error}")

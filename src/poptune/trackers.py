@@ -1,0 +1,681 @@
+"""Trackers: TensorBoard and MLflow views of a population, fed from its storage.
+
+The storage is the one source of truth, so a tracker is a projection of it: an :class:`Exporter`
+reads what is new in the storage since a tracker's last position and hands it to the tracker,
+which writes it and remembers the new position where it writes (a marker file next to the
+TensorBoard events, a tag on each MLflow run). That is why the same export works for
+``workers=1``, local processes, Ray and ``poptune worker`` processes on other machines, and why
+exporting twice writes nothing twice.
+
+Two ways to run it: ``poptune export NAME --tensorboard DIR --mlflow URI [--follow]``, or
+``pt.run(..., trackers=[pt.TensorBoard(dir), pt.MLflow(uri)])``, which runs the same exporter
+on a thread beside the workers. Neither imports TensorBoard or MLflow before it writes.
+
+Example:
+    >>> pt.run(Digits, space=..., metric="accuracy",                    # doctest: +SKIP
+    ...        trackers=[pt.TensorBoard("runs/tb"), pt.MLflow("sqlite:///runs/mlflow.db")])
+"""
+
+from __future__ import annotations
+
+import abc
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .records import ExploitEvent, IntervalRecord, PopulationStatus
+from .results import Result
+
+__all__ = [
+    "BackgroundExport",
+    "MLflow",
+    "Position",
+    "TensorBoard",
+    "Tracker",
+    "TrackerError",
+    "TrackerExporter",
+    "check_trackers",
+    "describe_exploit",
+]
+
+log = logging.getLogger("poptune")
+
+
+# --- the position: what a tracker already has ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Position:
+    """How far a population was exported to one tracker: per member, the step of the last
+    interval and of the last exploit written.
+
+    A member's steps only grow (an exploit takes the donor's step, which is at least its own,
+    and the next interval comes after it), and one member's records are committed in order, so
+    "after the last step written" is exactly "not written yet", for any number of workers.
+    """
+
+    intervals: Mapping[int, int] = field(default_factory=dict)
+    exploits: Mapping[int, int] = field(default_factory=dict)
+
+    def new_intervals(self, intervals: Iterable[IntervalRecord]) -> list[IntervalRecord]:
+        """The intervals after this position, by member then step."""
+        fresh = [i for i in intervals if i.step > self.intervals.get(i.member, 0)]
+        return sorted(fresh, key=lambda i: (i.member, i.step))
+
+    def new_exploits(self, exploits: Iterable[ExploitEvent]) -> list[ExploitEvent]:
+        """The exploits after this position, in the order they happened."""
+        return [e for e in exploits if e.step > self.exploits.get(e.member, -1)]
+
+    def advance(
+        self, intervals: Iterable[IntervalRecord], exploits: Iterable[ExploitEvent]
+    ) -> Position:
+        """This position moved past ``intervals`` and ``exploits``."""
+        done = dict(self.intervals)
+        for interval in intervals:
+            done[interval.member] = max(done.get(interval.member, 0), interval.step)
+        copied = dict(self.exploits)
+        for event in exploits:
+            copied[event.member] = max(copied.get(event.member, -1), event.step)
+        return Position(done, copied)
+
+    def to_dict(self) -> dict[str, dict[str, int]]:
+        """A JSON-able form (``from_dict`` reads it back equal)."""
+        return {
+            "intervals": {str(k): v for k, v in sorted(self.intervals.items())},
+            "exploits": {str(k): v for k, v in sorted(self.exploits.items())},
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Position:
+        """The position ``to_dict`` wrote."""
+        return cls(
+            {int(k): int(v) for k, v in data.get("intervals", {}).items()},
+            {int(k): int(v) for k, v in data.get("exploits", {}).items()},
+        )
+
+
+class TrackerError(RuntimeError):
+    """A tracker failed to open, write or close; the message names the tracker and the cause."""
+
+
+# --- the tracker contract --------------------------------------------------------------------
+
+
+class Tracker(abc.ABC):
+    """Where an :class:`TrackerExporter` writes a population: TensorBoard, MLflow, your own.
+
+    The exporter calls :meth:`open` once, then :meth:`export` with what is new each time it
+    looks, then :meth:`close`. A tracker persists its position together with what it writes,
+    so that a later exporter (another process, another day) continues where it stopped.
+    """
+
+    @abc.abstractmethod
+    def open(self, result: Result) -> Position:
+        """Prepare to write ``result``'s population; return what is already written."""
+
+    @abc.abstractmethod
+    def export(self, intervals: Sequence[IntervalRecord], exploits: Sequence[ExploitEvent]) -> None:
+        """Write these new intervals (by member then step) and exploits, then move the
+        persisted position past them."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Flush and release everything :meth:`open` took."""
+
+
+def check_trackers(trackers: Any) -> list[Tracker]:
+    """Validate ``pt.run``'s ``trackers`` parameter: a list of :class:`Tracker` objects."""
+    if trackers is None:
+        return []
+    if isinstance(trackers, Tracker) or not isinstance(trackers, list | tuple):
+        raise TypeError(
+            "The 'trackers' parameter must be a list of trackers, e.g. "
+            f"[pt.TensorBoard('runs/tb'), pt.MLflow('sqlite:///mlflow.db')]. Got {trackers!r}."
+        )
+    for index, tracker in enumerate(trackers):
+        if not isinstance(tracker, Tracker):
+            raise TypeError(
+                f"trackers[{index}] must be a tracker such as pt.TensorBoard('runs/tb') or "
+                f"pt.MLflow('sqlite:///mlflow.db'). Got {tracker!r}."
+            )
+    return list(trackers)
+
+
+def _require(module: str, extra: str) -> None:
+    """Fail now, with the fix, if an optional dependency is missing (without importing it)."""
+    if importlib.util.find_spec(module) is None:
+        raise ImportError(
+            f"This tracker needs {module}, which is not installed: pip install 'poptune[{extra}]'."
+        )
+
+
+def _number(value: Any) -> float | None:
+    """A metric or hparam as a float, or ``None`` if it is not a number."""
+    if isinstance(value, bool):
+        return float(value)
+    if isinstance(value, int | float):
+        return float(value)
+    return None
+
+
+def _short(value: Any) -> str:
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
+def describe_exploit(event: ExploitEvent, metric: str) -> str:
+    """One line: who copied whom, at which steps and scores, and the hparams it explored."""
+    changes = ", ".join(
+        f"{key}: {_short(event.hparams_before.get(key))} → {_short(value)}"
+        for key, value in event.hparams_after.items()
+    )
+    return (
+        f"member {event.member} ({metric} {_short(event.score)} at step {event.step}) copied "
+        f"member {event.donor} ({metric} {_short(event.donor_score)} at step "
+        f"{event.donor_step}); explored {changes}"
+    )
+
+
+# --- TensorBoard -----------------------------------------------------------------------------
+
+_MARKER = "poptune-export.json"
+
+
+class TensorBoard(Tracker):
+    """Writes a population to TensorBoard event files under ``logdir/<population>/member-<id>``:
+    one run per member with, per step, the score (``score``), every numeric metric
+    (``metrics/<name>``), every hyperparameter (``hparams/<name>``; text if not a number),
+    and each exploit as a text event (``exploit``) at the step it happened.
+
+    Its position is ``logdir/<population>/poptune-export.json``, written after the events.
+
+    Example:
+        >>> pt.run(..., trackers=[pt.TensorBoard("runs/tb")])   # doctest: +SKIP
+        $ tensorboard --logdir runs/tb
+    """
+
+    def __init__(self, logdir: str | os.PathLike[str]) -> None:
+        if not isinstance(logdir, str | os.PathLike) or not os.fspath(logdir):
+            raise TypeError(
+                f"The 'logdir' parameter of TensorBoard must be a folder path. Got {logdir!r}."
+            )
+        _require("tensorboard", "tensorboard")
+        self.logdir = Path(os.fspath(logdir)).expanduser()
+        self._root: Path | None = None
+        self._metric = ""
+        self._identity: dict[str, Any] = {}
+        self._position = Position()
+        self._writers: dict[int, Any] = {}
+
+    def __repr__(self) -> str:
+        return f"TensorBoard({str(self.logdir)!r})"
+
+    def open(self, result: Result) -> Position:
+        """Read the marker of an earlier export of this population, if any."""
+        self._root = self.logdir / result.name
+        self._metric = result.metric
+        record = result.record
+        self._identity = {"population": record.name, "created_at": record.created_at}
+        marker = self._root / _MARKER
+        if not marker.exists():
+            self._position = Position()
+            return self._position
+        data = json.loads(marker.read_text())
+        if data.get("created_at") != record.created_at:
+            raise ValueError(
+                f"{self._root} holds an export of another population named {record.name!r} "
+                "(deleted and created again since?). Export to another logdir, or delete that "
+                "folder first."
+            )
+        self._position = Position.from_dict(data)
+        return self._position
+
+    def export(self, intervals: Sequence[IntervalRecord], exploits: Sequence[ExploitEvent]) -> None:
+        """Append the events, flush them, then move the marker past them."""
+        from tensorboard.compat.proto.summary_pb2 import Summary
+
+        if self._root is None:
+            raise RuntimeError("TensorBoard.export() before open().")
+        for interval in intervals:
+            values = []
+            if interval.score is not None:
+                values.append(Summary.Value(tag="score", simple_value=interval.score))
+            for key, value in interval.metrics.items():
+                number = _number(value)
+                if number is not None:
+                    values.append(Summary.Value(tag=f"metrics/{key}", simple_value=number))
+            for key, value in interval.hparams.items():
+                number = _number(value)
+                if number is not None:
+                    values.append(Summary.Value(tag=f"hparams/{key}", simple_value=number))
+                else:
+                    values.append(_text_value(f"hparams/{key}", str(value)))
+            self._write(interval.member, interval.finished_at, interval.step, Summary(value=values))
+        for event in exploits:
+            text = describe_exploit(event, self._metric)
+            summary = Summary(value=[_text_value("exploit", text)])
+            self._write(event.member, event.time, event.step, summary)
+        for writer in self._writers.values():
+            writer.flush()
+        self._position = self._position.advance(intervals, exploits)
+        if intervals or exploits:
+            _write_json(self._root / _MARKER, {**self._identity, **self._position.to_dict()})
+
+    def _write(self, member: int, wall_time: float, step: int, summary: Any) -> None:
+        from tensorboard.compat.proto.event_pb2 import Event
+        from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+        writer = self._writers.get(member)
+        if writer is None:  # created only when there is something to write: no empty files
+            assert self._root is not None
+            writer = EventFileWriter(str(self._root / f"member-{member}"), flush_secs=5)
+            self._writers[member] = writer
+        writer.add_event(Event(wall_time=wall_time, step=step, summary=summary))
+
+    def close(self) -> None:
+        """Flush and close every event file."""
+        writers, self._writers = self._writers, {}
+        for writer in writers.values():
+            writer.close()
+
+
+def _text_value(tag: str, text: str) -> Any:
+    """A summary value the TensorBoard text plugin shows."""
+    from tensorboard.compat.proto.summary_pb2 import Summary
+    from tensorboard.compat.proto.tensor_pb2 import TensorProto
+    from tensorboard.compat.proto.tensor_shape_pb2 import TensorShapeProto
+    from tensorboard.plugins.text.metadata import create_summary_metadata
+
+    tensor = TensorProto(
+        dtype=7,  # DT_STRING
+        string_val=[text.encode("utf-8")],
+        tensor_shape=TensorShapeProto(dim=[TensorShapeProto.Dim(size=1)]),
+    )
+    return Summary.Value(tag=tag, metadata=create_summary_metadata(tag, ""), tensor=tensor)
+
+
+def _write_json(path: Path, data: Mapping[str, Any]) -> None:
+    """Replace ``path`` atomically: a reader sees the old marker or the new one, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    partial.write_text(json.dumps(data, indent=1))
+    os.replace(partial, path)
+
+
+# --- MLflow ----------------------------------------------------------------------------------
+
+_TAG = "poptune."
+_ROLE, _KEY, _MEMBER = f"{_TAG}role", f"{_TAG}population_key", f"{_TAG}member"
+_DONE_STEP, _DONE_EXPLOIT = f"{_TAG}exported_step", f"{_TAG}exported_exploit_step"
+_BATCH = 900  # MLflow takes at most 1000 metrics+params+tags per log_batch call
+
+
+class MLflow(Tracker):
+    """Writes a population to MLflow: one parent run per population (its configuration as
+    params), and one child run per member with, per step, every numeric metric, the score
+    (``score``) and every numeric hyperparameter (``hparams.<name>``); its initial hparams as
+    params; tags ``poptune.parent`` (the member it last copied), ``poptune.parent_step`` and one
+    ``poptune.exploit.<step>`` per exploit.
+
+    Runs are found again by tags (the population's name and creation time, the member id), and
+    each child run's position is a tag written in the same ``log_batch`` as its metrics.
+    ``tracking_uri`` is any MLflow tracking URI: ``sqlite:///mlflow.db``, a server's URL...
+
+    Example:
+        >>> pt.run(..., trackers=[pt.MLflow("sqlite:///runs/mlflow.db")])   # doctest: +SKIP
+    """
+
+    def __init__(self, tracking_uri: str, experiment: str = "poptune") -> None:
+        if not isinstance(tracking_uri, str) or not tracking_uri:
+            raise TypeError(
+                "The 'tracking_uri' parameter of MLflow must be a tracking URI such as "
+                f"'sqlite:///mlflow.db'. Got {tracking_uri!r}."
+            )
+        if not isinstance(experiment, str) or not experiment.strip():
+            raise ValueError(
+                "The 'experiment' parameter of MLflow must be a non-empty experiment name. "
+                f"Got {experiment!r}."
+            )
+        _require("mlflow", "mlflow")
+        self.tracking_uri = tracking_uri
+        self.experiment = experiment
+        self._client: Any = None
+        self._result: Result | None = None
+        self._experiment_id = ""
+        self._key = ""
+        self._parent = ""
+        self._runs: dict[int, str] = {}
+        self._position = Position()
+
+    def __repr__(self) -> str:
+        return f"MLflow({self.tracking_uri!r}, experiment={self.experiment!r})"
+
+    def open(self, result: Result) -> Position:
+        """Find (or create) the experiment and the population's parent run; read each member
+        run's position from its tags."""
+        from mlflow.tracking import MlflowClient
+
+        self._client = MlflowClient(tracking_uri=self.tracking_uri)
+        self._result = result
+        record = result.record
+        # The creation time tells a population from an older one of the same name.
+        identity = f"{record.name}\0{record.created_at!r}".encode()
+        self._key = hashlib.sha256(identity).hexdigest()[:32]
+        self._experiment_id = self._experiment()
+        parents = self._search("population")
+        if parents:
+            self._parent = parents[0].info.run_id
+        else:
+            run = self._client.create_run(
+                self._experiment_id,
+                start_time=int(record.created_at * 1000),
+                tags={
+                    _ROLE: "population",
+                    _KEY: self._key,
+                    f"{_TAG}population": record.name,
+                    f"{_TAG}metric": result.metric,
+                    f"{_TAG}mode": result.mode.value,
+                },
+                run_name=record.name,
+            )
+            self._parent = run.info.run_id
+            self._log(self._parent, params=_population_params(result.config))
+        position = Position()
+        self._runs = {}
+        for run in self._search("member"):
+            member = int(run.data.tags[_MEMBER])
+            self._runs[member] = run.info.run_id
+            tags = run.data.tags
+            done = {member: int(tags[_DONE_STEP])} if _DONE_STEP in tags else {}
+            copied = {member: int(tags[_DONE_EXPLOIT])} if _DONE_EXPLOIT in tags else {}
+            position = Position({**position.intervals, **done}, {**position.exploits, **copied})
+        self._position = position
+        return position
+
+    def _experiment(self) -> str:
+        from mlflow.exceptions import MlflowException
+
+        found = self._client.get_experiment_by_name(self.experiment)
+        if found is not None:
+            return str(found.experiment_id)
+        try:
+            return str(self._client.create_experiment(self.experiment))
+        except MlflowException:  # another exporter created it at the same moment
+            found = self._client.get_experiment_by_name(self.experiment)
+            if found is None:
+                raise
+            return str(found.experiment_id)
+
+    def _search(self, role: str) -> list[Any]:
+        runs: list[Any] = []
+        token = None
+        while True:
+            page = self._client.search_runs(
+                [self._experiment_id],
+                filter_string=f"tags.`{_KEY}` = '{self._key}' and tags.`{_ROLE}` = '{role}'",
+                order_by=["attributes.start_time ASC"],
+                page_token=token,
+            )
+            runs.extend(page)
+            token = page.token
+            if not token:
+                return runs
+
+    def export(self, intervals: Sequence[IntervalRecord], exploits: Sequence[ExploitEvent]) -> None:
+        """One ``log_batch`` series per member: its metrics and hparams per step, its exploit
+        tags, and its new position."""
+        from mlflow.entities import Metric, RunTag
+
+        members = sorted({i.member for i in intervals} | {e.member for e in exploits})
+        for member in members:
+            mine = [i for i in intervals if i.member == member]
+            copies = [e for e in exploits if e.member == member]
+            run_id = self._member_run(member, mine)
+            metrics = []
+            for interval in mine:
+                stamp = int(interval.finished_at * 1000)
+                values = {"score": interval.score}
+                values.update(interval.metrics)
+                values.update({f"hparams.{k}": v for k, v in interval.hparams.items()})
+                for key, value in values.items():
+                    number = _number(value)
+                    if number is not None:
+                        metrics.append(Metric(key, number, stamp, interval.step))
+            tags = [
+                RunTag(f"{_TAG}exploit.{e.step}", describe_exploit(e, self._metric()))
+                for e in copies
+            ]
+            if copies:
+                tags += [
+                    RunTag(f"{_TAG}parent", str(copies[-1].donor)),
+                    RunTag(f"{_TAG}parent_step", str(copies[-1].donor_step)),
+                ]
+            position = self._position.advance(mine, copies)
+            if member in position.intervals:
+                tags.append(RunTag(_DONE_STEP, str(position.intervals[member])))
+            if member in position.exploits:
+                tags.append(RunTag(_DONE_EXPLOIT, str(position.exploits[member])))
+            self._log(run_id, metrics=metrics, tags=tags)
+            self._position = position
+
+    def _metric(self) -> str:
+        return self._result.metric if self._result is not None else "score"
+
+    def _member_run(self, member: int, intervals: Sequence[IntervalRecord]) -> str:
+        """The member's child run, created on first sight with its initial hparams as params."""
+        if member in self._runs:
+            return self._runs[member]
+        from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+        first = min(intervals, key=lambda i: i.step) if intervals else None
+        hparams = first.hparams if first is not None else self._initial_hparams(member)
+        run = self._client.create_run(
+            self._experiment_id,
+            start_time=int((first.finished_at - first.wall_time) * 1000) if first else None,
+            tags={
+                _ROLE: "member",
+                _KEY: self._key,
+                _MEMBER: str(member),
+                MLFLOW_PARENT_RUN_ID: self._parent,
+            },
+            run_name=f"member-{member}",
+        )
+        self._runs[member] = run.info.run_id
+        self._log(run.info.run_id, params={k: str(v)[:6000] for k, v in hparams.items()})
+        return run.info.run_id
+
+    def _initial_hparams(self, member: int) -> Mapping[str, Any]:
+        assert self._result is not None
+        found = self._result.storage.interval(self._result.record.id, member, 1)
+        return found.hparams if found is not None else {}
+
+    def _log(
+        self,
+        run_id: str,
+        metrics: Sequence[Any] = (),
+        params: Mapping[str, str] | None = None,
+        tags: Sequence[Any] = (),
+    ) -> None:
+        """``log_batch`` in chunks MLflow accepts; the tags (with the position) go last."""
+        from mlflow.entities import Param
+
+        chunks = [list(metrics[i : i + _BATCH]) for i in range(0, len(metrics), _BATCH)]
+        for index, chunk in enumerate(chunks or [[]]):
+            last = index == len(chunks or [[]]) - 1
+            self._client.log_batch(
+                run_id,
+                metrics=chunk,
+                params=[Param(k, v) for k, v in (params or {}).items()] if index == 0 else [],
+                tags=list(tags) if last else [],
+            )
+
+    def close(self) -> None:
+        """Mark the runs finished (or failed) once the population stopped; running otherwise."""
+        if self._client is None or self._result is None:
+            return
+        status = self._result.record.status
+        if status is not PopulationStatus.RUNNING:
+            state = "FINISHED" if status is PopulationStatus.FINISHED else "FAILED"
+            for run_id in [*self._runs.values(), self._parent]:
+                self._client.set_terminated(run_id, status=state)
+        self._client = None
+
+
+def _population_params(config: Mapping[str, Any]) -> dict[str, str]:
+    """The parent run's params: the population's algorithm, one param per setting."""
+    keys = ("metric", "mode", "population", "intervals", "exploit", "explore", "ready", "seed")
+    params = {}
+    for key in keys:
+        if key in config:
+            value = config[key]
+            text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+            params[key] = text[:6000]
+    return params
+
+
+# --- the exporter ----------------------------------------------------------------------------
+
+
+@dataclass
+class _Open:
+    tracker: Tracker
+    position: Position
+
+
+class TrackerExporter:
+    """Reads what is new in a population's storage and hands it to each tracker.
+
+    ``strict`` (the CLI) raises a tracker's errors; otherwise (``pt.run``) a failing tracker is
+    logged as a warning and left out for the rest of the run: training never stops for it, and
+    ``poptune export`` catches up later.
+
+    Example:
+        >>> with TrackerExporter(pt.load(url, "digits"), [pt.TensorBoard("tb")]) as exporter:
+        ...     exporter.export()                                       # doctest: +SKIP
+    """
+
+    def __init__(self, result: Result, trackers: Sequence[Tracker], strict: bool = True) -> None:
+        self.result = result
+        self.trackers = check_trackers(list(trackers))
+        self.strict = strict
+        self._open: list[_Open] = []
+        self.written: dict[int, tuple[int, int]] = {}  # id(tracker) -> (intervals, exploits)
+
+    def __enter__(self) -> TrackerExporter:
+        self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def open(self) -> None:
+        """Open every tracker and learn its position."""
+        for tracker in self.trackers:
+            try:
+                self._open.append(_Open(tracker, tracker.open(self.result)))
+                self.written[id(tracker)] = (0, 0)
+            except Exception as error:
+                self._failed(tracker, "open", error)
+
+    def export(self) -> None:
+        """Hand every tracker what the storage holds beyond its position."""
+        if not self._open:
+            return
+        # Exploits first: a member's exploit at step s is committed after its interval s, so
+        # every exploit read here comes with its interval, even while workers record more.
+        exploits = self.result.exploits()
+        intervals = self.result.intervals()
+        for entry in list(self._open):
+            new_intervals = entry.position.new_intervals(intervals)
+            new_exploits = entry.position.new_exploits(exploits)
+            if not new_intervals and not new_exploits:
+                continue
+            try:
+                entry.tracker.export(new_intervals, new_exploits)
+            except Exception as error:
+                self._open.remove(entry)
+                self._failed(entry.tracker, "export", error)
+                continue
+            entry.position = entry.position.advance(new_intervals, new_exploits)
+            done, copied = self.written[id(entry.tracker)]
+            self.written[id(entry.tracker)] = (
+                done + len(new_intervals),
+                copied + len(new_exploits),
+            )
+
+    def follow(self, every: float = 2.0, stop: threading.Event | None = None) -> None:
+        """Export every ``every`` seconds until the population stops running (or ``stop`` is
+        set), then once more for the rest."""
+        stop = stop if stop is not None else threading.Event()
+        while True:
+            self.export()
+            if self.result.record.status is not PopulationStatus.RUNNING:
+                break
+            if stop.wait(every):
+                break
+        self.export()
+
+    def close(self) -> None:
+        """Close every open tracker."""
+        entries, self._open = self._open, []
+        for entry in entries:
+            try:
+                entry.tracker.close()
+            except Exception as error:
+                self._failed(entry.tracker, "close", error)
+
+    def _failed(self, tracker: Tracker, stage: str, error: Exception) -> None:
+        if self.strict:
+            raise TrackerError(
+                f"{tracker!r} failed to {stage} population {self.result.name!r}: "
+                f"{type(error).__name__}: {error}"
+            ) from error
+        log.warning(
+            "Tracker %r failed to %s population %r and is left out of this run (%s: %s). "
+            "Training goes on; export later with `poptune export %s ...`.",
+            tracker,
+            stage,
+            self.result.name,
+            type(error).__name__,
+            error,
+            self.result.name,
+        )
+
+
+class BackgroundExport:
+    """Runs a :class:`TrackerExporter` on a thread beside the workers (``pt.run(trackers=)``):
+    it follows the population while they train, and exports the rest when :meth:`stop` is
+    called after they stopped. Its errors are warnings, never a stopped run."""
+
+    def __init__(self, result: Result, trackers: Sequence[Tracker], every: float = 2.0) -> None:
+        self._exporter = TrackerExporter(result, trackers, strict=False)
+        self._every = every
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Start following the population."""
+        self._thread = threading.Thread(target=self._run, name="poptune-trackers", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._exporter.open()
+            self._exporter.follow(self._every, self._stop)
+        except Exception as error:  # the storage itself failed: still never stop training
+            log.warning("Exporting to trackers stopped: %s: %s", type(error).__name__, error)
+        finally:
+            self._exporter.close()
+
+    def stop(self) -> None:
+        """Export what is left and close the trackers (call after the workers stopped)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None

@@ -1,0 +1,361 @@
+"""Trackers: a population exported to TensorBoard and MLflow, read back with their own readers.
+
+Every check compares what the real library reads back (tensorboard's ``EventAccumulator``,
+``mlflow.search_runs`` and ``MlflowClient.get_metric_history`` on a local SQLite store) with
+what the storage holds, so the same checks serve ``poptune export``, ``--follow`` and
+``pt.run(trackers=...)``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+import poptune as pt
+from poptune.cli import main
+from poptune.records import ExploitEvent, IntervalRecord
+from poptune.testing import Quadratic, SlowQuadratic, quadratic_space
+from poptune.trackers import (
+    Position,
+    Tracker,
+    TrackerError,
+    TrackerExporter,
+    describe_exploit,
+)
+
+mlflow = pytest.importorskip("mlflow")
+event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+
+
+@pytest.fixture(scope="module")
+def mlflow_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One local MLflow store for the module: creating its tables takes seconds."""
+    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    yield uri
+    mlflow.set_tracking_uri(previous)
+
+
+def train(storage_url: str, name: str, **options: object) -> pt.Result:
+    """A small population with exploits: 3 members, 4 intervals."""
+    arguments: dict[str, object] = {
+        "space": quadratic_space(),
+        "metric": "q",
+        "population": 3,
+        "intervals": 4,
+        "storage": storage_url,
+        "name": name,
+        "seed": 1,
+        "progress": False,
+    }
+    arguments.update(options)
+    trainable = arguments.pop("trainable", Quadratic)
+    result = pt.run(trainable, **arguments)  # type: ignore[arg-type]
+    assert result.exploits(), "the test population must exploit"
+    return result
+
+
+# --- reading back ----------------------------------------------------------------------------
+
+
+def read_tensorboard(logdir: Path, name: str, member: int) -> event_accumulator.EventAccumulator:
+    accumulator = event_accumulator.EventAccumulator(
+        str(logdir / name / f"member-{member}"), size_guidance={"scalars": 0, "tensors": 0}
+    )
+    accumulator.Reload()
+    return accumulator
+
+
+def check_tensorboard(logdir: Path, result: pt.Result) -> None:
+    """One run per member: score, metrics and hparams per step, exploits as text, once each."""
+    intervals = result.intervals()
+    exploits = result.exploits()
+    for member in result.members:
+        mine = [i for i in intervals if i.member == member.id]
+        board = read_tensorboard(logdir, result.name, member.id)
+        expected: dict[str, list[tuple[int, float]]] = {
+            "score": [(i.step, i.score) for i in mine],
+            "metrics/q": [(i.step, i.metrics["q"]) for i in mine],
+            "metrics/surrogate": [(i.step, i.metrics["surrogate"]) for i in mine],
+            "hparams/h0": [(i.step, i.hparams["h0"]) for i in mine],
+            "hparams/h1": [(i.step, i.hparams["h1"]) for i in mine],
+        }
+        assert sorted(board.Tags()["scalars"]) == sorted(expected)
+        for tag, points in expected.items():
+            read = [(s.step, s.value) for s in board.Scalars(tag)]
+            assert [step for step, _ in read] == [step for step, _ in points], tag
+            # TensorBoard keeps simple values as float32
+            assert [v for _, v in read] == pytest.approx([v for _, v in points], rel=1e-6)
+        assert [s.wall_time for s in board.Scalars("score")] == pytest.approx(
+            [i.finished_at for i in mine]
+        )
+        copies = [e for e in exploits if e.member == member.id]
+        texts = board.Tensors("exploit") if copies else []
+        if not copies:
+            assert "exploit" not in board.Tags()["tensors"]
+        assert [(t.step, t.tensor_proto.string_val[0].decode()) for t in texts] == [
+            (e.step, describe_exploit(e, "q")) for e in copies
+        ]
+
+
+def mlflow_runs(experiment: str) -> list[mlflow.entities.Run]:
+    return mlflow.search_runs(experiment_names=[experiment], output_format="list")
+
+
+def check_mlflow(experiment: str, result: pt.Result) -> None:
+    """A parent run for the population, a child per member: metrics per step once, the initial
+    hparams as params, the last donor and every exploit as tags."""
+    client = mlflow.MlflowClient()
+    runs = mlflow_runs(experiment)
+    parents = [r for r in runs if r.data.tags.get("poptune.role") == "population"]
+    assert len(parents) == 1
+    parent = parents[0]
+    assert parent.info.run_name == result.name
+    assert parent.data.params["metric"] == "q" and parent.data.params["population"] == "3"
+    assert parent.info.status == "FINISHED"
+    children = {
+        int(r.data.tags["poptune.member"]): r
+        for r in runs
+        if r.data.tags.get("poptune.role") == "member"
+    }
+    assert sorted(children) == [m.id for m in result.members]
+    intervals = result.intervals()
+    exploits = result.exploits()
+    for member, run in children.items():
+        assert len([r for r in runs if r.data.tags.get("poptune.member") == str(member)]) == 1
+        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert run.info.run_name == f"member-{member}"
+        assert run.info.status == "FINISHED"
+        mine = [i for i in intervals if i.member == member]
+        first = min(mine, key=lambda i: i.step)
+        assert {k: float(v) for k, v in run.data.params.items()} == dict(first.hparams)
+        for key, values in (
+            ("score", [i.score for i in mine]),
+            ("q", [i.metrics["q"] for i in mine]),
+            ("surrogate", [i.metrics["surrogate"] for i in mine]),
+            ("hparams.h0", [i.hparams["h0"] for i in mine]),
+        ):
+            history = sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: m.step)
+            assert [m.step for m in history] == [i.step for i in mine], key
+            assert [m.value for m in history] == pytest.approx(values, rel=1e-12), key
+        copies = [e for e in exploits if e.member == member]
+        tags = run.data.tags
+        assert {k for k in tags if k.startswith("poptune.exploit.")} == {
+            f"poptune.exploit.{e.step}" for e in copies
+        }
+        for event in copies:
+            assert tags[f"poptune.exploit.{event.step}"] == describe_exploit(event, "q")
+        if copies:
+            assert tags["poptune.parent"] == str(copies[-1].donor)
+            assert tags["poptune.parent_step"] == str(copies[-1].donor_step)
+        else:
+            assert "poptune.parent" not in tags
+
+
+def event_files(logdir: Path) -> list[tuple[str, int]]:
+    return sorted((str(p.relative_to(logdir)), p.stat().st_size) for p in logdir.rglob("*"))
+
+
+def metric_points(experiment: str) -> int:
+    client = mlflow.MlflowClient()
+    return sum(
+        len(client.get_metric_history(run.info.run_id, key))
+        for run in mlflow_runs(experiment)
+        for key in run.data.metrics
+    )
+
+
+# --- the tests -------------------------------------------------------------------------------
+
+
+def test_tensorboard_export_holds_everything_once(storage_url: str, tmp_path: Path) -> None:
+    result = train(storage_url, "tb")
+    logdir = tmp_path / "tb"
+    out = CliRunner().invoke(
+        main, ["export", "tb", "--storage", storage_url, "--tensorboard", str(logdir)]
+    )
+    assert out.exit_code == 0, out.output
+    counts = f"{len(result.intervals())} new intervals, {len(result.exploits())} new exploits"
+    assert f"tb: {counts}" in out.output
+    check_tensorboard(logdir, result)
+    files = event_files(logdir)
+
+    again = CliRunner().invoke(
+        main, ["export", "tb", "--storage", storage_url, "--tensorboard", str(logdir)]
+    )
+    assert again.exit_code == 0, again.output
+    assert "tb: 0 new intervals, 0 new exploits" in again.output
+    assert event_files(logdir) == files  # not one byte more
+    check_tensorboard(logdir, result)
+
+
+def test_mlflow_export_holds_everything_once(
+    storage_url: str, mlflow_uri: str, tmp_path: Path
+) -> None:
+    result = train(storage_url, "ml")
+    experiment = f"export-{tmp_path.name}"
+    with TrackerExporter(result, [pt.MLflow(mlflow_uri, experiment=experiment)]) as exporter:
+        exporter.export()
+    check_mlflow(experiment, result)
+    points = metric_points(experiment)
+    assert points == len(result.intervals()) * 5  # score, q, surrogate, hparams.h0/h1
+
+    out = CliRunner().invoke(
+        main,
+        [
+            "export",
+            "ml",
+            "--storage",
+            storage_url,
+            "--mlflow",
+            mlflow_uri,
+            *("--experiment", experiment),
+        ],
+    )
+    assert out.exit_code == 0, out.output
+    assert "ml: 0 new intervals, 0 new exploits" in out.output
+    assert metric_points(experiment) == points
+    check_mlflow(experiment, result)
+
+
+def test_run_with_trackers_writes_the_same(
+    storage_url: str, mlflow_uri: str, tmp_path: Path
+) -> None:
+    experiment = f"run-{tmp_path.name}"
+    logdir = tmp_path / "tb"
+    result = train(
+        storage_url,
+        "live",
+        trackers=[pt.TensorBoard(logdir), pt.MLflow(mlflow_uri, experiment=experiment)],
+    )
+    check_tensorboard(logdir, result)
+    check_mlflow(experiment, result)
+    marker = json.loads((logdir / "live" / "poptune-export.json").read_text())
+    assert Position.from_dict(marker) == Position().advance(result.intervals(), result.exploits())
+
+
+class Slower(SlowQuadratic):
+    """Intervals slow enough that an exporter sees the population while it trains."""
+
+    delay = 0.15
+
+
+def test_export_follow_ends_when_the_population_stops(
+    storage_url: str, mlflow_uri: str, tmp_path: Path
+) -> None:
+    experiment = f"follow-{tmp_path.name}"
+    logdir = tmp_path / "tb"
+    training = threading.Thread(
+        target=train, args=(storage_url, "follow"), kwargs={"trainable": Slower}
+    )
+    training.start()
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            if pt.load(storage_url, "follow").intervals():
+                break
+        except pt.PopulationNotFound:
+            pass
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert training.is_alive()
+    out = CliRunner().invoke(
+        main,
+        [
+            *("export", "follow", "--storage", storage_url, "--follow", "--every", "0.2"),
+            *("--tensorboard", str(logdir), "--mlflow", mlflow_uri, "--experiment", experiment),
+        ],
+    )
+    assert out.exit_code == 0, out.output
+    training.join(10)
+    assert not training.is_alive()
+    result = pt.load(storage_url, "follow")
+    assert result.status == "finished"
+    check_tensorboard(logdir, result)
+    check_mlflow(experiment, result)
+
+
+class Broken(Tracker):
+    """A tracker whose destination fails on every write."""
+
+    def __init__(self) -> None:
+        self.closed = False
+
+    def open(self, result: pt.Result) -> Position:
+        return Position()
+
+    def export(self, intervals: Sequence[IntervalRecord], exploits: Sequence[ExploitEvent]) -> None:
+        raise OSError("disk full")
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_a_failing_tracker_never_stops_training(
+    storage_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    broken = Broken()
+    with caplog.at_level(logging.WARNING, logger="poptune"):
+        result = train(storage_url, "broken", trackers=[broken, pt.TensorBoard(tmp_path / "tb")])
+    assert result.status == "finished" and len(result.intervals()) == 12
+    assert "failed to export population 'broken'" in caplog.text and "disk full" in caplog.text
+    check_tensorboard(tmp_path / "tb", result)  # the healthy tracker still got everything
+    failing = TrackerExporter(result, [Broken()])
+    failing.open()
+    with pytest.raises(TrackerError, match=r"Broken.*failed to export.*OSError: disk full"):
+        failing.export()
+
+
+def test_tensorboard_refuses_a_folder_of_another_population_of_that_name(
+    storage_url: str, tmp_path: Path
+) -> None:
+    logdir = tmp_path / "tb"
+    first = train(storage_url, "again")
+    with TrackerExporter(first, [pt.TensorBoard(logdir)]) as exporter:
+        exporter.export()
+    pt.delete(storage_url, "again")
+    second = train(storage_url, "again", seed=2)
+    with pytest.raises(TrackerError, match="another population named 'again'"):
+        TrackerExporter(second, [pt.TensorBoard(logdir)]).open()
+
+
+@pytest.mark.parametrize(
+    ("trackers", "match"),
+    [
+        ("runs/tb", "must be a list of trackers"),
+        ([object()], r"trackers\[0\] must be a tracker"),
+    ],
+)
+def test_run_validates_trackers(tmp_path: Path, trackers: object, match: str) -> None:
+    with pytest.raises(TypeError, match=match):
+        pt.run(
+            Quadratic,
+            space=quadratic_space(),
+            metric="q",
+            storage=f"sqlite:///{tmp_path / 'poptune.db'}",
+            progress=False,
+            trackers=trackers,  # type: ignore[arg-type]
+        )
+
+
+def test_export_needs_a_destination() -> None:
+    out = CliRunner().invoke(main, ["export", "x", "--storage", "sqlite://"])
+    assert out.exit_code == 2 and "--tensorboard DIR and/or --mlflow URI" in out.output
+
+
+def test_position_round_trips_and_skips_what_was_written() -> None:
+    def interval(member: int, step: int) -> IntervalRecord:
+        return IntervalRecord(member, step, {}, 0.0, {}, 0.0, 0.0)
+
+    written = Position().advance([interval(0, 1), interval(0, 2), interval(1, 1)], [])
+    assert Position.from_dict(json.loads(json.dumps(written.to_dict()))) == written
+    fresh = written.new_intervals([interval(1, 2), interval(0, 2), interval(2, 1), interval(0, 3)])
+    assert [(i.member, i.step) for i in fresh] == [(0, 3), (1, 2), (2, 1)]
