@@ -10,13 +10,14 @@ Run:  python examples/digits.py [--population 8] [--intervals 30] [--workers 2]
 
 from __future__ import annotations
 
-import argparse
 import functools
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
+from _cli import parser as example_parser
+from _cli import report
 from sklearn.datasets import load_digits
 from torch import nn
 
@@ -102,15 +103,7 @@ class Digits(pt.Trainable):
 
 def main(argv: Sequence[str] | None = None) -> pt.Result:
     """Train the population and print the best member and its schedule."""
-    parser = argparse.ArgumentParser(description="PBT on the digits data set")
-    parser.add_argument("--population", type=int, default=8)
-    parser.add_argument("--intervals", type=int, default=30)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--name", default="digits")
-    parser.add_argument("--storage", default=None, help="default: sqlite:///runs/poptune.db")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--sync", action="store_true", help="generations: reproducible runs")
-    parser.add_argument("--no-progress", action="store_true")
+    parser = example_parser("PBT on the digits data set", name="digits", population=8, intervals=30)
     args = parser.parse_args(argv)
 
     result = pt.run(
@@ -129,19 +122,7 @@ def main(argv: Sequence[str] | None = None) -> pt.Result:
         sync=args.sync,
         progress=not args.no_progress,
     )
-    best = result.best
-    print(f"\nbest member {best.member}: accuracy {best.score:.4f} after {best.step} intervals")
-    print("hparams: " + ", ".join(f"{k}={v:.4g}" for k, v in best.hparams.items()))
-    print(f"exploits: {len(result.exploits())}")
-    print("\nschedule of the winning lineage (step: member, lr, momentum, weight_decay, accuracy)")
-    for entry in result.schedule():
-        h = entry.hparams
-        print(
-            f"  {entry.step:3d}: member {entry.member}  lr={h['lr']:.4g}  "
-            f"momentum={h['momentum']:.3f}  weight_decay={h['weight_decay']:.2e}  "
-            f"accuracy={entry.score:.4f}"
-        )
-    print(f"\nInspect it later: poptune status {result.name}; poptune schedule {result.name}")
+    report(result, "accuracy")
     return result
 
 

@@ -11,12 +11,13 @@ Run:  python examples/digits_loop.py [--population 8] [--intervals 30] [--worker
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 import torch
+from _cli import parser as example_parser
+from _cli import report
 from digits import SPACE, dataset  # the same data and space (examples/digits.py)
 from torch import nn
 
@@ -52,15 +53,9 @@ def train(ctx: Any) -> None:
 
 def main(argv: Sequence[str] | None = None) -> pt.Result:
     """Train the population and print the best member and its schedule."""
-    parser = argparse.ArgumentParser(description="PBT on the digits data set, your own loop")
-    parser.add_argument("--population", type=int, default=8)
-    parser.add_argument("--intervals", type=int, default=30)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--name", default="digits-loop")
-    parser.add_argument("--storage", default=None, help="default: sqlite:///runs/poptune.db")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--sync", action="store_true", help="generations: reproducible runs")
-    parser.add_argument("--no-progress", action="store_true")
+    parser = example_parser(
+        "PBT on the digits data set, your own loop", name="digits-loop", population=8, intervals=30
+    )
     args = parser.parse_args(argv)
 
     result = pt.run(
@@ -78,15 +73,7 @@ def main(argv: Sequence[str] | None = None) -> pt.Result:
         sync=args.sync,
         progress=not args.no_progress,
     )
-    best = result.best
-    print(f"\nbest member {best.member}: accuracy {best.score:.4f} after {best.step} intervals")
-    print("schedule of the winning lineage (step: member, lr, momentum, accuracy)")
-    for entry in result.schedule():
-        h = entry.hparams
-        print(
-            f"  {entry.step:3d}: member {entry.member}  lr={h['lr']:.4g}  "
-            f"momentum={h['momentum']:.3f}  accuracy={entry.score:.4f}"
-        )
+    report(result, "accuracy")
     return result
 
 

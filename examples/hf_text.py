@@ -13,7 +13,6 @@ Run:  python examples/hf_text.py [--population 4] [--intervals 8] [--workers 2]
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import tempfile
@@ -24,6 +23,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # build everything locally, never 
 
 import numpy as np
 import torch
+from _cli import parser as example_parser
+from _cli import report
 from transformers import (
     BertConfig,
     BertForSequenceClassification,
@@ -140,15 +141,9 @@ def build_trainer(hparams: dict[str, Any], seed: int) -> Trainer:
 
 def main(argv: Sequence[str] | None = None) -> pt.Result:
     """Train the population and print the best member and its schedule."""
-    parser = argparse.ArgumentParser(description="PBT of a tiny BERT with the HF Trainer")
-    parser.add_argument("--population", type=int, default=4)
-    parser.add_argument("--intervals", type=int, default=8)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--name", default="hf-text")
-    parser.add_argument("--storage", default=None, help="default: sqlite:///runs/poptune.db")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--sync", action="store_true", help="generations: reproducible runs")
-    parser.add_argument("--no-progress", action="store_true")
+    parser = example_parser(
+        "PBT of a tiny BERT with the HF Trainer", name="hf-text", population=4, intervals=8
+    )
     args = parser.parse_args(argv)
 
     result = pt_hf.run(
@@ -166,15 +161,7 @@ def main(argv: Sequence[str] | None = None) -> pt.Result:
         sync=args.sync,
         progress=not args.no_progress,
     )
-    best = result.best
-    print(f"\nbest member {best.member}: accuracy {best.score:.4f} after {best.step} intervals")
-    print("schedule of the winning lineage (step: member, learning_rate, weight_decay, accuracy)")
-    for entry in result.schedule():
-        h = entry.hparams
-        print(
-            f"  {entry.step:3d}: member {entry.member}  learning_rate={h['learning_rate']:.4g}  "
-            f"weight_decay={h['weight_decay']:.3f}  accuracy={entry.score:.4f}"
-        )
+    report(result, "accuracy")
     return result
 
 

@@ -11,7 +11,6 @@ Run:  python examples/lightning_digits.py [--population 8] [--intervals 20] [--w
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from collections.abc import Sequence
@@ -19,6 +18,8 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from _cli import parser as example_parser
+from _cli import report
 from digits import SPACE, dataset  # the same data and space (examples/digits.py)
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -82,15 +83,12 @@ def train(ctx: Any) -> None:
 
 def main(argv: Sequence[str] | None = None) -> pt.Result:
     """Train the population and print the best member and its schedule."""
-    parser = argparse.ArgumentParser(description="PBT on the digits data set, with Lightning")
-    parser.add_argument("--population", type=int, default=8)
-    parser.add_argument("--intervals", type=int, default=20)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--name", default="lightning-digits")
-    parser.add_argument("--storage", default=None, help="default: sqlite:///runs/poptune.db")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--sync", action="store_true", help="generations: reproducible runs")
-    parser.add_argument("--no-progress", action="store_true")
+    parser = example_parser(
+        "PBT on the digits data set, with Lightning",
+        name="lightning-digits",
+        population=8,
+        intervals=20,
+    )
     args = parser.parse_args(argv)
 
     result = pt.run(
@@ -108,19 +106,7 @@ def main(argv: Sequence[str] | None = None) -> pt.Result:
         sync=args.sync,
         progress=not args.no_progress,
     )
-    best = result.best
-    print(f"\nbest member {best.member}: val_acc {best.score:.4f} after {best.step} intervals")
-    print("hparams: " + ", ".join(f"{k}={v:.4g}" for k, v in best.hparams.items()))
-    print(f"exploits: {len(result.exploits())}")
-    print("\nschedule of the winning lineage (step: member, lr, momentum, weight_decay, val_acc)")
-    for entry in result.schedule():
-        h = entry.hparams
-        print(
-            f"  {entry.step:3d}: member {entry.member}  lr={h['lr']:.4g}  "
-            f"momentum={h['momentum']:.3f}  weight_decay={h['weight_decay']:.2e}  "
-            f"val_acc={entry.score:.4f}"
-        )
-    print(f"\nInspect it later: poptune status {result.name}; poptune schedule {result.name}")
+    report(result, "val_acc")
     return result
 
 
