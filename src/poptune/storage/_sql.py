@@ -577,16 +577,14 @@ class SQLStorage:
         hparams = _dumps(dict(interval.hparams))
         origin = interval.origin
         with self._write() as connection:
-            c = checkpoints.c
-            committed = connection.execute(
-                sa.select(c.path).where(
-                    c.population_id == claim.population_id,
-                    c.member_id == checkpoint.member,
-                    c.step == checkpoint.step,
-                    c.path == checkpoint.path,
-                )
-            ).first()
-            if committed is not None:
+            if _exists(
+                connection,
+                checkpoints,
+                population_id=claim.population_id,
+                member_id=checkpoint.member,
+                step=checkpoint.step,
+                path=checkpoint.path,
+            ):
                 return []  # what it collected then is swept later as orphan files
             self._fenced(
                 connection,
@@ -680,16 +678,14 @@ class SQLStorage:
         recorded (same member, step and time) and returns what became of the member.
         """
         with self._write() as connection:
-            f = failures.c
-            logged = connection.execute(
-                sa.select(f.member_id).where(
-                    f.population_id == claim.population_id,
-                    f.member_id == failure.member,
-                    f.step == failure.step,
-                    f.time == failure.time,
-                )
-            ).first()
-            if logged is not None:
+            if _exists(
+                connection,
+                failures,
+                population_id=claim.population_id,
+                member_id=failure.member,
+                step=failure.step,
+                time=failure.time,
+            ):
                 m = members.c
                 status = connection.execute(
                     sa.select(m.status).where(
@@ -1249,20 +1245,24 @@ def _lock_population(connection: Connection, population_id: int) -> None:
 
 def _exploit_recorded(connection: Connection, population_id: int, event: ExploitEvent) -> bool:
     """Whether ``event`` is logged already (by this very call, whose reply was lost)."""
-    e = exploits.c
-    return (
-        connection.execute(
-            sa.select(e.id).where(
-                e.population_id == population_id,
-                e.member_id == event.member,
-                e.step == event.step,
-                e.donor_id == event.donor,
-                e.donor_step == event.donor_step,
-                e.time == event.time,
-            )
-        ).first()
-        is not None
+    return _exists(
+        connection,
+        exploits,
+        population_id=population_id,
+        member_id=event.member,
+        step=event.step,
+        donor_id=event.donor,
+        donor_step=event.donor_step,
+        time=event.time,
     )
+
+
+def _exists(connection: Connection, table: sa.Table, **values: Any) -> bool:
+    """Whether ``table`` has a row with these column values (how a retried write recognises
+    that it already committed)."""
+    condition = sa.and_(*(table.c[name] == value for name, value in values.items()))
+    found = connection.execute(sa.select(sa.literal(1)).where(condition).limit(1)).first()
+    return found is not None
 
 
 def _exploit_row(population_id: int, event: ExploitEvent) -> dict[str, Any]:
