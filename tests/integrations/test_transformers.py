@@ -28,6 +28,8 @@ STEPS = 4  # optimizer steps per interval
 
 
 def _example() -> Any:
+    if str(EXAMPLES) not in sys.path:  # as when the example runs as a script: it sees _cli.py
+        sys.path.insert(0, str(EXAMPLES))
     spec = importlib.util.spec_from_file_location("example_hf_text", EXAMPLES / "hf_text.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
