@@ -41,6 +41,8 @@ EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "hf_text.py"
 
 
 def _example() -> Any:
+    if str(EXAMPLE.parent) not in sys.path:  # as when it runs as a script: it sees _cli.py
+        sys.path.insert(0, str(EXAMPLE.parent))
     spec = importlib.util.spec_from_file_location("hf_text_example", EXAMPLE)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)

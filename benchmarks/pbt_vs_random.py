@@ -41,6 +41,9 @@ EXPLORE = "Perturb((0.8, 1.2), resample_probability=0.25)"
 @functools.cache
 def _example(name: str) -> Any:
     """Import ``examples/<name>.py`` once (its data caches and class settings then persist)."""
+    folder = str(ROOT / "examples")
+    if folder not in sys.path:  # as when an example runs as a script: it sees its neighbours
+        sys.path.insert(0, folder)
     spec = importlib.util.spec_from_file_location(
         f"poptune_example_{name}", ROOT / "examples" / f"{name}.py"
     )
