@@ -577,27 +577,33 @@ class SQLStorage:
         hparams = _dumps(dict(interval.hparams))
         origin = interval.origin
         with self._write() as connection:
-            if _exists(
-                connection,
-                checkpoints,
-                population_id=claim.population_id,
-                member_id=checkpoint.member,
-                step=checkpoint.step,
-                path=checkpoint.path,
-            ):
-                return []  # what it collected then is swept later as orphan files
-            self._fenced(
-                connection,
-                _RECORD,
-                claim,
-                v_step=interval.step,
-                v_score=score,
-                v_hparams=hparams,
-                v_rm=checkpoint.member,
-                v_rs=checkpoint.step,
-                v_pending=exploit_pending,
-                v_status=status.value,
-            )
+            try:
+                self._fenced(
+                    connection,
+                    _RECORD,
+                    claim,
+                    v_step=interval.step,
+                    v_score=score,
+                    v_hparams=hparams,
+                    v_rm=checkpoint.member,
+                    v_rs=checkpoint.step,
+                    v_pending=exploit_pending,
+                    v_status=status.value,
+                )
+            except LeaseLost:
+                # Refused: either the claim was taken over, or this is the retry of a call
+                # that committed (it released the member). Only the latter finds its own
+                # checkpoint (a unique path) recorded; what it collected then is swept later.
+                if _exists(
+                    connection,
+                    checkpoints,
+                    population_id=claim.population_id,
+                    member_id=checkpoint.member,
+                    step=checkpoint.step,
+                    path=checkpoint.path,
+                ):
+                    return []
+                raise
             connection.execute(
                 intervals.insert(),
                 {
