@@ -325,8 +325,13 @@ class Worker:
             "(pt.load(storage, name, checkpoints=...).resume(), or --checkpoints). Nothing "
             "was dropped."
         )
+        raise self._stop_population(message) from error
+
+    def _stop_population(self, message: str) -> PopulationError:
+        """Mark the population stopped on an error every worker would hit (a wrong metric, a
+        full disk, a missing checkpoint folder); return the exception to raise."""
         self.storage.set_status(self.population_id, PopulationStatus.ERROR, message)
-        raise PopulationError(message) from error
+        return PopulationError(message)
 
     def _state_of(self, ref: CheckpointRef) -> Any:
         """The state checkpointed as ``ref``: copied from the live member of this worker that
@@ -373,8 +378,7 @@ class Worker:
             score, metrics = metrics_of(result, spec.metric)
         except (KeyError, TypeError) as error:
             message = error.args[0] if error.args else str(error)
-            self.storage.set_status(self.population_id, PopulationStatus.ERROR, message)
-            raise PopulationError(message) from None
+            raise self._stop_population(message) from None
         interval = IntervalRecord(
             member=member.id,
             step=step,
@@ -456,8 +460,7 @@ class Worker:
                 "No partial checkpoint was left behind. Free space (or point checkpoints= "
                 "elsewhere), then resume the population."
             )
-            self.storage.set_status(self.population_id, PopulationStatus.ERROR, message)
-            raise PopulationError(message) from error
+            raise self._stop_population(message) from error
         except TypeError as error:  # the state holds something that cannot be stored safely
             raise _UserCodeFailed(
                 f"The state of member {member} at step {step} (from state_dict(), or "
