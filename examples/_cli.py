@@ -24,6 +24,23 @@ def parser(
     return options
 
 
+def run_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``pt.run`` arguments the command line gives, with the examples' strategies (the
+    paper's truncation and perturb-or-resample)."""
+    return {
+        "population": args.population,
+        "intervals": args.intervals,
+        "workers": args.workers,
+        "exploit": pt.Truncation(0.25),
+        "explore": pt.Perturb((0.8, 1.2), resample_probability=0.25),
+        "name": args.name,
+        "storage": args.storage,
+        "seed": args.seed,
+        "sync": args.sync,
+        "progress": not args.no_progress,
+    }
+
+
 def _value(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 from _cli import parser as example_parser
-from _cli import report
+from _cli import report, run_options
 from digits import SPACE, dataset  # the same data and space (examples/digits.py)
 from torch import nn
 
@@ -62,16 +62,7 @@ def main(argv: Sequence[str] | None = None) -> pt.Result:
         train,
         space=SPACE,
         metric="accuracy",
-        population=args.population,
-        intervals=args.intervals,
-        workers=args.workers,
-        exploit=pt.Truncation(0.25),
-        explore=pt.Perturb((0.8, 1.2), resample_probability=0.25),
-        name=args.name,
-        storage=args.storage,
-        seed=args.seed,
-        sync=args.sync,
-        progress=not args.no_progress,
+        **run_options(args),
     )
     report(result, "accuracy")
     return result

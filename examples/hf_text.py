@@ -24,7 +24,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # build everything locally, never 
 import numpy as np
 import torch
 from _cli import parser as example_parser
-from _cli import report
+from _cli import report, run_options
 from transformers import (
     BertConfig,
     BertForSequenceClassification,
@@ -150,16 +150,7 @@ def main(argv: Sequence[str] | None = None) -> pt.Result:
         build_trainer,
         space=SPACE,
         metric="eval_accuracy",
-        population=args.population,
-        intervals=args.intervals,
-        workers=args.workers,
-        exploit=pt.Truncation(0.25),
-        explore=pt.Perturb((0.8, 1.2), resample_probability=0.25),
-        name=args.name,
-        storage=args.storage,
-        seed=args.seed,
-        sync=args.sync,
-        progress=not args.no_progress,
+        **run_options(args),
     )
     report(result, "accuracy")
     return result
