@@ -431,10 +431,10 @@ class Worker:
     def _check_stop(self) -> None:
         """Stop the population (status ``stopped``, with the reason) if a criterion says so."""
         spec = self.spec
-        progress = Progress.from_scores(
+        progress = Progress.from_best(
             spec.metric,
             spec.mode,
-            self.storage.scores_since(self.population_id, 0),
+            self.storage.best_by_step(self.population_id, spec.mode),
             time.time() - spec.started_at,
         )
         reason = check_stop(spec.stop, progress)

@@ -444,3 +444,12 @@ def test_claims_are_atomic_across_processes(storage_url, tmp_path: Path):
         assert len(set(tokens)) == len(tokens)  # every claim got its own fencing token
         for (_, end, _), (start, _, _) in itertools.pairwise(spans):
             assert start >= end  # no two processes ever held the same member at once
+
+
+def test_best_by_step_ignores_nan_and_infinities(storage):
+    pid = make(storage, n=3)
+    for score in (0.1, 0.9, float("nan"), float("inf"), 0.4, -float("inf")):
+        train(storage, pid, score)  # members 0, 1, 2 at step 1, then at step 2
+    assert storage.best_by_step(pid, Mode.MAX) == [(1, 0.9), (2, 0.4)]
+    assert storage.best_by_step(pid, Mode.MIN) == [(1, 0.1), (2, 0.4)]
+    assert storage.best_by_step(make(storage, name="empty"), Mode.MAX) == []

@@ -260,6 +260,10 @@ class Storage(Protocol):
         """(member, step, score) of every interval after ``step``, by member then step."""
         ...
 
+    def best_by_step(self, population_id: int, mode: Mode) -> list[tuple[int, float]]:
+        """(step, best finite score recorded at that step), by step."""
+        ...
+
     def candidates(self, population_id: int, step: int | None = None) -> list[IntervalRecord]:
         """The intervals exploit may copy: each healthy member's latest checkpointed interval,
         or, with ``step``, each healthy member's interval at exactly that step."""

@@ -53,6 +53,7 @@ __all__ = [
 ]
 
 SCHEMA_VERSION = 4
+_FINITE = 1.7976931348623157e308  # the largest finite float
 _LOCK = 0x706F7074756E65  # "poptune": the advisory lock that serialises schema creation
 #: Set in the configuration of populations recorded before schema 3, whose ``step`` counted the
 #: intervals a member trained itself rather than the intervals behind its weights. They can be
@@ -792,6 +793,24 @@ class SQLStorage:
             ).all()
         return [(row.member_id, row.step, row.score) for row in rows]
 
+    def best_by_step(self, population_id: int, mode: Mode) -> list[tuple[int, float]]:
+        """(step, best finite score recorded at that step), by step: one row per step, however
+        many members, so stop criteria read little after every interval."""
+        i = intervals.c
+        best = sa.func.max(i.score) if mode is Mode.MAX else sa.func.min(i.score)
+        with self._read() as connection:
+            rows = connection.execute(
+                sa.select(i.step, best.label("best"))
+                .where(
+                    i.population_id == population_id,
+                    i.score > -_FINITE,  # NULL (NaN) and infinities are no one's best
+                    i.score < _FINITE,
+                )
+                .group_by(i.step)
+                .order_by(i.step)
+            ).all()
+        return [(int(row.step), float(row.best)) for row in rows]
+
     def candidates(self, population_id: int, step: int | None = None) -> list[IntervalRecord]:
         """Latest (or exactly ``step``) checkpointed interval of every healthy member."""
         with self._read() as connection:
@@ -1008,6 +1027,7 @@ for _name in (
     "interval",
     "candidates",
     "scores_since",
+    "best_by_step",
     "exploits",
     "failures",
     "checkpoint",

@@ -48,14 +48,27 @@ class Progress:
         scores: Sequence[tuple[int, int, float | None]],
         elapsed: float,
     ) -> Progress:
-        """From ``(member, step, score)`` rows, as the storage's ``scores_since`` gives them."""
-        steps = max((step for _, step, _ in scores), default=0)
-        best = [-math.inf] * steps
+        """From ``(member, step, score)`` rows, one per interval."""
+        best: dict[int, float] = {}
         for _, step, score in scores:
+            if score is None or not math.isfinite(score):
+                continue
+            if step not in best or mode.fitness(score) > mode.fitness(best[step]):
+                best[step] = score
+        return cls.from_best(metric, mode, sorted(best.items()), elapsed)
+
+    @classmethod
+    def from_best(
+        cls, metric: str, mode: Mode, best: Sequence[tuple[int, float]], elapsed: float
+    ) -> Progress:
+        """From ``(step, best score at that step)`` rows, as the storage's ``best_by_step``
+        gives them."""
+        by_step = [-math.inf] * max((step for step, _ in best), default=0)
+        for step, score in best:
             fitness = mode.fitness(score)
-            if math.isfinite(fitness) and fitness > best[step - 1]:
-                best[step - 1] = fitness
-        return cls(metric, mode, best, elapsed)
+            if math.isfinite(fitness):
+                by_step[step - 1] = fitness
+        return cls(metric, mode, by_step, elapsed)
 
     def best_until(self, step: int) -> float:
         """The best fitness recorded at steps ``1..step``."""
