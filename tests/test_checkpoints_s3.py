@@ -67,7 +67,7 @@ def test_a_population_with_checkpoints_on_s3(s3: str, tmp_path):
         progress=False,
         checkpoints=s3,
     )
-    assert result.config["checkpoints"] == s3  # recorded: joining workers need only the storage
+    assert result.config.checkpoints == s3  # recorded: joining workers need only the storage
     assert [m.step for m in result.members] == [4] * 4
     store = open_checkpoints(s3)
     committed = result.storage.checkpoints(result.record.id)

@@ -32,7 +32,7 @@ def test_a_finished_population_trains_on_to_a_larger_budget(storage_url: str, sy
     before = {(i.member, i.step) for i in first.intervals()}
     assert first.status == "finished" and len(before) == 4 * 3
     longer = first.resume(intervals=6, progress=False)
-    assert longer.status == "finished" and longer.config["intervals"] == 6
+    assert longer.status == "finished" and longer.config.intervals == 6
     assert [m.step for m in longer.members] == [6] * 4
     intervals = longer.intervals()
     assert len(intervals) == 4 * 6 and before <= {(i.member, i.step) for i in intervals}
@@ -47,7 +47,7 @@ def test_a_budget_only_grows(tmp_path: Path):
     result = _run(url)
     with pytest.raises(ValueError, match=r"at least the population's budget \(3\).*Got 2"):
         result.resume(intervals=2, progress=False)
-    assert pt.load(url, "more").config["intervals"] == 3
+    assert pt.load(url, "more").config.intervals == 3
     out = CliRunner().invoke(
         main, ["resume", "more", "--storage", url, "--intervals", "4", "--no-progress"]
     )

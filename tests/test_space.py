@@ -21,6 +21,7 @@ from poptune.space import (
     Uniform,
     space_from_dict,
 )
+from poptune.strategies import Perturb, Resample
 
 factors = st.floats(min_value=0.01, max_value=100.0, allow_nan=False)
 seeds = st.integers(min_value=0, max_value=2**32 - 1)
@@ -389,8 +390,8 @@ def test_space_operations_stay_inside_and_keep_fixed_values(space, seed, probabi
     generator = rng(seed)
     hparams = space.sample(generator)
     assert space.validate(hparams) == hparams
-    perturbed = space.perturb(hparams, (0.8, 1.2), generator, probability)
-    resampled = space.resample(hparams, generator, probability)
+    perturbed = Perturb((0.8, 1.2), probability)(hparams, space, generator)
+    resampled = Resample(probability)(hparams, space, generator)
     for new in (hparams, perturbed, resampled):
         assert list(new) == list(space.names)
         assert space.validate(new) == new
@@ -406,8 +407,8 @@ def test_same_seed_same_result(space, seed):
         hparams = space.sample(generator)
         return (
             hparams,
-            space.perturb(hparams, (0.5, 0.8, 1.2, 2.0), generator, 0.3),
-            space.resample(hparams, generator, 0.5),
+            Perturb((0.5, 0.8, 1.2, 2.0), 0.3)(hparams, space, generator),
+            Resample(0.5)(hparams, space, generator),
         )
 
     assert run() == run()
@@ -416,44 +417,56 @@ def test_same_seed_same_result(space, seed):
 def test_fixed_values_are_reset_and_never_perturbed():
     space = Space({"lr": Uniform(0.0, 1.0), "optimizer": "sgd", "layers": 3})
     wrong = {"lr": 0.5, "optimizer": "adam", "layers": 4}
-    assert space.perturb(wrong, (1.2,), rng())["optimizer"] == "sgd"
-    assert space.resample(wrong, rng(), 0.0) == {"lr": 0.5, "optimizer": "sgd", "layers": 3}
+    assert Perturb((1.2,))(wrong, space, rng())["optimizer"] == "sgd"
+    assert Resample(0.0)(wrong, space, rng()) == {"lr": 0.5, "optimizer": "sgd", "layers": 3}
     only_fixed = Space({"a": 1, "b": "x"})
     assert only_fixed.sample(rng()) == {"a": 1, "b": "x"}
-    assert only_fixed.perturb({}, (2.0,), rng(), 1.0) == {"a": 1, "b": "x"}
+    assert Perturb((2.0,), 1.0)({}, only_fixed, rng()) == {"a": 1, "b": "x"}
 
 
 def test_perturb_picks_factors_and_resamples_with_the_given_probability():
     space = Space({"x": Uniform(0.0, 100.0), "n": IntUniform(0, 10**6)})
     start = {"x": 10.0, "n": 500_000}
-    seen = {space.perturb(start, (0.5, 2.0), rng(s))["x"] for s in range(50)}
+    seen = {Perturb((0.5, 2.0))(start, space, rng(s))["x"] for s in range(50)}
     assert seen == {5.0, 20.0}
-    assert space.perturb(start, (1.0,), rng()) == start  # factor 1, never resampled
-    moved = sum(space.perturb(start, (1.0,), rng(s), 1.0)["n"] != 500_000 for s in range(50))
+    assert Perturb((1.0,))(start, space, rng()) == start  # factor 1, never resampled
+    moved = sum(Perturb((1.0,), 1.0)(start, space, rng(s))["n"] != 500_000 for s in range(50))
     assert moved == 50
-    half = sum(space.perturb(start, (1.0,), rng(s), 0.5)["n"] != 500_000 for s in range(400))
+    half = sum(Perturb((1.0,), 0.5)(start, space, rng(s))["n"] != 500_000 for s in range(400))
     assert 150 < half < 250
 
 
 def test_resample_with_probability_one_is_a_fresh_sample():
     space = example_space()
     start = space.sample(rng(0))
-    assert space.resample(start, rng(9)) == space.sample(rng(9))
-    assert space.resample(start, rng(9), 0.0) == start
-    assert any(space.resample(start, rng(s), 0.5) != start for s in range(20))
+    assert Resample()(start, space, rng(9)) == space.sample(rng(9))
+    assert Resample(0.0)(start, space, rng(9)) == start
+    assert any(Resample(0.5)(start, space, rng(s)) != start for s in range(20))
 
 
 @pytest.mark.parametrize(
     ("call", "error", "match"),
     [
-        (lambda s: s.perturb({"lr": 0.1}, (), rng()), ValueError, r"factors=\(\)"),
-        (lambda s: s.perturb({"lr": 0.1}, (0.8, -1.0), rng()), ValueError, r"-1.0 in factors"),
-        (lambda s: s.perturb({"lr": 0.1}, "12", rng()), ValueError, r"factors='12'"),
-        (lambda s: s.perturb({"lr": 0.1}, (1.2,), rng(), 1.5), ValueError, r"probability=1.5"),
-        (lambda s: s.perturb({}, (1.2,), rng()), ValueError, r"lack 'lr'"),
-        (lambda s: s.perturb([0.1], (1.2,), rng()), TypeError, r"list"),
-        (lambda s: s.resample({"lr": 0.1}, rng(), -0.1), ValueError, r"probability=-0.1"),
-        (lambda s: s.resample({}, rng(), 0.0), ValueError, r"lack 'lr'"),
+        (lambda s: Perturb(())({"lr": 0.1}, s, rng()), ValueError, r"'factors'.*Got \(\)"),
+        (
+            lambda s: Perturb((0.8, -1.0))({"lr": 0.1}, s, rng()),
+            ValueError,
+            r"Got -1.0 in \(0.8, -1.0\)",
+        ),
+        (lambda s: Perturb("12")({"lr": 0.1}, s, rng()), ValueError, r"'factors'.*Got '12'"),
+        (
+            lambda s: Perturb((1.2,), 1.5)({"lr": 0.1}, s, rng()),
+            ValueError,
+            r"'resample_probability'.*Got 1.5",
+        ),
+        (lambda s: Perturb((1.2,))({}, s, rng()), ValueError, r"lack 'lr'"),
+        (lambda s: Perturb((1.2,))([0.1], s, rng()), TypeError, r"list"),
+        (
+            lambda s: Resample(-0.1)({"lr": 0.1}, s, rng()),
+            ValueError,
+            r"'probability' parameter of Resample.*Got -0.1",
+        ),
+        (lambda s: Resample(0.0)({}, s, rng()), ValueError, r"lack 'lr'"),
     ],
 )
 def test_space_operations_reject_bad_arguments(call, error, match):
@@ -556,6 +569,6 @@ def test_a_custom_distribution_works_in_a_space_but_does_not_round_trip():
             return {"type": "Even"}
 
     space = Space({"e": Even()})
-    assert space.validate(space.perturb(space.sample(rng()), (1.2,), rng())) is not None
+    assert space.validate(Perturb((1.2,))(space.sample(rng()), space, rng())) is not None
     with pytest.raises(ValueError, match="'Even'"):
         space_from_dict(space.to_dict())

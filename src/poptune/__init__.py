@@ -7,9 +7,11 @@ Example:
     >>> result.best, result.schedule()                                         # doctest: +SKIP
 """
 
+from ._validation import InvalidParameterError
 from .checkpoints import CheckpointCorrupt, CheckpointMissing, LocalCheckpoints
+from .config import PopulationConfig
 from .loop import Context, Interval, LoopError
-from .population import delete, load, replay, resume, run
+from .population import Population, delete, load, replay, resume, run
 from .records import (
     Candidate,
     CheckpointRef,
@@ -27,9 +29,11 @@ from .serialization import Directory
 from .space import Choice, Distribution, IntUniform, LogUniform, Space, Uniform
 from .storage import PopulationNotFound, SQLStorage, Storage, StorageError, open_storage
 from .strategies import (
+    Chain,
     Every,
     Exploit,
     Explore,
+    NotRecordable,
     Perturb,
     Plateau,
     Ready,
@@ -39,6 +43,7 @@ from .strategies import (
     Truncation,
     TTest,
     WallClock,
+    chain,
 )
 from .trackers import MLflow, TensorBoard, Tracker
 from .trainable import Trainable
@@ -49,6 +54,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Best",
     "Candidate",
+    "Chain",
     "CheckpointCorrupt",
     "CheckpointMissing",
     "CheckpointRef",
@@ -66,6 +72,7 @@ __all__ = [
     "IntUniform",
     "Interval",
     "IntervalRecord",
+    "InvalidParameterError",
     "Lineage",
     "LineageEdge",
     "LocalCheckpoints",
@@ -76,8 +83,11 @@ __all__ = [
     "MemberRecord",
     "MemberStatus",
     "Mode",
+    "NotRecordable",
     "Perturb",
     "Plateau",
+    "Population",
+    "PopulationConfig",
     "PopulationError",
     "PopulationNotFound",
     "PopulationStatus",
@@ -101,6 +111,7 @@ __all__ = [
     "WallClock",
     "Worker",
     "__version__",
+    "chain",
     "delete",
     "load",
     "open_storage",

@@ -17,10 +17,11 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from .config import PopulationConfig
 from .devices import CUDA_VISIBLE_DEVICES, apply_environment, device_environment, parse_device
-from .population import checkpoints_location, load, replay
+from .population import Population, checkpoints_location, load, replay
 from .population import delete as delete_population
-from .records import MemberRecord, Mode
+from .records import MemberRecord
 from .results import Result
 from .storage import PopulationNotFound, StorageError, default_storage_url, open_storage, redact_url
 from .trackers import MLflow, TensorBoard, Tracker, TrackerError, TrackerExporter
@@ -117,9 +118,9 @@ def list_command(storage: str | None) -> None:
     for column in ("name", "status", "members", "intervals", "best", "metric", "created"):
         table.add_column(column)
     for record in records:
-        config = record.config
-        mode = Mode(config["mode"])
-        summary = store.summary(record.id, int(config["intervals"]), mode)
+        config = PopulationConfig.of(record)
+        mode = config.mode
+        summary = store.summary(record.id, config.intervals, mode)
         created = datetime.datetime.fromtimestamp(record.created_at).strftime("%Y-%m-%d %H:%M")
         table.add_row(
             record.name,
@@ -127,7 +128,7 @@ def list_command(storage: str | None) -> None:
             str(summary.members),
             f"{summary.steps_done}/{summary.steps_total}",
             _format_score(summary.best_score),
-            f"{config['metric']} ({mode.value})",
+            f"{config.metric} ({mode.value})",
             created,
         )
     Console().print(table)
@@ -143,7 +144,8 @@ def delete(name: str, storage: str | None, checkpoints: str | None, yes: bool) -
     """Delete population NAME: its records and its checkpoint files (no undo)."""
     store = open_storage(storage)
     record = store.population(name)  # fails clearly, listing the names, before asking
-    summary = store.summary(record.id, int(record.config["intervals"]), Mode(record.config["mode"]))
+    config = PopulationConfig.of(record)
+    summary = store.summary(record.id, config.intervals, config.mode)
     if not yes:
         folder = checkpoints or checkpoints_location(store, record)
         click.confirm(
@@ -465,7 +467,7 @@ def resume(
     """Continue population NAME to its full budget (after Ctrl-C, a crash or a failure), or
     to a larger one with --intervals."""
     devices = tuple(parse_device(device) for device in devices)
-    result: Result = load(storage, name, checkpoints)
+    result: Population = load(storage, name, checkpoints)
     try:
         result = result.resume(
             workers=workers, progress=progress, devices=devices or None, intervals=intervals

@@ -14,48 +14,58 @@ import numpy as np
 from sqlalchemy.engine import make_url
 
 from ._imports import import_object, reference_of
+from ._validation import check_int, check_str, invalid
 from .checkpoints import CheckpointStore, open_checkpoints, sweep_orphans
+from .config import PopulationConfig
 from .progress import ProgressWatcher
-from .records import Mode, PopulationRecord, PopulationStatus
+from .records import PopulationRecord, PopulationStatus
+from .report import build_model, plot, write_report
 from .results import Result
 from .runners import InProcessRunner, LocalProcessRunner, RayRunner, Runner, WorkerTarget
-from .space import Space, space_from_dict
+from .space import Space
 from .storage import (
-    LEGACY_STEPS,
     PopulationExists,
     PopulationNotFound,
     Storage,
     open_storage,
     redact_url,
 )
-from .strategies import Every, Perturb, Truncation, describe, rebuild
+from .strategies import Every, Perturb, Truncation, describe
 from .strategies.stop import Stop, describe_stop, stop_list
 from .trackers import BackgroundExport, Tracker, check_trackers
 from .trainable import check_trainable
-from .worker import PopulationError, RunSpec, Worker, rng_for
+from .worker import KEEP, PopulationError, RunSpec, Worker, initial_rng
 
-__all__ = ["delete", "join", "load", "replay", "resume", "run"]
+__all__ = ["Population", "delete", "join", "load", "replay", "resume", "run"]
 
 log = logging.getLogger("poptune")
 
-_INIT = 0
-# Keys of the stored configuration that define the algorithm: a population may only be continued
-# by a run that agrees on all of them.
-_ALGORITHM_KEYS = (
-    "trainable",
-    "space",
-    "metric",
-    "mode",
-    "population",
-    "intervals",
-    "exploit",
-    "explore",
-    "ready",
-    "seed",
-    "sync",
-    "initial",
-)
-_DEFAULT = object()
+_DEFAULT: Any = KEEP
+
+
+class Population(Result):
+    """A stored population's results, and what more can be done with it: resume it, report it.
+
+    ``pt.run``, ``pt.load``, ``pt.resume`` and ``pt.replay`` return one. Reading it (every
+    :class:`~poptune.results.Result` method) needs the storage only; :meth:`resume` imports the
+    trainable, as training does.
+
+    Example:
+        >>> population = pt.load("sqlite:///runs/poptune.db", "digits")   # doctest: +SKIP
+        >>> population.report("digits.html")                              # doctest: +SKIP
+    """
+
+    def report(self, path: str | Path) -> Path:
+        """Write a self-contained HTML report (scores, hparams, lineage tree, schedule)."""
+        return write_report(self, path)
+
+    def plot(self, kind: str, path: str | Path) -> Path:
+        """Save one static figure (``scores``, ``hparams`` or ``lineage``); needs matplotlib."""
+        return plot(build_model(self), kind, path)
+
+    def resume(self, workers: int = 1, **options: Any) -> Population:
+        """Continue the population to its full budget; see :func:`poptune.resume`."""
+        return resume(self, workers=workers, **options)
 
 
 def run(
@@ -83,7 +93,7 @@ def run(
     resident: int | None = None,
     stop: Stop | Sequence[Stop] | None = None,
     trackers: Sequence[Tracker] | None = None,
-) -> Result:
+) -> Population:
     """Train a population with Population Based Training and return its results.
 
     Args:
@@ -143,18 +153,12 @@ def run(
     started_at = time.time()
     criteria = stop_list(stop)
     space = _space(space)
-    mode_ = _mode(mode)
-    _check_int("population", population, 2)
-    _check_int("intervals", intervals, 1)
-    _check_int("workers", workers, 1)
-    _check_int("max_failures", max_failures, 0)
-    _check_lease(lease_seconds)
+    population = check_int("population", population, 2)
+    workers = check_int("workers", workers, 1)
     if resident is not None:
-        _check_int("resident", resident, 1)
+        resident = check_int("resident", resident, 1)
     runner = _runner(runner, workers, population, devices)
     trackers = check_trackers(trackers)
-    if not isinstance(metric, str) or not metric:
-        raise ValueError(f"The 'metric' parameter must be a non-empty string. Got {metric!r}.")
     if exploit is _DEFAULT:
         exploit = Truncation()
     explore = Perturb() if explore is None else explore
@@ -167,57 +171,57 @@ def run(
             )
     if seed is None:
         seed = int(np.random.SeedSequence().generate_state(1)[0])
-    _check_int("seed", seed, 0)
-    if name is None:
-        name = trainable.__name__
-    if not isinstance(name, str) or not name.strip():
-        raise ValueError(f"The 'name' parameter must be a non-empty string. Got {name!r}.")
-
+    seed = check_int("seed", seed, 0)
+    name = check_str("name", trainable.__name__ if name is None else name)
+    config = PopulationConfig(
+        trainable=reference_of(trainable),
+        space=space,
+        metric=metric,
+        mode=mode,  # type: ignore[arg-type]  # checked and converted by PopulationConfig
+        population=population,
+        intervals=intervals,
+        exploit=describe(exploit, "exploit"),
+        explore=describe(explore, "explore"),
+        ready=describe(ready, "ready"),
+        seed=seed,
+        sync=sync,
+        max_failures=max_failures,
+        lease_seconds=lease_seconds,
+        stop=tuple(describe_stop(criteria)),
+        started_at=started_at,
+    )
     start = _initial(space, population, seed, initial)
+    if initial is not None:
+        config = config.replace(initial=start)
     store = open_storage(storage)
-    config: dict[str, Any] = {
-        "trainable": reference_of(trainable),
-        "space": space.to_dict(),
-        "metric": metric,
-        "mode": mode_.value,
-        "population": population,
-        "intervals": intervals,
-        "exploit": describe(exploit),
-        "explore": describe(explore),
-        "ready": describe(ready),
-        "seed": seed,
-        "sync": bool(sync),
-        "initial": start if initial is not None else None,
-        "max_failures": max_failures,
-        "lease_seconds": float(lease_seconds),
-        "stop": describe_stop(criteria),
-        "started_at": started_at,
-    }
     try:
         record = store.population(name)
     except PopulationNotFound:
         record = None
-    if record is not None and _differences(record, config) and _never_trained(store, record):
+    differences = _differences(record, config) if record is not None else []
+    if record is not None and differences and _never_trained(store, record):
         log.warning(
             "Population %r in %s never recorded an interval (status %s), and this run has "
             "another configuration (%s): replacing it.",
             name,
             redact_url(store.url),
             record.status.value,
-            "; ".join(_differences(record, config)),
+            "; ".join(differences),
         )
         _delete(store, record)
         record = None
     if record is None:
-        config["checkpoints"] = _checkpoints_url(store, checkpoints)
+        config = config.replace(checkpoints=_checkpoints_url(store, checkpoints))
         try:
-            record = store.create_population(name, config, start)
+            record = store.create_population(name, config.to_dict(), start)
         except PopulationExists:  # an identical run started at the same time created it
             record = store.population(name)
             _check_same(record, config, store)
     else:
         _check_same(record, config, store)
-        store.update_config(record.id, {"stop": config["stop"], "started_at": started_at})
+        store.update_config(
+            record.id, {"stop": [dict(d) for d in config.stop], "started_at": started_at}
+        )
         log.warning(
             "Population %r already exists in %s with this configuration; continuing it%s. "
             "Pass another name for a fresh run.",
@@ -227,61 +231,40 @@ def run(
             if record.status is PopulationStatus.FINISHED
             else "",
         )
+        record = store.population(name)
     spec = RunSpec(
+        config=PopulationConfig.of(record),
         trainable=trainable,
-        space=space,
-        metric=metric,
-        mode=mode_,
-        intervals=intervals,
         exploit=exploit,
         explore=explore,
         ready=ready,
-        seed=seed,
-        sync=bool(sync),
-        population=population,
-        max_failures=max_failures,
         stop=tuple(criteria),
-        started_at=started_at,
     )
     resident = resident if resident is not None else _default_resident(population, workers)
-    return _execute(
-        store,
-        record,
-        spec,
-        progress,
-        runner,
-        checkpoints,
-        float(lease_seconds),
-        int(resident),
-        trackers,
-    )
+    return _execute(store, record, spec, progress, runner, checkpoints, resident, trackers)
 
 
 def load(
     storage: str | Storage | None,
     name: str,
     checkpoints: str | os.PathLike[str] | CheckpointStore | None = None,
-) -> Result:
+) -> Population:
     """Open a stored population's results (finished, running, or interrupted).
 
     ``checkpoints`` says where this machine finds the population's checkpoints when they are
     not where they were recorded (a folder given to ``pt.run`` that moved, or is mounted
     elsewhere here); the default folder next to a SQLite file moves with it by itself.
 
+    Reading never imports the population's training code; only training it on (``resume``)
+    and :meth:`~poptune.results.Best.load` do.
+
     Raises:
         PopulationNotFound: if there is no population called ``name`` (the message lists them).
     """
     store = open_storage(storage)
     record = store.population(name)
-    trainable = None
-    reference = record.config.get("trainable")
-    if reference:
-        try:
-            trainable = import_object(reference)
-        except ImportError:
-            trainable = None
     location = checkpoints if checkpoints is not None else checkpoints_location(store, record)
-    return Result(store, record, open_checkpoints(location), trainable)
+    return Population(store, record, open_checkpoints(location))
 
 
 def resume(
@@ -298,7 +281,7 @@ def resume(
     intervals: int | None = None,
     stop: Stop | Sequence[Stop] | None = _DEFAULT,  # type: ignore[assignment]
     trackers: Sequence[Tracker] | None = None,
-) -> Result:
+) -> Population:
     """Continue a stored population to its full budget with its stored configuration.
 
     Failed members get another try from their last checkpoint. Strategies that were plain
@@ -313,17 +296,19 @@ def resume(
     Raises:
         ValueError: if ``intervals`` is less than the population's budget.
     """
-    _check_int("workers", workers, 1)
+    workers = check_int("workers", workers, 1)
     store = result.storage
     record = store.population(result.name)
     _check_continuable(record)
     if intervals is not None:
-        _check_int("intervals", intervals, 1)
-        budget = int(record.config["intervals"])
+        intervals = check_int("intervals", intervals, 1)
+        budget = PopulationConfig.of(record).intervals
         if intervals < budget:
-            raise ValueError(
-                f"The 'intervals' parameter of resume must be at least the population's "
-                f"budget ({budget}): a budget only grows. Got {intervals}."
+            raise invalid(
+                "intervals",
+                f"at least the population's budget ({budget}): a budget only grows",
+                intervals,
+                "resume",
             )
         store.extend(record.id, intervals)
     changes: dict[str, Any] = {"started_at": time.time()}
@@ -331,14 +316,12 @@ def resume(
         changes["stop"] = describe_stop(stop_list(stop))
     store.update_config(record.id, changes)
     record = store.population(result.name)
-    config = record.config
-    runner = _runner(runner, workers, int(config["population"]), devices)
+    config = PopulationConfig.of(record)
+    runner = _runner(runner, workers, config.population, devices)
     trainable = trainable if trainable is not None else _recorded_trainable(record)
     check_trainable(trainable)
-    spec = _spec_from_config(config, trainable, exploit, explore, ready)
+    spec = RunSpec.build(config, trainable, exploit, explore, ready)
     _reopen(store, record)
-    lease = float(config.get("lease_seconds", 30.0))
-    resident = _default_resident(int(config["population"]), workers)
     return _execute(
         store,
         store.population(record.name),
@@ -346,8 +329,7 @@ def resume(
         progress,
         runner,
         open_checkpoints(checkpoints) if checkpoints is not None else result.checkpoint_store,
-        lease,
-        resident,
+        _default_resident(config.population, workers),
         check_trackers(trackers),
     )
 
@@ -359,7 +341,7 @@ def replay(
     replay_name: str | None = None,
     trainable: type | Callable[..., Any] | None = None,
     progress: bool = True,
-) -> Result:
+) -> Population:
     """Train one fresh model following a population's winning schedule, without copying weights.
 
     The model starts from fresh weights (the trainable's own initialisation, seeded by the
@@ -378,49 +360,37 @@ def replay(
         raise ValueError(
             f"Population {name!r} has no trained lineage to replay yet: train it first."
         )
-    stored = source.record.config
+    stored = source.config
     trainable = trainable if trainable is not None else _recorded_trainable(source.record)
     check_trainable(trainable)
     store = source.storage
     target = replay_name or f"{name}-replay"
-    config: dict[str, Any] = {
-        **{key: stored[key] for key in ("trainable", "space", "metric", "mode", "seed")},
-        "population": 1,
-        "intervals": len(entries),
-        "exploit": None,
-        "explore": stored["explore"],
-        "ready": stored["ready"],
-        "sync": False,
-        "initial": [dict(entries[0].hparams)],
-        "max_failures": int(stored.get("max_failures", 2)),
-        "lease_seconds": float(stored.get("lease_seconds", 30.0)),
-        "schedule": [dict(entry.hparams) for entry in entries],
-        "replay_of": {"population": name, "member": entries[-1].member},
-        "checkpoints": stored["checkpoints"],
-    }
+    schedule = tuple(dict(entry.hparams) for entry in entries)
+    config = stored.replace(
+        population=1,
+        intervals=len(entries),
+        exploit=None,
+        sync=False,
+        initial=(schedule[0],),
+        stop=(),
+        schedule=schedule,
+        replay_of={"population": name, "member": entries[-1].member},
+    )
     try:
         record = store.population(target)
     except PopulationNotFound:
         try:
-            record = store.create_population(target, config, [dict(entries[0].hparams)])
+            record = store.create_population(target, config.to_dict(), [schedule[0]])
         except PopulationExists:
             record = store.population(target)
-    if record.config.get("schedule") != config["schedule"]:
+    recorded = PopulationConfig.of(record)
+    if recorded.schedule != config.schedule:
         raise ValueError(
             f"A population named {target!r} already exists in {redact_url(store.url)} and is "
             f"not a replay of this schedule. Pass replay_name= another name."
         )
-    spec = _spec_from_config(record.config, trainable)
-    return _execute(
-        store,
-        record,
-        spec,
-        progress,
-        InProcessRunner(),
-        None,
-        float(config["lease_seconds"]),
-        1,
-    )
+    spec = RunSpec.build(recorded, trainable)
+    return _execute(store, record, spec, progress, InProcessRunner(), None, 1)
 
 
 def join(
@@ -436,22 +406,21 @@ def join(
     intervals this worker trained.
     """
     if resident is not None:
-        _check_int("resident", resident, 1)
+        resident = check_int("resident", resident, 1)
     record = result.storage.population(result.name)
     _check_continuable(record)
-    config = record.config
+    config = PopulationConfig.of(record)
     trainable = trainable if trainable is not None else _recorded_trainable(record)
     check_trainable(trainable)
-    spec = _spec_from_config(config, trainable)
     store = open_checkpoints(
         checkpoints if checkpoints is not None else checkpoints_location(result.storage, record)
     )
     worker = Worker(
-        spec,
+        RunSpec.build(config, trainable),
         result.storage,
         store,
         record.id,
-        lease_seconds=float(config.get("lease_seconds", 30.0)),
+        lease_seconds=config.lease_seconds,
         resident=resident,
     )
     return worker.run()
@@ -459,7 +428,7 @@ def join(
 
 def _check_continuable(record: PopulationRecord) -> None:
     """Refuse to train a population recorded when ``step`` meant something else."""
-    if record.config.get(LEGACY_STEPS):
+    if PopulationConfig.of(record).legacy_steps:
         raise PopulationError(
             f"Population {record.name!r} was recorded by an older poptune, whose steps counted "
             "the intervals a member trained itself rather than the intervals behind its weights. "
@@ -470,7 +439,7 @@ def _check_continuable(record: PopulationRecord) -> None:
 
 def _recorded_trainable(record: PopulationRecord) -> type:
     """Import the trainable by the reference recorded with the population."""
-    reference = record.config.get("trainable")
+    reference = PopulationConfig.of(record).trainable
     if not reference:
         raise ValueError(
             f"Population {record.name!r} was made with a trainable that cannot be imported by "
@@ -480,33 +449,6 @@ def _recorded_trainable(record: PopulationRecord) -> type:
     return import_object(reference)
 
 
-def _spec_from_config(
-    config: Mapping[str, Any],
-    trainable: type,
-    exploit: Callable[..., Any] | None = _DEFAULT,  # type: ignore[assignment]
-    explore: Callable[..., Any] | None = None,
-    ready: Callable[..., Any] | None = None,
-) -> RunSpec:
-    """The algorithm of a stored population; strategies given here replace the stored ones."""
-    return RunSpec(
-        trainable=trainable,
-        space=space_from_dict(config["space"]),
-        metric=config["metric"],
-        mode=Mode(config["mode"]),
-        intervals=int(config["intervals"]),
-        exploit=rebuild(config["exploit"], "exploit") if exploit is _DEFAULT else exploit,
-        explore=explore if explore is not None else rebuild(config["explore"], "explore"),
-        ready=ready if ready is not None else rebuild(config["ready"], "ready"),
-        seed=int(config["seed"]),
-        sync=bool(config["sync"]),
-        population=int(config["population"]),
-        max_failures=int(config.get("max_failures", 2)),
-        stop=tuple(rebuild(d, "stop") for d in config.get("stop") or []),
-        started_at=float(config.get("started_at", time.time())),
-        schedule=tuple(dict(h) for h in config.get("schedule") or ()),
-    )
-
-
 def _execute(
     store: Storage,
     record: PopulationRecord,
@@ -514,10 +456,9 @@ def _execute(
     progress: bool,
     runner: Runner,
     checkpoints: str | os.PathLike[str] | CheckpointStore | None,
-    lease_seconds: float,
     resident: int,
     trackers: Sequence[Tracker] = (),
-) -> Result:
+) -> Population:
     checkpoint_store = (
         checkpoints
         if checkpoints is not None and not isinstance(checkpoints, str | os.PathLike)
@@ -526,6 +467,7 @@ def _execute(
     _check_continuable(record)
     if record.status is PopulationStatus.ERROR:
         _reopen(store, record)
+    lease_seconds = spec.config.lease_seconds
     target = WorkerTarget(
         spec, store.url, str(checkpoint_store.url), record.id, lease_seconds, resident
     )
@@ -535,11 +477,11 @@ def _execute(
         log.info("Deleted %d orphan checkpoint file(s) left by killed workers.", len(swept))
 
     def poll() -> Any:
-        return store.summary(record.id, spec.intervals, spec.mode)
+        return store.summary(record.id, spec.config.intervals, spec.config.mode)
 
     watcher = ProgressWatcher(
         record.name,
-        spec.metric,
+        spec.config.metric,
         poll,
         enabled=progress,
         exploits=lambda: store.exploits(record.id),
@@ -572,7 +514,7 @@ def _execute(
         raise PopulationError(f"Population {record.name!r} stopped: {final.error}")
     if final.status is PopulationStatus.STOPPED:
         log.warning("Population %r stopped before its budget: %s.", record.name, final.error)
-    return Result(store, final, checkpoint_store, spec.trainable)
+    return Population(store, final, checkpoint_store, spec.trainable)
 
 
 def _runner(
@@ -639,22 +581,17 @@ def _alive(pid: int) -> bool:
 def _reopen(store: Storage, record: PopulationRecord) -> None:
     """Give failed members another try and mark the population running again."""
     _expire_dead_local_claims(store, record)
-    store.reopen_members(record.id, int(record.config["intervals"]))
+    store.reopen_members(record.id, PopulationConfig.of(record).intervals)
     if record.status is not PopulationStatus.RUNNING:
         store.set_status(record.id, PopulationStatus.RUNNING, None)
 
 
-def _differences(record: PopulationRecord, config: Mapping[str, Any]) -> list[str]:
+def _differences(record: PopulationRecord, config: PopulationConfig) -> list[str]:
     """Where ``config`` and the stored configuration disagree on the algorithm."""
-    stored = record.config
-    return [
-        f"{key}: stored {stored.get(key)!r}, given {config.get(key)!r}"
-        for key in _ALGORITHM_KEYS
-        if _comparable(stored.get(key)) != _comparable(config.get(key))
-    ]
+    return PopulationConfig.of(record).differences(config)
 
 
-def _check_same(record: PopulationRecord, config: Mapping[str, Any], store: Storage) -> None:
+def _check_same(record: PopulationRecord, config: PopulationConfig, store: Storage) -> None:
     differing = _differences(record, config)
     if differing:
         raise ValueError(
@@ -704,7 +641,7 @@ def _delete(
 ) -> None:
     """Delete the population's rows, then every file of it (nothing refers to them any more)."""
     refs = store.delete_population(record.id)
-    if checkpoints is None and not record.config.get("checkpoints"):
+    if checkpoints is None and not PopulationConfig.of(record).checkpoints:
         return
     if checkpoints is None:
         checkpoints = checkpoints_location(store, record)
@@ -713,14 +650,6 @@ def _delete(
     for path in sorted(paths):
         files.remove(path)
     files.close()
-
-
-def _comparable(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {k: _comparable(v) for k, v in value.items() if k != "repr"}
-    if isinstance(value, list | tuple):
-        return [_comparable(v) for v in value]
-    return value
 
 
 def _checkpoints_url(
@@ -759,7 +688,7 @@ def _sqlite_folder(url: str) -> Path | None:
 def checkpoints_location(store: Storage, record: PopulationRecord) -> str:
     """Where the population's checkpoints are, as recorded: an absolute folder or URL, or a
     folder relative to the SQLite database file (the default), which moves with it."""
-    recorded = str(record.config["checkpoints"])
+    recorded = str(PopulationConfig.of(record).checkpoints)
     folder = _sqlite_folder(store.url)
     if "://" in recorded or Path(recorded).is_absolute() or folder is None:
         return recorded
@@ -784,7 +713,7 @@ def _initial(
             start.append(space.validate(hparams))
         except ValueError as error:
             raise ValueError(f"initial[{index}] is not in the space: {error}") from None
-    start += [space.sample(rng_for(seed, _INIT, i)) for i in range(len(given), population)]
+    start += [space.sample(initial_rng(seed, i)) for i in range(len(given), population)]
     return start
 
 
@@ -797,25 +726,3 @@ def _space(space: Any) -> Space:
             f"(e.g. {{'lr': pt.LogUniform(1e-4, 1e-1)}}). Got {type(space).__name__}."
         )
     return Space(space)
-
-
-def _mode(mode: Any) -> Mode:
-    try:
-        return Mode(mode)
-    except ValueError:
-        raise ValueError(
-            f"The 'mode' parameter must be 'max' or 'min'. Got {mode!r} instead."
-        ) from None
-
-
-def _check_lease(value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 86400:
-        raise ValueError(
-            f"The 'lease_seconds' parameter must be a number of seconds in (0, 86400). "
-            f"Got {value!r} instead."
-        )
-
-
-def _check_int(name: str, value: Any, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < low:
-        raise ValueError(f"The '{name}' parameter must be an int >= {low}. Got {value!r} instead.")

@@ -1,7 +1,10 @@
 """What a population produced: members, intervals, exploits, the best member and its schedule.
 
-The same :class:`Result` comes back from ``pt.run`` and ``pt.load``; it reads the storage each
-time it is asked, so it also shows a population that other workers are still training.
+A :class:`Result` reads the storage each time it is asked, so it also shows a population that
+other workers are still training. It is a pure reader: it needs the storage (and, for weights,
+the checkpoints) only, and never imports the user's training code, except
+:meth:`Best.load`, which builds the trainable. ``pt.run`` and ``pt.load`` return a
+:class:`poptune.population.Population`, a ``Result`` that can also resume and report.
 """
 
 from __future__ import annotations
@@ -10,10 +13,11 @@ import enum
 import html
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ._imports import import_object
 from .checkpoints import CheckpointStore
+from .config import PopulationConfig
 from .records import (
     CheckpointRef,
     ExploitEvent,
@@ -44,6 +48,7 @@ class Best:
     checkpoint: CheckpointRef | None
     _store: CheckpointStore | None = field(default=None, compare=False, repr=False)
     _trainable: type | None = field(default=None, compare=False, repr=False)
+    _reference: str | None = field(default=None, compare=False, repr=False)
 
     def state(self) -> Any:
         """The best member's state, as its ``state_dict()`` returned it."""
@@ -54,9 +59,18 @@ class Best:
     def load(self, trainable: type | None = None, seed: int = 0) -> Any:
         """A fresh trainable built with the best hparams and loaded with the best weights.
 
-        ``trainable`` defaults to the population's own trainable class.
+        ``trainable`` defaults to the population's own trainable class, imported by the
+        reference recorded with the population (the one read that imports user code).
         """
         cls = trainable if trainable is not None else self._trainable
+        if cls is None and self._reference is not None:
+            try:
+                cls = import_object(self._reference)
+            except ImportError as error:
+                raise LookupError(
+                    f"The population's trainable cannot be imported here ({error}); pass it: "
+                    "best.load(MyClass)."
+                ) from None
         if cls is None:
             raise LookupError(
                 "The population's trainable cannot be imported here; pass it: best.load(MyClass)."
@@ -145,6 +159,7 @@ class Result:
     ) -> None:
         self.storage = storage
         self._record = record
+        self._config = PopulationConfig.from_dict(record.config)
         self._checkpoints = checkpoints
         self._trainable = trainable
 
@@ -161,24 +176,25 @@ class Result:
         return self._record.name
 
     @property
-    def config(self) -> Mapping[str, Any]:
+    def config(self) -> PopulationConfig:
         """The stored configuration (trainable, space, metric, mode, strategies, budget...)."""
-        return self._record.config
+        return self._config
 
     @property
     def metric(self) -> str:
         """The metric PBT optimises."""
-        return str(self.config["metric"])
+        return self._config.metric
 
     @property
     def mode(self) -> Mode:
         """Whether higher (max) or lower (min) scores are better."""
-        return Mode(self.config["mode"])
+        return self._config.mode
 
     @property
     def record(self) -> PopulationRecord:
-        """The population's stored record, re-read (status and error may have changed)."""
+        """The population's stored record, re-read (status, error and budget may have changed)."""
         self._record = self.storage.population(self.name)
+        self._config = PopulationConfig.from_dict(self._record.config)
         return self._record
 
     @property
@@ -207,7 +223,7 @@ class Result:
 
     def summary(self) -> Summary:
         """Counts: steps done, members done/failed, exploits, best score."""
-        return self.storage.summary(self._record.id, int(self.config["intervals"]), self.mode)
+        return self.storage.summary(self._record.id, self._config.intervals, self.mode)
 
     @property
     def best(self) -> Best:
@@ -242,6 +258,7 @@ class Result:
             checkpoint=self.storage.checkpoint(self._record.id, member, step),
             _store=self._checkpoints,
             _trainable=self._trainable,
+            _reference=self._config.trainable,
         )
 
     def lineage(self) -> Lineage:
@@ -274,9 +291,10 @@ class Result:
                     f"Population {self.name!r} has no member {member}; members are "
                     f"0..{len(known) - 1}."
                 )
-            if known[member].restore is None:
+            holds = known[member].restore  # the weights it holds (a donor's, if copied)
+            if holds is None:
                 return []
-            member, step = known[member].restore  # the weights it holds (a donor's, if copied)
+            member, step = holds
         chain = self.lineage().ancestry(member, step)
         return [
             ScheduleEntry(
@@ -313,19 +331,7 @@ class Result:
             rows.append(row)
         return pd.DataFrame(rows)
 
-    # --- reading it ----------------------------------------------------------------------
-
-    def report(self, path: str | Path) -> Path:
-        """Write a self-contained HTML report (scores, hparams, lineage tree, schedule)."""
-        from .report import write_report
-
-        return write_report(self, path)
-
-    def plot(self, kind: str, path: str | Path) -> Path:
-        """Save one static figure (``scores``, ``hparams`` or ``lineage``); needs matplotlib."""
-        from .report import build_model, plot
-
-        return plot(build_model(self), kind, path)
+    # --- notebooks and the console --------------------------------------------------------
 
     def _repr_html_(self) -> str:
         """A summary table for notebooks: status, best member and every member's latest."""
@@ -349,14 +355,6 @@ class Result:
             f"<th>{escape(self.metric)}</th><th>hparams</th><th>parent</th></tr></thead>"
             f"<tbody>{rows}</tbody></table></div>"
         )
-
-    # --- more work -----------------------------------------------------------------------
-
-    def resume(self, workers: int = 1, **options: Any) -> Result:
-        """Continue the population to its full budget; see :func:`poptune.resume`."""
-        from .population import resume
-
-        return resume(self, workers=workers, **options)
 
     def __repr__(self) -> str:
         summary = self.summary()

@@ -227,7 +227,7 @@ def _check_relative(path: Any) -> None:
 
 
 def _check_no_file_is_a_folder(files: Mapping[str, bytes]) -> None:
-    folders = set()
+    folders: set[str] = set()
     for path in files:
         parts = path.split("/")
         folders.update("/".join(parts[:end]) for end in range(1, len(parts)))

@@ -12,9 +12,12 @@ Example:
     >>> space = Space({"lr": LogUniform(1e-4, 1e-1), "act": Choice(["relu", "tanh"]), "seed": 7})
     >>> rng = np.random.default_rng(0)
     >>> hparams = space.sample(rng)
-    >>> new = space.perturb(hparams, (0.8, 1.2), rng, resample_probability=0.25)
-    >>> space.validate(new) == new
+    >>> space.validate(hparams) == hparams
     True
+
+How a whole set of hyperparameters is explored (perturbed, resampled) is the explore
+strategies' business (:mod:`poptune.strategies.explore`); a distribution only knows how to move
+one value by a factor.
 """
 
 from __future__ import annotations
@@ -125,6 +128,23 @@ def _check_order(owner: str, low: float, high: float) -> None:
         )
 
 
+def _perturbable(distribution: Any, value: Any, kind: str) -> float:
+    """``value`` as a float that ``distribution`` can perturb: a number, not NaN."""
+    owner = type(distribution).__name__
+    if not _is_real(value):
+        raise TypeError(
+            f"{owner}.perturb: the value must be a number (got {value!r} of type "
+            f"{type(value).__name__}); pass {kind} inside {distribution!r}."
+        )
+    number = float(value)
+    if math.isnan(number):
+        raise ValueError(
+            f"{owner}.perturb: cannot perturb NaN (got value={value!r}); pass {kind} "
+            f"inside {distribution!r}."
+        )
+    return number
+
+
 def _clip(value: Any, low: Any, high: Any) -> Any:
     return min(max(value, low), high)
 
@@ -175,19 +195,7 @@ class _FloatRange(Distribution):
 
     def _snap(self, value: Any) -> float:
         """A numeric ``value`` clipped into ``[low, high]``; anything else is an error."""
-        owner = type(self).__name__
-        if not _is_real(value):
-            raise TypeError(
-                f"{owner}.perturb: the value must be a number (got {value!r} of type "
-                f"{type(value).__name__}); pass a float inside {self!r}."
-            )
-        number = float(value)
-        if math.isnan(number):
-            raise ValueError(
-                f"{owner}.perturb: cannot perturb NaN (got value={value!r}); pass a float "
-                f"inside {self!r}."
-            )
-        return float(_clip(number, self.low, self.high))
+        return float(_clip(_perturbable(self, value, "a float"), self.low, self.high))
 
     def perturb(self, value: Any, factor: float, rng: np.random.Generator) -> float:
         """``value * factor`` clipped to ``[low, high]``.
@@ -297,17 +305,7 @@ class IntUniform(Distribution):
         """A numeric ``value`` rounded to an integer and clipped into ``low..high``."""
         if isinstance(value, Integral) and not isinstance(value, bool):
             return int(_clip(int(value), self.low, self.high))
-        if not _is_real(value):
-            raise TypeError(
-                f"IntUniform.perturb: the value must be a number (got {value!r} of type "
-                f"{type(value).__name__}); pass an int inside {self!r}."
-            )
-        number = float(value)
-        if math.isnan(number):
-            raise ValueError(
-                f"IntUniform.perturb: cannot perturb NaN (got value={value!r}); pass an int "
-                f"inside {self!r}."
-            )
+        number = _perturbable(self, value, "an int")
         rounded = number if math.isinf(number) else round(number)
         return int(_clip(rounded, self.low, self.high))
 
@@ -487,30 +485,6 @@ _TYPES: dict[str, type[Distribution]] = {
 # --- the space -----------------------------------------------------------------------------------
 
 
-def _check_probability(method: str, name: str, value: Any) -> float:
-    if not _is_real(value) or not 0.0 <= float(value) <= 1.0:
-        raise ValueError(
-            f"Space.{method}: `{name}` must be a number in [0, 1] (got {name}={value!r}); "
-            "0 never resamples, 1 always does."
-        )
-    return float(value)
-
-
-def _check_factors(factors: Any) -> tuple[float, ...]:
-    if isinstance(factors, str | bytes) or not isinstance(factors, Sequence) or not factors:
-        raise ValueError(
-            f"Space.perturb: `factors` must be a non-empty sequence of positive numbers (got "
-            f"factors={factors!r}); for example (0.8, 1.2)."
-        )
-    for factor in factors:
-        if not _is_real(factor) or not math.isfinite(float(factor)) or float(factor) <= 0:
-            raise ValueError(
-                f"Space.perturb: every factor must be a positive finite number (got {factor!r} "
-                f"in factors={tuple(factors)!r}); for example (0.8, 1.2)."
-            )
-    return tuple(float(f) for f in factors)
-
-
 def _check_hparams(method: str, hparams: Any) -> Mapping[str, Any]:
     if not isinstance(hparams, Mapping):
         raise TypeError(
@@ -523,8 +497,8 @@ def _check_hparams(method: str, hparams: Any) -> Mapping[str, Any]:
 class Space(Mapping[str, Any]):
     """Hyperparameter name -> :class:`Distribution` (tuned), or a fixed value that never changes.
 
-    A fixed value is a str, int, float, bool or None; it is returned as given by :meth:`sample`,
-    :meth:`perturb` and :meth:`resample`. ``Space(other_space)`` copies a space.
+    A fixed value is a str, int, float, bool or None; it is returned as given by :meth:`sample`
+    and kept by every explore strategy. ``Space(other_space)`` copies a space.
 
     Random numbers are drawn name by name in the order the names were given, so the same seed and
     the same space always give the same hyperparameters. For the same reason two spaces are equal
@@ -562,7 +536,7 @@ class Space(Mapping[str, Any]):
                     "Space: hyperparameter names must not be empty (got ''); name it, e.g. 'lr'."
                 )
             checked[name] = self._checked_value(name, value)
-        self._params = checked
+        self._params: dict[str, Any] = checked
 
     @staticmethod
     def _checked_value(name: str, value: Any) -> Any:
@@ -642,60 +616,6 @@ class Space(Mapping[str, Any]):
             for name, value in self._params.items()
         }
 
-    def perturb(
-        self,
-        hparams: Mapping[str, Any],
-        factors: Sequence[float],
-        rng: np.random.Generator,
-        resample_probability: float = 0.0,
-    ) -> dict[str, Any]:
-        """A new dict with every tuned value perturbed by a factor drawn uniformly from
-        ``factors`` (see each distribution's ``perturb``), or, with probability
-        ``resample_probability``, resampled from its prior. Fixed values are reset to theirs.
-
-        Example:
-            >>> import numpy as np
-            >>> space = Space({"n": IntUniform(1, 8), "opt": "sgd"})
-            >>> space.perturb({"n": 4, "opt": "sgd"}, (0.5,), np.random.default_rng(0))
-            {'n': 2, 'opt': 'sgd'}
-
-        Raises:
-            ValueError: bad ``factors`` or ``resample_probability``, a tuned name missing from
-                ``hparams``, or a choice value that is not one of its options.
-        """
-        hparams = _check_hparams("perturb", hparams)
-        factors = _check_factors(factors)
-        resample_probability = _check_probability(
-            "perturb", "resample_probability", resample_probability
-        )
-        result: dict[str, Any] = {}
-        for name, value in self._params.items():
-            if not isinstance(value, Distribution):
-                result[name] = value
-            elif resample_probability > 0 and rng.random() < resample_probability:
-                result[name] = value.sample(rng)
-            else:
-                factor = factors[int(rng.integers(len(factors)))]
-                result[name] = value.perturb(self._current(hparams, name), factor, rng)
-        return result
-
-    def resample(
-        self, hparams: Mapping[str, Any], rng: np.random.Generator, probability: float = 1.0
-    ) -> dict[str, Any]:
-        """A new dict with each tuned value resampled from its prior with ``probability``, else
-        kept from ``hparams``. Fixed values are reset to theirs."""
-        hparams = _check_hparams("resample", hparams)
-        probability = _check_probability("resample", "probability", probability)
-        result: dict[str, Any] = {}
-        for name, value in self._params.items():
-            if not isinstance(value, Distribution):
-                result[name] = value
-            elif probability >= 1.0 or rng.random() < probability:
-                result[name] = value.sample(rng)
-            else:
-                result[name] = self._current(hparams, name)
-        return result
-
     def validate(self, hparams: Mapping[str, Any]) -> dict[str, Any]:
         """Check that ``hparams`` has exactly this space's names with legal values.
 
@@ -752,14 +672,6 @@ class Space(Mapping[str, Any]):
             else {"type": "Fixed", "value": value}
             for name, value in self._params.items()
         }
-
-    def _current(self, hparams: Mapping[str, Any], name: str) -> Any:
-        if name not in hparams:
-            raise ValueError(
-                f"Space: the hparams lack {name!r} (got names {list(hparams)}); pass a value for "
-                f"every name of the space {list(self._params)}."
-            )
-        return hparams[name]
 
 
 def space_from_dict(description: Mapping[str, Mapping[str, Any]]) -> Space:

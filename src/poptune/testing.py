@@ -252,7 +252,6 @@ def synthetic_report_model(members: int, steps: int) -> Any:
         best_member=0,
         best_score=1.0,
         wall_time=1.0,
-        config={},
     )
 
 
@@ -281,7 +280,7 @@ def check_steps(result: Any) -> None:
     Raises:
         AssertionError: naming the first interval or exploit that breaks an invariant.
     """
-    budget = int(result.config["intervals"])
+    budget = result.config.intervals
     records = result.intervals()
     keys = {(i.member, i.step) for i in records}
     assert len(keys) == len(records), "a (member, step) was recorded twice"
@@ -310,6 +309,10 @@ def check_steps(result: Any) -> None:
         )
 
 
+#: member -> how many times :func:`quadratic_loop` started for it in this process.
+_LOOP_STARTS: dict[int, int] = {}
+
+
 def quadratic_loop(ctx: Any) -> None:
     """The paper's toy problem (:class:`Quadratic`) as a training function: θ stays in memory
     across intervals; after an exploit (or a move) it is replaced by ``interval.state``.
@@ -317,7 +320,8 @@ def quadratic_loop(ctx: Any) -> None:
     It reports the true objective ``q``, the surrogate, and ``starts``: how many times this
     member's function was started in this process (1 if nothing ever restarted).
     """
-    quadratic_loop.starts[ctx.member] = quadratic_loop.starts.get(ctx.member, 0) + 1
+    starts = _LOOP_STARTS
+    starts[ctx.member] = starts.get(ctx.member, 0) + 1
     theta = np.array([0.9, 0.9])
     for interval in ctx.intervals():
         if interval.state is not None:
@@ -329,10 +333,10 @@ def quadratic_loop(ctx: Any) -> None:
             {
                 "q": float(1.2 - np.sum(theta**2)),
                 "surrogate": float(1.2 - np.sum(h * theta**2)),
-                "starts": float(quadratic_loop.starts[ctx.member]),
+                "starts": float(starts[ctx.member]),
             },
             state={"theta": theta.copy()},
         )
 
 
-quadratic_loop.starts = {}  # type: ignore[attr-defined]
+quadratic_loop.starts = _LOOP_STARTS  # type: ignore[attr-defined]

@@ -385,7 +385,7 @@ class MLflow(Tracker):
                 run_name=record.name,
             )
             self._parent = run.info.run_id
-            self._log(self._parent, params=_population_params(result.config))
+            self._log(self._parent, params=_population_params(result.config.to_dict()))
         position = Position()
         self._runs = {}
         for run in self._search("member"):

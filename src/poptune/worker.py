@@ -26,6 +26,7 @@ import numpy as np
 
 from . import serialization
 from .checkpoints import CheckpointCorrupt, CheckpointMissing, CheckpointStore
+from .config import PopulationConfig
 from .live import LiveMember, LiveMembers, open_session
 from .records import (
     Candidate,
@@ -35,11 +36,10 @@ from .records import (
     IntervalRecord,
     MemberRecord,
     MemberStatus,
-    Mode,
     PopulationStatus,
 )
-from .space import Space
 from .storage import Claim, LeaseLost, Storage
+from .strategies import rebuild
 from .strategies.stop import Progress, check_stop
 from .trainable import metrics_of
 from .writer import BackgroundWriter
@@ -72,26 +72,50 @@ def rng_for(seed: int, *keys: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([seed, *keys]))
 
 
+def initial_rng(seed: int, member: int) -> np.random.Generator:
+    """The generator that draws ``member``'s first hparams (salted apart from every decision)."""
+    return rng_for(seed, _INIT, member)
+
+
+#: "Keep what the population recorded" (the default of strategy arguments that accept None).
+KEEP: Any = object()
+
+
 @dataclass(frozen=True)
 class RunSpec:
-    """Everything a worker needs to know about a population's algorithm."""
+    """What a worker runs: the population's configuration and its live objects.
 
+    ``config`` holds every setting (one typed value, see :class:`~poptune.config.PopulationConfig`);
+    the trainable and the strategies are the objects themselves, rebuilt from their recorded
+    descriptions by :meth:`build` (which imports user code: only training does that).
+    """
+
+    config: PopulationConfig
     trainable: Any  # a Trainable class, or a training function (poptune.loop)
-    space: Space
-    metric: str
-    mode: Mode
-    intervals: int
     exploit: Callable[..., Candidate | None] | None
     explore: Callable[..., Mapping[str, Any]]
     ready: Callable[[Candidate], bool]
-    seed: int
-    sync: bool = False
-    population: int = 2
-    max_failures: int = 2
     stop: tuple[Callable[..., str | None], ...] = ()  # checked after every recorded interval
-    started_at: float = 0.0  # time.time() when this run began (for WallClock)
-    # A replay: interval t trains with schedule[t - 1] instead of the member's hparams.
-    schedule: tuple[Mapping[str, Any], ...] = ()
+
+    @classmethod
+    def build(
+        cls,
+        config: PopulationConfig,
+        trainable: Any,
+        exploit: Any = KEEP,
+        explore: Any = None,
+        ready: Any = None,
+    ) -> RunSpec:
+        """The live objects of ``config``; strategies given here replace the recorded ones
+        (``exploit=None`` is random search, so only ``KEEP`` keeps the recorded exploit)."""
+        return cls(
+            config=config,
+            trainable=trainable,
+            exploit=rebuild(config.exploit, "exploit") if exploit is KEEP else exploit,
+            explore=explore if explore is not None else rebuild(config.explore, "explore"),
+            ready=ready if ready is not None else rebuild(config.ready, "ready"),
+            stop=tuple(rebuild(d, "stop") for d in config.stop),
+        )
 
 
 class _UserCodeFailed(Exception):
@@ -124,7 +148,7 @@ class Worker:
         self.poll_seconds = poll_seconds
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.trained = 0
-        self.live = LiveMembers(resident if resident is not None else spec.population)
+        self.live = LiveMembers(resident if resident is not None else spec.config.population)
         self._held: dict[int, Claim] = {}  # member -> claim, while trained or being written
         self._closed = threading.Event()
         self._doomed: queue.SimpleQueue[CheckpointRef | None] = queue.SimpleQueue()
@@ -147,9 +171,9 @@ class Worker:
                 claim = self.storage.claim(
                     self.population_id,
                     self.owner,
-                    self.spec.intervals,
+                    self.spec.config.intervals,
                     self.lease_seconds,
-                    self.spec.sync,
+                    self.spec.config.sync,
                     prefer=self.live.ids(),
                 )
                 if claim is None:
@@ -187,7 +211,7 @@ class Worker:
             member, restore = claim.member, claim.checkpoint
             if member.exploit_pending:
                 member, restore = self.exploit_and_explore(claim)
-                if member.step >= self.spec.intervals:
+                if member.step >= self.spec.config.intervals:
                     self._forget(claim)
                     return  # it copied weights that are at the budget: the member is done
             member, live = self.restore(claim, member, restore)
@@ -250,14 +274,14 @@ class Worker:
         me = next((c for c in population if c.member == member.id), None)
         if me is None:
             return unchanged
-        rng = rng_for(spec.seed, _EXPLOIT, member.id, member.step)
+        rng = rng_for(spec.config.seed, _EXPLOIT, member.id, member.step)
         donor = spec.exploit(me, population, rng)
         if donor is None:
             return unchanged
         hparams = self._explore(donor, rng)
         event = _copy_event(member, donor, hparams, me.score)
         copied = self.storage.record_exploit(
-            claim, event, hparams, done=donor.step >= spec.intervals
+            claim, event, hparams, done=donor.step >= spec.config.intervals
         )
         if copied is None:  # the donor's checkpoint was collected meanwhile
             return unchanged
@@ -349,7 +373,7 @@ class Worker:
             for c in map(self._candidate, self.storage.candidates(self.population_id))
             if (c.member, c.step) != damaged
             and c.member != member.id
-            and member.step <= c.step < self.spec.intervals
+            and member.step <= c.step < self.spec.config.intervals
         ]
         for donor in sorted(population, key=lambda c: (-c.fitness, c.member)):
             event = _copy_event(member, donor, donor.hparams, member.score)
@@ -368,14 +392,14 @@ class Worker:
         state to checkpoint."""
         spec = self.spec
         step = member.step + 1
-        hparams = dict(spec.schedule[step - 1] if spec.schedule else member.hparams)
-        seed = derive_seed(spec.seed, _TRAIN, member.id, step)
+        hparams = dict(spec.config.schedule[step - 1] if spec.config.schedule else member.hparams)
+        seed = derive_seed(spec.config.seed, _TRAIN, member.id, step)
         live.holds = None  # from here on its weights are ahead of every checkpoint
         started = time.perf_counter()
         result = self._user_code(live.session.step, hparams, seed, step)
         wall_time = time.perf_counter() - started
         try:
-            score, metrics = metrics_of(result, spec.metric)
+            score, metrics = metrics_of(result, spec.config.metric)
         except (KeyError, TypeError) as error:
             message = error.args[0] if error.args else str(error)
             raise self._stop_population(message) from None
@@ -404,10 +428,10 @@ class Worker:
                 claim,
                 interval,
                 checkpoint,
-                exploit_pending=interval.step < self.spec.intervals
+                exploit_pending=interval.step < self.spec.config.intervals
                 and bool(self.spec.ready(self._candidate(interval))),
-                done=interval.step >= self.spec.intervals,
-                mode=self.spec.mode,
+                done=interval.step >= self.spec.config.intervals,
+                mode=self.spec.config.mode,
             )
         except _UserCodeFailed as failure:
             self._record_failure(claim, failure)
@@ -432,10 +456,10 @@ class Worker:
         """Stop the population (status ``stopped``, with the reason) if a criterion says so."""
         spec = self.spec
         progress = Progress.from_best(
-            spec.metric,
-            spec.mode,
-            self.storage.best_by_step(self.population_id, spec.mode),
-            time.time() - spec.started_at,
+            spec.config.metric,
+            spec.config.mode,
+            self.storage.best_by_step(self.population_id, spec.config.mode),
+            time.time() - spec.config.started_at,
         )
         reason = check_stop(spec.stop, progress)
         if reason is not None and self.storage.stop(self.population_id, reason):
@@ -469,7 +493,7 @@ class Worker:
 
     def _build(self, member: MemberRecord) -> LiveMember:
         """A new live instance of the member's trainable (user code), kept by this worker."""
-        seed = derive_seed(self.spec.seed, _TRAIN, member.id, member.step + 1)
+        seed = derive_seed(self.spec.config.seed, _TRAIN, member.id, member.step + 1)
         session = self._user_code(
             open_session, self.spec.trainable, member.hparams, seed, member.id
         )
@@ -515,7 +539,7 @@ class Worker:
             member=interval.member,
             step=interval.step,
             score=interval.score,
-            fitness=self.spec.mode.fitness(interval.score),
+            fitness=self.spec.config.mode.fitness(interval.score),
             hparams=interval.hparams,
         )
 
@@ -527,7 +551,7 @@ class Worker:
         since = min(c.step for c in population) - window
         recent: dict[int, list[tuple[int, float]]] = {}
         for member, step, score in self.storage.scores_since(self.population_id, since):
-            recent.setdefault(member, []).append((step, self.spec.mode.fitness(score)))
+            recent.setdefault(member, []).append((step, self.spec.config.mode.fitness(score)))
         return [
             replace(
                 c,
@@ -540,7 +564,9 @@ class Worker:
 
     def _finished(self) -> bool:
         population_id = self.population_id
-        summary = self.storage.summary(population_id, self.spec.intervals, self.spec.mode)
+        summary = self.storage.summary(
+            population_id, self.spec.config.intervals, self.spec.config.mode
+        )
         if summary.status is not PopulationStatus.RUNNING:
             return True
         members = self.storage.members(population_id)
@@ -554,7 +580,7 @@ class Worker:
                 f"Every member failed. The last failure:\n{last}",
             )
             return True
-        if all(m.step >= self.spec.intervals for m in healthy):
+        if all(m.step >= self.spec.config.intervals for m in healthy):
             self.storage.set_status(population_id, PopulationStatus.FINISHED, None)
             return True
         return False
@@ -567,7 +593,7 @@ class Worker:
         text = failure.args[0]
         error_line = text.strip().splitlines()[-1] if text.strip() else "error"
         record = FailureRecord(member.id, member.step + 1, error_line, text, time.time())
-        retry = member.failures < spec.max_failures
+        retry = member.failures < spec.config.max_failures
         if not retry:
             self.writer.flush()  # this worker's own intervals in flight may be the donors
         reseed = None if retry else self._reseed(member)
@@ -577,7 +603,7 @@ class Worker:
                 record,
                 retry,
                 reseed,
-                done=reseed is not None and reseed[0].donor_step >= spec.intervals,
+                done=reseed is not None and reseed[0].donor_step >= spec.config.intervals,
             )
         except LeaseLost:
             return
@@ -589,7 +615,7 @@ class Worker:
         log.error("Member %d failed at step %d (%s):\n%s", member.id, member.step + 1, action, text)
         # Every member failing the same way should stop the run, not burn the budget.
         streak = self.storage.failure_streak(self.population_id)
-        if streak >= spec.population * (spec.max_failures + 1):
+        if streak >= spec.config.population * (spec.config.max_failures + 1):
             self.storage.set_status(
                 self.population_id,
                 PopulationStatus.ERROR,
@@ -607,7 +633,7 @@ class Worker:
         ]
         if not population:
             return None
-        rng = rng_for(spec.seed, _RESEED, member.id, member.step, member.failures)
+        rng = rng_for(spec.config.seed, _RESEED, member.id, member.step, member.failures)
         me = Candidate(member.id, member.step, None, -math.inf, dict(member.hparams))
         donor = spec.exploit(me, [*population, me], rng) if spec.exploit is not None else None
         if donor is None or donor.member == member.id:
@@ -618,9 +644,9 @@ class Worker:
     def _explore(self, donor: Candidate, rng: np.random.Generator) -> dict[str, Any]:
         """Explore the donor's recorded hparams; a strategy leaving the space stops the run."""
         spec = self.spec
-        explored = spec.explore(dict(donor.hparams), spec.space, rng)
+        explored = spec.explore(dict(donor.hparams), spec.config.space, rng)
         try:
-            return spec.space.validate(explored)
+            return spec.config.space.validate(explored)
         except ValueError as error:
             raise PopulationError(
                 f"The explore strategy returned invalid hparams: {error}"

@@ -28,10 +28,10 @@ import numpy as np
 
 from poptune import checkpoints as checkpoints_module
 from poptune.checkpoints import LocalCheckpoints
-from poptune.population import _spec_from_config, load
+from poptune.population import load
 from poptune.storage import SQLStorage
 from poptune.testing import Quadratic
-from poptune.worker import Worker
+from poptune.worker import RunSpec, Worker
 
 CHAOS: dict[str, float] = json.loads(os.environ.get("POPTUNE_CHAOS", "{}"))
 RNG = np.random.default_rng(int(os.environ.get("POPTUNE_CHAOS_SEED", "0")))
@@ -130,13 +130,13 @@ def main() -> None:
     result = load(url, name)
     storage = ChaosStorage(url)
     store = ChaosCheckpoints(result.checkpoint_store.url)
-    spec = _spec_from_config(result.config, Chaotic)
+    spec = RunSpec.build(result.config, Chaotic)
     worker = Worker(
         spec,
         storage,
         store,
         result.record.id,
-        lease_seconds=float(result.config["lease_seconds"]),
+        lease_seconds=result.config.lease_seconds,
         poll_seconds=0.01,
     )
     worker.run()

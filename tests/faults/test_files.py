@@ -27,7 +27,9 @@ class DamageAfter(InProcessRunner):
         worker = Worker(target.spec, storage, checkpoints, target.population_id)
         spec = target.spec
         for _ in range(self.before):
-            claim = storage.claim(target.population_id, worker.owner, spec.intervals, 30.0, False)
+            claim = storage.claim(
+                target.population_id, worker.owner, spec.config.intervals, 30.0, False
+            )
             worker.work_on(claim)
             worker.flush()  # recorded before the next claim, as one interval at a time
         member = storage.members(target.population_id)[0]

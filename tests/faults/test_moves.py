@@ -31,7 +31,7 @@ def _run(url: str, **overrides):
 def test_a_moved_run_directory_opens_and_resumes_where_it_now_is(tmp_path: Path):
     before = _run(f"sqlite:///{tmp_path / 'A' / 'p.db'}")
     best = before.best.state()["theta"]
-    assert before.config["checkpoints"] == "checkpoints"  # recorded next to the database
+    assert before.config.checkpoints == "checkpoints"  # recorded next to the database
     before.storage.close()
     shutil.move(tmp_path / "A", tmp_path / "B")
 
@@ -63,7 +63,7 @@ def test_an_interrupted_run_resumes_after_its_directory_moved(tmp_path: Path):
 def test_an_explicit_folder_that_moved_is_named_with_checkpoints(tmp_path: Path):
     url = f"sqlite:///{tmp_path / 'db' / 'p.db'}"
     _run(url, checkpoints=tmp_path / "elsewhere")  # outside the database's folder: absolute
-    assert pt.load(url, "moved").config["checkpoints"] == str(tmp_path / "elsewhere")
+    assert pt.load(url, "moved").config.checkpoints == str(tmp_path / "elsewhere")
     shutil.move(tmp_path / "elsewhere", tmp_path / "mounted")
     with pytest.raises(pt.CheckpointMissing, match="is missing"):
         pt.load(url, "moved").best.state()

@@ -324,14 +324,14 @@ def test_a_schema_2_database_is_upgraded_readable_but_not_continued(storage_url,
     _back_to_schema(storage_url, tmp_path / "checkpoints", 2)
 
     old = pt.load(storage_url, "old")  # upgrades in place
-    assert old.config["legacy_steps"] is True
+    assert old.config.legacy_steps is True
     assert len(old.intervals()) == 9 and old.best.step == 3 and len(old.schedule()) == 3
     with pytest.raises(pt.PopulationError, match=r"older poptune.*Start a new population"):
         old.resume(progress=False)
     with pytest.raises(pt.PopulationError, match="older poptune"):
         pt.run(Quadratic, **{**options, "intervals": 3})
     fresh = pt.run(Quadratic, **{**options, "name": "new"})  # new populations train as usual
-    assert "legacy_steps" not in fresh.config and fresh.status == "finished"
+    assert not fresh.config.legacy_steps and fresh.status == "finished"
     with SQLStorage(storage_url)._read() as connection:
         version = connection.execute(sa.text("SELECT value FROM poptune_meta")).scalar_one()
     assert version == str(SCHEMA_VERSION)

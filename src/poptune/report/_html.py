@@ -386,7 +386,8 @@ def summary_cards(model: ReportModel) -> str:
 def strategies_line(model: ReportModel) -> str:
     """The population's exploit, explore and ready strategies in one line (not escaped)."""
     return ", ".join(
-        f"{role}: {_describe(model.config.get(role))}" for role in ("exploit", "explore", "ready")
+        f"{role}: {_describe(getattr(model.config, role, None))}"
+        for role in ("exploit", "explore", "ready")
     )
 
 
@@ -473,5 +474,9 @@ def _describe(description: Any) -> str:
     kind = description.get("type", "?")
     if kind == "callable":
         return str(description.get("ref") or description.get("repr"))
+    if kind == "object":
+        return str(description.get("repr") or description.get("ref"))
+    if kind == "Chain":
+        return "chain(" + ", ".join(_describe(step) for step in description["steps"]) + ")"
     params = ", ".join(f"{k}={v}" for k, v in description.items() if k != "type")
     return f"{kind}({params})"

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
+from ..config import PopulationConfig
 from ..records import ExploitEvent, FailureRecord, IntervalRecord, MemberRecord, Mode
 from ..results import Result, ScheduleEntry
+from ..space import LogUniform
 
 __all__ = ["ReportModel", "build_model"]
 
@@ -35,7 +35,7 @@ class ReportModel:
     best_member: int | None
     best_score: float | None
     wall_time: float
-    config: Mapping[str, Any] = field(default_factory=dict)
+    config: PopulationConfig | None = None
 
     @property
     def steps_done(self) -> int:
@@ -59,9 +59,9 @@ def build_model(result: Result) -> ReportModel:
     except LookupError:
         schedule, best_member, best_score = [], None, None
     lineage_keys = {(e.member, e.member_step) for e in schedule}
-    space = result.config.get("space", {})
-    names = [name for name, spec in space.items() if spec.get("type") != "Fixed"]
-    log_scale = {name for name, spec in space.items() if spec.get("type") == "LogUniform"}
+    space = result.config.space
+    names = list(space.distributions)
+    log_scale = {name for name, spec in space.distributions.items() if isinstance(spec, LogUniform)}
     if intervals:
         start = min(i.finished_at - i.wall_time for i in intervals)
         wall = max(i.finished_at for i in intervals) - start
@@ -73,8 +73,8 @@ def build_model(result: Result) -> ReportModel:
         mode=result.mode,
         status=record.status.value,
         error=record.error,
-        population=int(result.config["population"]),
-        budget=int(result.config["intervals"]),
+        population=result.config.population,
+        budget=result.config.intervals,
         members=members,
         intervals=intervals,
         exploits=result.exploits(),

@@ -1,15 +1,17 @@
 """PBT's strategy seams: ready (when), exploit (copy whom) and explore (mutate how)."""
 
-from ._base import Exploit, Explore, Ready, describe, rebuild
+from ._base import Exploit, Explore, NotRecordable, Ready, describe, rebuild
 from .exploit import Tournament, Truncation, TTest
-from .explore import Perturb, Resample
+from .explore import Chain, Perturb, Resample, chain
 from .ready import Every
 from .stop import Plateau, Progress, Stop, Target, WallClock
 
 __all__ = [
+    "Chain",
     "Every",
     "Exploit",
     "Explore",
+    "NotRecordable",
     "Perturb",
     "Plateau",
     "Progress",
@@ -21,6 +23,7 @@ __all__ = [
     "Tournament",
     "Truncation",
     "WallClock",
+    "chain",
     "describe",
     "rebuild",
 ]

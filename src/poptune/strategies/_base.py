@@ -7,6 +7,10 @@ algorithms are testable in microseconds and synchronous runs are deterministic.
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
+import json
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -18,7 +22,7 @@ from ..records import Candidate
 if TYPE_CHECKING:
     from ..space import Space
 
-__all__ = ["Exploit", "Explore", "Ready", "describe", "rebuild"]
+__all__ = ["Exploit", "Explore", "NotRecordable", "Ready", "describe", "rebuild"]
 
 
 @runtime_checkable
@@ -52,6 +56,11 @@ class Ready(Protocol):
 
 
 _REGISTRY: dict[str, type] = {}
+log = logging.getLogger("poptune")
+
+
+class NotRecordable(TypeError):
+    """A strategy whose parameters cannot be recorded with the population."""
 
 
 def register(cls: type) -> type:
@@ -60,31 +69,71 @@ def register(cls: type) -> type:
     return cls
 
 
-def describe(strategy: Callable[..., Any] | None) -> dict[str, Any] | None:
-    """A JSON description of ``strategy`` to store with the population.
+def describe(strategy: Callable[..., Any] | None, role: str = "strategy") -> dict[str, Any] | None:
+    """A JSON description of ``strategy`` to store with the population; :func:`rebuild` turns
+    it back into an equal strategy, with the same parameters.
 
-    Built-in strategies are described by their parameters; other callables by an import
-    reference (``None`` when they have none, e.g. a lambda: such a population can only be
-    resumed by passing the strategy again).
+    - a built-in strategy: ``{"type": "Perturb", **parameters}``;
+    - an instance of a user class: ``{"type": "object", "ref": "module:Class", "params": ...}``,
+      where the parameters come from its ``to_config()`` method (the keyword arguments that
+      rebuild it: ``Class(**obj.to_config())``), or from its fields if it is a dataclass, or are
+      empty if the instance holds no state;
+    - a function: ``{"type": "callable", "ref": "module:function"}``.
+
+    A strategy with no import reference (a lambda, a class defined in a notebook) is recorded
+    by its ``repr`` only: such a population can be resumed by passing the strategy again.
+
+    Raises:
+        NotRecordable: for an instance whose parameters cannot be recorded (state but no
+            ``to_config()`` and not a dataclass, parameters that are not JSON, or a
+            ``to_config()`` that does not rebuild it): the message says how to make it
+            recordable. Nothing is ever rebuilt with default parameters instead.
     """
     if strategy is None:
         return None
     to_config = getattr(strategy, "to_config", None)
-    if type(strategy).__name__ in _REGISTRY and callable(to_config):
-        return {"type": type(strategy).__name__, **to_config()}
-    return {"type": "callable", "ref": reference_of(strategy), "repr": repr(strategy)}
+    if _REGISTRY.get(type(strategy).__name__) is type(strategy) and callable(to_config):
+        return {"type": type(strategy).__name__, **_jsonable(strategy, role, to_config())}
+    if inspect.isroutine(strategy) or inspect.isclass(strategy):
+        return {"type": "callable", "ref": reference_of(strategy), "repr": repr(strategy)}
+    params = _jsonable(strategy, role, _parameters(strategy, role))
+    description = {
+        "type": "object",
+        "ref": reference_of(type(strategy)),
+        "params": params,
+        "repr": repr(strategy),
+    }
+    cls: Any = type(strategy)
+    try:
+        again = cls(**params)
+    except Exception as error:
+        raise NotRecordable(
+            _how(strategy, role, f"{_name(strategy)}(**{params!r}) raised {error!r}")
+        ) from None
+    differing = _differing_state(strategy, again)
+    if _jsonable(again, role, _parameters(again, role)) != params or differing:
+        raise NotRecordable(
+            _how(
+                strategy,
+                role,
+                f"{_name(strategy)}(**{params!r}) records other parameters"
+                + (f" (its {differing} differ)" if differing else ""),
+            )
+        )
+    return description
 
 
 def rebuild(description: Mapping[str, Any] | None, role: str) -> Any:
-    """Rebuild a strategy from :func:`describe`'s output.
+    """Rebuild a strategy from :func:`describe`'s output, with its recorded parameters.
 
     Raises:
-        ValueError: if the strategy was a callable with no import reference.
+        ValueError: if the strategy cannot be imported here (it had no import reference, or
+            its module is missing): the message says to pass it again.
     """
     if description is None:
         return None
     kind = description["type"]
-    if kind == "callable":
+    if kind in ("callable", "object"):
         ref = description.get("ref")
         if ref is None:
             raise ValueError(
@@ -92,9 +141,91 @@ def rebuild(description: Mapping[str, Any] | None, role: str) -> Any:
                 f"cannot be imported again. Pass it again: pt.load(...).resume({role}=...)."
             )
         obj = import_object(ref)
-        # A reference to a class means the population was given an instance of it.
-        return obj() if isinstance(obj, type) else obj
+        if kind == "object":
+            return obj(**description.get("params", {}))
+        if isinstance(obj, type):
+            # Recorded by a release that stored an instance by its class only: its parameters
+            # were not recorded, so this instance has the class's defaults.
+            log.warning(
+                "The %s strategy %s was recorded by an older poptune without its parameters; it "
+                "is rebuilt with its defaults. Pass it again to resume(%s=...) to be sure.",
+                role,
+                description.get("repr"),
+                role,
+            )
+            return obj()
+        return obj
     if kind not in _REGISTRY:
         raise ValueError(f"Unknown {role} strategy type {kind!r} in the stored population.")
     params = {k: v for k, v in description.items() if k != "type"}
     return _REGISTRY[kind](**params)
+
+
+def _parameters(strategy: Any, role: str) -> dict[str, Any]:
+    """The keyword arguments that rebuild ``strategy``."""
+    to_config = getattr(strategy, "to_config", None)
+    if callable(to_config):
+        params = to_config()
+        if not isinstance(params, Mapping):
+            raise NotRecordable(
+                _how(strategy, role, f"to_config() returned {params!r}, not a dict")
+            )
+        return dict(params)
+    if dataclasses.is_dataclass(strategy):
+        return {f.name: getattr(strategy, f.name) for f in dataclasses.fields(strategy) if f.init}
+    state = getattr(strategy, "__dict__", None) or {
+        slot: getattr(strategy, slot)
+        for slot in getattr(type(strategy), "__slots__", ())
+        if hasattr(strategy, slot)
+    }
+    if state:
+        raise NotRecordable(
+            _how(strategy, role, f"it holds {sorted(state)} but says nothing of how to rebuild it")
+        )
+    return {}
+
+
+def _differing_state(strategy: Any, again: Any) -> list[str]:
+    """The attributes in which the rebuilt ``again`` differs from ``strategy`` (those that can
+    be compared), so a ``to_config()`` that forgets a parameter is caught."""
+    mine, theirs = getattr(strategy, "__dict__", {}), getattr(again, "__dict__", {})
+    differing = []
+    for name in sorted(set(mine) | set(theirs)):
+        try:
+            same = bool(mine.get(name) == theirs.get(name))
+        except Exception:  # e.g. arrays: not comparable as one bool, so not judged
+            continue
+        if not same:
+            differing.append(name)
+    return differing
+
+
+def _jsonable(strategy: Any, role: str, params: Mapping[str, Any]) -> dict[str, Any]:
+    """``params`` as JSON gives them back (tuples as lists), or NotRecordable."""
+    try:
+        return json.loads(json.dumps(dict(params), default=_plain))
+    except (TypeError, ValueError) as error:
+        raise NotRecordable(
+            _how(strategy, role, f"its parameters {params!r} are not JSON ({error})")
+        ) from None
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} {value!r} is not a JSON value")
+
+
+def _name(strategy: Any) -> str:
+    return type(strategy).__qualname__
+
+
+def _how(strategy: Any, role: str, problem: str) -> str:
+    return (
+        f"The {role} strategy {strategy!r} cannot be recorded with the population: {problem}. "
+        "A population records its strategies with their parameters, so that resume and other "
+        "workers rebuild the same ones. Make it recordable: give its class a to_config() "
+        f"method returning the keyword arguments that rebuild it ({_name(strategy)}"
+        "(**obj.to_config()) must equal obj), or make it a dataclass of JSON values "
+        "(numbers, strings, lists, dicts)."
+    )

@@ -8,21 +8,32 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ._base import register
+from .._validation import check_float
+from ..space import Distribution
+from ._base import describe, rebuild, register
 
 if TYPE_CHECKING:
     from ..space import Space
 
-__all__ = ["Perturb", "Resample"]
+__all__ = ["Chain", "Perturb", "Resample", "chain"]
 
 
 def _check_probability(owner: str, name: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
-        raise ValueError(
-            f"The '{name}' parameter of {owner} must be a float in the range [0, 1]. "
-            f"Got {value!r} instead."
+    return check_float(name, value, 0.0, 1.0, owner=owner)
+
+
+def _current(hparams: Mapping[str, Any], space: Space, name: str) -> Any:
+    if not isinstance(hparams, Mapping):
+        raise TypeError(
+            f"Explore: `hparams` must be a dict of name -> value (got {type(hparams).__name__}: "
+            f"{hparams!r})."
         )
-    return float(value)
+    if name not in hparams:
+        raise ValueError(
+            f"Explore: the hparams lack {name!r} (got names {list(hparams)}); pass a value for "
+            f"every name of the space {list(space)}."
+        )
+    return hparams[name]
 
 
 @register
@@ -65,8 +76,30 @@ class Perturb:
     def __call__(
         self, hparams: Mapping[str, Any], space: Space, rng: np.random.Generator
     ) -> dict[str, Any]:
-        """Return perturbed copies of ``hparams``; always inside ``space``."""
-        return space.perturb(hparams, self.factors, rng, self.resample_probability)
+        """A new dict with every tuned value perturbed by a factor drawn uniformly from
+        ``factors`` (see each distribution's ``perturb``), or, with probability
+        ``resample_probability``, resampled from its prior. Fixed values are reset to theirs.
+
+        Example:
+            >>> import numpy as np, poptune as pt
+            >>> space = pt.Space({"n": pt.IntUniform(1, 8), "opt": "sgd"})
+            >>> pt.Perturb((0.5,))({"n": 4, "opt": "sgd"}, space, np.random.default_rng(0))
+            {'n': 2, 'opt': 'sgd'}
+
+        Raises:
+            ValueError: a tuned name missing from ``hparams``, or a choice value that is not
+                one of its options.
+        """
+        result: dict[str, Any] = {}
+        for name, value in space.items():
+            if not isinstance(value, Distribution):
+                result[name] = value
+            elif self.resample_probability > 0 and rng.random() < self.resample_probability:
+                result[name] = value.sample(rng)
+            else:
+                factor = self.factors[int(rng.integers(len(self.factors)))]
+                result[name] = value.perturb(_current(hparams, space, name), factor, rng)
+        return result
 
     def to_config(self) -> dict[str, Any]:
         """Parameters to store with the population."""
@@ -94,8 +127,17 @@ class Resample:
     def __call__(
         self, hparams: Mapping[str, Any], space: Space, rng: np.random.Generator
     ) -> dict[str, Any]:
-        """Return ``hparams`` with each value resampled from the prior with ``probability``."""
-        return space.resample(hparams, rng, self.probability)
+        """A new dict with each tuned value resampled from its prior with ``probability``, else
+        kept from ``hparams``. Fixed values are reset to theirs."""
+        result: dict[str, Any] = {}
+        for name, value in space.items():
+            if not isinstance(value, Distribution):
+                result[name] = value
+            elif self.probability >= 1.0 or rng.random() < self.probability:
+                result[name] = value.sample(rng)
+            else:
+                result[name] = _current(hparams, space, name)
+        return result
 
     def to_config(self) -> dict[str, Any]:
         """Parameters to store with the population."""
@@ -106,3 +148,53 @@ class Resample:
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Resample) and other.probability == self.probability
+
+
+@register
+class Chain:
+    """Explore steps applied in order, each to the previous one's output (as ``optax.chain``).
+
+    Example:
+        >>> import poptune as pt
+        >>> explore = pt.chain(pt.Perturb((0.8, 1.2)), pt.Resample(probability=0.25))
+    """
+
+    def __init__(self, steps: Sequence[Any]) -> None:
+        if isinstance(steps, str | bytes | Mapping) or not isinstance(steps, Sequence) or not steps:
+            raise ValueError(
+                "The 'steps' parameter of Chain must be a non-empty list of explore strategies. "
+                f"Got {steps!r} instead."
+            )
+        built = [rebuild(step, "explore") if isinstance(step, Mapping) else step for step in steps]
+        for index, step in enumerate(built):
+            if not callable(step):
+                raise TypeError(
+                    f"Step {index} of Chain must be an explore strategy such as pt.Perturb(). "
+                    f"Got {step!r} instead."
+                )
+        self.steps = tuple(built)
+
+    def __call__(
+        self, hparams: Mapping[str, Any], space: Space, rng: np.random.Generator
+    ) -> dict[str, Any]:
+        """Apply every step in turn; the result of the last one."""
+        current = dict(hparams)
+        for step in self.steps:
+            current = dict(step(current, space, rng))
+        return current
+
+    def to_config(self) -> dict[str, Any]:
+        """Parameters to store with the population: each step's own description."""
+        return {"steps": [describe(step, "explore") for step in self.steps]}
+
+    def __repr__(self) -> str:
+        return f"chain({', '.join(repr(step) for step in self.steps)})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Chain) and other.steps == self.steps
+
+
+def chain(*steps: Any) -> Chain:
+    """Compose explore steps: ``pt.chain(pt.Perturb(), pt.Resample(probability=0.25))``
+    perturbs every hyperparameter, then resamples each with probability 0.25."""
+    return Chain(list(steps))

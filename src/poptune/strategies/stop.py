@@ -10,7 +10,7 @@ intervals they are training.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -216,8 +216,8 @@ def stop_list(stop: Stop | Sequence[Stop] | None) -> list[Stop]:
     return criteria
 
 
-def describe_stop(criteria: Sequence[Stop]) -> list[Mapping[str, Any] | None]:
+def describe_stop(criteria: Sequence[Stop]) -> list[dict[str, Any]]:
     """The stored form of ``criteria`` (see :func:`~poptune.strategies.describe`)."""
     from ._base import describe
 
-    return [describe(criterion) for criterion in criteria]
+    return [d for criterion in criteria if (d := describe(criterion, "stop")) is not None]

@@ -1,0 +1,124 @@
+"""One way to check a parameter and one message template for what is wrong with it.
+
+In scikit-learn's style: every message reads "The '<name>' parameter [of <owner>] must be
+<what>. Got <value> instead.", and values from numpy (``np.int64(4)`` from a grid, ``np.float32``
+from a config array) are accepted and returned as the built-in type, so what is validated can be
+stored as JSON.
+"""
+
+from __future__ import annotations
+
+import math
+from numbers import Integral, Real
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "InvalidParameterError",
+    "check_bool",
+    "check_choice",
+    "check_float",
+    "check_int",
+    "check_str",
+    "invalid",
+    "plain",
+]
+
+
+class InvalidParameterError(ValueError, TypeError):
+    """A parameter has the wrong type or value (both a ``ValueError`` and a ``TypeError``)."""
+
+
+def plain(value: Any) -> Any:
+    """``value`` as a built-in scalar when it is a numpy scalar; anything else unchanged."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def invalid(
+    name: str, expected: str, value: Any, owner: str | None = None
+) -> InvalidParameterError:
+    """The error for parameter ``name`` (of ``owner``), which must be ``expected``."""
+    of = f" of {owner}" if owner else ""
+    return InvalidParameterError(
+        f"The '{name}' parameter{of} must be {expected}. Got {value!r} instead."
+    )
+
+
+def check_int(
+    name: str, value: Any, low: int | None = None, high: int | None = None, owner: str | None = None
+) -> int:
+    """``value`` as an ``int`` in ``[low, high]``; bools are refused."""
+    number = plain(value)
+    if isinstance(number, bool) or not isinstance(number, Integral):
+        raise invalid(name, _int_range(low, high), value, owner)
+    result = int(number)
+    if (low is not None and result < low) or (high is not None and result > high):
+        raise invalid(name, _int_range(low, high), value, owner)
+    return result
+
+
+def check_float(
+    name: str,
+    value: Any,
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    low_open: bool = False,
+    high_open: bool = False,
+    owner: str | None = None,
+) -> float:
+    """``value`` as a finite ``float`` inside the given bounds; bools are refused."""
+    number = plain(value)
+    expected = _float_range(low, high, low_open, high_open)
+    if isinstance(number, bool) or not isinstance(number, Real):
+        raise invalid(name, expected, value, owner)
+    number = float(number)
+    if not math.isfinite(number):
+        raise invalid(name, expected, value, owner)
+    if low is not None and (number < low or (low_open and number == low)):
+        raise invalid(name, expected, value, owner)
+    if high is not None and (number > high or (high_open and number == high)):
+        raise invalid(name, expected, value, owner)
+    return number
+
+
+def check_bool(name: str, value: Any, owner: str | None = None) -> bool:
+    """``value`` as a ``bool`` (``np.bool_`` accepted)."""
+    flag = plain(value)
+    if not isinstance(flag, bool):
+        raise invalid(name, "a bool (True or False)", value, owner)
+    return flag
+
+
+def check_str(name: str, value: Any, owner: str | None = None) -> str:
+    """``value`` as a non-empty ``str``."""
+    text = plain(value)
+    if not isinstance(text, str) or not text.strip():
+        raise invalid(name, "a non-empty string", value, owner)
+    return str(text)
+
+
+def check_choice(name: str, value: Any, options: tuple[str, ...], owner: str | None = None) -> str:
+    """``value``, which must be one of ``options``."""
+    text = plain(value)
+    if text not in options:
+        raise invalid(name, " or ".join(repr(o) for o in options), value, owner)
+    return str(text)
+
+
+def _int_range(low: int | None, high: int | None) -> str:
+    if high is None:
+        return "an int" if low is None else f"an int >= {low}"
+    return f"an int in the range [{'-inf' if low is None else low}, {high}]"
+
+
+def _float_range(low: float | None, high: float | None, low_open: bool, high_open: bool) -> str:
+    if low is None and high is None:
+        return "a finite number"
+    if high is None:
+        return f"a number {'>' if low_open else '>='} {low:g}"
+    if low is None:
+        return f"a number {'<' if high_open else '<='} {high:g}"
+    left, right = "(" if low_open else "[", ")" if high_open else "]"
+    return f"a number in the range {left}{low:g}, {high:g}{right}"
