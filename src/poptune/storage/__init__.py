@@ -17,7 +17,8 @@ from ._base import (
     StorageError,
     Summary,
 )
-from ._sql import LEGACY_STEPS, SCHEMA_VERSION, SQLStorage, redact_url
+from ._schema import LEGACY_STEPS, SCHEMA_VERSION
+from ._sql import SQLStorage, redact_url
 
 __all__ = [
     "DEFAULT_STORAGE",
