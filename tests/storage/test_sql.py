@@ -453,3 +453,18 @@ def test_best_by_step_ignores_nan_and_infinities(storage):
     assert storage.best_by_step(pid, Mode.MAX) == [(1, 0.9), (2, 0.4)]
     assert storage.best_by_step(pid, Mode.MIN) == [(1, 0.1), (2, 0.4)]
     assert storage.best_by_step(make(storage, name="empty"), Mode.MAX) == []
+
+
+def test_every_sql_transaction_retries_through_transient_errors():
+    """Every contract method (one transaction each) and the schema upgrade are marked
+    ``@retrying`` where they are defined; ``close`` has no transaction to retry."""
+    from poptune.storage import Storage
+    from poptune.storage._retry import is_retrying
+
+    contract = set(Storage.__abstractmethods__) - {"close"}
+    assert len(contract) == 31
+    retried = {
+        name for name, value in vars(SQLStorage).items() if callable(value) and is_retrying(value)
+    }
+    assert retried == contract | {"_create_schema"}
+    assert issubclass(SQLStorage, Storage) and not SQLStorage.__abstractmethods__

@@ -37,6 +37,7 @@ from ._base import (
     LeaseLost,
     PopulationExists,
     PopulationNotFound,
+    Storage,
     StorageError,
     Summary,
 )
@@ -147,7 +148,7 @@ def redact_url(url: str) -> str:
         return "<unparseable storage URL>"
 
 
-class SQLStorage:
+class SQLStorage(Storage):
     """Population storage in any SQL database SQLAlchemy reaches (SQLite, PostgreSQL).
 
     Example:
@@ -233,6 +234,7 @@ class SQLStorage:
         with self._engine.connect() as connection, connection.begin():
             yield connection
 
+    @retrying
     def _create_schema(self) -> None:
         with self._write() as connection:
             upgrade_schema(connection, redact_url(self.url))
@@ -249,6 +251,7 @@ class SQLStorage:
 
     # --- populations ---------------------------------------------------------------------
 
+    @retrying
     def create_population(
         self, name: str, config: Mapping[str, Any], hparams: Sequence[Mapping[str, Any]]
     ) -> PopulationRecord:
@@ -293,6 +296,7 @@ class SQLStorage:
             raise PopulationExists(f"A population named {name!r} already exists.") from None
         return self.population(name)
 
+    @retrying
     def delete_population(self, population_id: int) -> list[CheckpointRef]:
         """Delete the population and everything recorded for it, in one transaction; return
         its checkpoints, whose files nothing can reach any more."""
@@ -306,6 +310,7 @@ class SQLStorage:
             connection.execute(populations.delete().where(populations.c.id == population_id))
         return [checkpoint_ref(row) for row in rows]
 
+    @retrying
     def population(self, name: str) -> PopulationRecord:
         """The population called ``name``."""
         with self._read() as connection:
@@ -321,12 +326,14 @@ class SQLStorage:
             )
         return population_record(row)
 
+    @retrying
     def populations(self) -> list[PopulationRecord]:
         """Every population, oldest first."""
         with self._read() as connection:
             rows = connection.execute(sa.select(populations).order_by(populations.c.id)).all()
         return [population_record(row) for row in rows]
 
+    @retrying
     def set_status(self, population_id: int, status: PopulationStatus, error: str | None) -> None:
         """Set a population's status (and error text)."""
         with self._write() as connection:
@@ -336,6 +343,7 @@ class SQLStorage:
                 .values(status=status.value, error=error)
             )
 
+    @retrying
     def stop(self, population_id: int, reason: str) -> bool:
         """Mark a running population stopped, with ``reason``; ``False`` if it was not running
         (finished, stopped or failed meanwhile)."""
@@ -350,6 +358,7 @@ class SQLStorage:
             )
         return bool(result.rowcount)
 
+    @retrying
     def update_config(self, population_id: int, values: Mapping[str, Any]) -> None:
         """Set these keys of the population's stored configuration (others are kept)."""
         with self._write() as connection:
@@ -368,6 +377,7 @@ class SQLStorage:
 
     # --- claims --------------------------------------------------------------------------
 
+    @retrying
     def claim(
         self,
         population_id: int,
@@ -417,11 +427,13 @@ class SQLStorage:
                 f"(claim token {claim.token}); its write was refused."
             )
 
+    @retrying
     def renew(self, claim: Claim, lease_seconds: float) -> None:
         """Extend the lease of ``claim``."""
         with self._write() as connection:
             self._fenced(connection, RENEW, claim, v_lease=lease_seconds)
 
+    @retrying
     def release(self, claim: Claim) -> None:
         """Give the member back unchanged."""
         with self._write() as connection:
@@ -429,6 +441,7 @@ class SQLStorage:
 
     # --- records -------------------------------------------------------------------------
 
+    @retrying
     def record_interval(
         self,
         claim: Claim,
@@ -505,6 +518,7 @@ class SQLStorage:
             connection.execute(STREAK_RESET, {"pid": claim.population_id})
             return collect(connection, claim.population_id, mode)
 
+    @retrying
     def record_exploit(
         self,
         claim: Claim,
@@ -542,6 +556,7 @@ class SQLStorage:
             connection.execute(exploits.insert(), exploit_row(claim.population_id, event))
         return checkpoint_ref(row)
 
+    @retrying
     def record_failure(
         self,
         claim: Claim,
@@ -617,6 +632,7 @@ class SQLStorage:
             connection.execute(STREAK_UP, {"pid": claim.population_id})
         return outcome
 
+    @retrying
     def failure_streak(self, population_id: int) -> int:
         """How many failures were recorded since the last successful interval."""
         with self._read() as connection:
@@ -624,6 +640,7 @@ class SQLStorage:
 
     # --- reads ---------------------------------------------------------------------------
 
+    @retrying
     def members(self, population_id: int) -> list[MemberRecord]:
         """Every member's current record."""
         with self._read() as connection:
@@ -634,6 +651,7 @@ class SQLStorage:
             ).all()
         return [member_record(row) for row in rows]
 
+    @retrying
     def intervals(self, population_id: int) -> list[IntervalRecord]:
         """Every recorded interval by member and step."""
         i = intervals.c
@@ -645,6 +663,7 @@ class SQLStorage:
             ).all()
         return [interval_record(row) for row in rows]
 
+    @retrying
     def interval(self, population_id: int, member: int, step: int) -> IntervalRecord | None:
         """The interval ``member`` recorded at ``step``, or ``None``."""
         with self._read() as connection:
@@ -653,6 +672,7 @@ class SQLStorage:
             ).first()
         return None if row is None else interval_record(row)
 
+    @retrying
     def scores_since(self, population_id: int, step: int) -> list[tuple[int, int, float | None]]:
         """(member, step, score) of every interval after ``step``, by member then step."""
         i = intervals.c
@@ -664,6 +684,7 @@ class SQLStorage:
             ).all()
         return [(row.member_id, row.step, row.score) for row in rows]
 
+    @retrying
     def best_by_step(self, population_id: int, mode: Mode) -> list[tuple[int, float]]:
         """(step, best finite score recorded at that step), by step: one row per step, however
         many members, so stop criteria read little after every interval."""
@@ -682,6 +703,7 @@ class SQLStorage:
             ).all()
         return [(int(row.step), float(row.best)) for row in rows]
 
+    @retrying
     def candidates(self, population_id: int, step: int | None = None) -> list[IntervalRecord]:
         """Latest (or exactly ``step``) checkpointed interval of every healthy member."""
         with self._read() as connection:
@@ -691,6 +713,7 @@ class SQLStorage:
                 rows = connection.execute(AT_STEP, {"pid": population_id, "step": step}).all()
         return [interval_record(row) for row in rows]
 
+    @retrying
     def exploits(self, population_id: int) -> list[ExploitEvent]:
         """Every exploit event in recording order."""
         e = exploits.c
@@ -713,6 +736,7 @@ class SQLStorage:
             for row in rows
         ]
 
+    @retrying
     def failures(self, population_id: int) -> list[FailureRecord]:
         """Every failure of user code, oldest first."""
         f = failures.c
@@ -725,6 +749,7 @@ class SQLStorage:
             for row in rows
         ]
 
+    @retrying
     def checkpoint(self, population_id: int, member: int, step: int) -> CheckpointRef | None:
         """The committed checkpoint of ``member`` at ``step``, or ``None``."""
         with self._read() as connection:
@@ -733,6 +758,7 @@ class SQLStorage:
             ).first()
         return None if row is None else checkpoint_ref(row)
 
+    @retrying
     def discard_checkpoint(self, population_id: int, ref: CheckpointRef) -> None:
         """Drop the row of a damaged checkpoint so that no one restores or copies it again."""
         c = checkpoints.c
@@ -746,6 +772,7 @@ class SQLStorage:
                 )
             )
 
+    @retrying
     def checkpoints(self, population_id: int) -> list[CheckpointRef]:
         """Every committed checkpoint."""
         c = checkpoints.c
@@ -757,11 +784,13 @@ class SQLStorage:
             ).all()
         return [checkpoint_ref(row) for row in rows]
 
+    @retrying
     def collect_garbage(self, population_id: int, mode: Mode) -> list[CheckpointRef]:
         """Delete the checkpoint rows nothing needs; return them so their files can go too."""
         with self._write() as connection:
             return collect(connection, population_id, mode)
 
+    @retrying
     def summary(self, population_id: int, budget: int, mode: Mode) -> Summary:
         """Counts for a progress display."""
         m = members.c
@@ -800,6 +829,7 @@ class SQLStorage:
             status=PopulationStatus(status),
         )
 
+    @retrying
     def release_claims(self, population_id: int, owners: Sequence[str]) -> int:
         """Give back, unchanged, every member held by ``owners`` (workers that are gone or
         stopping); return how many."""
@@ -818,6 +848,7 @@ class SQLStorage:
             )
         return int(result.rowcount)
 
+    @retrying
     def claims(self, population_id: int) -> dict[int, str]:
         """Member id -> owner, for every member currently held by a worker."""
         m = members.c
@@ -829,6 +860,7 @@ class SQLStorage:
             ).all()
         return {row.member_id: row.owner for row in rows}
 
+    @retrying
     def extend(self, population_id: int, intervals: int) -> None:
         """Give the population a budget of ``intervals`` (not less than its own), in one
         transaction: record it, make members done below it idle, and mark it running."""
@@ -861,6 +893,7 @@ class SQLStorage:
                 .values(status=MemberStatus.IDLE.value, owner=None, lease_until=None)
             )
 
+    @retrying
     def reopen_members(self, population_id: int, budget: int) -> None:
         """Make failed members (and finished ones below ``budget``) idle again, to resume."""
         m = members.c
@@ -876,41 +909,3 @@ class SQLStorage:
                 )
                 .values(status=MemberStatus.IDLE.value, owner=None, lease_until=None, failures=0)
             )
-
-
-# Every public method is one transaction: retry it through transient errors.
-for _name in (
-    "_create_schema",
-    "create_population",
-    "delete_population",
-    "population",
-    "populations",
-    "set_status",
-    "claim",
-    "renew",
-    "release",
-    "record_interval",
-    "record_exploit",
-    "record_failure",
-    "failure_streak",
-    "members",
-    "intervals",
-    "interval",
-    "candidates",
-    "scores_since",
-    "best_by_step",
-    "exploits",
-    "failures",
-    "checkpoint",
-    "discard_checkpoint",
-    "checkpoints",
-    "collect_garbage",
-    "summary",
-    "release_claims",
-    "claims",
-    "reopen_members",
-    "extend",
-    "stop",
-    "update_config",
-):
-    setattr(SQLStorage, _name, retrying(getattr(SQLStorage, _name)))
