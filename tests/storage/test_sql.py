@@ -1,6 +1,6 @@
-"""What only the SQL storage has: URLs, the schema version, transactions retried through
+"""What only the SQL storage has: URLs, transactions retried through
 transient errors, and claims that stay atomic across processes (the contract itself is in
-``test_contract.py``; upgrades of older databases in ``test_migrations.py``)."""
+``test_contract.py``; schema versions and upgrades in ``test_migrations.py``)."""
 
 from __future__ import annotations
 
@@ -28,18 +28,6 @@ def test_bad_urls_are_refused_clearly(tmp_path):
     blocker.write_text("x")
     with pytest.raises((StorageError, OSError)):
         SQLStorage(f"sqlite:///{blocker}/sub/poptune.db")
-
-
-def test_schema_version_mismatch_is_refused(storage_url):
-    import sqlalchemy as sa
-
-    SQLStorage(storage_url).close()
-    engine = sa.create_engine(storage_url)
-    with engine.begin() as connection:
-        connection.execute(sa.text("UPDATE poptune_meta SET value='999'"))
-    engine.dispose()
-    with pytest.raises(StorageError, match="schema version 999"):
-        SQLStorage(storage_url)
 
 
 def _claimer(url: str, pid: int, log_path: str, rounds: int) -> None:
