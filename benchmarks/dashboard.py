@@ -31,7 +31,7 @@ import sqlalchemy as sa
 
 import poptune as pt
 from poptune.storage import SQLStorage
-from poptune.storage._sql import checkpoints, exploits, intervals, members, populations
+from poptune.storage._schema import checkpoints, exploits, intervals, members, populations
 from poptune.testing import CreateOnlyRunner, Quadratic
 
 

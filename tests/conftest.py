@@ -1,8 +1,9 @@
 """Shared fixtures: every storage kind the suite runs against, and a fresh run folder.
 
-Tests that take ``storage_url`` (or ``storage``) run once per backend: SQLite always, PostgreSQL
-when ``$POPTUNE_TEST_POSTGRES`` names a server database whose user may create databases
-(``.ci/run`` installs and starts one). Each PostgreSQL test gets a database of its own.
+Tests that take ``storage`` run once per storage kind: in memory (``poptune.testing``), SQLite,
+and PostgreSQL when ``$POPTUNE_TEST_POSTGRES`` names a server database whose user may create
+databases (``.ci/run`` installs and starts one); each PostgreSQL test gets a database of its own.
+Tests that take ``storage_url`` need a database other processes can open: SQLite and PostgreSQL.
 """
 
 from __future__ import annotations
@@ -10,21 +11,23 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
-from poptune.storage import SQLStorage
+from poptune.storage import SQLStorage, Storage
+from poptune.testing import MemoryStorage
 
 POSTGRES = os.environ.get("POPTUNE_TEST_POSTGRES")
+SQL_KINDS = ["sqlite", "postgresql"]
+STORAGE_KINDS = ["memory", *SQL_KINDS]
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def storage_url(
-    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[str]:
-    """A fresh, empty storage of each kind (a new backend runs the suite by adding a param)."""
-    if request.param == "sqlite":
+@contextmanager
+def _sql_url(kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A fresh, empty SQL database of ``kind`` ("sqlite" or "postgresql"), as a URL."""
+    if kind == "sqlite":
         yield f"sqlite:///{tmp_path / 'poptune.db'}"
         return
     if not POSTGRES:
@@ -48,12 +51,29 @@ def storage_url(
         admin.dispose()
 
 
-@pytest.fixture
-def storage(storage_url: str) -> Iterator[SQLStorage]:
-    """An open storage of each kind."""
-    store = SQLStorage(storage_url)
-    yield store
-    store.close()
+@pytest.fixture(params=SQL_KINDS)
+def storage_url(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[str]:
+    """A fresh, empty SQL storage of each kind, as a URL: for what only SQL has (schema,
+    migrations, URLs, several processes sharing one database)."""
+    with _sql_url(request.param, tmp_path, monkeypatch) as url:
+        yield url
+
+
+@pytest.fixture(params=STORAGE_KINDS)
+def storage(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Storage]:
+    """An open, empty storage of every kind: the contract suite runs against each (a new
+    backend runs it by adding a kind here)."""
+    if request.param == "memory":
+        yield MemoryStorage()
+        return
+    with _sql_url(request.param, tmp_path, monkeypatch) as url:
+        store = SQLStorage(url)
+        yield store
+        store.close()
 
 
 @pytest.fixture(autouse=True)

@@ -79,7 +79,8 @@ class PopulationConfig:
             absolute folder or a URL.
         schedule: for a replay, the hparams of each interval.
         replay_of: for a replay, ``{"population": name, "member": id}`` of what it replays.
-        legacy_steps: recorded by a release whose steps counted a member's own intervals.
+        legacy_steps: recorded by a release whose steps counted a member's own intervals, and
+            not rewritten to the new meaning by the upgrade (why, or ``True``): read-only.
         extra: stored keys this release does not know (kept, so nothing is lost on a rewrite).
     """
 
@@ -102,7 +103,7 @@ class PopulationConfig:
     checkpoints: str | None = None
     schedule: tuple[Mapping[str, Any], ...] = ()
     replay_of: Mapping[str, Any] | None = None
-    legacy_steps: bool = False
+    legacy_steps: bool | str = False
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -139,7 +140,8 @@ class PopulationConfig:
         put("schedule", _hparams_list("schedule", self.schedule or ()))
         if self.replay_of is not None:
             put("replay_of", dict(self.replay_of))
-        put("legacy_steps", check_bool("legacy_steps", self.legacy_steps))
+        if not isinstance(self.legacy_steps, str):
+            put("legacy_steps", check_bool("legacy_steps", self.legacy_steps))
         put("extra", dict(self.extra))
 
     # --- the storage's form ----------------------------------------------------------------
@@ -173,7 +175,7 @@ class PopulationConfig:
         if self.replay_of is not None:
             data["replay_of"] = dict(self.replay_of)
         if self.legacy_steps:
-            data["legacy_steps"] = True
+            data["legacy_steps"] = self.legacy_steps
         return data
 
     @classmethod

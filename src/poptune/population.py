@@ -427,13 +427,17 @@ def join(
 
 
 def _check_continuable(record: PopulationRecord) -> None:
-    """Refuse to train a population recorded when ``step`` meant something else."""
-    if PopulationConfig.of(record).legacy_steps:
+    """Refuse to train a population recorded when ``step`` meant something else and whose
+    rows the upgrade could not rewrite exactly (see docs/upgrades.md)."""
+    why = PopulationConfig.of(record).legacy_steps
+    if why:
+        reason = f" ({why})" if isinstance(why, str) else ""
         raise PopulationError(
             f"Population {record.name!r} was recorded by an older poptune, whose steps counted "
-            "the intervals a member trained itself rather than the intervals behind its weights. "
-            "It can still be read (status, report, pt.load), but not continued: training it on "
-            "would mix the two meanings. Start a new population (another name) instead."
+            "the intervals a member trained itself rather than the intervals behind its weights, "
+            f"and its records cannot be rewritten to the new meaning exactly{reason}. It can "
+            "still be read (status, report, pt.load), but not continued: training it on would "
+            "mix the two meanings. Start a new population (another name) instead."
         )
 
 

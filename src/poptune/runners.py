@@ -23,7 +23,7 @@ from .devices import (
     idle_devices,
     parse_devices,
 )
-from .storage import open_storage
+from .storage import check_shareable, open_storage
 from .worker import PopulationError, RunSpec, Worker
 
 __all__ = ["InProcessRunner", "LocalProcessRunner", "RayRunner", "Runner", "WorkerTarget"]
@@ -175,6 +175,7 @@ class LocalProcessRunner:
         on_started: Callable[[], None] = _nothing,
     ) -> None:
         """Start the processes and wait for them; on Ctrl-C stop them cleanly and re-raise."""
+        check_shareable(target.storage_url)
         if self.devices is not None and self.start_method == "fork" and cuda_initialised():
             raise RuntimeError(
                 "CUDA is already initialised in this process, so worker processes forked from it "
@@ -279,6 +280,7 @@ class RayRunner:
         on_started: Callable[[], None] = _nothing,
     ) -> None:
         """Start the actors, wait for them, and shut them down on Ctrl-C."""
+        check_shareable(target.storage_url)
         try:
             import ray
         except ImportError:

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from .storage._memory import MemoryStorage
 from .trainable import Trainable
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "CountingQuadratic",
     "CreateOnlyRunner",
     "Failing",
+    "MemoryStorage",
     "Quadratic",
     "RecordsEnvironment",
     "SlowQuadratic",

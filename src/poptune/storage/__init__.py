@@ -1,4 +1,6 @@
-"""Where a population's shared state lives: the :class:`Storage` protocol and its SQL backend.
+"""Where a population's shared state lives: the :class:`Storage` base class and its SQL backend.
+
+(:class:`poptune.testing.MemoryStorage` keeps it in memory, for tests.)
 
 The embedded default is one SQLite file, ``runs/poptune.db`` under the current directory (or
 ``$POPTUNE_STORAGE``); checkpoints go to a ``checkpoints`` folder next to it.
@@ -17,7 +19,9 @@ from ._base import (
     StorageError,
     Summary,
 )
-from ._sql import LEGACY_STEPS, SCHEMA_VERSION, SQLStorage, redact_url
+from ._memory import MEMORY_URL
+from ._schema import LEGACY_STEPS, SCHEMA_VERSION
+from ._sql import SQLStorage, redact_url
 
 __all__ = [
     "DEFAULT_STORAGE",
@@ -31,6 +35,7 @@ __all__ = [
     "Storage",
     "StorageError",
     "Summary",
+    "check_shareable",
     "default_storage_url",
     "open_storage",
     "redact_url",
@@ -54,4 +59,19 @@ def open_storage(url: str | Storage | None = None) -> Storage:
         url = default_storage_url()
     if not isinstance(url, str):
         return url
+    check_shareable(url)
     return SQLStorage(url)
+
+
+def check_shareable(url: str) -> None:
+    """Refuse, before any worker process starts, a storage that other processes cannot open.
+
+    Raises:
+        StorageError: for ``memory://`` (a :class:`poptune.testing.MemoryStorage`).
+    """
+    if url == MEMORY_URL:
+        raise StorageError(
+            "The storage 'memory://' is a MemoryStorage (poptune.testing), which lives in one "
+            "process: worker processes cannot open it. Pass the MemoryStorage object itself with "
+            "workers=1, or use a SQLite file or PostgreSQL: 'sqlite:///runs/poptune.db'."
+        )

@@ -5,7 +5,9 @@ what lets the same worker loop run in one process, in local processes or on many
 
 Contract (every implementation must keep it):
 
-- Each method is one transaction: it either happens completely or not at all.
+- Each method is one transaction: it either happens completely or not at all. A backend whose
+  transactions can fail transiently (a lock, a dropped connection) retries the whole method:
+  :class:`~poptune.storage.SQLStorage` marks each such method with ``@retrying``.
 - ``claim`` is atomic: two callers, in any processes, never hold the same member at once. A
   claim carries a fencing ``token``; every write made under a claim (``record_interval``,
   ``record_exploit``, ``release``, ``renew``, ``record_failure``) is refused with
@@ -28,9 +30,10 @@ Methods may be called from any thread, but one claim is used by one worker at a 
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from ..records import (
     CheckpointRef,
@@ -106,11 +109,19 @@ class Summary:
     status: PopulationStatus
 
 
-class Storage(Protocol):
-    """Population state shared by all workers. See the module docstring for the contract."""
+class Storage(ABC):
+    """Population state shared by all workers. See the module docstring for the contract.
 
+    An implementation subclasses this and implements every abstract method, keeping the
+    contract above: :class:`~poptune.storage.SQLStorage` (SQLite, PostgreSQL) and
+    :class:`poptune.testing.MemoryStorage` (one process, for tests). ``tests/storage`` is the
+    contract suite: a new backend runs it by adding one parameter to the ``storage`` fixture.
+    """
+
+    #: Where the storage lives, as the user named it (a SQLAlchemy URL, or ``memory://``).
     url: str
 
+    @abstractmethod
     def create_population(
         self, name: str, config: Mapping[str, Any], hparams: Sequence[Mapping[str, Any]]
     ) -> PopulationRecord:
@@ -119,25 +130,25 @@ class Storage(Protocol):
         Raises:
             PopulationExists: if ``name`` is taken.
         """
-        ...
 
+    @abstractmethod
     def delete_population(self, population_id: int) -> list[CheckpointRef]:
         """Delete the population and everything recorded for it, in one transaction; return
         its checkpoints, whose files nothing can reach any more."""
-        ...
 
+    @abstractmethod
     def population(self, name: str) -> PopulationRecord:
         """Read a population by name. Raises :class:`PopulationNotFound`."""
-        ...
 
+    @abstractmethod
     def populations(self) -> list[PopulationRecord]:
         """All populations, oldest first."""
-        ...
 
+    @abstractmethod
     def set_status(self, population_id: int, status: PopulationStatus, error: str | None) -> None:
         """Mark a population running, finished, or stopped by ``error``."""
-        ...
 
+    @abstractmethod
     def claim(
         self,
         population_id: int,
@@ -156,16 +167,16 @@ class Storage(Protocol):
         member finishes interval k before any member trains k + 1. A member whose lease expired
         is claimable again. Returns ``None`` when nothing is claimable right now.
         """
-        ...
 
+    @abstractmethod
     def renew(self, claim: Claim, lease_seconds: float) -> None:
         """Extend the claim's lease. Raises :class:`LeaseLost`."""
-        ...
 
+    @abstractmethod
     def release(self, claim: Claim) -> None:
         """Give the member back without recording anything. Raises :class:`LeaseLost`."""
-        ...
 
+    @abstractmethod
     def record_interval(
         self,
         claim: Claim,
@@ -180,8 +191,8 @@ class Storage(Protocol):
         In the same transaction, collect garbage as :meth:`collect_garbage` does and return the
         checkpoints it dropped, so the caller can delete their files.
         """
-        ...
 
+    @abstractmethod
     def record_exploit(
         self,
         claim: Claim,
@@ -196,8 +207,8 @@ class Storage(Protocol):
         also released as done, in the same transaction. Returns the donor's checkpoint, or
         ``None`` (changing nothing) if it is no longer committed.
         """
-        ...
 
+    @abstractmethod
     def record_failure(
         self,
         claim: Claim,
@@ -211,94 +222,93 @@ class Storage(Protocol):
         hparams (``reseed``: the exploit event and the hparams; only if the donor's checkpoint is
         still committed; ``done`` when the donor is at the budget), or else marked failed.
         Returns the member's new status."""
-        ...
 
+    @abstractmethod
     def failure_streak(self, population_id: int) -> int:
         """How many failures were recorded since the last successful interval."""
-        ...
 
+    @abstractmethod
     def release_claims(self, population_id: int, owners: Sequence[str]) -> int:
         """Give back, unchanged, every member held by ``owners`` (workers that are gone or
         stopping); return how many."""
-        ...
 
+    @abstractmethod
     def claims(self, population_id: int) -> dict[int, str]:
         """Member id -> owner, for every member currently held by a worker."""
-        ...
 
+    @abstractmethod
     def stop(self, population_id: int, reason: str) -> bool:
         """Mark a running population stopped, with ``reason``; ``False`` if it was not running
         (finished, stopped or failed meanwhile)."""
-        ...
 
+    @abstractmethod
     def update_config(self, population_id: int, values: Mapping[str, Any]) -> None:
         """Set these keys of the population's stored configuration (others are kept)."""
-        ...
 
+    @abstractmethod
     def extend(self, population_id: int, intervals: int) -> None:
         """Give the population a budget of ``intervals`` (not less than its own), in one
         transaction: record it, make members done below it idle, and mark it running."""
-        ...
 
+    @abstractmethod
     def reopen_members(self, population_id: int, budget: int) -> None:
         """Make failed members, and finished ones below ``budget``, idle again (to resume)."""
-        ...
 
+    @abstractmethod
     def members(self, population_id: int) -> list[MemberRecord]:
         """Every member's current record, by id."""
-        ...
 
+    @abstractmethod
     def intervals(self, population_id: int) -> list[IntervalRecord]:
         """Every recorded interval, by member then step."""
-        ...
 
+    @abstractmethod
     def interval(self, population_id: int, member: int, step: int) -> IntervalRecord | None:
         """The interval ``member`` recorded at ``step``, if any."""
-        ...
 
+    @abstractmethod
     def scores_since(self, population_id: int, step: int) -> list[tuple[int, int, float | None]]:
         """(member, step, score) of every interval after ``step``, by member then step."""
-        ...
 
+    @abstractmethod
     def best_by_step(self, population_id: int, mode: Mode) -> list[tuple[int, float]]:
         """(step, best finite score recorded at that step), by step."""
-        ...
 
+    @abstractmethod
     def candidates(self, population_id: int, step: int | None = None) -> list[IntervalRecord]:
         """The intervals exploit may copy: each healthy member's latest checkpointed interval,
         or, with ``step``, each healthy member's interval at exactly that step."""
-        ...
 
+    @abstractmethod
     def exploits(self, population_id: int) -> list[ExploitEvent]:
         """Every exploit event, in the order they were recorded."""
-        ...
 
+    @abstractmethod
     def failures(self, population_id: int) -> list[FailureRecord]:
         """Every recorded failure of user code, oldest first."""
-        ...
 
+    @abstractmethod
     def checkpoint(self, population_id: int, member: int, step: int) -> CheckpointRef | None:
         """The committed checkpoint of ``member`` at ``step``, if it still exists."""
-        ...
 
+    @abstractmethod
     def discard_checkpoint(self, population_id: int, ref: CheckpointRef) -> None:
         """Drop the row of a damaged checkpoint so that no one restores or copies it again."""
-        ...
 
+    @abstractmethod
     def checkpoints(self, population_id: int) -> list[CheckpointRef]:
         """Every committed checkpoint of the population."""
-        ...
 
+    @abstractmethod
     def collect_garbage(self, population_id: int, mode: Mode) -> list[CheckpointRef]:
         """Delete and return the checkpoint rows nothing needs any more (the caller deletes the
         files). Kept: each member's latest, each member's restore point, the best-scoring
         interval's, and everything at or above the lowest step of any healthy member."""
-        ...
 
+    @abstractmethod
     def summary(self, population_id: int, budget: int, mode: Mode) -> Summary:
         """Counts for progress displays."""
-        ...
 
+    @abstractmethod
     def close(self) -> None:
         """Release connections."""
-        ...

@@ -18,7 +18,10 @@ from typing import Any, TypeVar
 
 from sqlalchemy.exc import DBAPIError
 
-__all__ = ["is_transient", "retrying"]
+from ._base import StorageError
+from ._urls import redact_url
+
+__all__ = ["is_retrying", "is_transient", "retrying"]
 
 log = logging.getLogger("poptune")
 
@@ -43,13 +46,22 @@ def is_transient(error: BaseException) -> bool:
     return "database is locked" in text or "database is busy" in text or "deadlock" in text
 
 
+_MARK = "_poptune_retrying"
+
+
 def retrying(method: F) -> F:
-    """Run ``method`` again, with exponential backoff, when it fails with a transient error."""
+    """Run ``method`` again, with exponential backoff, when it fails with a transient error.
+
+    Put it on each storage method that is one transaction, where the method is defined::
+
+        @retrying
+        def claim(self, ...): ...
+
+    The wrapper is marked, so :func:`is_retrying` (and a test) can tell which methods retry.
+    """
 
     @functools.wraps(method)
     def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
-        from . import StorageError, redact_url
-
         delay = FIRST_DELAY
         for attempt in range(1, ATTEMPTS + 1):
             try:
@@ -79,4 +91,11 @@ def retrying(method: F) -> F:
                 delay *= 2
         raise AssertionError("unreachable")
 
+    setattr(wrapper, _MARK, True)
     return wrapper  # type: ignore[return-value]
+
+
+def is_retrying(method: Any) -> bool:
+    """Whether ``method`` was wrapped by :func:`retrying` (also through a subclass override
+    that calls it with ``super()``: only the wrapped definition counts)."""
+    return bool(getattr(method, _MARK, False))

@@ -1,0 +1,424 @@
+"""The SQL schema: tables, the schema version, and the migrations that upgrade older databases.
+
+The schema uses only portable types so SQLite and PostgreSQL take it unchanged. Every change to
+it bumps :data:`SCHEMA_VERSION` and adds a migration to :data:`MIGRATIONS`; opening a storage
+runs the missing ones, in place, in the transaction that opens it (see docs/upgrades.md).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from ._base import StorageError
+
+__all__ = [
+    "LEGACY_STEPS",
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "checkpoints",
+    "dumps",
+    "exploits",
+    "failures",
+    "intervals",
+    "members",
+    "meta_table",
+    "metadata",
+    "populations",
+    "upgrade_schema",
+]
+
+SCHEMA_VERSION = 5
+_LOCK = 0x706F7074756E65  # "poptune": the advisory lock that serialises schema creation
+#: Set in the configuration of a population recorded before schema 3 (whose ``step`` counted the
+#: intervals a member trained itself rather than the intervals behind its weights) that could not
+#: be rewritten to the new meaning exactly; its value says why. It can be read but not
+#: continued. Populations that could be rewritten (schema 5) no longer carry it.
+LEGACY_STEPS = "legacy_steps"
+
+metadata = sa.MetaData()
+
+meta_table = sa.Table(
+    "poptune_meta",
+    metadata,
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
+)
+
+populations = sa.Table(
+    "poptune_populations",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("name", sa.String(255), nullable=False, unique=True),
+    sa.Column("config", sa.Text, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("error", sa.Text, nullable=True),
+    sa.Column("created_at", sa.Float, nullable=False),
+    # failures recorded since the last successful interval, across all members
+    sa.Column("failure_streak", sa.Integer, nullable=False, default=0),
+)
+
+members = sa.Table(
+    "poptune_members",
+    metadata,
+    sa.Column("population_id", sa.Integer, sa.ForeignKey(populations.c.id), primary_key=True),
+    sa.Column("member_id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("step", sa.Integer, nullable=False),
+    sa.Column("hparams", sa.Text, nullable=False),
+    sa.Column("score", sa.Float, nullable=True),
+    sa.Column("parent", sa.Integer, nullable=True),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("restore_member", sa.Integer, nullable=True),
+    sa.Column("restore_step", sa.Integer, nullable=True),
+    sa.Column("exploit_pending", sa.Boolean, nullable=False),
+    sa.Column("failures", sa.Integer, nullable=False, default=0),
+    sa.Column("owner", sa.String(255), nullable=True),
+    sa.Column("token", sa.Integer, nullable=False),
+    sa.Column("lease_until", sa.Float, nullable=True),
+)
+
+intervals = sa.Table(
+    "poptune_intervals",
+    metadata,
+    sa.Column("population_id", sa.Integer, sa.ForeignKey(populations.c.id), primary_key=True),
+    sa.Column("member_id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("step", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("hparams", sa.Text, nullable=False),
+    sa.Column("score", sa.Float, nullable=True),
+    sa.Column("metrics", sa.Text, nullable=False),
+    sa.Column("wall_time", sa.Float, nullable=False),
+    sa.Column("finished_at", sa.Float, nullable=False),
+    sa.Column("origin_member", sa.Integer, nullable=True),
+    sa.Column("origin_step", sa.Integer, nullable=True),
+    sa.Index("ix_poptune_intervals_score", "population_id", "score"),
+)
+
+checkpoints = sa.Table(
+    "poptune_checkpoints",
+    metadata,
+    sa.Column("population_id", sa.Integer, sa.ForeignKey(populations.c.id), primary_key=True),
+    sa.Column("member_id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("step", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("path", sa.Text, nullable=False),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("checksum", sa.String(64), nullable=False),
+)
+
+exploits = sa.Table(
+    "poptune_exploits",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("population_id", sa.Integer, sa.ForeignKey(populations.c.id), nullable=False),
+    sa.Column("member_id", sa.Integer, nullable=False),
+    sa.Column("step", sa.Integer, nullable=False),
+    sa.Column("donor_id", sa.Integer, nullable=False),
+    sa.Column("donor_step", sa.Integer, nullable=False),
+    sa.Column("hparams_before", sa.Text, nullable=False),
+    sa.Column("hparams_after", sa.Text, nullable=False),
+    sa.Column("score", sa.Float, nullable=True),
+    sa.Column("donor_score", sa.Float, nullable=True),
+    sa.Column("time", sa.Float, nullable=False),
+    sa.Index("ix_poptune_exploits_population", "population_id"),
+)
+
+failures = sa.Table(
+    "poptune_failures",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("population_id", sa.Integer, sa.ForeignKey(populations.c.id), nullable=False),
+    sa.Column("member_id", sa.Integer, nullable=False),
+    sa.Column("step", sa.Integer, nullable=False),
+    sa.Column("error", sa.Text, nullable=False),
+    sa.Column("traceback", sa.Text, nullable=False),
+    sa.Column("time", sa.Float, nullable=False),
+)
+
+
+def _mark_legacy_steps(connection: Connection) -> int:
+    """Schema 2 -> 3: the meaning of ``step`` changed (it now travels with copied weights).
+
+    The tables are unchanged, and old rows are kept as they were recorded; each old population
+    is marked, so it stays readable but is never continued under the new meaning.
+    """
+    for row in connection.execute(sa.select(populations.c.id, populations.c.config)).all():
+        config = json.loads(row.config)
+        config[LEGACY_STEPS] = True
+        connection.execute(
+            populations.update().where(populations.c.id == row.id).values(config=dumps(config))
+        )
+    return 3
+
+
+def _name_checksums(connection: Connection) -> int:
+    """Schema 3 -> 4: checkpoints record a named checksum (``"xxh3_128:<hex>"``) instead of a
+    SHA-256. The column is renamed; the SHA-256 values already in it stay valid (a bare hex
+    checksum is verified as SHA-256)."""
+    connection.execute(sa.text("ALTER TABLE poptune_checkpoints RENAME COLUMN sha256 TO checksum"))
+    return 4
+
+
+# --- schema 4 -> 5: rewrite legacy steps -------------------------------------------------------
+#
+# Snapshots of the tables as schema 4 has them: a migration must keep working on the schema it
+# upgrades from, whatever later versions change in the tables above.
+_t = sa.table
+_c = sa.column
+_V4_POPULATIONS = _t("poptune_populations", _c("id"), _c("config"))
+_MEMBER_COLUMNS = ("population_id", "member_id", "step", "score", "status", "restore_member")
+_V4_MEMBERS = _t("poptune_members", *map(_c, _MEMBER_COLUMNS), _c("restore_step"))
+_INTERVAL_COLUMNS = (
+    "population_id",
+    "member_id",
+    "step",
+    "hparams",
+    "score",
+    "metrics",
+    "wall_time",
+    "finished_at",
+    "origin_member",
+    "origin_step",
+)
+_V4_INTERVALS = _t("poptune_intervals", *map(_c, _INTERVAL_COLUMNS))
+_CHECKPOINT_COLUMNS = ("population_id", "member_id", "step", "path", "size", "checksum")
+_V4_CHECKPOINTS = _t("poptune_checkpoints", *map(_c, _CHECKPOINT_COLUMNS))
+_EXPLOIT_COLUMNS = ("id", "population_id", "member_id", "step", "donor_id", "donor_step", "time")
+_V4_EXPLOITS = _t("poptune_exploits", *map(_c, _EXPLOIT_COLUMNS))
+_FAILURE_COLUMNS = ("id", "population_id", "member_id", "step", "time")
+_V4_FAILURES = _t("poptune_failures", *map(_c, _FAILURE_COLUMNS))
+
+
+class _NotExact(Exception):
+    """A legacy population whose rows cannot be rewritten to the new step exactly."""
+
+
+def _rewrite_legacy_steps(connection: Connection) -> int:
+    """Schema 4 -> 5: rewrite the populations recorded before schema 3 to the new meaning of
+    ``step`` (the intervals behind a member's weights), so that they can be continued.
+
+    Schema 2 counted the intervals a member trained itself, and an exploit kept the member's
+    count. Every interval recorded the checkpoint it started from (``origin``), so the
+    intervals behind each checkpoint follow exactly: ``1 +`` those behind its origin, ``0``
+    behind no origin. Intervals, checkpoints, exploits (the copier's step and the donor's),
+    failures, interval origins and members (step, score and restore point: the weights they
+    hold) are rewritten with it; nothing else changes, and no row is added or dropped.
+
+    A population is left as it was recorded, still marked, if its rows cannot be rewritten
+    exactly: when a member copied weights that had trained fewer intervals than weights it had
+    trained before, two of its intervals would start from as many intervals of training (in
+    the new meaning a member never trains the same step twice), or when an interval's origin or
+    an exploit's donor was not recorded. ``LEGACY_STEPS`` then says why.
+    """
+    rows = connection.execute(sa.select(_V4_POPULATIONS.c.id, _V4_POPULATIONS.c.config)).all()
+    for population_id, text in rows:
+        config = json.loads(text)
+        if not config.get(LEGACY_STEPS):
+            continue
+        try:
+            _rewrite_population(connection, population_id, int(config["intervals"]))
+        except _NotExact as why:
+            config[LEGACY_STEPS] = str(why)
+        else:
+            del config[LEGACY_STEPS]
+        connection.execute(
+            _V4_POPULATIONS.update()
+            .where(_V4_POPULATIONS.c.id == population_id)
+            .values(config=dumps(config))
+        )
+    return 5
+
+
+def _rewrite_population(connection: Connection, population_id: int, budget: int) -> None:
+    """Rewrite one legacy population's steps in place, or raise :class:`_NotExact` having
+    changed nothing."""
+
+    def select(table: Any, *order: Any) -> list[Any]:
+        query = sa.select(table).where(table.c.population_id == population_id)
+        return list(connection.execute(query.order_by(*order)).all())
+
+    interval_rows = select(_V4_INTERVALS, _V4_INTERVALS.c.member_id, _V4_INTERVALS.c.step)
+    origins = {(r.member_id, r.step): (r.origin_member, r.origin_step) for r in interval_rows}
+    behind: dict[tuple[int, int], int] = {}  # (member, old step) -> intervals behind its weights
+
+    def steps(key: tuple[int, int]) -> int:
+        """The new step of the interval ``key`` (old meaning): 1 + its origin's."""
+        chain: list[tuple[int, int]] = []
+        at: tuple[int, int] | None = key
+        while at is not None and at not in behind:
+            if at not in origins or at in chain:
+                raise _NotExact(
+                    f"interval (member {at[0]}, step {at[1]}) is referenced but not recorded"
+                )
+            chain.append(at)
+            origin = origins[at]
+            at = None if origin[0] is None else (origin[0], origin[1])
+        for later in reversed(chain):
+            origin = origins[later]
+            behind[later] = 1 + (0 if origin[0] is None else behind[(origin[0], origin[1])])
+        return behind[key]
+
+    for key in origins:
+        steps(key)
+    seen: dict[tuple[int, int], int] = {}
+    for (member, old), new in sorted(behind.items()):
+        if (member, new) in seen:
+            raise _NotExact(
+                f"member {member} trained twice from weights {new - 1} intervals old (its "
+                f"intervals {seen[(member, new)]} and {old}): it copied weights that had "
+                "trained less than its own"
+            )
+        seen[(member, new)] = old
+
+    def held(member: int, old_step: int, donors: list[tuple[int, int]]) -> int:
+        """Intervals behind the weights ``member`` held at ``old_step``: the last copy's since
+        its interval at that step, else that interval's."""
+        if donors:
+            return steps(donors[-1])
+        return 0 if old_step == 0 else steps((member, old_step))
+
+    # Exploits and failures, in recording order: what each member held when each happened.
+    exploit_rows = select(_V4_EXPLOITS, _V4_EXPLOITS.c.id)
+    copies: dict[tuple[int, int], list[tuple[float, int, tuple[int, int]]]] = {}
+    exploit_updates = []
+    for row in exploit_rows:
+        donor = (row.donor_id, row.donor_step)
+        earlier = [d for _, _, d in copies.get((row.member_id, row.step), [])]
+        exploit_updates.append(
+            {
+                "x_id": row.id,
+                "x_step": held(row.member_id, row.step, earlier),
+                "x_donor_step": steps(donor),
+            }
+        )
+        copies.setdefault((row.member_id, row.step), []).append((row.time, row.id, donor))
+    failure_updates = []
+    for row in select(_V4_FAILURES, _V4_FAILURES.c.id):
+        # A failure of interval s + 1 happened while the member held its weights of step s,
+        # or those of the copies recorded before it (a re-seed is recorded after its failure).
+        earlier = [d for t, _, d in copies.get((row.member_id, row.step - 1), []) if t < row.time]
+        failure_updates.append(
+            {"x_id": row.id, "x_step": held(row.member_id, row.step - 1, earlier) + 1}
+        )
+    scores = {(r.member_id, r.step): r.score for r in interval_rows}
+    member_updates = []
+    for row in select(_V4_MEMBERS, _V4_MEMBERS.c.member_id):
+        restore = None if row.restore_member is None else (row.restore_member, row.restore_step)
+        step = 0 if restore is None else steps(restore)
+        status = row.status
+        if status == "idle" and step >= budget:
+            status = "done"  # its weights trained the budget: nothing is left to train
+        member_updates.append(
+            {
+                "x_mid": row.member_id,
+                "x_step": step,
+                "x_score": None if restore is None else scores[restore],
+                "x_rs": None if restore is None else steps(restore),
+                "x_status": status,
+            }
+        )
+    checkpoint_rows = select(_V4_CHECKPOINTS)
+    for row in checkpoint_rows:
+        steps((row.member_id, row.step))  # every checkpoint belongs to a recorded interval
+
+    # Everything is known and exact: write. (Rows keyed by step are deleted and inserted again
+    # so that no intermediate state collides on the primary key.)
+    def moved(row: Any, columns: Sequence[str]) -> dict[str, Any]:
+        values = dict(zip(columns, row, strict=True))
+        values["step"] = steps((row.member_id, row.step))
+        if values.get("origin_member") is not None:
+            values["origin_step"] = steps((row.origin_member, row.origin_step))
+        return values
+
+    for table, rows, columns in (
+        (_V4_CHECKPOINTS, checkpoint_rows, _CHECKPOINT_COLUMNS),
+        (_V4_INTERVALS, interval_rows, _INTERVAL_COLUMNS),
+    ):
+        connection.execute(table.delete().where(table.c.population_id == population_id))
+        if rows:
+            connection.execute(table.insert(), [moved(row, columns) for row in rows])
+    b = sa.bindparam
+    if exploit_updates:
+        connection.execute(
+            _V4_EXPLOITS.update()
+            .where(_V4_EXPLOITS.c.id == b("x_id"))
+            .values(step=b("x_step"), donor_step=b("x_donor_step")),
+            exploit_updates,
+        )
+    if failure_updates:
+        connection.execute(
+            _V4_FAILURES.update().where(_V4_FAILURES.c.id == b("x_id")).values(step=b("x_step")),
+            failure_updates,
+        )
+    m = _V4_MEMBERS
+    if member_updates:
+        connection.execute(
+            m.update()
+            .where(m.c.population_id == population_id, m.c.member_id == b("x_mid"))
+            .values(
+                step=b("x_step"), score=b("x_score"), restore_step=b("x_rs"), status=b("x_status")
+            ),
+            member_updates,
+        )
+
+
+#: schema version -> the function that upgrades a database from it, in place, and returns the
+#: version it upgraded to. All run in the one transaction that opens the storage: an upgrade
+#: that fails half-way leaves the database as it was.
+MIGRATIONS: dict[int, Callable[[Connection], int]] = {
+    2: _mark_legacy_steps,
+    3: _name_checksums,
+    4: _rewrite_legacy_steps,
+}
+
+
+def dumps(value: Any) -> str:
+    """``value`` as the JSON text stored in the schema's text columns (NaN allowed)."""
+    return json.dumps(value, allow_nan=True)
+
+
+def upgrade_schema(connection: Connection, where: str) -> None:
+    """Create the tables of an empty database, or upgrade an older one to
+    :data:`SCHEMA_VERSION` in place, inside the caller's transaction.
+
+    ``where`` names the storage in messages (password hidden). A database written by a newer
+    poptune is refused: this one cannot know what the newer schema means.
+    """
+    if connection.dialect.name == "postgresql":
+        # Processes opening a new database at once would race in CREATE TABLE (a duplicate key
+        # in PostgreSQL's catalog): one creates, the others wait. (On SQLite, BEGIN IMMEDIATE
+        # already serialises them.)
+        connection.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK})
+    metadata.create_all(connection)
+    row = connection.execute(
+        sa.select(meta_table.c.value).where(meta_table.c.key == "schema_version")
+    ).first()
+    if row is None:
+        connection.execute(
+            meta_table.insert().values(key="schema_version", value=str(SCHEMA_VERSION))
+        )
+        return
+    version = int(row.value)
+    if version == SCHEMA_VERSION:
+        return
+    if version > SCHEMA_VERSION:
+        raise StorageError(
+            f"The storage {where} was written by a newer poptune (schema version {version}; "
+            f"this poptune reads schema {SCHEMA_VERSION} and older). Upgrade poptune "
+            "(pip install -U poptune) on every machine that opens it; nothing was changed."
+        )
+    if version not in MIGRATIONS:
+        raise StorageError(
+            f"The storage {where} has poptune schema version {version}, older than this "
+            f"poptune can upgrade (schema {min(MIGRATIONS)} and newer). Open it once with a "
+            "poptune release between, which upgrades it, or start a new database."
+        )
+    while version != SCHEMA_VERSION:
+        version = MIGRATIONS[version](connection)
+    connection.execute(
+        meta_table.update()
+        .where(meta_table.c.key == "schema_version")
+        .values(value=str(SCHEMA_VERSION))
+    )

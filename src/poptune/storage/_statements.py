@@ -1,0 +1,369 @@
+"""SQL statements and row helpers of :class:`~poptune.storage.SQLStorage`.
+
+The statements on the hot path are built once (SQLAlchemy then reuses their compiled form); the
+helpers run inside a transaction the caller holds and convert rows to records.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.functions import FunctionElement
+
+from ..records import (
+    CheckpointRef,
+    ExploitEvent,
+    IntervalRecord,
+    MemberRecord,
+    MemberStatus,
+    Mode,
+    PopulationRecord,
+    PopulationStatus,
+)
+from ._schema import checkpoints, dumps, exploits, intervals, members, populations
+
+FINITE = 1.7976931348623157e308  # the largest finite float
+
+
+def score_value(value: float | None) -> float | None:
+    """The score as stored: NaN becomes NULL (SQLite stores NaN as NULL anyway; make that
+    explicit so every backend agrees)."""
+    if value is None or math.isnan(value):
+        return None
+    return float(value)
+
+
+class db_clock(FunctionElement[float]):
+    """The database server's clock in seconds since the epoch.
+
+    Leases are computed and compared with it, so workers whose host clocks disagree still
+    agree on when a lease expires.
+    """
+
+    type = sa.Float()
+    inherit_cache = True
+
+
+@compiles(db_clock)
+def _clock_default(element: Any, compiler: Any, **kw: Any) -> str:
+    return "(CAST(strftime('%s', 'now') AS REAL))"
+
+
+@compiles(db_clock, "sqlite")
+def _clock_sqlite(element: Any, compiler: Any, **kw: Any) -> str:
+    return "((julianday('now') - 2440587.5) * 86400.0)"
+
+
+@compiles(db_clock, "postgresql")
+def _clock_postgresql(element: Any, compiler: Any, **kw: Any) -> str:
+    return "EXTRACT(EPOCH FROM clock_timestamp())"
+
+
+# --- statements on the hot path, built once (SQLAlchemy then reuses their compiled form) -------
+
+_B = sa.bindparam
+_m, _i, _c = members.c, intervals.c, checkpoints.c
+_RUNNING = MemberStatus.RUNNING.value
+
+CLAIM = (
+    sa.select(
+        members,
+        _c.path.label("c_path"),
+        _c.size.label("c_size"),
+        _c.checksum.label("c_checksum"),
+    )
+    .select_from(
+        members.outerjoin(
+            checkpoints,
+            sa.and_(
+                _c.population_id == _m.population_id,
+                _c.member_id == _m.restore_member,
+                _c.step == _m.restore_step,
+            ),
+        )
+    )
+    .where(
+        _m.population_id == _B("pid"),
+        _m.step < _B("budget"),
+        sa.exists().where(
+            populations.c.id == _B("pid"),
+            populations.c.status == PopulationStatus.RUNNING.value,
+        ),
+        sa.or_(
+            _m.status == MemberStatus.IDLE.value,
+            sa.and_(_m.status == _RUNNING, _m.lease_until < db_clock()),
+        ),
+    )
+    .order_by(
+        _m.step,
+        sa.case((_m.member_id.in_(_B("prefer", expanding=True)), 0), else_=1),
+        _m.member_id,
+    )
+    .limit(1)
+    # PostgreSQL: lock the chosen row and skip rows other workers are claiming right now, so
+    # concurrent claims never wait on each other (SQLite serialises writers instead).
+    .with_for_update(skip_locked=True, of=members)
+)
+CLAIM_SYNC = CLAIM.where(
+    _m.step
+    == sa.select(sa.func.min(members.c.step))
+    .where(
+        members.c.population_id == _B("pid"),
+        members.c.status != MemberStatus.FAILED.value,
+    )
+    .scalar_subquery()
+)
+TAKE = (
+    members.update()
+    .where(_m.population_id == _B("pid"), _m.member_id == _B("mid"))
+    .values(
+        status=_RUNNING,
+        owner=_B("v_owner"),
+        token=_B("v_token"),
+        lease_until=db_clock() + _B("v_lease", type_=sa.Float),
+    )
+)
+
+
+def _fenced_update(**values: Any) -> Any:
+    """An update that only applies while the claim (population, member, token) is held."""
+    return (
+        members.update()
+        .where(
+            _m.population_id == _B("f_pid"),
+            _m.member_id == _B("f_mid"),
+            _m.token == _B("f_token"),
+            _m.status == _RUNNING,
+        )
+        .values(**values)
+    )
+
+
+RENEW = _fenced_update(lease_until=db_clock() + _B("v_lease", type_=sa.Float))
+RELEASE = _fenced_update(status=MemberStatus.IDLE.value, owner=None, lease_until=None)
+FAIL = _fenced_update(status=MemberStatus.FAILED.value, owner=None, lease_until=None)
+RETRY = _fenced_update(
+    status=MemberStatus.IDLE.value, owner=None, lease_until=None, failures=_m.failures + 1
+)
+RESEED = _fenced_update(
+    hparams=_B("v_hparams"),
+    parent=_B("v_parent"),
+    restore_member=_B("v_rm"),
+    restore_step=_B("v_rs"),
+    step=_B("v_step"),
+    score=_B("v_score"),
+    exploit_pending=False,
+    failures=0,
+    status=_B("v_status"),
+    owner=None,
+    lease_until=None,
+)
+STREAK = sa.select(populations.c.failure_streak).where(populations.c.id == _B("pid"))
+STREAK_UP = (
+    populations.update()
+    .where(populations.c.id == _B("pid"))
+    .values(failure_streak=populations.c.failure_streak + 1)
+)
+# Only touches the row when there is a streak to reset, so successes do not contend on it.
+STREAK_RESET = (
+    populations.update()
+    .where(populations.c.id == _B("pid"), populations.c.failure_streak > 0)
+    .values(failure_streak=0)
+)
+RECORD = _fenced_update(
+    step=_B("v_step"),
+    score=_B("v_score"),
+    hparams=_B("v_hparams"),
+    restore_member=_B("v_rm"),
+    restore_step=_B("v_rs"),
+    exploit_pending=_B("v_pending"),
+    status=_B("v_status"),
+    failures=0,
+    owner=None,
+    lease_until=None,
+)
+_EXPLOIT_VALUES: dict[str, Any] = {
+    "hparams": _B("v_hparams"),
+    "parent": _B("v_parent"),
+    "restore_member": _B("v_rm"),
+    "restore_step": _B("v_rs"),
+    "step": _B("v_step"),
+    "score": _B("v_score"),
+    "exploit_pending": False,
+}
+EXPLOIT = _fenced_update(**_EXPLOIT_VALUES)
+EXPLOIT_DONE = _fenced_update(
+    **_EXPLOIT_VALUES, status=MemberStatus.DONE.value, owner=None, lease_until=None
+)
+INTERVAL = sa.select(intervals).where(
+    _i.population_id == _B("pid"), _i.member_id == _B("mid"), _i.step == _B("step")
+)
+CHECKPOINT = sa.select(checkpoints).where(
+    _c.population_id == _B("pid"), _c.member_id == _B("mid"), _c.step == _B("step")
+)
+
+
+def _candidates(step: Any) -> Any:
+    return (
+        sa.select(intervals)
+        .join(members, sa.and_(_m.population_id == _i.population_id, _m.member_id == _i.member_id))
+        .join(
+            checkpoints,
+            sa.and_(
+                _c.population_id == _i.population_id,
+                _c.member_id == _i.member_id,
+                _c.step == _i.step,
+            ),
+        )
+        .where(_i.population_id == _B("pid"), _m.status != MemberStatus.FAILED.value)
+        .where(_i.step == step)
+        .order_by(_i.member_id)
+    )
+
+
+LATEST = _candidates(_m.step)
+AT_STEP = _candidates(_B("step"))
+_GC_MEMBERS = sa.select(_m.member_id, _m.step, _m.restore_member, _m.restore_step, _m.status).where(
+    _m.population_id == _B("pid")
+)
+_GC_OLD = sa.select(checkpoints).where(_c.population_id == _B("pid"), _c.step < _B("lowest"))
+_GC_DELETE = checkpoints.delete().where(
+    _c.population_id == _B("pid"), _c.member_id == _B("mid"), _c.step == _B("step")
+)
+
+
+def _best(order: Any) -> Any:
+    return (
+        sa.select(_i.member_id, _i.step)
+        .where(_i.population_id == _B("pid"), _i.score.is_not(None))
+        .order_by(order, _i.member_id, _i.step)
+        .limit(1)
+    )
+
+
+_BEST_MAX = _best(_i.score.desc())
+_BEST_MIN = _best(_i.score.asc())
+
+
+def lock_population(connection: Connection, population_id: int) -> None:
+    """Serialise checkpoint garbage collection with the copies that pin checkpoints.
+
+    SQLite already runs one write transaction at a time. On PostgreSQL a transaction-scoped
+    advisory lock per population makes "is the donor's checkpoint still there, then point the
+    member at it" and "which checkpoints does no member point at, then delete them" atomic with
+    respect to each other.
+    """
+    if connection.dialect.name == "postgresql":
+        connection.execute(sa.select(sa.func.pg_advisory_xact_lock(population_id)))
+
+
+def exploit_recorded(connection: Connection, population_id: int, event: ExploitEvent) -> bool:
+    """Whether ``event`` is logged already (by this very call, whose reply was lost)."""
+    return exists(
+        connection,
+        exploits,
+        population_id=population_id,
+        member_id=event.member,
+        step=event.step,
+        donor_id=event.donor,
+        donor_step=event.donor_step,
+        time=event.time,
+    )
+
+
+def exists(connection: Connection, table: sa.Table, **values: Any) -> bool:
+    """Whether ``table`` has a row with these column values (how a retried write recognises
+    that it already committed)."""
+    condition = sa.and_(*(table.c[name] == value for name, value in values.items()))
+    found = connection.execute(sa.select(sa.literal(1)).where(condition).limit(1)).first()
+    return found is not None
+
+
+def exploit_row(population_id: int, event: ExploitEvent) -> dict[str, Any]:
+    return {
+        "population_id": population_id,
+        "member_id": event.member,
+        "step": event.step,
+        "donor_id": event.donor,
+        "donor_step": event.donor_step,
+        "hparams_before": dumps(dict(event.hparams_before)),
+        "hparams_after": dumps(dict(event.hparams_after)),
+        "score": score_value(event.score),
+        "donor_score": score_value(event.donor_score),
+        "time": event.time,
+    }
+
+
+def collect(connection: Connection, population_id: int, mode: Mode) -> list[CheckpointRef]:
+    """Delete the checkpoint rows that the keep rule does not protect; return them."""
+    lock_population(connection, population_id)
+    member_rows = connection.execute(_GC_MEMBERS, {"pid": population_id}).all()
+    healthy = [r.step for r in member_rows if r.status != MemberStatus.FAILED.value]
+    if not healthy:
+        return []
+    rows = connection.execute(_GC_OLD, {"pid": population_id, "lowest": min(healthy)}).all()
+    if not rows:
+        return []
+    keep = {(r.member_id, r.step) for r in member_rows}
+    keep |= {(r.restore_member, r.restore_step) for r in member_rows}
+    best = connection.execute(
+        _BEST_MAX if mode is Mode.MAX else _BEST_MIN, {"pid": population_id}
+    ).first()
+    if best is not None:
+        keep.add((best.member_id, best.step))
+    doomed = [row for row in rows if (row.member_id, row.step) not in keep]
+    if doomed:
+        connection.execute(
+            _GC_DELETE,
+            [{"pid": population_id, "mid": r.member_id, "step": r.step} for r in doomed],
+        )
+    return [checkpoint_ref(row) for row in doomed]
+
+
+def population_record(row: Any) -> PopulationRecord:
+    return PopulationRecord(
+        id=row.id,
+        name=row.name,
+        config=json.loads(row.config),
+        status=PopulationStatus(row.status),
+        created_at=row.created_at,
+        error=row.error,
+    )
+
+
+def member_record(row: Any) -> MemberRecord:
+    restore = None if row.restore_member is None else (row.restore_member, row.restore_step)
+    return MemberRecord(
+        id=row.member_id,
+        step=row.step,
+        hparams=json.loads(row.hparams),
+        score=row.score,
+        parent=row.parent,
+        status=MemberStatus(row.status),
+        restore=restore,
+        exploit_pending=bool(row.exploit_pending),
+        failures=int(row.failures),
+    )
+
+
+def interval_record(row: Any) -> IntervalRecord:
+    origin = None if row.origin_member is None else (row.origin_member, row.origin_step)
+    return IntervalRecord(
+        member=row.member_id,
+        step=row.step,
+        hparams=json.loads(row.hparams),
+        score=row.score,
+        metrics=json.loads(row.metrics),
+        wall_time=row.wall_time,
+        finished_at=row.finished_at,
+        origin=origin,
+    )
+
+
+def checkpoint_ref(row: Any) -> CheckpointRef:
+    return CheckpointRef(row.member_id, row.step, row.path, row.size, row.checksum)
