@@ -289,6 +289,9 @@ def test_a_member_that_keeps_failing_is_reseeded_from_a_healthy_one(
     assert [(f.member, f.step) for f in result.failures()] == [(2, 1), (2, 1)]
     reseeds = [e for e in result.exploits() if e.member == 2 and e.step == 0]
     assert len(reseeds) == 1 and reseeds[0].donor in (0, 1) and reseeds[0].donor_step == 1
+    # a recovery, not an exploit: recorded as such and not counted among the exploits
+    assert reseeds[0].reason is pt.CopyReason.RESEED and not reseeds[0].is_exploit
+    assert (result.summary().exploits, result.summary().recoveries) == (0, 1)
     assert [(m.status, m.step) for m in result.members] == [(MemberStatus.DONE, 5)] * 3
     first = next(i for i in result.intervals() if i.member == 2)
     assert (first.step, first.origin) == (2, (reseeds[0].donor, 1))  # from the donor's weights

@@ -15,6 +15,7 @@ from .population import Population, delete, load, replay, resume, run
 from .records import (
     Candidate,
     CheckpointRef,
+    CopyReason,
     ExploitEvent,
     FailureRecord,
     IntervalRecord,
@@ -60,6 +61,7 @@ __all__ = [
     "CheckpointRef",
     "Choice",
     "Context",
+    "CopyReason",
     "Directory",
     "Distribution",
     "EdgeKind",

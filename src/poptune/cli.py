@@ -195,6 +195,7 @@ def status(
             "steps_done": summary.steps_done,
             "steps_total": summary.steps_total,
             "exploits": summary.exploits,
+            "recoveries": summary.recoveries,
             "failures": summary.failures,
             "best_member": summary.best_member,
             "best_score": _jsonable(summary.best_score),
@@ -217,6 +218,7 @@ def _status_table(result: Result, members: list[MemberRecord], summary: Any) -> 
             f"{result.name} · {summary.status.value} · {summary.steps_done}/"
             f"{summary.steps_total} intervals · best {result.metric} {best} · "
             f"{summary.exploits} exploits · {summary.failures} failures"
+            + (f" · {summary.recoveries} recovered" if summary.recoveries else "")
         )
     )
     for column in ("member", "status", "step", result.metric, "hparams", "parent"):

@@ -22,10 +22,11 @@ def format_summary(name: str, metric: str, summary: Summary, elapsed: float) -> 
         else f"best {metric} {summary.best_score:.4g} (member {summary.best_member})"
     )
     failed = f" · {summary.failed} failed" if summary.failed else ""
+    recovered = f" · {summary.recoveries} recovered" if summary.recoveries else ""
     return (
         f"{name}: {summary.steps_done}/{summary.steps_total} intervals · {summary.done}/"
-        f"{summary.members} members done · {best} · {summary.exploits} exploits{failed} · "
-        f"{elapsed:.1f}s"
+        f"{summary.members} members done · {best} · {summary.exploits} exploits{failed}"
+        f"{recovered} · {elapsed:.1f}s"
     )
 
 
@@ -95,8 +96,9 @@ class ProgressWatcher:
             return None
 
     def _new_exploits(self, summary: Summary) -> list[str]:
-        """Lines for exploits recorded since the last call (at most 5, then a count)."""
-        if self._exploits is None or summary.exploits <= self._shown:
+        """Lines for copies (exploits and recoveries) recorded since the last call (at most 5,
+        then a count)."""
+        if self._exploits is None or summary.exploits + summary.recoveries <= self._shown:
             return []
         try:
             events = list(self._exploits())[self._shown :]
@@ -104,13 +106,14 @@ class ProgressWatcher:
             return []
         self._shown += len(events)
         lines = [
-            f"exploit: member {e.member} (step {e.step}, {self.metric} {_score(e.score)}) "
+            f"{e.reason.value}: member {e.member} (step {e.step}, {self.metric} "
+            f"{_score(e.score)}) "
             f"copied member {e.donor} (step {e.donor_step}, {_score(e.donor_score)}); "
             + ", ".join(f"{k}={_score(v)}" for k, v in e.hparams_after.items())
             for e in events[:5]
         ]
         if len(events) > 5:
-            lines.append(f"... and {len(events) - 5} more exploits")
+            lines.append(f"... and {len(events) - 5} more copies")
         return lines
 
     def _run_plain(self) -> None:

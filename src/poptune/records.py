@@ -15,6 +15,7 @@ from typing import Any
 __all__ = [
     "Candidate",
     "CheckpointRef",
+    "CopyReason",
     "ExploitEvent",
     "FailureRecord",
     "IntervalRecord",
@@ -112,10 +113,19 @@ class IntervalRecord:
     origin: tuple[int, int] | None = None
 
 
+class CopyReason(str, enum.Enum):
+    """Why a member copied another member's weights."""
+
+    EXPLOIT = "exploit"  # the exploit strategy chose a better donor (PBT's exploit step)
+    RESEED = "reseed"  # the member kept failing and was re-seeded from a healthy member
+    FALLBACK = "fallback"  # the checkpoint it had to restore was damaged: it took another's
+
+
 @dataclass(frozen=True)
 class ExploitEvent:
     """``member``, after its interval ``step``, copied ``donor``'s weights and hparams at
-    ``donor_step`` and explored them into ``hparams_after``."""
+    ``donor_step`` and explored them into ``hparams_after``; ``reason`` says why (only
+    :attr:`CopyReason.EXPLOIT` is PBT's exploit, the others are recoveries)."""
 
     member: int
     step: int
@@ -126,6 +136,12 @@ class ExploitEvent:
     score: float | None = None
     donor_score: float | None = None
     time: float = 0.0
+    reason: CopyReason = CopyReason.EXPLOIT
+
+    @property
+    def is_exploit(self) -> bool:
+        """Whether the exploit strategy made this copy (not a recovery from a failure)."""
+        return self.reason is CopyReason.EXPLOIT
 
 
 @dataclass(frozen=True)

@@ -175,8 +175,9 @@ def describe_exploit(event: ExploitEvent, metric: str) -> str:
         f"{key}: {_short(event.hparams_before.get(key))} → {_short(value)}"
         for key, value in event.hparams_after.items()
     )
+    why = "" if event.is_exploit else f" ({event.reason.value}: a recovery, not an exploit)"
     return (
-        f"member {event.member} ({metric} {_short(event.score)} at step {event.step}) copied "
+        f"member {event.member} ({metric} {_short(event.score)} at step {event.step}) copied{why} "
         f"member {event.donor} ({metric} {_short(event.donor_score)} at step "
         f"{event.donor_step}); explored {changes}"
     )

@@ -31,6 +31,7 @@ from .live import LiveMember, LiveMembers, open_session
 from .records import (
     Candidate,
     CheckpointRef,
+    CopyReason,
     ExploitEvent,
     FailureRecord,
     IntervalRecord,
@@ -376,7 +377,7 @@ class Worker:
             and member.step <= c.step < self.spec.config.intervals
         ]
         for donor in sorted(population, key=lambda c: (-c.fitness, c.member)):
-            event = _copy_event(member, donor, donor.hparams, member.score)
+            event = _copy_event(member, donor, donor.hparams, member.score, CopyReason.FALLBACK)
             ref = self.storage.record_exploit(claim, event, donor.hparams)
             if ref is not None:
                 return _after_copy(member, event), ref
@@ -639,7 +640,7 @@ class Worker:
         if donor is None or donor.member == member.id:
             donor = max(population, key=lambda c: (c.fitness, -c.member))
         hparams = self._explore(donor, rng)
-        return _copy_event(member, donor, hparams, None), hparams
+        return _copy_event(member, donor, hparams, None, CopyReason.RESEED), hparams
 
     def _explore(self, donor: Candidate, rng: np.random.Generator) -> dict[str, Any]:
         """Explore the donor's recorded hparams; a strategy leaving the space stops the run."""
@@ -672,10 +673,15 @@ class Worker:
 
 
 def _copy_event(
-    member: MemberRecord, donor: Candidate, hparams: Mapping[str, Any], score: float | None
+    member: MemberRecord,
+    donor: Candidate,
+    hparams: Mapping[str, Any],
+    score: float | None,
+    reason: CopyReason = CopyReason.EXPLOIT,
 ) -> ExploitEvent:
     """``member`` copies ``donor``'s (weights, hparams) recorded at ``donor.step``."""
     return ExploitEvent(
+        reason=reason,
         member=member.id,
         step=member.step,
         donor=donor.member,

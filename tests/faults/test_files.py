@@ -78,6 +78,8 @@ def test_a_damaged_checkpoint_is_never_trained_on(tmp_path: Path, damage: str, c
     copies = [e for e in result.exploits() if e.member == 0 and e.step == 2]
     assert third.origin == (copies[0].donor, copies[0].donor_step)
     assert third.hparams == copies[0].hparams_after  # weights and hparams from the same donor
+    assert [e.reason for e in result.exploits()] == [pt.CopyReason.FALLBACK]  # not an exploit
+    assert (result.summary().exploits, result.summary().recoveries) == (0, 1)
 
 
 def test_a_missing_checkpoint_file_stops_the_run_and_drops_nothing(tmp_path: Path):

@@ -107,6 +107,7 @@ class Summary:
     best_member: int | None
     best_score: float | None
     status: PopulationStatus
+    recoveries: int = 0  # copies that recovered a member (re-seeds, fallbacks): not exploits
 
 
 class Storage(ABC):

@@ -32,7 +32,7 @@ __all__ = [
     "upgrade_schema",
 ]
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 _LOCK = 0x706F7074756E65  # "poptune": the advisory lock that serialises schema creation
 #: Set in the configuration of a population recorded before schema 3 (whose ``step`` counted the
 #: intervals a member trained itself rather than the intervals behind its weights) that could not
@@ -122,6 +122,9 @@ exploits = sa.Table(
     sa.Column("score", sa.Float, nullable=True),
     sa.Column("donor_score", sa.Float, nullable=True),
     sa.Column("time", sa.Float, nullable=False),
+    # why the member copied: "exploit", "reseed" (it kept failing) or "fallback" (its
+    # checkpoint was damaged); see records.CopyReason
+    sa.Column("reason", sa.String(16), nullable=False, server_default="exploit"),
     sa.Index("ix_poptune_exploits_population", "population_id"),
 )
 
@@ -367,10 +370,39 @@ def _rewrite_population(connection: Connection, population_id: int, budget: int)
 #: schema version -> the function that upgrades a database from it, in place, and returns the
 #: version it upgraded to. All run in the one transaction that opens the storage: an upgrade
 #: that fails half-way leaves the database as it was.
+def _record_copy_reasons(connection: Connection) -> int:
+    """Schema 5 -> 6: every copy records why it happened (``reason``), so recoveries are not
+    counted as exploits.
+
+    Older rows did not say. A re-seed was recorded in the same transaction as the failure that
+    caused it, without a score of its own (the member had none): a copy with no score whose
+    member has a failure recorded less than a second before it is marked ``reseed``. Every other
+    old row stays ``exploit`` (a fallback from a damaged checkpoint left no trace to tell it by).
+    """
+    connection.execute(
+        sa.text(
+            "ALTER TABLE poptune_exploits ADD COLUMN reason VARCHAR(16) NOT NULL "
+            "DEFAULT 'exploit'"
+        )
+    )
+    connection.execute(
+        sa.text(
+            "UPDATE poptune_exploits SET reason = 'reseed' WHERE score IS NULL AND EXISTS ("
+            " SELECT 1 FROM poptune_failures f"
+            " WHERE f.population_id = poptune_exploits.population_id"
+            " AND f.member_id = poptune_exploits.member_id"
+            " AND poptune_exploits.time >= f.time"
+            " AND poptune_exploits.time - f.time < 1.0)"
+        )
+    )
+    return 6
+
+
 MIGRATIONS: dict[int, Callable[[Connection], int]] = {
     2: _mark_legacy_steps,
     3: _name_checksums,
     4: _rewrite_legacy_steps,
+    5: _record_copy_reasons,
 }
 
 

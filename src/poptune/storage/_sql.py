@@ -23,6 +23,7 @@ from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError
 
 from ..records import (
     CheckpointRef,
+    CopyReason,
     ExploitEvent,
     FailureRecord,
     IntervalRecord,
@@ -535,19 +536,33 @@ class SQLStorage(Storage):
                 return None
             if exploit_recorded(connection, claim.population_id, event):
                 return checkpoint_ref(row)
-            self._fenced(
-                connection,
-                EXPLOIT_DONE if done else EXPLOIT,
-                claim,
-                v_hparams=dumps(dict(hparams)),
-                v_parent=event.donor,
-                v_rm=event.donor,
-                v_rs=event.donor_step,
-                v_step=event.donor_step,
-                v_score=score_value(event.donor_score),
-            )
-            connection.execute(exploits.insert(), exploit_row(claim.population_id, event))
+            self._copy(connection, EXPLOIT_DONE if done else EXPLOIT, claim, event, hparams)
         return checkpoint_ref(row)
+
+    def _copy(
+        self,
+        connection: Connection,
+        statement: Any,
+        claim: Claim,
+        event: ExploitEvent,
+        hparams: Mapping[str, Any],
+        **values: Any,
+    ) -> None:
+        """Point the member at the donor's checkpoint, step and score with ``hparams`` (an
+        exploit's or a re-seed's ``statement``) and log the event, in the caller's transaction."""
+        self._fenced(
+            connection,
+            statement,
+            claim,
+            v_hparams=dumps(dict(hparams)),
+            v_parent=event.donor,
+            v_rm=event.donor,
+            v_rs=event.donor_step,
+            v_step=event.donor_step,
+            v_score=score_value(event.donor_score),
+            **values,
+        )
+        connection.execute(exploits.insert(), exploit_row(claim.population_id, event))
 
     @retrying
     def record_failure(
@@ -596,19 +611,7 @@ class SQLStorage(Storage):
             ):
                 event, hparams = reseed
                 outcome = MemberStatus.DONE if done else MemberStatus.IDLE
-                self._fenced(
-                    connection,
-                    RESEED,
-                    claim,
-                    v_hparams=dumps(dict(hparams)),
-                    v_parent=event.donor,
-                    v_rm=event.donor,
-                    v_rs=event.donor_step,
-                    v_step=event.donor_step,
-                    v_score=score_value(event.donor_score),
-                    v_status=outcome.value,
-                )
-                connection.execute(exploits.insert(), exploit_row(claim.population_id, event))
+                self._copy(connection, RESEED, claim, event, hparams, v_status=outcome.value)
             else:
                 self._fenced(connection, FAIL, claim)
             connection.execute(
@@ -725,6 +728,7 @@ class SQLStorage(Storage):
                 score=row.score,
                 donor_score=row.donor_score,
                 time=row.time,
+                reason=CopyReason(row.reason),
             )
             for row in rows
         ]
@@ -793,11 +797,14 @@ class SQLStorage(Storage):
                     m.population_id == population_id
                 )
             ).all()
-            n_exploits = connection.execute(
-                sa.select(sa.func.count())
-                .select_from(exploits)
-                .where(exploits.c.population_id == population_id)
-            ).scalar_one()
+            copies = dict(
+                connection.execute(
+                    sa.select(exploits.c.reason, sa.func.count())
+                    .where(exploits.c.population_id == population_id)
+                    .group_by(exploits.c.reason)
+                ).all()
+            )
+            n_exploits = copies.pop(CopyReason.EXPLOIT.value, 0)
             n_failures = connection.execute(
                 sa.select(sa.func.count())
                 .select_from(failures)
@@ -816,6 +823,7 @@ class SQLStorage(Storage):
             done=sum(r.status == MemberStatus.DONE.value for r in rows),
             failed=sum(r.status == MemberStatus.FAILED.value for r in rows),
             exploits=int(n_exploits),
+            recoveries=int(sum(copies.values())),
             failures=int(n_failures),
             best_member=None if best is None else best.member_id,
             best_score=None if best is None else best.score,

@@ -296,6 +296,7 @@ def exploit_row(population_id: int, event: ExploitEvent) -> dict[str, Any]:
         "score": score_value(event.score),
         "donor_score": score_value(event.donor_score),
         "time": event.time,
+        "reason": event.reason.value,
     }
 
 
