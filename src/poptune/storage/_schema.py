@@ -381,8 +381,7 @@ def _record_copy_reasons(connection: Connection) -> int:
     """
     connection.execute(
         sa.text(
-            "ALTER TABLE poptune_exploits ADD COLUMN reason VARCHAR(16) NOT NULL "
-            "DEFAULT 'exploit'"
+            "ALTER TABLE poptune_exploits ADD COLUMN reason VARCHAR(16) NOT NULL DEFAULT 'exploit'"
         )
     )
     connection.execute(
