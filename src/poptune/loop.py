@@ -200,6 +200,7 @@ class LoopSession:
                 if self._closing:
                     return
                 interval, self._request = self._request, None
+                assert interval is not None  # the wait above ends only with a request
             # Here, on the function's thread: its own set-up code (before the loop) may still
             # have been drawing from the global generators while the worker asked.
             seed_globals(interval.seed)

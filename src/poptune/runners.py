@@ -185,7 +185,7 @@ class LocalProcessRunner:
                 "(the trainable must then be importable)."
             )
         environments = self._environments()
-        context = multiprocessing.get_context(self.start_method)
+        context: Any = multiprocessing.get_context(self.start_method)
         stop = context.Event()
         # Never carry open database connections into a child.
         storage.close()
@@ -297,13 +297,13 @@ class RayRunner:
         # up to max_restarts times per actor: the loop only claims from the storage, so a
         # rerun continues where the population is (the lost member returns when its lease
         # expires).
-        actor = ray.remote(
+        actor: Any = ray.remote(
             num_cpus=self.num_cpus,
             num_gpus=self.num_gpus,
             max_restarts=self.max_restarts,
             max_task_retries=self.max_restarts,
         )(_RayWorker)
-        actors = [actor.remote(target) for _ in range(self.workers)]
+        actors: list[Any] = [actor.remote(target) for _ in range(self.workers)]
         try:
             runs = [a.run.remote() for a in actors]
             on_started()

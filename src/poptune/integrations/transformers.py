@@ -189,20 +189,32 @@ class PBTCallback(TrainerCallback):
                 "Was the state reported by another trainer set-up (other eval_steps)?"
             )
 
-    def _state(self, state: TrainerState) -> dict[str, Any]:
+    def _parts(self) -> tuple[torch.nn.Module, torch.optim.Optimizer, Any]:
+        """The trainer's model, optimizer and LR scheduler, which exist once training began."""
         trainer = self.trainer
+        model, optimizer, scheduler = trainer.model, trainer.optimizer, trainer.lr_scheduler
+        if model is None or optimizer is None or scheduler is None:
+            raise RuntimeError(
+                "PBTCallback: the trainer has no model, optimizer or LR scheduler yet; the "
+                "callback acts from on_train_begin on. Add it with trainer.add_callback before "
+                "trainer.train()."
+            )
+        return model, optimizer, scheduler
+
+    def _state(self, state: TrainerState) -> dict[str, Any]:
+        model, optimizer, scheduler = self._parts()
         return save_state(
-            trainer.model,
-            trainer.optimizer,
-            scheduler=trainer.lr_scheduler.state_dict(),
+            model,
+            optimizer,
+            scheduler=scheduler.state_dict(),
             trainer_state={"global_step": state.global_step, "epoch": state.epoch},
         )
 
     def _load(self, saved: Mapping[str, Any], state: TrainerState) -> None:
-        trainer = self.trainer
-        extra = load_state(saved, trainer.model, trainer.optimizer)
+        model, optimizer, scheduler = self._parts()
+        extra = load_state(saved, model, optimizer)
         if "scheduler" in extra:
-            trainer.lr_scheduler.load_state_dict(extra["scheduler"])
+            scheduler.load_state_dict(extra["scheduler"])
         trainer_state = extra.get("trainer_state")
         if not isinstance(trainer_state, Mapping) or "global_step" not in trainer_state:
             raise KeyError(
@@ -217,7 +229,7 @@ class PBTCallback(TrainerCallback):
         refused = sorted(set(hparams) - set(APPLIED) - self.static)
         if refused:
             raise ValueError(_refusal(refused))
-        args, optimizer = self.trainer.args, self.trainer.optimizer
+        args, (_, optimizer, _) = self.trainer.args, self._parts()
         for name in APPLIED:
             if name in hparams:
                 setattr(args, name, hparams[name])
@@ -246,8 +258,7 @@ class PBTCallback(TrainerCallback):
         a fresh scheduler built as the Trainer builds its own (on a throw-away optimizer, so the
         real one is untouched); base_lr is the new learning rate.
         """
-        args, optimizer = self.trainer.args, self.trainer.optimizer
-        scheduler = self.trainer.lr_scheduler
+        args, (_, optimizer, scheduler) = self.trainer.args, self._parts()
         lr = float(args.learning_rate)
         if not lr >= 0.0:
             raise ValueError(
@@ -276,7 +287,7 @@ class PBTCallback(TrainerCallback):
             optimizer=dummy,
             num_warmup_steps=args.get_warmup_steps(max_steps),
             num_training_steps=max_steps,
-            scheduler_specific_kwargs=args.lr_scheduler_kwargs,
+            scheduler_specific_kwargs=args.lr_scheduler_kwargs,  # type: ignore[arg-type]
         )
         return fresh.lr_lambdas[0]
 
@@ -296,7 +307,7 @@ class PBTCallback(TrainerCallback):
                 f"{state.eval_steps}; set max_steps = intervals x eval_steps."
             )
         trainer = self.trainer
-        scheduler, optimizer = trainer.lr_scheduler, trainer.optimizer
+        model, optimizer, scheduler = self._parts()
         if not isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
             raise ValueError(
                 f"PBTCallback: the trainer's LR scheduler is a {type(scheduler).__name__}; PBT "
@@ -314,9 +325,9 @@ class PBTCallback(TrainerCallback):
                 "lr_scheduler_type (and lr_scheduler_kwargs) instead."
             )
         lr = float(args.learning_rate)
-        self._lr_scales = [base / lr if lr else 1.0 for base in scheduler.base_lrs]
-        names = set(trainer.get_decay_parameter_names(trainer.model))
-        decaying = {id(p) for n, p in trainer.model.named_parameters() if n in names}
+        self._lr_scales = [float(base) / lr if lr else 1.0 for base in scheduler.base_lrs]
+        names = set(trainer.get_decay_parameter_names(model))
+        decaying = {id(p) for n, p in model.named_parameters() if n in names}
         self._decays = [
             any(id(p) in decaying for p in group["params"]) for group in optimizer.param_groups
         ]
@@ -364,7 +375,7 @@ def trainable(
                 "is the steps between two evaluations, so set eval_strategy='steps' and "
                 "eval_steps=<interval length> (an int >= 1)."
             )
-        args.max_steps = intervals * int(eval_steps)
+        args.max_steps = intervals * int(eval_steps)  # type: ignore[arg-type]  # _is_count
         trainer.add_callback(PBTCallback(ctx, trainer, metric, static=static))
         trainer.train()
 

@@ -263,7 +263,9 @@ class SQLStorage(Storage):
                         failure_streak=0,
                     )
                 )
-                population_id = int(result.inserted_primary_key[0])
+                key = result.inserted_primary_key
+                assert key is not None  # an INSERT of one row always has one
+                population_id = int(key[0])
                 connection.execute(
                     members.insert(),
                     [
@@ -797,7 +799,7 @@ class SQLStorage(Storage):
                     m.population_id == population_id
                 )
             ).all()
-            copies = dict(
+            copies: dict[str, int] = dict(
                 connection.execute(
                     sa.select(exploits.c.reason, sa.func.count())
                     .where(exploits.c.population_id == population_id)
