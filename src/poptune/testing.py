@@ -23,8 +23,10 @@ __all__ = [
     "CreateOnlyRunner",
     "Failing",
     "MemoryStorage",
+    "Noop",
     "Quadratic",
     "RecordsEnvironment",
+    "Sleepy",
     "SlowQuadratic",
     "check_steps",
     "quadratic_loop",
@@ -166,6 +168,42 @@ class SlowQuadratic(Quadratic):
     def train(self, hparams: Mapping[str, Any]) -> None:
         """Sleep ``delay`` seconds, then train normally."""
         time.sleep(self.delay)
+        super().train(hparams)
+
+
+class Noop(Trainable):
+    """A trainable that does (almost) nothing, for measuring the framework's own cost per
+    interval: its score grows by ``lr`` per interval; its state is one float."""
+
+    def __init__(self, hparams: Mapping[str, Any], seed: int) -> None:
+        self.x = 0.0
+
+    def train(self, hparams: Mapping[str, Any]) -> None:
+        """Add ``lr`` to the score."""
+        self.x += float(hparams["lr"])
+
+    def evaluate(self) -> dict[str, float]:
+        """``{"score": x}``."""
+        return {"score": self.x}
+
+    def state_dict(self) -> dict[str, float]:
+        """``{"x": x}``."""
+        return {"x": self.x}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore ``x``."""
+        self.x = float(state["x"])
+
+
+class Sleepy(Noop):
+    """A :class:`Noop` whose intervals take ``seconds`` of wall time and no CPU: a stand-in for
+    a GPU worker, to simulate many workers on a machine with few cores."""
+
+    seconds = 0.5
+
+    def train(self, hparams: Mapping[str, Any]) -> None:
+        """Sleep ``seconds``, then add ``lr`` to the score."""
+        time.sleep(self.seconds)
         super().train(hparams)
 
 
