@@ -78,6 +78,11 @@ def initial_rng(seed: int, member: int) -> np.random.Generator:
     return rng_for(seed, _INIT, member)
 
 
+# Garbage collection runs at most once per GC_SPACING times its last duration, and at least
+# GC_MIN_SECONDS apart (see Worker._housekeeping).
+GC_SPACING = 20.0
+GC_MIN_SECONDS = 0.05
+
 #: "Keep what the population recorded" (the default of strategy arguments that accept None).
 KEEP: Any = object()
 
@@ -153,6 +158,7 @@ class Worker:
         self._held: dict[int, Claim] = {}  # member -> claim, while trained or being written
         self._closed = threading.Event()
         self._doomed: queue.SimpleQueue[CheckpointRef | None] = queue.SimpleQueue()
+        self._recorded_since_gc = threading.Event()
         self._writer: BackgroundWriter | None = None
         self._background_bytes = int(os.environ.get("POPTUNE_BACKGROUND_BYTES", BACKGROUND_BYTES))
 
@@ -162,8 +168,8 @@ class Worker:
         """Work until the budget is spent (or ``stop`` is set); return the intervals trained."""
         heartbeat = threading.Thread(target=self._heartbeat, name="poptune-lease", daemon=True)
         heartbeat.start()
-        # Deleting collected files is housekeeping: keep it off the per-interval path.
-        deleter = threading.Thread(target=self._delete_files, name="poptune-gc", daemon=True)
+        # Garbage collection and deleting files are housekeeping: off the per-interval path.
+        deleter = threading.Thread(target=self._housekeeping, name="poptune-gc", daemon=True)
         deleter.start()
         interrupted = True
         try:
@@ -425,14 +431,13 @@ class Worker:
         try:
             checkpoint = self.save(claim.member.id, interval.step, state)
             live.holds = checkpoint  # before the commit: the member is claimable right after
-            collected = self.storage.record_interval(
+            self.storage.record_interval(
                 claim,
                 interval,
                 checkpoint,
                 exploit_pending=interval.step < self.spec.config.intervals
                 and bool(self.spec.ready(self._candidate(interval))),
                 done=interval.step >= self.spec.config.intervals,
-                mode=self.spec.config.mode,
             )
         except _UserCodeFailed as failure:
             self._record_failure(claim, failure)
@@ -448,8 +453,7 @@ class Worker:
             raise
         self._held.pop(claim.member.id, None)
         self.trained += 1
-        for ref in collected:  # rows already gone: nothing can reach these files any more
-            self._doomed.put(ref)
+        self._recorded_since_gc.set()
         if self.spec.stop:
             self._check_stop()
 
@@ -653,12 +657,56 @@ class Worker:
                 f"The explore strategy returned invalid hparams: {error}"
             ) from None
 
-    def _delete_files(self) -> None:
-        while (ref := self._doomed.get()) is not None:
+    def _housekeeping(self) -> None:
+        """Collect garbage now and then, and delete the files nothing refers to any more.
+
+        Collecting reads the whole population, so it is kept off the per-interval path and
+        amortised: it runs once intervals were recorded since the last time, and at most once
+        per ``GC_SPACING`` times its own last duration (at least ``GC_MIN_SECONDS`` apart), so
+        it costs at most a few percent of a worker's time whatever the population's size. A
+        last collection runs when the worker stops.
+        """
+        last_started, last_took = 0.0, 0.0
+        while True:
             try:
-                self.checkpoints.delete(ref)
-            except OSError:  # an orphan file is harmless: nothing refers to it any more
-                log.debug("Could not delete checkpoint %s", ref.path, exc_info=True)
+                ref = self._doomed.get(timeout=GC_MIN_SECONDS)
+            except queue.Empty:
+                ref = False  # nothing to delete: time to see whether to collect
+            if ref is None:
+                self._collect(final=True)
+                return
+            if ref is not False:
+                self._delete_file(ref)
+            due = max(GC_MIN_SECONDS, GC_SPACING * last_took)
+            if self._recorded_since_gc.is_set() and time.monotonic() - last_started >= due:
+                last_started = time.monotonic()
+                self._collect(final=False)
+                last_took = time.monotonic() - last_started
+
+    def _collect(self, final: bool) -> None:
+        """One garbage collection; the dropped checkpoints' files are deleted right away."""
+        self._recorded_since_gc.clear()
+        try:
+            refs = self.storage.collect_garbage(self.population_id, self.spec.config.mode)
+        except Exception:  # housekeeping: the next collection (or worker) catches up
+            log.debug("Garbage collection failed", exc_info=True)
+            return
+        for ref in refs:  # rows already gone: nothing can reach these files any more
+            self._delete_file(ref)
+        if final:
+            while True:  # files queued meanwhile
+                try:
+                    queued = self._doomed.get_nowait()
+                except queue.Empty:
+                    break
+                if queued is not None:
+                    self._delete_file(queued)
+
+    def _delete_file(self, ref: CheckpointRef) -> None:
+        try:
+            self.checkpoints.delete(ref)
+        except OSError:  # an orphan file is harmless: nothing refers to it any more
+            log.debug("Could not delete checkpoint %s", ref.path, exc_info=True)
 
     def _heartbeat(self) -> None:
         interval = max(self.lease_seconds / 3.0, 0.05)

@@ -13,7 +13,7 @@ import pytest
 import sqlalchemy as sa
 
 import poptune as pt
-from poptune.records import CheckpointRef, IntervalRecord, Mode
+from poptune.records import CheckpointRef, IntervalRecord
 from poptune.storage import SQLStorage, StorageError, _retry, _sql
 from poptune.testing import Quadratic, quadratic_space
 
@@ -47,7 +47,6 @@ def record(storage: SQLStorage, pid: int) -> None:
         CheckpointRef(claim.member.id, 1, "a.ckpt", 1, "0" * 64),
         exploit_pending=False,
         done=False,
-        mode=Mode.MAX,
     )
 
 

@@ -48,7 +48,6 @@ def train(storage: SQLStorage, pid: int, score: float, budget: int = 5, ready: b
         ckpt(claim.member.id, step),
         exploit_pending=ready,
         done=step >= budget,
-        mode=Mode.MAX,
     )
     return claim.member.id, step
 
@@ -98,10 +97,10 @@ def test_fencing_refuses_late_writes_after_lease_expiry(storage):
     new = storage.claim(pid, "fast", 5, 30.0, sync=False)
     assert new is not None and new.token == old.token + 1
     with pytest.raises(LeaseLost):
-        storage.record_interval(old, interval(0, 1, 0.3), ckpt(0, 1), False, False, Mode.MAX)
+        storage.record_interval(old, interval(0, 1, 0.3), ckpt(0, 1), False, False)
     with pytest.raises(LeaseLost):
         storage.renew(old, 30.0)
-    storage.record_interval(new, interval(0, 1, 0.4), ckpt(0, 1), False, False, Mode.MAX)
+    storage.record_interval(new, interval(0, 1, 0.4), ckpt(0, 1), False, False)
     assert [i.score for i in storage.intervals(pid)] == [0.4]
 
 
@@ -121,7 +120,7 @@ def test_record_interval_is_atomic_with_its_checkpoint(storage):
     claim = storage.claim(pid, "w", 5, 30.0, sync=False)  # member 1
     # A duplicate (member, step) violates the primary key: nothing of the transaction stays.
     with pytest.raises(Exception):  # noqa: B017 - the driver's IntegrityError
-        storage.record_interval(claim, interval(0, 1, 0.9), ckpt(1, 1), False, False, Mode.MAX)
+        storage.record_interval(claim, interval(0, 1, 0.9), ckpt(1, 1), False, False)
     assert storage.checkpoint(pid, 1, 1) is None
     assert storage.members(pid)[1].status is MemberStatus.RUNNING
 
@@ -220,7 +219,11 @@ def test_collect_garbage_keeps_what_is_needed(storage):
     for score in (0.9, 0.1, 0.2, 0.3, 0.4, 0.5):  # alternates members 0 and 1
         train(storage, pid, score)
     # member 0: steps 1 (0.9, best ever), 2 (0.2), 3 (0.4); member 1: 1, 2, 3. Recording an
-    # interval collects in the same transaction, so only the protected ones are left.
+    # interval collects nothing (workers collect off the per-interval path); a collection then
+    # leaves only the protected ones.
+    assert len(storage.checkpoints(pid)) == 6
+    collected = {(c.member, c.step) for c in storage.collect_garbage(pid, Mode.MAX)}
+    assert collected == {(0, 2), (1, 1), (1, 2)}
     kept = {(c.member, c.step) for c in storage.checkpoints(pid)}
     assert kept == {(0, 1), (0, 3), (1, 3)}
     assert storage.collect_garbage(pid, Mode.MAX) == []
@@ -242,14 +245,14 @@ def test_garbage_collection_spares_restore_points(storage):
         train_claim = storage.claim(pid, "w", 5, 30.0, sync=False)
         assert train_claim.member.id == member
         step = train_claim.member.step + 1
-        collected += storage.record_interval(
+        storage.record_interval(
             train_claim,
             interval(member, step, score, train_claim.member.restore),
             ckpt(member, step),
             False,
             False,
-            Mode.MAX,
         )
+        collected += storage.collect_garbage(pid, Mode.MAX)
     storage.release(claim)
     assert (1, 2) not in {(c.member, c.step) for c in collected}
     assert storage.checkpoint(pid, 1, 2) == ckpt(1, 2)
@@ -283,9 +286,9 @@ def test_best_by_step_ignores_nan_and_infinities(storage):
 def test_a_retried_write_that_committed_writes_nothing_twice(storage):
     pid = make(storage, n=2)
     claim = storage.claim(pid, "w", 5, 30.0, sync=False)
-    args = (interval(0, 1, 0.5), ckpt(0, 1), False, False, Mode.MAX)
+    args = (interval(0, 1, 0.5), ckpt(0, 1), False, False)
     storage.record_interval(claim, *args)
-    assert storage.record_interval(claim, *args) == []  # its reply was lost: a no-op
+    storage.record_interval(claim, *args)  # its reply was lost: a no-op
     assert len(storage.intervals(pid)) == 1
     train(storage, pid, 0.9)  # member 1
     claim = storage.claim(pid, "w", 5, 30.0, sync=False)

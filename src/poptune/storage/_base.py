@@ -185,12 +185,11 @@ class Storage(ABC):
         checkpoint: CheckpointRef,
         exploit_pending: bool,
         done: bool,
-        mode: Mode,
-    ) -> list[CheckpointRef]:
+    ) -> None:
         """Record an interval with its checkpoint and release the member, atomically.
 
-        In the same transaction, collect garbage as :meth:`collect_garbage` does and return the
-        checkpoints it dropped, so the caller can delete their files.
+        Garbage collection is not part of it (it reads the whole population): workers call
+        :meth:`collect_garbage` now and then, off the per-interval path.
         """
 
     @abstractmethod

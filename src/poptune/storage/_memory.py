@@ -324,10 +324,9 @@ class MemoryStorage(Storage):
         checkpoint: CheckpointRef,
         exploit_pending: bool,
         done: bool,
-        mode: Mode,
-    ) -> list[CheckpointRef]:
-        """Record the interval, its checkpoint and the member's new state; release the member;
-        collect the checkpoints nothing needs any more. Idempotent, as in the SQL storage."""
+    ) -> None:
+        """Record the interval, its checkpoint and the member's new state; release the member.
+        Idempotent, as in the SQL storage."""
         with self._transaction():
             population = self._get(claim.population_id)
             try:
@@ -335,7 +334,7 @@ class MemoryStorage(Storage):
             except LeaseLost:
                 kept = population.checkpoints.get((checkpoint.member, checkpoint.step))
                 if kept is not None and kept.path == checkpoint.path:
-                    return []  # the retry of a call that committed (a unique path)
+                    return  # the retry of a call that committed (a unique path)
                 raise
             for key, table in (
                 ((interval.member, interval.step), population.intervals),
@@ -357,7 +356,6 @@ class MemoryStorage(Storage):
             member.exploit_pending, member.failures = exploit_pending, 0
             self._free(member, MemberStatus.DONE if done else MemberStatus.IDLE)
             population.failure_streak = 0
-            return self._collect(population, mode)
 
     def record_exploit(
         self,

@@ -445,10 +445,8 @@ class SQLStorage(Storage):
         checkpoint: CheckpointRef,
         exploit_pending: bool,
         done: bool,
-        mode: Mode,
-    ) -> list[CheckpointRef]:
-        """Record the interval, its checkpoint and the member's new state; release the member;
-        collect the checkpoints nothing needs any more (returned, so their files can go).
+    ) -> None:
+        """Record the interval, its checkpoint and the member's new state; release the member.
 
         Idempotent: a retry of a call that did commit (its reply was lost with the connection)
         finds its own checkpoint (a unique path) recorded, and succeeds without writing again.
@@ -474,7 +472,7 @@ class SQLStorage(Storage):
             except LeaseLost:
                 # Refused: either the claim was taken over, or this is the retry of a call
                 # that committed (it released the member). Only the latter finds its own
-                # checkpoint (a unique path) recorded; what it collected then is swept later.
+                # checkpoint (a unique path) recorded.
                 if exists(
                     connection,
                     checkpoints,
@@ -483,7 +481,7 @@ class SQLStorage(Storage):
                     step=checkpoint.step,
                     path=checkpoint.path,
                 ):
-                    return []
+                    return
                 raise
             connection.execute(
                 intervals.insert(),
@@ -512,7 +510,6 @@ class SQLStorage(Storage):
                 },
             )
             connection.execute(STREAK_RESET, {"pid": claim.population_id})
-            return collect(connection, claim.population_id, mode)
 
     @retrying
     def record_exploit(
@@ -529,7 +526,7 @@ class SQLStorage(Storage):
         recorded (same member, step, donor and time) and writes nothing twice.
         """
         with self._write() as connection:
-            lock_population(connection, claim.population_id)
+            lock_population(connection, claim.population_id, shared=True)
             row = connection.execute(
                 CHECKPOINT,
                 {"pid": claim.population_id, "mid": event.donor, "step": event.donor_step},
@@ -581,6 +578,8 @@ class SQLStorage(Storage):
         recorded (same member, step and time) and returns what became of the member.
         """
         with self._write() as connection:
+            if reseed is not None:  # it may point the member at a donor's checkpoint
+                lock_population(connection, claim.population_id, shared=True)
             if exists(
                 connection,
                 failures,

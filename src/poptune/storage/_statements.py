@@ -250,16 +250,18 @@ _BEST_MAX = _best(_i.score.desc())
 _BEST_MIN = _best(_i.score.asc())
 
 
-def lock_population(connection: Connection, population_id: int) -> None:
+def lock_population(connection: Connection, population_id: int, shared: bool = False) -> None:
     """Serialise checkpoint garbage collection with the copies that pin checkpoints.
 
     SQLite already runs one write transaction at a time. On PostgreSQL a transaction-scoped
     advisory lock per population makes "is the donor's checkpoint still there, then point the
     member at it" and "which checkpoints does no member point at, then delete them" atomic with
-    respect to each other.
+    respect to each other. Copies take it ``shared``: they exclude a collection, not each other,
+    so many workers exploit at once.
     """
     if connection.dialect.name == "postgresql":
-        connection.execute(sa.select(sa.func.pg_advisory_xact_lock(population_id)))
+        lock = sa.func.pg_advisory_xact_lock_shared if shared else sa.func.pg_advisory_xact_lock
+        connection.execute(sa.select(lock(population_id)))
 
 
 def exploit_recorded(connection: Connection, population_id: int, event: ExploitEvent) -> bool:
