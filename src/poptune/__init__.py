@@ -14,7 +14,9 @@ from .records import (
     Candidate,
     CheckpointRef,
     ExploitEvent,
+    ExploreData,
     FailureRecord,
+    IntervalChange,
     IntervalRecord,
     MemberRecord,
     MemberStatus,
@@ -27,6 +29,7 @@ from .serialization import Directory
 from .space import Choice, Distribution, IntUniform, LogUniform, Space, Uniform
 from .storage import PopulationNotFound, SQLStorage, Storage, StorageError, open_storage
 from .strategies import (
+    PB2,
     Every,
     Exploit,
     Explore,
@@ -47,6 +50,7 @@ from .worker import PopulationError, Worker
 __version__ = "0.1.0"
 
 __all__ = [
+    "PB2",
     "Best",
     "Candidate",
     "CheckpointCorrupt",
@@ -61,10 +65,12 @@ __all__ = [
     "Exploit",
     "ExploitEvent",
     "Explore",
+    "ExploreData",
     "FailureRecord",
     "InProcessRunner",
     "IntUniform",
     "Interval",
+    "IntervalChange",
     "IntervalRecord",
     "Lineage",
     "LineageEdge",

@@ -165,6 +165,9 @@ def run(
                 f"The '{role}' parameter must be a strategy such as pt.Truncation() or a "
                 f"callable. Got {strategy!r}."
             )
+    check_space = getattr(explore, "check_space", None)
+    if callable(check_space):  # e.g. PB2 cannot tune a space where everything is fixed
+        check_space(space)
     if seed is None:
         seed = int(np.random.SeedSequence().generate_state(1)[0])
     _check_int("seed", seed, 0)
