@@ -453,3 +453,19 @@ def test_best_by_step_ignores_nan_and_infinities(storage):
     assert storage.best_by_step(pid, Mode.MAX) == [(1, 0.9), (2, 0.4)]
     assert storage.best_by_step(pid, Mode.MIN) == [(1, 0.1), (2, 0.4)]
     assert storage.best_by_step(make(storage, name="empty"), Mode.MAX) == []
+
+
+def test_intervals_since_returns_whole_records_after_a_step(storage):
+    pid = make(storage, n=2)
+    for score in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6):
+        train(storage, pid, score)  # members 0, 1 at steps 1, 2, 3
+    since = storage.intervals_since(pid, 1)
+    assert [(i.member, i.step, i.score) for i in since] == [
+        (0, 2, 0.3),
+        (0, 3, 0.5),
+        (1, 2, 0.4),
+        (1, 3, 0.6),
+    ]
+    assert since[0].hparams == {"x": 0.0} and since[0].origin == (0, 1)
+    assert storage.intervals_since(pid, 3) == []
+    assert storage.intervals_since(pid, 0) == storage.intervals(pid)

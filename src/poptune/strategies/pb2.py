@@ -19,8 +19,9 @@ only on what is stored, and synchronous runs stay reproducible.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -48,6 +49,20 @@ _MIX = 0.5
 
 
 # --- the Gaussian process ------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _one_blas_thread() -> Iterator[None]:
+    """Run the small linear algebra of one decision on one BLAS thread, when threadpoolctl is
+    installed (it comes with scikit-learn). On matrices of a few hundred rows, OpenBLAS's
+    threads cost more than they save, up to ten times more on cores busy with training."""
+    try:
+        from threadpoolctl import threadpool_limits  # optional: only a speed-up
+    except ImportError:
+        yield
+        return
+    with threadpool_limits(1, "blas"):
+        yield
 
 
 def _mix(numeric: np.ndarray | None, categorical: np.ndarray | None, n: int, m: int) -> np.ndarray:
@@ -370,6 +385,16 @@ class PB2:
         data: ExploreData | None = None,
     ) -> dict[str, Any]:
         """New hyperparameters for weights at ``data.step`` with fitness ``data.fitness``."""
+        with _one_blas_thread():
+            return self._explore(hparams, space, rng, data)
+
+    def _explore(
+        self,
+        hparams: Mapping[str, Any],
+        space: Space,
+        rng: np.random.Generator,
+        data: ExploreData | None,
+    ) -> dict[str, Any]:
         self.check_space(space)
         numeric, categorical = _encoding(space)
         changes = self._window(data, numeric, categorical) if data is not None else []
