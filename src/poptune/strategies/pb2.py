@@ -373,7 +373,8 @@ class PB2:
                 "PB2 needs at least one tuned hyperparameter (Uniform, LogUniform, IntUniform or "
                 f"Choice), but every hyperparameter of the space is fixed: {space.fixed!r}. Make "
                 "the hyperparameters to tune distributions, e.g. {'lr': pt.LogUniform(1e-4, "
-                "1e-1)}, or run without exploit (random search with exploit=None)."
+                "1e-1)}; with nothing to tune, keep the default explore=pt.Perturb(), which then "
+                "only copies weights."
             )
         _encoding(space)
 
@@ -436,7 +437,6 @@ class PB2:
     ) -> list[IntervalChange]:
         """The usable intervals of the last ``window`` steps, at most ``max_points``, oldest
         first: known starting score, every modelled hyperparameter present and legal."""
-        names = [d.name for d in numeric] + [d.name for d in categorical]
         usable = []
         for change in data.changes:
             if not data.step - self.window < change.step <= data.step:
@@ -447,9 +447,8 @@ class PB2:
                 for dim in numeric + categorical:
                     dim.encode(change.hparams[dim.name])
             except (KeyError, StopIteration, TypeError, ValueError):
-                continue
-            if all(n in change.hparams for n in names):
-                usable.append(change)
+                continue  # another space's hparams (e.g. before a resume with a new space)
+            usable.append(change)
         usable.sort(key=lambda c: (c.step, c.member))
         return usable[-self.max_points :]
 
