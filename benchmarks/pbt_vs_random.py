@@ -9,11 +9,14 @@ table gives, over the seeds, the median (and range) of the best final metric, th
 of intervals behind the first weights that reached the target, the median number of intervals
 the population trained and the median wall time; it also shows how the winning lineage's
 learning rate (or h, on the toy problem) moved, and says under each table, from the medians,
-whether PBT won. The toy problem also gets the paper's figure 2 ablation.
+whether PBT won. The toy problem also gets the paper's figure 2 ablation. A last section
+compares PB2 (``pt.PB2()``, GP-bandit explore) with PBT and random search at a population of 4
+on the toy problem, digits and CartPole.
 
 Run:  python benchmarks/pbt_vs_random.py            # writes docs/results.md (several minutes)
       python benchmarks/pbt_vs_random.py --quick    # 2 seeds, short budgets: a first look
       python benchmarks/pbt_vs_random.py --smoke    # 1 seed, 2 intervals: what CI runs
+      python benchmarks/pbt_vs_random.py --pb2-only # only the PB2 section, replaced in place
 """
 
 from __future__ import annotations
@@ -138,6 +141,10 @@ TASKS = [
 ]
 
 SYNC, ASYNC, RANDOM = "PBT, sync", "PBT, async", "random search"
+PB2, PB2_PBT = "PB2", "PBT"
+PB2_POPULATION = 4
+PB2_TASKS = ("toy", "digits", "cartpole")  # the tasks of the PB2 comparison (name prefixes)
+PB2_HEADING = f"## PB2 against PBT and random search, population {PB2_POPULATION}"
 
 
 def scaled(task: Task, mode: str, seeds: int) -> Task:
@@ -163,10 +170,32 @@ def variants(task: Task) -> list[tuple[str, Callable[[], Any], bool]]:
     ]
 
 
+def pb2_variants() -> list[tuple[str, Callable[[], Any], bool, Callable[[], Any]]]:
+    """(label, exploit factory, sync, explore factory) for the PB2 comparison: all synchronous
+    (reproducible), with the same exploit; only the explore differs."""
+    return [
+        (PB2, lambda: pt.Truncation(0.25), True, pt.PB2),
+        (PB2_PBT, lambda: pt.Truncation(0.25), True, _perturb),
+        (RANDOM, lambda: None, True, _perturb),
+    ]
+
+
+def _perturb() -> Any:
+    return pt.Perturb((0.8, 1.2), resample_probability=0.25)
+
+
 def run_once(
-    task: Task, label: str, exploit: Any, sync: bool, seed: int, workers: int, storage: str
+    task: Task,
+    label: str,
+    exploit: Any,
+    sync: bool,
+    seed: int,
+    workers: int,
+    storage: str,
+    explore: Any = None,
 ) -> dict[str, Any]:
-    """Train one population; return its figures."""
+    """Train one population (explore: ``Perturb((0.8, 1.2), 0.25)`` unless given); return its
+    figures."""
     trainable = task.trainable()
     for name, value in task.work.items():
         setattr(trainable, name, value)
@@ -179,8 +208,8 @@ def run_once(
         intervals=task.intervals,
         workers=workers,
         exploit=exploit,
-        explore=pt.Perturb((0.8, 1.2), resample_probability=0.25),
-        name=f"{task.name}-{label}-{seed}",
+        explore=_perturb() if explore is None else explore,
+        name=f"{task.name}-{task.population}-{label}-{seed}",
         storage=storage,
         seed=seed,
         sync=sync,
@@ -260,8 +289,9 @@ def _compare(mine: float, theirs: float, better: str, worse: str) -> str:
     return better if mine > theirs else worse if mine < theirs else "equal"
 
 
-def verdict(task: Task, row: Row, baseline: Row) -> str:
-    """One plain sentence: did this PBT variant beat random search on the medians shown?"""
+def verdict(task: Task, row: Row, baseline: Row, against: str = "random search") -> str:
+    """One plain sentence: did this variant beat ``against`` (random search) on the medians
+    shown?"""
     unit = "gradient steps" if task.gradient_steps else "intervals"
     scale = task.gradient_steps or 1
     # Compared as printed (4 decimals), so a win is never one the table cannot show.
@@ -282,14 +312,14 @@ def verdict(task: Task, row: Row, baseline: Row) -> str:
         order = _compare(-row.to_target, -baseline.to_target, "sooner", "later")
         target = f"{unit} to target {shown[0]} vs {shown[1]} ({order})"
     if higher and sooner:
-        outcome = "beats random search on both"
+        outcome = f"beats {against} on both"
     elif higher or sooner:
         won, lost = (
             ("best final", "steps to target") if higher else ("steps to target", "best final")
         )
-        outcome = f"beats random search on {won} only, **not** on {lost}"
+        outcome = f"beats {against} on {won} only, **not** on {lost}"
     else:
-        outcome = "does **not** beat random search here"
+        outcome = f"does **not** beat {against} here"
     return f"- **{row.label}** {outcome}: {score}; {target}."
 
 
@@ -358,6 +388,110 @@ def intro(command: str, tasks: list[Task], workers: int) -> list[str]:
     ]
 
 
+def compare(
+    task: Task,
+    rows_of: list[tuple[str, Callable[[], Any], bool, Callable[[], Any] | None]],
+    workers: int,
+    storage: str,
+) -> tuple[list[Row], dict[str, str]]:
+    """Run every (label, exploit, sync, explore) variant over the task's seeds; return one row
+    per variant and the watched schedule of seed 0 for each exploiting variant."""
+    rows, schedules = [], {}
+    for label, make, sync, explore in rows_of:
+        runs = [
+            run_once(
+                task,
+                label,
+                make(),
+                sync,
+                s,
+                workers,
+                storage,
+                explore() if explore is not None else None,
+            )
+            for s in range(task.seeds or 1)
+        ]
+        rows.append(
+            Row(
+                label,
+                [r["best"] for r in runs],
+                [r["steps"] for r in runs],
+                [r["trained"] for r in runs],
+                [r["wall"] for r in runs],
+            )
+        )
+        schedules[label] = describe_schedule(runs[0]["schedule"])
+        row = rows[-1]
+        print(
+            f"{task.name} (population {task.population}): {label}: best {row.best:.4f}, to "
+            f"target {row.to_target:g} ({row.hits}/{len(runs)}), trained "
+            f"{statistics.median(row.trained):g}, steps {row.steps}",
+            flush=True,
+        )
+    return rows, schedules
+
+
+def pb2_section(tasks: list[Task], command: str, workers: int, storage: str) -> list[str]:
+    """The PB2 comparison: PB2, PBT and random search with a population of 4 on each task."""
+    chosen = [
+        replace(t, population=min(t.population, PB2_POPULATION))
+        for t in tasks
+        if t.name.startswith(PB2_TASKS)
+    ]
+    lines = [
+        PB2_HEADING,
+        "",
+        f"Generated by `{command}` with {_count(workers, 'worker')}. The same tasks, budgets "
+        f"and seeds as above, with a population of {PB2_POPULATION} (the setting of the PB2 "
+        "paper, where a small population is where a model of the improvements should help "
+        "most). All three rows are synchronous with the same exploit, `Truncation(0.25)` (the "
+        "worst member copies the best); only the explore differs:",
+        "",
+        "- **PB2**: `pt.PB2()` (window 10 steps, at most 200 intervals fitted): after an "
+        "exploit, the new hyperparameters maximise GP-UCB of the predicted improvement over "
+        "the next interval, fitted on the population's recent intervals; before 3 usable "
+        "intervals exist (the first exploit) it samples from the prior;",
+        f"- **PBT**: `{EXPLORE}`, as above;",
+        "- **random search**: `exploit=None`.",
+        "",
+        "Verdicts compare PB2 with PBT and with random search on the medians shown. With this "
+        "few seeds and a population of 4, a difference that stays inside the ranges is weak "
+        "evidence either way.",
+        "",
+    ]
+    for task in chosen:
+        rows, schedules = compare(task, pb2_variants(), workers, storage)
+        by_label = {r.label: r for r in rows}
+        lines += [
+            f"### {task.name}, population {task.population}",
+            "",
+            f"{task.intervals} intervals, target {task.metric} ≥ {task.target}, "
+            f"{_count(task.seeds or 1, 'seed')}.",
+            "",
+            *table(task, rows),
+            "",
+            verdict(task, by_label[PB2], by_label[PB2_PBT], "PBT"),
+            verdict(task, by_label[PB2], by_label[RANDOM]),
+            verdict(task, by_label[PB2_PBT], by_label[RANDOM]),
+            "",
+            f"The winning lineage's `{task.watch}` over its schedule (seed 0): PB2 "
+            f"{schedules[PB2]}; PBT {schedules[PB2_PBT]}.",
+            "",
+        ]
+    return lines
+
+
+def splice(text: str, section: list[str]) -> str:
+    """``text`` with its PB2 section (from its heading to the next ``## `` heading or the end)
+    replaced by ``section``, or with ``section`` appended if it has none."""
+    lines = text.split("\n")
+    if PB2_HEADING not in lines:
+        return "\n".join([*lines, *([""] if lines and lines[-1] else []), *section])
+    start = lines.index(PB2_HEADING)
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    return "\n".join([*lines[:start], *section, *lines[end:]])
+
+
 def main() -> None:
     """Run every task and variant over all seeds; write the markdown file."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -365,6 +499,11 @@ def main() -> None:
     modes.add_argument("--quick", action="store_true", help="2 seeds, short budgets")
     modes.add_argument(
         "--smoke", action="store_true", help="1 seed, 3 members, 2 short intervals (CI)"
+    )
+    parser.add_argument(
+        "--pb2-only",
+        action="store_true",
+        help="run only the PB2 comparison and replace its section of --output in place",
     )
     parser.add_argument("--seeds", type=int, default=5, help="seeds per variant (toy: 12)")
     parser.add_argument("--workers", type=int, default=2)
@@ -376,34 +515,22 @@ def main() -> None:
     )
     seeds = {"smoke": 1, "quick": 2}.get(mode, args.seeds)
     tasks = [scaled(t, mode, args.seeds) for t in TASKS]
+    if args.pb2_only:
+        with tempfile.TemporaryDirectory() as folder:
+            storage = f"sqlite:///{Path(folder) / 'pb2.db'}"
+            section = pb2_section(tasks, command + " --pb2-only", args.workers, storage)
+        old = args.output.read_text() if args.output.exists() else ""
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(splice(old, section))
+        print(f"wrote the PB2 section of {args.output}")
+        return
     lines = intro(command, tasks, args.workers)
     with tempfile.TemporaryDirectory() as folder:
         storage = f"sqlite:///{Path(folder) / 'bench.db'}"
         for task in tasks:
-            rows, schedules = [], {}
-            for label, make, sync in variants(task):
-                runs = [
-                    run_once(task, label, make(), sync, s, args.workers, storage)
-                    for s in range(task.seeds or 1)
-                ]
-                rows.append(
-                    Row(
-                        label,
-                        [r["best"] for r in runs],
-                        [r["steps"] for r in runs],
-                        [r["trained"] for r in runs],
-                        [r["wall"] for r in runs],
-                    )
-                )
-                if label in (SYNC, ASYNC):
-                    schedules[label] = describe_schedule(runs[0]["schedule"])
-                row = rows[-1]
-                print(
-                    f"{task.name}: {label}: best {row.best:.4f}, to target {row.to_target:g} "
-                    f"({row.hits}/{len(runs)}), trained {statistics.median(row.trained):g}, "
-                    f"steps {row.steps}",
-                    flush=True,
-                )
+            rows, schedules = compare(
+                task, [(*v, None) for v in variants(task)], args.workers, storage
+            )
             baseline = next(r for r in rows if r.label == RANDOM)
             lines += [
                 f"## {task.name}",
@@ -419,13 +546,24 @@ def main() -> None:
                 f"sync {schedules[SYNC]}; async {schedules[ASYNC]}.",
                 "",
             ]
+        ablation_lines = ablation(mode, seeds)
+        lines += ablation_lines
+        # its own database: in --smoke every population is 3 members, and names would clash
+        lines += pb2_section(tasks, command, args.workers, f"sqlite:///{Path(folder) / 'pb2.db'}")
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text("\n".join(lines))
+    print(f"wrote {args.output}")
+
+
+def ablation(mode: str, seeds: int) -> list[str]:
+    """The toy problem's figure 2 ablation (examples/toy.py)."""
     toy = _example("toy")
     ablation = toy.main(
         ["--seeds", str(seeds), "--intervals", {"smoke": "2", "quick": "5"}.get(mode, "10")]
     )
     pbt = ablation["PBT"]
     alone = all(pbt["best Q"] > row["best Q"] for name, row in ablation.items() if name != "PBT")
-    lines += [
+    return [
         "## Toy problem: the paper's figure 2 ablation",
         "",
         "Two members starting at h = (1, 0) and (0, 1), as in the paper (`examples/toy.py`), "
@@ -445,9 +583,6 @@ def main() -> None:
         ),
         "",
     ]
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text("\n".join(lines))
-    print(f"wrote {args.output}")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,12 @@ from typing import Any
 
 import poptune as pt
 
+#: The explore strategies an example can be run with (``--explore``).
+EXPLORES = {
+    "perturb": lambda: pt.Perturb((0.8, 1.2), resample_probability=0.25),
+    "pb2": pt.PB2,
+}
+
 
 def parser(
     description: str, *, name: str, population: int, intervals: int
@@ -20,19 +26,25 @@ def parser(
     options.add_argument("--storage", default=None, help="default: sqlite:///runs/poptune.db")
     options.add_argument("--seed", type=int, default=0)
     options.add_argument("--sync", action="store_true", help="generations: reproducible runs")
+    options.add_argument(
+        "--explore",
+        choices=sorted(EXPLORES),
+        default="perturb",
+        help="perturb: the paper's perturb-or-resample; pb2: a GP bandit (pt.PB2)",
+    )
     options.add_argument("--no-progress", action="store_true")
     return options
 
 
 def run_options(args: argparse.Namespace) -> dict[str, Any]:
     """The ``pt.run`` arguments the command line gives, with the examples' strategies (the
-    paper's truncation and perturb-or-resample)."""
+    paper's truncation, and perturb-or-resample unless ``--explore pb2``)."""
     return {
         "population": args.population,
         "intervals": args.intervals,
         "workers": args.workers,
         "exploit": pt.Truncation(0.25),
-        "explore": pt.Perturb((0.8, 1.2), resample_probability=0.25),
+        "explore": EXPLORES[args.explore](),
         "name": args.name,
         "storage": args.storage,
         "seed": args.seed,

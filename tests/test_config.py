@@ -269,3 +269,29 @@ def test_reading_a_population_never_imports_its_script(tmp_path):
     assert result.config.trainable.endswith("unguarded.py:Trained")
     assert result.best.score is not None and result.schedule() and result.best.state()
     assert marker.read_text().count("imported") == 1  # nothing above imported the script
+
+
+def test_a_chain_passes_the_population_data_to_pb2(tmp_path):
+    explore = pt.chain(pt.PB2(window=4), pt.Resample(probability=0.1))
+    assert explore.window == 4
+    result = pt.run(
+        Quadratic,
+        **TOY,
+        population=4,
+        intervals=6,
+        explore=explore,
+        storage=f"sqlite:///{tmp_path}/p.db",
+        sync=True,
+        seed=0,
+    )
+    assert result.status == "finished" and result.exploits()
+    assert rebuild(describe(explore), "explore").window == 4
+    with pytest.raises(ValueError, match="PB2"):
+        pt.run(
+            Quadratic,
+            space={"h0": 0.5, "h1": 0.5},
+            metric="q",
+            explore=pt.chain(pt.PB2()),
+            storage=f"sqlite:///{tmp_path}/q.db",
+            progress=False,
+        )

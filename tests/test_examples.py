@@ -44,6 +44,17 @@ def test_digits_learns_and_prints_a_schedule(tmp_path: Path, capsys):
     assert set(state) == {"model", "optimizer"}
 
 
+def test_examples_explore_with_pb2_on_request(tmp_path: Path):
+    pytest.importorskip("torch")
+    pytest.importorskip("sklearn")
+    digits = load_example("digits")
+    storage = f"sqlite:///{tmp_path / 'digits.db'}"
+    options = ["--population", "4", "--intervals", "4", "--workers", "1", "--sync"]
+    result = digits.main([*options, "--explore", "pb2", "--no-progress", "--storage", storage])
+    assert result.record.config["explore"] == {"type": "PB2", "window": 10, "max_points": 200}
+    assert len(result.exploits()) == 3  # the worst member copies the best, each generation
+
+
 @pytest.mark.parametrize("example", ["digits", "digits_loop", "lightning_digits"])
 def test_digits_in_sync_is_the_same_for_one_and_two_workers(tmp_path: Path, example: str):
     """Members kept in memory or rebuilt elsewhere: every interval draws from its own seed."""

@@ -17,7 +17,9 @@ from .records import (
     CheckpointRef,
     CopyReason,
     ExploitEvent,
+    ExploreData,
     FailureRecord,
+    IntervalChange,
     IntervalRecord,
     MemberRecord,
     MemberStatus,
@@ -30,6 +32,7 @@ from .serialization import Directory
 from .space import Choice, Distribution, IntUniform, LogUniform, Space, Uniform
 from .storage import PopulationNotFound, SQLStorage, Storage, StorageError, open_storage
 from .strategies import (
+    PB2,
     Chain,
     Every,
     Exploit,
@@ -53,6 +56,7 @@ from .worker import PopulationError, Worker
 __version__ = "0.1.0"
 
 __all__ = [
+    "PB2",
     "Best",
     "Candidate",
     "Chain",
@@ -69,10 +73,12 @@ __all__ = [
     "Exploit",
     "ExploitEvent",
     "Explore",
+    "ExploreData",
     "FailureRecord",
     "InProcessRunner",
     "IntUniform",
     "Interval",
+    "IntervalChange",
     "IntervalRecord",
     "InvalidParameterError",
     "Lineage",

@@ -107,7 +107,8 @@ def run(
         workers: 1 trains in this process; N > 1 starts N local worker processes.
         exploit: ``pt.Truncation(0.2)`` by default, ``pt.Tournament()``, any callable, or
             ``None`` for independent training (random search with the same budget).
-        explore: ``pt.Perturb()`` by default, ``pt.Resample()``, or any callable.
+        explore: ``pt.Perturb()`` by default, ``pt.Resample()``, ``pt.PB2()`` (a GP bandit on
+            the population's recent improvements), or any callable.
         ready: ``pt.Every(1)`` by default, or any callable.
         name: the population's name in the storage (default: the trainable's name). If it
             exists with the same configuration, the run continues it to the full budget.
@@ -169,6 +170,9 @@ def run(
                 f"The '{role}' parameter must be a strategy such as pt.Truncation() or a "
                 f"callable. Got {strategy!r}."
             )
+    check_space = getattr(explore, "check_space", None)
+    if callable(check_space):  # e.g. PB2 cannot tune a space where everything is fixed
+        check_space(space)
     if seed is None:
         seed = int(np.random.SeedSequence().generate_state(1)[0])
     seed = check_int("seed", seed, 0)

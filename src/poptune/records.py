@@ -17,7 +17,9 @@ __all__ = [
     "CheckpointRef",
     "CopyReason",
     "ExploitEvent",
+    "ExploreData",
     "FailureRecord",
+    "IntervalChange",
     "IntervalRecord",
     "MemberRecord",
     "MemberStatus",
@@ -184,3 +186,31 @@ class Candidate:
     #: fitness of the member's last intervals up to ``step``, oldest first; filled only for
     #: exploit strategies that ask for it with a ``history`` attribute (e.g. ``TTest``)
     history: tuple[float, ...] = ()
+
+
+@dataclass(frozen=True)
+class IntervalChange:
+    """One recorded interval as a data-driven explore strategy sees it: ``member`` trained one
+    interval with ``hparams``, from ``step - 1`` to ``step``, and its fitness (higher is better,
+    ``-inf`` for a missing or non-finite score) went from ``before`` to ``after``."""
+
+    member: int
+    step: int
+    hparams: Mapping[str, Any]
+    before: float
+    after: float
+
+
+@dataclass(frozen=True)
+class ExploreData:
+    """What the worker gives an explore strategy that declares a ``window`` (e.g. ``PB2``).
+
+    The explored hyperparameters will train from a checkpoint at ``step`` whose fitness is
+    ``fitness`` (the donor's). ``changes`` are the population's intervals recorded at steps
+    ``step - window + 1 .. step`` whose starting score is known (not a member's first interval),
+    ordered by step then member.
+    """
+
+    step: int
+    fitness: float
+    changes: tuple[IntervalChange, ...] = ()

@@ -33,7 +33,9 @@ from .records import (
     CheckpointRef,
     CopyReason,
     ExploitEvent,
+    ExploreData,
     FailureRecord,
+    IntervalChange,
     IntervalRecord,
     MemberRecord,
     MemberStatus,
@@ -567,6 +569,21 @@ class Worker:
             for c in population
         ]
 
+    def _explore_data(self, donor: Candidate, window: int) -> ExploreData:
+        """The population's intervals at steps ``donor.step - window + 1 .. donor.step``, each
+        with the fitness it started from (its origin interval's). Later steps are left out, so
+        a synchronous run sees the same data whatever the workers' timing."""
+        fitness = self.spec.config.mode.fitness
+        rows = self.storage.intervals_since(self.population_id, donor.step - window - 1)
+        scores = {(r.member, r.step): fitness(r.score) for r in rows}
+        changes = [
+            IntervalChange(r.member, r.step, r.hparams, scores[r.origin], scores[r.member, r.step])
+            for r in rows
+            if donor.step - window < r.step <= donor.step and r.origin in scores
+        ]
+        changes.sort(key=lambda c: (c.step, c.member))
+        return ExploreData(donor.step, donor.fitness, tuple(changes))
+
     def _finished(self) -> bool:
         population_id = self.population_id
         summary = self.storage.summary(
@@ -649,7 +666,12 @@ class Worker:
     def _explore(self, donor: Candidate, rng: np.random.Generator) -> dict[str, Any]:
         """Explore the donor's recorded hparams; a strategy leaving the space stops the run."""
         spec = self.spec
-        explored = spec.explore(dict(donor.hparams), spec.config.space, rng)
+        window = int(getattr(spec.explore, "window", 0) or 0)
+        if window > 0:  # a strategy that learns from the population's recent intervals
+            data = self._explore_data(donor, window)
+            explored = spec.explore(dict(donor.hparams), spec.config.space, rng, data=data)
+        else:
+            explored = spec.explore(dict(donor.hparams), spec.config.space, rng)
         try:
             return spec.config.space.validate(explored)
         except ValueError as error:

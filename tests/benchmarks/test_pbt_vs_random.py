@@ -41,11 +41,15 @@ def test_smoke_run_writes_every_section_and_row(tmp_path: Path):
     # five tasks: sync and async PBT and random search in each, two more exploits on cartpole
     assert text.count("| PBT, sync |") == 5
     assert text.count("| PBT, async |") == 5
-    assert text.count("| random search |") == 5
+    # ... and the PB2 section: PB2, PBT and random search on the toy, digits and cartpole
+    assert "## PB2 against PBT and random search, population 4" in text
+    assert text.count("| PB2 |") == 3
+    assert text.count("| random search |") == 5 + 3
+    assert text.count("- **PB2** does") + text.count("- **PB2** beats") == 6
     assert text.count("| PBT, tournament |") == 1 and text.count("| PBT, t-test |") == 1
-    assert text.count("| PBT |") == 1  # the ablation
+    assert text.count("| PBT |") == 1 + 3  # the ablation, the PB2 section
     # a verdict under each table for every PBT variant, and the toy's gradient steps
     assert text.count("- **PBT, sync** ") == 5 and text.count("- **PBT, async** ") == 5
-    assert text.count("| gradient steps to target") == 1
-    assert text.count("intervals trained (median)") == 5
+    assert text.count("| gradient steps to target") == 1 + 1  # the toy, in both sections
+    assert text.count("intervals trained (median)") == 5 + 3
     assert "winning lineage, `lr`" in text

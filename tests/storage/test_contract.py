@@ -348,3 +348,19 @@ def test_damaged_checkpoints_are_discarded_and_deleted_populations_return_theirs
     other = make(storage, name="other")
     assert storage.delete_population(pid) == [ckpt(1, 1)]
     assert [p.id for p in storage.populations()] == [other]
+
+
+def test_intervals_since_returns_whole_records_after_a_step(storage):
+    pid = make(storage, n=2)
+    for score in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6):
+        train(storage, pid, score)  # members 0, 1 at steps 1, 2, 3
+    since = storage.intervals_since(pid, 1)
+    assert [(i.member, i.step, i.score) for i in since] == [
+        (0, 2, 0.3),
+        (0, 3, 0.5),
+        (1, 2, 0.4),
+        (1, 3, 0.6),
+    ]
+    assert since[0].hparams == {"x": 0.0} and since[0].origin == (0, 1)
+    assert storage.intervals_since(pid, 3) == []
+    assert storage.intervals_since(pid, 0) == storage.intervals(pid)

@@ -271,6 +271,11 @@ class Storage(ABC):
         """(member, step, score) of every interval after ``step``, by member then step."""
 
     @abstractmethod
+    def intervals_since(self, population_id: int, step: int) -> list[IntervalRecord]:
+        """Every interval recorded after ``step``, by member then step: what a data-driven
+        explore strategy (``PB2``) reads of the population's recent history. May be stale."""
+
+    @abstractmethod
     def best_by_step(self, population_id: int, mode: Mode) -> list[tuple[int, float]]:
         """(step, best finite score recorded at that step), by step."""
 

@@ -483,6 +483,12 @@ class MemoryStorage(Storage):
             rows = sorted(self._get(population_id).intervals.items())
             return [copy.deepcopy(row) for _, row in rows]
 
+    def intervals_since(self, population_id: int, step: int) -> list[IntervalRecord]:
+        """Every interval after ``step``, by member then step."""
+        with self._transaction():
+            rows = sorted(self._get(population_id).intervals.items())
+            return [copy.deepcopy(row) for (_, s), row in rows if s > step]
+
     def interval(self, population_id: int, member: int, step: int) -> IntervalRecord | None:
         """The interval ``member`` recorded at ``step``, or ``None``."""
         with self._transaction():

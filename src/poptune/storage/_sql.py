@@ -670,6 +670,18 @@ class SQLStorage(Storage):
         return None if row is None else interval_record(row)
 
     @retrying
+    def intervals_since(self, population_id: int, step: int) -> list[IntervalRecord]:
+        """Every interval after ``step``, by member then step."""
+        i = intervals.c
+        with self._read() as connection:
+            rows = connection.execute(
+                sa.select(intervals)
+                .where(i.population_id == population_id, i.step > step)
+                .order_by(i.member_id, i.step)
+            ).all()
+        return [interval_record(row) for row in rows]
+
+    @retrying
     def scores_since(self, population_id: int, step: int) -> list[tuple[int, int, float | None]]:
         """(member, step, score) of every interval after ``step``, by member then step."""
         i = intervals.c

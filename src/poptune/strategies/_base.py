@@ -41,7 +41,13 @@ class Exploit(Protocol):
 
 @runtime_checkable
 class Explore(Protocol):
-    """Return new hyperparameters explored from ``hparams`` (copied from a donor) in ``space``."""
+    """Return new hyperparameters explored from ``hparams`` (copied from a donor) in ``space``.
+
+    A strategy that learns from the population (e.g. ``PB2``) declares a positive ``window``
+    attribute; the worker then also passes ``data=`` an :class:`~poptune.records.ExploreData`:
+    the copied weights' step and fitness, and the population's intervals of the last
+    ``window`` steps.
+    """
 
     def __call__(
         self, hparams: Mapping[str, Any], space: Space, rng: np.random.Generator

@@ -174,14 +174,34 @@ class Chain:
                 )
         self.steps = tuple(built)
 
+    @property
+    def window(self) -> int:
+        """The widest data window of its steps (0: none learns from the population's data)."""
+        return max((int(getattr(step, "window", 0) or 0) for step in self.steps), default=0)
+
     def __call__(
-        self, hparams: Mapping[str, Any], space: Space, rng: np.random.Generator
+        self,
+        hparams: Mapping[str, Any],
+        space: Space,
+        rng: np.random.Generator,
+        data: Any = None,
     ) -> dict[str, Any]:
-        """Apply every step in turn; the result of the last one."""
+        """Apply every step in turn; the result of the last one. ``data`` (what the worker
+        gathers for a step with a ``window``, such as ``pt.PB2``) goes to the steps that ask."""
         current = dict(hparams)
         for step in self.steps:
-            current = dict(step(current, space, rng))
+            if data is not None and int(getattr(step, "window", 0) or 0) > 0:
+                current = dict(step(current, space, rng, data=data))
+            else:
+                current = dict(step(current, space, rng))
         return current
+
+    def check_space(self, space: Space) -> None:
+        """Let each step refuse a space it cannot explore (as ``pt.PB2`` does)."""
+        for step in self.steps:
+            check = getattr(step, "check_space", None)
+            if callable(check):
+                check(space)
 
     def to_config(self) -> dict[str, Any]:
         """Parameters to store with the population: each step's own description."""
