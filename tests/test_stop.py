@@ -11,7 +11,7 @@ from click.testing import CliRunner
 import poptune as pt
 from poptune.cli import main
 from poptune.records import Mode
-from poptune.strategies import Progress
+from poptune.strategies import Progress, describe, rebuild
 from poptune.testing import Quadratic, SlowQuadratic, check_steps, quadratic_space
 
 
@@ -93,3 +93,15 @@ def test_bad_criteria_are_refused(make, error, match):
 def test_stop_must_be_criteria(tmp_path: Path):
     with pytest.raises(TypeError, match=r"'stop' parameter must be a criterion.*Got 0.9"):
         _run(f"sqlite:///{tmp_path / 'p.db'}", stop=0.9)
+
+
+def test_a_criterion_on_a_metric_the_population_does_not_optimise_is_refused(tmp_path):
+    url = f"sqlite:///{tmp_path}/p.db"
+    options = dict(space=quadratic_space(), metric="q", population=2, intervals=2, storage=url)
+    for criterion in (pt.Target(1.0, metric="accuracy"), pt.Plateau(3, metric="loss")):
+        with pytest.raises(ValueError, match=r"watches the metric .* optimises 'q'"):
+            pt.run(Quadratic, **options, stop=criterion, progress=False)
+    result = pt.run(Quadratic, **options, stop=pt.Target(9.0, metric="q"), progress=False)
+    with pytest.raises(ValueError, match=r"watches the metric 'acc'"):
+        result.resume(stop=[pt.Plateau(2, metric="acc")], progress=False)
+    assert rebuild(describe(pt.Target(0.5, metric="q")), "stop").metric == "q"

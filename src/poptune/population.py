@@ -152,7 +152,7 @@ def run(
     """
     check_trainable(trainable)
     started_at = time.time()
-    criteria = stop_list(stop)
+    criteria = stop_list(stop, metric if isinstance(metric, str) else None)
     space = _space(space)
     population = check_int("population", population, 2)
     workers = check_int("workers", workers, 1)
@@ -317,7 +317,7 @@ def resume(
         store.extend(record.id, intervals)
     changes: dict[str, Any] = {"started_at": time.time()}
     if stop is not _DEFAULT:
-        changes["stop"] = describe_stop(stop_list(stop))
+        changes["stop"] = describe_stop(stop_list(stop, PopulationConfig.of(record).metric))
     store.update_config(record.id, changes)
     record = store.population(result.name)
     config = PopulationConfig.of(record)

@@ -93,13 +93,17 @@ def _check_number(owner: str, name: str, value: Any, positive: bool = False) -> 
 class Target:
     """Stop once the best score reaches ``score`` (at least it for ``max``, at most for ``min``).
 
+    ``metric`` names the metric it watches, to be explicit; it must be the one the population
+    optimises (``None``: that one).
+
     Example:
         >>> import poptune as pt
-        >>> stop = pt.Target(0.98)        # e.g. accuracy
+        >>> stop = pt.Target(0.98, metric="accuracy")
     """
 
-    def __init__(self, score: float) -> None:
+    def __init__(self, score: float, metric: str | None = None) -> None:
         self.target = _check_number("Target", "score", score)
+        self.metric = _check_metric("Target", metric)
 
     def __call__(self, progress: Progress) -> str | None:
         """The reason to stop, once the target is reached."""
@@ -113,10 +117,11 @@ class Target:
 
     def to_config(self) -> dict[str, Any]:
         """Parameters to store with the population."""
-        return {"score": self.target}
+        return {"score": self.target, "metric": self.metric}
 
     def __repr__(self) -> str:
-        return f"Target({self.target!r})"
+        watched = "" if self.metric is None else f", metric={self.metric!r}"
+        return f"Target({self.target!r}{watched})"
 
 
 @register
@@ -129,7 +134,8 @@ class Plateau:
         >>> stop = pt.Plateau(intervals=5, min_delta=1e-3)
     """
 
-    def __init__(self, intervals: int, min_delta: float = 0.0) -> None:
+    def __init__(self, intervals: int, min_delta: float = 0.0, metric: str | None = None) -> None:
+        self.metric = _check_metric("Plateau", metric)
         if isinstance(intervals, bool) or not isinstance(intervals, int) or intervals < 1:
             raise ValueError(
                 f"The 'intervals' parameter of Plateau must be an int >= 1. Got {intervals!r}."
@@ -157,10 +163,11 @@ class Plateau:
 
     def to_config(self) -> dict[str, Any]:
         """Parameters to store with the population."""
-        return {"intervals": self.intervals, "min_delta": self.min_delta}
+        return {"intervals": self.intervals, "min_delta": self.min_delta, "metric": self.metric}
 
     def __repr__(self) -> str:
-        return f"Plateau(intervals={self.intervals}, min_delta={self.min_delta!r})"
+        watched = "" if self.metric is None else f", metric={self.metric!r}"
+        return f"Plateau(intervals={self.intervals}, min_delta={self.min_delta!r}{watched})"
 
 
 @register
@@ -202,8 +209,24 @@ def check_stop(criteria: Sequence[Stop], progress: Progress) -> str | None:
     return None
 
 
-def stop_list(stop: Stop | Sequence[Stop] | None) -> list[Stop]:
-    """``stop=`` as given to ``pt.run``: one criterion, several, or none; checked."""
+def _check_metric(owner: str, metric: Any) -> str | None:
+    if metric is not None and (not isinstance(metric, str) or not metric):
+        raise ValueError(
+            f"The 'metric' parameter of {owner} must be a metric's name or None. Got {metric!r}."
+        )
+    return metric
+
+
+def stop_list(stop: Stop | Sequence[Stop] | None, metric: str | None = None) -> list[Stop]:
+    """``stop=`` as given to ``pt.run``: one criterion, several, or none; checked.
+
+    A criterion that names a ``metric`` must name the population's ``metric``: criteria read the
+    best score of the optimised metric.
+
+    Raises:
+        TypeError: for something that is not a criterion.
+        ValueError: for a criterion watching a metric the population does not optimise.
+    """
     if stop is None:
         return []
     criteria = list(stop) if isinstance(stop, Sequence) and not isinstance(stop, str) else [stop]
@@ -212,6 +235,13 @@ def stop_list(stop: Stop | Sequence[Stop] | None) -> list[Stop]:
             raise TypeError(
                 "The 'stop' parameter must be a criterion such as pt.Target(0.95), "
                 f"pt.Plateau(5) or pt.WallClock(3600), or a list of them. Got {criterion!r}."
+            )
+        watched = getattr(criterion, "metric", None)
+        if metric is not None and watched is not None and watched != metric:
+            raise ValueError(
+                f"The stop criterion {criterion!r} watches the metric {watched!r}, but the "
+                f"population optimises {metric!r}: stop criteria watch the optimised metric. "
+                f"Use metric={metric!r} (or leave it out), or optimise {watched!r}."
             )
     return criteria
 
