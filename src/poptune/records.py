@@ -175,7 +175,10 @@ class Candidate:
 
     ``fitness`` is the score oriented so that higher is better (``-inf`` for NaN or missing
     scores), so strategies never need to know the ``mode``. ``hparams`` are the ones that
-    produced the checkpoint at ``step``: copying a candidate copies exactly that pair.
+    produced the checkpoint at ``step``: copying a candidate copies exactly that pair. The
+    population's candidates are read without their hparams (a population of thousands is
+    ranked without decoding them), and the chosen donor's are read after the choice; a
+    strategy that needs every candidate's hparams says so with ``needs_hparams = True``.
     """
 
     member: int

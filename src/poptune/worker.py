@@ -278,14 +278,16 @@ class Worker:
         unchanged = (replace(member, exploit_pending=False), claim.checkpoint)
         if spec.exploit is None:
             return unchanged
-        rows = self.storage.candidates(self.population_id, member.step)
-        population = self._with_history([self._candidate(row) for row in rows])
+        population = self._with_history(self._candidates(member.step))
         me = next((c for c in population if c.member == member.id), None)
         if me is None:
             return unchanged
         rng = rng_for(spec.config.seed, _EXPLOIT, member.id, member.step)
         donor = spec.exploit(me, population, rng)
         if donor is None:
+            return unchanged
+        donor = self._with_hparams(donor)
+        if donor is None:  # its interval is gone: the population was deleted meanwhile
             return unchanged
         hparams = self._explore(donor, rng)
         event = _copy_event(member, donor, hparams, me.score)
@@ -379,12 +381,15 @@ class Worker:
     ) -> tuple[MemberRecord, CheckpointRef]:
         population = [
             c
-            for c in map(self._candidate, self.storage.candidates(self.population_id))
+            for c in self._candidates()
             if (c.member, c.step) != damaged
             and c.member != member.id
             and member.step <= c.step < self.spec.config.intervals
         ]
-        for donor in sorted(population, key=lambda c: (-c.fitness, c.member)):
+        for candidate in sorted(population, key=lambda c: (-c.fitness, c.member)):
+            donor = self._with_hparams(candidate)
+            if donor is None:
+                continue
             event = _copy_event(member, donor, donor.hparams, member.score, CopyReason.FALLBACK)
             ref = self.storage.record_exploit(claim, event, donor.hparams)
             if ref is not None:
@@ -541,6 +546,26 @@ class Worker:
 
     # --- housekeeping --------------------------------------------------------------------
 
+    def _candidates(self, step: int | None = None) -> list[Candidate]:
+        """What the exploit strategy chooses from: each healthy member's checkpointed interval
+        at ``step`` (default: its latest). Scores only, read without decoding any hparams,
+        unless the strategy asks for every candidate's hparams (``needs_hparams = True``)."""
+        if getattr(self.spec.exploit, "needs_hparams", False):
+            return [self._candidate(i) for i in self.storage.candidates(self.population_id, step)]
+        fitness = self.spec.config.mode.fitness
+        return [
+            Candidate(member=member, step=at, score=score, fitness=fitness(score))
+            for member, at, score in self.storage.candidate_scores(self.population_id, step)
+        ]
+
+    def _with_hparams(self, donor: Candidate) -> Candidate | None:
+        """``donor`` with the hparams recorded with its interval (read now if the candidates
+        were read without them), or ``None`` if that interval is not there."""
+        if getattr(self.spec.exploit, "needs_hparams", False):
+            return donor
+        interval = self.storage.interval(self.population_id, donor.member, donor.step)
+        return None if interval is None else replace(donor, hparams=dict(interval.hparams))
+
     def _candidate(self, interval: IntervalRecord) -> Candidate:
         return Candidate(
             member=interval.member,
@@ -650,16 +675,19 @@ class Worker:
         spec = self.spec
         population = [
             c
-            for c in map(self._candidate, self.storage.candidates(self.population_id))
+            for c in self._candidates()
             if c.member != member.id and c.fitness > -math.inf and c.step >= member.step
         ]
         if not population:
             return None
         rng = rng_for(spec.config.seed, _RESEED, member.id, member.step, member.failures)
         me = Candidate(member.id, member.step, None, -math.inf, dict(member.hparams))
-        donor = spec.exploit(me, [*population, me], rng) if spec.exploit is not None else None
-        if donor is None or donor.member == member.id:
-            donor = max(population, key=lambda c: (c.fitness, -c.member))
+        chosen = spec.exploit(me, [*population, me], rng) if spec.exploit is not None else None
+        if chosen is None or chosen.member == member.id:
+            chosen = max(population, key=lambda c: (c.fitness, -c.member))
+        donor = self._with_hparams(chosen)
+        if donor is None:
+            return None
         hparams = self._explore(donor, rng)
         return _copy_event(member, donor, hparams, None, CopyReason.RESEED), hparams
 

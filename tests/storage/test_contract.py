@@ -364,3 +364,13 @@ def test_intervals_since_returns_whole_records_after_a_step(storage):
     assert since[0].hparams == {"x": 0.0} and since[0].origin == (0, 1)
     assert storage.intervals_since(pid, 3) == []
     assert storage.intervals_since(pid, 0) == storage.intervals(pid)
+
+
+def test_candidate_scores_are_the_candidates_without_their_hparams(storage):
+    pid = make(storage, n=3)
+    for score in (0.1, 0.9, 0.5, 0.2):  # members 0, 1, 2 at step 1, then member 0 at step 2
+        train(storage, pid, score)
+    for step in (None, 1, 2):
+        full = storage.candidates(pid, step)
+        assert storage.candidate_scores(pid, step) == [(i.member, i.step, i.score) for i in full]
+    assert storage.candidate_scores(pid) == [(0, 2, 0.2), (1, 1, 0.9), (2, 1, 0.5)]

@@ -285,6 +285,14 @@ class Storage(ABC):
         or, with ``step``, each healthy member's interval at exactly that step."""
 
     @abstractmethod
+    def candidate_scores(
+        self, population_id: int, step: int | None = None
+    ) -> list[tuple[int, int, float | None]]:
+        """``(member, step, score)`` of what :meth:`candidates` returns, by member: what an
+        exploit strategy ranks, without decoding any hparams or metrics (the worker reads the
+        chosen donor's hparams with :meth:`interval`)."""
+
+    @abstractmethod
     def exploits(self, population_id: int) -> list[ExploitEvent]:
         """Every exploit event, in the order they were recorded."""
 

@@ -510,6 +510,12 @@ class MemoryStorage(Storage):
                     best[step] = pick(best.get(step, row.score), row.score)
         return sorted(best.items())
 
+    def candidate_scores(
+        self, population_id: int, step: int | None = None
+    ) -> list[tuple[int, int, float | None]]:
+        """``(member, step, score)`` of :meth:`candidates`."""
+        return [(i.member, i.step, i.score) for i in self.candidates(population_id, step)]
+
     def candidates(self, population_id: int, step: int | None = None) -> list[IntervalRecord]:
         """Latest (or exactly ``step``) checkpointed interval of every healthy member."""
         with self._transaction():

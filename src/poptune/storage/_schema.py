@@ -32,7 +32,7 @@ __all__ = [
     "upgrade_schema",
 ]
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 _LOCK = 0x706F7074756E65  # "poptune": the advisory lock that serialises schema creation
 #: Set in the configuration of a population recorded before schema 3 (whose ``step`` counted the
 #: intervals a member trained itself rather than the intervals behind its weights) that could not
@@ -79,6 +79,8 @@ members = sa.Table(
     sa.Column("owner", sa.String(255), nullable=True),
     sa.Column("token", sa.Integer, nullable=False),
     sa.Column("lease_until", sa.Float, nullable=True),
+    # claims walk the members in step order
+    sa.Index("ix_poptune_members_step", "population_id", "step", "member_id"),
 )
 
 intervals = sa.Table(
@@ -95,6 +97,8 @@ intervals = sa.Table(
     sa.Column("origin_member", sa.Integer, nullable=True),
     sa.Column("origin_step", sa.Integer, nullable=True),
     sa.Index("ix_poptune_intervals_score", "population_id", "score"),
+    # exploits read the intervals at one step
+    sa.Index("ix_poptune_intervals_step", "population_id", "step", "member_id"),
 )
 
 checkpoints = sa.Table(
@@ -106,6 +110,8 @@ checkpoints = sa.Table(
     sa.Column("path", sa.Text, nullable=False),
     sa.Column("size", sa.BigInteger, nullable=False),
     sa.Column("checksum", sa.String(64), nullable=False),
+    # garbage collection reads the checkpoints below a step
+    sa.Index("ix_poptune_checkpoints_step", "population_id", "step"),
 )
 
 exploits = sa.Table(
@@ -397,11 +403,24 @@ def _record_copy_reasons(connection: Connection) -> int:
     return 6
 
 
+def _index_steps(connection: Connection) -> int:
+    """Schema 6 -> 7: indexes by step, so that a claim, an exploit's read of one step and a
+    garbage collection cost the same whatever the population's size and age."""
+    for name, table, columns in (
+        ("ix_poptune_members_step", "poptune_members", "population_id, step, member_id"),
+        ("ix_poptune_intervals_step", "poptune_intervals", "population_id, step, member_id"),
+        ("ix_poptune_checkpoints_step", "poptune_checkpoints", "population_id, step"),
+    ):
+        connection.execute(sa.text(f"CREATE INDEX IF NOT EXISTS {name} ON {table} ({columns})"))
+    return 7
+
+
 MIGRATIONS: dict[int, Callable[[Connection], int]] = {
     2: _mark_legacy_steps,
     3: _name_checksums,
     4: _rewrite_legacy_steps,
     5: _record_copy_reasons,
+    6: _index_steps,
 }
 
 

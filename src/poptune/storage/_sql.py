@@ -66,11 +66,13 @@ from ._statements import (
     FINITE,
     INTERVAL,
     LATEST,
+    LATEST_SCORES,
     RECORD,
     RELEASE,
     RENEW,
     RESEED,
     RETRY,
+    SCORES_AT_STEP,
     STREAK,
     STREAK_RESET,
     STREAK_UP,
@@ -721,6 +723,20 @@ class SQLStorage(Storage):
             else:
                 rows = connection.execute(AT_STEP, {"pid": population_id, "step": step}).all()
         return [interval_record(row) for row in rows]
+
+    @retrying
+    def candidate_scores(
+        self, population_id: int, step: int | None = None
+    ) -> list[tuple[int, int, float | None]]:
+        """``(member, step, score)`` of :meth:`candidates`, by member (no JSON decoded)."""
+        with self._read() as connection:
+            if step is None:
+                rows = connection.execute(LATEST_SCORES, {"pid": population_id}).all()
+            else:
+                rows = connection.execute(
+                    SCORES_AT_STEP, {"pid": population_id, "step": step}
+                ).all()
+        return [(row.member_id, row.step, row.score) for row in rows]
 
     @retrying
     def exploits(self, population_id: int) -> list[ExploitEvent]:

@@ -208,9 +208,9 @@ CHECKPOINT = sa.select(checkpoints).where(
 )
 
 
-def _candidates(step: Any) -> Any:
+def _candidates(step: Any, *columns: Any) -> Any:
     return (
-        sa.select(intervals)
+        sa.select(*(columns or (intervals,)))
         .join(members, sa.and_(_m.population_id == _i.population_id, _m.member_id == _i.member_id))
         .join(
             checkpoints,
@@ -228,6 +228,8 @@ def _candidates(step: Any) -> Any:
 
 LATEST = _candidates(_m.step)
 AT_STEP = _candidates(_B("step"))
+LATEST_SCORES = _candidates(_m.step, _i.member_id, _i.step, _i.score)
+SCORES_AT_STEP = _candidates(_B("step"), _i.member_id, _i.step, _i.score)
 _GC_MEMBERS = sa.select(_m.member_id, _m.step, _m.restore_member, _m.restore_step, _m.status).where(
     _m.population_id == _B("pid")
 )

@@ -31,7 +31,9 @@ class Exploit(Protocol):
 
     ``population`` holds the interval every healthy member recorded at ``member.step``
     (``member`` included), so members are compared at equal training. Only candidates with a
-    complete checkpoint are ever offered, so any returned candidate can be copied.
+    complete checkpoint are ever offered, so any returned candidate can be copied. Candidates
+    carry their scores, not their hparams (the chosen donor's are read after the choice); a
+    strategy that needs every candidate's hparams sets ``needs_hparams = True``.
     """
 
     def __call__(
