@@ -113,3 +113,18 @@ def test_a_donor_held_here_is_copied_from_memory_not_read_from_disk(
     memory = [(i.member, i.step, i.score) for i in result.intervals()]
     two = run(tmp_path, exploit=pt.Truncation(0.25), sync=True, workers=2, name="two")
     assert [(i.member, i.step, i.score) for i in two.intervals()] == memory  # same copies
+
+
+def test_preferred_members_are_those_held_at_the_lowest_step():
+    from poptune.records import CheckpointRef
+
+    class Session:
+        def close(self) -> None:
+            pass
+
+    live = LiveMembers(10)
+    for member, step in ((0, 3), (1, 2), (2, 2), (3, None)):
+        holds = None if step is None else CheckpointRef(member, step, "p", 1, "x")
+        live.add(LiveMember(member, Session(), holds))
+    assert live.preferred() == [1, 2]
+    assert live.preferred(limit=1) == [1]

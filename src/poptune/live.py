@@ -151,9 +151,20 @@ class LiveMembers:
             live.session.close()
 
     def ids(self) -> list[int]:
-        """The members held, to prefer them when claiming."""
+        """The members held."""
         with self._lock:
             return list(self._members)
+
+    def preferred(self, limit: int = 64) -> list[int]:
+        """The members to prefer when claiming: those held at the lowest step among them (a
+        claim takes the least-advanced member, so others could not be chosen first), at most
+        ``limit`` of them, so that a claim's cost does not grow with what a worker holds."""
+        with self._lock:
+            steps = {m: live.holds.step for m, live in self._members.items() if live.holds}
+        if not steps:
+            return []
+        lowest = min(steps.values())
+        return sorted(m for m, step in steps.items() if step == lowest)[:limit]
 
     def close(self) -> None:
         """Drop every member."""

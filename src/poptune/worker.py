@@ -183,7 +183,7 @@ class Worker:
                     self.spec.config.intervals,
                     self.lease_seconds,
                     self.spec.config.sync,
-                    prefer=self.live.ids(),
+                    prefer=self.live.preferred(),
                 )
                 if claim is None:
                     if not self.writer.idle():  # recording our own interval may free a member
@@ -553,10 +553,8 @@ class Worker:
         if getattr(self.spec.exploit, "needs_hparams", False):
             return [self._candidate(i) for i in self.storage.candidates(self.population_id, step)]
         fitness = self.spec.config.mode.fitness
-        return [
-            Candidate(member=member, step=at, score=score, fitness=fitness(score))
-            for member, at, score in self.storage.candidate_scores(self.population_id, step)
-        ]
+        rows = self.storage.candidate_scores(self.population_id, step)
+        return [Candidate(member, at, score, fitness(score)) for member, at, score in rows]
 
     def _with_hparams(self, donor: Candidate) -> Candidate | None:
         """``donor`` with the hparams recorded with its interval (read now if the candidates

@@ -374,3 +374,16 @@ def test_candidate_scores_are_the_candidates_without_their_hparams(storage):
         full = storage.candidates(pid, step)
         assert storage.candidate_scores(pid, step) == [(i.member, i.step, i.score) for i in full]
     assert storage.candidate_scores(pid) == [(0, 2, 0.2), (1, 1, 0.9), (2, 1, 0.5)]
+
+
+def test_a_claim_takes_the_least_advanced_member_preferring_the_callers(storage):
+    pid = make(storage, n=4)
+    train(storage, pid, 0.5)  # member 0 at step 1; members 1, 2, 3 at step 0
+    first = storage.claim(pid, "w", 5, 30.0, sync=False, prefer=[0, 2])
+    assert (first.member.id, first.member.step) == (2, 0)  # preferred, at the lowest step
+    second = storage.claim(pid, "w", 5, 30.0, sync=False, prefer=[0])  # 0 is ahead: ignored
+    assert second.member.id == 1
+    third = storage.claim(pid, "w", 5, 30.0, sync=False)
+    assert third.member.id == 3
+    fourth = storage.claim(pid, "w", 5, 30.0, sync=False, prefer=[3])
+    assert fourth.member.id == 0 and storage.claim(pid, "w", 5, 30.0, sync=False) is None

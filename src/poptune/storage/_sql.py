@@ -58,8 +58,10 @@ from ._schema import (
 from ._statements import (
     AT_STEP,
     CHECKPOINT,
-    CLAIM,
-    CLAIM_SYNC,
+    CLAIM_ANY,
+    CLAIM_FIRST,
+    CLAIM_PREFERRED,
+    CLAIM_SYNC_STEP,
     EXPLOIT,
     EXPLOIT_DONE,
     FAIL,
@@ -71,6 +73,7 @@ from ._statements import (
     RELEASE,
     RENEW,
     RESEED,
+    RESTORE,
     RETRY,
     SCORES_AT_STEP,
     STREAK,
@@ -387,12 +390,24 @@ class SQLStorage(Storage):
     ) -> Claim | None:
         """Claim the least-advanced claimable member, atomically, preferring ``prefer`` on ties."""
         with self._write() as connection:
-            row = connection.execute(
-                CLAIM_SYNC if sync else CLAIM,
-                {"pid": population_id, "budget": budget, "prefer": list(prefer)},
-            ).first()
-            if row is None:
+            params: dict[str, Any] = {"pid": population_id, "budget": budget}
+            if sync:
+                lowest = connection.execute(CLAIM_SYNC_STEP, params).first()
+                if lowest is None:
+                    return None
+                params["step"] = lowest[0]
+                row = connection.execute(CLAIM_FIRST, params).first()
+            else:
+                row = connection.execute(CLAIM_ANY, params).first()
+                if row is not None:
+                    params["step"] = row.step
+            if row is None:  # nothing claimable (sync: its generation trains elsewhere)
                 return None
+            if prefer and row.member_id not in prefer:
+                preferred = connection.execute(
+                    CLAIM_PREFERRED, {**params, "prefer": list(prefer)}
+                ).first()
+                row = preferred if preferred is not None else row
             token = int(row.token) + 1
             connection.execute(
                 TAKE,
@@ -404,10 +419,16 @@ class SQLStorage(Storage):
                     "v_lease": lease_seconds,
                 },
             )
+            restore = None
+            if row.restore_member is not None:
+                restore = connection.execute(
+                    RESTORE,
+                    {"pid": population_id, "mid": row.restore_member, "step": row.restore_step},
+                ).first()
         checkpoint = None
-        if row.c_path is not None:
+        if restore is not None:
             checkpoint = CheckpointRef(
-                row.restore_member, row.restore_step, row.c_path, row.c_size, row.c_checksum
+                row.restore_member, row.restore_step, restore.path, restore.size, restore.checksum
             )
         return Claim(population_id, member_record(row), owner, token, checkpoint)
 
@@ -693,7 +714,7 @@ class SQLStorage(Storage):
                 .where(i.population_id == population_id, i.step > step)
                 .order_by(i.member_id, i.step)
             ).all()
-        return [(row.member_id, row.step, row.score) for row in rows]
+        return [(row[0], row[1], row[2]) for row in rows]  # by position: the hot path
 
     @retrying
     def best_by_step(self, population_id: int, mode: Mode) -> list[tuple[int, float]]:
@@ -736,7 +757,7 @@ class SQLStorage(Storage):
                 rows = connection.execute(
                     SCORES_AT_STEP, {"pid": population_id, "step": step}
                 ).all()
-        return [(row.member_id, row.step, row.score) for row in rows]
+        return [(row[0], row[1], row[2]) for row in rows]  # by position: the hot path
 
     @retrying
     def exploits(self, population_id: int) -> list[ExploitEvent]:

@@ -70,53 +70,61 @@ _B = sa.bindparam
 _m, _i, _c = members.c, intervals.c, checkpoints.c
 _RUNNING = MemberStatus.RUNNING.value
 
-CLAIM = (
-    sa.select(
-        members,
-        _c.path.label("c_path"),
-        _c.size.label("c_size"),
-        _c.checksum.label("c_checksum"),
-    )
-    .select_from(
-        members.outerjoin(
-            checkpoints,
-            sa.and_(
-                _c.population_id == _m.population_id,
-                _c.member_id == _m.restore_member,
-                _c.step == _m.restore_step,
-            ),
-        )
-    )
+# A claim takes the least-advanced claimable member, preferring the caller's on ties. It is
+# two or three index-driven reads instead of one sort of every member, so it costs the same
+# whatever the population's size (members stay within a step or two of each other, so "every
+# claimable member at the lowest step" can be most of the population):
+# 1. CLAIM_ANY: the claimable member with the lowest (step, id) (walks ix_poptune_members_step
+#    in order, skipping rows other workers are claiming); in sync mode CLAIM_SYNC_STEP, the
+#    lowest step of any healthy member (a generation is claimable only when nobody is behind
+#    it), then CLAIM_FIRST at that step;
+# 2. CLAIM_PREFERRED: one of the caller's preferred members at that same step, if claimable.
+_CLAIMABLE = (
+    _m.population_id == _B("pid"),
+    _m.step < _B("budget"),
+    sa.or_(
+        _m.status == MemberStatus.IDLE.value,
+        sa.and_(_m.status == _RUNNING, _m.lease_until < db_clock()),
+    ),
+)
+_RUNNING_POPULATION = sa.exists().where(
+    populations.c.id == _B("pid"), populations.c.status == PopulationStatus.RUNNING.value
+)
+CLAIM_ANY = (
+    sa.select(members)
+    .where(*_CLAIMABLE, _RUNNING_POPULATION)
+    .order_by(_m.step, _m.member_id)
+    .limit(1)
+    .with_for_update(skip_locked=True)
+)
+CLAIM_SYNC_STEP = (
+    sa.select(_m.step)
     .where(
         _m.population_id == _B("pid"),
-        _m.step < _B("budget"),
-        sa.exists().where(
-            populations.c.id == _B("pid"),
-            populations.c.status == PopulationStatus.RUNNING.value,
-        ),
-        sa.or_(
-            _m.status == MemberStatus.IDLE.value,
-            sa.and_(_m.status == _RUNNING, _m.lease_until < db_clock()),
-        ),
+        _m.status != MemberStatus.FAILED.value,
+        _RUNNING_POPULATION,
     )
-    .order_by(
-        _m.step,
-        sa.case((_m.member_id.in_(_B("prefer", expanding=True)), 0), else_=1),
-        _m.member_id,
-    )
+    .order_by(_m.step)
     .limit(1)
-    # PostgreSQL: lock the chosen row and skip rows other workers are claiming right now, so
-    # concurrent claims never wait on each other (SQLite serialises writers instead).
-    .with_for_update(skip_locked=True, of=members)
 )
-CLAIM_SYNC = CLAIM.where(
-    _m.step
-    == sa.select(sa.func.min(members.c.step))
-    .where(
-        members.c.population_id == _B("pid"),
-        members.c.status != MemberStatus.FAILED.value,
+
+
+def _claim_at_step(*where: Any) -> Any:
+    return (
+        sa.select(members)
+        .where(*_CLAIMABLE, _m.step == _B("step"), *where)
+        .order_by(_m.member_id)
+        .limit(1)
+        # PostgreSQL: lock the chosen row and skip rows other workers are claiming right now,
+        # so concurrent claims never wait on each other (SQLite serialises writers instead).
+        .with_for_update(skip_locked=True)
     )
-    .scalar_subquery()
+
+
+CLAIM_PREFERRED = _claim_at_step(_m.member_id.in_(_B("prefer", expanding=True)))
+CLAIM_FIRST = _claim_at_step()
+RESTORE = sa.select(_c.path, _c.size, _c.checksum).where(
+    _c.population_id == _B("pid"), _c.member_id == _B("mid"), _c.step == _B("step")
 )
 TAKE = (
     members.update()
