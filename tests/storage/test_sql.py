@@ -144,6 +144,17 @@ def test_candidates_latest_or_at_step(storage):
     assert at_one == {(0, 1): 0.1, (1, 1): 0.2}
 
 
+def test_intervals_after_a_step(storage):
+    pid = make(storage, n=2)
+    for score in (0.1, 0.2, 0.3, 0.4, 0.5):  # members 0, 1, 0, 1, 0: steps 1, 1, 2, 2, 3
+        train(storage, pid, score)
+    every = storage.intervals(pid)
+    assert [(i.member, i.step) for i in every] == [(0, 1), (0, 2), (0, 3), (1, 1), (1, 2)]
+    assert storage.intervals(pid, after_step=0) == every
+    assert storage.intervals(pid, after_step=1) == [every[1], every[2], every[4]]
+    assert storage.intervals(pid, after_step=3) == []
+
+
 def test_record_exploit_points_member_at_donor(storage):
     pid = make(storage, n=2)
     train(storage, pid, 0.1)

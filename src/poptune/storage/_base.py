@@ -248,8 +248,9 @@ class Storage(Protocol):
         """Every member's current record, by id."""
         ...
 
-    def intervals(self, population_id: int) -> list[IntervalRecord]:
-        """Every recorded interval, by member then step."""
+    def intervals(self, population_id: int, after_step: int = 0) -> list[IntervalRecord]:
+        """Every recorded interval above step ``after_step`` (default: all), by member then
+        step. One query, so a reader can top up what it read before (the dashboard does)."""
         ...
 
     def interval(self, population_id: int, member: int, step: int) -> IntervalRecord | None:

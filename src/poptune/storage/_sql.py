@@ -763,14 +763,16 @@ class SQLStorage:
             ).all()
         return [_member(row) for row in rows]
 
-    def intervals(self, population_id: int) -> list[IntervalRecord]:
-        """Every recorded interval by member and step."""
+    def intervals(self, population_id: int, after_step: int = 0) -> list[IntervalRecord]:
+        """Every recorded interval above step ``after_step`` (default: all), by member and
+        step."""
         i = intervals.c
+        where = [i.population_id == population_id]
+        if after_step > 0:
+            where.append(i.step > after_step)
         with self._read() as connection:
             rows = connection.execute(
-                sa.select(intervals)
-                .where(i.population_id == population_id)
-                .order_by(i.member_id, i.step)
+                sa.select(intervals).where(*where).order_by(i.member_id, i.step)
             ).all()
         return [_interval(row) for row in rows]
 
