@@ -27,6 +27,7 @@ from ..report import build_model
 from ..report._html import (
     CSS,
     HIGHLIGHT_JS,
+    FigureCache,
     figure_sections,
     member_table,
     strategies_line,
@@ -168,38 +169,54 @@ class _IntervalCache:
     Exact because of the storage contract: an interval is written in the same transaction that
     moves its member to its step, a member's step only grows, and intervals are never deleted
     (but with their population). So every interval not read yet belongs to a member whose step
-    grew since the last read, at a step above the one seen then.
+    grew since the last read, at a step above the one seen then. The records already read are
+    kept (the same objects), so the figures can reuse what they drew of them.
     """
 
-    full_read_above = 256  # more (member, step) pairs to look up than this: read everything
+    # One query per new interval costs about six times what one more row of a range read
+    # costs: read the range above the lowest step that moved unless that range is much larger.
+    rows_per_query = 6
 
     def __init__(self, population: PopulationRecord) -> None:
         self.key = (population.id, population.created_at)
         self.steps: dict[int, int] = {}
         self.by_member: dict[int, dict[int, IntervalRecord]] = {}
+        self._sorted: list[IntervalRecord] = []
+        # The figures drawn of these very records: lives and dies with them.
+        self.figures = FigureCache()
 
     def read(
         self, store: Storage, population_id: int, members: list[MemberRecord]
     ) -> list[IntervalRecord]:
         """Every interval of the population, by member then step."""
-        wanted = [
-            (m.id, step) for m in members for step in range(self.steps.get(m.id, 0) + 1, m.step + 1)
-        ]
-        if len(wanted) > self.full_read_above:
-            self.by_member = {}
-            for interval in store.intervals(population_id):
-                self.by_member.setdefault(interval.member, {})[interval.step] = interval
-        else:
-            for member, step in wanted:
-                interval = store.interval(population_id, member, step)
-                if interval is not None:  # None: the member copied its way past this step
-                    self.by_member.setdefault(member, {})[step] = interval
-        self.steps = {m.id: m.step for m in members}
-        return [
-            self.by_member[member][step]
-            for member in sorted(self.by_member)
-            for step in sorted(self.by_member[member])
-        ]
+        steps = {m.id: m.step for m in members}
+        moved = [m for m in members if m.step > self.steps.get(m.id, 0)]
+        if moved:
+            after = min(self.steps.get(m.id, 0) for m in moved)
+            wanted = [
+                (m.id, step)
+                for m in moved
+                for step in range(self.steps.get(m.id, 0) + 1, m.step + 1)
+            ]
+            in_range = sum(max(m.step - after, 0) for m in members)
+            if in_range <= self.rows_per_query * len(wanted):
+                for interval in store.intervals(population_id, after_step=after):
+                    # Not above the step read with the members: the page counts those.
+                    if interval.step <= steps.get(interval.member, 0):
+                        known = self.by_member.setdefault(interval.member, {})
+                        known.setdefault(interval.step, interval)
+            else:
+                for member, step in wanted:
+                    interval = store.interval(population_id, member, step)
+                    if interval is not None:  # None: the member copied its way past this step
+                        self.by_member.setdefault(member, {})[step] = interval
+            self._sorted = [
+                self.by_member[member][step]
+                for member in sorted(self.by_member)
+                for step in sorted(self.by_member[member])
+            ]
+        self.steps = steps
+        return list(self._sorted)
 
 
 @dataclass(frozen=True)
@@ -339,8 +356,8 @@ class Dashboard:
             cached = self._updates.get(name)
         if cached is not None and cached.version == current:
             return cached
-        model = self.model(name)
-        update = Update.of(_model_version(model), _live_part(model))
+        model, figures = self._read(name)
+        update = Update.of(_model_version(model), _live_part(model, figures))
         with self._lock:
             self._updates[name] = update
             self._updates.move_to_end(name)
@@ -353,6 +370,10 @@ class Dashboard:
 
         Members are read first, then only the intervals they recorded since the last call.
         """
+        return self._read(name)[0]
+
+    def _read(self, name: str) -> tuple[ReportModel, FigureCache]:
+        """The model, and what the figures drew of this population before."""
         store = self.storage()
         record = store.population(name)
         members = store.members(record.id)
@@ -365,7 +386,7 @@ class Dashboard:
             self._intervals[name] = cache
             while len(self._intervals) > self.cached_populations:
                 self._intervals.popitem(last=False)
-        return build_model(_Snapshot(store, record, members, intervals))
+        return build_model(_Snapshot(store, record, members, intervals)), cache.figures
 
     def population_page(self, name: str, nonce: str) -> str:
         """The page of one population: header, then the live part, refreshed by polling
@@ -394,8 +415,9 @@ class Dashboard:
         )
 
 
-def _live_part(model: ReportModel) -> str:
-    """What changes as intervals land: counts, cards, the member table and the figures."""
+def _live_part(model: ReportModel, figures: FigureCache | None = None) -> str:
+    """What changes as intervals land: counts, cards, the member table and the figures
+    (``figures``: what earlier renders of the population drew)."""
     error = f'<p class="error">Stopped: {_E(model.error)}</p>' if model.error else ""
     updated = time.strftime("%H:%M:%S")
     return (
@@ -403,7 +425,7 @@ def _live_part(model: ReportModel) -> str:
         f" · {_E(strategies_line(model))} · read at {updated}</p>"
         f"{error}{summary_cards(model)}"
         f"<section><h2>Members</h2>{member_table(model)}</section>"
-        f"{figure_sections(model)}"
+        f"{figure_sections(model, figures)}"
     )
 
 
