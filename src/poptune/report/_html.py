@@ -178,7 +178,7 @@ def _polyline(points: list[str], css: str, member: int, title: str, colour: str)
     )
 
 
-def _scores_figure(model: ReportModel) -> str:
+def _scores_figure(model: ReportModel, groups: dict[int, list[IntervalRecord]]) -> str:
     height = 340
     top, right, bottom, left = _MARGIN
     scores = model.finite_scores() or [0.0, 1.0]
@@ -187,7 +187,7 @@ def _scores_figure(model: ReportModel) -> str:
     parts = _frame(x, y, height, "interval (member's step)", model.metric)
     xs, ys = _Memo(x.text()), y.text()
     score_at: dict[tuple[int, int], float] = {}
-    for member, intervals in sorted(_by_member(model).items()):
+    for member, intervals in sorted(groups.items()):
         segment: list[str] = []
         colour = _PALETTE[member % len(_PALETTE)]
         css = "line best" if member == model.best_member else "line"
@@ -224,7 +224,7 @@ def _scores_figure(model: ReportModel) -> str:
     return _svg("scores", height, parts, f"{model.metric} of every member over intervals")
 
 
-def _hparam_figure(model: ReportModel, name: str) -> str:
+def _hparam_figure(model: ReportModel, name: str, groups: dict[int, list[IntervalRecord]]) -> str:
     height = 260
     top, right, bottom, left = _MARGIN
     values = [i.hparams.get(name) for i in model.intervals]
@@ -236,10 +236,7 @@ def _hparam_figure(model: ReportModel, name: str) -> str:
         y = _Axis(low, high, height - bottom, top, log=name in model.log_scale)
         # Keyed by value: a member keeps its value for many intervals (1 and 1.0 share a key
         # and a position).
-        positions = _Memo(y.text())
-
-        def position(value: Any) -> str:
-            return positions[value]
+        position: Callable[[Any], str] = _Memo(y.text()).__getitem__
     else:
         labels = list(dict.fromkeys(str(v) for v in values))
         index = {label: i for i, label in enumerate(labels)}
@@ -247,14 +244,16 @@ def _hparam_figure(model: ReportModel, name: str) -> str:
         to_text = y.text()
         positions = _Memo(lambda label: to_text(index[label]))
 
-        def position(value: Any) -> str:
+        def by_label(value: Any) -> str:
             return positions[str(value)]
+
+        position = by_label
 
     steps = max([model.budget, *(e.step for e in model.schedule)])
     x = _Axis(0, max(steps, 1), left, _WIDTH - right)
     xs = _Memo(x.text())
     parts = _frame(x, y, height, "interval", name, labels)
-    for member, intervals in sorted(_by_member(model).items()):
+    for member, intervals in sorted(groups.items()):
         points = [f"{xs[i.step]},{position(i.hparams.get(name))}" for i in intervals]
         colour = _PALETTE[member % len(_PALETTE)]
         parts.append(_polyline(points, "line thin", member, f"member {member}", colour))
@@ -503,13 +502,14 @@ def figure_sections(model: ReportModel, cache: FigureCache | None = None) -> str
             for f in model.failures[-50:]
         )
         failures = f"<section><h2>Failures ({len(model.failures)})</h2>{items}</section>"
+    groups = _by_member(model)  # each member's intervals, by step
     hparams = "".join(
-        f"<h2>{_E(name)}</h2>{_hparam_figure(model, name)}" for name in model.hparam_names
+        f"<h2>{_E(name)}</h2>{_hparam_figure(model, name, groups)}" for name in model.hparam_names
     )
     return f"""<section><h2>Scores</h2>
 <p class="legend">One line per member; the best member is thick. Red triangles mark exploits,
 with a dashed line from the copied (donor, step). Hover a line to follow a member everywhere.</p>
-{_scores_figure(model)}</section>
+{_scores_figure(model, groups)}</section>
 <section><h2>Hyperparameters</h2>
 <p class="legend">The value each member trained with at every interval; the dashed black line is
 the winning lineage's schedule.</p>{hparams}</section>
