@@ -207,9 +207,9 @@ class _IntervalCache:
                         known.setdefault(interval.step, interval)
             else:
                 for member, step in wanted:
-                    interval = store.interval(population_id, member, step)
-                    if interval is not None:  # None: the member copied its way past this step
-                        self.by_member.setdefault(member, {})[step] = interval
+                    found = store.interval(population_id, member, step)
+                    if found is not None:  # None: the member copied its way past this step
+                        self.by_member.setdefault(member, {})[step] = found
             self._sorted = [
                 self.by_member[member][step]
                 for member in sorted(self.by_member)
