@@ -3,6 +3,7 @@ in headless Chromium while a population trains in another process."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import socket
@@ -25,6 +26,7 @@ pytest.importorskip("uvicorn")
 from starlette.testclient import TestClient
 
 from poptune.dashboard import Dashboard, create_app
+from poptune.dashboard._pages import _IntervalCache
 from poptune.report._html import figure_sections
 
 NASTY = "<script>alert(1)</script>"
@@ -128,6 +130,48 @@ def test_reading_only_new_intervals_gives_every_interval(storage_url):
     result.resume(progress=False)
     assert result.exploits()  # members jumped steps by copying: those steps have no interval
     assert board.model("grows").intervals == result.intervals()  # one query per new interval
+    board.close()
+
+
+def test_new_intervals_are_read_in_one_range_or_one_query_each(storage_url):
+    pt.run(
+        Quadratic,
+        space=_space(),
+        metric="q",
+        population=4,
+        intervals=8,
+        storage=storage_url,
+        name="spread",
+        seed=0,
+        progress=False,
+    )
+    board = Dashboard(storage_url)
+    store = board.storage()
+    record = store.population("spread")
+    members = store.members(record.id)
+    every = store.intervals(record.id)
+    calls: list[tuple] = []
+
+    class Spy:
+        def intervals(self, population_id, after_step=0):
+            calls.append(("range", after_step))
+            return store.intervals(population_id, after_step=after_step)
+
+        def interval(self, population_id, member, step):
+            calls.append(("one", member, step))
+            return store.interval(population_id, member, step)
+
+    def read(*steps):
+        calls.clear()
+        at = [dataclasses.replace(m, step=s) for m, s in zip(members, steps, strict=True)]
+        assert cache.read(Spy(), record.id, at) == [i for i in every if i.step <= steps[i.member]]
+        return calls
+
+    cache = _IntervalCache(record)
+    assert read(1, 8, 8, 8) == [("range", 0)]
+    assert read(2, 8, 8, 8) == [("one", 0, 2)]  # a straggler: one query, not 22 rows above it
+    assert read(8, 8, 8, 8) == [("range", 2)]  # 6 new of the 24 above step 2: one range
+    assert read(8, 8, 8, 8) == []  # nothing moved: nothing read
     board.close()
 
 
