@@ -10,7 +10,8 @@ measures, through the real Starlette app (in-process, ``TestClient``):
   report model and rendering the figures; the page's poll pays this once per new version;
 - an idle poll (``since`` = the current version): one summary query, answered 204;
 - the population page and the list of populations;
-- payload bytes, raw and gzipped (the browser asks for gzip; the server compresses at level 6).
+- payload bytes, raw and gzipped (the browser asks for gzip; the server compresses an update
+  once, at level 1, and the page through its middleware at level 6).
 
 Run:  python benchmarks/dashboard.py [--members 64] [--intervals 100] [--repeats 20]
 Needs the dashboard extra (pip install 'poptune[dashboard]') and httpx2 for the TestClient.

@@ -127,13 +127,19 @@ class Lineage:
 
     def ancestry(self, member: int, step: int) -> list[IntervalRecord]:
         """The chain of intervals that led to (member, step), oldest first."""
-        chain: list[IntervalRecord] = []
-        node = self.nodes.get((member, step))
-        while node is not None:
-            chain.append(node)
-            node = None if node.origin is None else self.nodes.get(node.origin)
-        chain.reverse()
-        return chain
+        return _ancestry(self.nodes, member, step)
+
+
+def _ancestry(
+    nodes: Mapping[tuple[int, int], IntervalRecord], member: int, step: int
+) -> list[IntervalRecord]:
+    chain: list[IntervalRecord] = []
+    node = nodes.get((member, step))
+    while node is not None:
+        chain.append(node)
+        node = None if node.origin is None else nodes.get(node.origin)
+    chain.reverse()
+    return chain
 
 
 def _short(value: Any) -> str:
@@ -295,7 +301,9 @@ class Result:
             if holds is None:
                 return []
             member, step = holds
-        chain = self.lineage().ancestry(member, step)
+        # The nodes are enough to walk back; building every edge of the tree (lineage())
+        # would cost more than the walk (the dashboard asks on every update).
+        chain = _ancestry({(i.member, i.step): i for i in self.intervals()}, member, step)
         return [
             ScheduleEntry(
                 step=index,

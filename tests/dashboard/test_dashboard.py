@@ -3,12 +3,14 @@ in headless Chromium while a population trains in another process."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -17,13 +19,15 @@ from pathlib import Path
 import pytest
 
 import poptune as pt
-from poptune.testing import CreateOnlyRunner, Quadratic
+from poptune.testing import CreateOnlyRunner, Quadratic, SlowQuadratic
 
 pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
 from starlette.testclient import TestClient
 
 from poptune.dashboard import Dashboard, create_app
+from poptune.dashboard._pages import _IntervalCache
+from poptune.report._html import figure_sections
 
 NASTY = "<script>alert(1)</script>"
 METRIC = "<img src=x onerror=alert(2)>"
@@ -127,6 +131,102 @@ def test_reading_only_new_intervals_gives_every_interval(storage_url):
     assert result.exploits()  # members jumped steps by copying: those steps have no interval
     assert board.model("grows").intervals == result.intervals()  # one query per new interval
     board.close()
+
+
+def test_new_intervals_are_read_in_one_range_or_one_query_each(storage_url):
+    pt.run(
+        Quadratic,
+        space=_space(),
+        metric="q",
+        population=4,
+        intervals=8,
+        storage=storage_url,
+        name="spread",
+        seed=0,
+        progress=False,
+    )
+    board = Dashboard(storage_url)
+    store = board.storage()
+    record = store.population("spread")
+    members = store.members(record.id)
+    every = store.intervals(record.id)
+    calls: list[tuple] = []
+
+    class Spy:
+        def intervals(self, population_id, after_step=0):
+            calls.append(("range", after_step))
+            return store.intervals(population_id, after_step=after_step)
+
+        def interval(self, population_id, member, step):
+            calls.append(("one", member, step))
+            return store.interval(population_id, member, step)
+
+    def read(*steps):
+        calls.clear()
+        at = [dataclasses.replace(m, step=s) for m, s in zip(members, steps, strict=True)]
+        assert cache.read(Spy(), record.id, at) == [i for i in every if i.step <= steps[i.member]]
+        return calls
+
+    cache = _IntervalCache(record)
+    assert read(1, 8, 8, 8) == [("range", 0)]
+    assert read(2, 8, 8, 8) == [("one", 0, 2)]  # a straggler: one query, not 22 rows above it
+    assert read(8, 8, 8, 8) == [("range", 2)]  # 6 new of the 24 above step 2: one range
+    assert read(8, 8, 8, 8) == []  # nothing moved: nothing read
+    board.close()
+
+
+def test_updates_redraw_what_lands_while_a_population_trains(storage_url):
+    """What the dashboard keeps between updates (intervals read, figures drawn) never shows
+    less, or other, than drawing everything afresh, while intervals and exploits land."""
+    result = pt.run(
+        SlowQuadratic,
+        space=_space(),
+        metric="q",
+        population=4,
+        intervals=12,
+        storage=storage_url,
+        name="grows",
+        seed=0,
+        progress=False,
+        runner=CreateOnlyRunner(),
+    )
+    board = Dashboard(storage_url)
+    seen: list[tuple[int, int]] = []  # (intervals, exploits) of every update
+    mismatches: list[str] = []
+    stop = threading.Event()
+
+    def watch() -> None:
+        since = None
+        while not stop.is_set():
+            model, figures = board._read("grows")
+            if figure_sections(model, figures) != figure_sections(model):
+                mismatches.append(f"at {len(model.intervals)} intervals")
+            update = board.update("grows", since)
+            if update is not None:
+                since = update.version
+                seen.append((update.html.count("<circle"), update.html.count("edge copied")))
+            time.sleep(0.02)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        result.resume(progress=False)
+    finally:
+        stop.set()
+        watcher.join()
+    assert mismatches == []
+    intervals, exploits = result.intervals(), result.exploits()
+    assert exploits  # copies landed while the dashboard was watching
+    final = board.update("grows", None)
+    assert final is not None
+    assert final.html.count("<circle") == len(intervals)  # one node per interval, none stale
+    copied = [i for i in intervals if i.origin is not None and i.origin[0] != i.member]
+    assert final.html.count("edge copied") == len(copied)
+    assert len({count for count, _ in seen}) >= 3  # it saw the population grow, update by update
+    fresh = Dashboard(storage_url)
+    assert figure_sections(fresh.model("grows")) == figure_sections(board.model("grows"))
+    board.close()
+    fresh.close()
 
 
 @pytest.mark.parametrize(

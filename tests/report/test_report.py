@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import bisect
+import dataclasses
+import math
 import os
+import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
 import poptune as pt
 from poptune.cli import main
 from poptune.report import build_model, render_html
+from poptune.report._html import _VIRIDIS, FigureCache, _rank_colours, figure_sections
 from poptune.testing import Quadratic, synthetic_report_model
 
 NASTY = "<script>alert(1)</script>"
@@ -183,3 +189,68 @@ def test_report_of_a_population_without_scores(storage_url, tmp_path):
     model = build_model(result)
     assert model.hparam_names == []
     assert "Population" in render_html(model)
+
+
+# --- the lineage figure: one path per member's own training, colours by rank, a cache ------
+
+
+def _viridis_of_one(t: float) -> str:
+    """The colour of one node as the report computed it before colours were vectorised."""
+    t = min(max(t, 0.0), 1.0) * (len(_VIRIDIS) - 1)
+    low = math.floor(t)
+    high = min(low + 1, len(_VIRIDIS) - 1)
+    f = t - low
+    r, g, b = (round(a + (c - a) * f) for a, c in zip(_VIRIDIS[low], _VIRIDIS[high], strict=True))
+    return f"#{r:02x}{g:02x}{b:02x}"
+
+
+@pytest.mark.parametrize("maximise", [True, False])
+def test_rank_colours_are_the_per_node_colours(maximise):
+    rng = np.random.default_rng(0)
+    scores: list = [float(v) for v in rng.normal(size=3000)]
+    scores += [0.5, 0.5, 0.5, 1, 2, None, math.nan, math.inf, -math.inf, 10**300 * 1.0]
+    rng.shuffle(scores)
+    ranked = sorted(s for s in scores if s is not None and math.isfinite(s))
+    expected = []
+    for score in scores:
+        if score is None or not math.isfinite(score):
+            expected.append("#d62728")
+            continue
+        t = bisect.bisect_left(ranked, float(score)) / max(len(ranked) - 1, 1)
+        expected.append(_viridis_of_one(t if maximise else 1 - t))
+    assert _rank_colours(scores, maximise) == expected
+    assert _rank_colours([None, math.nan], maximise) == ["#d62728", "#d62728"]
+    assert _rank_colours([], maximise) == []
+
+
+def test_each_members_own_training_is_one_path(tmp_path):
+    model = synthetic_report_model(16, 30)
+    figure = figure_sections(model)
+    lineage = figure[figure.index('<svg class="figure" id="lineage"') :]
+    trained = re.findall(r'<path class="edge trained" d="([^"]+)"/>', lineage)
+    assert len(trained) == 16  # one per member, not one per interval
+    segments = sum(d.count("L") for d in trained)
+    own = sum(1 for i in model.intervals if i.origin is not None and i.origin[0] == i.member)
+    assert segments == own
+    assert lineage.count("<circle") == 16 * 30
+    assert lineage.count('<path class="edge copied"') == len(model.intervals) - own - 16
+
+
+def test_a_figure_cache_draws_what_drawing_afresh_draws():
+    full = synthetic_report_model(12, 40)
+    cache = FigureCache()
+
+    def check(model):
+        assert figure_sections(model, cache) == figure_sections(model)
+
+    early = [i for i in full.intervals if i.step <= 20]
+    check(dataclasses.replace(full, intervals=early))
+    # New intervals land, the winning lineage moves, the ranks (colours) shift.
+    check(dataclasses.replace(full, lineage_keys={(0, s) for s in range(1, 41)}))
+    check(full)
+    # A record read again (another object, other values) is drawn again.
+    changed = list(full.intervals)
+    changed[5] = dataclasses.replace(changed[5], score=-1.0, hparams={"lr": 0.5, "units": 8})
+    check(dataclasses.replace(full, intervals=changed))
+    # A longer budget moves every node: nothing drawn before is reused.
+    check(dataclasses.replace(full, budget=60))

@@ -350,22 +350,6 @@ def test_damaged_checkpoints_are_discarded_and_deleted_populations_return_theirs
     assert [p.id for p in storage.populations()] == [other]
 
 
-def test_intervals_since_returns_whole_records_after_a_step(storage):
-    pid = make(storage, n=2)
-    for score in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6):
-        train(storage, pid, score)  # members 0, 1 at steps 1, 2, 3
-    since = storage.intervals_since(pid, 1)
-    assert [(i.member, i.step, i.score) for i in since] == [
-        (0, 2, 0.3),
-        (0, 3, 0.5),
-        (1, 2, 0.4),
-        (1, 3, 0.6),
-    ]
-    assert since[0].hparams == {"x": 0.0} and since[0].origin == (0, 1)
-    assert storage.intervals_since(pid, 3) == []
-    assert storage.intervals_since(pid, 0) == storage.intervals(pid)
-
-
 def test_candidate_scores_are_the_candidates_without_their_hparams(storage):
     pid = make(storage, n=3)
     for score in (0.1, 0.9, 0.5, 0.2):  # members 0, 1, 2 at step 1, then member 0 at step 2
@@ -387,3 +371,15 @@ def test_a_claim_takes_the_least_advanced_member_preferring_the_callers(storage)
     assert third.member.id == 3
     fourth = storage.claim(pid, "w", 5, 30.0, sync=False, prefer=[3])
     assert fourth.member.id == 0 and storage.claim(pid, "w", 5, 30.0, sync=False) is None
+
+
+def test_intervals_after_a_step(storage):
+    pid = make(storage, n=2)
+    for score in (0.1, 0.2, 0.3, 0.4, 0.5):  # members 0, 1, 0, 1, 0: steps 1, 1, 2, 2, 3
+        train(storage, pid, score)
+    every = storage.intervals(pid)
+    assert [(i.member, i.step) for i in every] == [(0, 1), (0, 2), (0, 3), (1, 1), (1, 2)]
+    assert storage.intervals(pid, after_step=0) == every
+    assert storage.intervals(pid, after_step=1) == [every[1], every[2], every[4]]
+    assert storage.intervals(pid, after_step=3) == []
+    assert every[1].hparams == {"x": 0.0} and every[1].origin == (0, 1)  # whole records

@@ -22,11 +22,13 @@ from pathlib import Path
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from ..records import IntervalRecord, MemberRecord, Mode, PopulationRecord
+from ..config import PopulationConfig
+from ..records import IntervalRecord, MemberRecord, PopulationRecord
 from ..report import build_model
 from ..report._html import (
     CSS,
     HIGHLIGHT_JS,
+    FigureCache,
     figure_sections,
     member_table,
     strategies_line,
@@ -168,38 +170,54 @@ class _IntervalCache:
     Exact because of the storage contract: an interval is written in the same transaction that
     moves its member to its step, a member's step only grows, and intervals are never deleted
     (but with their population). So every interval not read yet belongs to a member whose step
-    grew since the last read, at a step above the one seen then.
+    grew since the last read, at a step above the one seen then. The records already read are
+    kept (the same objects), so the figures can reuse what they drew of them.
     """
 
-    full_read_above = 256  # more (member, step) pairs to look up than this: read everything
+    # One query per new interval costs about six times what one more row of a range read
+    # costs: read the range above the lowest step that moved unless that range is much larger.
+    rows_per_query = 6
 
     def __init__(self, population: PopulationRecord) -> None:
         self.key = (population.id, population.created_at)
         self.steps: dict[int, int] = {}
         self.by_member: dict[int, dict[int, IntervalRecord]] = {}
+        self._sorted: list[IntervalRecord] = []
+        # The figures drawn of these very records: lives and dies with them.
+        self.figures = FigureCache()
 
     def read(
         self, store: Storage, population_id: int, members: list[MemberRecord]
     ) -> list[IntervalRecord]:
         """Every interval of the population, by member then step."""
-        wanted = [
-            (m.id, step) for m in members for step in range(self.steps.get(m.id, 0) + 1, m.step + 1)
-        ]
-        if len(wanted) > self.full_read_above:
-            self.by_member = {}
-            for interval in store.intervals(population_id):
-                self.by_member.setdefault(interval.member, {})[interval.step] = interval
-        else:
-            for member, step in wanted:
-                interval = store.interval(population_id, member, step)
-                if interval is not None:  # None: the member copied its way past this step
-                    self.by_member.setdefault(member, {})[step] = interval
-        self.steps = {m.id: m.step for m in members}
-        return [
-            self.by_member[member][step]
-            for member in sorted(self.by_member)
-            for step in sorted(self.by_member[member])
-        ]
+        steps = {m.id: m.step for m in members}
+        moved = [m for m in members if m.step > self.steps.get(m.id, 0)]
+        if moved:
+            after = min(self.steps.get(m.id, 0) for m in moved)
+            wanted = [
+                (m.id, step)
+                for m in moved
+                for step in range(self.steps.get(m.id, 0) + 1, m.step + 1)
+            ]
+            in_range = sum(max(m.step - after, 0) for m in members)
+            if in_range <= self.rows_per_query * len(wanted):
+                for interval in store.intervals(population_id, after_step=after):
+                    # Not above the step read with the members: the page counts those.
+                    if interval.step <= steps.get(interval.member, 0):
+                        known = self.by_member.setdefault(interval.member, {})
+                        known.setdefault(interval.step, interval)
+            else:
+                for member, step in wanted:
+                    found = store.interval(population_id, member, step)
+                    if found is not None:  # None: the member copied its way past this step
+                        self.by_member.setdefault(member, {})[step] = found
+            self._sorted = [
+                self.by_member[member][step]
+                for member in sorted(self.by_member)
+                for step in sorted(self.by_member[member])
+            ]
+        self.steps = steps
+        return list(self._sorted)
 
 
 @dataclass(frozen=True)
@@ -280,8 +298,8 @@ class Dashboard:
         now = time.time()
         rows = []
         for record in records:
-            config = record.config
-            summary = store.summary(record.id, int(config["intervals"]), Mode(config["mode"]))
+            config = PopulationConfig.of(record)
+            summary = store.summary(record.id, config.intervals, config.mode)
             total = max(summary.steps_total, 1)
             rows.append(
                 f'<tr><td><a href="{_E(population_href(record.name))}">{_E(record.name)}</a></td>'
@@ -289,7 +307,7 @@ class Dashboard:
                 f'<td><progress max="{total}" value="{summary.steps_done}"></progress> '
                 f"{summary.steps_done}/{summary.steps_total}</td>"
                 f"<td>{_E(_score(summary.best_score))}</td>"
-                f"<td>{_E(str(config.get('metric')))} ({_E(str(config.get('mode')))})</td>"
+                f"<td>{_E(config.metric)} ({_E(config.mode.value)})</td>"
                 f"<td>{summary.members}</td><td>{summary.exploits}</td>"
                 f"<td>{_E(_age(now - record.created_at))}</td></tr>"
             )
@@ -321,8 +339,8 @@ class Dashboard:
         """The population's current version: cheap (one summary), for idle polling."""
         store = self.storage()
         record = store.population(name)
-        config = record.config
-        summary = store.summary(record.id, int(config["intervals"]), Mode(config["mode"]))
+        config = PopulationConfig.of(record)
+        summary = store.summary(record.id, config.intervals, config.mode)
         return _summary_version(record, summary)
 
     def update(self, name: str, since: str | None) -> Update | None:
@@ -339,8 +357,8 @@ class Dashboard:
             cached = self._updates.get(name)
         if cached is not None and cached.version == current:
             return cached
-        model = self.model(name)
-        update = Update.of(_model_version(model), _live_part(model))
+        model, figures = self._read(name)
+        update = Update.of(_model_version(model), _live_part(model, figures))
         with self._lock:
             self._updates[name] = update
             self._updates.move_to_end(name)
@@ -353,6 +371,10 @@ class Dashboard:
 
         Members are read first, then only the intervals they recorded since the last call.
         """
+        return self._read(name)[0]
+
+    def _read(self, name: str) -> tuple[ReportModel, FigureCache]:
+        """The model, and what the figures drew of this population before."""
         store = self.storage()
         record = store.population(name)
         members = store.members(record.id)
@@ -365,7 +387,7 @@ class Dashboard:
             self._intervals[name] = cache
             while len(self._intervals) > self.cached_populations:
                 self._intervals.popitem(last=False)
-        return build_model(_Snapshot(store, record, members, intervals))
+        return build_model(_Snapshot(store, record, members, intervals)), cache.figures
 
     def population_page(self, name: str, nonce: str) -> str:
         """The page of one population: header, then the live part, refreshed by polling
@@ -374,10 +396,10 @@ class Dashboard:
         assert update is not None
         store = self.storage()
         record = store.population(name)
-        config = record.config
+        config = PopulationConfig.of(record)
         model_line = (
-            f"{_E(str(config.get('metric')))} ({_E(str(config.get('mode')))}) · "
-            f"{int(config['population'])} members · {int(config['intervals'])} intervals each"
+            f"{_E(config.metric)} ({_E(config.mode.value)}) · "
+            f"{config.population} members · {config.intervals} intervals each"
         )
         head = (
             f'<h1>Population <span id="population-name">{_E(record.name)}</span></h1>'
@@ -394,8 +416,9 @@ class Dashboard:
         )
 
 
-def _live_part(model: ReportModel) -> str:
-    """What changes as intervals land: counts, cards, the member table and the figures."""
+def _live_part(model: ReportModel, figures: FigureCache | None = None) -> str:
+    """What changes as intervals land: counts, cards, the member table and the figures
+    (``figures``: what earlier renders of the population drew)."""
     error = f'<p class="error">Stopped: {_E(model.error)}</p>' if model.error else ""
     updated = time.strftime("%H:%M:%S")
     return (
@@ -403,7 +426,7 @@ def _live_part(model: ReportModel) -> str:
         f" · {_E(strategies_line(model))} · read at {updated}</p>"
         f"{error}{summary_cards(model)}"
         f"<section><h2>Members</h2>{member_table(model)}</section>"
-        f"{figure_sections(model)}"
+        f"{figure_sections(model, figures)}"
     )
 
 

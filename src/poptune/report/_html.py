@@ -7,14 +7,14 @@ controls (population, hyperparameter and metric names, values, error text) goes 
 
 from __future__ import annotations
 
-import bisect
 import datetime
-import functools
 import html
 import math
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
 
 from ..records import IntervalRecord
 from ._model import ReportModel
@@ -22,6 +22,7 @@ from ._model import ReportModel
 __all__ = [
     "CSS",
     "HIGHLIGHT_JS",
+    "FigureCache",
     "figure_sections",
     "member_table",
     "render_html",
@@ -34,22 +35,13 @@ _VIRIDIS = [
     (68, 1, 84), (71, 44, 122), (59, 81, 139), (44, 113, 142), (33, 144, 141),
     (39, 173, 129), (92, 200, 99), (170, 220, 50), (253, 231, 37),
 ]  # fmt: skip
+_VIRIDIS_RGB = np.array(_VIRIDIS, dtype=float)
 _PALETTE = [
     "#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2",
     "#edc948", "#b07aa1", "#ff9da7", "#9c755f", "#bab0ac",
 ]  # fmt: skip
 _WIDTH, _MARGIN = 920, (24, 16, 36, 64)  # top, right, bottom, left
 _E = html.escape
-
-
-@functools.lru_cache(maxsize=65536)  # the lineage asks for the same ranks on every redraw
-def _viridis(t: float) -> str:
-    t = min(max(t, 0.0), 1.0) * (len(_VIRIDIS) - 1)
-    low = math.floor(t)
-    high = min(low + 1, len(_VIRIDIS) - 1)
-    f = t - low
-    r, g, b = (round(a + (c - a) * f) for a, c in zip(_VIRIDIS[low], _VIRIDIS[high], strict=True))
-    return f"#{r:02x}{g:02x}{b:02x}"
 
 
 def _fmt(value: Any) -> str:
@@ -75,6 +67,15 @@ class _Axis:
         if self.log:
             value = math.log10(max(value, 1e-300))
         return self.start + (value - self.low) / (self.high - self.low) * (self.end - self.start)
+
+    def text(self) -> Callable[[float], str]:
+        """``value -> f"{self(value):.1f}"``, with the attribute look-ups hoisted out: the
+        figures call it once per point (tens of thousands of times for a large population)."""
+        start, low, span, width = self.start, self.low, self.high - self.low, self.end - self.start
+        if self.log:
+            log10 = math.log10
+            return lambda value: f"{start + (log10(max(value, 1e-300)) - low) / span * width:.1f}"
+        return lambda value: f"{start + (value - low) / span * width:.1f}"
 
     def ticks(self, count: int = 5) -> list[float]:
         if self.log:
@@ -142,7 +143,22 @@ def _svg(figure: str, height: int, parts: Iterable[str], title: str) -> str:
 
 
 def _finite(value: Any) -> bool:
+    if value.__class__ is float:  # the common case, checked without isinstance (NaN is False)
+        return -math.inf < value < math.inf
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+class _Memo(dict[Hashable, str]):
+    """``memo[key]`` computes ``text(key)`` the first time only: pixel positions of steps,
+    member rows and repeated hyperparameter values are formatted once per figure."""
+
+    def __init__(self, text: Callable[[Any], str]) -> None:
+        super().__init__()
+        self.text = text
+
+    def __missing__(self, key: Hashable) -> str:
+        value = self[key] = self.text(key)
+        return value
 
 
 def _by_member(model: ReportModel) -> dict[int, list[IntervalRecord]]:
@@ -152,45 +168,38 @@ def _by_member(model: ReportModel) -> dict[int, list[IntervalRecord]]:
     return groups
 
 
-def _polyline(points: list[tuple[float, float]], css: str, member: int, title: str) -> str:
+def _polyline(points: list[str], css: str, member: int, title: str, colour: str) -> str:
+    """One member's line through ``points`` (``"x,y"`` texts), or nothing if it has none."""
     if not points:
         return ""
-    text = " ".join(f"{x:.1f},{y:.1f}" for x, y in points)
     return (
-        f'<polyline class="{css}" data-member="{member}" points="{text}">'
-        f"<title>{_E(title)}</title></polyline>"
+        f'<polyline style="stroke:{colour}" class="{css}" data-member="{member}" '
+        f'points="{" ".join(points)}"><title>{_E(title)}</title></polyline>'
     )
 
 
-def _scores_figure(model: ReportModel) -> str:
+def _scores_figure(model: ReportModel, groups: dict[int, list[IntervalRecord]]) -> str:
     height = 340
     top, right, bottom, left = _MARGIN
     scores = model.finite_scores() or [0.0, 1.0]
     x = _Axis(0, max(model.budget, 1), left, _WIDTH - right)
     y = _Axis(min(scores), max(scores), height - bottom, top)
     parts = _frame(x, y, height, "interval (member's step)", model.metric)
-    groups = _by_member(model)
+    xs, ys = _Memo(x.text()), y.text()
     score_at: dict[tuple[int, int], float] = {}
     for member, intervals in sorted(groups.items()):
-        segment: list[tuple[float, float]] = []
+        segment: list[str] = []
         colour = _PALETTE[member % len(_PALETTE)]
         css = "line best" if member == model.best_member else "line"
         for interval in intervals:
-            if _finite(interval.score):
-                score_at[(member, interval.step)] = float(interval.score)  # type: ignore[arg-type]
-                segment.append((x(interval.step), y(interval.score)))  # type: ignore[arg-type]
-            else:
-                parts.append(
-                    _polyline(segment, css, member, f"member {member}").replace(
-                        "<polyline", f'<polyline style="stroke:{colour}"', 1
-                    )
-                )
+            score = interval.score
+            if _finite(score):
+                score_at[(member, interval.step)] = float(score)  # type: ignore[arg-type]
+                segment.append(f"{xs[interval.step]},{ys(score)}")  # type: ignore[arg-type]
+            else:  # a NaN or infinite score breaks the line
+                parts.append(_polyline(segment, css, member, f"member {member}", colour))
                 segment = []
-        parts.append(
-            _polyline(segment, css, member, f"member {member}").replace(
-                "<polyline", f'<polyline style="stroke:{colour}"', 1
-            )
-        )
+        parts.append(_polyline(segment, css, member, f"member {member}", colour))
     for event in model.exploits:
         to = score_at.get((event.member, event.step))
         source = score_at.get((event.donor, event.donor_step))
@@ -215,7 +224,7 @@ def _scores_figure(model: ReportModel) -> str:
     return _svg("scores", height, parts, f"{model.metric} of every member over intervals")
 
 
-def _hparam_figure(model: ReportModel, name: str) -> str:
+def _hparam_figure(model: ReportModel, name: str, groups: dict[int, list[IntervalRecord]]) -> str:
     height = 260
     top, right, bottom, left = _MARGIN
     values = [i.hparams.get(name) for i in model.intervals]
@@ -225,31 +234,31 @@ def _hparam_figure(model: ReportModel, name: str) -> str:
         # No interval yet (a population that has not trained): an empty figure, not a crash.
         low, high = (min(values), max(values)) if values else (0.0, 1.0)  # type: ignore[type-var]
         y = _Axis(low, high, height - bottom, top, log=name in model.log_scale)
-
-        def position(value: Any) -> float:
-            return y(value)
+        # Keyed by value: a member keeps its value for many intervals (1 and 1.0 share a key
+        # and a position).
+        position: Callable[[Any], str] = _Memo(y.text()).__getitem__
     else:
         labels = list(dict.fromkeys(str(v) for v in values))
         index = {label: i for i, label in enumerate(labels)}
         y = _Axis(-0.5, len(labels) - 0.5, height - bottom, top)
+        to_text = y.text()
+        positions = _Memo(lambda label: to_text(index[label]))
 
-        def position(value: Any) -> float:
-            return y(index[str(value)])
+        def by_label(value: Any) -> str:
+            return positions[str(value)]
+
+        position = by_label
 
     steps = max([model.budget, *(e.step for e in model.schedule)])
     x = _Axis(0, max(steps, 1), left, _WIDTH - right)
+    xs = _Memo(x.text())
     parts = _frame(x, y, height, "interval", name, labels)
-    for member, intervals in sorted(_by_member(model).items()):
-        points = [(x(i.step), position(i.hparams.get(name))) for i in intervals]
+    for member, intervals in sorted(groups.items()):
+        points = [f"{xs[i.step]},{position(i.hparams.get(name))}" for i in intervals]
         colour = _PALETTE[member % len(_PALETTE)]
-        parts.append(
-            _polyline(points, "line thin", member, f"member {member}").replace(
-                "<polyline", f'<polyline style="stroke:{colour}"', 1
-            )
-        )
+        parts.append(_polyline(points, "line thin", member, f"member {member}", colour))
     if model.schedule:
-        points = [(x(e.step), position(e.hparams.get(name))) for e in model.schedule]
-        text = " ".join(f"{px:.1f},{py:.1f}" for px, py in points)
+        text = " ".join(f"{xs[e.step]},{position(e.hparams.get(name))}" for e in model.schedule)
         parts.append(
             f'<polyline class="lineage" points="{text}"><title>the winning lineage</title>'
             "</polyline>"
@@ -257,7 +266,97 @@ def _hparam_figure(model: ReportModel, name: str) -> str:
     return _svg(f"hparam-{name}", height, parts, f"{name} of every member over intervals")
 
 
-def _lineage_figure(model: ReportModel) -> str:
+def _rank_colours(scores: Sequence[Any], maximise: bool) -> list[str]:
+    """The fill of each score: viridis at its rank among the finite scores (yellow is best),
+    red for NaN, infinite or missing ones. Computed for all scores at once (numpy), because
+    ranks shift whenever a score lands, so every node's colour is recomputed on every render."""
+    finite = [_finite(score) for score in scores]
+    values = np.array([s if ok else 0.0 for s, ok in zip(scores, finite, strict=True)], float)
+    ranked = np.sort(values[np.array(finite, bool)]) if any(finite) else np.zeros(1)
+    t = np.searchsorted(ranked, values, side="left") / max(len(ranked) - 1, 1)
+    if not maximise:
+        t = 1 - t
+    t = np.clip(t, 0.0, 1.0) * (len(_VIRIDIS) - 1)
+    low = np.floor(t)
+    below = _VIRIDIS_RGB[low.astype(int)]
+    above = _VIRIDIS_RGB[np.minimum(low.astype(int) + 1, len(_VIRIDIS) - 1)]
+    # np.rint rounds half to even, as round() does: the colours of the per-node formula.
+    rgb = np.rint(below + (above - below) * (t - low)[:, None]).astype(np.int64)
+    codes = ((rgb[:, 0] << 16) | (rgb[:, 1] << 8) | rgb[:, 2]).tolist()
+    names = {code: f"#{code:06x}" for code in set(codes)}
+    return [names[c] if ok else "#d62728" for c, ok in zip(codes, finite, strict=True)]
+
+
+class FigureCache:
+    """What the lineage figure drew of each interval, kept from one render of a population to
+    the next (the dashboard keeps one per population; the report draws without one).
+
+    A recorded interval never changes, so its node (position, size, hover text) and its edge
+    are drawn once; a render then only recolours the nodes (ranks move as scores land) and marks
+    the winning lineage. A piece is reused only for the very record object it was drawn from
+    and under the same layout (population size, budget, metric name), so a re-read or an
+    extended budget draws afresh.
+    """
+
+    def __init__(self) -> None:
+        self._layout: tuple[Any, ...] = ()
+        self._pieces: dict[tuple[int, int], _Piece] = {}
+
+    def pieces(self, layout: tuple[Any, ...]) -> dict[tuple[int, int], _Piece]:
+        """The pieces drawn under ``layout``; none if the layout changed since."""
+        if layout != self._layout:
+            self._layout, self._pieces = layout, {}
+        return self._pieces
+
+
+class _Piece(NamedTuple):
+    """One interval's part of the lineage figure, without what depends on the others."""
+
+    interval: IntervalRecord
+    trained: tuple[str, str, str, str] | None  # a segment of the member's own line
+    copied: tuple[str, str]  # a copy edge, before and after its " win" class
+    node: tuple[str, str]  # the node, before and after its fill colour
+
+
+def _piece(
+    interval: IntervalRecord, xs: _Memo, ys: _Memo, x: _Axis, radius: str, metric: str
+) -> _Piece:
+    member, step = interval.member, interval.step
+    cx, cy = xs[step], ys[member]
+    trained, copied = None, ("", "")
+    if interval.origin is not None:
+        om, os_ = interval.origin
+        ox, oy = xs[os_], ys[om]
+        if om == member:
+            trained = (ox, oy, cx, cy)
+        else:
+            mid = f"{(x(os_) + x(step)) / 2:.1f}"
+            copied = (
+                '<path class="edge copied',
+                f'" data-member="{member}" d="M{ox},{oy} C{mid},{oy} {mid},{cy} {cx},{cy}">'
+                f"<title>member {member} step {step} copied from member {om} step {os_}"
+                "</title></path>",
+            )
+    setting = _E(", ".join(f"{k}={_fmt(v)}" for k, v in interval.hparams.items()))
+    node = (
+        f'" data-member="{member}" cx="{cx}" cy="{cy}" r="{radius}" fill="',
+        f'"><title>member {member}, step {step}: {metric} {_E(_fmt(interval.score))}; '
+        f"{setting}</title></circle>",
+    )
+    return _Piece(interval, trained, copied, node)
+
+
+def _path(segments: list[tuple[str, str, str, str]]) -> str:
+    """The ``d`` of one path through ``(x1, y1, x2, y2)`` segments; a segment that starts where
+    the previous one ended continues the line instead of starting a new one."""
+    d, end = [], ("", "")
+    for x1, y1, x2, y2 in segments:
+        d.append(f"L{x2},{y2}" if (x1, y1) == end else f"M{x1},{y1}L{x2},{y2}")
+        end = (x2, y2)
+    return "".join(d)
+
+
+def _lineage_figure(model: ReportModel, cache: FigureCache | None = None) -> str:
     top, right, bottom, left = _MARGIN
     rows = max(model.population, 1)
     row = max(8.0, min(26.0, 640 / rows))
@@ -265,50 +364,42 @@ def _lineage_figure(model: ReportModel) -> str:
     steps = max([model.budget, 1])
     x = _Axis(0, steps, left, _WIDTH - right)
     y = _Axis(-0.5, rows - 0.5, top, height - bottom)
+    xs, ys = _Memo(x.text()), _Memo(y.text())
     parts = _frame(
         x, y, height, "interval (member's step)", "member", [str(m) for m in range(rows)]
     )
+    radius = f"{max(1.5, min(4.0, 360 / max(rows, steps))):.1f}"
+    metric = _E(model.metric)
+    pieces = (cache or FigureCache()).pieces((rows, steps, model.metric))
     # Colour by rank, not by value: scores bunch up late in training, ranks stay spread out.
-    ranked = sorted(model.finite_scores()) or [0.0]
-    sign = 1.0 if model.mode.value == "max" else -1.0
-    radius = max(1.5, min(4.0, 360 / max(rows, steps)))
-    edges, nodes = [], []
-    for interval in model.intervals:
-        cx, cy = x(interval.step), y(interval.member)
-        winning = (interval.member, interval.step) in model.lineage_keys
-        if interval.origin is not None:
-            om, os_ = interval.origin
-            ox, oy = x(os_), y(om)
-            kind = "trained" if om == interval.member else "copied"
-            css = f"edge {kind}{' win' if winning else ''}"
-            if kind == "copied":
-                mid = (ox + cx) / 2
-                edges.append(
-                    f'<path class="{css}" data-member="{interval.member}" '
-                    f'd="M{ox:.1f},{oy:.1f} C{mid:.1f},{oy:.1f} {mid:.1f},{cy:.1f} '
-                    f'{cx:.1f},{cy:.1f}"><title>member {interval.member} step {interval.step} '
-                    f"copied from member {om} step {os_}</title></path>"
-                )
-            else:
-                edges.append(
-                    f'<line class="{css}" x1="{ox:.1f}" y1="{oy:.1f}" x2="{cx:.1f}" y2="{cy:.1f}"/>'
-                )
-        if _finite(interval.score):
-            rank = bisect.bisect_left(ranked, float(interval.score))  # type: ignore[arg-type]
-            t = rank / max(len(ranked) - 1, 1)
-            fill = _viridis(t if sign > 0 else 1 - t)
-        else:
-            fill = "#d62728"
-        title = (
-            f"member {interval.member}, step {interval.step}: {model.metric} "
-            f"{_fmt(interval.score)}; "
-            + ", ".join(f"{k}={_fmt(v)}" for k, v in interval.hparams.items())
-        )
-        nodes.append(
-            f'<circle class="node{" win" if winning else ""}" data-member="{interval.member}" '
-            f'cx="{cx:.1f}" cy="{cy:.1f}" r="{radius:.1f}" fill="{fill}">'
-            f"<title>{_E(title)}</title></circle>"
-        )
+    fills = _rank_colours([i.score for i in model.intervals], model.mode.value == "max")
+    lineage_keys = model.lineage_keys
+    # A member's own training is one path per member (and one for its part of the winning
+    # lineage): a <line> per interval costs the server and the browser several times more for
+    # the same picture. Copies keep one path each, with its title.
+    own: dict[int, list[tuple[str, str, str, str]]] = defaultdict(list)
+    own_winning: dict[int, list[tuple[str, str, str, str]]] = defaultdict(list)
+    copies, nodes = [], []
+    for interval, fill in zip(model.intervals, fills, strict=True):
+        key = (interval.member, interval.step)
+        piece = pieces.get(key)
+        if piece is None or piece.interval is not interval:
+            piece = pieces[key] = _piece(interval, xs, ys, x, radius, metric)
+        win = " win" if key in lineage_keys else ""
+        if piece.trained is not None:
+            (own_winning if win else own)[interval.member].append(piece.trained)
+        elif piece.copied[0]:
+            copies.append(f"{piece.copied[0]}{win}{piece.copied[1]}")
+        nodes.append(f'<circle class="node{win}{piece.node[0]}{fill}{piece.node[1]}')
+    # The winning lineage last, so that its black line is never under a grey or red one.
+    edges = [
+        *(f'<path class="edge trained" d="{_path(s)}"/>' for _, s in sorted(own.items())),
+        *copies,
+        *(
+            f'<path class="edge trained win" d="{_path(s)}"/>'
+            for _, s in sorted(own_winning.items())
+        ),
+    ]
     return _svg("lineage", height, [*parts, *edges, *nodes], "lineage tree of the population")
 
 
@@ -391,9 +482,10 @@ def strategies_line(model: ReportModel) -> str:
     )
 
 
-def figure_sections(model: ReportModel) -> str:
+def figure_sections(model: ReportModel, cache: FigureCache | None = None) -> str:
     """The report's body: scores, hyperparameters and lineage figures, the best member's
-    schedule and the failures, as ``<section>`` elements."""
+    schedule and the failures, as ``<section>`` elements. ``cache``: what an earlier render of
+    the same population drew (see :class:`FigureCache`); the output is the same without it."""
     schedule_rows = [
         [e.step, e.member, e.member_step, *[e.hparams.get(n) for n in model.hparam_names], e.score]
         for e in model.schedule
@@ -411,13 +503,14 @@ def figure_sections(model: ReportModel) -> str:
             for f in model.failures[-50:]
         )
         failures = f"<section><h2>Failures ({len(model.failures)})</h2>{items}</section>"
+    groups = _by_member(model)  # each member's intervals, by step
     hparams = "".join(
-        f"<h2>{_E(name)}</h2>{_hparam_figure(model, name)}" for name in model.hparam_names
+        f"<h2>{_E(name)}</h2>{_hparam_figure(model, name, groups)}" for name in model.hparam_names
     )
     return f"""<section><h2>Scores</h2>
 <p class="legend">One line per member; the best member is thick. Red triangles mark exploits,
 with a dashed line from the copied (donor, step). Hover a line to follow a member everywhere.</p>
-{_scores_figure(model)}</section>
+{_scores_figure(model, groups)}</section>
 <section><h2>Hyperparameters</h2>
 <p class="legend">The value each member trained with at every interval; the dashed black line is
 the winning lineage's schedule.</p>{hparams}</section>
@@ -425,7 +518,7 @@ the winning lineage's schedule.</p>{hparams}</section>
 <p class="legend">One node per (member, interval), coloured by the rank of its
 {_E(model.metric)} among all intervals (yellow is best); grey edges continue a member's own
 training, red edges are copies; the winning lineage is outlined in black. Red nodes: NaN or
-infinite scores.</p>{_lineage_figure(model)}</section>
+infinite scores.</p>{_lineage_figure(model, cache)}</section>
 <section><h2>Schedule of the best member</h2>{schedule}</section>
 {failures}"""
 

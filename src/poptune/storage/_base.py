@@ -259,8 +259,10 @@ class Storage(ABC):
         """Every member's current record, by id."""
 
     @abstractmethod
-    def intervals(self, population_id: int) -> list[IntervalRecord]:
-        """Every recorded interval, by member then step."""
+    def intervals(self, population_id: int, after_step: int = 0) -> list[IntervalRecord]:
+        """Every recorded interval above step ``after_step`` (default: all), by member then
+        step, in one query: a reader tops up what it read before (the dashboard), and a
+        data-driven explore strategy (``PB2``) reads the population's recent history."""
 
     @abstractmethod
     def interval(self, population_id: int, member: int, step: int) -> IntervalRecord | None:
@@ -269,11 +271,6 @@ class Storage(ABC):
     @abstractmethod
     def scores_since(self, population_id: int, step: int) -> list[tuple[int, int, float | None]]:
         """(member, step, score) of every interval after ``step``, by member then step."""
-
-    @abstractmethod
-    def intervals_since(self, population_id: int, step: int) -> list[IntervalRecord]:
-        """Every interval recorded after ``step``, by member then step: what a data-driven
-        explore strategy (``PB2``) reads of the population's recent history. May be stale."""
 
     @abstractmethod
     def best_by_step(self, population_id: int, mode: Mode) -> list[tuple[int, float]]:

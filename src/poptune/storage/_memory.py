@@ -477,17 +477,12 @@ class MemoryStorage(Storage):
         with self._transaction():
             return [m.record() for _, m in sorted(self._get(population_id).members.items())]
 
-    def intervals(self, population_id: int) -> list[IntervalRecord]:
-        """Every recorded interval by member and step."""
+    def intervals(self, population_id: int, after_step: int = 0) -> list[IntervalRecord]:
+        """Every recorded interval above step ``after_step`` (default: all), by member and
+        step."""
         with self._transaction():
             rows = sorted(self._get(population_id).intervals.items())
-            return [copy.deepcopy(row) for _, row in rows]
-
-    def intervals_since(self, population_id: int, step: int) -> list[IntervalRecord]:
-        """Every interval after ``step``, by member then step."""
-        with self._transaction():
-            rows = sorted(self._get(population_id).intervals.items())
-            return [copy.deepcopy(row) for (_, s), row in rows if s > step]
+            return [copy.deepcopy(row) for (_, step), row in rows if step > after_step]
 
     def interval(self, population_id: int, member: int, step: int) -> IntervalRecord | None:
         """The interval ``member`` recorded at ``step``, or ``None``."""

@@ -672,14 +672,16 @@ class SQLStorage(Storage):
         return [member_record(row) for row in rows]
 
     @retrying
-    def intervals(self, population_id: int) -> list[IntervalRecord]:
-        """Every recorded interval by member and step."""
+    def intervals(self, population_id: int, after_step: int = 0) -> list[IntervalRecord]:
+        """Every recorded interval above step ``after_step`` (default: all), by member and
+        step."""
         i = intervals.c
+        where = [i.population_id == population_id]
+        if after_step > 0:
+            where.append(i.step > after_step)
         with self._read() as connection:
             rows = connection.execute(
-                sa.select(intervals)
-                .where(i.population_id == population_id)
-                .order_by(i.member_id, i.step)
+                sa.select(intervals).where(*where).order_by(i.member_id, i.step)
             ).all()
         return [interval_record(row) for row in rows]
 
@@ -691,18 +693,6 @@ class SQLStorage(Storage):
                 INTERVAL, {"pid": population_id, "mid": member, "step": step}
             ).first()
         return None if row is None else interval_record(row)
-
-    @retrying
-    def intervals_since(self, population_id: int, step: int) -> list[IntervalRecord]:
-        """Every interval after ``step``, by member then step."""
-        i = intervals.c
-        with self._read() as connection:
-            rows = connection.execute(
-                sa.select(intervals)
-                .where(i.population_id == population_id, i.step > step)
-                .order_by(i.member_id, i.step)
-            ).all()
-        return [interval_record(row) for row in rows]
 
     @retrying
     def scores_since(self, population_id: int, step: int) -> list[tuple[int, int, float | None]]:
