@@ -18,7 +18,7 @@ import poptune as pt
 from poptune.cli import main
 from poptune.report import build_model, render_html
 from poptune.report._html import _VIRIDIS, FigureCache, _rank_colours, figure_sections
-from poptune.testing import Quadratic, synthetic_report_model
+from poptune.testing import Quadratic, quadratic_space, synthetic_report_model
 
 NASTY = "<script>alert(1)</script>"
 METRIC = "<img src=x onerror=alert(2)>"
@@ -254,3 +254,30 @@ def test_a_figure_cache_draws_what_drawing_afresh_draws():
     check(dataclasses.replace(full, intervals=changed))
     # A longer budget moves every node: nothing drawn before is reused.
     check(dataclasses.replace(full, budget=60))
+
+
+def test_recoveries_are_drawn_and_counted_apart_from_exploits(tmp_path, monkeypatch):
+    from poptune.testing import Failing
+
+    monkeypatch.setattr(Failing, "fail_above", 0.6)
+    result = pt.run(
+        Failing,
+        space=quadratic_space(),
+        metric="q",
+        population=3,
+        intervals=4,
+        storage=f"sqlite:///{tmp_path}/p.db",
+        name="recovering",
+        seed=0,
+        progress=False,
+        initial=[{"h0": 0.2, "h1": 0.5}, {"h0": 0.3, "h1": 0.5}, {"h0": 0.9, "h1": 0.5}],
+        sync=True,
+        max_failures=1,
+        exploit=None,
+    )
+    assert [e.reason for e in result.exploits()] == [pt.CopyReason.RESEED]
+    page = result.report(tmp_path / "r.html").read_text()
+    assert '<span class="muted">exploits</span><b>0</b>' in page
+    assert '<span class="muted">recoveries</span><b>1</b>' in page
+    assert page.count('class="recovery"') == 1 and 'class="exploit"' not in page
+    assert "re-seeded after failing: a recovery, not an exploit" in page

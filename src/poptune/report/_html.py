@@ -18,6 +18,7 @@ import numpy as np
 
 from ..records import IntervalRecord
 from ._model import ReportModel
+from ._model import finite as _finite
 
 __all__ = [
     "CSS",
@@ -142,12 +143,6 @@ def _svg(figure: str, height: int, parts: Iterable[str], title: str) -> str:
     )
 
 
-def _finite(value: Any) -> bool:
-    if value.__class__ is float:  # the common case, checked without isinstance (NaN is False)
-        return -math.inf < value < math.inf
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
 class _Memo(dict[Hashable, str]):
     """``memo[key]`` computes ``text(key)`` the first time only: pixel positions of steps,
     member rows and repeated hyperparameter values are formatted once per figure."""
@@ -209,6 +204,10 @@ def _scores_figure(model: ReportModel, groups: dict[int, list[IntervalRecord]]) 
             f"member {event.member} copied member {event.donor} (its step {event.donor_step}) "
             f"after step {event.step}"
         )
+        kind = "exploit"
+        if not event.is_exploit:  # a recovery: drawn, but not as PBT's exploit
+            kind = "recovery"
+            title += f" ({_RECOVERY[event.reason.value]}: a recovery, not an exploit)"
         tx, ty = x(event.step), y(to if to is not None else source)  # type: ignore[arg-type]
         if source is not None:
             sx, sy = x(event.donor_step), y(source)
@@ -217,7 +216,7 @@ def _scores_figure(model: ReportModel, groups: dict[int, list[IntervalRecord]]) 
                 f'x2="{tx:.1f}" y2="{ty:.1f}"><title>{_E(title)}</title></line>'
             )
         parts.append(
-            f'<path class="exploit" data-member="{event.member}" '
+            f'<path class="{kind}" data-member="{event.member}" '
             f'd="M{tx - 4:.1f},{ty + 4:.1f} L{tx:.1f},{ty - 4:.1f} L{tx + 4:.1f},{ty + 4:.1f} Z">'
             f"<title>{_E(title)}</title></path>"
         )
@@ -423,6 +422,7 @@ svg.figure{display:block;margin:6px 0}.axis{stroke:#57606a}.grid{stroke:#eaeef2}
 .line{fill:none;stroke-width:1.4;opacity:.75}.line.thin{stroke-width:1}.line.best{stroke-width:3;opacity:1}
 .lineage{fill:none;stroke:#111;stroke-width:3;stroke-dasharray:6 3}
 .copy{stroke:#d62728;stroke-width:1;stroke-dasharray:3 2;opacity:.7}.exploit{fill:#d62728}
+.recovery{fill:#7f7f7f}
 .edge{fill:none}.edge.trained{stroke:#c9d1d9;stroke-width:1}.edge.copied{stroke:#d62728;
 stroke-width:1;opacity:.6}.edge.win{stroke:#111;stroke-width:2.5;opacity:1}
 .node.win{stroke:#111;stroke-width:1.5}.hl{stroke-width:3!important;opacity:1!important}
@@ -452,6 +452,18 @@ HIGHLIGHT_JS = """
 """
 
 
+_RECOVERY = {"reseed": "re-seeded after failing", "fallback": "its checkpoint was damaged"}
+
+
+def _recovery_legend(model: ReportModel) -> str:
+    if all(e.is_exploit for e in model.exploits):
+        return ""
+    return (
+        "; grey triangles mark recoveries (a member re-seeded after failing, or restored from "
+        "another member when its checkpoint was damaged), not exploits"
+    )
+
+
 def summary_cards(model: ReportModel) -> str:
     """The row of cards at the top: best score, status, budget used, wall time, counts."""
     best = (
@@ -464,9 +476,12 @@ def summary_cards(model: ReportModel) -> str:
         ("status", model.status),
         ("budget used", f"{model.steps_done}/{model.population * model.budget} intervals"),
         ("wall time", f"{model.wall_time:.1f} s"),
-        ("exploits", str(len(model.exploits))),
+        ("exploits", str(sum(e.is_exploit for e in model.exploits))),
         ("failures", str(len(model.failures))),
     ]
+    recoveries = sum(not e.is_exploit for e in model.exploits)
+    if recoveries:
+        cards.append(("recoveries", str(recoveries)))
     card_html = "".join(
         f'<div class="card"><span class="muted">{_E(k)}</span><b>{_E(v)}</b></div>'
         for k, v in cards
@@ -509,7 +524,8 @@ def figure_sections(model: ReportModel, cache: FigureCache | None = None) -> str
     )
     return f"""<section><h2>Scores</h2>
 <p class="legend">One line per member; the best member is thick. Red triangles mark exploits,
-with a dashed line from the copied (donor, step). Hover a line to follow a member everywhere.</p>
+with a dashed line from the copied (donor, step){_recovery_legend(model)}. Hover a line to follow
+a member everywhere.</p>
 {_scores_figure(model, groups)}</section>
 <section><h2>Hyperparameters</h2>
 <p class="legend">The value each member trained with at every interval; the dashed black line is

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 from ..config import PopulationConfig
 from ..records import ExploitEvent, FailureRecord, IntervalRecord, MemberRecord, Mode
@@ -11,6 +12,13 @@ from ..results import Result, ScheduleEntry
 from ..space import LogUniform
 
 __all__ = ["ReportModel", "build_model"]
+
+
+def finite(value: Any) -> bool:
+    """Whether ``value`` is a finite number (not a bool, None, NaN or an infinity)."""
+    if value.__class__ is float:  # the common case, checked without isinstance (NaN is False)
+        return -math.inf < value < math.inf
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclass(frozen=True)

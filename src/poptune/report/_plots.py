@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 from ._model import ReportModel
+from ._model import finite as _finite
 
 __all__ = ["KINDS", "plot"]
 
@@ -25,10 +25,6 @@ def _pyplot() -> Any:
             "Static plots need matplotlib: pip install matplotlib (or 'poptune[report]')."
         ) from None
     return plt
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def plot(model: ReportModel, kind: str, path: str | Path) -> Path:
@@ -50,12 +46,16 @@ def plot(model: ReportModel, kind: str, path: str | Path) -> Path:
                 xs, ys = zip(*points, strict=True)
                 axis.plot(xs, ys, lw=2.5 if member == model.best_member else 1, alpha=0.8)
         score = {(i.member, i.step): i.score for i in model.intervals if _finite(i.score)}
-        marks = [(e.step, score[(e.member, e.step)]) for e in model.exploits
-                 if (e.member, e.step) in score]  # fmt: skip
-        if marks:
-            xs, ys = zip(*marks, strict=True)
-            axis.scatter(xs, ys, marker="^", color="#d62728", s=18, zorder=3, label="exploit")
-            axis.legend(loc="lower right")
+        for recovery, colour, label in (
+            (False, "#d62728", "exploit"),
+            (True, "#7f7f7f", "recovery"),
+        ):
+            marks = [(e.step, score[(e.member, e.step)]) for e in model.exploits
+                     if (e.member, e.step) in score and e.is_exploit is not recovery]  # fmt: skip
+            if marks:
+                xs, ys = zip(*marks, strict=True)
+                axis.scatter(xs, ys, marker="^", color=colour, s=18, zorder=3, label=label)
+                axis.legend(loc="lower right")
         axis.set_xlabel("interval")
         axis.set_ylabel(model.metric)
         axis.set_title(f"{model.name}: {model.metric} per member")
