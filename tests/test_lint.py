@@ -1,4 +1,5 @@
-"""The code base stays ruff-clean (part of the test command, so CI checks it)."""
+"""The code base stays ruff-clean and type-checks with mypy (part of the test command, so CI
+checks both)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,18 @@ def test_ruff_check_is_clean():
         pytest.skip("ruff is not installed (pip install -e '.[dev]')")
     out = subprocess.run(
         [sys.executable, "-m", "ruff", "check", "src", "tests", "examples", "benchmarks"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_mypy_is_clean():
+    """The package ships py.typed, so its annotations are a promise: mypy checks them."""
+    pytest.importorskip("mypy", reason="mypy is not installed (pip install -e '.[dev]')")
+    out = subprocess.run(
+        [sys.executable, "-m", "mypy", "--no-error-summary"],
         cwd=ROOT,
         capture_output=True,
         text=True,

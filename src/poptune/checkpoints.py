@@ -402,7 +402,7 @@ class FsspecCheckpoints:
             f"step-{step:06d}-{uuid.uuid4().hex[:12]}.ckpt"
         )
         buffer = io.BytesIO()
-        writer = _HashingWriter(buffer)  # type: ignore[arg-type]
+        writer = _HashingWriter(buffer)
         serialization.dump(state, writer)  # type: ignore[arg-type]
         self.fs.pipe_file(self._path(relative), buffer.getvalue())
         return CheckpointRef(member, step, relative, writer.size, writer.checksum)

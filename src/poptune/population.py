@@ -76,7 +76,7 @@ def run(
     population: int = 8,
     intervals: int = 10,
     workers: int = 1,
-    exploit: Callable[..., Any] | None = _DEFAULT,  # type: ignore[assignment]
+    exploit: Callable[..., Any] | None = _DEFAULT,
     explore: Callable[..., Any] | None = None,
     ready: Callable[..., Any] | None = None,
     name: str | None = None,
@@ -276,14 +276,14 @@ def resume(
     workers: int = 1,
     progress: bool = True,
     trainable: type | None = None,
-    exploit: Callable[..., Any] | None = _DEFAULT,  # type: ignore[assignment]
+    exploit: Callable[..., Any] | None = _DEFAULT,
     explore: Callable[..., Any] | None = None,
     ready: Callable[..., Any] | None = None,
     runner: Runner | None = None,
     devices: Sequence[str] | None = None,
     checkpoints: str | os.PathLike[str] | CheckpointStore | None = None,
     intervals: int | None = None,
-    stop: Stop | Sequence[Stop] | None = _DEFAULT,  # type: ignore[assignment]
+    stop: Stop | Sequence[Stop] | None = _DEFAULT,
     trackers: Sequence[Tracker] | None = None,
 ) -> Population:
     """Continue a stored population to its full budget with its stored configuration.

@@ -718,12 +718,12 @@ class Worker:
         while True:
             try:
                 ref = self._doomed.get(timeout=GC_MIN_SECONDS)
-            except queue.Empty:
-                ref = False  # nothing to delete: time to see whether to collect
-            if ref is None:
-                self._collect(final=True)
-                return
-            if ref is not False:
+            except queue.Empty:  # nothing to delete: time to see whether to collect
+                pass
+            else:
+                if ref is None:
+                    self._collect(final=True)
+                    return
                 self._delete_file(ref)
             due = max(GC_MIN_SECONDS, GC_SPACING * last_took)
             if self._recorded_since_gc.is_set() and time.monotonic() - last_started >= due:

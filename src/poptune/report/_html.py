@@ -80,15 +80,18 @@ class _Axis:
 
     def ticks(self, count: int = 5) -> list[float]:
         if self.log:
-            first, last = math.floor(self.low), math.ceil(self.high)
-            step = max(1, (last - first) // count)
-            return [10.0**e for e in range(first, last + 1, step) if self.low <= e <= self.high]
+            lowest, highest = math.floor(self.low), math.ceil(self.high)
+            every = max(1, (highest - lowest) // count)
+            return [
+                10.0**e for e in range(lowest, highest + 1, every) if self.low <= e <= self.high
+            ]
         span = self.high - self.low
         raw = span / count
-        magnitude = 10 ** math.floor(math.log10(raw)) if raw > 0 else 1.0
+        magnitude = 10.0 ** math.floor(math.log10(raw)) if raw > 0 else 1.0
         step = min((m * magnitude for m in (1, 2, 5, 10) if m * magnitude >= raw), default=raw)
-        first = math.ceil(self.low / step) * step
-        ticks, value = [], first
+        first = float(math.ceil(self.low / step) * step)
+        ticks: list[float] = []
+        value = first
         while value <= self.high + 1e-12 * span:
             ticks.append(value)
             value += step
@@ -231,7 +234,8 @@ def _hparam_figure(model: ReportModel, name: str, groups: dict[int, list[Interva
     labels: list[str] = []
     if numeric:
         # No interval yet (a population that has not trained): an empty figure, not a crash.
-        low, high = (min(values), max(values)) if values else (0.0, 1.0)  # type: ignore[type-var]
+        numbers = [float(v) for v in values]  # type: ignore[arg-type]  # all finite numbers
+        low, high = (min(numbers), max(numbers)) if numbers else (0.0, 1.0)
         y = _Axis(low, high, height - bottom, top, log=name in model.log_scale)
         # Keyed by value: a member keeps its value for many intervals (1 and 1.0 share a key
         # and a position).
