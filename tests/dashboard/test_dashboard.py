@@ -307,7 +307,7 @@ pt.run(
     space={"h0": pt.Uniform(0.0, 1.0), "h1": pt.Uniform(0.0, 1.0)},
     metric="q",
     population=4,
-    intervals=40,
+    intervals=150,  # about 30 s: still training when a slow machine has opened the page
     storage=STORAGE,
     name="live",
     seed=0,

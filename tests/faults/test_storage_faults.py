@@ -74,7 +74,7 @@ def test_an_endless_transient_error_gives_up_after_the_retries(tmp_path, monkeyp
     monkeypatch.setattr(_retry, "FIRST_DELAY", 0.001)
     storage, pid = setup(tmp_path)
     state = failing_inserts(storage, "poptune_intervals", 100, "database is locked")
-    with pytest.raises(StorageError, match=r"after 8 attempts"):
+    with pytest.raises(StorageError, match=r"for 8 attempts"):
         record(storage, pid)
     assert state["seen"] == 8
 

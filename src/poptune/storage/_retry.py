@@ -21,7 +21,7 @@ from sqlalchemy.exc import DBAPIError
 from ._base import StorageError
 from ._urls import redact_url
 
-__all__ = ["is_retrying", "is_transient", "retrying"]
+__all__ = ["is_connection_error", "is_retrying", "is_transient", "retrying"]
 
 log = logging.getLogger("poptune")
 
@@ -30,19 +30,46 @@ F = TypeVar("F", bound=Callable[..., Any])
 ATTEMPTS = 8
 FIRST_DELAY = 0.05  # doubled after every attempt: about 6 s in all before giving up
 _SQLSTATES = {"40001", "40P01"}  # serialization_failure, deadlock_detected
+# A server that refuses new connections because it is full or starting up: a storm of workers
+# starting together must wait its turn, not die. These are retried for up to CONNECT_SECONDS,
+# each wait at most MAX_DELAY. (A server that is not there at all, a wrong host or port, is
+# reported at once, as before: nobody should wait two minutes for a typo.)
+CONNECT_SECONDS = 120.0
+MAX_DELAY = 2.0
+_CONNECTION_SQLSTATES = {"53300", "57P03"}  # too_many_connections, cannot_connect_now
+_CONNECTION_MESSAGES = (
+    "too many clients",
+    "too many connections",
+    "remaining connection slots are reserved",
+    "the database system is starting up",
+)
+
+
+def _sqlstate(error: DBAPIError) -> str | None:
+    original = error.orig
+    return getattr(original, "sqlstate", None) or getattr(original, "pgcode", None)
+
+
+def is_connection_error(error: BaseException) -> bool:
+    """Whether the server refused a connection because it is full or starting up (retried for
+    longer than other transient errors)."""
+    if not isinstance(error, DBAPIError):
+        return False
+    if _sqlstate(error) in _CONNECTION_SQLSTATES:
+        return True
+    text = str(error.orig).lower()
+    return any(message in text for message in _CONNECTION_MESSAGES)
 
 
 def is_transient(error: BaseException) -> bool:
     """Whether retrying the whole transaction may succeed."""
     if not isinstance(error, DBAPIError):
         return False
-    if error.connection_invalidated:
+    if error.connection_invalidated or is_connection_error(error):
         return True
-    original = error.orig
-    state = getattr(original, "sqlstate", None) or getattr(original, "pgcode", None)
-    if state in _SQLSTATES:
+    if _sqlstate(error) in _SQLSTATES:
         return True
-    text = str(original).lower()
+    text = str(error.orig).lower()
     return "database is locked" in text or "database is busy" in text or "deadlock" in text
 
 
@@ -63,7 +90,10 @@ def retrying(method: F) -> F:
     @functools.wraps(method)
     def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
         delay = FIRST_DELAY
-        for attempt in range(1, ATTEMPTS + 1):
+        attempt = 0
+        connecting_since: float | None = None
+        while True:
+            attempt += 1
             try:
                 return method(self, *args, **kwargs)
             except DBAPIError as error:
@@ -74,22 +104,28 @@ def retrying(method: F) -> F:
                         "was recorded before is kept, so the population can be resumed once the "
                         "database is healthy."
                     ) from error
-                if attempt == ATTEMPTS:
+                if is_connection_error(error):
+                    connecting_since = connecting_since or time.monotonic()
+                    exhausted = time.monotonic() - connecting_since > CONNECT_SECONDS
+                    limit = f"{CONNECT_SECONDS:.0f} s"
+                else:
+                    exhausted = attempt >= ATTEMPTS
+                    limit = f"{ATTEMPTS} attempts"
+                if exhausted:
                     raise StorageError(
                         f"{method.__name__} kept failing on the storage {redact_url(self.url)} "
-                        f"after {ATTEMPTS} attempts: {error.orig}. Is the database overloaded or "
-                        "unreachable? The population can be resumed later."
+                        f"for {limit}: {error.orig}. Is the database overloaded or unreachable "
+                        "(for PostgreSQL: max_connections, see docs/cluster.md)? The population "
+                        "can be resumed later."
                     ) from error
                 log.warning(
-                    "Transient storage error in %s (attempt %d of %d): %s; retrying",
+                    "Transient storage error in %s (attempt %d): %s; retrying",
                     method.__name__,
                     attempt,
-                    ATTEMPTS,
                     error.orig,
                 )
                 time.sleep(delay * (1.0 + random.random()))
-                delay *= 2
-        raise AssertionError("unreachable")
+                delay = min(delay * 2, MAX_DELAY)
 
     setattr(wrapper, _MARK, True)
     return wrapper  # type: ignore[return-value]

@@ -147,6 +147,12 @@ def filesystem_type(path: Path) -> str | None:
     return kind
 
 
+#: Database connections one SQLStorage (one worker) holds at most on a server (PostgreSQL).
+CONNECTIONS = 1
+#: Seconds a thread waits for that connection while another of the worker's threads uses it.
+CONNECT_TIMEOUT = 120.0
+
+
 class SQLStorage(Storage):
     """Population storage in any SQL database SQLAlchemy reaches (SQLite, PostgreSQL).
 
@@ -197,7 +203,15 @@ class SQLStorage(Storage):
 
     def _create_engine(self, url: str) -> Engine:
         if not self._sqlite:
-            return sa.create_engine(url, pool_pre_ping=True)
+            # One connection per storage object, shared by the worker's threads (each
+            # transaction is short): a server's max_connections bounds workers one to one.
+            return sa.create_engine(
+                url,
+                pool_pre_ping=True,
+                pool_size=CONNECTIONS,
+                max_overflow=0,
+                pool_timeout=CONNECT_TIMEOUT,
+            )
         engine = sa.create_engine(url, connect_args={"timeout": 60.0})
 
         @sa.event.listens_for(engine, "connect")
