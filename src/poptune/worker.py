@@ -83,7 +83,7 @@ def initial_rng(seed: int, member: int) -> np.random.Generator:
 # Garbage collection runs at most once per GC_SPACING times its last duration, and at least
 # GC_MIN_SECONDS apart (see Worker._housekeeping).
 GC_SPACING = 20.0
-GC_MIN_SECONDS = 0.05
+GC_MIN_SECONDS = 1.0
 
 #: "Keep what the population recorded" (the default of strategy arguments that accept None).
 KEEP: Any = object()
