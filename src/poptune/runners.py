@@ -175,7 +175,6 @@ class LocalProcessRunner:
         on_started: Callable[[], None] = _nothing,
     ) -> None:
         """Start the processes and wait for them; on Ctrl-C stop them cleanly and re-raise."""
-        check_shareable(target.storage_url)
         if self.devices is not None and self.start_method == "fork" and cuda_initialised():
             raise RuntimeError(
                 "CUDA is already initialised in this process, so worker processes forked from it "
@@ -184,6 +183,7 @@ class LocalProcessRunner:
                 "runner=pt.LocalProcessRunner(workers, start_method='spawn', devices=[...]) "
                 "(the trainable must then be importable)."
             )
+        check_shareable(target.storage_url)
         environments = self._environments()
         context: Any = multiprocessing.get_context(self.start_method)
         stop = context.Event()
