@@ -9,6 +9,7 @@ stored as JSON.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from numbers import Integral, Real
 from typing import Any
 
@@ -22,6 +23,7 @@ __all__ = [
     "check_int",
     "check_str",
     "invalid",
+    "jsonable",
     "plain",
 ]
 
@@ -33,6 +35,16 @@ class InvalidParameterError(ValueError, TypeError):
 def plain(value: Any) -> Any:
     """``value`` as a built-in scalar when it is a numpy scalar; anything else unchanged."""
     return value.item() if isinstance(value, np.generic) else value
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` as JSON gives it back: tuples as lists, numpy scalars as built-ins, mapping
+    keys as strings (anything else is left for ``json.dumps`` to accept or refuse)."""
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    return plain(value)
 
 
 def invalid(

@@ -21,7 +21,7 @@ from ._validation import (
     check_int,
     check_str,
     invalid,
-    plain,
+    jsonable,
 )
 from .records import Mode, PopulationRecord
 from .space import Space, space_from_dict
@@ -157,15 +157,15 @@ class PopulationConfig:
                 "mode": self.mode.value,
                 "population": self.population,
                 "intervals": self.intervals,
-                "exploit": _json(self.exploit),
-                "explore": _json(self.explore),
-                "ready": _json(self.ready),
+                "exploit": jsonable(self.exploit),
+                "explore": jsonable(self.explore),
+                "ready": jsonable(self.ready),
                 "seed": self.seed,
                 "sync": self.sync,
                 "initial": None if self.initial is None else [dict(h) for h in self.initial],
                 "max_failures": self.max_failures,
                 "lease_seconds": self.lease_seconds,
-                "stop": [_json(d) for d in self.stop],
+                "stop": [jsonable(d) for d in self.stop],
                 "started_at": self.started_at,
                 "checkpoints": self.checkpoints,
             }
@@ -238,16 +238,7 @@ def _description(role: str, value: Any) -> StrategyDescription | None:
         return None
     if not isinstance(value, Mapping) or not isinstance(value.get("type"), str):
         raise invalid(role, "a strategy description with a 'type' (strategies.describe)", value)
-    return _json(value)
-
-
-def _json(value: Any) -> Any:
-    """``value`` with tuples as lists and numpy scalars as built-ins, as JSON gives it back."""
-    if isinstance(value, Mapping):
-        return {str(k): _json(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json(v) for v in value]
-    return plain(value)
+    return jsonable(value)
 
 
 def _hparams_list(name: str, values: Sequence[Any]) -> tuple[dict[str, Any], ...]:
@@ -257,7 +248,7 @@ def _hparams_list(name: str, values: Sequence[Any]) -> tuple[dict[str, Any], ...
     for index, hparams in enumerate(values):
         if not isinstance(hparams, Mapping):
             raise invalid(f"{name}[{index}]", "a dict of hparams", hparams)
-        result.append(_json(hparams))
+        result.append(jsonable(hparams))
     return tuple(result)
 
 

@@ -152,7 +152,8 @@ def run(
     """
     check_trainable(trainable)
     started_at = time.time()
-    criteria = stop_list(stop, metric if isinstance(metric, str) else None)
+    metric = check_str("metric", metric)
+    criteria = stop_list(stop, metric)
     space = _space(space)
     population = check_int("population", population, 2)
     workers = check_int("workers", workers, 1)

@@ -32,6 +32,8 @@ from typing import Any
 
 import numpy as np
 
+from ._validation import plain
+
 __all__ = [
     "Choice",
     "Distribution",
@@ -54,8 +56,7 @@ _INT64 = (-(2**63), 2**63 - 1)
 def _plain_scalar(value: Any) -> Any:
     """``value`` as an exact built-in scalar (numpy scalars and str/int/float subclasses such
     as enums are converted), or unchanged if it is not a scalar at all."""
-    if isinstance(value, np.generic):
-        value = value.item()
+    value = plain(value)
     if isinstance(value, bool) or value is None:
         return value
     if isinstance(value, str):

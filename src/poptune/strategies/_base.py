@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import numpy as np
 
 from .._imports import import_object, reference_of
+from .._validation import jsonable
 from ..records import Candidate
 
 if TYPE_CHECKING:
@@ -211,17 +212,11 @@ def _differing_state(strategy: Any, again: Any) -> list[str]:
 def _jsonable(strategy: Any, role: str, params: Mapping[str, Any]) -> dict[str, Any]:
     """``params`` as JSON gives them back (tuples as lists), or NotRecordable."""
     try:
-        return json.loads(json.dumps(dict(params), default=_plain))
+        return json.loads(json.dumps(jsonable(dict(params))))
     except (TypeError, ValueError) as error:
         raise NotRecordable(
             _how(strategy, role, f"its parameters {params!r} are not JSON ({error})")
         ) from None
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    raise TypeError(f"{type(value).__name__} {value!r} is not a JSON value")
 
 
 def _name(strategy: Any) -> str:
