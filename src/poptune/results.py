@@ -182,6 +182,11 @@ class Result:
         return self._record.name
 
     @property
+    def id(self) -> int:
+        """The population's id in its storage (it never changes: no re-read)."""
+        return self._record.id
+
+    @property
     def config(self) -> PopulationConfig:
         """The stored configuration (trainable, space, metric, mode, strategies, budget...)."""
         return self._config

@@ -493,7 +493,7 @@ class MLflow(Tracker):
 
     def _initial_hparams(self, member: int) -> Mapping[str, Any]:
         assert self._result is not None
-        found = self._result.storage.interval(self._result.record.id, member, 1)
+        found = self._result.storage.interval(self._result.id, member, 1)
         return found.hparams if found is not None else {}
 
     def _log(
