@@ -11,6 +11,7 @@ from ._validation import InvalidParameterError
 from .checkpoints import CheckpointCorrupt, CheckpointMissing, LocalCheckpoints
 from .config import PopulationConfig
 from .loop import Context, Interval, LoopError
+from .peers import Peers, as_peers
 from .population import Population, delete, load, replay, resume, run
 from .records import (
     Candidate,
@@ -92,6 +93,7 @@ __all__ = [
     "MemberStatus",
     "Mode",
     "NotRecordable",
+    "Peers",
     "Perturb",
     "Plateau",
     "Population",
@@ -119,6 +121,7 @@ __all__ = [
     "WallClock",
     "Worker",
     "__version__",
+    "as_peers",
     "chain",
     "delete",
     "load",

@@ -24,6 +24,7 @@ __all__ = [
     "MemberRecord",
     "MemberStatus",
     "Mode",
+    "PeerCounts",
     "PopulationRecord",
     "PopulationStatus",
 ]
@@ -189,6 +190,21 @@ class Candidate:
     #: fitness of the member's last intervals up to ``step``, oldest first; filled only for
     #: exploit strategies that ask for it with a ``history`` attribute (e.g. ``TTest``)
     history: tuple[float, ...] = ()
+
+
+@dataclass(frozen=True)
+class PeerCounts:
+    """Where one member stands among the candidates at its step, counted by the storage.
+
+    ``size`` candidates in all; ``before`` of them have a lower member id; ``better`` of them
+    rank above the member (higher fitness, ties broken by the lower member id); ``finite`` of
+    them have a finite score. The member itself is never counted in ``before`` or ``better``.
+    """
+
+    size: int
+    before: int
+    better: int
+    finite: int
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from . import serialization
 from .checkpoints import CheckpointCorrupt, CheckpointMissing, CheckpointStore
 from .config import PopulationConfig
 from .live import LiveMember, LiveMembers, open_session
+from .peers import ListPeers, Peers, PeersChanged, StoredPeers
 from .records import (
     Candidate,
     CheckpointRef,
@@ -278,19 +279,25 @@ class Worker:
         unchanged = (replace(member, exploit_pending=False), claim.checkpoint)
         if spec.exploit is None:
             return unchanged
-        population = self._with_history(self._candidates(member.step))
-        me = next((c for c in population if c.member == member.id), None)
-        if me is None:
+        peers = self._peers(member)
+        if peers is None:
             return unchanged
         rng = rng_for(spec.config.seed, _EXPLOIT, member.id, member.step)
-        donor = spec.exploit(me, population, rng)
-        if donor is None:
+        try:
+            donor = spec.exploit(peers.me, peers, rng)
+        except PeersChanged:  # a member failed while the strategy read: decide on a snapshot
+            peers = self._snapshot(member)
+            if peers is None:
+                return unchanged
+            rng = rng_for(spec.config.seed, _EXPLOIT, member.id, member.step)
+            donor = spec.exploit(peers.me, peers, rng)
+        if donor is None or donor.member == member.id:
             return unchanged
         donor = self._with_hparams(donor)
         if donor is None:  # its interval is gone: the population was deleted meanwhile
             return unchanged
         hparams = self._explore(donor, rng)
-        event = _copy_event(member, donor, hparams, me.score)
+        event = _copy_event(member, donor, hparams, peers.me.score)
         copied = self.storage.record_exploit(
             claim, event, hparams, done=donor.step >= spec.config.intervals
         )
@@ -555,6 +562,29 @@ class Worker:
         fitness = self.spec.config.mode.fitness
         rows = self.storage.candidate_scores(self.population_id, step)
         return [Candidate(member, at, score, fitness(score)) for member, at, score in rows]
+
+    def _peers(self, member: MemberRecord) -> Peers | None:
+        """``member``'s peers at its step, for the exploit strategy: read from the storage as
+        the strategy asks (a few one-row queries, whatever the population's size), or all at
+        once for a strategy that needs every candidate's hparams. ``None`` if the member is
+        not a candidate there (it failed, or its checkpoint was dropped)."""
+        exploit = self.spec.exploit
+        if getattr(exploit, "needs_hparams", False):
+            return self._snapshot(member)
+        return StoredPeers.open(
+            self.storage,
+            self.population_id,
+            member.id,
+            member.step,
+            self.spec.config.mode,
+            history=int(getattr(exploit, "history", 0) or 0),
+        )
+
+    def _snapshot(self, member: MemberRecord) -> ListPeers | None:
+        """``member``'s peers read at once (with their history, if the strategy asks for it)."""
+        population = self._with_history(self._candidates(member.step))
+        me = next((c for c in population if c.member == member.id), None)
+        return None if me is None else ListPeers(population, me)
 
     def _with_hparams(self, donor: Candidate) -> Candidate | None:
         """``donor`` with the hparams recorded with its interval (read now if the candidates

@@ -146,6 +146,22 @@ def test_a_schema_2_database_is_upgraded_exactly_and_resumes(storage_url, tmp_pa
             assert ref.step == new_steps[(pid, row["member_id"], row["step"])]
             state = open_checkpoints(folder).load(ref)  # the SHA-256 still verifies
             assert state["theta"].shape == (2,)
+        # Schema 8: each checkpoint row carries its interval's score, which exploits rank by.
+        scores = {(i.member, i.step): i.score for i in intervals}
+        engine = sa.create_engine(storage_url)
+        with engine.connect() as connection:
+            carried = connection.execute(
+                sa.text(
+                    "SELECT member_id, step, score FROM poptune_checkpoints "
+                    "WHERE population_id = :pid"
+                ),
+                {"pid": pid},
+            ).all()
+        engine.dispose()
+        assert len(carried) == len(refs)
+        assert {(m, s): score for m, s, score in carried} == {
+            (m, s): scores[(m, s)] for m, s, _ in carried
+        }
 
         events = storage.exploits(pid)
         before = [r for r in old["poptune_exploits"] if r["population_id"] == pid]
@@ -274,8 +290,8 @@ def test_a_database_too_old_to_upgrade_is_refused(storage_url):
 
 def _back_to_schema(url: str, checkpoints: Path, version: int) -> None:
     """Make a database look as poptune wrote it at ``version`` (2 or 3): checkpoints were
-    checksummed with a bare SHA-256, in a column named ``sha256``, and copies recorded no
-    reason."""
+    checksummed with a bare SHA-256, in a column named ``sha256``, copies recorded no reason,
+    and checkpoint rows no score."""
     import hashlib
 
     import sqlalchemy as sa
@@ -289,6 +305,9 @@ def _back_to_schema(url: str, checkpoints: Path, version: int) -> None:
             sa.text("ALTER TABLE poptune_checkpoints RENAME COLUMN checksum TO sha256")
         )
         connection.execute(sa.text("ALTER TABLE poptune_exploits DROP COLUMN reason"))  # 6
+        for index in ("ix_poptune_checkpoints_peers", "ix_poptune_members_status"):  # 8
+            connection.execute(sa.text(f"DROP INDEX {index}"))
+        connection.execute(sa.text("ALTER TABLE poptune_checkpoints DROP COLUMN score"))
         for row in rows:
             digest = hashlib.sha256((checkpoints / row.path).read_bytes()).hexdigest()
             connection.execute(

@@ -43,6 +43,7 @@ from ..records import (
     MemberRecord,
     MemberStatus,
     Mode,
+    PeerCounts,
     PopulationRecord,
     PopulationStatus,
 )
@@ -269,8 +270,11 @@ class Storage(ABC):
         """The interval ``member`` recorded at ``step``, if any."""
 
     @abstractmethod
-    def scores_since(self, population_id: int, step: int) -> list[tuple[int, int, float | None]]:
-        """(member, step, score) of every interval after ``step``, by member then step."""
+    def scores_since(
+        self, population_id: int, step: int, member: int | None = None
+    ) -> list[tuple[int, int, float | None]]:
+        """(member, step, score) of every interval after ``step`` (of ``member`` alone, if
+        given), by member then step."""
 
     @abstractmethod
     def best_by_step(self, population_id: int, mode: Mode) -> list[tuple[int, float]]:
@@ -288,6 +292,29 @@ class Storage(ABC):
         """``(member, step, score)`` of what :meth:`candidates` returns, by member: what an
         exploit strategy ranks, without decoding any hparams or metrics (the worker reads the
         chosen donor's hparams with :meth:`interval`)."""
+
+    @abstractmethod
+    def peer(
+        self, population_id: int, step: int, member: int
+    ) -> tuple[int, int, float | None] | None:
+        """``(member, step, score)`` if ``member`` is a candidate at ``step`` (healthy, with its
+        interval and checkpoint there), else ``None``."""
+
+    @abstractmethod
+    def peer_counts(
+        self, population_id: int, step: int, mode: Mode, member: int, fitness: float
+    ) -> PeerCounts:
+        """Where a member ``member`` with ``fitness`` stands among the candidates at ``step``
+        (see :class:`~poptune.records.PeerCounts`), counted without reading the candidates:
+        what an exploit strategy asks through :class:`~poptune.peers.StoredPeers`."""
+
+    @abstractmethod
+    def peer_at(
+        self, population_id: int, step: int, index: int, mode: Mode | None = None
+    ) -> tuple[int, int, float | None] | None:
+        """``(member, step, score)`` of the ``index``-th candidate at ``step`` by member id, or,
+        with ``mode``, the ``index``-th best (higher fitness first, ties by lower member id,
+        non-finite scores last); ``None`` past the last."""
 
     @abstractmethod
     def exploits(self, population_id: int) -> list[ExploitEvent]:

@@ -19,7 +19,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any, NoReturn
 
+from ..peers import count_peers
 from ..records import (
+    Candidate,
     CheckpointRef,
     ExploitEvent,
     FailureRecord,
@@ -27,6 +29,7 @@ from ..records import (
     MemberRecord,
     MemberStatus,
     Mode,
+    PeerCounts,
     PopulationRecord,
     PopulationStatus,
 )
@@ -489,11 +492,18 @@ class MemoryStorage(Storage):
         with self._transaction():
             return copy.deepcopy(self._get(population_id).intervals.get((member, step)))
 
-    def scores_since(self, population_id: int, step: int) -> list[tuple[int, int, float | None]]:
-        """(member, step, score) of every interval after ``step``, by member then step."""
+    def scores_since(
+        self, population_id: int, step: int, member: int | None = None
+    ) -> list[tuple[int, int, float | None]]:
+        """(member, step, score) of every interval after ``step`` (of ``member`` alone, if
+        given), by member then step."""
         with self._transaction():
             rows = sorted(self._get(population_id).intervals.items())
-            return [(m, s, row.score) for (m, s), row in rows if s > step]
+            return [
+                (m, s, row.score)
+                for (m, s), row in rows
+                if s > step and (member is None or m == member)
+            ]
 
     def best_by_step(self, population_id: int, mode: Mode) -> list[tuple[int, float]]:
         """(step, best finite score recorded at that step), by step."""
@@ -523,6 +533,36 @@ class MemoryStorage(Storage):
                 if key in population.intervals and key in population.checkpoints:
                     found.append(copy.deepcopy(population.intervals[key]))
             return found
+
+    def peer(
+        self, population_id: int, step: int, member: int
+    ) -> tuple[int, int, float | None] | None:
+        """``(member, step, score)`` if ``member`` is a candidate at ``step``, else ``None``."""
+        return next((r for r in self.candidate_scores(population_id, step) if r[0] == member), None)
+
+    def peer_counts(
+        self, population_id: int, step: int, mode: Mode, member: int, fitness: float
+    ) -> PeerCounts:
+        """Where a member ``member`` with ``fitness`` stands among the candidates at ``step``."""
+        return count_peers(self._peers(population_id, step, mode), member, fitness)
+
+    def peer_at(
+        self, population_id: int, step: int, index: int, mode: Mode | None = None
+    ) -> tuple[int, int, float | None] | None:
+        """The ``index``-th candidate at ``step`` by member id (with ``mode``: the ``index``-th
+        best), or ``None``."""
+        peers = self._peers(population_id, step, mode or Mode.MAX)
+        if mode is not None:
+            peers.sort(key=lambda c: (-c.fitness, c.member))
+        if not 0 <= index < len(peers):
+            return None
+        return (peers[index].member, peers[index].step, peers[index].score)
+
+    def _peers(self, population_id: int, step: int, mode: Mode) -> list[Candidate]:
+        return [
+            Candidate(m, s, score, mode.fitness(score))
+            for m, s, score in self.candidate_scores(population_id, step)
+        ]
 
     def exploits(self, population_id: int) -> list[ExploitEvent]:
         """Every exploit event in recording order."""

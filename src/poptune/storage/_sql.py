@@ -10,6 +10,7 @@ transaction.
 from __future__ import annotations
 
 import json
+import math
 import time
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -30,6 +31,7 @@ from ..records import (
     MemberRecord,
     MemberStatus,
     Mode,
+    PeerCounts,
     PopulationRecord,
     PopulationStatus,
 )
@@ -69,6 +71,10 @@ from ._statements import (
     INTERVAL,
     LATEST,
     LATEST_SCORES,
+    PEER,
+    PEER_BEST,
+    PEER_BY_MEMBER,
+    PEER_COUNTS,
     RECORD,
     RELEASE,
     RENEW,
@@ -544,6 +550,7 @@ class SQLStorage(Storage):
                     "path": checkpoint.path,
                     "size": checkpoint.size,
                     "checksum": checkpoint.checksum,
+                    "score": score,
                 },
             )
             connection.execute(STREAK_RESET, {"pid": claim.population_id})
@@ -709,15 +716,19 @@ class SQLStorage(Storage):
         return None if row is None else interval_record(row)
 
     @retrying
-    def scores_since(self, population_id: int, step: int) -> list[tuple[int, int, float | None]]:
-        """(member, step, score) of every interval after ``step``, by member then step."""
+    def scores_since(
+        self, population_id: int, step: int, member: int | None = None
+    ) -> list[tuple[int, int, float | None]]:
+        """(member, step, score) of every interval after ``step`` (of ``member`` alone, if
+        given), by member then step."""
         i = intervals.c
+        query = sa.select(i.member_id, i.step, i.score).where(
+            i.population_id == population_id, i.step > step
+        )
+        if member is not None:
+            query = query.where(i.member_id == member)
         with self._read() as connection:
-            rows = connection.execute(
-                sa.select(i.member_id, i.step, i.score)
-                .where(i.population_id == population_id, i.step > step)
-                .order_by(i.member_id, i.step)
-            ).all()
+            rows = connection.execute(query.order_by(i.member_id, i.step)).all()
         return [(row[0], row[1], row[2]) for row in rows]  # by position: the hot path
 
     @retrying
@@ -762,6 +773,47 @@ class SQLStorage(Storage):
                     SCORES_AT_STEP, {"pid": population_id, "step": step}
                 ).all()
         return [(row[0], row[1], row[2]) for row in rows]  # by position: the hot path
+
+    @retrying
+    def peer(
+        self, population_id: int, step: int, member: int
+    ) -> tuple[int, int, float | None] | None:
+        """``(member, step, score)`` if ``member`` is a candidate at ``step``, else ``None``."""
+        with self._read() as connection:
+            row = connection.execute(
+                PEER, {"pid": population_id, "step": step, "mid": member}
+            ).first()
+        return None if row is None else (row[0], row[1], row[2])
+
+    @retrying
+    def peer_counts(
+        self, population_id: int, step: int, mode: Mode, member: int, fitness: float
+    ) -> PeerCounts:
+        """Where a member ``member`` with ``fitness`` stands among the candidates at ``step``:
+        one aggregate over the step's index, no candidate read."""
+        finite = fitness > -math.inf
+        score = (fitness if mode is Mode.MAX else -fitness) if finite else None
+        with self._read() as connection:
+            row = connection.execute(
+                PEER_COUNTS[mode if finite else None],
+                {"pid": population_id, "step": step, "mid": member, "score": score},
+            ).one()
+        return PeerCounts(size=row[0], before=row[1] or 0, better=row[2] or 0, finite=row[3] or 0)
+
+    @retrying
+    def peer_at(
+        self, population_id: int, step: int, index: int, mode: Mode | None = None
+    ) -> tuple[int, int, float | None] | None:
+        """The ``index``-th candidate at ``step`` by member id (with ``mode``: the ``index``-th
+        best), one row read, or ``None``."""
+        if index < 0:
+            return None
+        with self._read() as connection:
+            row = connection.execute(
+                PEER_BY_MEMBER if mode is None else PEER_BEST[mode],
+                {"pid": population_id, "step": step, "index": index},
+            ).first()
+        return None if row is None else (row[0], row[1], row[2])
 
     @retrying
     def exploits(self, population_id: int) -> list[ExploitEvent]:

@@ -238,6 +238,67 @@ LATEST = _candidates(_m.step)
 AT_STEP = _candidates(_B("step"))
 LATEST_SCORES = _candidates(_m.step, _i.member_id, _i.step, _i.score)
 SCORES_AT_STEP = _candidates(_B("step"), _i.member_id, _i.step, _i.score)
+
+# --- peers: what an exploit strategy asks of the candidates at one step, one row or one count.
+# A candidate is a checkpoint row (every checkpoint row has its interval, and carries that
+# interval's score) of a member that has not failed, so these read one index, never the
+# intervals: (population_id, step, member_id, score) covers them, and the failed members are
+# looked up once per statement.
+_SCORE_ROW = (_c.member_id, _c.step, _c.score)
+#: a finite score: NULL (NaN) and the infinities fall outside (PostgreSQL's NaN is above both)
+_FINITE = _c.score.between(-FINITE, FINITE)
+_FAILED = sa.select(_m.member_id).where(
+    _m.population_id == _B("pid"), _m.status == MemberStatus.FAILED.value
+)
+
+
+def _peers(*columns: Any) -> Any:
+    return sa.select(*columns).where(
+        _c.population_id == _B("pid"), _c.step == _B("step"), _c.member_id.not_in(_FAILED)
+    )
+
+
+PEER = _peers(*_SCORE_ROW).where(_c.member_id == _B("mid"))
+PEER_BY_MEMBER = _peers(*_SCORE_ROW).order_by(_c.member_id).limit(1).offset(_B("index"))
+
+
+def _peer_best(mode: Mode) -> Any:
+    """The ``:index``-th best candidate: finite scores first, best first, then by member id."""
+    key = sa.case((_FINITE, _c.score), else_=0.0)
+    return (
+        _peers(*_SCORE_ROW)
+        .order_by(
+            sa.case((_FINITE, 0), else_=1),
+            key.desc() if mode is Mode.MAX else key.asc(),
+            _c.member_id,
+        )
+        .limit(1)
+        .offset(_B("index"))
+    )
+
+
+def _peer_counts(above: Any) -> Any:
+    """Size, lower member ids, members ranked above, finite scores: one pass over the step."""
+
+    def number(condition: Any) -> Any:
+        return sa.func.sum(sa.case((condition, 1), else_=0))
+
+    return _peers(
+        sa.func.count(),
+        number(_c.member_id < _B("mid")),
+        number(sa.and_(_c.member_id != _B("mid"), above)),
+        number(_FINITE),
+    )
+
+
+_TIE = sa.and_(_c.score == _B("score"), _c.member_id < _B("mid"))
+#: keyed by the mode, or ``None`` for a member whose fitness is -inf (everyone finite is above)
+PEER_COUNTS: dict[Mode | None, Any] = {
+    Mode.MAX: _peer_counts(sa.and_(_FINITE, sa.or_(_c.score > _B("score"), _TIE))),
+    Mode.MIN: _peer_counts(sa.and_(_FINITE, sa.or_(_c.score < _B("score"), _TIE))),
+    None: _peer_counts(sa.or_(_FINITE, _c.member_id < _B("mid"))),
+}
+PEER_BEST = {mode: _peer_best(mode) for mode in Mode}
 _GC_MEMBERS = sa.select(_m.member_id, _m.step, _m.restore_member, _m.restore_step, _m.status).where(
     _m.population_id == _B("pid")
 )

@@ -32,9 +32,13 @@ class Exploit(Protocol):
 
     ``population`` holds the interval every healthy member recorded at ``member.step``
     (``member`` included), so members are compared at equal training. Only candidates with a
-    complete checkpoint are ever offered, so any returned candidate can be copied. Candidates
-    carry their scores, not their hparams (the chosen donor's are read after the choice); a
-    strategy that needs every candidate's hparams sets ``needs_hparams = True``.
+    complete checkpoint are ever offered, so any returned candidate can be copied. The worker
+    passes a :class:`~poptune.peers.Peers`: a read-only sequence in member-id order that reads
+    everyone only when iterated, and answers ``len``, ``rank``, ``best(k)``, ``finite`` and
+    ``peers[i]`` with a few rows whatever the population's size (the built-in strategies ask
+    only these; ``as_peers(population, member)`` gives the same view of a plain list).
+    Candidates carry their scores, not their hparams (the chosen donor's are read after the
+    choice); a strategy that needs every candidate's hparams sets ``needs_hparams = True``.
     """
 
     def __call__(
