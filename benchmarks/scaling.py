@@ -15,7 +15,9 @@ of 64, 256, 1,024 and 4,096 (``--sizes``) on SQLite and PostgreSQL. Every member
 intervals: the first is a warm-up (nothing to exploit yet), and intervals/s is counted, from
 the recorded intervals, over the other two (each starts with an exploit), so it is the
 framework's own cost per interval in steady state. A run stops after ``--seconds`` (90) in all.
-Target (issue #15): throughput at 1,024 members >= 0.6x that at 64, on both storages.
+Target (issue #15): throughput at 1,024 members >= 0.6x that at 64, on both storages. With
+``--repeat N`` the sizes are measured in turn N times and the median is shown with its range
+(single runs on a busy 2-core machine vary by a quarter).
 
 ``many``: 24, 64 and 128 worker processes (``--many``) started at once on one PostgreSQL
 server, each member sleeping ``Sleepy.seconds`` (0.5 s) per interval and using no CPU, as GPU
@@ -24,6 +26,7 @@ every claim of every worker, and the most database connections the population's 
 once (sampled from ``pg_stat_activity``).
 
 Run:  python benchmarks/scaling.py [--tables workers,sizes,many] [--intervals 4] [--seconds 90]
+                                   [--sizes 64,256,1024,4096] [--repeat 1]
                                    [--postgres URL] [--ray ADDRESS]
 PostgreSQL is measured when --postgres or $POPTUNE_TEST_POSTGRES names a database whose user may
 create databases (a temporary one is created and dropped); ``many`` needs it.
@@ -195,18 +198,31 @@ def size_throughput(url: str, size: int, seconds: float, folder: Path) -> float 
     return len(steady) / (finished - started)
 
 
-def sizes_table(label: str, url: str, sizes: list[int], seconds: float, folder: Path) -> None:
-    """Print intervals/s for each population size and the ratio to the smallest."""
+def sizes_table(
+    label: str, url: str, sizes: list[int], seconds: float, folder: Path, repeat: int = 1
+) -> None:
+    """Print intervals/s for each population size and the ratio to the smallest: with
+    ``repeat`` > 1 the sizes are measured in turn ``repeat`` times and the median is shown, with
+    the range (a busy machine moves a single run by a quarter)."""
     logging.getLogger("poptune").setLevel(logging.ERROR)  # "stopped by the wall clock": expected
-    rates = {size: size_throughput(url, size, seconds, folder) for size in sizes}
-    first = rates[sizes[0]]
-    cells = " | ".join(
-        f"{size}: n/a (warm-up alone took over {seconds:.0f} s)"
-        if rate is None
-        else f"{size}: {rate:7.1f}/s" + (f" ({rate / first:.2f}x)" if first else "")
-        for size, rate in rates.items()
-    )
-    print(f"{label:<10} {cells}", flush=True)
+    runs: dict[int, list[float]] = {size: [] for size in sizes}
+    for _ in range(repeat):
+        for size in sizes:
+            rate = size_throughput(url, size, seconds, folder)
+            if rate is not None:
+                runs[size].append(rate)
+    first = statistics.median(runs[sizes[0]]) if runs[sizes[0]] else None
+
+    def cell(size: int) -> str:
+        if not runs[size]:
+            return f"{size}: n/a (warm-up alone took over {seconds:.0f} s)"
+        rate = statistics.median(runs[size])
+        text = f"{size}: {rate:7.1f}/s" + (f" ({rate / first:.2f}x)" if first else "")
+        if len(runs[size]) > 1:
+            text += f" [{min(runs[size]):.0f}-{max(runs[size]):.0f}]"
+        return text
+
+    print(f"{label:<10} " + " | ".join(cell(size) for size in sizes), flush=True)
 
 
 # --- many workers --------------------------------------------------------------------------------
@@ -318,6 +334,7 @@ def main() -> None:
     parser.add_argument("--intervals", type=int, default=4)
     parser.add_argument("--sizes", default="64,256,1024,4096")
     parser.add_argument("--seconds", type=float, default=90.0)
+    parser.add_argument("--repeat", type=int, default=1, help="sizes: runs per size (median)")
     parser.add_argument("--many", default="24,64,128")
     parser.add_argument("--many-intervals", type=int, default=6)
     parser.add_argument("--postgres", default=os.environ.get("POPTUNE_TEST_POSTGRES"))
@@ -335,10 +352,11 @@ def main() -> None:
                 f" s): intervals/s after the warm-up interval (and x the {sizes[0]}-member rate;"
                 " target at 1024 >= 0.6x)"
             )
-            sizes_table("SQLite", f"sqlite:///{folder / 'sizes.db'}", sizes, args.seconds, folder)
+            sqlite = f"sqlite:///{folder / 'sizes.db'}"
+            sizes_table("SQLite", sqlite, sizes, args.seconds, folder, args.repeat)
             if args.postgres:
                 with temporary_postgres(args.postgres) as url:
-                    sizes_table("PostgreSQL", url, sizes, args.seconds, folder)
+                    sizes_table("PostgreSQL", url, sizes, args.seconds, folder, args.repeat)
             else:
                 print("PostgreSQL: skipped (pass --postgres URL or set $POPTUNE_TEST_POSTGRES)")
         if "many" in tables:

@@ -29,7 +29,15 @@ from .records import Candidate, Mode, PeerCounts
 if TYPE_CHECKING:
     from .storage import Storage
 
-__all__ = ["ListPeers", "Peers", "PeersChanged", "StoredPeers", "as_peers", "count_peers"]
+__all__ = [
+    "ListPeers",
+    "Peers",
+    "PeersChanged",
+    "StoredPeers",
+    "as_peers",
+    "count_peers",
+    "with_history",
+]
 
 
 class PeersChanged(RuntimeError):
@@ -54,6 +62,29 @@ def count_peers(population: Iterable[Candidate], member: int, fitness: float) ->
             before += c.member < member
             better += _rank_key(c) < key
     return PeerCounts(size=size, before=before, better=better, finite=finite)
+
+
+def with_history(
+    candidates: list[Candidate], storage: Storage, population_id: int, mode: Mode, window: int
+) -> list[Candidate]:
+    """``candidates`` with the fitness of each one's last ``window`` intervals up to its step,
+    oldest first (what ``TTest`` compares), in one read: of that member alone for one."""
+    if window <= 0 or not candidates:
+        return candidates
+    only = candidates[0].member if len(candidates) == 1 else None
+    since = min(c.step for c in candidates) - window
+    recent: dict[int, list[tuple[int, float]]] = {}
+    for member, step, score in storage.scores_since(population_id, since, only):
+        recent.setdefault(member, []).append((step, mode.fitness(score)))
+    return [
+        replace(
+            c,
+            history=tuple(
+                f for step, f in recent.get(c.member, ()) if c.step - window < step <= c.step
+            ),
+        )
+        for c in candidates
+    ]
 
 
 class Peers(Sequence[Candidate], ABC):
@@ -276,22 +307,14 @@ class StoredPeers(Peers):
         if self._cache is None:
             rows = self.storage.candidate_scores(self.population_id, self.step)
             everyone = [self._candidate(row, self.mode) for row in rows]
-            self._cache = self._histories(everyone, None)
+            self._cache = self._histories(everyone)
         return list(self._cache)
 
     def _with_history(self, candidate: Candidate) -> Candidate:
-        return self._histories([candidate], candidate.member)[0]
+        return self._histories([candidate])[0]
 
-    def _histories(self, candidates: list[Candidate], member: int | None) -> list[Candidate]:
-        """``candidates`` with the fitness of their last ``history`` intervals (one read)."""
-        if self.history <= 0 or not candidates:
-            return candidates
-        since = self.step - self.history
-        recent: dict[int, list[float]] = {}
-        for m, step, score in self.storage.scores_since(self.population_id, since, member):
-            if step <= self.step:
-                recent.setdefault(m, []).append(self.mode.fitness(score))
-        return [replace(c, history=tuple(recent.get(c.member, ()))) for c in candidates]
+    def _histories(self, candidates: list[Candidate]) -> list[Candidate]:
+        return with_history(candidates, self.storage, self.population_id, self.mode, self.history)
 
     def __repr__(self) -> str:
         return (

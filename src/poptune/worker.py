@@ -28,7 +28,7 @@ from . import serialization
 from .checkpoints import CheckpointCorrupt, CheckpointMissing, CheckpointStore
 from .config import PopulationConfig
 from .live import LiveMember, LiveMembers, open_session
-from .peers import ListPeers, Peers, PeersChanged, StoredPeers
+from .peers import ListPeers, Peers, PeersChanged, StoredPeers, with_history
 from .records import (
     Candidate,
     CheckpointRef,
@@ -582,7 +582,13 @@ class Worker:
 
     def _snapshot(self, member: MemberRecord) -> ListPeers | None:
         """``member``'s peers read at once (with their history, if the strategy asks for it)."""
-        population = self._with_history(self._candidates(member.step))
+        population = with_history(
+            self._candidates(member.step),
+            self.storage,
+            self.population_id,
+            self.spec.config.mode,
+            int(getattr(self.spec.exploit, "history", 0) or 0),
+        )
         me = next((c for c in population if c.member == member.id), None)
         return None if me is None else ListPeers(population, me)
 
@@ -602,25 +608,6 @@ class Worker:
             fitness=self.spec.config.mode.fitness(interval.score),
             hparams=interval.hparams,
         )
-
-    def _with_history(self, population: list[Candidate]) -> list[Candidate]:
-        """Attach each candidate's recent fitness when the exploit strategy asks for it."""
-        window = int(getattr(self.spec.exploit, "history", 0) or 0)
-        if window <= 0 or not population:
-            return population
-        since = min(c.step for c in population) - window
-        recent: dict[int, list[tuple[int, float]]] = {}
-        for member, step, score in self.storage.scores_since(self.population_id, since):
-            recent.setdefault(member, []).append((step, self.spec.config.mode.fitness(score)))
-        return [
-            replace(
-                c,
-                history=tuple(
-                    f for step, f in recent.get(c.member, []) if c.step - window < step <= c.step
-                ),
-            )
-            for c in population
-        ]
 
     def _explore_data(self, donor: Candidate, window: int) -> ExploreData:
         """The population's intervals at steps ``donor.step - window + 1 .. donor.step``, each
