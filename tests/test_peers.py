@@ -161,6 +161,11 @@ def test_peers_read_from_the_storage_answer_as_a_list(storage, mode):
             stored.best(len(stored))
         with pytest.raises(IndexError):
             stored[len(stored)]
+        assert [stored.best(k) for k in range(len(stored))] == [  # answered from what it read
+            listed.best(k) for k in range(len(listed))
+        ]
+        with pytest.raises(IndexError):
+            stored.best(-1)
     assert StoredPeers.open(storage, pid, 0, 1, mode) is None  # failed
     assert StoredPeers.open(storage, pid, 3, 1, mode) is None  # its checkpoint is gone
     assert StoredPeers.open(storage, pid, 2, 2, mode) is None  # never reached step 2

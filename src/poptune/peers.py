@@ -289,10 +289,10 @@ class StoredPeers(Peers):
         return self._row(index, None)
 
     def _row(self, index: int, mode: Mode | None) -> Candidate:
-        if self._cache is not None:
-            return (sorted(self._cache, key=_rank_key) if mode else self._cache)[index]
         if index < 0:
             raise IndexError(f"There is no candidate number {index}.")
+        if self._cache is not None:  # everyone was read: answer from that
+            return (sorted(self._cache, key=_rank_key) if mode else self._cache)[index]
         row = self.storage.peer_at(self.population_id, self.step, index, mode)
         if row is None:
             if index < len(self):
