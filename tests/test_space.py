@@ -451,7 +451,7 @@ def test_resample_with_probability_one_is_a_fresh_sample():
         (
             lambda s: Perturb((0.8, -1.0))({"lr": 0.1}, s, rng()),
             ValueError,
-            r"Got -1.0 in \(0.8, -1.0\)",
+            r"positive finite numbers such as \(0.8, 1.2\)\. Got \(0.8, -1.0\) instead",
         ),
         (lambda s: Perturb("12")({"lr": 0.1}, s, rng()), ValueError, r"'factors'.*Got '12'"),
         (

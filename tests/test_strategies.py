@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -223,3 +224,47 @@ def test_ttest_in_a_run_sees_each_members_recent_scores(tmp_path):
             expected = [by_key[(member, s)] for s in range(max(1, step - 2), step + 1)]
             assert list(history) == pytest.approx(expected)
     assert len(result.intervals()) == 32
+
+
+def test_strategy_parameters_from_numpy_are_accepted_and_recorded_as_built_ins():
+    """A sweep over strategy settings hands numpy scalars (``np.arange``, ``np.linspace``): they
+    are accepted, and recorded as plain JSON numbers (``json.dumps`` refuses numpy integers)."""
+    made = [
+        pt.Truncation(np.float32(0.25)),
+        pt.TTest(window=np.int64(5), alpha=np.float32(0.1)),
+        pt.Every(np.int64(2), burn_in=np.int32(1)),
+        pt.PB2(window=np.int64(4), max_points=np.int64(50)),
+        pt.Perturb((np.float32(0.5), np.float64(2.0)), resample_probability=np.float32(0.25)),
+        pt.Target(np.float32(0.5)),
+        pt.Plateau(np.int64(3), min_delta=np.float32(0.01)),
+        pt.WallClock(np.int64(60)),
+    ]
+    for strategy in made:
+        recorded = json.loads(json.dumps(describe(strategy, "strategy")))
+        rebuilt = rebuild(recorded, "strategy")
+        assert type(rebuilt) is type(strategy)
+        assert rebuilt.to_config() == strategy.to_config()
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: pt.TTest(window=1), "'window' parameter of TTest must be an int >= 2"),
+        (lambda: pt.TTest(alpha=1.0), r"'alpha' parameter of TTest must be a number in the range"),
+        (lambda: pt.Every(0), "'intervals' parameter of Every must be an int >= 1"),
+        (lambda: pt.Every(burn_in=-1), "'burn_in' parameter of Every must be an int >= 0"),
+        (lambda: pt.PB2(max_points=2), "'max_points' parameter of PB2 must be an int >= 3"),
+        (lambda: pt.Perturb((0.8, 0)), "'factors' parameter of Perturb must be a non-empty"),
+        (lambda: pt.Perturb("0.8"), "'factors' parameter of Perturb must be a non-empty"),
+        (lambda: pt.Target(float("nan")), "'score' parameter of Target must be a finite number"),
+        (lambda: pt.Plateau(0), "'intervals' parameter of Plateau must be an int >= 1"),
+        (lambda: pt.Plateau(2, min_delta=-1), "'min_delta' parameter of Plateau must be a number"),
+        (lambda: pt.Plateau(2, metric=""), "'metric' parameter of Plateau must be a metric's"),
+        (lambda: pt.WallClock(0), "'seconds' parameter of WallClock must be a number > 0"),
+        (lambda: pt.Every(2.0), "'intervals' parameter of Every must be an int >= 1"),
+    ],
+)
+def test_bad_strategy_parameters_say_what_was_wrong_and_the_value(make, message):
+    with pytest.raises(pt.InvalidParameterError, match=message) as error:
+        make()
+    assert "Got " in str(error.value) and str(error.value).endswith("instead.")

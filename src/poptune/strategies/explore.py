@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from numbers import Real
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .._validation import check_float
+from .._validation import check_float, invalid, plain
 from ..space import Distribution
 from ._base import describe, rebuild, register
 
@@ -52,23 +53,16 @@ class Perturb:
     def __init__(
         self, factors: Sequence[float] = (0.8, 1.2), resample_probability: float = 0.0
     ) -> None:
+        expected = "a non-empty sequence of positive finite numbers such as (0.8, 1.2)"
         if isinstance(factors, str | bytes) or not isinstance(factors, Sequence) or not factors:
-            raise ValueError(
-                "The 'factors' parameter of Perturb must be a non-empty sequence of positive "
-                f"numbers such as (0.8, 1.2). Got {factors!r} instead."
-            )
-        for factor in factors:
-            if (
-                isinstance(factor, bool)
-                or not isinstance(factor, int | float)
-                or not math.isfinite(factor)
-                or factor <= 0
-            ):
-                raise ValueError(
-                    "The 'factors' parameter of Perturb must hold positive finite numbers. "
-                    f"Got {factor!r} in {tuple(factors)!r}."
-                )
-        self.factors = tuple(float(f) for f in factors)
+            raise invalid("factors", expected, factors, "Perturb")
+        numbers = [plain(f) for f in factors]
+        if any(
+            isinstance(f, bool) or not isinstance(f, Real) or not 0 < float(f) < math.inf
+            for f in numbers
+        ):
+            raise invalid("factors", expected, factors, "Perturb")
+        self.factors = tuple(float(f) for f in numbers)
         self.resample_probability = _check_probability(
             "Perturb", "resample_probability", resample_probability
         )

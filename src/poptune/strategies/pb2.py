@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .._validation import check_int
 from ..records import ExploreData, IntervalChange
 from ..space import Choice, IntUniform, LogUniform, Uniform
 from ._base import register
@@ -327,14 +328,6 @@ def _encoding(space: Space) -> tuple[list[_Numeric], list[_Categorical]]:
 # --- the strategy --------------------------------------------------------------------------------
 
 
-def _check_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(
-            f"The '{name}' parameter of PB2 must be an int >= {minimum}. Got {value!r} instead."
-        )
-    return int(value)
-
-
 @register
 class PB2:
     """Explore by GP-UCB on the population's recent improvements (Population Based Bandits).
@@ -362,8 +355,8 @@ class PB2:
     """
 
     def __init__(self, window: int = 10, max_points: int = 200) -> None:
-        self.window = _check_int("window", window, 1)
-        self.max_points = _check_int("max_points", max_points, MIN_POINTS)
+        self.window = check_int("window", window, 1, owner="PB2")
+        self.max_points = check_int("max_points", max_points, MIN_POINTS, owner="PB2")
 
     def check_space(self, space: Space) -> None:
         """Raise a ``ValueError`` if PB2 cannot tune ``space`` (nothing tuned, or a distribution

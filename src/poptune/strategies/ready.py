@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .._validation import check_int
 from ..records import Candidate
 from ._base import register
 
@@ -23,14 +24,8 @@ class Every:
     """
 
     def __init__(self, intervals: int = 1, burn_in: int = 0) -> None:
-        for name, value, low in (("intervals", intervals, 1), ("burn_in", burn_in, 0)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(
-                    f"The '{name}' parameter of Every must be an int >= {low}. "
-                    f"Got {value!r} instead."
-                )
-        self.intervals = intervals
-        self.burn_in = burn_in
+        self.intervals = check_int("intervals", intervals, 1, owner="Every")
+        self.burn_in = check_int("burn_in", burn_in, 0, owner="Every")
 
     def __call__(self, member: Candidate) -> bool:
         """Is ``member`` due to exploit after its interval ``member.step``?"""

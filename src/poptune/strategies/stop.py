@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .._validation import check_float, check_int, invalid
 from ..records import Mode
 from ._base import register
 
@@ -79,16 +80,6 @@ class Progress:
         return fitness if self.mode is Mode.MAX else -fitness
 
 
-def _check_number(owner: str, name: str, value: Any, positive: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ValueError(
-            f"The '{name}' parameter of {owner} must be a finite number. Got {value!r}."
-        )
-    if positive and value <= 0:
-        raise ValueError(f"The '{name}' parameter of {owner} must be > 0. Got {value!r}.")
-    return float(value)
-
-
 @register
 class Target:
     """Stop once the best score reaches ``score`` (at least it for ``max``, at most for ``min``).
@@ -102,7 +93,7 @@ class Target:
     """
 
     def __init__(self, score: float, metric: str | None = None) -> None:
-        self.target = _check_number("Target", "score", score)
+        self.target = check_float("score", score, owner="Target")
         self.metric = _check_metric("Target", metric)
 
     def __call__(self, progress: Progress) -> str | None:
@@ -136,16 +127,8 @@ class Plateau:
 
     def __init__(self, intervals: int, min_delta: float = 0.0, metric: str | None = None) -> None:
         self.metric = _check_metric("Plateau", metric)
-        if isinstance(intervals, bool) or not isinstance(intervals, int) or intervals < 1:
-            raise ValueError(
-                f"The 'intervals' parameter of Plateau must be an int >= 1. Got {intervals!r}."
-            )
-        self.intervals = intervals
-        self.min_delta = _check_number("Plateau", "min_delta", min_delta)
-        if self.min_delta < 0:
-            raise ValueError(
-                f"The 'min_delta' parameter of Plateau must be >= 0. Got {min_delta!r}."
-            )
+        self.intervals = check_int("intervals", intervals, 1, owner="Plateau")
+        self.min_delta = check_float("min_delta", min_delta, 0.0, owner="Plateau")
 
     def __call__(self, progress: Progress) -> str | None:
         """The reason to stop, once the best has stalled for ``intervals`` steps."""
@@ -181,7 +164,7 @@ class WallClock:
     """
 
     def __init__(self, seconds: float) -> None:
-        self.seconds = _check_number("WallClock", "seconds", seconds, positive=True)
+        self.seconds = check_float("seconds", seconds, 0.0, low_open=True, owner="WallClock")
 
     def __call__(self, progress: Progress) -> str | None:
         """The reason to stop, once the time is up."""
@@ -210,10 +193,10 @@ def check_stop(criteria: Sequence[Stop], progress: Progress) -> str | None:
 
 
 def _check_metric(owner: str, metric: Any) -> str | None:
-    if metric is not None and (not isinstance(metric, str) or not metric):
-        raise ValueError(
-            f"The 'metric' parameter of {owner} must be a metric's name or None. Got {metric!r}."
-        )
+    if metric is None:
+        return None
+    if not isinstance(metric, str) or not metric:
+        raise invalid("metric", "a metric's name or None", metric, owner)
     return metric
 
 
