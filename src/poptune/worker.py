@@ -614,7 +614,9 @@ class Worker:
         with the fitness it started from (its origin interval's). Later steps are left out, so
         a synchronous run sees the same data whatever the workers' timing."""
         fitness = self.spec.config.mode.fitness
-        rows = self.storage.intervals(self.population_id, after_step=donor.step - window - 1)
+        rows = self.storage.intervals(
+            self.population_id, after_step=donor.step - window - 1, until_step=donor.step
+        )
         scores = {(r.member, r.step): fitness(r.score) for r in rows}
         changes = [
             IntervalChange(r.member, r.step, r.hparams, scores[r.origin], scores[r.member, r.step])

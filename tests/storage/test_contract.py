@@ -373,7 +373,7 @@ def test_a_claim_takes_the_least_advanced_member_preferring_the_callers(storage)
     assert fourth.member.id == 0 and storage.claim(pid, "w", 5, 30.0, sync=False) is None
 
 
-def test_intervals_after_a_step(storage):
+def test_intervals_between_two_steps(storage):
     pid = make(storage, n=2)
     for score in (0.1, 0.2, 0.3, 0.4, 0.5):  # members 0, 1, 0, 1, 0: steps 1, 1, 2, 2, 3
         train(storage, pid, score)
@@ -382,4 +382,6 @@ def test_intervals_after_a_step(storage):
     assert storage.intervals(pid, after_step=0) == every
     assert storage.intervals(pid, after_step=1) == [every[1], every[2], every[4]]
     assert storage.intervals(pid, after_step=3) == []
+    assert storage.intervals(pid, after_step=0, until_step=1) == [every[0], every[3]]
+    assert storage.intervals(pid, after_step=1, until_step=2) == [every[1], every[4]]
     assert every[1].hparams == {"x": 0.0} and every[1].origin == (0, 1)  # whole records

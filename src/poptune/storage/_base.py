@@ -260,10 +260,13 @@ class Storage(ABC):
         """Every member's current record, by id."""
 
     @abstractmethod
-    def intervals(self, population_id: int, after_step: int = 0) -> list[IntervalRecord]:
-        """Every recorded interval above step ``after_step`` (default: all), by member then
-        step, in one query: a reader tops up what it read before (the dashboard), and a
-        data-driven explore strategy (``PB2``) reads the population's recent history."""
+    def intervals(
+        self, population_id: int, after_step: int = 0, until_step: int | None = None
+    ) -> list[IntervalRecord]:
+        """Every recorded interval above step ``after_step`` (default: all) and at most
+        ``until_step`` (default: no bound), by member then step, in one query: a reader tops
+        up what it read before (the dashboard), and a data-driven explore strategy (``PB2``)
+        reads a window of the population's history."""
 
     @abstractmethod
     def interval(self, population_id: int, member: int, step: int) -> IntervalRecord | None:

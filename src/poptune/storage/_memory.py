@@ -480,12 +480,18 @@ class MemoryStorage(Storage):
         with self._transaction():
             return [m.record() for _, m in sorted(self._get(population_id).members.items())]
 
-    def intervals(self, population_id: int, after_step: int = 0) -> list[IntervalRecord]:
-        """Every recorded interval above step ``after_step`` (default: all), by member and
-        step."""
+    def intervals(
+        self, population_id: int, after_step: int = 0, until_step: int | None = None
+    ) -> list[IntervalRecord]:
+        """Every recorded interval above step ``after_step`` (default: all) and at most
+        ``until_step`` (default: no bound), by member and step."""
         with self._transaction():
             rows = sorted(self._get(population_id).intervals.items())
-            return [copy.deepcopy(row) for (_, step), row in rows if step > after_step]
+            return [
+                copy.deepcopy(row)
+                for (_, step), row in rows
+                if step > after_step and (until_step is None or step <= until_step)
+            ]
 
     def interval(self, population_id: int, member: int, step: int) -> IntervalRecord | None:
         """The interval ``member`` recorded at ``step``, or ``None``."""

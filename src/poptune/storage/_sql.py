@@ -693,13 +693,17 @@ class SQLStorage(Storage):
         return [member_record(row) for row in rows]
 
     @retrying
-    def intervals(self, population_id: int, after_step: int = 0) -> list[IntervalRecord]:
-        """Every recorded interval above step ``after_step`` (default: all), by member and
-        step."""
+    def intervals(
+        self, population_id: int, after_step: int = 0, until_step: int | None = None
+    ) -> list[IntervalRecord]:
+        """Every recorded interval above step ``after_step`` (default: all) and at most
+        ``until_step`` (default: no bound), by member and step."""
         i = intervals.c
         where = [i.population_id == population_id]
         if after_step > 0:
             where.append(i.step > after_step)
+        if until_step is not None:
+            where.append(i.step <= until_step)
         with self._read() as connection:
             rows = connection.execute(
                 sa.select(intervals).where(*where).order_by(i.member_id, i.step)
