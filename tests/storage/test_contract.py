@@ -283,6 +283,17 @@ def test_best_by_step_ignores_nan_and_infinities(storage):
     assert storage.best_by_step(make(storage, name="empty"), Mode.MAX) == []
 
 
+def test_best_by_step_keeps_the_best_of_every_step_and_goes_with_its_population(storage):
+    pid = make(storage, n=2)
+    for score in (0.5, -2.0, 0.7, 3.0, 0.1):  # members 0, 1, 0, 1, 0: steps 1, 1, 2, 2, 3
+        train(storage, pid, score)
+    assert storage.best_by_step(pid, Mode.MAX) == [(1, 0.5), (2, 3.0), (3, 0.1)]
+    assert storage.best_by_step(pid, Mode.MIN) == [(1, -2.0), (2, 0.7), (3, 0.1)]
+    storage.delete_population(pid)
+    again = make(storage)  # SQLite may give it the deleted population's id
+    assert storage.best_by_step(again, Mode.MAX) == []
+
+
 def test_a_retried_write_that_committed_writes_nothing_twice(storage):
     pid = make(storage, n=2)
     claim = storage.claim(pid, "w", 5, 30.0, sync=False)

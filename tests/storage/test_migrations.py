@@ -8,6 +8,7 @@ its rows are copied into a fresh database in the same (old) schema before the up
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import sqlite3
 from pathlib import Path
@@ -19,6 +20,7 @@ import sqlalchemy as sa
 
 import poptune as pt
 from poptune.checkpoints import CheckpointCorrupt, open_checkpoints
+from poptune.records import Mode
 from poptune.storage import SCHEMA_VERSION, SQLStorage, StorageError, _schema
 
 FIXTURE = Path(__file__).parent / "fixtures" / "schema2"
@@ -158,6 +160,13 @@ def test_a_schema_2_database_is_upgraded_exactly_and_resumes(storage_url, tmp_pa
                 {"pid": pid},
             ).all()
         engine.dispose()
+        # Schema 9: each step's best finite score is kept, as every interval gives it.
+        for mode, pick in ((Mode.MAX, max), (Mode.MIN, min)):
+            best: dict[int, float] = {}
+            for i in intervals:
+                if i.score is not None and math.isfinite(i.score):
+                    best[i.step] = pick(best.get(i.step, i.score), i.score)
+            assert storage.best_by_step(pid, mode) == sorted(best.items())
         assert len(carried) == len(refs)
         assert {(m, s): score for m, s, score in carried} == {
             (m, s): scores[(m, s)] for m, s, _ in carried
@@ -291,7 +300,7 @@ def test_a_database_too_old_to_upgrade_is_refused(storage_url):
 def _back_to_schema(url: str, checkpoints: Path, version: int) -> None:
     """Make a database look as poptune wrote it at ``version`` (2 or 3): checkpoints were
     checksummed with a bare SHA-256, in a column named ``sha256``, copies recorded no reason,
-    and checkpoint rows no score."""
+    checkpoint rows no score, and no step kept its best score."""
     import hashlib
 
     import sqlalchemy as sa
@@ -308,6 +317,7 @@ def _back_to_schema(url: str, checkpoints: Path, version: int) -> None:
         for index in ("ix_poptune_checkpoints_peers", "ix_poptune_members_status"):  # 8
             connection.execute(sa.text(f"DROP INDEX {index}"))
         connection.execute(sa.text("ALTER TABLE poptune_checkpoints DROP COLUMN score"))
+        connection.execute(sa.text("DROP TABLE poptune_step_bests"))  # 9
         for row in rows:
             digest = hashlib.sha256((checkpoints / row.path).read_bytes()).hexdigest()
             connection.execute(

@@ -29,10 +29,11 @@ __all__ = [
     "meta_table",
     "metadata",
     "populations",
+    "step_bests",
     "upgrade_schema",
 ]
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 _LOCK = 0x706F7074756E65  # "poptune": the advisory lock that serialises schema creation
 #: Set in the configuration of a population recorded before schema 3 (whose ``step`` counted the
 #: intervals a member trained itself rather than the intervals behind its weights) that could not
@@ -137,6 +138,18 @@ exploits = sa.Table(
     # checkpoint was damaged); see records.CopyReason
     sa.Column("reason", sa.String(16), nullable=False, server_default="exploit"),
     sa.Index("ix_poptune_exploits_population", "population_id"),
+)
+
+#: the best finite score recorded at each step (both ways, so either mode reads it): what stop
+#: criteria read after every interval, one row per step whatever the population's size
+#: (schema 9); kept by record_interval, in its transaction
+step_bests = sa.Table(
+    "poptune_step_bests",
+    metadata,
+    sa.Column("population_id", sa.Integer, sa.ForeignKey(populations.c.id), primary_key=True),
+    sa.Column("step", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("high", sa.Float, nullable=False),
+    sa.Column("low", sa.Float, nullable=False),
 )
 
 failures = sa.Table(
@@ -446,6 +459,22 @@ def _score_checkpoints(connection: Connection) -> int:
     return 8
 
 
+def _best_by_step(connection: Connection) -> int:
+    """Schema 8 -> 9: the best finite score of each step is kept in ``poptune_step_bests``
+    (created empty by ``create_all`` before the migrations run), filled here from the
+    intervals, so stop criteria read one row per step instead of every interval."""
+    connection.execute(sa.text("DELETE FROM poptune_step_bests"))
+    connection.execute(
+        sa.text(
+            "INSERT INTO poptune_step_bests (population_id, step, high, low)"
+            " SELECT population_id, step, max(score), min(score) FROM poptune_intervals"
+            " WHERE score BETWEEN :low AND :high GROUP BY population_id, step"
+        ),
+        {"low": -1.7976931348623157e308, "high": 1.7976931348623157e308},
+    )
+    return 9
+
+
 MIGRATIONS: dict[int, Callable[[Connection], int]] = {
     2: _mark_legacy_steps,
     3: _name_checksums,
@@ -453,6 +482,7 @@ MIGRATIONS: dict[int, Callable[[Connection], int]] = {
     5: _record_copy_reasons,
     6: _index_steps,
     7: _score_checkpoints,
+    8: _best_by_step,
 }
 
 

@@ -55,6 +55,7 @@ from ._schema import (
     intervals,
     members,
     populations,
+    step_bests,
     upgrade_schema,
 )
 from ._statements import (
@@ -82,6 +83,7 @@ from ._statements import (
     RESTORE,
     RETRY,
     SCORES_AT_STEP,
+    STEP_BEST,
     STREAK,
     STREAK_RESET,
     STREAK_UP,
@@ -326,7 +328,7 @@ class SQLStorage(Storage):
             rows = connection.execute(
                 sa.select(checkpoints).where(c.population_id == population_id)
             ).all()
-            for table in (failures, exploits, checkpoints, intervals, members):
+            for table in (failures, exploits, checkpoints, step_bests, intervals, members):
                 connection.execute(table.delete().where(table.c.population_id == population_id))
             connection.execute(populations.delete().where(populations.c.id == population_id))
         return [checkpoint_ref(row) for row in rows]
@@ -553,6 +555,16 @@ class SQLStorage(Storage):
                     "score": score,
                 },
             )
+            if score is not None and -FINITE <= score <= FINITE:
+                connection.execute(
+                    STEP_BEST[connection.dialect.name],
+                    {
+                        "population_id": claim.population_id,
+                        "step": interval.step,
+                        "high": score,
+                        "low": score,
+                    },
+                )
             connection.execute(STREAK_RESET, {"pid": claim.population_id})
 
     @retrying
@@ -737,22 +749,16 @@ class SQLStorage(Storage):
 
     @retrying
     def best_by_step(self, population_id: int, mode: Mode) -> list[tuple[int, float]]:
-        """(step, best finite score recorded at that step), by step: one row per step, however
-        many members, so stop criteria read little after every interval."""
-        i = intervals.c
-        best = sa.func.max(i.score) if mode is Mode.MAX else sa.func.min(i.score)
+        """(step, best finite score recorded at that step), by step: one stored row per step
+        (kept by :meth:`record_interval`), however many members, so stop criteria read little
+        after every interval."""
+        t = step_bests.c
+        best = t.high if mode is Mode.MAX else t.low
         with self._read() as connection:
             rows = connection.execute(
-                sa.select(i.step, best.label("best"))
-                .where(
-                    i.population_id == population_id,
-                    i.score > -FINITE,  # NULL (NaN) and infinities are no one's best
-                    i.score < FINITE,
-                )
-                .group_by(i.step)
-                .order_by(i.step)
+                sa.select(t.step, best).where(t.population_id == population_id).order_by(t.step)
             ).all()
-        return [(int(row.step), float(row.best)) for row in rows]
+        return [(int(row[0]), float(row[1])) for row in rows]
 
     @retrying
     def candidates(self, population_id: int, step: int | None = None) -> list[IntervalRecord]:

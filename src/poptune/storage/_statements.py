@@ -11,6 +11,7 @@ import math
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import FunctionElement
@@ -25,7 +26,7 @@ from ..records import (
     PopulationRecord,
     PopulationStatus,
 )
-from ._schema import checkpoints, dumps, exploits, intervals, members, populations
+from ._schema import checkpoints, dumps, exploits, intervals, members, populations, step_bests
 
 FINITE = 1.7976931348623157e308  # the largest finite float
 
@@ -441,3 +442,20 @@ def interval_record(row: Any) -> IntervalRecord:
 
 def checkpoint_ref(row: Any) -> CheckpointRef:
     return CheckpointRef(row.member_id, row.step, row.path, row.size, row.checksum)
+
+
+def _step_best(dialect: str) -> Any:
+    """Insert a step's best score, or keep the better of the stored and the new one."""
+    insert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(step_bests)
+    high, low = (
+        (sa.func.greatest, sa.func.least) if dialect == "postgresql" else (sa.func.max, sa.func.min)
+    )
+    t = step_bests.c
+    return insert.on_conflict_do_update(
+        index_elements=[t.population_id, t.step],
+        set_={"high": high(t.high, insert.excluded.high), "low": low(t.low, insert.excluded.low)},
+    )
+
+
+#: by dialect name: what record_interval runs for a finite score
+STEP_BEST = {dialect: _step_best(dialect) for dialect in ("sqlite", "postgresql")}
