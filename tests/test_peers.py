@@ -191,6 +191,9 @@ def test_a_member_that_fails_while_peers_are_read_is_reported(storage):
     assert peers.best(0).member == 1  # one fewer: the best is another
     with pytest.raises(PeersChanged, match="changed while its peers were read"):
         peers.best(2)  # the count said three
+    assert [c.member for c in peers] == [0, 1]  # iterating reads everyone as they are now
+    with pytest.raises(PeersChanged):
+        peers[2]  # answered from that read, which is still one short of the count
 
 
 def test_strategies_called_with_a_list_get_list_peers():

@@ -291,17 +291,21 @@ class StoredPeers(Peers):
     def _row(self, index: int, mode: Mode | None) -> Candidate:
         if index < 0:
             raise IndexError(f"There is no candidate number {index}.")
+        found: Candidate | None = None
         if self._cache is not None:  # everyone was read: answer from that
-            return (sorted(self._cache, key=_rank_key) if mode else self._cache)[index]
-        row = self.storage.peer_at(self.population_id, self.step, index, mode)
-        if row is None:
-            if index < len(self):
-                raise PeersChanged(
-                    f"Candidate {index} of step {self.step} is gone: the population changed "
-                    "while its peers were read."
-                )
-            raise IndexError(f"There is no candidate number {index}: {len(self)} in all.")
-        return self._with_history(self._candidate(row, self.mode))
+            ordered = sorted(self._cache, key=_rank_key) if mode else self._cache
+            found = ordered[index] if index < len(ordered) else None
+        else:
+            row = self.storage.peer_at(self.population_id, self.step, index, mode)
+            found = None if row is None else self._with_history(self._candidate(row, self.mode))
+        if found is not None:
+            return found
+        if index < len(self):
+            raise PeersChanged(
+                f"Candidate {index} of step {self.step} is gone: the population changed while "
+                "its peers were read."
+            )
+        raise IndexError(f"There is no candidate number {index}: {len(self)} in all.")
 
     def _everyone(self) -> list[Candidate]:
         if self._cache is None:
