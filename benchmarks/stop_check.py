@@ -26,8 +26,7 @@ from scaling import temporary_postgres
 
 from poptune.records import Mode
 from poptune.storage import SQLStorage
-from poptune.storage._schema import intervals, step_bests
-from poptune.storage._statements import FINITE
+from poptune.storage._schema import FINITE, intervals, step_bests
 
 
 def _every_interval(storage: SQLStorage, pid: int) -> list[tuple[int, float]]:

@@ -8,6 +8,7 @@ runs the missing ones, in place, in the transaction that opens it (see docs/upgr
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -17,6 +18,7 @@ from sqlalchemy.engine import Connection
 from ._base import StorageError
 
 __all__ = [
+    "FINITE",
     "LEGACY_STEPS",
     "MIGRATIONS",
     "SCHEMA_VERSION",
@@ -34,6 +36,9 @@ __all__ = [
 ]
 
 SCHEMA_VERSION = 9
+#: the largest finite float: ``score BETWEEN -FINITE AND FINITE`` leaves out NULL (NaN), the
+#: infinities and PostgreSQL's NaN
+FINITE = sys.float_info.max
 _LOCK = 0x706F7074756E65  # "poptune": the advisory lock that serialises schema creation
 #: Set in the configuration of a population recorded before schema 3 (whose ``step`` counted the
 #: intervals a member trained itself rather than the intervals behind its weights) that could not
@@ -470,7 +475,7 @@ def _best_by_step(connection: Connection) -> int:
             " SELECT population_id, step, max(score), min(score) FROM poptune_intervals"
             " WHERE score BETWEEN :low AND :high GROUP BY population_id, step"
         ),
-        {"low": -1.7976931348623157e308, "high": 1.7976931348623157e308},
+        {"low": -FINITE, "high": FINITE},
     )
     return 9
 

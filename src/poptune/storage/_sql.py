@@ -68,7 +68,6 @@ from ._statements import (
     EXPLOIT,
     EXPLOIT_DONE,
     FAIL,
-    FINITE,
     INTERVAL,
     LATEST,
     LATEST_SCORES,
@@ -555,7 +554,7 @@ class SQLStorage(Storage):
                     "score": score,
                 },
             )
-            if score is not None and -FINITE <= score <= FINITE:
+            if score is not None and math.isfinite(score):
                 connection.execute(
                     STEP_BEST[connection.dialect.name],
                     {

@@ -26,9 +26,16 @@ from ..records import (
     PopulationRecord,
     PopulationStatus,
 )
-from ._schema import checkpoints, dumps, exploits, intervals, members, populations, step_bests
-
-FINITE = 1.7976931348623157e308  # the largest finite float
+from ._schema import (
+    FINITE,
+    checkpoints,
+    dumps,
+    exploits,
+    intervals,
+    members,
+    populations,
+    step_bests,
+)
 
 
 def score_value(value: float | None) -> float | None:
