@@ -21,7 +21,7 @@ from poptune.checkpoints import (
 def test_round_trip_with_checksum(tmp_path: Path):
     store = LocalCheckpoints(tmp_path)
     state = {"w": np.arange(10, dtype=np.float32), "step": 3, "opt": {0: {"m": np.ones(2)}}}
-    ref = store.save(1, 2, 3, state)
+    ref = store.save("population-1", 2, 3, state)
     assert (ref.member, ref.step) == (2, 3)
     assert ref.checksum == checkpoints.checksum((tmp_path / ref.path).read_bytes())
     assert ref.checksum.startswith("xxh3_128:") and len(ref.checksum) == 9 + 32
@@ -33,8 +33,8 @@ def test_round_trip_with_checksum(tmp_path: Path):
 
 def test_every_attempt_gets_its_own_file(tmp_path: Path):
     store = LocalCheckpoints(tmp_path)
-    first = store.save(1, 0, 1, {"x": 1})
-    second = store.save(1, 0, 1, {"x": 2})  # a late writer for the same (member, step)
+    first = store.save("population-1", 0, 1, {"x": 1})
+    second = store.save("population-1", 0, 1, {"x": 2})  # a late writer for the same (member, step)
     assert first.path != second.path
     assert store.load(first) == {"x": 1}
 
@@ -42,7 +42,7 @@ def test_every_attempt_gets_its_own_file(tmp_path: Path):
 @pytest.mark.parametrize("damage", ["truncate", "flip", "delete", "replace"])
 def test_damaged_checkpoints_are_detected_before_decoding(tmp_path: Path, damage: str):
     store = LocalCheckpoints(tmp_path)
-    ref = store.save(1, 0, 1, {"w": np.zeros(1000)})
+    ref = store.save("population-1", 0, 1, {"w": np.zeros(1000)})
     path = tmp_path / ref.path
     data = bytearray(path.read_bytes())
     if damage == "truncate":
@@ -69,9 +69,11 @@ def test_a_malicious_pickle_with_a_matching_checksum_is_refused(tmp_path: Path):
     marker = Path("/tmp/poptune-pwned")
     marker.unlink(missing_ok=True)
     payload = pickle.dumps(_Exploit())
-    path = tmp_path / "evil.ckpt"
+    path = tmp_path / "population-1" / "member-0000" / "evil.ckpt"
+    path.parent.mkdir(parents=True)
     path.write_bytes(payload)
-    ref = CheckpointRef(0, 1, "evil.ckpt", len(payload), checkpoints.checksum(payload))
+    relative = "population-1/member-0000/evil.ckpt"
+    ref = CheckpointRef(0, 1, relative, len(payload), checkpoints.checksum(payload))
     with pytest.raises(CheckpointCorrupt, match="cannot be decoded"):
         LocalCheckpoints(tmp_path).load(ref)
     assert not marker.exists()
@@ -79,7 +81,7 @@ def test_a_malicious_pickle_with_a_matching_checksum_is_refused(tmp_path: Path):
 
 def test_unsupported_state_names_the_path(tmp_path: Path):
     with pytest.raises(TypeError, match=r"\['model'\]"):
-        LocalCheckpoints(tmp_path).save(1, 0, 1, {"model": object()})
+        LocalCheckpoints(tmp_path).save("population-1", 0, 1, {"model": object()})
     assert not list(tmp_path.rglob("*.tmp")) and not list(tmp_path.rglob("*.ckpt"))
 
 
@@ -95,28 +97,31 @@ def test_sweep_removes_only_old_uncommitted_files(tmp_path: Path):
     from poptune.checkpoints import sweep_orphans
 
     store = LocalCheckpoints(tmp_path)
-    kept = store.save(1, 0, 1, {"x": 1})
-    orphan = store.save(1, 0, 2, {"x": 2})
-    fresh = store.save(1, 1, 1, {"x": 3})
+    kept = store.save("population-1", 0, 1, {"x": 1})
+    orphan = store.save("population-1", 0, 2, {"x": 2})
+    fresh = store.save("population-1", 1, 1, {"x": 3})
     old = time_module.time() - 100
     for ref in (kept, orphan):
         os.utime(tmp_path / ref.path, (old, old))
-    swept = sweep_orphans(store, 1, {kept.path}, older_than=60.0)
+    swept = sweep_orphans(store, "population-1", {kept.path}, older_than=60.0)
     assert swept == [orphan.path]
-    assert set(store.files(1)) == {kept.path, fresh.path}  # a fresh file may be about to commit
+    assert set(store.files("population-1")) == {
+        kept.path,
+        fresh.path,
+    }  # a fresh file may be about to commit
 
 
 def test_a_collected_file_is_overwritten_by_the_next_save_not_reallocated(tmp_path: Path):
     store = LocalCheckpoints(tmp_path, spares=1)
-    big = store.save(1, 0, 1, {"w": np.arange(1000.0)})
+    big = store.save("population-1", 0, 1, {"w": np.arange(1000.0)})
     inode = (tmp_path / big.path).stat().st_ino
     store.delete(big)  # kept as a spare, under a name nobody looks up
     assert not (tmp_path / big.path).exists()
-    small = store.save(1, 0, 2, {"w": np.arange(3.0)})
+    small = store.save("population-1", 0, 2, {"w": np.arange(3.0)})
     assert (tmp_path / small.path).stat().st_ino == inode  # the same file, overwritten
     assert (tmp_path / small.path).stat().st_size == small.size  # and cut to its new size
     np.testing.assert_array_equal(store.load(small)["w"], np.arange(3.0))
-    other = store.save(1, 1, 1, {"w": np.zeros(2)})
+    other = store.save("population-1", 1, 1, {"w": np.zeros(2)})
     store.delete(small)
     store.delete(other)  # the pool is full: deleted
     files = [p for p in (tmp_path / "population-1").rglob("*") if p.is_file()]
@@ -127,12 +132,14 @@ def test_a_collected_file_is_overwritten_by_the_next_save_not_reallocated(tmp_pa
 
 def test_workers_share_one_pool_of_spares_per_population(tmp_path: Path):
     collector, writer = LocalCheckpoints(tmp_path), LocalCheckpoints(tmp_path)  # two workers
-    old = collector.save(1, 0, 1, {"w": np.arange(1000.0)})
+    old = collector.save("population-1", 0, 1, {"w": np.arange(1000.0)})
     inode = (tmp_path / old.path).stat().st_ino
-    other_population = collector.save(2, 0, 1, {"w": np.arange(1000.0)})
+    other_population = collector.save("population-2", 0, 1, {"w": np.arange(1000.0)})
     collector.delete(old)
     collector.delete(other_population)
-    new = writer.save(1, 3, 2, {"w": np.ones(5)})  # the other worker's save reuses the file
+    new = writer.save(
+        "population-1", 3, 2, {"w": np.ones(5)}
+    )  # the other worker's save reuses the file
     assert (tmp_path / new.path).stat().st_ino == inode
     np.testing.assert_array_equal(writer.load(new)["w"], np.ones(5))
     collector.close()  # removes its spare that nobody took, not files now in use
@@ -146,7 +153,7 @@ def test_spares_must_be_a_count(tmp_path: Path):
     with pytest.raises(ValueError, match=r"'spares' parameter must be an int >= 0\. Got -1"):
         LocalCheckpoints(tmp_path, spares=-1)
     store = LocalCheckpoints(tmp_path, spares=0)
-    ref = store.save(1, 0, 1, {"w": np.zeros(3)})
+    ref = store.save("population-1", 0, 1, {"w": np.zeros(3)})
     store.delete(ref)  # no pool: deleted at once
     assert [p for p in (tmp_path / "population-1").rglob("*") if p.is_file()] == []
 
@@ -164,7 +171,7 @@ def _large_state() -> dict:
 def test_large_states_go_around_the_page_cache_and_come_back_exact(tmp_path: Path):
     store = LocalCheckpoints(tmp_path, direct=True)
     state = _large_state()
-    ref = store.save(1, 0, 1, state)
+    ref = store.save("population-1", 0, 1, state)
     path = tmp_path / ref.path
     assert path.stat().st_size == ref.size  # padded blocks cut back to the exact size
     assert checkpoints.checksum(path.read_bytes()) == ref.checksum
@@ -174,16 +181,18 @@ def test_large_states_go_around_the_page_cache_and_come_back_exact(tmp_path: Pat
     assert loaded["step"] == 3
     loaded["w"][0] = 42.0  # decoded in place, writable, and the file is untouched
     assert store.load(ref)["w"][0] == state["w"][0]
-    buffered = LocalCheckpoints(tmp_path / "buffered", direct=False).save(1, 0, 1, state)
+    buffered = LocalCheckpoints(tmp_path / "buffered", direct=False).save(
+        "population-1", 0, 1, state
+    )
     assert (buffered.size, buffered.checksum) == (ref.size, ref.checksum)  # the same bytes
 
 
 def test_a_direct_save_into_a_longer_spare_is_cut_to_size(tmp_path: Path):
     store = LocalCheckpoints(tmp_path, direct=True)
-    big = store.save(1, 0, 1, {"w": np.zeros(DIRECT_BYTES // 4)})  # 2 x DIRECT_BYTES
+    big = store.save("population-1", 0, 1, {"w": np.zeros(DIRECT_BYTES // 4)})  # 2 x DIRECT_BYTES
     inode = (tmp_path / big.path).stat().st_ino
     store.delete(big)
-    ref = store.save(1, 0, 2, _large_state())
+    ref = store.save("population-1", 0, 2, _large_state())
     assert (tmp_path / ref.path).stat().st_ino == inode
     assert (tmp_path / ref.path).stat().st_size == ref.size
     np.testing.assert_array_equal(store.load(ref)["w"], _large_state()["w"])
@@ -195,7 +204,7 @@ def test_a_filesystem_without_direct_io_falls_back_to_the_page_cache(tmp_path: P
 
     monkeypatch.setattr(checkpoints, "_open_direct", refuse)
     store = LocalCheckpoints(tmp_path, direct=True)
-    ref = store.save(1, 0, 1, _large_state())
+    ref = store.save("population-1", 0, 1, _large_state())
     assert store.direct is False  # asked once, then never again
     np.testing.assert_array_equal(store.load(ref)["w"], _large_state()["w"])
     assert [p.name for p in tmp_path.rglob("*.tmp")] == []

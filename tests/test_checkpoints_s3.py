@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import pytest
 
 import poptune as pt
 from poptune import checkpoints
-from poptune.checkpoints import CheckpointCorrupt, FsspecCheckpoints, open_checkpoints
+from poptune.checkpoints import (
+    CheckpointCorrupt,
+    FsspecCheckpoints,
+    open_checkpoints,
+    population_folder,
+)
 from poptune.testing import Quadratic, quadratic_space
 
 
@@ -40,16 +46,16 @@ def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
 def test_round_trip_checksum_and_damage(s3: str):
     store = open_checkpoints(s3)
     assert isinstance(store, FsspecCheckpoints)
-    ref = store.save(1, 0, 1, {"w": [1.0, 2.0]})
+    ref = store.save("population-1", 0, 1, {"w": [1.0, 2.0]})
     assert store.load(ref) == {"w": [1.0, 2.0]}
-    assert set(store.files(1)) == {ref.path}
+    assert set(store.files("population-1")) == {ref.path}
     store.fs.pipe_file(f"{store.root}/{ref.path}", b"garbage")  # replaced behind our back
     with pytest.raises(CheckpointCorrupt, match="bytes but"):
         store.load(ref)
     store.delete(ref)
     with pytest.raises(CheckpointCorrupt, match="missing"):
         store.load(ref)
-    assert store.files(1) == {}
+    assert store.files("population-1") == {}
 
 
 def test_a_population_with_checkpoints_on_s3(s3: str, tmp_path):
@@ -71,8 +77,41 @@ def test_a_population_with_checkpoints_on_s3(s3: str, tmp_path):
     assert [m.step for m in result.members] == [4] * 4
     store = open_checkpoints(s3)
     committed = result.storage.checkpoints(result.record.id)
-    assert {c.path for c in committed} == set(store.files(result.record.id))  # GC reached S3
+    assert {c.path for c in committed} == set(
+        store.files(population_folder(result.storage.database_id(), result.record.id))
+    )  # GC reached S3
     for ref in committed:
         data = store.fs.cat_file(f"{store.root}/{ref.path}")
         assert checkpoints.checksum(data) == ref.checksum
     assert pt.load(url, "s3").best.state()["theta"].shape == (2,)
+
+
+def test_databases_sharing_one_prefix_keep_each_others_objects(s3: str, tmp_path):
+    """Two databases given the same object-store prefix both number their first population 1;
+    neither one's orphan sweep nor its delete reaches the other's objects."""
+    options = dict(
+        space=quadratic_space(),
+        metric="q",
+        population=2,
+        intervals=2,
+        name="p",
+        seed=0,
+        progress=False,
+        checkpoints=s3,
+        lease_seconds=0.25,
+    )
+    a_url, b_url = (f"sqlite:///{tmp_path / name}" for name in ("a.db", "b.db"))
+    a = pt.run(Quadratic, storage=a_url, **options)
+    store = open_checkpoints(s3)
+    a_objects = {
+        ref.path: store.fs.cat_file(f"{store.root}/{ref.path}")
+        for ref in a.storage.checkpoints(a.id)
+    }
+    time.sleep(0.6)  # older than two leases: what b's sweep would take for orphans
+    b = pt.run(Quadratic, storage=b_url, **options)
+    assert a.id == b.id
+    pt.delete(b_url, "p")
+    for path, data in a_objects.items():
+        assert store.fs.cat_file(f"{store.root}/{path}") == data
+    assert not store.files(population_folder(b.storage.database_id(), b.id))
+    assert pt.load(a_url, "p").best.state()["theta"].shape == (2,)

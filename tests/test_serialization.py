@@ -418,7 +418,7 @@ def test_a_directory_round_trips_in_a_state_and_materializes_the_same_files(tmp_
 def test_a_directory_round_trips_through_local_checkpoints(tmp_path: Path):
     directory = Directory.from_path(a_folder(tmp_path / "saved"))
     store = LocalCheckpoints(tmp_path / "checkpoints")
-    ref = store.save(1, member=0, step=2, state={"model": directory, "epoch": 2})
+    ref = store.save("population-1", member=0, step=2, state={"model": directory, "epoch": 2})
     loaded = store.load(ref)
     assert loaded == {"model": directory, "epoch": 2}
     assert files_of(loaded["model"].materialize(tmp_path / "out")) == dict(directory)

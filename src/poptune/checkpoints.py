@@ -19,10 +19,12 @@ import io
 import logging
 import mmap
 import os
+import re
+import stat
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
@@ -49,7 +51,11 @@ __all__ = [
     "CheckpointStore",
     "FsspecCheckpoints",
     "LocalCheckpoints",
+    "UnsafeCheckpointPath",
+    "confined",
     "open_checkpoints",
+    "population_folder",
+    "population_folders",
     "sweep_orphans",
 ]
 
@@ -63,13 +69,109 @@ class CheckpointMissing(CheckpointCorrupt):
     (then open the population with ``checkpoints=`` its new location)."""
 
 
+class UnsafeCheckpointPath(CheckpointCorrupt):
+    """A checkpoint path read from the storage does not lie inside its population's folder
+    (``..``, an absolute path, a symbolic link leading out, another population's folder): the
+    storage's rows were written by something other than poptune. Nothing is read or deleted."""
+
+
+#: The folder of a population written by this poptune: ``db-<database id>/population-<id>``.
+#: Populations written before databases had an id used ``population-<id>`` alone, which two
+#: databases sharing a checkpoint folder both used; their recorded files are still read and
+#: deleted through their rows, but never swept by listing the folder.
+_FOLDER = re.compile(r"(?:db-[0-9a-f]{16}/)?population-[0-9]+")
+_COMPONENT = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+def population_folder(database_id: str, population_id: int) -> str:
+    """The folder, relative to the checkpoint root, that new checkpoints of a population go to.
+
+    It names the database (an id its storage created once, see
+    :meth:`poptune.storage.Storage.database_id`) and the population, so that databases sharing
+    one checkpoint folder (``runs/a.db`` and ``runs/b.db`` beside each other) never share a
+    population folder, and a sweep of the folder only ever sees files of its own population.
+
+    Example:
+        >>> population_folder("0123456789abcdef", 3)
+        'db-0123456789abcdef/population-3'
+    """
+    folder = f"db-{database_id}/population-{population_id}"
+    if _FOLDER.fullmatch(folder) is None:
+        raise ValueError(
+            f"The database id {database_id!r} is not 16 hexadecimal digits; it was not written "
+            "by poptune."
+        )
+    return folder
+
+
+def population_folders(database_id: str | None, population_id: int) -> tuple[str, ...]:
+    """The folders a population's recorded checkpoints may lie in: its own, and the one its
+    checkpoints used before databases had an id (``population-<id>``)."""
+    legacy = f"population-{population_id}"
+    if database_id is None:
+        return (legacy,)
+    return (population_folder(database_id, population_id), legacy)
+
+
+def confined(path: str, folders: Sequence[str]) -> str:
+    """``path`` if it is a plain relative path inside one of ``folders``, else refuse it.
+
+    Every checkpoint path read from the storage goes through this before a file is read,
+    swept or deleted: a row written by anyone who can write to a shared database must not
+    reach a file outside the population's folder.
+
+    Raises:
+        UnsafeCheckpointPath: for ``..``, ``.``, empty or absolute components, backslashes,
+            control characters, or a path in no folder of ``folders``.
+
+    Example:
+        >>> confined("population-1/member-0000/step-000001-ab.ckpt", ["population-1"])
+        'population-1/member-0000/step-000001-ab.ckpt'
+    """
+    parts = path.split("/")
+    safe = (
+        isinstance(path, str)
+        and all(_COMPONENT.fullmatch(part) and part not in (".", "..") for part in parts)
+        and any(
+            len(parts) > folder.count("/") + 1
+            and "/".join(parts[: folder.count("/") + 1]) == folder
+            for folder in folders
+        )
+    )
+    if not safe:
+        raise UnsafeCheckpointPath(
+            f"The checkpoint path {_shown(path)} read from the storage is not inside the "
+            f"population's checkpoint folder ({' or '.join(folders) or 'population-<id>'}): "
+            "refusing to read or "
+            "delete it. The storage's rows were changed by something other than poptune; check "
+            "who can write to the database."
+        )
+    return path
+
+
+def _shown(path: object) -> str:
+    """A path for a message: quoted, control characters escaped, at most 200 characters."""
+    text = repr(path)
+    return text if len(text) <= 200 else f"{text[:200]}...'"
+
+
+def _layout(path: str) -> str:
+    """``path`` if it has the shape of a checkpoint path in some population folder; the
+    stores' own last line of defence, for callers that do not know the population."""
+    parts = path.split("/")
+    folder = "/".join(parts[:2]) if parts[0].startswith("db-") else parts[0]
+    return confined(path, [folder] if _FOLDER.fullmatch(folder) else [])
+
+
 class CheckpointStore(Protocol):
-    """Saves, loads and deletes member states; paths in refs are relative to the store."""
+    """Saves, loads and deletes member states; paths in refs are relative to the store and
+    lie in a population folder (:func:`population_folder`)."""
 
     url: str
 
-    def save(self, population_id: int, member: int, step: int, state: Any) -> CheckpointRef:
-        """Write ``state`` atomically and return its reference (path, size, checksum)."""
+    def save(self, folder: str, member: int, step: int, state: Any) -> CheckpointRef:
+        """Write ``state`` atomically under ``folder`` (a population's folder) and return its
+        reference (path, size, checksum)."""
         ...
 
     def load(self, ref: CheckpointRef) -> Any:
@@ -81,8 +183,9 @@ class CheckpointStore(Protocol):
         that no reader finds it again); a file already gone is fine."""
         ...
 
-    def files(self, population_id: int) -> dict[str, float]:
-        """Every file stored for the population (relative path -> modification time)."""
+    def files(self, folder: str) -> dict[str, float]:
+        """Every file stored under a population's ``folder`` (relative path -> modification
+        time)."""
         ...
 
     def close(self) -> None:
@@ -195,15 +298,11 @@ class LocalCheckpoints:
         self._mine: set[Path] = set()  # spares this store put in a pool, removed by close()
         self._lock = threading.Lock()
 
-    def save(self, population_id: int, member: int, step: int, state: Any) -> CheckpointRef:
-        """Write ``state`` to a unique file, renamed into place only once complete."""
-        # A unique name per attempt: a late writer whose claim was taken over can never
-        # overwrite a checkpoint that another worker already committed.
-        relative = (
-            f"population-{population_id}/member-{member:04d}/"
-            f"step-{step:06d}-{uuid.uuid4().hex[:12]}.ckpt"
-        )
-        final = self.root / relative
+    def save(self, folder: str, member: int, step: int, state: Any) -> CheckpointRef:
+        """Write ``state`` to a unique file in ``folder``, renamed into place only once
+        complete."""
+        relative = _new_path(folder, member, step)
+        final = self._resolve(relative)
         final.parent.mkdir(parents=True, exist_ok=True)
         temporary = final.with_name(f".{final.name}.tmp")
         direct = self.direct and serialization.array_bytes(state) >= DIRECT_BYTES
@@ -273,12 +372,24 @@ class LocalCheckpoints:
         return False
 
     def _pool(self, path: Path) -> Path:
-        """The spare pool of the population that ``path`` (a file in it) belongs to."""
-        return self.root / path.relative_to(self.root).parts[0] / _SPARES
+        """The spare pool of the population that ``path`` (a member's file) belongs to."""
+        return path.parent.parent / _SPARES
+
+    def _resolve(self, relative: str) -> Path:
+        """The file at ``relative`` (a path read from the storage), refused unless it has the
+        shape of a checkpoint path and resolves, symbolic links followed, inside the root."""
+        path = self.root / _layout(relative)
+        if not os.path.realpath(path).startswith(os.path.realpath(self.root) + os.sep):
+            raise UnsafeCheckpointPath(
+                f"The checkpoint path {_shown(relative)} leads out of the checkpoint folder "
+                f"{self.root} through a symbolic link: refusing to read or delete it. Remove "
+                "the link, or check who can write to the folder."
+            )
+        return path
 
     def load(self, ref: CheckpointRef) -> Any:
         """Read the file, check its size and checksum, then decode it."""
-        path = self.root / ref.path
+        path = self._resolve(ref.path)
         try:
             if self.direct and ref.size >= DIRECT_BYTES:
                 try:
@@ -298,7 +409,7 @@ class LocalCheckpoints:
         """Take the file of ``ref`` away (if it is still there): moved into the population's
         pool of spares, to be overwritten by a later save, while the pool holds fewer than
         ``spares`` files; else deleted."""
-        path = self.root / ref.path
+        path = self._resolve(ref.path)
         pool = self._pool(path)
         try:
             keep = sum(1 for _ in pool.iterdir()) < self.spares
@@ -325,37 +436,48 @@ class LocalCheckpoints:
         for spare in spares:
             spare.unlink(missing_ok=True)
 
-    def files(self, population_id: int) -> dict[str, float]:
-        """Every file under the population's folder, temporary ones included."""
-        folder = self.root / f"population-{population_id}"
+    def files(self, folder: str) -> dict[str, float]:
+        """Every regular file under a population's ``folder``, temporary ones included.
+        Symbolic links are neither followed nor listed: only files really in the folder."""
+        self._resolve(f"{folder}/_")  # refuses a folder that is no population's, or leads out
         found: dict[str, float] = {}
-        if folder.is_dir():
-            for path in folder.rglob("*"):
+        for directory, _, names in os.walk(self.root / folder, followlinks=False):
+            for name in names:
+                path = Path(directory) / name
                 try:
-                    if path.is_file():
-                        found[str(path.relative_to(self.root))] = path.stat().st_mtime
+                    info = path.lstat()
                 except FileNotFoundError:  # deleted meanwhile by a worker
                     continue
+                if stat.S_ISREG(info.st_mode):
+                    found[path.relative_to(self.root).as_posix()] = info.st_mtime
         return found
 
     def remove(self, path: str) -> None:
         """Delete a file by its path relative to the store."""
-        (self.root / path).unlink(missing_ok=True)
+        self._resolve(path).unlink(missing_ok=True)
+
+
+def _new_path(folder: str, member: int, step: int) -> str:
+    """A new checkpoint's path: unique per attempt, so a late writer whose claim was taken
+    over can never overwrite a checkpoint that another worker already committed."""
+    return f"{folder}/member-{member:04d}/step-{step:06d}-{uuid.uuid4().hex[:12]}.ckpt"
 
 
 def sweep_orphans(
-    store: CheckpointStore, population_id: int, committed: set[str], older_than: float
+    store: CheckpointStore, folder: str, committed: set[str], older_than: float
 ) -> list[str]:
-    """Delete files of the population that no committed checkpoint row refers to.
+    """Delete files in a population's ``folder`` that no committed checkpoint row refers to.
 
     Such orphans are left by a worker killed between writing a checkpoint and committing it
     (or in the middle of writing it). Only files older than ``older_than`` seconds are touched,
-    so a checkpoint that a live worker is about to commit is never taken away.
+    so a checkpoint that a live worker is about to commit is never taken away. Only pass the
+    population's own folder (:func:`population_folder`), which names its database: files in
+    a folder another database may share cannot be proven to be the population's.
     """
     now = time.time()
     orphans = [
         path
-        for path, mtime in store.files(population_id).items()
+        for path, mtime in store.files(folder).items()
         if path not in committed and now - mtime > older_than
     ]
     for path in orphans:
@@ -393,14 +515,13 @@ class FsspecCheckpoints:
             ) from error
 
     def _path(self, relative: str) -> str:
-        return f"{self.root}/{relative}"
+        """The full path of ``relative`` (read from the storage), refused unless it has the
+        shape of a checkpoint path: object stores have no symbolic links to follow out."""
+        return f"{self.root}/{_layout(relative)}"
 
-    def save(self, population_id: int, member: int, step: int, state: Any) -> CheckpointRef:
+    def save(self, folder: str, member: int, step: int, state: Any) -> CheckpointRef:
         """Serialise, hash and upload ``state`` in a single put."""
-        relative = (
-            f"population-{population_id}/member-{member:04d}/"
-            f"step-{step:06d}-{uuid.uuid4().hex[:12]}.ckpt"
-        )
+        relative = _new_path(folder, member, step)
         buffer = io.BytesIO()
         writer = _HashingWriter(buffer)
         serialization.dump(state, writer)  # type: ignore[arg-type]
@@ -425,9 +546,9 @@ class FsspecCheckpoints:
     def close(self) -> None:
         """Nothing to release: every object is uploaded in one put."""
 
-    def files(self, population_id: int) -> dict[str, float]:
-        """Every object under the population's prefix, with its modification time."""
-        prefix = self._path(f"population-{population_id}")
+    def files(self, folder: str) -> dict[str, float]:
+        """Every object under a population's ``folder``, with its modification time."""
+        prefix = self._path(f"{folder}/_")[: -len("/_")]
         try:
             found = self.fs.find(prefix, detail=True)
         except FileNotFoundError:
@@ -438,6 +559,8 @@ class FsspecCheckpoints:
             if hasattr(modified, "timestamp"):
                 modified = modified.timestamp()
             relative = path[len(self.root) :].lstrip("/") if path.startswith(self.root) else path
+            if not relative.startswith(f"{folder}/"):  # population-10 when listing population-1
+                continue
             result[relative] = float(modified) if modified is not None else time.time()
         return result
 

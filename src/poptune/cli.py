@@ -19,7 +19,7 @@ from rich.table import Table
 
 from .config import PopulationConfig
 from .devices import CUDA_VISIBLE_DEVICES, apply_environment, device_environment, parse_device
-from .population import Population, checkpoints_location, load, replay
+from .population import Population, check_deletable, checkpoints_location, load, replay
 from .population import delete as delete_population
 from .records import MemberRecord
 from .results import Result
@@ -146,6 +146,7 @@ def delete(name: str, storage: str | None, checkpoints: str | None, yes: bool) -
     record = store.population(name)  # fails clearly, listing the names, before asking
     config = PopulationConfig.of(record)
     summary = store.summary(record.id, config.intervals, config.mode)
+    check_deletable(store, record)  # a population in training is refused before asking
     if not yes:
         folder = checkpoints or checkpoints_location(store, record)
         click.confirm(

@@ -15,15 +15,24 @@ from sqlalchemy.engine import make_url
 
 from ._imports import import_object, reference_of
 from ._validation import check_int, check_str, invalid
-from .checkpoints import CheckpointStore, open_checkpoints, sweep_orphans
+from .checkpoints import (
+    CheckpointStore,
+    UnsafeCheckpointPath,
+    confined,
+    open_checkpoints,
+    population_folder,
+    population_folders,
+    sweep_orphans,
+)
 from .config import PopulationConfig
 from .progress import ProgressWatcher
-from .records import PopulationRecord, PopulationStatus
+from .records import CheckpointRef, PopulationRecord, PopulationStatus
 from .report import build_model, plot, write_report
 from .results import Result
 from .runners import InProcessRunner, LocalProcessRunner, RayRunner, Runner, WorkerTarget
 from .space import Space
 from .storage import (
+    PopulationBusy,
     PopulationExists,
     PopulationNotFound,
     Storage,
@@ -481,7 +490,10 @@ def _execute(
         spec, store.url, str(checkpoint_store.url), record.id, lease_seconds, resident
     )
     committed = {ref.path for ref in store.checkpoints(record.id)}
-    swept = sweep_orphans(checkpoint_store, record.id, committed, older_than=2 * lease_seconds)
+    database = store.database_id()
+    assert database is not None  # created on first use
+    folder = population_folder(database, record.id)
+    swept = sweep_orphans(checkpoint_store, folder, committed, older_than=2 * lease_seconds)
     if swept:
         log.info("Deleted %d orphan checkpoint file(s) left by killed workers.", len(swept))
 
@@ -626,21 +638,36 @@ def delete(
     """Delete a stored population: its records and its checkpoint files (found where they
     were recorded, or at ``checkpoints``). There is no undo.
 
+    Only files the population can be proven to own are deleted: those its checkpoint rows
+    name, inside its folder, and those in its own folder, which names this database
+    (see :func:`poptune.checkpoints.population_folder`). A neighbouring database's files in
+    the same checkpoint folder are never touched.
+
     Raises:
         PopulationNotFound: if there is no population called ``name`` (the message lists them).
-        PopulationError: if workers hold members of it (stop them first).
+        PopulationError: if it is being trained (a worker holds a member, or recorded an
+            interval within two leases): stop its workers first. Nothing is deleted then.
     """
     store = open_storage(storage)
     record = store.population(name)
-    _expire_dead_local_claims(store, record)
-    held = store.claims(record.id)
-    if held:
-        raise PopulationError(
-            f"Population {name!r} is being trained: workers {sorted(set(held.values()))} hold "
-            f"members {sorted(held)}. Stop them (Ctrl-C), or wait for their leases to expire, "
-            "then delete it."
-        )
     _delete(store, record, checkpoints)
+
+
+def check_deletable(store: Storage, record: PopulationRecord) -> None:
+    """Raise :class:`PopulationError` if :func:`delete` would refuse ``record`` now (it is
+    being trained), deleting nothing: the CLI checks before it asks for confirmation."""
+    _delete_rows(store, record, check_only=True)
+
+
+def _delete_rows(
+    store: Storage, record: PopulationRecord, check_only: bool = False
+) -> list[CheckpointRef]:
+    _expire_dead_local_claims(store, record)
+    quiet = 2 * PopulationConfig.of(record).lease_seconds
+    try:
+        return store.delete_population(record.id, quiet_seconds=quiet, check_only=check_only)
+    except PopulationBusy as busy:
+        raise PopulationError(f"Population {record.name!r} cannot be deleted: {busy}.") from None
 
 
 def _delete(
@@ -648,16 +675,29 @@ def _delete(
     record: PopulationRecord,
     checkpoints: str | os.PathLike[str] | CheckpointStore | None = None,
 ) -> None:
-    """Delete the population's rows, then every file of it (nothing refers to them any more)."""
-    refs = store.delete_population(record.id)
+    """Delete the population's rows unless it is being trained (checked in the same
+    transaction), then the files it owns (nothing refers to them any more)."""
+    refs = _delete_rows(store, record)
     if checkpoints is None and not PopulationConfig.of(record).checkpoints:
         return
     if checkpoints is None:
         checkpoints = checkpoints_location(store, record)
     files = open_checkpoints(checkpoints)
-    paths = {ref.path for ref in refs} | set(files.files(record.id))
+    database = store.database_id(create=False)
+    folders = population_folders(database, record.id)
+    paths = set()
+    for ref in refs:
+        try:
+            paths.add(confined(ref.path, folders))
+        except UnsafeCheckpointPath as error:
+            log.warning("%s", error)
+    if database is not None:  # its own folder: every file there is the population's
+        paths |= set(files.files(population_folder(database, record.id)))
     for path in sorted(paths):
-        files.remove(path)
+        try:
+            files.remove(path)
+        except UnsafeCheckpointPath as error:  # a symbolic link out of the folder
+            log.warning("%s", error)
     files.close()
 
 

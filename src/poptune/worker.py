@@ -25,7 +25,15 @@ from typing import Any, NoReturn
 import numpy as np
 
 from . import serialization
-from .checkpoints import CheckpointCorrupt, CheckpointMissing, CheckpointStore
+from .checkpoints import (
+    CheckpointCorrupt,
+    CheckpointMissing,
+    CheckpointStore,
+    UnsafeCheckpointPath,
+    confined,
+    population_folder,
+    population_folders,
+)
 from .config import PopulationConfig
 from .live import LiveMember, LiveMembers, open_session
 from .peers import ListPeers, Peers, PeersChanged, StoredPeers, with_history
@@ -153,6 +161,11 @@ class Worker:
         self.storage = storage
         self.checkpoints = checkpoints
         self.population_id = population_id
+        database = storage.database_id()
+        assert database is not None  # created on first use
+        #: where this worker's new checkpoints go, and where recorded ones may lie
+        self.folder = population_folder(database, population_id)
+        self.folders = population_folders(database, population_id)
         self.lease_seconds = lease_seconds
         self.poll_seconds = poll_seconds
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -381,6 +394,7 @@ class Worker:
         donor = self.live.peek(ref.member)
         if donor is not None and donor.holds == ref:
             return serialization.copy(self._user_code(donor.session.state))
+        confined(ref.path, self.folders)  # a row's path never reaches outside the population
         return self.checkpoints.load(ref)
 
     def _fallback(
@@ -496,7 +510,7 @@ class Worker:
     def save(self, member: int, step: int, state: Any) -> CheckpointRef:
         """Write the member's new checkpoint; a full disk stops the population clearly."""
         try:
-            return self.checkpoints.save(self.population_id, member, step, state)
+            return self.checkpoints.save(self.folder, member, step, state)
         except OSError as error:
             message = (
                 f"Could not write the checkpoint of member {member} at step {step}: {error}. "
@@ -771,7 +785,10 @@ class Worker:
 
     def _delete_file(self, ref: CheckpointRef) -> None:
         try:
+            confined(ref.path, self.folders)
             self.checkpoints.delete(ref)
+        except UnsafeCheckpointPath as error:  # not a file of this population: left alone
+            log.warning("%s", error)
         except OSError:  # an orphan file is harmless: nothing refers to it any more
             log.debug("Could not delete checkpoint %s", ref.path, exc_info=True)
 

@@ -74,7 +74,7 @@ class Chaotic(Quadratic):
 class ChaosCheckpoints(LocalCheckpoints):
     """Dies half-way through writing a checkpoint."""
 
-    def save(self, population_id: int, member: int, step: int, state: Any) -> Any:
+    def save(self, folder: str, member: int, step: int, state: Any) -> Any:
         if RNG.random() < CHAOS.get("kill_write", 0.0):
             real_dump = checkpoints_module.serialization.dump
 
@@ -84,7 +84,7 @@ class ChaosCheckpoints(LocalCheckpoints):
                 return real_dump(value, file)
 
             checkpoints_module.serialization.dump = dump_then_die  # type: ignore[assignment]
-        return super().save(population_id, member, step, state)
+        return super().save(folder, member, step, state)
 
 
 AUDIT = os.environ.get("POPTUNE_AUDIT")

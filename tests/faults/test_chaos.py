@@ -17,7 +17,7 @@ import pytest
 
 import poptune as pt
 from poptune._imports import import_object
-from poptune.checkpoints import sweep_orphans
+from poptune.checkpoints import population_folder, sweep_orphans
 from poptune.records import MemberStatus
 from poptune.testing import CreateOnlyRunner, check_steps
 
@@ -120,8 +120,9 @@ def test_chaos(tmp_path: Path, writes, scenario: str):
     # Orphans (files of workers killed before their commit) are swept once old enough.
     committed = {ref.path for ref in result.storage.checkpoints(result.record.id)}
     store = result.checkpoint_store
-    orphans = sweep_orphans(store, result.record.id, committed, older_than=0.0)
-    assert set(store.files(result.record.id)) == committed
+    folder = population_folder(result.storage.database_id(), result.record.id)
+    orphans = sweep_orphans(store, folder, committed, older_than=0.0)
+    assert set(store.files(folder)) == committed
 
     nan_scores = sum(1 for i in intervals if i.score is None)
     report = {

@@ -9,6 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 import poptune as pt
+from poptune.checkpoints import population_folder
 from poptune.cli import main
 from poptune.records import PopulationStatus
 from poptune.storage import PopulationNotFound
@@ -52,7 +53,7 @@ def test_delete_removes_records_and_files_but_not_while_trained(storage_url: str
     result = _run(storage_url, tmp_path)
     _run(storage_url, tmp_path, name="other")
     store, pid = result.storage, result.record.id
-    folder = tmp_path / "checkpoints" / f"population-{pid}"
+    folder = tmp_path / "checkpoints" / population_folder(store.database_id(), pid)
     assert [f for f in folder.rglob("*") if f.is_file()]
     store.set_status(pid, PopulationStatus.RUNNING, None)  # a worker elsewhere trains it on
     store.reopen_members(pid, 3)
@@ -61,13 +62,14 @@ def test_delete_removes_records_and_files_but_not_while_trained(storage_url: str
     with pytest.raises(pt.PopulationError, match=r"being trained.*elsewhere:1:worker"):
         pt.delete(storage_url, "p")
     store.release(claim)
+    with pytest.raises(pt.PopulationError, match=r"last interval was recorded .* ago"):
+        pt.delete(storage_url, "p")  # still running: a worker may be between two claims
+    store.set_status(pid, PopulationStatus.FINISHED, None)  # that worker finished it
     pt.delete(storage_url, "p")
     with pytest.raises(PopulationNotFound):
         pt.load(storage_url, "p")
     assert not [
-        f
-        for f in (tmp_path / "checkpoints").rglob("*")
-        if f.is_file() and f.is_relative_to(tmp_path / "checkpoints" / f"population-{pid}")
+        f for f in (tmp_path / "checkpoints").rglob("*") if f.is_file() and f.is_relative_to(folder)
     ]
     assert len(pt.load(storage_url, "other").intervals()) == 6  # the others are untouched
 

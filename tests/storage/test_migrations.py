@@ -279,7 +279,11 @@ def test_a_database_of_a_newer_poptune_is_refused(storage_url):
     SQLStorage(storage_url).close()
     engine = sa.create_engine(storage_url)
     with engine.begin() as connection:
-        connection.execute(sa.text(f"UPDATE poptune_meta SET value='{SCHEMA_VERSION + 1}'"))
+        connection.execute(
+            sa.text(
+                f"UPDATE poptune_meta SET value='{SCHEMA_VERSION + 1}' WHERE key='schema_version'"
+            )
+        )
     engine.dispose()
     before = dump(storage_url)
     with pytest.raises(StorageError, match=r"written by a newer poptune.*Upgrade poptune"):
@@ -291,7 +295,7 @@ def test_a_database_too_old_to_upgrade_is_refused(storage_url):
     SQLStorage(storage_url).close()
     engine = sa.create_engine(storage_url)
     with engine.begin() as connection:
-        connection.execute(sa.text("UPDATE poptune_meta SET value='1'"))
+        connection.execute(sa.text("UPDATE poptune_meta SET value='1' WHERE key='schema_version'"))
     engine.dispose()
     with pytest.raises(StorageError, match="schema version 1, older than this poptune"):
         SQLStorage(storage_url)
@@ -327,7 +331,9 @@ def _back_to_schema(url: str, checkpoints: Path, version: int) -> None:
                 ),
                 {"d": digest, "p": row.population_id, "m": row.member_id, "s": row.step},
             )
-        connection.execute(sa.text(f"UPDATE poptune_meta SET value='{version}'"))
+        connection.execute(
+            sa.text(f"UPDATE poptune_meta SET value='{version}' WHERE key='schema_version'")
+        )
     engine.dispose()
 
 

@@ -13,6 +13,7 @@ import os
 from ._base import (
     Claim,
     LeaseLost,
+    PopulationBusy,
     PopulationExists,
     PopulationNotFound,
     Storage,
@@ -29,6 +30,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "Claim",
     "LeaseLost",
+    "PopulationBusy",
     "PopulationExists",
     "PopulationNotFound",
     "SQLStorage",

@@ -25,11 +25,21 @@ Contract (every implementation must keep it):
   never while a member is set to restore from it; or by ``discard_checkpoint`` when its file
   failed its checksum (a damaged checkpoint must never be copied).
 
+- ``database_id`` is created once, by the first caller that asks with ``create=True``, and
+  never changes: every process that opens the database reads the same id. Checkpoint folders
+  are named by it (see :func:`poptune.checkpoints.population_folder`), so that databases that
+  share a checkpoint folder never share a population's folder.
+- ``delete_population`` checks that nobody trains the population and deletes it in the same
+  transaction: a claim taken after the check cannot survive the delete. A worker whose
+  population was deleted finds its claims gone (:class:`LeaseLost`, then
+  :class:`PopulationNotFound` from ``population_by_id``) and stops.
+
 Methods may be called from any thread, but one claim is used by one worker at a time.
 """
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -51,6 +61,7 @@ from ..records import (
 __all__ = [
     "Claim",
     "LeaseLost",
+    "PopulationBusy",
     "PopulationExists",
     "PopulationNotFound",
     "Storage",
@@ -74,8 +85,42 @@ class PopulationExists(ValueError):
     """A population of that name already exists."""
 
 
+class PopulationBusy(RuntimeError):
+    """The population is being trained: a worker holds a member, or recorded an interval
+    within the quiet period; it was not deleted."""
+
+
 class LeaseLost(RuntimeError):
     """The claim this write was made under is no longer held (released or taken over)."""
+
+
+def check_idle(
+    held: Sequence[tuple[int, str | None, float | None]],
+    last_interval: float | None,
+    status: PopulationStatus,
+    quiet_seconds: float,
+    now: float | None = None,
+) -> None:
+    """Raise :class:`PopulationBusy` if a member is held under a live lease (``held``: member,
+    owner, lease end) or, while the population is running, an interval ended within
+    ``quiet_seconds`` (a worker between two claims). The rule of ``delete_population``, one
+    place for every backend."""
+    now = time.time() if now is None else now
+    live = sorted((member, owner) for member, owner, until in held if until is None or until > now)
+    if live:
+        owners = sorted({owner or "?" for _, owner in live})
+        raise PopulationBusy(
+            f"it is being trained: workers {owners} hold members {[m for m, _ in live]}. Stop "
+            "them (Ctrl-C), or wait for their leases to expire, then delete it"
+        )
+    recent = last_interval is not None and now - last_interval < quiet_seconds
+    if status is PopulationStatus.RUNNING and recent:
+        assert last_interval is not None
+        raise PopulationBusy(
+            f"it is being trained: its last interval was recorded {now - last_interval:.1f} s "
+            f"ago and it is still running. Stop its workers (Ctrl-C) and wait "
+            f"{quiet_seconds - (now - last_interval):.0f} s (two leases), then delete it"
+        )
 
 
 @dataclass(frozen=True)
@@ -134,9 +179,28 @@ class Storage(ABC):
         """
 
     @abstractmethod
-    def delete_population(self, population_id: int) -> list[CheckpointRef]:
+    def database_id(self, create: bool = True) -> str | None:
+        """The id of this database: 16 hexadecimal digits, created once and kept (``None`` if
+        it has none yet and ``create`` is false: reads never write)."""
+
+    @abstractmethod
+    def delete_population(
+        self,
+        population_id: int,
+        quiet_seconds: float = 0.0,
+        now: float | None = None,
+        check_only: bool = False,
+    ) -> list[CheckpointRef]:
         """Delete the population and everything recorded for it, in one transaction; return
-        its checkpoints, whose files nothing can reach any more."""
+        its checkpoints, whose files nothing can reach any more.
+
+        Raises:
+            PopulationBusy: (nothing deleted) if a member is claimed under a lease that has not
+                expired at ``now``, or an interval was recorded within ``quiet_seconds`` of it:
+                a worker is training it, between two claims.
+
+        With ``check_only``, only the check is made: nothing is deleted, and ``[]`` returned.
+        """
 
     @abstractmethod
     def population(self, name: str) -> PopulationRecord:

@@ -14,6 +14,7 @@ import json
 import math
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -41,6 +42,7 @@ from ._base import (
     Storage,
     StorageError,
     Summary,
+    check_idle,
 )
 
 __all__ = ["MEMORY_URL", "MemoryStorage"]
@@ -135,6 +137,7 @@ class MemoryStorage(Storage):
         self._lock = threading.RLock()
         self._populations: dict[int, _Population] = {}
         self._ids = itertools.count(1)
+        self._database_id = uuid.uuid4().hex[:16]
 
     def __getstate__(self) -> NoReturn:
         raise StorageError(
@@ -213,10 +216,34 @@ class MemoryStorage(Storage):
             self._populations[population_id] = _Population(record, members)
         return self.population(name)
 
-    def delete_population(self, population_id: int) -> list[CheckpointRef]:
-        """Forget the population; return its checkpoints, whose files nothing can reach."""
+    def database_id(self, create: bool = True) -> str | None:
+        """This storage's id: made with it (nothing persists)."""
+        return self._database_id
+
+    def delete_population(
+        self,
+        population_id: int,
+        quiet_seconds: float = 0.0,
+        now: float | None = None,
+        check_only: bool = False,
+    ) -> list[CheckpointRef]:
+        """Forget the population unless it is being trained; return its checkpoints, whose
+        files nothing can reach."""
         with self._transaction():
-            population = self._populations.pop(population_id, None)
+            population = self._populations.get(population_id)
+            if population is not None:
+                held = [
+                    (m.id, m.owner, m.lease_until)
+                    for m in population.members.values()
+                    if m.status == MemberStatus.RUNNING
+                ]
+                ends = [i.finished_at for i in population.intervals.values()]
+                now = self._clock() if now is None else now
+                last = max(ends, default=None)
+                check_idle(held, last, population.record.status, quiet_seconds, now)
+                if check_only:
+                    return []
+                del self._populations[population_id]
         if population is None:
             return []
         return sorted(population.checkpoints.values(), key=lambda r: (r.member, r.step))

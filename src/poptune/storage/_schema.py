@@ -8,7 +8,9 @@ runs the missing ones, in place, in the transaction that opens it (see docs/upgr
 from __future__ import annotations
 
 import json
+import re
 import sys
+import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -23,6 +25,7 @@ __all__ = [
     "MIGRATIONS",
     "SCHEMA_VERSION",
     "checkpoints",
+    "create_database_id",
     "dumps",
     "exploits",
     "failures",
@@ -31,6 +34,7 @@ __all__ = [
     "meta_table",
     "metadata",
     "populations",
+    "read_database_id",
     "step_bests",
     "upgrade_schema",
 ]
@@ -539,3 +543,33 @@ def upgrade_schema(connection: Connection, where: str) -> None:
         .where(meta_table.c.key == "schema_version")
         .values(value=str(SCHEMA_VERSION))
     )
+
+
+_DATABASE_ID = "database_id"
+
+
+def read_database_id(connection: Connection, where: str) -> str | None:
+    """The database's id (see :meth:`poptune.storage.Storage.database_id`), or ``None`` if it
+    has none yet. No schema version carries it: any version may get one, when first needed."""
+    row = connection.execute(
+        sa.select(meta_table.c.value).where(meta_table.c.key == _DATABASE_ID)
+    ).first()
+    if row is None:
+        return None
+    if re.fullmatch(r"[0-9a-f]{16}", row.value) is None:
+        raise StorageError(
+            f"The storage {where} has a database id {row.value[:40]!r} that poptune did not "
+            "write (16 hexadecimal digits expected): its poptune_meta table was changed by "
+            "hand. Restore the database from a backup."
+        )
+    return str(row.value)
+
+
+def create_database_id(connection: Connection, where: str) -> str:
+    """The database's id, created now if it has none (in the caller's write transaction)."""
+    existing = read_database_id(connection, where)
+    if existing is not None:
+        return existing
+    created = uuid.uuid4().hex[:16]
+    connection.execute(meta_table.insert().values(key=_DATABASE_ID, value=created))
+    return created

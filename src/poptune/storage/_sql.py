@@ -43,18 +43,21 @@ from ._base import (
     Storage,
     StorageError,
     Summary,
+    check_idle,
 )
 from ._retry import retrying
 from ._schema import (
     LEGACY_STEPS,
     SCHEMA_VERSION,
     checkpoints,
+    create_database_id,
     dumps,
     exploits,
     failures,
     intervals,
     members,
     populations,
+    read_database_id,
     step_bests,
     upgrade_schema,
 )
@@ -169,6 +172,7 @@ class SQLStorage(Storage):
 
     def __init__(self, url: str) -> None:
         self.url = url
+        self._database_id: str | None = None
         try:
             parsed = make_url(url)
         except ArgumentError:
@@ -319,10 +323,56 @@ class SQLStorage(Storage):
         return self.population(name)
 
     @retrying
-    def delete_population(self, population_id: int) -> list[CheckpointRef]:
-        """Delete the population and everything recorded for it, in one transaction; return
-        its checkpoints, whose files nothing can reach any more."""
+    def database_id(self, create: bool = True) -> str | None:
+        """The id of this database, created by the first writer that asks (see the contract)."""
+        if self._database_id is None:
+            with self._read() as connection:
+                self._database_id = read_database_id(connection, redact_url(self.url))
+        if self._database_id is None and create:
+            try:
+                with self._write() as connection:
+                    self._database_id = create_database_id(connection, redact_url(self.url))
+            except IntegrityError:  # another process created it first (PostgreSQL): read it
+                with self._read() as connection:
+                    self._database_id = read_database_id(connection, redact_url(self.url))
+        return self._database_id
+
+    @retrying
+    def delete_population(
+        self,
+        population_id: int,
+        quiet_seconds: float = 0.0,
+        now: float | None = None,
+        check_only: bool = False,
+    ) -> list[CheckpointRef]:
+        """Delete the population and everything recorded for it, in one transaction, unless
+        it is being trained; return its checkpoints, whose files nothing can reach any more."""
         with self._write() as connection:
+            lock_population(connection, population_id)
+            m = members.c
+            every = sa.select(m.member_id, m.owner, m.lease_until, m.status).where(
+                m.population_id == population_id
+            )
+            if not self._sqlite:  # a claim waits for this delete, then finds no member
+                every = every.with_for_update()
+            last = connection.execute(
+                sa.select(sa.func.max(intervals.c.finished_at)).where(
+                    intervals.c.population_id == population_id
+                )
+            ).scalar()
+            status = connection.execute(
+                sa.select(populations.c.status).where(populations.c.id == population_id)
+            ).scalar()
+            if status is None:
+                return []  # deleted already (a retry whose first reply was lost)
+            held = [
+                (row.member_id, row.owner, row.lease_until)
+                for row in connection.execute(every).all()
+                if row.status == MemberStatus.RUNNING.value
+            ]
+            check_idle(held, last, PopulationStatus(status), quiet_seconds, now)
+            if check_only:
+                return []
             c = checkpoints.c
             rows = connection.execute(
                 sa.select(checkpoints).where(c.population_id == population_id)
