@@ -530,7 +530,13 @@ def _execute(
     finally:
         watcher.stop()
         exporter.stop()  # exports what the workers recorded last
-    final = store.population(record.name)
+    try:
+        final = store.population(record.name)
+    except PopulationNotFound:
+        raise PopulationError(
+            f"Population {record.name!r} was deleted from the storage while it trained "
+            "(poptune delete, or pt.delete): its workers stopped."
+        ) from None
     if final.status is PopulationStatus.ERROR:
         raise PopulationError(f"Population {record.name!r} stopped: {final.error}")
     if final.status is PopulationStatus.STOPPED:

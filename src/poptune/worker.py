@@ -50,7 +50,7 @@ from .records import (
     MemberStatus,
     PopulationStatus,
 )
-from .storage import Claim, LeaseLost, Storage
+from .storage import Claim, LeaseLost, PopulationNotFound, Storage
 from .strategies import rebuild
 from .strategies.stop import Progress, check_stop
 from .trainable import metrics_of
@@ -209,6 +209,12 @@ class Worker:
                     continue
                 self.work_on(claim)
             interrupted = False
+        except PopulationNotFound:
+            raise PopulationError(
+                f"Population {self.population_id} was deleted from the storage while this worker "
+                "trained it (poptune delete, or pt.delete): the worker stops, and what it was "
+                "training is dropped with the population."
+            ) from None
         finally:
             try:
                 # The last interval's checkpoint: nothing trained is dropped. After Ctrl-C or an

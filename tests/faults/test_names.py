@@ -3,6 +3,9 @@ any population can be deleted (records and files) once no worker trains it."""
 
 from __future__ import annotations
 
+import contextlib
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -12,7 +15,7 @@ import poptune as pt
 from poptune.checkpoints import population_folder
 from poptune.cli import main
 from poptune.records import PopulationStatus
-from poptune.storage import PopulationNotFound
+from poptune.storage import PopulationNotFound, Storage
 from poptune.testing import Quadratic, quadratic_space
 
 
@@ -85,3 +88,61 @@ def test_cli_delete_asks_first(tmp_path: Path):
     assert deleted.exit_code == 0 and "Deleted population 'p'" in deleted.output
     missing = runner.invoke(main, ["delete", "p", "--storage", url, "--yes"])
     assert missing.exit_code != 0 and "No population named 'p'" in missing.output
+
+
+def test_cli_delete_refuses_a_population_in_training_before_asking(tmp_path: Path):
+    url = f"sqlite:///{tmp_path / 'p.db'}"
+    result = _run(url, tmp_path, intervals=3)
+    store, pid = result.storage, result.id
+    store.set_status(pid, PopulationStatus.RUNNING, None)
+    store.reopen_members(pid, 4)
+    assert store.claim(pid, "elsewhere:1:worker", 4, 60.0, sync=False) is not None
+    refused = CliRunner().invoke(main, ["delete", "p", "--storage", url])  # no input given
+    assert refused.exit_code != 0 and "being trained" in refused.output
+    assert "Delete population" not in refused.output  # refused before asking
+    assert pt.load(url, "p").status == "running"
+
+
+class _Slow(Quadratic):
+    def train(self, hparams):
+        time.sleep(0.02)
+        return super().train(hparams)
+
+
+def test_a_population_deleted_under_its_worker_stops_it_clearly(storage: Storage, tmp_path):
+    errors: list[BaseException] = []
+
+    def train() -> None:
+        try:
+            pt.run(
+                _Slow,
+                space=quadratic_space(),
+                metric="q",
+                population=2,
+                intervals=500,
+                storage=storage,
+                checkpoints=tmp_path / "checkpoints",
+                name="p",
+                progress=False,
+            )
+        except BaseException as error:
+            errors.append(error)
+
+    thread = threading.Thread(target=train)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with contextlib.suppress(PopulationNotFound):
+            if len(storage.intervals(storage.population("p").id)) >= 3:
+                break
+        time.sleep(0.01)
+    pid = storage.population("p").id
+    with pytest.raises(pt.PopulationError, match="cannot be deleted: it is being trained"):
+        pt.delete(storage, "p")
+    assert len(storage.intervals(pid)) < 2 * 500  # refused, not deleted: it trains on
+    # A delete that got past the check (its worker paused for longer than two leases):
+    storage.delete_population(pid, now=time.time() + 3600)
+    thread.join(60)
+    assert not thread.is_alive()
+    assert len(errors) == 1 and isinstance(errors[0], pt.PopulationError), errors
+    assert "was deleted from the storage while" in str(errors[0])

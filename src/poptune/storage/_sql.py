@@ -253,6 +253,15 @@ class SQLStorage(Storage):
             with connection.begin():
                 yield connection
 
+    def _present(self, population_id: int, value: Any) -> Any:
+        """``value``, read from the population's row; ``None`` means the row is gone."""
+        if value is None:
+            raise PopulationNotFound(
+                f"Population {population_id} is no longer in {redact_url(self.url)}: it was "
+                "deleted."
+            )
+        return value
+
     @contextmanager
     def _read(self) -> Iterator[Connection]:
         with self._engine.connect() as connection, connection.begin():
@@ -436,9 +445,12 @@ class SQLStorage(Storage):
         with self._write() as connection:
             lock_population(connection, population_id)
             config = json.loads(
-                connection.execute(
-                    sa.select(populations.c.config).where(populations.c.id == population_id)
-                ).scalar_one()
+                self._present(
+                    population_id,
+                    connection.execute(
+                        sa.select(populations.c.config).where(populations.c.id == population_id)
+                    ).scalar(),
+                )
             )
             config.update(values)
             connection.execute(
@@ -738,7 +750,8 @@ class SQLStorage(Storage):
     def failure_streak(self, population_id: int) -> int:
         """How many failures were recorded since the last successful interval."""
         with self._read() as connection:
-            return int(connection.execute(STREAK, {"pid": population_id}).scalar_one())
+            streak = connection.execute(STREAK, {"pid": population_id}).scalar()
+        return int(self._present(population_id, streak))
 
     # --- reads ---------------------------------------------------------------------------
 
@@ -975,9 +988,12 @@ class SQLStorage(Storage):
                 .select_from(failures)
                 .where(failures.c.population_id == population_id)
             ).scalar_one()
-            status = connection.execute(
-                sa.select(populations.c.status).where(populations.c.id == population_id)
-            ).scalar_one()
+            status = self._present(
+                population_id,
+                connection.execute(
+                    sa.select(populations.c.status).where(populations.c.id == population_id)
+                ).scalar(),
+            )
         scored = [r for r in rows if r.score is not None and r.status != MemberStatus.FAILED.value]
         best = max(scored, key=lambda r: (mode.fitness(r.score), -r.member_id), default=None)
         return Summary(
@@ -1033,9 +1049,12 @@ class SQLStorage(Storage):
         with self._write() as connection:
             lock_population(connection, population_id)
             config = json.loads(
-                connection.execute(
-                    sa.select(populations.c.config).where(populations.c.id == population_id)
-                ).scalar_one()
+                self._present(
+                    population_id,
+                    connection.execute(
+                        sa.select(populations.c.config).where(populations.c.id == population_id)
+                    ).scalar(),
+                )
             )
             if intervals < int(config["intervals"]):
                 raise ValueError(
