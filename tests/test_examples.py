@@ -25,6 +25,8 @@ def test_toy_reproduces_the_papers_ordering(capsys):
     assert table["PBT"]["best Q"] > 1.1
     assert table["PBT"]["best Q"] > table["explore only"]["best Q"]
     assert table["grid"]["best Q"] < 0.4  # each grid member improves only one coordinate
+    # choosing oneself keeps one's weights and explores: it must leave the grid behind
+    assert table["explore only"]["best Q"] > table["grid"]["best Q"] + 0.3
     assert "PBT" in capsys.readouterr().out
 
 

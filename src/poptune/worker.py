@@ -310,8 +310,10 @@ class Worker:
                 return unchanged
             rng = rng_for(spec.config.seed, _EXPLOIT, member.id, member.step)
             donor = spec.exploit(peers.me, peers, rng)
-        if donor is None or donor.member == member.id:
+        if donor is None:
             return unchanged
+        # A strategy that picks the member itself keeps its weights and explores its hparams
+        # (the paper's explore-only ablation): recorded like any copy, of its own checkpoint.
         donor = self._with_hparams(donor)
         if donor is None:  # its interval is gone: the population was deleted meanwhile
             return unchanged
