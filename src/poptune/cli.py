@@ -17,6 +17,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from ._filenames import safe_path
 from .config import PopulationConfig
 from .devices import CUDA_VISIBLE_DEVICES, apply_environment, device_environment, parse_device
 from .population import Population, checkpoints_location, load, replay
@@ -262,13 +263,15 @@ def _watch(result: Result, every: float) -> None:
     "output",
     default=None,
     metavar="FILE",
-    help="Where to write the HTML (default: NAME-report.html).",
+    help="Where to write the HTML (default: NAME-report.html in this folder, NAME made a safe "
+    "file name).",
 )
 @_errors
 def report(name: str, storage: str | None, checkpoints: str | None, output: str | None) -> None:
     """Write a self-contained HTML report of population NAME."""
     result = load(storage, name, checkpoints)
-    path = result.report(output or f"{name}-report.html")
+    # The name is the storage's: never a path of its own ('../../x', '/etc/x').
+    path = result.report(output or safe_path(".", result.name, "-report.html"))
     click.echo(f"Wrote {path}")
 
 
