@@ -304,13 +304,23 @@ def plot(name: str, storage: str | None, checkpoints: str | None, kind: str, out
 @click.argument("name")
 @_storage_option
 @_checkpoints_option
+@click.option(
+    "--scope",
+    type=click.Choice(["all", "last"]),
+    default="all",
+    show_default=True,
+    help="all: the best recorded interval whose checkpoint is kept (the weights before a "
+    "divergence too); last: the best weights a healthy member holds now.",
+)
 @_errors
-def best(name: str, storage: str | None, checkpoints: str | None) -> None:
-    """Print the best member of population NAME as JSON."""
+def best(name: str, storage: str | None, checkpoints: str | None, scope: str) -> None:
+    """Print the best weights of population NAME as JSON: who trained them to which step, with
+    which hparams, their score and checkpoint (see --scope)."""
     result = load(storage, name, checkpoints)
-    chosen = result.best
+    chosen = result.best_member(scope)
     payload = {
         "population": result.name,
+        "scope": scope,
         "member": chosen.member,
         "step": chosen.step,
         "metric": result.metric,
