@@ -172,3 +172,16 @@ def test_a_population_without_intervals_has_no_best(tmp_path: Path) -> None:
         _ = result.best
     with pytest.raises(NoBestMember, match="no healthy member holding trained weights"):
         result.best_member("last")
+
+
+def test_a_lost_best_checkpoint_gives_the_next_best_kept_one(storage_url: str) -> None:
+    result = train(storage_url, "damaged", trainable=Quadratic)
+    first = result.best
+    assert first.checkpoint is not None
+    result.storage.discard_checkpoint(result.id, first.checkpoint)  # its file failed a checksum
+    kept = {(c.member, c.step) for c in result.storage.checkpoints(result.id)}
+    candidates = [i for i in result.intervals() if (i.member, i.step) in kept]
+    second = result.best
+    assert second.score == max(i.score for i in candidates if i.score is not None)
+    assert (second.member, second.step) != (first.member, first.step)
+    assert second.state()["theta"].shape == (2,)

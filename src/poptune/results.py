@@ -320,18 +320,20 @@ class Result:
         kept (ties: lower member, earlier step). Garbage collection keeps the best one's,
         so one query usually answers; else one read of every checkpoint."""
         fitness = self.mode.fitness
-        ranked = sorted(
-            ((m, s, score) for m, s, score in scored if math.isfinite(fitness(score))),
-            key=lambda item: (-fitness(item[2]), item[0], item[1]),
-        )
-        if not ranked:
+
+        def rank(item: tuple[int, int, float | None]) -> tuple[float, int, int]:
+            return (-fitness(item[2]), item[0], item[1])
+
+        finite = [item for item in scored if math.isfinite(fitness(item[2]))]
+        if not finite:
             return None
         pid = self._record.id
-        first = self.storage.checkpoint(pid, ranked[0][0], ranked[0][1])
+        top = min(finite, key=rank)  # no sort for the usual answer (the dashboard asks often)
+        first = self.storage.checkpoint(pid, top[0], top[1])
         if first is not None:
             return first
         kept = {(c.member, c.step): c for c in self.storage.checkpoints(pid)}
-        return next((kept[m, s] for m, s, _ in ranked[1:] if (m, s) in kept), None)
+        return next((kept[m, s] for m, s, _ in sorted(finite, key=rank) if (m, s) in kept), None)
 
     def _best_interval(self) -> tuple[IntervalRecord, CheckpointRef]:
         """Scope "all": the best finite recorded interval whose checkpoint is kept."""
