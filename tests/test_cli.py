@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 import poptune as pt
+from poptune._filenames import safe_filename
 from poptune.cli import main
 from poptune.testing import CreateOnlyRunner, Quadratic, quadratic_space
 
@@ -111,3 +113,28 @@ def test_workers_join_a_stored_population_from_the_command_line(storage_url, tmp
     assert trained == 4 * 5  # between them, exactly the budget
     result = pt.load(storage_url, "joined")
     assert result.status == "finished" and [m.step for m in result.members] == [5] * 4
+
+
+@pytest.mark.parametrize(
+    "name", ["../x", "ABSOLUTE", "a/b", "..", "x" * 150, "学习 run", "a\0b", "digits-v2"]
+)
+def test_report_default_output_is_a_safe_file_in_this_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    # Without -o the file is named after the population: a name from the storage, never a path.
+    name = name.replace("ABSOLUTE", str(tmp_path / "escaped"))
+    url = f"sqlite:///{tmp_path / 'db' / 'poptune.db'}"
+    options = {"population": 2, "intervals": 2, "seed": 0, "progress": False}
+    pt.run(Quadratic, quadratic_space(), "q", storage=url, name=name, **options)  # type: ignore[arg-type]
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    before = {p for p in tmp_path.rglob("*") if p.is_file()}
+    out = invoke("report", name, "--storage", url)
+    assert out.exit_code == 0, out.output
+    written = {p for p in tmp_path.rglob("*") if p.is_file()} - before
+    expected = here / f"{safe_filename(name)}-report.html"
+    assert written == {expected}
+    assert f"Wrote {expected.relative_to(here)}" in out.output
+    if name == "digits-v2":
+        assert expected.name == "digits-v2-report.html"  # an ordinary name reads as it is

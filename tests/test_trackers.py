@@ -19,6 +19,7 @@ import pytest
 from click.testing import CliRunner
 
 import poptune as pt
+from poptune._filenames import safe_filename
 from poptune.cli import main
 from poptune.records import ExploitEvent, IntervalRecord
 from poptune.testing import Quadratic, SlowQuadratic, quadratic_space
@@ -68,7 +69,8 @@ def train(storage_url: str, name: str, **options: object) -> pt.Result:
 
 def read_tensorboard(logdir: Path, name: str, member: int) -> event_accumulator.EventAccumulator:
     accumulator = event_accumulator.EventAccumulator(
-        str(logdir / name / f"member-{member}"), size_guidance={"scalars": 0, "tensors": 0}
+        str(logdir / safe_filename(name) / f"member-{member}"),
+        size_guidance={"scalars": 0, "tensors": 0},
     )
     accumulator.Reload()
     return accumulator
@@ -185,6 +187,7 @@ def test_tensorboard_export_holds_everything_once(storage_url: str, tmp_path: Pa
     assert out.exit_code == 0, out.output
     counts = f"{len(result.intervals())} new intervals, {len(result.exploits())} new exploits"
     assert f"tb: {counts}" in out.output
+    assert [p.name for p in logdir.iterdir()] == ["tb"]  # an ordinary name as it is
     check_tensorboard(logdir, result)
     files = event_files(logdir)
 
@@ -325,6 +328,32 @@ def test_tensorboard_refuses_a_folder_of_another_population_of_that_name(
     second = train(storage_url, "again", seed=2)
     with pytest.raises(TrackerError, match="another population named 'again'"):
         TrackerExporter(second, [pt.TensorBoard(logdir)]).open()
+
+
+def files_under(folder: Path) -> set[Path]:
+    return {path for path in folder.rglob("*") if path.is_file()}
+
+
+@pytest.mark.parametrize(
+    "name", ["../../x", "ABSOLUTE", "a/b", "..", "x" * 150, "学习 run", "a\0b", "digits-v2"]
+)
+def test_tensorboard_export_writes_only_inside_its_logdir(tmp_path: Path, name: str) -> None:
+    # The name is the storage's: it names one folder inside the logdir, never a path.
+    name = name.replace("ABSOLUTE", str(tmp_path / "escaped"))
+    url = f"sqlite:///{tmp_path / 'db' / 'poptune.db'}"
+    options = {"population": 2, "intervals": 2, "seed": 0, "progress": False}
+    result = pt.run(Quadratic, quadratic_space(), "q", storage=url, name=name, **options)  # type: ignore[arg-type]
+    logdir = tmp_path / "deep" / "tb"
+    before = files_under(tmp_path)
+    out = CliRunner().invoke(main, ["export", name, "--storage", url, "--tensorboard", str(logdir)])
+    assert out.exit_code == 0, out.output
+    written = files_under(tmp_path) - before
+    assert written and all(path.is_relative_to(logdir) for path in written), written
+    folder = safe_filename(name)
+    assert [p.name for p in logdir.iterdir()] == [folder]
+    if name == "digits-v2":
+        assert folder == name  # an ordinary name keeps its readable folder
+    check_tensorboard(logdir, result)
 
 
 @pytest.mark.parametrize(

@@ -17,6 +17,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from ._filenames import safe_path
 from .config import PopulationConfig
 from .devices import CUDA_VISIBLE_DEVICES, apply_environment, device_environment, parse_device
 from .population import Population, check_deletable, checkpoints_location, load, replay
@@ -263,13 +264,15 @@ def _watch(result: Result, every: float) -> None:
     "output",
     default=None,
     metavar="FILE",
-    help="Where to write the HTML (default: NAME-report.html).",
+    help="Where to write the HTML (default: NAME-report.html in this folder, NAME made a safe "
+    "file name).",
 )
 @_errors
 def report(name: str, storage: str | None, checkpoints: str | None, output: str | None) -> None:
     """Write a self-contained HTML report of population NAME."""
     result = load(storage, name, checkpoints)
-    path = result.report(output or f"{name}-report.html")
+    # The name is the storage's: never a path of its own ('../../x', '/etc/x').
+    path = result.report(output or safe_path(".", result.name, "-report.html"))
     click.echo(f"Wrote {path}")
 
 
@@ -302,13 +305,23 @@ def plot(name: str, storage: str | None, checkpoints: str | None, kind: str, out
 @click.argument("name")
 @_storage_option
 @_checkpoints_option
+@click.option(
+    "--scope",
+    type=click.Choice(["all", "last"]),
+    default="all",
+    show_default=True,
+    help="all: the best recorded interval whose checkpoint is kept (the weights before a "
+    "divergence too); last: the best weights a healthy member holds now.",
+)
 @_errors
-def best(name: str, storage: str | None, checkpoints: str | None) -> None:
-    """Print the best member of population NAME as JSON."""
+def best(name: str, storage: str | None, checkpoints: str | None, scope: str) -> None:
+    """Print the best weights of population NAME as JSON: who trained them to which step, with
+    which hparams, their score and checkpoint (see --scope)."""
     result = load(storage, name, checkpoints)
-    chosen = result.best
+    chosen = result.best_member(scope)
     payload = {
         "population": result.name,
+        "scope": scope,
         "member": chosen.member,
         "step": chosen.step,
         "metric": result.metric,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import enum
 import html
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -33,12 +34,39 @@ from .storage import Storage, Summary
 if TYPE_CHECKING:
     import pandas
 
-__all__ = ["Best", "EdgeKind", "Lineage", "LineageEdge", "Result", "ScheduleEntry"]
+__all__ = [
+    "Best",
+    "EdgeKind",
+    "Lineage",
+    "LineageEdge",
+    "NoBestMember",
+    "Result",
+    "ScheduleEntry",
+    "Scope",
+]
+
+
+class Scope(str, enum.Enum):
+    """Which weights "best" chooses among (as Ray Tune's ``scope="all"`` and ``"last"``).
+
+    ``ALL``: every recorded interval whose checkpoint is still kept; the best finite score among
+    them, so a member that diverged at the end still offers its weights from before.
+    ``LAST``: the weights each healthy member holds now (its latest interval's, or a donor's it
+    copied); the best finite score among them.
+    """
+
+    ALL = "all"
+    LAST = "last"
+
+
+class NoBestMember(LookupError):
+    """No weights to call best: no interval yet, no finite score, or none of theirs is kept."""
 
 
 @dataclass(frozen=True)
 class Best:
-    """The best member: its latest interval's score, the hparams that produced it, its weights."""
+    """The best weights: ``member`` trained them to ``step`` with ``hparams``, reaching ``score``
+    (and ``metrics``); ``checkpoint`` holds them. See :meth:`Result.best_member` for "best"."""
 
     member: int
     step: int
@@ -238,38 +266,128 @@ class Result:
 
     @property
     def best(self) -> Best:
-        """The best weights a healthy member holds now, and the interval that produced them.
-
-        A member that copied a donor holds the donor's weights: ``member`` and ``step`` name the
-        interval that trained them (so they equal the donor's).
+        """The best weights that can still be loaded: :meth:`best_member` with ``scope="all"``.
 
         Raises:
-            LookupError: if no member has a score yet.
+            NoBestMember: (a ``LookupError``) if there are none; the message says why.
         """
-        members = [
-            m
-            for m in self.members
-            if m.status is not MemberStatus.FAILED
-            and m.score is not None
-            and m.step > 0
-            and m.restore is not None
-        ]
-        if not members:
-            raise LookupError(f"Population {self.name!r} has no scored member yet.")
-        mode = self.mode
-        chosen = max(members, key=lambda m: (mode.fitness(m.score), -m.id))
-        member, step = chosen.restore  # type: ignore[misc]
-        interval = self.storage.interval(self._record.id, member, step)
+        return self.best_member(Scope.ALL)
+
+    def best_member(self, scope: Scope | str = Scope.ALL) -> Best:
+        """The best weights of ``scope``; the one definition of "best" that :attr:`best`,
+        ``poptune best``, the report and the dashboard show.
+
+        ``"all"`` (the default): the recorded interval with the best finite score whose
+        checkpoint is still kept (garbage collection always keeps the best one), so a population
+        whose members all end on NaN still yields its best weights from before they diverged.
+        ``"last"``: among the weights each healthy member holds now, those with the best finite
+        score. A NaN, infinite or missing score is never best; ties go to the lower member id,
+        then the earlier step. ``member`` and ``step`` name the interval that trained the
+        weights (a member that copied a donor holds the donor's: they name the donor's).
+
+        Raises:
+            NoBestMember: (a ``LookupError``) if no weights of ``scope`` have a finite score and
+                a kept checkpoint; the message says which is missing and what to do.
+            ValueError: if ``scope`` is neither ``"all"`` nor ``"last"``.
+
+        Example:
+            >>> result.best_member("last").hparams        # doctest: +SKIP
+        """
+        try:
+            scope = Scope(scope)
+        except ValueError:
+            raise ValueError(
+                f"The 'scope' parameter of best_member must be 'all' or 'last'. Got {scope!r}."
+            ) from None
+        if scope is Scope.ALL:
+            interval, checkpoint = self._best_interval()
+        else:
+            interval, checkpoint = self._best_held()
         return Best(
-            member=member,
-            step=step,
-            score=chosen.score,
-            hparams=dict(interval.hparams) if interval else dict(chosen.hparams),
-            metrics=dict(interval.metrics) if interval else {},
-            checkpoint=self.storage.checkpoint(self._record.id, member, step),
+            member=interval.member,
+            step=interval.step,
+            score=interval.score,
+            hparams=dict(interval.hparams),
+            metrics=dict(interval.metrics),
+            checkpoint=checkpoint,
             _store=self._checkpoints,
             _trainable=self._trainable,
             _reference=self._config.trainable,
+        )
+
+    def _first_kept(self, scored: list[tuple[int, int, float | None]]) -> CheckpointRef | None:
+        """The checkpoint of the best finite ``(member, step, score)`` of ``scored`` that is
+        kept (ties: lower member, earlier step). Garbage collection keeps the best one's,
+        so one query usually answers; else one read of every checkpoint."""
+        fitness = self.mode.fitness
+
+        def rank(item: tuple[int, int, float | None]) -> tuple[float, int, int]:
+            return (-fitness(item[2]), item[0], item[1])
+
+        finite = [item for item in scored if math.isfinite(fitness(item[2]))]
+        if not finite:
+            return None
+        pid = self._record.id
+        top = min(finite, key=rank)  # no sort for the usual answer (the dashboard asks often)
+        first = self.storage.checkpoint(pid, top[0], top[1])
+        if first is not None:
+            return first
+        kept = {(c.member, c.step): c for c in self.storage.checkpoints(pid)}
+        return next((kept[m, s] for m, s, _ in sorted(finite, key=rank) if (m, s) in kept), None)
+
+    def _best_interval(self) -> tuple[IntervalRecord, CheckpointRef]:
+        """Scope "all": the best finite recorded interval whose checkpoint is kept."""
+        intervals = {(i.member, i.step): i for i in self.intervals()}
+        scored = [(member, step, i.score) for (member, step), i in intervals.items()]
+        checkpoint = self._first_kept(scored)
+        if checkpoint is not None:
+            return intervals[checkpoint.member, checkpoint.step], checkpoint
+        metric = self.metric
+        if not intervals:
+            raise NoBestMember(
+                f"Population {self.name!r} has no recorded interval yet: wait for its workers "
+                f"(poptune status {self.name}), or resume it (poptune resume {self.name})."
+            )
+        fitness = self.mode.fitness
+        finite = [item for item in scored if math.isfinite(fitness(item[2]))]
+        if not finite:
+            raise NoBestMember(
+                f"Population {self.name!r} has {len(intervals)} recorded intervals but not one "
+                f"finite {metric!r} score (all NaN or infinite): every member diverged from its "
+                "first interval. Train again with a smaller learning rate or a narrower space."
+            )
+        member, step, score = max(finite, key=lambda item: (fitness(item[2]), -item[0], -item[1]))
+        raise NoBestMember(
+            f"Population {self.name!r} has finite {metric!r} scores (best {score:.6g}, member "
+            f"{member} at step {step}) but none of their checkpoints is kept (deleted, or "
+            "discarded as damaged), so no weights can be loaded: train again, or check that "
+            "the checkpoints folder (checkpoints=) is the population's."
+        )
+
+    def _best_held(self) -> tuple[IntervalRecord, CheckpointRef]:
+        """Scope "last": the best finite weights a healthy member holds now."""
+        # A member's row carries the score of the weights it holds (its own latest interval's,
+        # or the donor's it copied): rank those, then read the one chosen interval.
+        held = [
+            (*m.restore, m.score)
+            for m in self.members
+            if m.status is not MemberStatus.FAILED and m.restore is not None
+        ]
+        checkpoint = self._first_kept(held)
+        if checkpoint is not None:
+            interval = self.storage.interval(self._record.id, checkpoint.member, checkpoint.step)
+            if interval is not None:  # always, by the storage contract: a held interval stays
+                return interval, checkpoint
+        if not held:
+            raise NoBestMember(
+                f"Population {self.name!r} has no healthy member holding trained weights yet: "
+                f"wait for its workers, or resume it (poptune resume {self.name})."
+            )
+        raise NoBestMember(
+            f"No healthy member of population {self.name!r} holds weights with a finite "
+            f"{self.metric!r} score now (their latest scores are NaN or infinite): "
+            "best_member('all') (poptune best --scope all) gives the best recorded interval "
+            "whose checkpoint is kept, from before they diverged."
         )
 
     def lineage(self) -> Lineage:
@@ -346,23 +464,31 @@ class Result:
 
     # --- notebooks and the console --------------------------------------------------------
 
+    def _best_or_none(self) -> Best | None:
+        try:
+            return self.best
+        except LookupError:
+            return None
+
     def _repr_html_(self) -> str:
         """A summary table for notebooks: status, best member and every member's latest."""
         summary = self.summary()
+        chosen = self._best_or_none()
+        best_member = None if chosen is None else chosen.member
         escape = html.escape
         rows = "".join(
-            f"<tr><td>{m.id}{' ★' if m.id == summary.best_member else ''}</td>"
+            f"<tr><td>{m.id}{' ★' if m.id == best_member else ''}</td>"
             f"<td>{escape(m.status.value)}</td><td>{m.step}</td>"
             f"<td>{escape(_short(m.score))}</td>"
             f"<td>{escape(', '.join(f'{k}={_short(v)}' for k, v in m.hparams.items()))}</td>"
             f"<td>{'' if m.parent is None else m.parent}</td></tr>"
             for m in self.members
         )
-        best = "—" if summary.best_score is None else _short(summary.best_score)
+        best = "—" if chosen is None else f"{_short(chosen.score)} (member {best_member})"
         return (
             f"<div><b>poptune population {escape(self.name)}</b>: {escape(summary.status.value)},"
             f" {summary.steps_done}/{summary.steps_total} intervals, best "
-            f"{escape(self.metric)} {escape(best)} (member {summary.best_member}), "
+            f"{escape(self.metric)} {escape(best)}, "
             f"{summary.exploits} exploits, {summary.failures} failures"
             "<table><thead><tr><th>member</th><th>status</th><th>step</th>"
             f"<th>{escape(self.metric)}</th><th>hparams</th><th>parent</th></tr></thead>"
@@ -371,10 +497,12 @@ class Result:
 
     def __repr__(self) -> str:
         summary = self.summary()
+        chosen = self._best_or_none()
         best = (
-            "no score yet"
-            if summary.best_score is None
-            else f"best {self.metric}={summary.best_score:.4g} (member {summary.best_member})"
+            "no best yet"
+            if chosen is None
+            else f"best {self.metric}={_short(chosen.score)} (member {chosen.member}, step "
+            f"{chosen.step})"
         )
         return (
             f"<poptune.Result {self.name!r}: {summary.status.value}, "

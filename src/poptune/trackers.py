@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ._filenames import safe_path
 from .records import ExploitEvent, IntervalRecord, PopulationStatus
 from .results import Result
 
@@ -195,6 +196,9 @@ class TensorBoard(Tracker):
     and each exploit as a text event (``exploit``) at the step it happened.
 
     Its position is ``logdir/<population>/poptune-export.json``, written after the events.
+    ``<population>`` is the name as a safe file name: an ordinary name (letters, digits, ``._-``)
+    as it is, any other with its unsafe characters replaced and a short hash appended
+    (:func:`~poptune._filenames.safe_filename`), so a stored name never writes outside ``logdir``.
 
     Example:
         >>> pt.run(..., trackers=[pt.TensorBoard("runs/tb")])   # doctest: +SKIP
@@ -219,7 +223,8 @@ class TensorBoard(Tracker):
 
     def open(self, result: Result) -> Position:
         """Read the marker of an earlier export of this population, if any."""
-        self._root = self.logdir / result.name
+        # The name comes from the storage: never a path of its own (``../../x``, ``/etc``).
+        self._root = safe_path(self.logdir, result.name)
         self._metric = result.metric
         record = result.record
         self._identity = {"population": record.name, "created_at": record.created_at}

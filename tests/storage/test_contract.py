@@ -229,6 +229,17 @@ def test_collect_garbage_keeps_what_is_needed(storage):
     assert storage.collect_garbage(pid, Mode.MAX) == []
 
 
+def test_collect_garbage_keeps_the_best_finite_score_not_an_infinity(storage):
+    pid = make(storage, n=2)
+    for score in (0.9, 0.1, float("inf"), 0.3, 0.2, 0.4):  # alternates members 0 and 1
+        train(storage, pid, score)
+    # (0, 1) scored 0.9, the best before member 0 diverged to inf at step 2: result.best needs
+    # its checkpoint, not the diverged one.
+    collected = {(c.member, c.step) for c in storage.collect_garbage(pid, Mode.MAX)}
+    assert collected == {(0, 2), (1, 1), (1, 2)}
+    assert storage.checkpoint(pid, 0, 1) is not None
+
+
 def test_garbage_collection_spares_restore_points(storage):
     pid = make(storage, n=3)
     for score in (0.1, 0.9, 0.2, 0.3, 0.95, 0.25):  # every member at step 2; (1, 2) the best

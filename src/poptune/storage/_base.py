@@ -407,7 +407,8 @@ class Storage(ABC):
     def collect_garbage(self, population_id: int, mode: Mode) -> list[CheckpointRef]:
         """Delete and return the checkpoint rows nothing needs any more (the caller deletes the
         files). Kept: each member's latest, each member's restore point, the best-scoring
-        interval's, and everything at or above the lowest step of any healthy member."""
+        interval's (the best finite score: not an infinity), and everything at or above the
+        lowest step of any healthy member."""
 
     @abstractmethod
     def summary(self, population_id: int, budget: int, mode: Mode) -> Summary:

@@ -642,9 +642,9 @@ class MemoryStorage(Storage):
             return []
         keep = {(m.id, m.step) for m in members} | {m.restore for m in members}
         scored = [(key, row.score) for key, row in population.intervals.items()]
-        kept = [(key, score) for key, score in scored if score is not None]
+        kept = [(key, score) for key, score in scored if score is not None and math.isfinite(score)]
         if kept:
-            # The best-scoring interval, ties to the lowest (member, step), as SQL orders them.
+            # The best finite score, ties to the lowest (member, step), as SQL orders them.
             sign = -1.0 if mode is Mode.MAX else 1.0
             keep.add(min(kept, key=lambda item: (sign * item[1], item[0]))[0])
         doomed = [key for key in old if key not in keep]

@@ -317,9 +317,11 @@ _GC_DELETE = checkpoints.delete().where(
 
 
 def _best(order: Any) -> Any:
+    # The best *finite* score, as Mode.fitness ranks: an infinity is a diverged run, and
+    # keeping its checkpoint instead would let the best one before the divergence go.
     return (
         sa.select(_i.member_id, _i.step)
-        .where(_i.population_id == _B("pid"), _i.score.is_not(None))
+        .where(_i.population_id == _B("pid"), _i.score.between(-FINITE, FINITE))
         .order_by(order, _i.member_id, _i.step)
         .limit(1)
     )
