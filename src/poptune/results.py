@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ._imports import import_object
-from .checkpoints import CheckpointStore
+from .checkpoints import CheckpointStore, confined, population_folders
 from .config import PopulationConfig
 from .records import (
     CheckpointRef,
@@ -77,11 +77,18 @@ class Best:
     _store: CheckpointStore | None = field(default=None, compare=False, repr=False)
     _trainable: type | None = field(default=None, compare=False, repr=False)
     _reference: str | None = field(default=None, compare=False, repr=False)
+    _folders: tuple[str, ...] = field(default=(), compare=False, repr=False)
 
     def state(self) -> Any:
-        """The best member's state, as its ``state_dict()`` returned it."""
+        """The best member's state, as its ``state_dict()`` returned it.
+
+        Raises:
+            UnsafeCheckpointPath: if the recorded path is not in the population's folder.
+        """
         if self.checkpoint is None or self._store is None:
             raise LookupError(f"Member {self.member} has no checkpoint to load yet.")
+        if self._folders:
+            confined(self.checkpoint.path, self._folders)
         return self._store.load(self.checkpoint)
 
     def load(self, trainable: type | None = None, seed: int = 0) -> Any:
@@ -313,6 +320,7 @@ class Result:
             _store=self._checkpoints,
             _trainable=self._trainable,
             _reference=self._config.trainable,
+            _folders=population_folders(self.storage.database_id(create=False), self._record.id),
         )
 
     def _first_kept(self, scored: list[tuple[int, int, float | None]]) -> CheckpointRef | None:

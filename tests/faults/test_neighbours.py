@@ -164,6 +164,7 @@ def _tamper(result: pt.Result, path: str) -> None:
     [
         "../../victim.txt",
         "{victim}",
+        "population-2/member-0000/step-000001-000000000000.ckpt",
         "{folder}/../../victim.txt",
         "{folder}/member-0000/link/victim.txt",
     ],
