@@ -110,6 +110,8 @@ def test_best_survives_every_member_ending_on_nan(storage_url: str) -> None:
         board.close()
     assert (page.best_member, page.best_score) == (best.member, best.score)
     assert "no best yet" not in repr(result) and f"step {best.step}" in repr(result)
+    summary = result.summary()  # poptune status / list and the dashboard's index show this
+    assert (summary.best_member, summary.best_score) == (best.member, best.score)
 
     # Scope "last": what the members hold now is all NaN, and the message says what to use.
     with pytest.raises(NoBestMember, match=r"finite 'q' score now.*best_member\('all'\)"):

@@ -39,6 +39,7 @@ Methods may be called from any thread, but one claim is used by one worker at a 
 
 from __future__ import annotations
 
+import math
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
@@ -123,6 +124,16 @@ def check_idle(
         )
 
 
+def best_kept(
+    kept: Sequence[tuple[int, int, float | None]], mode: Mode
+) -> tuple[int, int, float] | None:
+    """The best finite ``(member, step, score)`` among kept checkpoints (ties: the lower member,
+    then the earlier step): what :attr:`Summary.best_member` shows, the same weights
+    ``result.best`` loads."""
+    finite = [(m, s, x) for m, s, x in kept if x is not None and math.isfinite(x)]
+    return max(finite, key=lambda item: (mode.fitness(item[2]), -item[0], -item[1]), default=None)
+
+
 @dataclass(frozen=True)
 class Claim:
     """A member held by one worker until released; ``token`` fences late writes.
@@ -150,6 +161,7 @@ class Summary:
     failed: int
     exploits: int
     failures: int
+    #: the best finite score among kept checkpoints, and its member: ``result.best``'s
     best_member: int | None
     best_score: float | None
     status: PopulationStatus

@@ -42,6 +42,7 @@ from ._base import (
     Storage,
     StorageError,
     Summary,
+    best_kept,
     check_idle,
 )
 
@@ -655,8 +656,12 @@ class MemoryStorage(Storage):
         with self._transaction():
             population = self._get(population_id)
             members = list(population.members.values())
-            scored = [m for m in members if m.score is not None and m.status != MemberStatus.FAILED]
-            best = max(scored, key=lambda m: (mode.fitness(m.score), -m.id), default=None)
+            kept = [
+                (member, step, population.intervals[member, step].score)
+                for member, step in population.checkpoints
+                if (member, step) in population.intervals
+            ]
+            best = best_kept(kept, mode)
             return Summary(
                 members=len(members),
                 steps_done=sum(m.step for m in members),
@@ -667,8 +672,8 @@ class MemoryStorage(Storage):
                 exploits=sum(e.is_exploit for e in population.exploits),
                 recoveries=sum(not e.is_exploit for e in population.exploits),
                 failures=len(population.failures),
-                best_member=None if best is None else best.id,
-                best_score=None if best is None else best.score,
+                best_member=None if best is None else best[0],
+                best_score=None if best is None else best[2],
                 status=population.record.status,
             )
 

@@ -43,10 +43,12 @@ from ._base import (
     Storage,
     StorageError,
     Summary,
+    best_kept,
     check_idle,
 )
 from ._retry import retrying
 from ._schema import (
+    FINITE,
     LEGACY_STEPS,
     SCHEMA_VERSION,
     checkpoints,
@@ -994,8 +996,13 @@ class SQLStorage(Storage):
                     sa.select(populations.c.status).where(populations.c.id == population_id)
                 ).scalar(),
             )
-        scored = [r for r in rows if r.score is not None and r.status != MemberStatus.FAILED.value]
-        best = max(scored, key=lambda r: (mode.fitness(r.score), -r.member_id), default=None)
+            c = checkpoints.c
+            kept = connection.execute(
+                sa.select(c.member_id, c.step, c.score).where(
+                    c.population_id == population_id, c.score.between(-FINITE, FINITE)
+                )
+            ).all()
+        best = best_kept([(r.member_id, r.step, r.score) for r in kept], mode)
         return Summary(
             members=len(rows),
             steps_done=sum(r.step for r in rows),
@@ -1006,8 +1013,8 @@ class SQLStorage(Storage):
             exploits=int(n_exploits),
             recoveries=int(sum(copies.values())),
             failures=int(n_failures),
-            best_member=None if best is None else best.member_id,
-            best_score=None if best is None else best.score,
+            best_member=None if best is None else best[0],
+            best_score=None if best is None else best[2],
             status=PopulationStatus(status),
         )
 
