@@ -221,6 +221,21 @@ def test_static_plots(hostile, tmp_path, kind, suffix):
     assert path.stat().st_size > 1000
 
 
+@pytest.mark.parametrize("kind", ["scores", "hparams", "lineage"])
+def test_static_plots_draw_names_as_typed_not_as_math(tmp_path, kind):
+    pytest.importorskip("matplotlib")
+    from poptune.report import plot
+
+    model = synthetic_report_model(3, 4)
+    unparsable = r"$\frac{$ <b>"  # mathtext would fail on it; TeX would read it as a command
+    intervals = [dataclasses.replace(i, hparams={"lr": 0.1, "units": unparsable})
+                 for i in model.intervals]  # fmt: skip
+    model = dataclasses.replace(model, name="a$b$", metric=unparsable, intervals=intervals)
+    path = plot(model, kind, tmp_path / f"{kind}.svg")
+    text = path.read_text()
+    assert "a$b$" in text and r"$\frac{$ &lt;b&gt;" in text  # the names, as typed and escaped
+
+
 def test_plot_refuses_bad_kind_and_format(hostile, tmp_path):
     pytest.importorskip("matplotlib")
     with pytest.raises(ValueError, match="Unknown plot kind 'pie'"):
