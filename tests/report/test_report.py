@@ -83,8 +83,7 @@ def open_in_chromium(path: Path, screenshot: Path | None = None) -> dict:
         page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
         page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
         page.goto(path.as_uri())
-        # Predicates as functions: the report's Content-Security-Policy forbids eval.
-        page.wait_for_function("() => window.poptuneReportReady === true")
+        page.wait_for_function("window.poptuneReportReady === true")
         figures = page.evaluate(
             """() => Array.from(document.querySelectorAll('svg.figure')).map(svg => ({
                 id: svg.id,
