@@ -6,6 +6,7 @@ import them by reference (``poptune.testing:Quadratic``).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Mapping
@@ -18,6 +19,8 @@ from .storage._memory import MemoryStorage
 from .trainable import Trainable
 
 __all__ = [
+    "XSS_PAYLOADS",
+    "XSS_PROBE",
     "BurnCPU",
     "CountingQuadratic",
     "CreateOnlyRunner",
@@ -32,6 +35,7 @@ __all__ = [
     "quadratic_loop",
     "quadratic_space",
     "synthetic_report_model",
+    "xss_population",
 ]
 
 
@@ -380,3 +384,152 @@ def quadratic_loop(ctx: Any) -> None:
 
 
 quadratic_loop.starts = _LOOP_STARTS  # type: ignore[attr-defined]
+
+
+#: Strings that run script, add markup or navigate if a page writes them unescaped in any
+#: context (text, a quoted attribute, a script, SVG, a URL, a template). One that runs sets
+#: ``window.__pwned``; see :data:`XSS_PROBE` and :func:`xss_population`.
+XSS_PAYLOADS = (
+    'k"><svg/onload=window.__pwned=1>',
+    "k'><svg/onload=window.__pwned=1>",
+    "</script><script>window.__pwned=1</script>",
+    "<img src=x onerror=window.__pwned=1>",
+    '<meta http-equiv="refresh" content="0;url=about:blank#pwned">',
+    "javascript:window.__pwned=1//",
+    '<a href="javascript:window.__pwned=1">link</a>',
+    "{{constructor.constructor('window.__pwned=1')()}}",
+    "${window.__pwned=1}",
+    "\u2028\u2029</title></style><svg><script>window.__pwned=1</script></svg>",
+    "<!--<script>window.__pwned=1//-->",
+    '<iframe srcdoc="<script>parent.__pwned=1</script>"></iframe>',
+    "]]><svg onload=window.__pwned=1>",
+    "<style>*{display:none}</style><base href=//pwned.invalid/>",
+    "&lt;b&gt; &amp; \"both\" 'quotes'",
+)
+
+#: A function for a browser page (Playwright's ``page.evaluate``): what an unescaped
+#: :data:`XSS_PAYLOADS` string left in the page, as a list of texts (empty if none).
+XSS_PROBE = """() => {
+  const found = [];
+  if (window.__pwned !== undefined) found.push('a payload ran: window.__pwned is set');
+  const allowed = new Set(['html', 'head', 'meta', 'title', 'style', 'link', 'body', 'main',
+    'header', 'h1', 'h2', 'p', 'span', 'div', 'b', 'a', 'code', 'section', 'details', 'summary',
+    'pre', 'table', 'thead', 'tbody', 'tr', 'th', 'td', 'progress', 'script', 'svg', 'line',
+    'text', 'polyline', 'path', 'circle']);
+  for (const el of document.querySelectorAll('*')) {
+    const tag = el.localName;
+    if (!allowed.has(tag)) found.push('an injected <' + tag + '>');
+    for (const attribute of el.attributes) {
+      if (attribute.name.startsWith('on')) found.push('an event handler ' + attribute.name);
+    }
+    if (tag === 'meta' && el.httpEquiv && el.httpEquiv !== 'Content-Security-Policy')
+      found.push('an injected <meta http-equiv=' + el.httpEquiv + '>');
+    if (tag === 'a' && !(el.getAttribute('href') || '').startsWith('/'))
+      found.push('a link to ' + el.getAttribute('href'));
+  }
+  if (document.querySelectorAll('script').length > 1) found.push('an injected <script>');
+  if (document.querySelectorAll('style').length > 1) found.push('an injected <style>');
+  return found;
+}"""
+
+
+class _PayloadRepr:
+    """A stateless strategy shown by its ``repr``: the payload ``XSS_PAYLOADS[index]``."""
+
+    index = 0
+
+    def __repr__(self) -> str:
+        return XSS_PAYLOADS[self.index]
+
+
+class _PayloadExploit(_PayloadRepr):
+    """Truncation selection under a payload's name."""
+
+    index = 2
+
+    def __call__(self, member: Any, population: Any, rng: np.random.Generator) -> Any:
+        """Copy a member of the top half if ``member`` is in the bottom half."""
+        from .strategies import Truncation
+
+        return Truncation(0.5)(member, population, rng)
+
+
+class _PayloadExplore(_PayloadRepr):
+    """Keeps the copied hyperparameters, under a payload's name."""
+
+    index = 3
+
+    def __call__(
+        self, hparams: Mapping[str, Any], space: Any, rng: np.random.Generator
+    ) -> dict[str, Any]:
+        """The copied hyperparameters, unchanged."""
+        return dict(hparams)
+
+
+class _PayloadReady(_PayloadRepr):
+    """Ready after every interval, under a payload's name."""
+
+    index = 4
+
+    def __call__(self, member: Any) -> bool:
+        """Always."""
+        return True
+
+
+class _PayloadQuadratic(Quadratic):
+    """:class:`Quadratic` scored under a payload metric, with extra metrics named by payloads,
+    whose ``train`` raises an error whose message is a payload at its third interval."""
+
+    def __init__(self, hparams: Mapping[str, Any], seed: int) -> None:
+        super().__init__(hparams, seed)
+        self.trained = 0
+
+    def train(self, hparams: Mapping[str, Any]) -> None:
+        """Train, or raise ``RuntimeError(payload)`` at the third call."""
+        self.trained += 1
+        if self.trained == 3:
+            raise RuntimeError(XSS_PAYLOADS[5] + "\n" + XSS_PAYLOADS[0])
+        super().train(hparams)
+
+    def evaluate(self) -> dict[str, float]:
+        """The score under the payload metric name, and a metric for every payload."""
+        q = super().evaluate()["q"]
+        return {_XSS_METRIC: q, **{payload: 0.5 for payload in XSS_PAYLOADS}}
+
+
+_XSS_METRIC = " ".join(XSS_PAYLOADS[:4])
+
+
+def xss_population(storage: Any, population: int = 3, intervals: int = 4) -> Any:
+    """Train a small population whose every stored string is one of :data:`XSS_PAYLOADS`: its
+    name, its metric and extra metrics, its hyperparameters' names and (``Choice`` of strings)
+    values, a fixed value, its strategies' descriptions and its failures' messages; every member
+    fails at its third interval, so the population also stops with an error. Returns it."""
+    from .population import load, run
+    from .space import Choice, Uniform
+    from .worker import PopulationError
+
+    n = len(XSS_PAYLOADS)
+    space: dict[str, Any] = {"h0": Uniform(0.0, 1.0), "h1": Uniform(0.0, 1.0)}
+    for i, payload in enumerate(XSS_PAYLOADS[:-1]):
+        space[payload] = Choice([XSS_PAYLOADS[(i + 1) % n], XSS_PAYLOADS[(i + 2) % n]])
+    space[XSS_PAYLOADS[-1]] = XSS_PAYLOADS[0]  # a fixed value
+    name = " ".join(XSS_PAYLOADS)
+    # Every member fails, as intended: the population is stored all the same.
+    with contextlib.suppress(PopulationError):
+        run(
+            _PayloadQuadratic,
+            space=space,
+            metric=_XSS_METRIC,
+            population=population,
+            intervals=intervals,
+            storage=storage,
+            name=name,
+            seed=0,
+            progress=False,
+            exploit=_PayloadExploit(),
+            explore=_PayloadExplore(),
+            ready=_PayloadReady(),
+            max_failures=0,
+        )
+    return load(storage, name)

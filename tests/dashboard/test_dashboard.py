@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -13,13 +14,22 @@ import textwrap
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import poptune as pt
-from poptune.testing import CreateOnlyRunner, Quadratic, SlowQuadratic
+from poptune.testing import (
+    XSS_PAYLOADS,
+    XSS_PROBE,
+    CreateOnlyRunner,
+    Quadratic,
+    SlowQuadratic,
+    xss_population,
+)
 
 pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
@@ -27,6 +37,7 @@ from starlette.testclient import TestClient
 
 from poptune.dashboard import Dashboard, create_app
 from poptune.dashboard._pages import _IntervalCache
+from poptune.report._escape import source_hash
 from poptune.report._html import figure_sections
 
 NASTY = "<script>alert(1)</script>"
@@ -78,11 +89,18 @@ def test_every_page_escapes_user_strings(hostile, storage_url):
         shown = "&lt;img src=x" if path == "/api/population" else "&lt;script&gt;alert(1)"
         assert shown in text, path  # the name, or the metric in the figures, as text
     page = pages["/population"].text
-    assert 'id="scores"' in page and 'id="lineage"' in page and 'id="hparam-h0"' in page
+    assert 'id="scores"' in page and 'id="lineage"' in page and 'id="hparam-0"' in page
     assert '<table class="members">' in page
     assert "<script nonce=" in page and page.count("<script") == 1  # only our own script
     csp = pages["/population"].headers["content-security-policy"]
     assert "script-src 'nonce-" in csp and "default-src 'none'" in csp
+    assert "unsafe-inline" not in csp and "http" not in csp
+    missing = client.get("/population", params={"name": "nope"})  # an error page, no script
+    for response in (pages["/population"], pages["/"], missing):
+        policy = response.headers["content-security-policy"]
+        (style,) = re.findall(r"<style>(.*?)</style>", response.text, re.S)
+        assert f"style-src {source_hash(style)};" in policy  # its one style, by its hash
+        assert "style=" not in response.text  # no inline style attribute (the policy blocks it)
     assert "?name=%3Cscript%3Ealert%281%29%3C%2Fscript%3E" in pages["/"].text  # the link
 
 
@@ -370,3 +388,79 @@ def test_the_page_shows_new_intervals_without_reload(tmp_path):
                 process.wait(timeout=10)
     output = server.stdout.read().decode() if server.stdout else ""
     assert "Traceback" not in output, output
+
+
+def _serve_in_thread(app: Any) -> tuple[str, Any, threading.Thread]:
+    """``app`` served by uvicorn on a free loopback port in a thread: (base URL, server, thread)."""
+    import uvicorn
+
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    _wait_for(f"{base}/", 20)
+    return base, server, thread
+
+
+def _open_after_an_update(browser: Any, url: str, bypass_csp: bool) -> tuple[Any, list[str]]:
+    """A page of ``url`` once its script swapped in the live part fetched as JSON, and the
+    list its errors go to (script errors, console errors such as policy violations, dialogs)."""
+    page = browser.new_page(bypass_csp=bypass_csp)
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("dialog", lambda d: (errors.append(d.message), d.dismiss()))
+
+    def stale(route: Any) -> None:
+        # A finished population's page is never updated: a stale version makes its script
+        # fetch the live part (JSON) and swap it in.
+        response = route.fetch()
+        text = response.text().replace('data-version="', 'data-version="old', 1)
+        route.fulfill(response=response, body=text)
+
+    page.route(lambda address: address == url, stale)  # the page only, not what it polls
+    page.goto(url)
+    page.wait_for_function("() => window.poptuneUpdates >= 1", timeout=15_000)
+    return page, errors
+
+
+def test_no_stored_string_runs_script_in_the_dashboard(tmp_path):
+    """A population whose every stored string is an XSS payload, on the dashboard's pages in
+    Chromium, with their Content-Security-Policy bypassed (escaping alone) and obeyed: nothing
+    runs, nothing is injected, nothing navigates, every name reads as text, and the live part
+    swapped in from JSON is as inert as the page."""
+    playwright = pytest.importorskip("playwright.sync_api")
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"no Chromium at {CHROMIUM}: apt-get install chromium (or POPTUNE_CHROMIUM)")
+    storage = f"sqlite:///{tmp_path / 'p.db'}"
+    result = xss_population(storage)
+    base, server, thread = _serve_in_thread(create_app(storage, poll_seconds=0.2))
+    index, population = f"{base}/", f"{base}/population?name={urllib.parse.quote(result.name)}"
+    try:
+        with playwright.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+            for bypass_csp in (True, False):
+                where = "policy bypassed" if bypass_csp else "policy obeyed"
+                page, errors = _open_after_an_update(browser, index, bypass_csp)
+                assert page.evaluate(XSS_PROBE) == [], where
+                assert page.url == index and errors == [], (where, errors)
+                assert page.text_content("table.populations a") == result.name
+                page.close()
+
+                page, errors = _open_after_an_update(browser, population, bypass_csp)
+                assert page.evaluate(XSS_PROBE) == [], where
+                assert page.url == population and errors == [], (where, errors)
+                assert page.text_content("#population-name") == result.name
+                headings = page.eval_on_selector_all("h2, th", "els => els.map(e => e.textContent)")
+                assert set(XSS_PAYLOADS[:-1]) <= set(headings), where  # hyperparameter names
+                shown = page.text_content("main")
+                assert f"explore: {XSS_PAYLOADS[3]}" in shown  # a strategy's description
+                assert f"RuntimeError: {XSS_PAYLOADS[5]}" in shown  # a failure
+                page.dispatch_event("#scores polyline[data-member='1']", "mouseover")
+                assert page.evaluate("document.querySelectorAll('.hl').length") > 1, where
+                page.close()
+            browser.close()
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

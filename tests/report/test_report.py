@@ -18,7 +18,14 @@ import poptune as pt
 from poptune.cli import main
 from poptune.report import build_model, render_html
 from poptune.report._html import _VIRIDIS, FigureCache, _rank_colours, figure_sections
-from poptune.testing import Quadratic, quadratic_space, synthetic_report_model
+from poptune.testing import (
+    XSS_PAYLOADS,
+    XSS_PROBE,
+    Quadratic,
+    quadratic_space,
+    synthetic_report_model,
+    xss_population,
+)
 
 NASTY = "<script>alert(1)</script>"
 METRIC = "<img src=x onerror=alert(2)>"
@@ -110,12 +117,90 @@ def test_report_in_chromium_draws_everything_and_escapes_user_strings(hostile, t
     assert page["errors"] == [] and page["dialogs"] == []
     assert page["name"] == NASTY  # shown as text, not run
     ids = {f["id"] for f in page["figures"]}
-    assert ids == {"scores", "hparam-h0", "hparam-h1", "lineage"}
+    assert ids == {"scores", "hparam-0", "hparam-1", "lineage"}
     for figure in page["figures"]:
         assert figure["marks"] > 0 and figure["width"] > 100 and figure["height"] > 100, figure
     assert page["highlighted"] > 1  # hovering a member highlights it across figures
     assert shot.stat().st_size > 10_000 and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "diverged" in text  # the failure is listed, escaped
+
+
+def visit(url: str, bypass_csp: bool = False, ready: str = "poptuneReportReady") -> dict:
+    """Open ``url`` in Chromium (its Content-Security-Policy obeyed, or bypassed to check the
+    escaping alone): what ran or was injected, the console errors, the page's texts."""
+    with browser_page() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page(bypass_csp=bypass_csp)
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("dialog", lambda d: (errors.append(f"dialog {d.message}"), d.dismiss()))
+        page.goto(url)
+        page.wait_for_function(f"() => window.{ready} === true")
+        page.wait_for_timeout(300)  # a <meta http-equiv=refresh content=0> would have left
+        found = page.evaluate(XSS_PROBE)
+        texts = page.evaluate(
+            """() => ({
+                name: document.querySelector('#population-name').textContent,
+                headings: Array.from(document.querySelectorAll('h2, th, text.label'),
+                                     el => el.textContent),
+                ticks: Array.from(document.querySelectorAll('text.tick'), el => el.textContent),
+                page: document.body.textContent,
+                ids: Array.from(document.querySelectorAll('[id]'), el => el.id)})"""
+        )
+        page.dispatch_event("#scores polyline[data-member='1']", "mouseover")
+        highlighted = page.evaluate("document.querySelectorAll('.hl').length")
+        final_url = page.url
+        browser.close()
+    return {"found": found, "errors": errors, "url": final_url, "highlighted": highlighted,
+            **texts}  # fmt: skip
+
+
+def check_payloads_shown_as_text(page: dict, result: pt.Result) -> None:
+    """Every payload of :func:`xss_population` is on the page as the text it was stored as."""
+    assert page["found"] == []
+    assert page["name"] == result.name
+    for payload in XSS_PAYLOADS[:-1]:  # every tuned hyperparameter's name, as a heading
+        assert payload in page["headings"]
+    assert " ".join(XSS_PAYLOADS[:4]) in page["headings"]  # the metric, as a column and a label
+    for shown in (
+        f"exploit: {XSS_PAYLOADS[2]}",  # the strategies' descriptions
+        f"explore: {XSS_PAYLOADS[3]}",
+        f"ready: {XSS_PAYLOADS[4]}",
+        f"RuntimeError: {XSS_PAYLOADS[5]}\n{XSS_PAYLOADS[0]}",  # a failure's traceback
+        "Stopped: 3 attempts in a row failed",  # the population's error
+    ):
+        assert shown in page["page"], shown
+    choices = {v for i in result.intervals() for v in i.hparams.values() if isinstance(v, str)}
+    assert len(choices) > 5 and choices <= set(page["ticks"])  # Choice values, as axis ticks
+    assert all(re.fullmatch(r"[A-Za-z][\w-]*", i) for i in page["ids"]), page["ids"]
+
+
+def test_no_stored_string_runs_script_in_the_report(tmp_path):
+    result = xss_population(f"sqlite:///{tmp_path / 'p.db'}")
+    path = result.report(tmp_path / "report.html")
+    url = path.as_uri()
+    escaped = visit(url, bypass_csp=True)  # the escaping alone keeps every payload inert
+    check_payloads_shown_as_text(escaped, result)
+    assert escaped["url"] == url and escaped["errors"] == []
+    page = visit(url)  # the report under its own Content-Security-Policy: all of it works
+    check_payloads_shown_as_text(page, result)
+    assert page["url"] == url and page["errors"] == [] and page["highlighted"] > 1
+
+
+def test_the_reports_policy_stops_script_that_escaping_missed(tmp_path):
+    path = xss_population(f"sqlite:///{tmp_path / 'p.db'}").report(tmp_path / "report.html")
+    text = path.read_text()
+    csp = re.search(r'<meta http-equiv="Content-Security-Policy" content="([^"]+)">', text)
+    assert csp is not None and text.index(csp.group(0)) < text.index("<style")
+    assert "default-src 'none'" in csp.group(1) and "unsafe-inline" not in csp.group(1)
+    # As if a string had reached the page unescaped: the policy still runs none of it.
+    missed = "<img src=x onerror=window.__pwned=1><script>window.__pwned=2</script>"
+    path.write_text(text.replace("<main>", "<main>" + missed, 1))
+    page = visit(path.as_uri())
+    assert "a payload ran: window.__pwned is set" not in page["found"]
+    assert any("Content Security Policy" in error for error in page["errors"]), page["errors"]
+    assert page["highlighted"] > 1  # the report's own script still runs
 
 
 def test_a_64_by_100_population_renders_completely(tmp_path):
@@ -133,6 +218,21 @@ def test_static_plots(hostile, tmp_path, kind, suffix):
     pytest.importorskip("matplotlib")
     path = hostile.plot(kind, tmp_path / f"{kind}{suffix}")
     assert path.stat().st_size > 1000
+
+
+@pytest.mark.parametrize("kind", ["scores", "hparams", "lineage"])
+def test_static_plots_draw_names_as_typed_not_as_math(tmp_path, kind):
+    pytest.importorskip("matplotlib")
+    from poptune.report import plot
+
+    model = synthetic_report_model(3, 4)
+    unparsable = r"$\frac{$ <b>"  # mathtext would fail on it; TeX would read it as a command
+    intervals = [dataclasses.replace(i, hparams={"lr": 0.1, "units": unparsable})
+                 for i in model.intervals]  # fmt: skip
+    model = dataclasses.replace(model, name="a$b$", metric=unparsable, intervals=intervals)
+    path = plot(model, kind, tmp_path / f"{kind}.svg")
+    text = path.read_text()
+    assert "a$b$" in text and r"$\frac{$ &lt;b&gt;" in text  # the names, as typed and escaped
 
 
 def test_plot_refuses_bad_kind_and_format(hostile, tmp_path):

@@ -3,13 +3,13 @@
 The storage is the one source of truth: every page is a projection of it, so the dashboard works
 the same whoever trains the population (``workers=1``, local processes, Ray, ``poptune worker``).
 Reading never imports user code: a :class:`~poptune.results.Result` is built without its
-trainable. Every string a user controls goes through :func:`html.escape`.
+trainable. Every string a user controls is escaped as text or a quoted attribute value (see
+:mod:`poptune.report._escape`), and the pages run only their own script and style.
 """
 
 from __future__ import annotations
 
 import gzip
-import html
 import json
 import math
 import threading
@@ -25,6 +25,8 @@ from sqlalchemy.exc import ArgumentError
 from ..config import PopulationConfig
 from ..records import IntervalRecord, MemberRecord, PopulationRecord
 from ..report import build_model
+from ..report._escape import source_hash
+from ..report._escape import text as _E
 from ..report._html import (
     CSS,
     HIGHLIGHT_JS,
@@ -38,9 +40,7 @@ from ..report._model import ReportModel
 from ..results import Result
 from ..storage import Storage, StorageError, Summary, default_storage_url, open_storage, redact_url
 
-__all__ = ["Dashboard", "Update", "error_page", "version_of"]
-
-_E = html.escape
+__all__ = ["STYLE_SOURCE", "Dashboard", "Update", "error_page", "version_of"]
 
 _DASHBOARD_CSS = """
 header{display:flex;justify-content:space-between;align-items:baseline;margin-bottom:8px}
@@ -49,6 +49,10 @@ header a{color:#0969da;text-decoration:none}#live-state{font-size:12px;color:#57
 table.populations td,table.populations th{white-space:nowrap}progress{width:120px}
 table.members{font-size:12px}
 """
+_STYLE = CSS + _DASHBOARD_CSS
+
+#: The Content-Security-Policy source of the pages' one ``<style>`` (the same on every page).
+STYLE_SOURCE = source_hash(_STYLE)
 
 # Polls the update URL; swaps the live part of the page when the server says it changed (the
 # server answers 204 No Content while the population's version is the one we hold).
@@ -438,7 +442,7 @@ def _page(
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <link rel="icon" href="data:,">
-<title>{_E(title)}</title><style>{CSS}{_DASHBOARD_CSS}</style></head>
+<title>{_E(title)}</title><style>{_STYLE}</style></head>
 <body><main>
 <header><a href="/">poptune dashboard</a><span id="live-state">live: checks every
 {period:g} s</span></header>
@@ -455,7 +459,7 @@ def error_page(title: str, message: str, storage: str) -> str:
     """A plain page that says what went wrong and where (no stack trace)."""
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><link rel="icon" href="data:,">
-<title>poptune dashboard: {_E(title)}</title><style>{CSS}{_DASHBOARD_CSS}</style></head>
+<title>poptune dashboard: {_E(title)}</title><style>{_STYLE}</style></head>
 <body><main><header><a href="/">poptune dashboard</a></header>
 <h1>{_E(title)}</h1>
 <p class="error" id="error-message">{_E(message)}</p>

@@ -1,14 +1,15 @@
 """A self-contained HTML report: inline SVG figures, inline CSS, a few lines of plain JavaScript.
 
 Nothing is loaded from the network, so the file opens anywhere. Every string that a user
-controls (population, hyperparameter and metric names, values, error text) goes through
-:func:`html.escape` before it reaches the page.
+controls (population, hyperparameter and metric names, values, strategy descriptions, error
+text) is escaped as text or a quoted attribute value before it reaches the page, and never makes
+an element id (see :mod:`._escape`); the page's Content-Security-Policy runs only its own inline
+script and style.
 """
 
 from __future__ import annotations
 
 import datetime
-import html
 import math
 from collections import defaultdict
 from collections.abc import Callable, Hashable, Iterable, Sequence
@@ -17,12 +18,15 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ..records import IntervalRecord
+from ._escape import element_id, policy, source_hash
+from ._escape import text as _E
 from ._model import ReportModel
 from ._model import finite as _finite
 
 __all__ = [
     "CSS",
     "HIGHLIGHT_JS",
+    "REPORT_POLICY",
     "FigureCache",
     "figure_sections",
     "member_table",
@@ -42,7 +46,6 @@ _PALETTE = [
     "#edc948", "#b07aa1", "#ff9da7", "#9c755f", "#bab0ac",
 ]  # fmt: skip
 _WIDTH, _MARGIN = 920, (24, 16, 36, 64)  # top, right, bottom, left
-_E = html.escape
 
 
 def _fmt(value: Any) -> str:
@@ -137,9 +140,10 @@ def _frame(
     return parts
 
 
-def _svg(figure: str, height: int, parts: Iterable[str], title: str) -> str:
+def _svg(figure_id: str, height: int, parts: Iterable[str], title: str) -> str:
+    """A figure; ``figure_id`` comes from :func:`element_id`, never from a stored name."""
     return (
-        f'<svg class="figure" id="{figure}" viewBox="0 0 {_WIDTH} {height}" width="100%" '
+        f'<svg class="figure" id="{figure_id}" viewBox="0 0 {_WIDTH} {height}" width="100%" '
         f'role="img" aria-label="{_E(title)}" xmlns="http://www.w3.org/2000/svg">'
         + "".join(parts)
         + "</svg>"
@@ -171,7 +175,8 @@ def _polyline(points: list[str], css: str, member: int, title: str, colour: str)
     if not points:
         return ""
     return (
-        f'<polyline style="stroke:{colour}" class="{css}" data-member="{member}" '
+        # A presentation attribute, not style="": the page's policy allows no inline style.
+        f'<polyline stroke="{colour}" class="{css}" data-member="{member}" '
         f'points="{" ".join(points)}"><title>{_E(title)}</title></polyline>'
     )
 
@@ -223,10 +228,14 @@ def _scores_figure(model: ReportModel, groups: dict[int, list[IntervalRecord]]) 
             f'd="M{tx - 4:.1f},{ty + 4:.1f} L{tx:.1f},{ty - 4:.1f} L{tx + 4:.1f},{ty + 4:.1f} Z">'
             f"<title>{_E(title)}</title></path>"
         )
-    return _svg("scores", height, parts, f"{model.metric} of every member over intervals")
+    return _svg(
+        element_id("scores"), height, parts, f"{model.metric} of every member over intervals"
+    )
 
 
-def _hparam_figure(model: ReportModel, name: str, groups: dict[int, list[IntervalRecord]]) -> str:
+def _hparam_figure(model: ReportModel, number: int, groups: dict[int, list[IntervalRecord]]) -> str:
+    """The figure of the ``number``-th hyperparameter (its id is the number, not the name)."""
+    name = model.hparam_names[number]
     height = 260
     top, right, bottom, left = _MARGIN
     values = [i.hparams.get(name) for i in model.intervals]
@@ -266,7 +275,9 @@ def _hparam_figure(model: ReportModel, name: str, groups: dict[int, list[Interva
             f'<polyline class="lineage" points="{text}"><title>the winning lineage</title>'
             "</polyline>"
         )
-    return _svg(f"hparam-{name}", height, parts, f"{name} of every member over intervals")
+    return _svg(
+        element_id("hparam", number), height, parts, f"{name} of every member over intervals"
+    )
 
 
 def _rank_colours(scores: Sequence[Any], maximise: bool) -> list[str]:
@@ -403,7 +414,9 @@ def _lineage_figure(model: ReportModel, cache: FigureCache | None = None) -> str
             for _, s in sorted(own_winning.items())
         ),
     ]
-    return _svg("lineage", height, [*parts, *edges, *nodes], "lineage tree of the population")
+    return _svg(
+        element_id("lineage"), height, [*parts, *edges, *nodes], "lineage tree of the population"
+    )
 
 
 def _table(headers: Sequence[str], rows: Iterable[Sequence[Any]], css: str = "") -> str:
@@ -440,7 +453,7 @@ HIGHLIGHT_JS = """
 (function(){
   var active=null;
   function mark(member,on){
-    document.querySelectorAll('[data-member="'+member+'"]').forEach(function(el){
+    document.querySelectorAll('[data-member="'+CSS.escape(member)+'"]').forEach(function(el){
       el.classList.toggle('hl',on);});
   }
   document.addEventListener('mouseover',function(event){
@@ -455,6 +468,10 @@ HIGHLIGHT_JS = """
 })();
 """
 
+
+#: The report's Content-Security-Policy: its own inline script and style (by their SHA-256), and
+#: nothing else; no network at all.
+REPORT_POLICY = policy(script=source_hash(HIGHLIGHT_JS), style=source_hash(CSS))
 
 _RECOVERY = {"reseed": "re-seeded after failing", "fallback": "its checkpoint was damaged"}
 
@@ -524,7 +541,8 @@ def figure_sections(model: ReportModel, cache: FigureCache | None = None) -> str
         failures = f"<section><h2>Failures ({len(model.failures)})</h2>{items}</section>"
     groups = _by_member(model)  # each member's intervals, by step
     hparams = "".join(
-        f"<h2>{_E(name)}</h2>{_hparam_figure(model, name, groups)}" for name in model.hparam_names
+        f"<h2>{_E(name)}</h2>{_hparam_figure(model, index, groups)}"
+        for index, name in enumerate(model.hparam_names)
     )
     return f"""<section><h2>Scores</h2>
 <p class="legend">One line per member; the best member is thick. Red triangles mark exploits,
@@ -568,6 +586,7 @@ def render_html(model: ReportModel) -> str:
     error = f'<p class="error">Stopped: {_E(model.error)}</p>' if model.error else ""
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
+<meta http-equiv="Content-Security-Policy" content="{REPORT_POLICY}">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>poptune report: {_E(model.name)}</title><style>{CSS}</style></head>
 <body><main>

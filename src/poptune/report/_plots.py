@@ -35,6 +35,14 @@ def plot(model: ReportModel, kind: str, path: str | Path) -> Path:
     if path.suffix.lower() not in (".png", ".svg", ".pdf"):
         raise ValueError(f"Cannot tell the image format of {str(path)!r}: use .png, .svg or .pdf.")
     plt = _pyplot()
+    # Names are drawn as typed: never as mathtext ("$...$" would be typeset, or fail to parse)
+    # nor through LaTeX (a matplotlibrc with text.usetex would hand stored names to TeX).
+    with plt.rc_context({"text.parse_math": False, "text.usetex": False}):
+        _draw(plt, model, kind, path)
+    return path
+
+
+def _draw(plt: Any, model: ReportModel, kind: str, path: Path) -> None:
     groups: dict[int, list[Any]] = defaultdict(list)
     for interval in model.intervals:
         groups[interval.member].append(interval)
@@ -117,4 +125,3 @@ def plot(model: ReportModel, kind: str, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=150)
     plt.close(figure)
-    return path
