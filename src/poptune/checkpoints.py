@@ -267,7 +267,7 @@ class LocalCheckpoints:
 
     Example:
         >>> store = LocalCheckpoints("runs/checkpoints")            # doctest: +SKIP
-        >>> ref = store.save(1, member=0, step=1, state={"w": [1.0]})  # doctest: +SKIP
+        >>> ref = store.save("population-1", member=0, step=1, state={"w": [1.0]})  # doctest: +SKIP
     """
 
     def __init__(

@@ -246,7 +246,10 @@ def test_a_save_pretrained_folder_is_checkpointed_as_one_directory_and_loads_bac
     model.save_pretrained(tmp_path / "saved")  # config.json + model.safetensors
     store = pt.LocalCheckpoints(tmp_path / "checkpoints")
     ref = store.save(
-        1, member=0, step=1, state={"model": pt.Directory.from_path(tmp_path / "saved")}
+        "population-1",
+        member=0,
+        step=1,
+        state={"model": pt.Directory.from_path(tmp_path / "saved")},
     )
     folder = store.load(ref)["model"].materialize(tmp_path / "restored")
     assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors"]
