@@ -70,10 +70,18 @@ def _errors(function: Callable[..., Any]) -> Callable[..., Any]:
         except LookupError as error:
             message = str(error.args[0] if error.args else error)
             raise click.ClickException(_safe(message, *urls)) from None
+        except click.ClickException:
+            raise  # ours, already one safe line
         except Exception as error:
             # Anything else is a traceback for a bug report, unless it would show a secret
             # (a library's error quoting the URL): then it is one line, redacted.
-            text = "".join(traceback.format_exception(error))
+            text = "\n".join(traceback.format_exception_only(error))
+            seen: list[BaseException] = [error]
+            cause = error.__cause__ or error.__context__
+            while cause is not None and cause not in seen:
+                seen.append(cause)
+                text += "\n".join(traceback.format_exception_only(cause))
+                cause = cause.__cause__ or cause.__context__
             if redact_text(text, *urls) == text:
                 raise
             message = f"{type(error).__name__}: {error}"
