@@ -205,11 +205,23 @@ def test_to_pandas(storage_url):
         ({"exploit": 3}, TypeError, "'exploit' parameter"),
         ({"initial": [{"h0": 2.0, "h1": 0.5}]}, ValueError, r"initial\[0\]"),
         ({"storage": "sqlite://"}, pt.StorageError, "in-memory"),
+        # names are stored and printed: no escape codes, lone surrogates or bidi overrides
+        ({"name": "evil\x1b[2J"}, ValueError, r"'name' parameter must be a name without"),
+        ({"name": "a\udc80b"}, ValueError, r"control characters, lone surrogates.*'a\\udc80b'"),
+        ({"name": "abc\u202edcba"}, ValueError, "bidirectional overrides"),
+        ({"metric": "q\n"}, ValueError, r"'metric' parameter must be a name without"),
+        (
+            {"space": {"h0\x1b": pt.Uniform(0, 1), "h1": 0.5}},
+            ValueError,
+            r"'space' parameter must be hyperparameter names without",
+        ),
+        # an initial value beyond the float range is outside the space, not an OverflowError
+        ({"initial": [{"h0": 10**400, "h1": 0.5}]}, ValueError, r"initial\[0\].*'h0' = 1000"),
     ],
 )
 def test_bad_input_is_refused_with_a_clear_message(storage_url, options, error, match):
     with pytest.raises(error, match=match):
-        run_toy(storage_url, name="bad", **options)
+        run_toy(storage_url, **{"name": "bad", **options})
 
 
 def test_trainable_must_be_a_class(storage_url):
@@ -229,6 +241,44 @@ def test_unknown_metric_names_the_returned_keys(storage_url, workers):
     with pytest.raises(pt.PopulationError, match=r"no metric 'accuracy'.*\['q', 'surrogate'\]"):
         run_toy(storage_url, name="m", metric="accuracy", workers=workers)
     assert pt.load(storage_url, "m").status == "error"
+
+
+def test_a_name_refused_shows_at_most_a_line(storage_url):
+    with pytest.raises(ValueError) as error:
+        run_toy(storage_url, name="\x1b" * 10_000)
+    assert len(str(error.value)) < 400
+
+
+class Huge(Quadratic):
+    """Scores beyond the float range: an int of 400 digits."""
+
+    def evaluate(self):
+        return {**super().evaluate(), "q": 10**400}
+
+
+class Opaque(Quadratic):
+    """An extra metric that is an object, which no reader could use."""
+
+    def evaluate(self):
+        return {**super().evaluate(), "opaque": object()}
+
+
+def test_a_score_beyond_the_float_range_is_recorded_as_infinite(storage_url):
+    result = pt.run(
+        Huge, space=quadratic_space(), metric="q", population=2, intervals=2,
+        storage=storage_url, name="huge", progress=False,
+    )  # fmt: skip
+    assert result.status == "finished"  # it was an OverflowError that left it 'running'
+    assert {m.score for m in result.members} == {float("inf")}  # ranked like inf: worst
+
+
+def test_a_metric_that_is_no_number_stops_the_population_clearly(storage_url):
+    with pytest.raises(pt.PopulationError, match=r"'opaque'=<object object.*Return a number"):
+        pt.run(
+            Opaque, space=quadratic_space(), metric="q", population=2, intervals=2,
+            storage=storage_url, name="opaque", progress=False,
+        )  # fmt: skip
+    assert pt.load(storage_url, "opaque").status == "error"
 
 
 def test_failures_are_retried_recorded_with_traceback_and_others_go_on(storage_url, monkeypatch):

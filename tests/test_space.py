@@ -572,3 +572,15 @@ def test_a_custom_distribution_works_in_a_space_but_does_not_round_trip():
     assert space.validate(Perturb((1.2,))(space.sample(rng()), space, rng())) is not None
     with pytest.raises(ValueError, match="'Even'"):
         space_from_dict(space.to_dict())
+
+
+def test_a_value_beyond_the_float_range_is_outside_not_an_overflow():
+    space = Space({"lr": Uniform(0.1, 1.0), "n": IntUniform(1, 9), "clip": math.inf})
+    for huge in (10**400, -(10**400)):
+        assert not Uniform(0.1, 1.0).contains(huge) and not IntUniform(1, 9).contains(huge)
+        with pytest.raises(ValueError, match=r"'lr' = -?1000.* is outside"):
+            space.validate({"lr": huge, "n": 3, "clip": math.inf})
+    # a fixed infinity is a setting ("no limit") and is kept; NaN is refused with the way out
+    assert space.validate({"lr": 0.5, "n": 3, "clip": math.inf})["clip"] == math.inf
+    with pytest.raises(ValueError, match=r"fixed to NaN.*math.inf for 'no limit'"):
+        Space({"clip": math.nan})

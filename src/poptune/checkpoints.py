@@ -31,6 +31,7 @@ from typing import Any, BinaryIO, Protocol
 import xxhash
 
 from . import serialization
+from ._redact import redact_text, redact_url
 from .records import CheckpointRef
 
 log = logging.getLogger(__name__)
@@ -502,7 +503,7 @@ class FsspecCheckpoints:
             import fsspec
         except ImportError:
             raise ImportError(
-                f"Checkpoints at {url!r} need fsspec (and s3fs for s3://): "
+                f"Checkpoints at {redact_url(url)!r} need fsspec (and s3fs for s3://): "
                 "pip install 'poptune[s3]'."
             ) from None
         self.url = url.rstrip("/")
@@ -510,7 +511,8 @@ class FsspecCheckpoints:
             self.fs, self.root = fsspec.core.url_to_fs(self.url, **storage_options)
         except (ValueError, ImportError) as error:
             raise ValueError(
-                f"Cannot open the checkpoint location {url!r}: {error}. Check the URL, and "
+                f"Cannot open the checkpoint location {redact_url(url)!r}: "
+                f"{redact_text(str(error), url)}. Check the URL, and "
                 "install the filesystem it needs (s3fs for s3://: pip install 'poptune[s3]')."
             ) from error
 

@@ -9,8 +9,10 @@ import math
 import os
 import sys
 import time
+import traceback
 from collections.abc import Callable, Mapping
 from functools import wraps
+from pathlib import Path
 from typing import Any
 
 import click
@@ -18,6 +20,8 @@ from rich.console import Console
 from rich.table import Table
 
 from ._filenames import safe_path
+from ._redact import redact_text
+from ._text import printable
 from .config import PopulationConfig
 from .devices import CUDA_VISIBLE_DEVICES, apply_environment, device_environment, parse_device
 from .population import Population, check_deletable, checkpoints_location, load, replay
@@ -48,19 +52,63 @@ _checkpoints_option = click.option(
 )
 
 
+#: The options whose values are URLs that may carry a password or token.
+_URL_OPTIONS = ("storage", "checkpoints", "tracking_uri")
+#: How much of a stored error a status line shows.
+_ERROR_LIMIT = 2000
+
+
 def _errors(function: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn the library's errors into one-line messages and exit codes."""
+    """Turn the library's errors into one-line messages and exit codes, without the secrets of
+    the URLs given on the command line or any terminal control codes."""
 
     @wraps(function)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        urls = [kwargs.get(option) for option in _URL_OPTIONS]
         try:
             return function(*args, **kwargs)
         except (PopulationNotFound, StorageError, PopulationError, ValueError, ImportError) as e:
-            raise click.ClickException(str(e)) from None
+            raise click.ClickException(_safe(str(e), *urls)) from None
         except LookupError as error:
-            raise click.ClickException(str(error.args[0] if error.args else error)) from None
+            message = str(error.args[0] if error.args else error)
+            raise click.ClickException(_safe(message, *urls)) from None
+        except click.ClickException:
+            raise  # ours, already one safe line
+        except Exception as error:
+            # Anything else is a traceback for a bug report, unless it would show a secret
+            # (a library's error quoting the URL): then it is one line, redacted.
+            text = "\n".join(traceback.format_exception_only(error))
+            seen: list[BaseException] = [error]
+            cause = error.__cause__ or error.__context__
+            while cause is not None and cause not in seen:
+                seen.append(cause)
+                text += "\n".join(traceback.format_exception_only(cause))
+                cause = cause.__cause__ or cause.__context__
+            if redact_text(text, *urls) == text:
+                raise
+            message = f"{type(error).__name__}: {error}"
+            raise click.ClickException(_safe(message, *urls)) from None
 
     return wrapper
+
+
+def _safe(message: str, *urls: str | None) -> str:
+    """``message`` without the secrets of ``urls`` (or of any URL in it), each line printable."""
+    lines = redact_text(message, *urls).replace("\t", " ").split("\n")
+    return "\n".join(printable(line, limit=None) for line in lines)
+
+
+def _console() -> Console:
+    """A console that prints stored names as they are: ``[red]`` is not markup, ``:x:`` is not
+    an emoji (and ``[/]`` in a population's name cannot stop the command)."""
+    return Console(markup=False, emoji=False)
+
+
+def _write_error(path: str | Path, error: OSError) -> click.ClickException:
+    return click.ClickException(
+        f"Cannot write {printable(str(path))}: {error.strerror or error}. Pass -o a file in a "
+        "folder you can write, e.g. -o report.html."
+    )
 
 
 def _format_score(score: float | None) -> str:
@@ -73,7 +121,8 @@ def _format_score(score: float | None) -> str:
 
 def _format_hparams(hparams: Mapping[str, Any]) -> str:
     return ", ".join(
-        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in hparams.items()
+        f"{printable(k)}={v:.4g}" if isinstance(v, float) else f"{printable(k)}={printable(v)}"
+        for k, v in hparams.items()
     )
 
 
@@ -124,15 +173,15 @@ def list_command(storage: str | None) -> None:
         summary = store.summary(record.id, config.intervals, mode)
         created = datetime.datetime.fromtimestamp(record.created_at).strftime("%Y-%m-%d %H:%M")
         table.add_row(
-            record.name,
+            printable(record.name),
             record.status.value,
             str(summary.members),
             f"{summary.steps_done}/{summary.steps_total}",
             _format_score(summary.best_score),
-            f"{config.metric} ({mode.value})",
+            f"{printable(config.metric)} ({mode.value})",
             created,
         )
-    Console().print(table)
+    _console().print(table)
 
 
 @main.command()
@@ -151,12 +200,13 @@ def delete(name: str, storage: str | None, checkpoints: str | None, yes: bool) -
     if not yes:
         folder = checkpoints or checkpoints_location(store, record)
         click.confirm(
-            f"Delete population {name!r} ({record.status.value}, {summary.steps_done} intervals "
-            f"recorded) and its checkpoints in {folder}?",
+            f"Delete population '{printable(name)}' ({record.status.value}, "
+            f"{summary.steps_done} intervals recorded) and its checkpoints in "
+            f"{printable(redact_url(folder), limit=None)}?",
             abort=True,
         )
     delete_population(store, name, checkpoints)
-    click.echo(f"Deleted population {name!r} from {redact_url(store.url)}.")
+    click.echo(f"Deleted population '{printable(name)}' from {redact_url(store.url)}.")
 
 
 @main.command()
@@ -205,25 +255,26 @@ def status(
         }
         click.echo(json.dumps(payload, indent=2))
         return
-    Console().print(_status_table(result, members, summary))
+    _console().print(_status_table(result, members, summary))
     record = result.record
+    error = printable(record.error, limit=_ERROR_LIMIT)
     if record.status.value == "stopped":
-        click.echo(f"Stopped before its budget: {record.error}", err=True)
+        click.echo(f"Stopped before its budget: {error}", err=True)
     elif record.error:
-        click.echo(f"Stopped on an error: {record.error}", err=True)
+        click.echo(f"Stopped on an error: {error}", err=True)
 
 
 def _status_table(result: Result, members: list[MemberRecord], summary: Any) -> Table:
     best = "—" if summary.best_score is None else _format_score(summary.best_score)
     table = Table(
         title=(
-            f"{result.name} · {summary.status.value} · {summary.steps_done}/"
-            f"{summary.steps_total} intervals · best {result.metric} {best} · "
+            f"{printable(result.name)} · {summary.status.value} · {summary.steps_done}/"
+            f"{summary.steps_total} intervals · best {printable(result.metric)} {best} · "
             f"{summary.exploits} exploits · {summary.failures} failures"
             + (f" · {summary.recoveries} recovered" if summary.recoveries else "")
         )
     )
-    for column in ("member", "status", "step", result.metric, "hparams", "parent"):
+    for column in ("member", "status", "step", printable(result.metric), "hparams", "parent"):
         table.add_column(column, overflow="fold")
     for member in members:
         table.add_row(
@@ -245,7 +296,7 @@ def _watch(result: Result, every: float) -> None:
         return _status_table(result, result.members, result.summary())
 
     try:
-        with Live(table(), refresh_per_second=4, console=Console()) as live:
+        with Live(table(), refresh_per_second=4, console=_console()) as live:
             while result.summary().status.value == "running":
                 time.sleep(every)
                 live.update(table())
@@ -272,8 +323,12 @@ def report(name: str, storage: str | None, checkpoints: str | None, output: str 
     """Write a self-contained HTML report of population NAME."""
     result = load(storage, name, checkpoints)
     # The name is the storage's: never a path of its own ('../../x', '/etc/x').
-    path = result.report(output or safe_path(".", result.name, "-report.html"))
-    click.echo(f"Wrote {path}")
+    target = output or safe_path(".", result.name, "-report.html")
+    try:
+        path = result.report(target)
+    except OSError as error:
+        raise _write_error(target, error) from None
+    click.echo(f"Wrote {printable(path, limit=None)}")
 
 
 @main.command()
@@ -297,8 +352,11 @@ def report(name: str, storage: str | None, checkpoints: str | None, output: str 
 @_errors
 def plot(name: str, storage: str | None, checkpoints: str | None, kind: str, output: str) -> None:
     """Save a static figure of population NAME (needs matplotlib)."""
-    path = load(storage, name, checkpoints).plot(kind, output)
-    click.echo(f"Wrote {path}")
+    try:
+        path = load(storage, name, checkpoints).plot(kind, output)
+    except OSError as error:
+        raise _write_error(output, error) from None
+    click.echo(f"Wrote {printable(path, limit=None)}")
 
 
 @main.command()
@@ -363,19 +421,21 @@ def schedule(
             )
         )
         return
-    table = Table(title=f"schedule of {result.name} (lineage of member {entries[-1].member})")
+    table = Table(
+        title=f"schedule of {printable(result.name)} (lineage of member {entries[-1].member})"
+    )
     names = list(entries[0].hparams) if entries else []
     for column in ("step", "member", *names, result.metric):
-        table.add_column(column)
+        table.add_column(printable(column))
     for entry in entries:
         values = [entry.hparams.get(n) for n in names]
         table.add_row(
             str(entry.step),
             str(entry.member),
-            *(f"{v:.4g}" if isinstance(v, float) else str(v) for v in values),
+            *(f"{v:.4g}" if isinstance(v, float) else printable(v) for v in values),
             _format_score(entry.score),
         )
-    Console().print(table)
+    _console().print(table)
 
 
 @main.command()
@@ -427,7 +487,9 @@ def worker(
     except KeyboardInterrupt:
         click.echo("Interrupted; the member in progress was given back.", err=True)
         sys.exit(130)
-    click.echo(f"{name}: this worker trained {trained} intervals; the population is done.")
+    click.echo(
+        f"{printable(name)}: this worker trained {trained} intervals; the population is done."
+    )
 
 
 @main.command("replay")
@@ -444,9 +506,9 @@ def replay_command(
     source = load(storage, name)
     replayed = replay(source.storage, name, member, replay_name, progress=progress)
     click.echo(
-        f"{replayed.name}: {source.metric} {_format_score(replayed.best.score)} after "
-        f"{replayed.best.step} intervals on the schedule of {name} (whose best is "
-        f"{_format_score(source.best.score)})"
+        f"{printable(replayed.name)}: {printable(source.metric)} "
+        f"{_format_score(replayed.best.score)} after {replayed.best.step} intervals on the "
+        f"schedule of {printable(name)} (whose best is {_format_score(source.best.score)})"
     )
 
 
@@ -491,14 +553,16 @@ def resume(
     except KeyboardInterrupt:
         url = storage or default_storage_url()
         click.echo(
-            f"Interrupted; continue with: poptune resume {name} --storage '{redact_url(url)}'",
+            f"Interrupted; continue with: poptune resume '{printable(name, limit=None)}' "
+            f"--storage '{redact_url(url)}'",
             err=True,
         )
         sys.exit(130)
     chosen = result.best
     click.echo(
-        f"{result.name}: {result.status}; best {result.metric} {_format_score(chosen.score)} "
-        f"(member {chosen.member}, step {chosen.step}) with {_format_hparams(chosen.hparams)}"
+        f"{printable(result.name)}: {result.status}; best {printable(result.metric)} "
+        f"{_format_score(chosen.score)} (member {chosen.member}, step {chosen.step}) with "
+        f"{_format_hparams(chosen.hparams)}"
     )
 
 
@@ -579,10 +643,12 @@ def export(
             except KeyboardInterrupt:
                 click.echo("Interrupted; what was exported is kept.", err=True)
     except TrackerError as error:
-        raise click.ClickException(str(error)) from None
+        raise click.ClickException(_safe(str(error), storage, tracking_uri)) from None
     for tracker in trackers:
         intervals, exploits = exporter.written[id(tracker)]
-        click.echo(f"{name}: {intervals} new intervals, {exploits} new exploits -> {tracker!r}")
+        click.echo(
+            f"{printable(name)}: {intervals} new intervals, {exploits} new exploits -> {tracker!r}"
+        )
 
 
 if __name__ == "__main__":  # pragma: no cover

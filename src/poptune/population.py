@@ -14,7 +14,7 @@ import numpy as np
 from sqlalchemy.engine import make_url
 
 from ._imports import import_object, reference_of
-from ._validation import check_int, check_str, invalid
+from ._validation import check_int, check_name, invalid
 from .checkpoints import (
     CheckpointStore,
     UnsafeCheckpointPath,
@@ -161,9 +161,11 @@ def run(
     """
     check_trainable(trainable)
     started_at = time.time()
-    metric = check_str("metric", metric)
+    metric = check_name("metric", metric)
     criteria = stop_list(stop, metric)
     space = _space(space)
+    for key in space:  # a Space also loads stored names; new ones must be printable
+        check_name("space", key, kind="hyperparameter names")
     population = check_int("population", population, 2)
     workers = check_int("workers", workers, 1)
     if resident is not None:
@@ -186,7 +188,7 @@ def run(
     if seed is None:
         seed = int(np.random.SeedSequence().generate_state(1)[0])
     seed = check_int("seed", seed, 0)
-    name = check_str("name", trainable.__name__ if name is None else name)
+    name = check_name("name", trainable.__name__ if name is None else name)
     config = PopulationConfig(
         trainable=reference_of(trainable),
         space=space,

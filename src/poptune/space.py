@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from ._validation import plain
+from ._validation import InvalidParameterError, plain
 
 __all__ = [
     "Choice",
@@ -210,7 +210,8 @@ class _FloatRange(Distribution):
 
     def contains(self, value: Any) -> bool:
         """A real number (not a bool) within ``[low, high]``."""
-        return _is_real(value) and self.low <= float(value) <= self.high
+        # Compared as given: float(10**400) would overflow, and an int compares exactly.
+        return _is_real(value) and self.low <= plain(value) <= self.high
 
     def to_dict(self) -> dict[str, Any]:
         """``{"type": <class name>, "low": ..., "high": ...}``."""
@@ -551,9 +552,11 @@ class Space(Mapping[str, Any]):
                 f"{_SCALAR_NAMES}."
             )
         if isinstance(plain, float) and math.isnan(plain):
-            raise ValueError(
-                f"Space: hyperparameter {name!r} is fixed to NaN (got {value!r}); give a number, "
-                "or None for 'not set'."
+            # Infinity stays allowed: it is a setting ("no limit": a gradient clip of inf), and
+            # populations stored with one must still load; NaN is no setting at all.
+            raise InvalidParameterError(
+                f"Space: hyperparameter {name!r} is fixed to NaN (got {value!r}); give a number "
+                "(math.inf for 'no limit'), or None for 'not set'."
             )
         return plain
 

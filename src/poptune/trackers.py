@@ -24,13 +24,19 @@ import importlib.util
 import json
 import logging
 import os
+import socket
 import threading
+import urllib.parse
+import urllib.request
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ._filenames import safe_path
+from ._redact import redact_text, redact_url
+from ._text import printable
+from ._validation import check_str, invalid
 from .records import ExploitEvent, IntervalRecord, PopulationStatus
 from .results import Result
 
@@ -130,6 +136,11 @@ class Tracker(abc.ABC):
     def close(self) -> None:
         """Flush and release everything :meth:`open` took."""
 
+    def redact(self, text: str) -> str:
+        """``text`` (an error message about this tracker) without the secrets of where it
+        writes; override it when the tracker knows a URL with a password or token."""
+        return redact_text(text)
+
 
 def check_trackers(trackers: Any) -> list[Tracker]:
     """Validate ``pt.run``'s ``trackers`` parameter: a list of :class:`Tracker` objects."""
@@ -219,7 +230,7 @@ class TensorBoard(Tracker):
         self._writers: dict[int, Any] = {}
 
     def __repr__(self) -> str:
-        return f"TensorBoard({str(self.logdir)!r})"
+        return f"TensorBoard({redact_url(str(self.logdir))!r})"
 
     def open(self, result: Result) -> Position:
         """Read the marker of an earlier export of this population, if any."""
@@ -338,19 +349,16 @@ class MLflow(Tracker):
     """
 
     def __init__(self, tracking_uri: str, experiment: str = "poptune") -> None:
-        if not isinstance(tracking_uri, str) or not tracking_uri:
-            raise TypeError(
-                "The 'tracking_uri' parameter of MLflow must be a tracking URI such as "
-                f"'sqlite:///mlflow.db'. Got {tracking_uri!r}."
+        if not isinstance(tracking_uri, str) or not tracking_uri.strip():
+            raise invalid(
+                "tracking_uri",
+                "a tracking URI such as 'sqlite:///mlflow.db' or 'http://host:5000'",
+                tracking_uri,
+                "MLflow",
             )
-        if not isinstance(experiment, str) or not experiment.strip():
-            raise ValueError(
-                "The 'experiment' parameter of MLflow must be a non-empty experiment name. "
-                f"Got {experiment!r}."
-            )
-        _require("mlflow", "mlflow")
         self.tracking_uri = tracking_uri
-        self.experiment = experiment
+        self.experiment = check_str("experiment", experiment, owner="MLflow")
+        _require("mlflow", "mlflow")
         self._client: Any = None
         self._result: Result | None = None
         self._experiment_id = ""
@@ -360,13 +368,18 @@ class MLflow(Tracker):
         self._position = Position()
 
     def __repr__(self) -> str:
-        return f"MLflow({self.tracking_uri!r}, experiment={self.experiment!r})"
+        return f"MLflow({redact_url(self.tracking_uri)!r}, experiment={self.experiment!r})"
+
+    def redact(self, text: str) -> str:
+        """``text`` without the password or token of the tracking URI."""
+        return redact_text(text, self.tracking_uri)
 
     def open(self, result: Result) -> Position:
         """Find (or create) the experiment and the population's parent run; read each member
         run's position from its tags."""
         from mlflow.tracking import MlflowClient
 
+        _check_reachable(self.tracking_uri)
         self._client = MlflowClient(tracking_uri=self.tracking_uri)
         self._result = result
         record = result.record
@@ -533,6 +546,40 @@ class MLflow(Tracker):
         self._client = None
 
 
+#: Seconds to wait for an MLflow server's port before saying it is unreachable. MLflow's own
+#: client retries a refused connection 7 times with backoff (about 4 minutes) before it fails.
+REACHABLE_SECONDS = 5.0
+
+
+def _check_reachable(tracking_uri: str) -> None:
+    """Fail in seconds, with the fix, when an http(s) tracking server does not answer.
+
+    Only the server's port is tried (nothing is sent, no credentials); any other URI (a file,
+    a database, ``databricks``) and a server reached through a proxy are left to MLflow.
+    """
+    parsed = urllib.parse.urlsplit(tracking_uri)
+    scheme = parsed.scheme.lower()
+    if scheme not in ("http", "https"):
+        return
+    try:
+        host, port = parsed.hostname, parsed.port or (443 if scheme == "https" else 80)
+    except ValueError as error:  # a port that is not a number
+        raise TrackerError(
+            f"The MLflow tracking URI {redact_url(tracking_uri)!r} is not a valid URL ({error}). "
+            "Pass one such as 'http://host:5000'."
+        ) from None
+    if not host or (urllib.request.getproxies() and not urllib.request.proxy_bypass(host)):
+        return
+    try:
+        socket.create_connection((host, port), timeout=REACHABLE_SECONDS).close()
+    except OSError as error:
+        raise TrackerError(
+            f"The MLflow tracking server {redact_url(tracking_uri)!r} is not reachable at "
+            f"{host}:{port} ({error.strerror or type(error).__name__}). Start it, or check the "
+            "URI and the network."
+        ) from None
+
+
 def _population_params(config: Mapping[str, Any]) -> dict[str, str]:
     """The parent run's params: the population's algorithm, one param per setting."""
     keys = ("metric", "mode", "population", "intervals", "exploit", "explore", "ready", "seed")
@@ -637,20 +684,22 @@ class TrackerExporter:
                 self._failed(entry.tracker, "close", error)
 
     def _failed(self, tracker: Tracker, stage: str, error: Exception) -> None:
+        cause = tracker.redact(f"{type(error).__name__}: {error}")
+        if isinstance(error, TrackerError):  # already says what failed and what to do
+            cause = tracker.redact(str(error))
+        name = printable(self.result.name)
         if self.strict:
             raise TrackerError(
-                f"{tracker!r} failed to {stage} population {self.result.name!r}: "
-                f"{type(error).__name__}: {error}"
-            ) from error
+                f"{tracker!r} failed to {stage} population '{name}': {cause}"
+            ) from None
         log.warning(
-            "Tracker %r failed to %s population %r and is left out of this run (%s: %s). "
+            "Tracker %r failed to %s population '%s' and is left out of this run (%s). "
             "Training goes on; export later with `poptune export %s ...`.",
             tracker,
             stage,
-            self.result.name,
-            type(error).__name__,
-            error,
-            self.result.name,
+            name,
+            cause,
+            name,
         )
 
 
@@ -675,7 +724,10 @@ class BackgroundExport:
             self._exporter.open()
             self._exporter.follow(self._every, self._stop)
         except Exception as error:  # the storage itself failed: still never stop training
-            log.warning("Exporting to trackers stopped: %s: %s", type(error).__name__, error)
+            log.warning(
+                "Exporting to trackers stopped: %s",
+                redact_text(f"{type(error).__name__}: {error}"),
+            )
         finally:
             self._exporter.close()
 

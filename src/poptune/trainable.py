@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 import inspect
+import math
 import random
 import sys
 from collections.abc import Mapping
@@ -129,22 +130,35 @@ def _check_training_function(function: Any) -> None:
 def metrics_of(result: Any, metric: str) -> tuple[float, dict[str, Any]]:
     """Split ``evaluate()``'s result into the score for ``metric`` and the dict of all metrics.
 
+    Numbers (and one-element tensors) become floats; an int too large for a float becomes an
+    infinite score, which ranks like any other infinite score (worst). Besides numbers a metric
+    may be a str, a bool or ``None``.
+
     Raises:
         KeyError: if ``metric`` is not among the returned keys (the message lists them).
-        TypeError: if the result is neither a number nor a mapping of numbers.
+        TypeError: if the result is neither a number nor a mapping of numbers, or a metric is
+            none of the kinds above (an object would be stored as a meaningless repr).
     """
     if isinstance(result, Real) and not isinstance(result, bool):
-        value = float(result)
+        value = _as_float(result)
         return value, {metric: value}
     if isinstance(result, Mapping):
         metrics: dict[str, Any] = {}
         for key, value in result.items():
             if isinstance(value, Real) and not isinstance(value, bool):
-                metrics[str(key)] = float(value)
+                metrics[str(key)] = _as_float(value)
             elif _is_scalar_tensor(value):
-                metrics[str(key)] = float(value.item())
+                metrics[str(key)] = _as_float(value.item())
+            elif isinstance(value, str | bool | None):
+                metrics[str(key)] = value
             else:
-                metrics[str(key)] = value if isinstance(value, str | bool | None) else repr(value)
+                shown = repr(value)
+                shown = shown if len(shown) <= 80 else f"{shown[:79]}…"
+                raise TypeError(
+                    f"evaluate() returned {str(key)!r}={shown} ({type(value).__name__}), which "
+                    "is not a number, str, bool or None. Return a number (e.g. float(x)), or "
+                    "leave it out of the dict."
+                )
         if metric not in metrics:
             raise KeyError(
                 f"evaluate() returned no metric {metric!r}; it returned the keys "
@@ -157,12 +171,20 @@ def metrics_of(result: Any, metric: str) -> tuple[float, dict[str, Any]]:
             )
         return score, metrics
     if _is_scalar_tensor(result):
-        value = float(result.item())
+        value = _as_float(result.item())
         return value, {metric: value}
     raise TypeError(
         f"evaluate() must return a number or a dict of metrics; it returned {result!r} "
         f"({type(result).__name__})."
     )
+
+
+def _as_float(value: Any) -> float:
+    """``value`` as a float; one beyond the float range (``10**400``) as an infinity."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
 
 
 def _is_scalar_tensor(value: Any) -> bool:

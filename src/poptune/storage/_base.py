@@ -46,6 +46,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .._text import printable
 from ..records import (
     CheckpointRef,
     ExploitEvent,
@@ -80,6 +81,24 @@ class PopulationNotFound(KeyError):
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else "population not found"
+
+
+def is_storable(name: str) -> bool:
+    """Whether a database can hold ``name`` at all (a lone surrogate cannot be UTF-8)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def not_found(name: str, shown_url: str, known: Sequence[str]) -> PopulationNotFound:
+    """The error for a population ``name`` that is not in the storage at ``shown_url`` (already
+    redacted), naming the ones that are; every name is shown safe and short for a terminal."""
+    hint = f" Populations here: {', '.join(printable(k) for k in known)}." if known else ""
+    return PopulationNotFound(
+        f"No population named '{printable(name)}' in {shown_url}.{hint or ' It is empty.'}"
+    )
 
 
 class PopulationExists(ValueError):

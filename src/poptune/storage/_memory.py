@@ -44,6 +44,7 @@ from ._base import (
     Summary,
     best_kept,
     check_idle,
+    not_found,
 )
 
 __all__ = ["MEMORY_URL", "MemoryStorage"]
@@ -256,8 +257,7 @@ class MemoryStorage(Storage):
                 if population.record.name == name:
                     return replace(population.record, config=_json(population.record.config))
             known = [p.record.name for p in self._populations.values()]
-        hint = f" Populations here: {', '.join(known)}." if known else " It is empty."
-        raise PopulationNotFound(f"No population named {name!r} in {self.url}.{hint}")
+        raise not_found(name, self.url, known)
 
     def populations(self) -> list[PopulationRecord]:
         """Every population, oldest first."""

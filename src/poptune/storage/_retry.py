@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 from sqlalchemy.exc import DBAPIError
 
 from ._base import StorageError
-from ._urls import redact_url
+from ._urls import redact_text, redact_url
 
 __all__ = ["is_connection_error", "is_retrying", "is_transient", "retrying"]
 
@@ -97,10 +97,11 @@ def retrying(method: F) -> F:
             try:
                 return method(self, *args, **kwargs)
             except DBAPIError as error:
+                cause = redact_text(str(error.orig), self.url)
                 if not is_transient(error):
                     raise StorageError(
                         f"{method.__name__} failed on the storage {redact_url(self.url)} with an "
-                        f"error that retrying cannot fix: {error.orig}. The worker stops; what "
+                        f"error that retrying cannot fix: {cause}. The worker stops; what "
                         "was recorded before is kept, so the population can be resumed once the "
                         "database is healthy."
                     ) from error
@@ -114,7 +115,7 @@ def retrying(method: F) -> F:
                 if exhausted:
                     raise StorageError(
                         f"{method.__name__} kept failing on the storage {redact_url(self.url)} "
-                        f"for {limit}: {error.orig}. Is the database overloaded or unreachable "
+                        f"for {limit}: {cause}. Is the database overloaded or unreachable "
                         "(for PostgreSQL: max_connections, see docs/cluster.md)? The population "
                         "can be resumed later."
                     ) from error
@@ -122,7 +123,7 @@ def retrying(method: F) -> F:
                     "Transient storage error in %s (attempt %d): %s; retrying",
                     method.__name__,
                     attempt,
-                    error.orig,
+                    cause,
                 )
                 time.sleep(delay * (1.0 + random.random()))
                 delay = min(delay * 2, MAX_DELAY)

@@ -45,6 +45,8 @@ from ._base import (
     Summary,
     best_kept,
     check_idle,
+    is_storable,
+    not_found,
 )
 from ._retry import retrying
 from ._schema import (
@@ -103,7 +105,7 @@ from ._statements import (
     population_record,
     score_value,
 )
-from ._urls import redact_url
+from ._urls import redact_text, redact_url
 
 __all__ = [
     "LEGACY_STEPS",
@@ -179,7 +181,7 @@ class SQLStorage(Storage):
             parsed = make_url(url)
         except ArgumentError:
             raise StorageError(
-                f"Cannot parse the storage URL {url!r}. Use a SQLAlchemy URL such as "
+                f"Cannot parse the storage URL {redact_url(url)!r}. Use a SQLAlchemy URL such as "
                 "'sqlite:///runs/poptune.db' or 'postgresql+psycopg://user@host/db'."
             ) from None
         self._sqlite = parsed.get_backend_name() == "sqlite"
@@ -187,8 +189,8 @@ class SQLStorage(Storage):
             database = parsed.database or ""
             if database in ("", ":memory:") or database.startswith("file::memory:"):
                 raise StorageError(
-                    f"The storage URL {url!r} is an in-memory SQLite database, which worker "
-                    "processes cannot share and which is lost at exit. Use a file: "
+                    f"The storage URL {redact_url(url)!r} is an in-memory SQLite database, which "
+                    "worker processes cannot share and which is lost at exit. Use a file: "
                     "'sqlite:///runs/poptune.db'."
                 )
             folder = Path(database).expanduser().parent
@@ -208,8 +210,8 @@ class SQLStorage(Storage):
             self._create_schema()
         except (OperationalError, ArgumentError, ImportError) as error:
             raise StorageError(
-                f"Cannot open the storage {redact_url(url)}: {error}. Check the URL, that the "
-                "server is running and that you may write there."
+                f"Cannot open the storage {redact_url(url)}: {redact_text(str(error), url)}. Check "
+                "the URL, that the server is running and that you may write there."
             ) from error
 
     # --- connection handling -------------------------------------------------------------
@@ -397,16 +399,15 @@ class SQLStorage(Storage):
     def population(self, name: str) -> PopulationRecord:
         """The population called ``name``."""
         with self._read() as connection:
-            row = connection.execute(
-                sa.select(populations).where(populations.c.name == name)
-            ).first()
+            row = None
+            if is_storable(name):  # no population has a name the database cannot hold
+                row = connection.execute(
+                    sa.select(populations).where(populations.c.name == name)
+                ).first()
             if row is None:
                 known = connection.execute(sa.select(populations.c.name)).scalars().all()
         if row is None:
-            hint = f" Populations here: {', '.join(known)}." if known else " It is empty."
-            raise PopulationNotFound(
-                f"No population named {name!r} in {redact_url(self.url)}.{hint}"
-            )
+            raise not_found(name, redact_url(self.url), known)
         return population_record(row)
 
     @retrying

@@ -1,16 +1,11 @@
-"""Storage URLs as they may be shown: with the password hidden."""
+"""Storage URLs as they may be shown: with the password hidden.
+
+The one redaction function for every kind of URL lives in :mod:`poptune._redact`; it is
+re-exported here (and by :mod:`poptune.storage`) where the storage code has always found it.
+"""
 
 from __future__ import annotations
 
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
+from .._redact import redact_text, redact_url
 
-__all__ = ["redact_url"]
-
-
-def redact_url(url: str) -> str:
-    """``url`` with any password replaced by ``***``, safe to print or log."""
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        return "<unparseable storage URL>"
+__all__ = ["redact_text", "redact_url"]
