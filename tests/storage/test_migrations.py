@@ -236,7 +236,8 @@ def test_a_population_that_cannot_be_rewritten_exactly_stays_as_recorded(storage
 
     install(old_database(tmp_path, trained_twice), storage_url)
     before = dump(storage_url)
-    result = pt.load(storage_url, "sync", checkpoints=tmp_path / "schema2" / "checkpoints")
+    upgraded = pt.open_storage(storage_url, mode="write")
+    result = pt.load(upgraded, "sync", checkpoints=tmp_path / "schema2" / "checkpoints")
     assert "member 1 trained twice" in result.config.legacy_steps
     after = dump(storage_url)
     # population 2's rows as recorded (its id is the first column, or the second after an id)
@@ -351,7 +352,7 @@ def test_a_schema_3_database_keeps_its_sha256_checkpoints_verified(storage_url, 
     before.storage.close()
     _back_to_schema(storage_url, tmp_path / "checkpoints", 3)
 
-    old = pt.load(storage_url, "sha")  # upgrades in place: the column is renamed
+    old = pt.load(pt.open_storage(storage_url, mode="write"), "sha")  # the column is renamed
     refs = old.storage.checkpoints(old.record.id)
     assert refs and all(len(ref.checksum) == 64 for ref in refs)  # bare SHA-256, kept
     np.testing.assert_array_equal(old.best.state()["theta"], best["theta"])  # verified
