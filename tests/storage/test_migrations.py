@@ -365,3 +365,31 @@ def test_a_schema_3_database_keeps_its_sha256_checkpoints_verified(storage_url, 
         open_checkpoints(tmp_path / "checkpoints").load(ref)
     new = pt.run(Quadratic, **{**options, "name": "new"})  # new checkpoints: named XXH3
     assert all(r.checksum.startswith("xxh3_128:") for r in new.storage.checkpoints(new.record.id))
+
+
+def test_reading_never_upgrades_and_poptune_upgrade_does(storage_url, tmp_path):
+    from click.testing import CliRunner
+
+    from poptune.cli import main
+
+    install(old_database(tmp_path), storage_url)
+    before = dump(storage_url)
+    needs = r"schema version 2, older than this poptune's .*poptune upgrade --storage URL"
+    with pytest.raises(StorageError, match=needs):
+        pt.load(storage_url, "async")
+    for command in (
+        ["list"],
+        ["status", "async"],
+        ["report", "async", "-o", str(tmp_path / "x.html")],
+    ):
+        out = CliRunner().invoke(main, [*command, "--storage", storage_url])
+        assert out.exit_code == 1 and "needs a one-time upgrade" in out.output
+    assert dump(storage_url) == before  # still schema 2, every row as it was
+
+    out = CliRunner().invoke(main, ["upgrade", "--storage", storage_url])
+    assert out.exit_code == 0, out.output
+    assert f"from poptune schema version 2 to {SCHEMA_VERSION}" in out.output
+    assert dump(storage_url)["poptune_meta"] == [("schema_version", str(SCHEMA_VERSION))]
+    out = CliRunner().invoke(main, ["upgrade", "--storage", storage_url])
+    assert out.exit_code == 0 and "nothing to upgrade" in out.output
+    assert pt.load(storage_url, "async").status == "finished"
