@@ -26,8 +26,11 @@ def make(storage: SQLStorage, n: int = 4, name: str = "pop") -> int:
 def test_bad_urls_are_refused_clearly(tmp_path):
     with pytest.raises(StorageError, match="in-memory"):
         SQLStorage("sqlite://")
-    with pytest.raises(StorageError, match="Cannot parse"):
+    with pytest.raises(StorageError, match="Cannot parse the storage URL 'not a url'"):
         SQLStorage("not a url")
+    with pytest.raises(StorageError, match=r"Cannot parse the storage URL '//\*\*\*@host'") as e:
+        SQLStorage("//user:secret@host")
+    assert "secret" not in str(e.value)
     blocker = tmp_path / "file"
     blocker.write_text("x")
     with pytest.raises((StorageError, OSError)):

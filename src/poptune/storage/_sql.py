@@ -10,6 +10,7 @@ transaction.
 from __future__ import annotations
 
 import math
+import re
 import sqlite3
 import time
 import warnings
@@ -1099,8 +1100,10 @@ def _parse(url: str) -> URL:
         parsed = make_url(url)
         parsed.port  # noqa: B018  # a non-numeric port fails here or in make_url
     except ArgumentError:
+        # Not parsed, so redact_url cannot hide a password: hide whatever precedes an "@".
+        hidden = re.sub(r"//[^/]*@", "//***@", url)
         raise StorageError(
-            f"Cannot parse the storage URL {redact_url(url)!r}. Use a SQLAlchemy URL such as "
+            f"Cannot parse the storage URL {shown(hidden, 100)}. Use a SQLAlchemy URL such as "
             "'sqlite:///runs/poptune.db' or 'postgresql+psycopg://user@host/db'."
         ) from None
     except ValueError:
