@@ -390,6 +390,30 @@ def test_resume_retries_failed_members_to_the_full_budget(storage_url, monkeypat
     assert resumed.status == "finished"
 
 
+def test_a_resume_that_cannot_start_changes_nothing_stored(storage_url):
+    class Interactive(Quadratic):  # defined here: no reference to import it by later
+        pass
+
+    pt.run(
+        Interactive,
+        space=quadratic_space(),
+        metric="q",
+        population=2,
+        intervals=2,
+        storage=storage_url,
+        name="local",
+        seed=0,
+        progress=False,
+    )
+    stored = pt.load(storage_url, "local")
+    config, members = stored.record.config, stored.members
+    with pytest.raises(ValueError, match="cannot be imported by reference"):
+        stored.resume(intervals=5, stop=pt.Target(0.0))
+    after = pt.load(storage_url, "local")
+    assert after.record.config == config  # its started_at, budget and stop criteria
+    assert after.members == members and after.status == "finished"
+
+
 def test_checkpoints_stay_bounded(storage_url, tmp_path: Path):
     result = run_toy(storage_url, name="gc", population=4, intervals=12)
     files = list((tmp_path / "checkpoints").rglob("*.ckpt"))

@@ -28,7 +28,15 @@ from .population import Population, check_deletable, checkpoints_location, load,
 from .population import delete as delete_population
 from .records import MemberRecord
 from .results import Result
-from .storage import PopulationNotFound, StorageError, default_storage_url, open_storage, redact_url
+from .storage import (
+    SCHEMA_VERSION,
+    PopulationNotFound,
+    SQLStorage,
+    StorageError,
+    default_storage_url,
+    open_storage,
+    redact_url,
+)
 from .trackers import MLflow, TensorBoard, Tracker, TrackerError, TrackerExporter
 from .worker import PopulationError
 
@@ -159,7 +167,7 @@ def main() -> None:
 @_errors
 def list_command(storage: str | None) -> None:
     """List the populations in the storage."""
-    store = open_storage(storage)
+    store = open_storage(storage, mode="read")
     records = store.populations()
     if not records:
         click.echo(f"No populations in {redact_url(store.url)}.")
@@ -192,7 +200,7 @@ def list_command(storage: str | None) -> None:
 @_errors
 def delete(name: str, storage: str | None, checkpoints: str | None, yes: bool) -> None:
     """Delete population NAME: its records and its checkpoint files (no undo)."""
-    store = open_storage(storage)
+    store = open_storage(storage, mode="write")
     record = store.population(name)  # fails clearly, listing the names, before asking
     config = PopulationConfig.of(record)
     summary = store.summary(record.id, config.intervals, config.mode)
@@ -207,6 +215,27 @@ def delete(name: str, storage: str | None, checkpoints: str | None, yes: bool) -
         )
     delete_population(store, name, checkpoints)
     click.echo(f"Deleted population '{printable(name)}' from {redact_url(store.url)}.")
+
+
+@main.command()
+@_storage_option
+@_errors
+def upgrade(storage: str | None) -> None:
+    """Upgrade the storage to this poptune's schema, in place (one-way: back it up first).
+
+    Reading commands (list, status, report...) never change the storage, so a database written
+    by an older poptune is upgraded once, by this command or by any that writes (resume,
+    worker, pt.run). See docs/upgrades.md.
+    """
+    store = open_storage(storage, mode="write")
+    where = redact_url(store.url)
+    upgraded_from = store.upgraded_from if isinstance(store, SQLStorage) else None
+    if upgraded_from is None:
+        click.echo(f"{where} is at poptune schema version {SCHEMA_VERSION}: nothing to upgrade.")
+    else:
+        click.echo(
+            f"Upgraded {where} from poptune schema version {upgraded_from} to {SCHEMA_VERSION}."
+        )
 
 
 @main.command()
@@ -483,7 +512,8 @@ def worker(
         visible = os.environ.get(CUDA_VISIBLE_DEVICES)
         apply_environment(device_environment([parse_device(device)], 0, visible))
     try:
-        trained = join(load(storage, name, checkpoints), checkpoints=checkpoints, resident=resident)
+        population = load(open_storage(storage, mode="write"), name, checkpoints)
+        trained = join(population, checkpoints=checkpoints, resident=resident)
     except KeyboardInterrupt:
         click.echo("Interrupted; the member in progress was given back.", err=True)
         sys.exit(130)
@@ -503,7 +533,7 @@ def replay_command(
     name: str, storage: str | None, member: int | None, replay_name: str | None, progress: bool
 ) -> None:
     """Train one fresh model on the winning schedule of NAME (no weight copying)."""
-    source = load(storage, name)
+    source = load(open_storage(storage, mode="write"), name)
     replayed = replay(source.storage, name, member, replay_name, progress=progress)
     click.echo(
         f"{printable(replayed.name)}: {printable(source.metric)} "
@@ -545,7 +575,7 @@ def resume(
     """Continue population NAME to its full budget (after Ctrl-C, a crash or a failure), or
     to a larger one with --intervals."""
     devices = tuple(parse_device(device) for device in devices)
-    result: Population = load(storage, name, checkpoints)
+    result: Population = load(open_storage(storage, mode="write"), name, checkpoints)
     try:
         result = result.resume(
             workers=workers, progress=progress, devices=devices or None, intervals=intervals
@@ -631,7 +661,7 @@ def export(
         trackers.append(MLflow(tracking_uri, experiment=experiment))
     if not trackers:
         raise click.UsageError("Say where to export: --tensorboard DIR and/or --mlflow URI.")
-    store = open_storage(storage)
+    store = open_storage(storage, mode="read")
     result = Result(store, store.population(name), None)  # reading needs no user code
     try:
         with TrackerExporter(result, trackers) as exporter:

@@ -272,12 +272,14 @@ def load(
     elsewhere here); the default folder next to a SQLite file moves with it by itself.
 
     Reading never imports the population's training code; only training it on (``resume``)
-    and :meth:`~poptune.results.Best.load` do.
+    and :meth:`~poptune.results.Best.load` do. A storage URL is opened for reading: nothing is
+    created or upgraded (see :func:`poptune.open_storage`); pass an opened storage
+    (``pt.open_storage(url, mode="write")``) to upgrade an older one on the way.
 
     Raises:
         PopulationNotFound: if there is no population called ``name`` (the message lists them).
     """
-    store = open_storage(storage)
+    store = open_storage(storage, mode="read")
     record = store.population(name)
     location = checkpoints if checkpoints is not None else checkpoints_location(store, record)
     return Population(store, record, open_checkpoints(location))
@@ -316,26 +318,31 @@ def resume(
     store = result.storage
     record = store.population(result.name)
     _check_continuable(record)
+    config = PopulationConfig.of(record)
     if intervals is not None:
         intervals = check_int("intervals", intervals, 1)
-        budget = PopulationConfig.of(record).intervals
-        if intervals < budget:
+        if intervals < config.intervals:
             raise invalid(
                 "intervals",
-                f"at least the population's budget ({budget}): a budget only grows",
+                f"at least the population's budget ({config.intervals}): a budget only grows",
                 intervals,
                 "resume",
             )
-        store.extend(record.id, intervals)
     changes: dict[str, Any] = {"started_at": time.time()}
     if stop is not _DEFAULT:
-        changes["stop"] = describe_stop(stop_list(stop, PopulationConfig.of(record).metric))
-    store.update_config(record.id, changes)
-    record = store.population(result.name)
-    config = PopulationConfig.of(record)
+        changes["stop"] = describe_stop(stop_list(stop, config.metric))
     runner = _runner(runner, workers, config.population, devices)
     trainable = trainable if trainable is not None else _recorded_trainable(record)
     check_trainable(trainable)
+    planned = config.replace(stop=tuple(changes["stop"])) if "stop" in changes else config
+    RunSpec.build(planned, trainable, exploit, explore, ready)  # its strategies import, too
+    # Everything is checked and imported: only now change what is stored (a resume that fails
+    # before this point, e.g. on a training script that is gone, leaves the population as it was).
+    if intervals is not None:
+        store.extend(record.id, intervals)
+    store.update_config(record.id, changes)
+    record = store.population(result.name)
+    config = PopulationConfig.of(record)
     spec = RunSpec.build(config, trainable, exploit, explore, ready)
     _reopen(store, record)
     return _execute(
@@ -370,7 +377,7 @@ def replay(
         PopulationNotFound: if there is no population called ``name``.
         ValueError: if the population has no trained lineage to replay yet.
     """
-    source = load(storage, name)
+    source = load(open_storage(storage, mode="write"), name)  # the replay is stored beside it
     entries = source.schedule(member)
     if not entries:
         raise ValueError(
@@ -656,7 +663,7 @@ def delete(
         PopulationError: if it is being trained (a worker holds a member, or recorded an
             interval within two leases): stop its workers first. Nothing is deleted then.
     """
-    store = open_storage(storage)
+    store = open_storage(storage, mode="write")
     record = store.population(name)
     _delete(store, record, checkpoints)
 

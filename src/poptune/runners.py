@@ -50,7 +50,7 @@ class WorkerTarget:
 def run_target(target: WorkerTarget, stop: Any = None) -> int:
     """Open the storage and checkpoints named by ``target`` and run one worker on them (the body
     of a worker process or a Ray actor). Returns the intervals it trained."""
-    storage = open_storage(target.storage_url)
+    storage = open_storage(target.storage_url, mode="write")
     try:
         worker = Worker(
             target.spec,

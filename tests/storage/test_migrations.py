@@ -236,7 +236,8 @@ def test_a_population_that_cannot_be_rewritten_exactly_stays_as_recorded(storage
 
     install(old_database(tmp_path, trained_twice), storage_url)
     before = dump(storage_url)
-    result = pt.load(storage_url, "sync", checkpoints=tmp_path / "schema2" / "checkpoints")
+    upgraded = pt.open_storage(storage_url, mode="write")
+    result = pt.load(upgraded, "sync", checkpoints=tmp_path / "schema2" / "checkpoints")
     assert "member 1 trained twice" in result.config.legacy_steps
     after = dump(storage_url)
     # population 2's rows as recorded (its id is the first column, or the second after an id)
@@ -357,7 +358,7 @@ def test_a_schema_3_database_keeps_its_sha256_checkpoints_verified(storage_url, 
     before.storage.close()
     _back_to_schema(storage_url, tmp_path / "checkpoints", 3)
 
-    old = pt.load(storage_url, "sha")  # upgrades in place: the column is renamed
+    old = pt.load(pt.open_storage(storage_url, mode="write"), "sha")  # the column is renamed
     refs = old.storage.checkpoints(old.record.id)
     assert refs and all(len(ref.checksum) == 64 for ref in refs)  # bare SHA-256, kept
     np.testing.assert_array_equal(old.best.state()["theta"], best["theta"])  # verified
@@ -370,3 +371,31 @@ def test_a_schema_3_database_keeps_its_sha256_checkpoints_verified(storage_url, 
         open_checkpoints(tmp_path / "checkpoints").load(ref)
     new = pt.run(Quadratic, **{**options, "name": "new"})  # new checkpoints: named XXH3
     assert all(r.checksum.startswith("xxh3_128:") for r in new.storage.checkpoints(new.record.id))
+
+
+def test_reading_never_upgrades_and_poptune_upgrade_does(storage_url, tmp_path):
+    from click.testing import CliRunner
+
+    from poptune.cli import main
+
+    install(old_database(tmp_path), storage_url)
+    before = dump(storage_url)
+    needs = r"schema version 2, older than this poptune's .*poptune upgrade --storage URL"
+    with pytest.raises(StorageError, match=needs):
+        pt.load(storage_url, "async")
+    for command in (
+        ["list"],
+        ["status", "async"],
+        ["report", "async", "-o", str(tmp_path / "x.html")],
+    ):
+        out = CliRunner().invoke(main, [*command, "--storage", storage_url])
+        assert out.exit_code == 1 and "needs a one-time upgrade" in out.output
+    assert dump(storage_url) == before  # still schema 2, every row as it was
+
+    out = CliRunner().invoke(main, ["upgrade", "--storage", storage_url])
+    assert out.exit_code == 0, out.output
+    assert f"from poptune schema version 2 to {SCHEMA_VERSION}" in out.output
+    assert dump(storage_url)["poptune_meta"] == [("schema_version", str(SCHEMA_VERSION))]
+    out = CliRunner().invoke(main, ["upgrade", "--storage", storage_url])
+    assert out.exit_code == 0 and "nothing to upgrade" in out.output
+    assert pt.load(storage_url, "async").status == "finished"

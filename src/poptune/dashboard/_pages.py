@@ -117,7 +117,7 @@ def _open_read_only(url: str) -> Storage:
                 f"There is no SQLite database at {path.resolve()}. Check --storage, or start a "
                 "population there first (pt.run(..., storage=...))."
             )
-    return open_storage(url)
+    return open_storage(url, mode="read")
 
 
 def _age(seconds: float) -> str:

@@ -22,14 +22,16 @@ from ._base import (
 )
 from ._memory import MEMORY_URL
 from ._schema import LEGACY_STEPS, SCHEMA_VERSION
-from ._sql import SQLStorage, redact_url
+from ._sql import OPEN_MODES, OpenMode, SQLStorage, redact_url
 
 __all__ = [
     "DEFAULT_STORAGE",
     "LEGACY_STEPS",
+    "OPEN_MODES",
     "SCHEMA_VERSION",
     "Claim",
     "LeaseLost",
+    "OpenMode",
     "PopulationBusy",
     "PopulationExists",
     "PopulationNotFound",
@@ -51,18 +53,32 @@ def default_storage_url() -> str:
     return os.environ.get("POPTUNE_STORAGE") or DEFAULT_STORAGE
 
 
-def open_storage(url: str | Storage | None = None) -> Storage:
+def open_storage(
+    url: str | Storage | None = None,
+    mode: OpenMode = "create",
+    allow_other_tables: bool = False,
+) -> Storage:
     """Open the storage at ``url`` (a SQLAlchemy URL), or pass a ``Storage`` through.
 
+    ``mode`` says what opening may do (see :class:`SQLStorage`): ``"read"`` creates and changes
+    nothing (status, list, report, the dashboard, ``pt.load``); ``"write"`` upgrades an older
+    schema but needs a poptune database there (resume, worker, delete); ``"create"`` (the
+    default, ``pt.run``) also creates the SQLite file and the tables. A SQLite file that already
+    holds another application's tables is refused unless ``allow_other_tables=True``.
+
+    Example:
+        >>> pt.run(..., storage=pt.open_storage("sqlite:///app.db", allow_other_tables=True))
+        ... # doctest: +SKIP
+
     Raises:
-        StorageError: if the URL cannot be parsed or the database cannot be opened.
+        StorageError: if the URL cannot be parsed or the database cannot be opened in that mode.
     """
     if url is None:
         url = default_storage_url()
     if not isinstance(url, str):
         return url
     check_shareable(url)
-    return SQLStorage(url)
+    return SQLStorage(url, mode, allow_other_tables)
 
 
 def check_shareable(url: str) -> None:

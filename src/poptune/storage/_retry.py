@@ -14,7 +14,7 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 from sqlalchemy.exc import DBAPIError
 
@@ -76,7 +76,15 @@ def is_transient(error: BaseException) -> bool:
 _MARK = "_poptune_retrying"
 
 
-def retrying(method: F) -> F:
+@overload
+def retrying(method: F) -> F: ...
+
+
+@overload
+def retrying(*, opening: bool) -> Callable[[F], F]: ...
+
+
+def retrying(method: F | None = None, *, opening: bool = False) -> F | Callable[[F], F]:
     """Run ``method`` again, with exponential backoff, when it fails with a transient error.
 
     Put it on each storage method that is one transaction, where the method is defined::
@@ -84,9 +92,18 @@ def retrying(method: F) -> F:
         @retrying
         def claim(self, ...): ...
 
+    A permanent error becomes a :class:`StorageError` that tells a worker it stops; with
+    ``@retrying(opening=True)`` (what opening the storage runs) it is raised as it is, for the
+    opener to say what could not be opened and why, whatever the command.
+
     The wrapper is marked, so :func:`is_retrying` (and a test) can tell which methods retry.
     """
+    if method is None:
+        return lambda function: _retrying(function, opening)
+    return _retrying(method, opening)
 
+
+def _retrying(method: F, opening: bool) -> F:
     @functools.wraps(method)
     def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
         delay = FIRST_DELAY
@@ -99,6 +116,8 @@ def retrying(method: F) -> F:
             except DBAPIError as error:
                 cause = redact_text(str(error.orig), self.url)
                 if not is_transient(error):
+                    if opening:
+                        raise
                     raise StorageError(
                         f"{method.__name__} failed on the storage {redact_url(self.url)} with an "
                         f"error that retrying cannot fix: {cause}. The worker stops; what "

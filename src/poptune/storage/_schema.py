@@ -24,18 +24,22 @@ __all__ = [
     "LEGACY_STEPS",
     "MIGRATIONS",
     "SCHEMA_VERSION",
+    "check_readable",
     "checkpoints",
     "create_database_id",
     "dumps",
     "exploits",
     "failures",
     "intervals",
+    "loads",
     "members",
     "meta_table",
     "metadata",
     "populations",
     "read_database_id",
+    "shown",
     "step_bests",
+    "stored_version",
     "upgrade_schema",
 ]
 
@@ -500,42 +504,147 @@ def dumps(value: Any) -> str:
     return json.dumps(value, allow_nan=True)
 
 
-def upgrade_schema(connection: Connection, where: str) -> None:
-    """Create the tables of an empty database, or upgrade an older one to
+def loads(text: Any, what: str, kind: type = dict) -> Any:
+    """The JSON ``text`` read back from a text column, which must hold a ``kind``.
+
+    ``what`` names the value in the message (e.g. "the configuration of population 'digits'").
+    Stored text is untrusted: a row edited by hand or damaged is a :class:`StorageError` that
+    shows the start of the text, not a parser's traceback.
+
+    Raises:
+        StorageError: if ``text`` is not JSON of that kind.
+    """
+    try:
+        value = json.loads(text)
+    except (TypeError, ValueError) as error:
+        why = f"which is not valid JSON ({error})"
+    else:
+        if isinstance(value, kind):
+            return value
+        why = f"which is JSON but not {'an object' if kind is dict else kind.__name__}"
+    raise StorageError(
+        f"{what[0].upper()}{what[1:]} is stored as {shown(text)}, {why}: the database was "
+        "edited by hand or is damaged. Restore it from a backup (or that row from a copy)."
+    )
+
+
+def shown(value: Any, limit: int = 60) -> str:
+    """A stored value as a message may show it: quoted, escaped (no control characters reach the
+    terminal) and cut at ``limit`` characters."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}...'"
+
+
+def stored_version(connection: Connection, where: str) -> int | None:
+    """The schema version recorded in ``poptune_meta``, or ``None`` where there is no such table
+    (or it holds no version): not a poptune database, or an empty one.
+
+    Raises:
+        StorageError: if the recorded version is not a number.
+    """
+    if not sa.inspect(connection).has_table(meta_table.name):
+        return None
+    value = connection.execute(
+        sa.select(meta_table.c.value).where(meta_table.c.key == "schema_version")
+    ).scalar()
+    if value is None:
+        return None
+    try:
+        return int(str(value).strip())
+    except ValueError:
+        raise StorageError(
+            f"The storage {where} records its poptune schema version as {shown(value)} (key "
+            "'schema_version' of the table poptune_meta), which is not a number: the table was "
+            "edited by hand or is damaged. Restore the database from a backup, or set that "
+            "value back to the version it had (see docs/upgrades.md)."
+        ) from None
+
+
+def check_readable(version: int, where: str) -> None:
+    """Refuse to read a database whose schema is not this poptune's, without changing it.
+
+    Reading never upgrades (see docs/upgrades.md): an older schema needs one explicit upgrade,
+    a newer one a newer poptune.
+
+    Raises:
+        StorageError: if ``version`` is not :data:`SCHEMA_VERSION`.
+    """
+    if version > SCHEMA_VERSION:
+        raise _newer(version, where)
+    if version < SCHEMA_VERSION:
+        raise StorageError(
+            f"The storage {where} has poptune schema version {version}, older than this "
+            f"poptune's ({SCHEMA_VERSION}): it needs a one-time upgrade, which reading does "
+            "not do. Back it up, then run `poptune upgrade --storage URL` once (resume, worker "
+            "and pt.run upgrade it too); see docs/upgrades.md. Nothing was changed."
+        )
+
+
+def _newer(version: int, where: str) -> StorageError:
+    return StorageError(
+        f"The storage {where} was written by a newer poptune (schema version {version}; "
+        f"this poptune reads schema {SCHEMA_VERSION} and older). Upgrade poptune "
+        "(pip install -U poptune) on every machine that opens it; nothing was changed."
+    )
+
+
+def upgrade_schema(connection: Connection, where: str, create: bool = True) -> int | None:
+    """Create the tables of an empty database (if ``create``), or upgrade an older one to
     :data:`SCHEMA_VERSION` in place, inside the caller's transaction.
 
     ``where`` names the storage in messages (password hidden). A database written by a newer
-    poptune is refused: this one cannot know what the newer schema means.
+    poptune is refused: this one cannot know what the newer schema means. So is one that has
+    tables named ``poptune_...`` but no recorded version: they are not poptune's (or not any
+    more), and creating the missing ones beside them would label them with this schema.
+
+    Returns the version it upgraded from, or ``None`` if it upgraded nothing.
+
+    Raises:
+        StorageError: for a newer, unknown or unreadable schema; without ``create``, for a
+            database that holds no poptune schema.
     """
     if connection.dialect.name == "postgresql":
         # Processes opening a new database at once would race in CREATE TABLE (a duplicate key
         # in PostgreSQL's catalog): one creates, the others wait. (On SQLite, BEGIN IMMEDIATE
         # already serialises them.)
         connection.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK})
-    metadata.create_all(connection)
-    row = connection.execute(
-        sa.select(meta_table.c.value).where(meta_table.c.key == "schema_version")
-    ).first()
-    if row is None:
+    version = stored_version(connection, where)
+    if version is None:
+        if not create:
+            raise StorageError(
+                f"No poptune database at {where}: it holds no poptune tables. Check the storage "
+                "URL (--storage, $POPTUNE_STORAGE); pt.run(..., storage=URL) stores a population "
+                "there."
+            )
+        found = sorted(
+            name
+            for name in sa.inspect(connection).get_table_names()
+            if name.startswith("poptune_") and name != meta_table.name
+        )
+        if found:
+            raise StorageError(
+                f"The storage {where} has tables named like poptune's ({', '.join(found[:5])}) "
+                "but no poptune_meta table with their schema version: they were not written by "
+                "this poptune, or the table was dropped. Nothing was changed; use another "
+                "database, or restore this one from a backup."
+            )
+        metadata.create_all(connection)
         connection.execute(
             meta_table.insert().values(key="schema_version", value=str(SCHEMA_VERSION))
         )
-        return
-    version = int(row.value)
+        return None
     if version == SCHEMA_VERSION:
-        return
+        return None
     if version > SCHEMA_VERSION:
-        raise StorageError(
-            f"The storage {where} was written by a newer poptune (schema version {version}; "
-            f"this poptune reads schema {SCHEMA_VERSION} and older). Upgrade poptune "
-            "(pip install -U poptune) on every machine that opens it; nothing was changed."
-        )
+        raise _newer(version, where)
     if version not in MIGRATIONS:
         raise StorageError(
             f"The storage {where} has poptune schema version {version}, older than this "
             f"poptune can upgrade (schema {min(MIGRATIONS)} and newer). Open it once with a "
             "poptune release between, which upgrades it, or start a new database."
         )
+    metadata.create_all(connection)  # the tables a migration fills (e.g. schema 9's step_bests)
+    upgraded_from = version
     while version != SCHEMA_VERSION:
         version = MIGRATIONS[version](connection)
     connection.execute(
@@ -543,6 +652,7 @@ def upgrade_schema(connection: Connection, where: str) -> None:
         .where(meta_table.c.key == "schema_version")
         .values(value=str(SCHEMA_VERSION))
     )
+    return upgraded_from
 
 
 _DATABASE_ID = "database_id"

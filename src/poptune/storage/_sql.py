@@ -9,19 +9,22 @@ transaction.
 
 from __future__ import annotations
 
-import json
 import math
+import re
+import sqlite3
 import time
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection, Engine, make_url
-from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError
+from sqlalchemy.engine import URL, Connection, Engine, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError
+from sqlalchemy.pool import NullPool
 
+from .._validation import invalid
 from ..records import (
     CheckpointRef,
     CopyReason,
@@ -53,16 +56,20 @@ from ._schema import (
     FINITE,
     LEGACY_STEPS,
     SCHEMA_VERSION,
+    check_readable,
     checkpoints,
     create_database_id,
     dumps,
     exploits,
     failures,
     intervals,
+    loads,
     members,
     populations,
     read_database_id,
+    shown,
     step_bests,
+    stored_version,
     upgrade_schema,
 )
 from ._statements import (
@@ -110,7 +117,9 @@ from ._urls import redact_text, redact_url
 __all__ = [
     "LEGACY_STEPS",
     "NETWORK_FILESYSTEMS",
+    "OPEN_MODES",
     "SCHEMA_VERSION",
+    "OpenMode",
     "SQLStorage",
     "filesystem_type",
     "redact_url",
@@ -167,24 +176,52 @@ CONNECTIONS = 1
 CONNECT_TIMEOUT = 120.0
 
 
+#: How a storage is opened (see :class:`SQLStorage`).
+OpenMode = Literal["read", "write", "create"]
+OPEN_MODES: tuple[OpenMode, ...] = ("read", "write", "create")
+_SQLITE_HEADER = b"SQLite format 3\x00"
+
+
 class SQLStorage(Storage):
     """Population storage in any SQL database SQLAlchemy reaches (SQLite, PostgreSQL).
 
+    ``mode`` says what opening may do to the database:
+
+    - ``"read"``: nothing. The database must exist and hold poptune's tables at this
+      poptune's schema version; no file, folder or table is created and nothing is upgraded
+      (an older schema is refused with "needs a one-time upgrade").
+    - ``"write"``: upgrade an older schema in place (see docs/upgrades.md), but create nothing:
+      the database must already be poptune's (``resume``, ``worker``, ``delete``).
+    - ``"create"`` (the default, what ``pt.run`` does): also create the SQLite file, its folder
+      and the tables of an empty database. A SQLite file that already holds other tables (not
+      poptune's) is refused unless ``allow_other_tables``: poptune does not add its tables to
+      another application's file by accident. (A PostgreSQL database is shared on purpose,
+      other teams' tables beside poptune's, so there its tables are simply added.)
+
+    A storage opened for reading can still be written through afterwards (``pt.load(...)
+    .resume()``): the mode governs what opening does, and a database that opened for reading is
+    poptune's, at this schema.
+
     Example:
         >>> storage = SQLStorage("sqlite:///runs/poptune.db")   # doctest: +SKIP
+        >>> SQLStorage("sqlite:///runs/poptune.db", mode="read")   # doctest: +SKIP
+
+    Raises:
+        StorageError: one line naming the storage, what is wrong and what to do.
     """
 
-    def __init__(self, url: str) -> None:
+    def __init__(
+        self, url: str, mode: OpenMode = "create", allow_other_tables: bool = False
+    ) -> None:
         self.url = url
         self._database_id: str | None = None
-        try:
-            parsed = make_url(url)
-        except ArgumentError:
-            raise StorageError(
-                f"Cannot parse the storage URL {redact_url(url)!r}. Use a SQLAlchemy URL such as "
-                "'sqlite:///runs/poptune.db' or 'postgresql+psycopg://user@host/db'."
-            ) from None
+        #: the schema version opening upgraded the database from (``None``: nothing upgraded)
+        self.upgraded_from: int | None = None
+        if mode not in OPEN_MODES:
+            raise invalid("mode", " or ".join(map(repr, OPEN_MODES)), mode, "SQLStorage")
+        parsed = _parse(url)
         self._sqlite = parsed.get_backend_name() == "sqlite"
+        where = redact_url(url)
         if self._sqlite:
             database = parsed.database or ""
             if database in ("", ":memory:") or database.startswith("file::memory:"):
@@ -193,8 +230,18 @@ class SQLStorage(Storage):
                     "worker processes cannot share and which is lost at exit. Use a file: "
                     "'sqlite:///runs/poptune.db'."
                 )
-            folder = Path(database).expanduser().parent
-            folder.mkdir(parents=True, exist_ok=True)
+            path = Path(database).expanduser()
+            _check_sqlite_file(path, mode, allow_other_tables)
+            folder = path.parent
+            if mode == "create":
+                try:
+                    folder.mkdir(parents=True, exist_ok=True)
+                except OSError as error:
+                    raise StorageError(
+                        f"Cannot create the folder {folder.resolve()} for the storage "
+                        f"{path.name}: {error.strerror}. Check the storage URL and that you may "
+                        "write there."
+                    ) from None
             kind = filesystem_type(folder)
             if kind in NETWORK_FILESYSTEMS:
                 warnings.warn(
@@ -205,13 +252,17 @@ class SQLStorage(Storage):
                     RuntimeWarning,
                     stacklevel=2,
                 )
+        may = "read" if mode == "read" else "write"
         try:
             self._engine = self._create_engine(url)
-            self._create_schema()
-        except (OperationalError, ArgumentError, ImportError) as error:
+            if mode == "read":
+                self._check_schema()
+            else:
+                self._create_schema(mode == "create")
+        except (DBAPIError, ArgumentError, ImportError) as error:
             raise StorageError(
-                f"Cannot open the storage {redact_url(url)}: {redact_text(str(error), url)}. Check "
-                "the URL, that the server is running and that you may write there."
+                f"Cannot open the storage {where}: {redact_text(_one_line(error), url)} Check "
+                f"the URL, that the server is running and that you may {may} there."
             ) from error
 
     # --- connection handling -------------------------------------------------------------
@@ -271,10 +322,23 @@ class SQLStorage(Storage):
         with self._engine.connect() as connection, connection.begin():
             yield connection
 
-    @retrying
-    def _create_schema(self) -> None:
+    @retrying(opening=True)
+    def _create_schema(self, create: bool) -> None:
         with self._write() as connection:
-            upgrade_schema(connection, redact_url(self.url))
+            self.upgraded_from = upgrade_schema(connection, redact_url(self.url), create)
+
+    @retrying(opening=True)
+    def _check_schema(self) -> None:
+        """Read mode: the database must be poptune's, at this schema; nothing is written."""
+        where = redact_url(self.url)
+        with self._read() as connection:
+            version = stored_version(connection, where)
+        if version is None:
+            raise StorageError(
+                f"No poptune database at {where}: it holds no poptune tables. Check the storage "
+                "URL (--storage, $POPTUNE_STORAGE); reading creates nothing."
+            )
+        check_readable(version, where)
 
     def close(self) -> None:
         """Close every pooled connection."""
@@ -284,7 +348,8 @@ class SQLStorage(Storage):
         return {"url": self.url}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["url"])  # type: ignore[misc]
+        # A copy (in a worker process) opens a database its original opened: there it is.
+        self.__init__(state["url"], mode="write")  # type: ignore[misc]
 
     # --- populations ---------------------------------------------------------------------
 
@@ -447,13 +512,14 @@ class SQLStorage(Storage):
         """Set these keys of the population's stored configuration (others are kept)."""
         with self._write() as connection:
             lock_population(connection, population_id)
-            config = json.loads(
+            config = loads(
                 self._present(
                     population_id,
                     connection.execute(
                         sa.select(populations.c.config).where(populations.c.id == population_id)
                     ).scalar(),
-                )
+                ),
+                f"the configuration of population id {population_id}",
             )
             config.update(values)
             connection.execute(
@@ -904,8 +970,8 @@ class SQLStorage(Storage):
                 step=row.step,
                 donor=row.donor_id,
                 donor_step=row.donor_step,
-                hparams_before=json.loads(row.hparams_before),
-                hparams_after=json.loads(row.hparams_after),
+                hparams_before=loads(row.hparams_before, f"the hparams before {_copy_event(row)}"),
+                hparams_after=loads(row.hparams_after, f"the hparams after {_copy_event(row)}"),
                 score=row.score,
                 donor_score=row.donor_score,
                 time=row.time,
@@ -1056,13 +1122,14 @@ class SQLStorage(Storage):
         transaction: record it, make members done below it idle, and mark it running."""
         with self._write() as connection:
             lock_population(connection, population_id)
-            config = json.loads(
+            config = loads(
                 self._present(
                     population_id,
                     connection.execute(
                         sa.select(populations.c.config).where(populations.c.id == population_id)
                     ).scalar(),
-                )
+                ),
+                f"the configuration of population id {population_id}",
             )
             if intervals < int(config["intervals"]):
                 raise ValueError(
@@ -1102,3 +1169,131 @@ class SQLStorage(Storage):
                 )
                 .values(status=MemberStatus.IDLE.value, owner=None, lease_until=None, failures=0)
             )
+
+
+def _parse(url: str) -> URL:
+    """``url`` parsed, or a :class:`StorageError` that says what is wrong with it."""
+    try:
+        parsed = make_url(url)
+        parsed.port  # noqa: B018  # a non-numeric port fails here or in make_url
+    except ArgumentError:
+        # Not parsed, so redact_url cannot hide a password: hide whatever precedes an "@".
+        hidden = re.sub(r"//[^/]*@", "//***@", url)
+        raise StorageError(
+            f"Cannot parse the storage URL {shown(hidden, 100)}. Use a SQLAlchemy URL such as "
+            "'sqlite:///runs/poptune.db' or 'postgresql+psycopg://user@host/db'."
+        ) from None
+    except ValueError:
+        raise StorageError(
+            f"The storage URL has the port {shown(_port_text(url))}, which is not a number. "
+            "Write host:PORT with PORT from 1 to 65535 (PostgreSQL listens on 5432 by default), "
+            "e.g. 'postgresql+psycopg://user@host:5432/db'."
+        ) from None
+    if parsed.port is not None and not 0 < parsed.port < 65536:
+        raise StorageError(
+            f"The storage URL {redact_url(url)!r} has the port {parsed.port}, outside 1 to "
+            "65535. Write the server's port (PostgreSQL listens on 5432 by default)."
+        )
+    return parsed
+
+
+def _port_text(url: str) -> str:
+    """What stands where the port goes in ``url`` (its host part, after the credentials)."""
+    netloc = url.partition("://")[2].partition("/")[0].rpartition("@")[2]
+    return netloc.rpartition("]")[2].partition(":")[2]
+
+
+def _one_line(error: BaseException) -> str:
+    """A database error as one line: the driver's message without SQLAlchemy's statement dump
+    and without the line breaks some drivers (psycopg) put in theirs."""
+    original = error.orig if isinstance(error, DBAPIError) else error
+    text = " ".join(str(original).split())
+    return text if text.endswith((".", "?", "!")) else f"{text}."
+
+
+def _check_sqlite_file(path: Path, mode: OpenMode, allow_other_tables: bool) -> None:
+    """Refuse, before SQLite touches it, what is not a poptune database ``mode`` may open.
+
+    Connecting in poptune's way changes a file (WAL mode), so an existing file is first looked
+    at read-only: whether it is a SQLite database at all, and whose tables it holds.
+
+    Raises:
+        StorageError: one line naming the path, what it is, and what to do.
+    """
+    shown_path = path.resolve()
+    check = "Check the storage URL (--storage, $POPTUNE_STORAGE)"
+    if path.is_dir():
+        raise StorageError(
+            f"The storage {shown_path} is a folder, not a SQLite database file. Name a file in "
+            f"it, e.g. 'sqlite:///{shown_path / 'poptune.db'}'."
+        )
+    if not path.exists():
+        if mode == "create":
+            return
+        raise StorageError(
+            f"No poptune database at {shown_path}: the file does not exist. {check}; "
+            f"{'reading' if mode == 'read' else 'this command'} creates nothing (pt.run does)."
+        )
+    try:
+        with path.open("rb") as file:
+            header = file.read(len(_SQLITE_HEADER))
+    except OSError as error:
+        raise StorageError(
+            f"Cannot read the storage {shown_path}: {error.strerror}. Check that it is the "
+            "database file and that you may read it."
+        ) from None
+    if header and header != _SQLITE_HEADER:
+        raise StorageError(
+            f"The storage {shown_path} is not a SQLite database (its first bytes are "
+            f"{shown(header[:8])}): not a poptune storage, and poptune will not write over it. "
+            f"{check}: poptune's default is 'sqlite:///runs/poptune.db'."
+        )
+    tables, version = _sqlite_contents(path, shown_path)
+    if version is not None:
+        return  # poptune's: its schema version is checked (or upgraded) once it is open
+    if mode == "create" and (not tables or allow_other_tables):
+        return
+    what = (
+        f"another application's SQLite database (tables: {_names(tables)})"
+        if tables
+        else "an empty SQLite file"
+    )
+    if mode == "create":
+        raise StorageError(
+            f"The storage {shown_path} is {what}: poptune will not add its tables to it. Use a "
+            "file of its own (e.g. 'sqlite:///runs/poptune.db'), or, to share this one on "
+            "purpose, pass storage=pt.open_storage(URL, allow_other_tables=True)."
+        )
+    raise StorageError(f"No poptune database at {shown_path}: it is {what}. {check}.")
+
+
+def _sqlite_contents(path: Path, shown_path: Path) -> tuple[list[str], int | None]:
+    """The tables of the SQLite database at ``path`` and its poptune schema version (``None``:
+    not poptune's), read through a read-only connection that changes nothing in the file."""
+    uri = f"{path.resolve().as_uri()}?mode=ro"
+    engine = sa.create_engine(
+        "sqlite://",
+        creator=lambda: sqlite3.connect(uri, uri=True, timeout=60.0),
+        poolclass=NullPool,
+    )
+    try:
+        with engine.connect() as connection:
+            tables = sa.inspect(connection).get_table_names()
+            return tables, stored_version(connection, str(shown_path))
+    except DBAPIError as error:
+        raise StorageError(
+            f"The storage {shown_path} is not a usable SQLite database: {_one_line(error)} "
+            "If it is poptune's, restore it from a backup; otherwise check the storage URL "
+            "(--storage, $POPTUNE_STORAGE)."
+        ) from None
+    finally:
+        engine.dispose()
+
+
+def _names(tables: Sequence[str], most: int = 5) -> str:
+    listed = ", ".join(shown(name, 40) for name in tables[:most])
+    return listed + (f" and {len(tables) - most} more" if len(tables) > most else "")
+
+
+def _copy_event(row: Any) -> str:
+    return f"the copy by member {row.member_id} at step {row.step}"

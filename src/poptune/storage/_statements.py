@@ -6,7 +6,6 @@ helpers run inside a transaction the caller holds and convert rows to records.
 
 from __future__ import annotations
 
-import json
 import math
 from typing import Any
 
@@ -32,8 +31,10 @@ from ._schema import (
     dumps,
     exploits,
     intervals,
+    loads,
     members,
     populations,
+    shown,
     step_bests,
 )
 
@@ -413,7 +414,7 @@ def population_record(row: Any) -> PopulationRecord:
     return PopulationRecord(
         id=row.id,
         name=row.name,
-        config=json.loads(row.config),
+        config=loads(row.config, f"the configuration of population {shown(row.name)}"),
         status=PopulationStatus(row.status),
         created_at=row.created_at,
         error=row.error,
@@ -425,7 +426,7 @@ def member_record(row: Any) -> MemberRecord:
     return MemberRecord(
         id=row.member_id,
         step=row.step,
-        hparams=json.loads(row.hparams),
+        hparams=loads(row.hparams, f"the hparams of member {row.member_id}"),
         score=row.score,
         parent=row.parent,
         status=MemberStatus(row.status),
@@ -440,13 +441,17 @@ def interval_record(row: Any) -> IntervalRecord:
     return IntervalRecord(
         member=row.member_id,
         step=row.step,
-        hparams=json.loads(row.hparams),
+        hparams=loads(row.hparams, f"the hparams of {_interval(row)}"),
         score=row.score,
-        metrics=json.loads(row.metrics),
+        metrics=loads(row.metrics, f"the metrics of {_interval(row)}"),
         wall_time=row.wall_time,
         finished_at=row.finished_at,
         origin=origin,
     )
+
+
+def _interval(row: Any) -> str:
+    return f"the interval of member {row.member_id} at step {row.step}"
 
 
 def checkpoint_ref(row: Any) -> CheckpointRef:
