@@ -506,6 +506,15 @@ class FsspecCheckpoints:
                 f"Checkpoints at {redact_url(url)!r} need fsspec (and s3fs for s3://): "
                 "pip install 'poptune[s3]'."
             ) from None
+        if redact_url(url) != url:
+            # fsspec reads "s3://KEY:SECRET@bucket" as a bucket named so, and its errors (and
+            # its libraries' logs) then quote the secret: refuse it before anything sees it.
+            raise ValueError(
+                f"The checkpoint location {redact_url(url)!r} carries credentials in its URL, "
+                "which fsspec does not read as credentials (it takes them for part of the "
+                "bucket's name). Give them the filesystem's usual way instead: the environment "
+                "(AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY for s3://) or its config file."
+            )
         self.url = url.rstrip("/")
         try:
             self.fs, self.root = fsspec.core.url_to_fs(self.url, **storage_options)
@@ -537,9 +546,9 @@ class FsspecCheckpoints:
         except FileNotFoundError:
             raise CheckpointMissing(
                 f"Checkpoint of member {ref.member} at step {ref.step} is missing: "
-                f"{self.url}/{ref.path}."
+                f"{redact_url(self.url)}/{ref.path}."
             ) from None
-        return _verified(data, ref, f"{self.url}/{ref.path}")
+        return _verified(data, ref, f"{redact_url(self.url)}/{ref.path}")
 
     def delete(self, ref: CheckpointRef) -> None:
         """Delete the object of ``ref`` if it is still there."""
