@@ -87,6 +87,8 @@ def _userinfo(text: str) -> tuple[int, int, str] | None:
     """
     scheme_end = text.find("://")
     start = scheme_end + 3 if scheme_end >= 0 else 0
+    if scheme_end < 0 and text.startswith("//"):  # a URL whose scheme was left out
+        start = 2
     rest = text[start:]
     if rest.startswith("/"):  # no host part: sqlite:////abs/path, file:///x
         return None

@@ -10,7 +10,6 @@ transaction.
 from __future__ import annotations
 
 import math
-import re
 import sqlite3
 import time
 import warnings
@@ -1177,11 +1176,9 @@ def _parse(url: str) -> URL:
         parsed = make_url(url)
         parsed.port  # noqa: B018  # a non-numeric port fails here or in make_url
     except ArgumentError:
-        # Not parsed, so redact_url cannot hide a password: hide whatever precedes an "@".
-        hidden = re.sub(r"//[^/]*@", "//***@", url)
         raise StorageError(
-            f"Cannot parse the storage URL {shown(hidden, 100)}. Use a SQLAlchemy URL such as "
-            "'sqlite:///runs/poptune.db' or 'postgresql+psycopg://user@host/db'."
+            f"Cannot parse the storage URL {shown(redact_url(url), 100)}. Use a SQLAlchemy URL "
+            "such as 'sqlite:///runs/poptune.db' or 'postgresql+psycopg://user@host/db'."
         ) from None
     except ValueError:
         raise StorageError(
