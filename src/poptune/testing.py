@@ -509,12 +509,18 @@ def xss_population(storage: Any, population: int = 3, intervals: int = 4) -> Any
     from .space import Choice, Uniform
     from .worker import PopulationError
 
+    from ._text import unsafe_character
+
+    def as_name(payload: str) -> str:
+        # pt.run refuses names with control characters (U+2028...); values keep them all.
+        return "".join(c for c in payload if not unsafe_character(c))
+
     n = len(XSS_PAYLOADS)
     space: dict[str, Any] = {"h0": Uniform(0.0, 1.0), "h1": Uniform(0.0, 1.0)}
     for i, payload in enumerate(XSS_PAYLOADS[:-1]):
-        space[payload] = Choice([XSS_PAYLOADS[(i + 1) % n], XSS_PAYLOADS[(i + 2) % n]])
-    space[XSS_PAYLOADS[-1]] = XSS_PAYLOADS[0]  # a fixed value
-    name = " ".join(XSS_PAYLOADS)
+        space[as_name(payload)] = Choice([XSS_PAYLOADS[(i + 1) % n], XSS_PAYLOADS[(i + 2) % n]])
+    space[as_name(XSS_PAYLOADS[-1])] = XSS_PAYLOADS[0]  # a fixed value
+    name = as_name(" ".join(XSS_PAYLOADS))
     # Every member fails, as intended: the population is stored all the same.
     with contextlib.suppress(PopulationError):
         run(
