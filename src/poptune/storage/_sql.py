@@ -258,7 +258,13 @@ class SQLStorage(Storage):
                 self._check_schema()
             else:
                 self._create_schema(mode == "create")
-        except (DBAPIError, ArgumentError, ImportError) as error:
+        except ImportError as error:  # the database's driver
+            raise StorageError(
+                f"Cannot open the storage {where}: its driver is not installed "
+                f"({redact_text(_one_line(error), url)}) For PostgreSQL: pip install "
+                "'poptune[postgres]'."
+            ) from error
+        except (DBAPIError, ArgumentError) as error:
             raise StorageError(
                 f"Cannot open the storage {where}: {redact_text(_one_line(error), url)} Check "
                 f"the URL, that the server is running and that you may {may} there."
