@@ -505,11 +505,10 @@ def xss_population(storage: Any, population: int = 3, intervals: int = 4) -> Any
     name, its metric and extra metrics, its hyperparameters' names and (``Choice`` of strings)
     values, a fixed value, its strategies' descriptions and its failures' messages; every member
     fails at its third interval, so the population also stops with an error. Returns it."""
+    from ._text import unsafe_character
     from .population import load, run
     from .space import Choice, Uniform
     from .worker import PopulationError
-
-    from ._text import unsafe_character
 
     def as_name(payload: str) -> str:
         # pt.run refuses names with control characters (U+2028...); values keep them all.
