@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+import sys
+from collections.abc import Callable
+from typing import Any, NoReturn
 
 import poptune as pt
+from poptune.storage import (
+    PopulationExists,
+    PopulationNotFound,
+    default_storage_url,
+    storage_option,
+)
 
 #: The explore strategies an example can be run with (``--explore``).
 EXPLORES = {
@@ -15,15 +23,21 @@ EXPLORES = {
 
 
 def parser(
-    description: str, *, name: str, population: int, intervals: int
+    description: str, *, name: str | None, population: int, intervals: int
 ) -> argparse.ArgumentParser:
     """The options every example takes (defaults: the example's own size, 2 workers)."""
-    options = argparse.ArgumentParser(description=description)
-    options.add_argument("--population", type=int, default=population)
-    options.add_argument("--intervals", type=int, default=intervals)
-    options.add_argument("--workers", type=int, default=2)
-    options.add_argument("--name", default=name)
-    options.add_argument("--storage", default=None, help="default: sqlite:///runs/poptune.db")
+    options = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    options.add_argument("--population", type=int, default=population, help="members")
+    options.add_argument("--intervals", type=int, default=intervals, help="the budget per member")
+    options.add_argument("--workers", type=int, default=2, help="worker processes")
+    options.add_argument("--name", default=name, help="the population's name in the storage")
+    options.add_argument(
+        "--storage",
+        default=None,
+        help=f"a SQLAlchemy URL (default: {default_storage_url()}, or $POPTUNE_STORAGE)",
+    )
     options.add_argument("--seed", type=int, default=0)
     options.add_argument("--sync", action="store_true", help="generations: reproducible runs")
     options.add_argument(
@@ -63,11 +77,40 @@ def report(result: pt.Result, label: str) -> None:
     best = result.best
     print(f"\nbest member {best.member}: {label} {best.score:.4f} after {best.step} intervals")
     print("hparams: " + ", ".join(f"{k}={_value(v)}" for k, v in best.hparams.items()))
-    print(f"exploits: {len(result.exploits())}")
     schedule = result.schedule()
     names = list(schedule[0].hparams) if schedule else []
     print(f"\nschedule of the winning lineage (step: member, {', '.join(names)}, {label})")
     for entry in schedule:
         values = "  ".join(f"{k}={_value(v)}" for k, v in entry.hparams.items())
         print(f"  {entry.step:3d}: member {entry.member}  {values}  {label}={entry.score:.4f}")
-    print(f"\nInspect it later: poptune status {result.name}; poptune schedule {result.name}")
+    where(result)
+
+
+def where(result: pt.Result) -> None:
+    """Print the exploit count, where the population is stored and how to look at it."""
+    option = storage_option(result.storage.url)
+    print(f"\nexploits: {len(result.exploits())}")
+    print(f"stored as {result.name!r} in {pt.storage.redact_url(result.storage.url)}; look at it:")
+    print(f"  poptune status {result.name}{option}")
+    print(f"  poptune report {result.name}{option}     (an HTML report)")
+    print(f"  poptune dashboard{option}     (live, in a browser; pip install 'poptune[dashboard]')")
+
+
+def guard(main: Callable[[], Any]) -> NoReturn:
+    """Run an example's ``main`` as a command: bad input is one clear line (exit 2), Ctrl-C
+    exits quietly (poptune has already said how to resume), never a traceback for either."""
+    try:
+        main()
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except PopulationExists as error:
+        sys.exit(f"error: {error} Or pass --name to start another population.")
+    except (
+        ValueError,  # a bad option value, e.g. --population 1 (pt.InvalidParameterError)
+        pt.InvalidParameterError,
+        PopulationNotFound,
+        pt.PopulationError,
+        pt.StorageError,
+    ) as error:
+        sys.exit(f"error: {error}")
+    sys.exit(0)

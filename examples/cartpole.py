@@ -11,14 +11,14 @@ Run:  python examples/cartpole.py [--population 8] [--intervals 20] [--exploit t
 
 from __future__ import annotations
 
-import argparse
-import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 import torch
+from _cli import EXPLORES, guard, where
+from _cli import parser as example_parser
 from torch import nn
 
 import poptune as pt
@@ -135,17 +135,9 @@ EXPLOITS = {
 
 def main(argv: Sequence[str] | None = None) -> pt.Result:
     """Train the population and print the best agent and its schedule."""
-    parser = argparse.ArgumentParser(description="PBT with A2C on CartPole-v1")
-    parser.add_argument("--population", type=int, default=8)
-    parser.add_argument("--intervals", type=int, default=20)
+    parser = example_parser("PBT with A2C on CartPole-v1", name=None, population=8, intervals=20)
     parser.add_argument("--steps", type=int, default=CartPole.steps, help="env steps/interval")
-    parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--exploit", choices=sorted(EXPLOITS), default="truncation")
-    parser.add_argument("--name", default=None)
-    parser.add_argument("--storage", default=None)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--sync", action="store_true")
-    parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     CartPole.steps = args.steps
     result = pt.run(
@@ -157,7 +149,7 @@ def main(argv: Sequence[str] | None = None) -> pt.Result:
         intervals=args.intervals,
         workers=args.workers,
         exploit=EXPLOITS[args.exploit](),
-        explore=pt.Perturb((0.8, 1.2), resample_probability=0.25),
+        explore=EXPLORES[args.explore](),
         name=args.name or f"cartpole-{args.exploit}",
         storage=args.storage,
         seed=args.seed,
@@ -174,11 +166,9 @@ def main(argv: Sequence[str] | None = None) -> pt.Result:
             f"entropy={h['entropy_cost']:.3g}  unroll={h['unroll_length']}  "
             f"discount={h['discount']:.3f}  return={entry.score:.1f}"
         )
+    where(result)
     return result
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except KeyboardInterrupt:
-        sys.exit(130)
+    guard(main)

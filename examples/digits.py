@@ -11,13 +11,12 @@ Run:  python examples/digits.py [--population 8] [--intervals 30] [--workers 2]
 from __future__ import annotations
 
 import functools
-import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
+from _cli import guard, report, run_options
 from _cli import parser as example_parser
-from _cli import report, run_options
 from sklearn.datasets import load_digits
 from torch import nn
 
@@ -118,7 +117,4 @@ def main(argv: Sequence[str] | None = None) -> pt.Result:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except KeyboardInterrupt:  # poptune has already said how to resume
-        sys.exit(130)
+    guard(main)

@@ -11,13 +11,12 @@ Run:  python examples/digits_loop.py [--population 8] [--intervals 30] [--worker
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 from typing import Any
 
 import torch
+from _cli import guard, report, run_options
 from _cli import parser as example_parser
-from _cli import report, run_options
 from digits import SPACE, dataset  # the same data and space (examples/digits.py)
 from torch import nn
 
@@ -69,7 +68,4 @@ def main(argv: Sequence[str] | None = None) -> pt.Result:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except KeyboardInterrupt:  # poptune has already said how to resume
-        sys.exit(130)
+    guard(main)

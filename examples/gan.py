@@ -16,13 +16,13 @@ Run:  python examples/gan.py [--population 8] [--intervals 20]
 
 from __future__ import annotations
 
-import argparse
 import math
-import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
+from _cli import EXPLORES, guard, where
+from _cli import parser as example_parser
 from torch import nn
 
 import poptune as pt
@@ -127,17 +127,11 @@ class Ring(pt.Trainable):
 
 def main(argv: Sequence[str] | None = None) -> pt.Result:
     """Train the population and print the best pair and its schedule."""
-    parser = argparse.ArgumentParser(description="PBT on a GAN (ring of 8 Gaussians)")
-    parser.add_argument("--population", type=int, default=8)
-    parser.add_argument("--intervals", type=int, default=20)
+    parser = example_parser(
+        "PBT on a GAN (ring of 8 Gaussians)", name="gan", population=8, intervals=20
+    )
     parser.add_argument("--updates", type=int, default=Ring.updates)
-    parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--random-search", action="store_true", help="exploit=None baseline")
-    parser.add_argument("--name", default=None)
-    parser.add_argument("--storage", default=None)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--sync", action="store_true")
-    parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     Ring.updates = args.updates
     result = pt.run(
@@ -149,7 +143,7 @@ def main(argv: Sequence[str] | None = None) -> pt.Result:
         intervals=args.intervals,
         workers=args.workers,
         exploit=None if args.random_search else pt.Truncation(0.25),
-        explore=pt.Perturb((0.8, 1.2), resample_probability=0.25),
+        explore=EXPLORES[args.explore](),
         name=args.name or "gan",
         storage=args.storage,
         seed=args.seed,
@@ -167,11 +161,9 @@ def main(argv: Sequence[str] | None = None) -> pt.Result:
             f"  {entry.step:3d}: member {entry.member}  generator_lr={h['generator_lr']:.3g}  "
             f"discriminator_lr={h['discriminator_lr']:.3g}  quality={entry.score:.3f}"
         )
+    where(result)
     return result
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except KeyboardInterrupt:
-        sys.exit(130)
+    guard(main)

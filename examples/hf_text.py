@@ -14,7 +14,6 @@ Run:  python examples/hf_text.py [--population 4] [--intervals 8] [--workers 2]
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
 from collections.abc import Sequence
 from typing import Any
@@ -23,8 +22,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # build everything locally, never 
 
 import numpy as np
 import torch
+from _cli import guard, report, run_options
 from _cli import parser as example_parser
-from _cli import report, run_options
 from transformers import (
     BertConfig,
     BertForSequenceClassification,
@@ -157,7 +156,4 @@ def main(argv: Sequence[str] | None = None) -> pt.Result:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except KeyboardInterrupt:  # poptune has already said how to resume
-        sys.exit(130)
+    guard(main)

@@ -12,14 +12,13 @@ Run:  python examples/lightning_digits.py [--population 8] [--intervals 20] [--w
 from __future__ import annotations
 
 import logging
-import sys
 from collections.abc import Sequence
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from _cli import guard, report, run_options
 from _cli import parser as example_parser
-from _cli import report, run_options
 from digits import SPACE, dataset  # the same data and space (examples/digits.py)
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -102,7 +101,4 @@ def main(argv: Sequence[str] | None = None) -> pt.Result:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except KeyboardInterrupt:  # poptune has already said how to resume
-        sys.exit(130)
+    guard(main)

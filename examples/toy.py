@@ -16,7 +16,7 @@ real tasks), so exploit-only ends with both members sharing one h and stalls at 
 the grid. The table gives the median over seeds of the best member's Q at the end and the
 intervals the best member needed to reach Q ≥ 1.1.
 
-Run:  python examples/toy.py [--seeds 5] [--intervals 10] [--population 2]
+Run:  python examples/toy.py [--seeds 5] [--intervals 10] [--population 2] [--storage URL]
 """
 
 from __future__ import annotations
@@ -24,15 +24,14 @@ from __future__ import annotations
 import argparse
 import math
 import statistics
-import sys
-import tempfile
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _cli import guard
 
 import poptune as pt
+from poptune.storage import default_storage_url, storage_option
 from poptune.testing import Quadratic, quadratic_space
 
 
@@ -73,7 +72,7 @@ def run_variant(
         population=population,
         intervals=intervals,
         workers=1,
-        name=f"toy-{variant}-{seed}",
+        name=f"toy-{variant.replace(' ', '-')}-p{population}-i{intervals}-s{seed}",
         storage=storage,
         seed=seed,
         sync=True,
@@ -97,21 +96,25 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--population", type=int, default=2)
     parser.add_argument("--intervals", type=int, default=10)
+    parser.add_argument(
+        "--storage",
+        default=default_storage_url(),
+        help="where the populations are stored, one per variant and seed (a run already there "
+        "is read back, not trained again)",
+    )
     args = parser.parse_args(argv)
     table: dict[str, dict[str, float]] = {}
-    with tempfile.TemporaryDirectory() as folder:
-        storage = f"sqlite:///{Path(folder) / 'toy.db'}"
-        for variant in VARIANTS:
-            bests, reached = [], []
-            for seed in range(args.seeds):
-                result = run_variant(variant, seed, args.population, args.intervals, storage)
-                bests.append(result.best.score)
-                steps = intervals_to_target(result)
-                reached.append(math.inf if steps is None else steps)
-            table[variant] = {
-                "best Q": statistics.median(bests),
-                "intervals to target": statistics.median(reached),
-            }
+    for variant in VARIANTS:
+        bests, reached = [], []
+        for seed in range(args.seeds):
+            result = run_variant(variant, seed, args.population, args.intervals, args.storage)
+            bests.append(result.best.score)
+            steps = intervals_to_target(result)
+            reached.append(math.inf if steps is None else steps)
+        table[variant] = {
+            "best Q": statistics.median(bests),
+            "intervals to target": statistics.median(reached),
+        }
     print(
         f"toy problem: population {args.population}, {args.intervals} intervals of "
         f"{Quadratic.steps} steps, median over {args.seeds} seeds (Q* = 1.2)"
@@ -121,11 +124,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
         steps = row["intervals to target"]
         shown = "not reached" if math.isinf(steps) else f"{steps:g}"
         print(f"{variant:<14} {row['best Q']:>8.4f} {shown:>24}")
+    option = storage_option(args.storage)
+    print(f"\nLook at one: poptune status toy-PBT-p{args.population}-i{args.intervals}-s0{option}")
     return table
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except KeyboardInterrupt:  # poptune has already said how to resume
-        sys.exit(130)
+    guard(main)

@@ -15,15 +15,15 @@ Run:  python examples/translate.py [--population 8] [--intervals 15]
 
 from __future__ import annotations
 
-import argparse
 import functools
-import sys
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import sacrebleu
 import torch
+from _cli import EXPLORES, guard, where
+from _cli import parser as example_parser
 from torch import nn
 
 import poptune as pt
@@ -194,17 +194,11 @@ class Translator(pt.Trainable):
 
 def main(argv: Sequence[str] | None = None) -> pt.Result:
     """Train the population and print the best model and its schedule."""
-    parser = argparse.ArgumentParser(description="PBT on a synthetic translation task")
-    parser.add_argument("--population", type=int, default=8)
-    parser.add_argument("--intervals", type=int, default=15)
+    parser = example_parser(
+        "PBT on a synthetic translation task", name="translate", population=8, intervals=15
+    )
     parser.add_argument("--updates", type=int, default=Translator.updates)
-    parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--random-search", action="store_true", help="exploit=None baseline")
-    parser.add_argument("--name", default=None)
-    parser.add_argument("--storage", default=None)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--sync", action="store_true")
-    parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     Translator.updates = args.updates
     result = pt.run(
@@ -216,7 +210,7 @@ def main(argv: Sequence[str] | None = None) -> pt.Result:
         intervals=args.intervals,
         workers=args.workers,
         exploit=None if args.random_search else pt.Truncation(0.25),
-        explore=pt.Perturb((0.8, 1.2), resample_probability=0.25),
+        explore=EXPLORES[args.explore](),
         name=args.name or "translate",
         storage=args.storage,
         seed=args.seed,
@@ -232,11 +226,9 @@ def main(argv: Sequence[str] | None = None) -> pt.Result:
             f"attention={h['attention_dropout']:.2f}  layer={h['layer_dropout']:.2f}  "
             f"relu={h['relu_dropout']:.2f}  BLEU={entry.score:.1f}"
         )
+    where(result)
     return result
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except KeyboardInterrupt:
-        sys.exit(130)
+    guard(main)

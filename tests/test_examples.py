@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import importlib.util
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+import poptune as pt
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 sys.path.insert(0, str(EXAMPLES))  # as when an example runs as a script: it sees its neighbours
@@ -20,14 +23,17 @@ def load_example(name: str):
     return module
 
 
-def test_toy_reproduces_the_papers_ordering(capsys):
-    table = load_example("toy").main(["--seeds", "3", "--intervals", "10"])
+def test_toy_reproduces_the_papers_ordering(capsys, tmp_path: Path):
+    storage = f"sqlite:///{tmp_path / 'toy.db'}"
+    table = load_example("toy").main(["--seeds", "3", "--intervals", "10", "--storage", storage])
     assert table["PBT"]["best Q"] > 1.1
     assert table["PBT"]["best Q"] > table["explore only"]["best Q"]
     assert table["grid"]["best Q"] < 0.4  # each grid member improves only one coordinate
     # choosing oneself keeps one's weights and explores: it must leave the grid behind
     assert table["explore only"]["best Q"] > table["grid"]["best Q"] + 0.3
-    assert "PBT" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "PBT" in out and f"poptune status toy-PBT-p2-i10-s0 --storage '{storage}'" in out
+    assert len(pt.load(storage, "toy-PBT-p2-i10-s0").intervals()) == 2 * 10  # kept, readable
 
 
 def test_digits_learns_and_prints_a_schedule(tmp_path: Path, capsys):
@@ -126,3 +132,30 @@ def test_translation_learns_and_is_scored_by_bleu(tmp_path: Path, capsys):
     model = result.best.load()
     source = [[1, 2, 3, 4]]
     assert len(model.translate(source)[0]) <= 14
+
+
+def _script(name: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(EXAMPLES / f"{name}.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_bad_arguments_are_one_clear_line(tmp_path: Path):
+    storage = f"sqlite:///{tmp_path / 'p.db'}"
+    bad = _script("toy", "--population", "1", "--seeds", "1", "--storage", storage)
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr
+    assert (
+        bad.stderr.startswith("error: The 'population' parameter") and bad.stderr.count("\n") == 1
+    )
+    pytest.importorskip("torch")
+    pytest.importorskip("gymnasium")
+    options = ["--population", "2", "--workers", "1", "--no-progress", "--storage", storage]
+    first = _script("cartpole", "--intervals", "1", "--steps", "20", "--name", "mine", *options)
+    assert first.returncode == 0, first.stderr
+    assert f"poptune status mine --storage '{storage}'" in first.stdout  # a hint that works
+    clash = _script("cartpole", "--intervals", "2", "--steps", "20", "--name", "mine", *options)
+    assert clash.returncode == 1 and "Traceback" not in clash.stderr
+    assert "different configuration" in clash.stderr and "pass --name" in clash.stderr

@@ -38,6 +38,7 @@ from .storage import (
     Storage,
     open_storage,
     redact_url,
+    storage_option,
 )
 from .strategies import Every, Perturb, Truncation, describe
 from .strategies.stop import Stop, describe_stop, stop_list
@@ -531,9 +532,10 @@ def _execute(
         watcher.stop()
         log.warning(
             "Interrupted: population %r stopped cleanly; continue it with "
-            "`poptune resume %s` or pt.load(...).resume().",
+            "`poptune resume %s%s` or pt.load(...).resume().",
             record.name,
             record.name,
+            storage_option(store.url),
         )
         raise
     finally:
@@ -630,11 +632,12 @@ def _differences(record: PopulationRecord, config: PopulationConfig) -> list[str
 def _check_same(record: PopulationRecord, config: PopulationConfig, store: Storage) -> None:
     differing = _differences(record, config)
     if differing:
-        raise ValueError(
+        option = storage_option(store.url)
+        raise PopulationExists(
             f"A population named {record.name!r} already exists in {redact_url(store.url)} with a "
             f"different configuration ({'; '.join(differing)}). Choose another name, continue "
             f"the stored one with pt.load(storage, {record.name!r}).resume() / `poptune resume "
-            f"{record.name}`, or delete it with `poptune delete {record.name}`."
+            f"{record.name}{option}`, or delete it with `poptune delete {record.name}{option}`."
         )
 
 

@@ -43,6 +43,7 @@ __all__ = [
     "default_storage_url",
     "open_storage",
     "redact_url",
+    "storage_option",
 ]
 
 DEFAULT_STORAGE = "sqlite:///runs/poptune.db"
@@ -51,6 +52,14 @@ DEFAULT_STORAGE = "sqlite:///runs/poptune.db"
 def default_storage_url() -> str:
     """``$POPTUNE_STORAGE`` if set, else ``sqlite:///runs/poptune.db`` (relative to the cwd)."""
     return os.environ.get("POPTUNE_STORAGE") or DEFAULT_STORAGE
+
+
+def storage_option(url: str) -> str:
+    """What a command hint needs to reach the storage at ``url``: nothing for the default,
+    else `` --storage 'URL'`` (redacted: a hint never prints a password)."""
+    if url == default_storage_url():
+        return ""
+    return f" --storage '{redact_url(url)}'"
 
 
 def open_storage(
