@@ -73,7 +73,7 @@ def test_exploits_are_shown_as_they_happen():
         ExploitEvent(3, 4, 1, 4, {"lr": 0.1}, {"lr": 0.12}, 0.5, 0.9, 1.0),
         ExploitEvent(2, 4, 1, 4, {"lr": 0.2}, {"lr": 0.08}, 0.6, 0.9, 2.0),
     ]
-    shown = {"n": 0}
+    shown = {"n": -1}  # the first poll (at start) sees no exploit yet
 
     def poll() -> Summary:
         shown["n"] = min(shown["n"] + 1, 2)
@@ -103,3 +103,26 @@ def test_exploits_are_shown_as_they_happen():
     text = stream.getvalue()
     assert "member 3 (step 4, acc 0.5) copied member 1 (step 4, 0.9); lr=0.12" in text
     assert text.count("copied member 1") == 2  # each exploit once
+
+
+def test_a_resumed_population_does_not_reprint_its_old_exploits():
+    from poptune.records import ExploitEvent
+
+    old = [ExploitEvent(m, 4, 1, 4, {"lr": 0.1}, {"lr": 0.12}, 0.5, 0.9, 1.0) for m in (2, 3)]
+    new = ExploitEvent(0, 6, 1, 6, {"lr": 0.1}, {"lr": 0.07}, 0.5, 0.9, 9.0)
+    events = list(old)
+
+    def poll() -> Summary:
+        return Summary(4, 24, 40, 4, 0, 0, len(events), 0, 1, 0.9, PopulationStatus.RUNNING)
+
+    stream = io.StringIO()
+    watcher = ProgressWatcher(
+        "p", "acc", poll, stream=stream, interval=0.01, exploits=lambda: events
+    )
+    watcher.start()  # the two exploits of the earlier run are recorded already
+    events.append(new)
+    time.sleep(0.2)
+    watcher.stop()
+    text = stream.getvalue()
+    assert "member 0 (step 6" in text and "copied member 1" in text
+    assert "member 2 (step 4" not in text and "member 3 (step 4" not in text

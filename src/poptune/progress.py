@@ -78,6 +78,8 @@ class ProgressWatcher:
         self._started = time.monotonic()
         if not self.enabled:
             return
+        before = self._summary()  # copies recorded before this run (resumed) are not news
+        self._shown = 0 if before is None else before.exploits + before.recoveries
         target = self._run_live if self._live else self._run_plain
         self._thread = threading.Thread(target=target, name="poptune-progress", daemon=True)
         self._thread.start()
