@@ -344,3 +344,33 @@ def test_a_command_whose_training_code_is_gone_changes_nothing(
     assert result.exit_code == 1
     assert "Cannot import 'vanishing_trainable:Vanishing'" in result.output
     assert dump(storage_url) == before  # started_at, the budget, every member: as they were
+
+
+class _CtrlC(Quadratic):
+    """Ctrl-C during the third interval this process trains."""
+
+    trained = 0
+
+    def train(self, hparams):
+        type(self).trained += 1
+        if type(self).trained == 3:
+            raise KeyboardInterrupt
+        return super().train(hparams)
+
+
+def test_status_says_interrupted_after_a_clean_ctrl_c(tmp_path: Path):
+    url = f"sqlite:///{tmp_path / 'p.db'}"
+    with pytest.raises(KeyboardInterrupt):
+        pt.run(_CtrlC, quadratic_space(), "q", population=2, intervals=4, storage=url,
+               name="cut", progress=False)  # fmt: skip
+    out = invoke("status", "cut", "--storage", url)
+    assert out.exit_code == 0 and "cut · interrupted ·" in out.output
+    assert f"poptune resume cut --storage '{url}'" in out.output
+    listed = invoke("list", "--storage", url)
+    assert "interrupted" in listed.output
+    assert json.loads(invoke("status", "cut", "--storage", url, "--json").output)["status"] == (
+        "running"  # what is stored: scripts keep reading it
+    )
+    resumed = invoke("resume", "cut", "--storage", url, "--no-progress")
+    assert resumed.exit_code == 0
+    assert "finished" in invoke("status", "cut", "--storage", url).output

@@ -26,16 +26,18 @@ from .config import PopulationConfig
 from .devices import CUDA_VISIBLE_DEVICES, apply_environment, device_environment, parse_device
 from .population import Population, check_deletable, checkpoints_location, load, replay
 from .population import delete as delete_population
-from .records import MemberRecord
+from .records import MemberRecord, PopulationStatus
 from .results import Result
 from .storage import (
     SCHEMA_VERSION,
     PopulationNotFound,
     SQLStorage,
     StorageError,
+    Summary,
     default_storage_url,
     open_storage,
     redact_url,
+    storage_option,
 )
 from .trackers import MLflow, TensorBoard, Tracker, TrackerError, TrackerExporter
 from .worker import PopulationError
@@ -182,7 +184,7 @@ def list_command(storage: str | None) -> None:
         created = datetime.datetime.fromtimestamp(record.created_at).strftime("%Y-%m-%d %H:%M")
         table.add_row(
             printable(record.name),
-            record.status.value,
+            _shown_status(summary),
             str(summary.members),
             f"{summary.steps_done}/{summary.steps_total}",
             _format_score(summary.best_score),
@@ -271,6 +273,7 @@ def status(
         payload = {
             "name": result.name,
             "status": summary.status.value,
+            "shown_status": _shown_status(summary),
             "metric": result.metric,
             "mode": result.mode.value,
             "steps_done": summary.steps_done,
@@ -287,17 +290,31 @@ def status(
     _console().print(_status_table(result, members, summary))
     record = result.record
     error = printable(record.error, limit=_ERROR_LIMIT)
+    if _shown_status(summary) == "interrupted":
+        click.echo(
+            "Interrupted: no worker holds a member. Continue it with "
+            f"`poptune resume {printable(result.name)}{storage_option(result.storage.url)}`.",
+            err=True,
+        )
     if record.status.value == "stopped":
         click.echo(f"Stopped before its budget: {error}", err=True)
     elif record.error:
         click.echo(f"Stopped on an error: {error}", err=True)
 
 
+def _shown_status(summary: Summary) -> str:
+    """The population's status as a person reads it: a population marked running that no
+    worker holds a member of was stopped (Ctrl-C, a crash) and waits for ``poptune resume``."""
+    if summary.status is PopulationStatus.RUNNING and summary.running == 0:
+        return "interrupted"
+    return summary.status.value
+
+
 def _status_table(result: Result, members: list[MemberRecord], summary: Any) -> Table:
     best = "—" if summary.best_score is None else _format_score(summary.best_score)
     table = Table(
         title=(
-            f"{printable(result.name)} · {summary.status.value} · {summary.steps_done}/"
+            f"{printable(result.name)} · {_shown_status(summary)} · {summary.steps_done}/"
             f"{summary.steps_total} intervals · best {printable(result.metric)} {best} · "
             f"{summary.exploits} exploits · {summary.failures} failures"
             + (f" · {summary.recoveries} recovered" if summary.recoveries else "")
