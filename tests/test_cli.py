@@ -374,3 +374,15 @@ def test_status_says_interrupted_after_a_clean_ctrl_c(tmp_path: Path):
     resumed = invoke("resume", "cut", "--storage", url, "--no-progress")
     assert resumed.exit_code == 0
     assert "finished" in invoke("status", "cut", "--storage", url).output
+
+
+def test_status_and_list_fit_an_80_column_terminal(tmp_path: Path, monkeypatch):
+    url = f"sqlite:///{tmp_path / 'p.db'}"
+    pt.run(Quadratic, quadratic_space(), "q", population=3, intervals=2, storage=url,
+           name="digits-v2", progress=False)  # fmt: skip
+    monkeypatch.setenv("COLUMNS", "80")
+    for command in (["list"], ["status", "digits-v2"]):
+        out = invoke(*command, "--storage", url)
+        assert out.exit_code == 0, out.output
+        assert max(len(line) for line in out.output.splitlines()) <= 80
+        assert "…" not in out.output  # nothing cut short

@@ -176,19 +176,19 @@ def list_command(storage: str | None) -> None:
         return
     table = Table(title=f"populations in {redact_url(store.url)}")
     for column in ("name", "status", "members", "intervals", "best", "metric", "created"):
-        table.add_column(column)
+        table.add_column(column, no_wrap=column != "name")
     for record in records:
         config = PopulationConfig.of(record)
         mode = config.mode
         summary = store.summary(record.id, config.intervals, mode)
-        created = datetime.datetime.fromtimestamp(record.created_at).strftime("%Y-%m-%d %H:%M")
+        created = datetime.datetime.fromtimestamp(record.created_at).strftime("%m-%d %H:%M")
         table.add_row(
             printable(record.name),
             _shown_status(summary),
             str(summary.members),
             f"{summary.steps_done}/{summary.steps_total}",
             _format_score(summary.best_score),
-            f"{printable(config.metric)} ({mode.value})",
+            f"{printable(config.metric)}{'↑' if mode.value == 'max' else '↓'}",
             created,
         )
     _console().print(table)
@@ -315,10 +315,13 @@ def _status_table(result: Result, members: list[MemberRecord], summary: Any) -> 
     table = Table(
         title=(
             f"{printable(result.name)} · {_shown_status(summary)} · {summary.steps_done}/"
-            f"{summary.steps_total} intervals · best {printable(result.metric)} {best} · "
+            f"{summary.steps_total} intervals · best {printable(result.metric)} {best}"
+        ),
+        caption=(
             f"{summary.exploits} exploits · {summary.failures} failures"
             + (f" · {summary.recoveries} recovered" if summary.recoveries else "")
-        )
+            + " · ★ best"
+        ),
     )
     for column in ("member", "status", "step", printable(result.metric), "hparams", "parent"):
         table.add_column(column, overflow="fold")
