@@ -382,3 +382,30 @@ def test_recoveries_are_drawn_and_counted_apart_from_exploits(tmp_path, monkeypa
     assert '<span class="muted">recoveries</span><b>1</b>' in page
     assert page.count('class="recovery"') == 1 and 'class="exploit"' not in page
     assert "re-seeded after failing: a recovery, not an exploit" in page
+
+
+def test_step_axes_have_whole_number_ticks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A few intervals must not give ticks at interval 2.5, in the HTML or the static plots."""
+    from poptune.report._html import _Axis
+
+    for high in (2, 3, 4, 7, 30, 1000):
+        ticks = _Axis(1, high, 0, 600).ticks(10, integer=True)
+        assert ticks and all(float(t).is_integer() for t in ticks), (high, ticks)
+    pytest.importorskip("matplotlib")
+    from matplotlib.figure import Figure
+
+    result = pt.run(Quadratic, quadratic_space(), "q", population=2, intervals=3,
+                    storage=f"sqlite:///{tmp_path / 'p.db'}", progress=False)  # fmt: skip
+    seen: list[list[float]] = []
+    save = Figure.savefig
+
+    def capture(figure: Figure, *args: object, **kwargs: object) -> None:
+        seen.extend(list(axis.get_xticks()) for axis in figure.axes)  # what the image shows
+        save(figure, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", capture)
+    for kind in ("scores", "hparams"):
+        result.plot(kind, tmp_path / f"{kind}.png")
+    assert len(seen) >= 3  # the scores' axis and one per hyperparameter
+    for ticks in seen:
+        assert ticks and all(float(t).is_integer() for t in ticks), ticks

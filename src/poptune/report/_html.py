@@ -81,7 +81,9 @@ class _Axis:
             return lambda value: f"{start + (log10(max(value, 1e-300)) - low) / span * width:.1f}"
         return lambda value: f"{start + (value - low) / span * width:.1f}"
 
-    def ticks(self, count: int = 5) -> list[float]:
+    def ticks(self, count: int = 5, integer: bool = False) -> list[float]:
+        """About ``count`` round values inside the axis; whole numbers only if ``integer``
+        (an axis of steps: no tick at interval 2.5)."""
         if self.log:
             lowest, highest = math.floor(self.low), math.ceil(self.high)
             every = max(1, (highest - lowest) // count)
@@ -92,6 +94,8 @@ class _Axis:
         raw = span / count
         magnitude = 10.0 ** math.floor(math.log10(raw)) if raw > 0 else 1.0
         step = min((m * magnitude for m in (1, 2, 5, 10) if m * magnitude >= raw), default=raw)
+        if integer:
+            step = max(1.0, float(round(step)))
         first = float(math.ceil(self.low / step) * step)
         ticks: list[float] = []
         value = first
@@ -110,7 +114,7 @@ def _frame(
         f'y2="{height - bottom}"/>',
         f'<line class="axis" x1="{left}" y1="{top}" x2="{left}" y2="{height - bottom}"/>',
     ]
-    for tick in x.ticks(10):
+    for tick in x.ticks(10, integer=True):  # the x axis counts intervals
         px = x(tick)
         parts.append(
             f'<text class="tick" x="{px:.1f}" y="{height - bottom + 14}" '

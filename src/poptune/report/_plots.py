@@ -27,6 +27,13 @@ def _pyplot() -> Any:
     return plt
 
 
+def _whole_numbers() -> Any:
+    """A tick locator for an axis of intervals: whole numbers only."""
+    from matplotlib.ticker import MaxNLocator
+
+    return MaxNLocator(integer=True)
+
+
 def plot(model: ReportModel, kind: str, path: str | Path) -> Path:
     """Draw one figure of ``kind`` (scores, hparams or lineage) to ``path`` (.png, .svg, .pdf)."""
     if kind not in KINDS:
@@ -65,6 +72,7 @@ def _draw(plt: Any, model: ReportModel, kind: str, path: Path) -> None:
                 axis.scatter(xs, ys, marker="^", color=colour, s=18, zorder=3, label=label)
                 axis.legend(loc="lower right")
         axis.set_xlabel("interval")
+        axis.xaxis.set_major_locator(_whole_numbers())
         axis.set_ylabel(model.metric)
         axis.set_title(f"{model.name}: {model.metric} per member")
     elif kind == "hparams":
@@ -92,6 +100,8 @@ def _draw(plt: Any, model: ReportModel, kind: str, path: Path) -> None:
                 axis.set_yscale("log")
             axis.set_ylabel(name)
         axes[-1, 0].set_xlabel("interval")
+        for row in axes[:, 0]:
+            row.xaxis.set_major_locator(_whole_numbers())
         figure.suptitle(f"{model.name}: hyperparameters")
     else:
         figure, axis = plt.subplots(figsize=(8, max(3.0, 0.22 * model.population + 1.5)))
@@ -119,6 +129,7 @@ def _draw(plt: Any, model: ReportModel, kind: str, path: Path) -> None:
         )
         figure.colorbar(points, ax=axis, label=model.metric)
         axis.set_xlabel("interval")
+        axis.xaxis.set_major_locator(_whole_numbers())
         axis.set_ylabel("member")
         axis.set_title(f"{model.name}: lineage (red: copies, black: winning lineage)")
     figure.tight_layout()
