@@ -57,6 +57,7 @@ def test_plain_lines_at_every_tenth_and_at_the_end():
     lines = stream.getvalue().splitlines()
     assert 5 <= len(lines) <= 13  # about one per tenth, plus the final line
     assert "40/40 intervals" in lines[-1]
+    assert sum("40/40 intervals" in line for line in lines) == 1  # the last line once
 
 
 def test_disabled_watcher_prints_nothing():

@@ -120,6 +120,7 @@ class ProgressWatcher:
 
     def _run_plain(self) -> None:
         last_tenth, last_time = -1, 0.0
+        printed: Summary | None = None  # the state the last line showed
         while True:
             stopping = self._stop.wait(self.interval)
             summary = self._summary()
@@ -128,7 +129,9 @@ class ProgressWatcher:
                     print(f"{self.name}: {line}", file=self.stream, flush=True)
                 tenth = 10 * summary.steps_done // max(summary.steps_total, 1)
                 now = time.monotonic()
-                if stopping or tenth > last_tenth or now - last_time >= self.log_every:
+                final = stopping and summary != printed  # the end, unless just shown
+                if final or tenth > last_tenth or now - last_time >= self.log_every:
+                    printed = summary
                     elapsed = now - self._started
                     print(
                         format_summary(self.name, self.metric, summary, elapsed),
