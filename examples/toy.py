@@ -61,9 +61,17 @@ TARGET = 1.1
 
 
 def run_variant(
-    variant: str, seed: int, population: int, intervals: int, storage: str
+    variant: str,
+    seed: int,
+    population: int,
+    intervals: int,
+    storage: str,
+    workers: int = 1,
+    name: str = "toy",
+    progress: bool = False,
 ) -> pt.Result:
-    """Train one variant of the toy problem and return its result."""
+    """Train one variant of the toy problem and return its result (synchronous: the same for
+    any number of workers)."""
     return pt.run(
         Quadratic,
         space=quadratic_space(),
@@ -71,15 +79,20 @@ def run_variant(
         mode="max",
         population=population,
         intervals=intervals,
-        workers=1,
-        name=f"toy-{variant.replace(' ', '-')}-p{population}-i{intervals}-s{seed}",
+        workers=workers,
+        name=population_name(name, variant, population, intervals, seed),
         storage=storage,
         seed=seed,
         sync=True,
-        progress=False,
+        progress=progress,
         initial=PAPER_START[:population],
         **VARIANTS[variant],
     )
+
+
+def population_name(name: str, variant: str, population: int, intervals: int, seed: int) -> str:
+    """One population per variant, size and seed: ``toy-PBT-p2-i10-s0``."""
+    return f"{name}-{variant.replace(' ', '-')}-p{population}-i{intervals}-s{seed}"
 
 
 def intervals_to_target(result: pt.Result) -> int | None:
@@ -92,7 +105,10 @@ def intervals_to_target(result: pt.Result) -> int | None:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
     """Run every variant over several seeds and print a table of medians."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--population", type=int, default=2)
     parser.add_argument("--intervals", type=int, default=10)
@@ -102,12 +118,26 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
         help="where the populations are stored, one per variant and seed (a run already there "
         "is read back, not trained again)",
     )
+    parser.add_argument("--workers", type=int, default=1, help="synchronous: same result")
+    parser.add_argument("--name", default="toy", help="the prefix of the populations' names")
+    parser.add_argument(
+        "--progress", action=argparse.BooleanOptionalAction, default=False, help="per run"
+    )
     args = parser.parse_args(argv)
     table: dict[str, dict[str, float]] = {}
     for variant in VARIANTS:
         bests, reached = [], []
         for seed in range(args.seeds):
-            result = run_variant(variant, seed, args.population, args.intervals, args.storage)
+            result = run_variant(
+                variant,
+                seed,
+                args.population,
+                args.intervals,
+                args.storage,
+                workers=args.workers,
+                name=args.name,
+                progress=args.progress,
+            )
             bests.append(result.best.score)
             steps = intervals_to_target(result)
             reached.append(math.inf if steps is None else steps)
@@ -125,7 +155,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
         shown = "not reached" if math.isinf(steps) else f"{steps:g}"
         print(f"{variant:<14} {row['best Q']:>8.4f} {shown:>24}")
     option = storage_option(args.storage)
-    print(f"\nLook at one: poptune status toy-PBT-p{args.population}-i{args.intervals}-s0{option}")
+    first = population_name(args.name, "PBT", args.population, args.intervals, 0)
+    print(f"\nLook at one: poptune status {first}{option}")
     return table
 
 
