@@ -426,6 +426,17 @@ def _open_after_an_update(browser: Any, url: str, bypass_csp: bool) -> tuple[Any
     return page, errors
 
 
+def _highlights(page: Any) -> bool:
+    """Hovering a member's line highlights its lineage. The page swaps in fresh figures now
+    and then, which drops a highlight: hover again if one landed in between."""
+    for _ in range(10):
+        page.dispatch_event("#scores polyline[data-member='1']", "mouseover")
+        if page.evaluate("document.querySelectorAll('.hl').length") > 1:
+            return True
+        page.wait_for_timeout(200)
+    return False
+
+
 def test_no_stored_string_runs_script_in_the_dashboard(tmp_path):
     """A population whose every stored string is an XSS payload, on the dashboard's pages in
     Chromium, with their Content-Security-Policy bypassed (escaping alone) and obeyed: nothing
@@ -461,8 +472,7 @@ def test_no_stored_string_runs_script_in_the_dashboard(tmp_path):
                 shown = page.text_content("main")
                 assert f"explore: {XSS_PAYLOADS[3]}" in shown  # a strategy's description
                 assert f"RuntimeError: {XSS_PAYLOADS[5]}" in shown  # a failure
-                page.dispatch_event("#scores polyline[data-member='1']", "mouseover")
-                assert page.evaluate("document.querySelectorAll('.hl').length") > 1, where
+                assert _highlights(page), where
                 page.close()
             browser.close()
     finally:
