@@ -50,7 +50,7 @@ from .strategies import (
     WallClock,
     chain,
 )
-from .trackers import MLflow, TensorBoard, Tracker
+from .trackers import MLflow, TensorBoard, Tracker, WandB
 from .trainable import Trainable
 from .worker import PopulationError, Worker
 
@@ -119,6 +119,7 @@ __all__ = [
     "Truncation",
     "Uniform",
     "WallClock",
+    "WandB",
     "Worker",
     "__version__",
     "as_peers",
