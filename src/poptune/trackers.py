@@ -14,8 +14,10 @@ pt.WandB(project)])``, which runs the same exporter on a thread beside the worke
 imports TensorBoard, MLflow or W&B before it writes.
 
 Example:
-    >>> pt.run(Digits, space=..., metric="accuracy",                    # doctest: +SKIP
-    ...        trackers=[pt.TensorBoard("runs/tb"), pt.MLflow("sqlite:///runs/mlflow.db")])
+    >>> result = pt.run(Digits, space={"lr": pt.LogUniform(1e-3, 0.5)}, metric="accuracy",
+    ...                 population=2, intervals=2, trackers=[pt.TensorBoard("runs/tb")])
+    >>> sorted(path.name for path in Path("runs/tb/Digits").iterdir())
+    ['member-0', 'member-1', 'poptune-export.json']
 """
 
 from __future__ import annotations
@@ -214,9 +216,13 @@ class TensorBoard(Tracker):
     as it is, any other with its unsafe characters replaced and a short hash appended
     (:func:`~poptune._filenames.safe_filename`), so a stored name never writes outside ``logdir``.
 
-    Example:
-        >>> pt.run(..., trackers=[pt.TensorBoard("runs/tb")])   # doctest: +SKIP
-        $ tensorboard --logdir runs/tb
+    Example (what ``pt.run(..., trackers=[pt.TensorBoard("runs/tb")])`` does as it trains;
+    then ``tensorboard --logdir runs/tb``):
+        >>> tracker = pt.TensorBoard("runs/tb")
+        >>> with TrackerExporter(pt.load("sqlite:///runs/poptune.db", "digits"), [tracker]) as e:
+        ...     e.export()
+        >>> e.written[id(tracker)]   # intervals and exploits written
+        (16, ...)
     """
 
     def __init__(self, logdir: str | os.PathLike[str]) -> None:
@@ -347,7 +353,7 @@ class MLflow(Tracker):
     each child run's position is a tag written in the same ``log_batch`` as its metrics.
     ``tracking_uri`` is any MLflow tracking URI: ``sqlite:///mlflow.db``, a server's URL...
 
-    Example:
+    Example (skipped: MLflow takes seconds to create its database):
         >>> pt.run(..., trackers=[pt.MLflow("sqlite:///runs/mlflow.db")])   # doctest: +SKIP
     """
 
@@ -579,9 +585,9 @@ class WandB(Tracker):
     process are off unless ``settings`` says otherwise (they would describe the exporter, not
     the training). ``WANDB_MODE=offline`` writes runs for ``wandb sync`` without a network.
 
-    Example:
+    Example (skipped: needs a W&B login, or ``WANDB_MODE=offline``; the same from the command
+    line: ``poptune export digits --wandb pbt-digits --follow``):
         >>> pt.run(..., trackers=[pt.WandB("pbt-digits")])   # doctest: +SKIP
-        $ poptune export digits --wandb pbt-digits --follow
     """
 
     def __init__(self, project: str, entity: str | None = None, **init_kwargs: Any) -> None:
@@ -882,7 +888,9 @@ class TrackerExporter:
 
     Example:
         >>> with TrackerExporter(pt.load(url, "digits"), [pt.TensorBoard("tb")]) as exporter:
-        ...     exporter.export()                                       # doctest: +SKIP
+        ...     exporter.export()
+        >>> sorted(path.name for path in Path("tb/digits").iterdir())
+        ['member-0', 'member-1', 'member-2', 'member-3', 'poptune-export.json']
     """
 
     def __init__(self, result: Result, trackers: Sequence[Tracker], strict: bool = True) -> None:
