@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import struct
+import threading
+import time
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -22,7 +24,7 @@ from click.testing import CliRunner
 
 import poptune as pt
 from poptune.cli import main
-from poptune.testing import Quadratic, quadratic_space
+from poptune.testing import Quadratic, SlowQuadratic, quadratic_space
 from poptune.trackers import TrackerError, TrackerExporter, describe_exploit
 
 wandb = pytest.importorskip("wandb")
@@ -108,11 +110,24 @@ class Run:
         return found[-1]
 
 
+def finished_records(path: Path, timeout: float = 20.0) -> list[Any]:
+    """The records of a finished run's file, once W&B has written them all: ``run.finish()``
+    returns when the run's exit is handled, and W&B's service writes the file's records a
+    moment later (and at the latest when the process exits)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = list(records(path))
+        if found and found[-1].WhichOneof("record_type") == "exit":
+            return found
+        assert time.monotonic() < deadline, f"{path} has no exit record"
+        time.sleep(0.05)
+
+
 def read_runs(folder: Path) -> dict[str, Run]:
     """Every run under ``folder/wandb``, its records gathered across the files of its exports."""
     runs: dict[str, Run] = {}
     for path in sorted((folder / "wandb").glob("offline-run-*/run-*.wandb")):
-        for record in records(path):
+        for record in finished_records(path):
             kind = record.WhichOneof("record_type")
             if kind == "run":
                 run = runs.setdefault(record.run.run_id, Run(record.run.run_id))
@@ -146,17 +161,17 @@ def offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def train(url: str, name: str, **options: Any) -> pt.Result:
     """3 members, 4 intervals, with exploits."""
+    arguments: dict[str, Any] = {"trainable": Quadratic, "intervals": 4, **options}
     result = pt.run(
-        Quadratic,
+        arguments.pop("trainable"),
         space=quadratic_space(),
         metric="q",
         population=3,
-        intervals=4,
         storage=url,
         name=name,
         seed=1,
         progress=False,
-        **options,
+        **arguments,
     )
     assert result.exploits(), "the test population must exploit"
     return result
@@ -292,6 +307,62 @@ def test_run_with_a_wandb_tracker_writes_the_same(offline: Path, tmp_path: Path)
     check_members(runs, result)
     check_population(runs, result)
     assert not (offline / "wandb").exists()  # dir= wins over $WANDB_DIR
+
+
+def test_a_resumed_population_continues_its_runs(offline: Path, tmp_path: Path) -> None:
+    url = f"sqlite:///{offline / 'poptune.db'}"
+    settings = wandb.Settings(silent=True, console="off", x_disable_stats=True)
+    train(url, "grow", intervals=2, trackers=[pt.WandB("pbt", settings=settings)])
+    ids = set(read_runs(offline))
+    result = pt.resume(
+        pt.load(url, "grow"),
+        intervals=4,
+        progress=False,
+        trackers=[pt.WandB("pbt", settings=settings)],
+    )
+    runs = read_runs(offline)
+    assert set(runs) == ids and len(ids) == 4  # the same runs, resumed
+    check_members(runs, result)  # each step once
+    check_population(runs, result)
+    population = next(run for run in runs.values() if run.job_type == "population")
+    assert [row["_step"] for row in population.history] == [6, 12]  # 2, then 4 steps each
+
+
+def test_export_follows_a_population_as_it_trains(offline: Path) -> None:
+    url = f"sqlite:///{offline / 'poptune.db'}"
+    training = threading.Thread(target=train, args=(url, "follow"), kwargs={"trainable": Slower})
+    training.start()
+    deadline = time.monotonic() + 20
+    while not (offline / "poptune.db").exists() or not _has_intervals(url, "follow"):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert training.is_alive()
+    out = CliRunner().invoke(
+        main,
+        ["export", "follow", "--storage", url, "--wandb", "pbt", "--follow", "--every", "0.2"],
+    )
+    assert out.exit_code == 0, out.output
+    training.join(10)
+    assert not training.is_alive()
+    result = pt.load(url, "follow")
+    runs = read_runs(offline)
+    check_members(runs, result)
+    check_population(runs, result)
+    population = next(run for run in runs.values() if run.job_type == "population")
+    assert len(population.history) == 1  # written once, when the population stopped
+
+
+class Slower(SlowQuadratic):
+    """Intervals slow enough that the export sees the population while it trains."""
+
+    delay = 0.1
+
+
+def _has_intervals(url: str, name: str) -> bool:
+    try:
+        return bool(pt.load(url, name).intervals())
+    except (pt.PopulationNotFound, pt.StorageError):  # not stored yet
+        return False
 
 
 def test_wandb_refuses_the_arguments_it_sets_itself() -> None:

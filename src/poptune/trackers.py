@@ -583,7 +583,8 @@ class WandB(Tracker):
     nothing twice. ``init_kwargs`` go to every ``wandb.init`` (``dir=``, ``mode="offline"``,
     ``tags=``, ``settings=``...); the console capture and system metrics of the exporting
     process are off unless ``settings`` says otherwise (they would describe the exporter, not
-    the training). ``WANDB_MODE=offline`` writes runs for ``wandb sync`` without a network.
+    the training), and W&B prints where the runs are for the population's run only.
+    ``WANDB_MODE=offline`` writes runs for ``wandb sync`` without a network.
 
     Example (skipped: needs a W&B login, or ``WANDB_MODE=offline``; the same from the command
     line: ``poptune export digits --wandb pbt-digits --follow``):
@@ -714,8 +715,14 @@ class WandB(Tracker):
         options = {**self.init_kwargs, "dir": str(self._dir())}
         self._dir().mkdir(parents=True, exist_ok=True)
         if "settings" not in options:
+            # W&B's few lines on where a run is (its URL, or the folder to sync) for the
+            # population's run only: a population of 32 would print them 32 times more.
             options["settings"] = wandb.Settings(
-                console="off", x_disable_stats=True, x_disable_meta=True
+                console="off",
+                quiet=True,
+                silent=job_type != "population",
+                x_disable_stats=True,
+                x_disable_meta=True,
             )
         return wandb.init(
             project=self.project,
