@@ -385,6 +385,9 @@ def test_wandb_messages_show_no_api_key(monkeypatch: pytest.MonkeyPatch) -> None
     assert repr(tracker) == "WandB('pbt', entity='team')"
     message = "401 for key 0123456789abcdef0123456789abcdef01234567 at https://u:pw@api.x/"
     assert tracker.redact(message) == "401 for key *** at https://u:***@api.x/"
+    monkeypatch.delenv("WANDB_API_KEY")
+    settings = wandb.Settings(api_key="f" * 40)
+    assert pt.WandB("pbt", settings=settings).redact(f"bad key {'f' * 40}") == "bad key ***"
 
 
 def test_a_failing_wandb_export_is_one_clear_line(offline: Path) -> None:

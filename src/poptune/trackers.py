@@ -615,10 +615,17 @@ class WandB(Tracker):
         return f"WandB({self.project!r}{entity})"
 
     def redact(self, text: str) -> str:
-        """``text`` without any URL's secrets, nor the W&B API key of the environment."""
-        text = redact_text(text)
-        key = os.environ.get("WANDB_API_KEY")
-        return text.replace(key, "***") if key else text
+        """``text`` without any URL's secrets, nor the W&B API key (of the environment or of
+        ``settings``)."""
+        text = redact_text(text, getattr(self.init_kwargs.get("settings"), "base_url", None))
+        keys = (
+            os.environ.get("WANDB_API_KEY"),
+            getattr(self.init_kwargs.get("settings"), "api_key", None),
+        )
+        for key in keys:
+            if isinstance(key, str) and key:
+                text = text.replace(key, "***")
+        return text
 
     def open(self, result: Result) -> Position:
         """Read the marker of an earlier export of this population to this project, if any."""
