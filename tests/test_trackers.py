@@ -377,7 +377,10 @@ def test_run_validates_trackers(tmp_path: Path, trackers: object, match: str) ->
 
 def test_export_needs_a_destination() -> None:
     out = CliRunner().invoke(main, ["export", "x", "--storage", "sqlite://"])
-    assert out.exit_code == 2 and "--tensorboard DIR and/or --mlflow URI" in out.output
+    assert (
+        out.exit_code == 2
+        and "--tensorboard DIR, --mlflow URI and/or --wandb PROJECT" in out.output
+    )
 
 
 def test_position_round_trips_and_skips_what_was_written() -> None:

@@ -2,9 +2,12 @@
 
 Example:
     >>> import poptune as pt
-    >>> result = pt.run(MyTrainable, space={"lr": pt.LogUniform(1e-4, 1e-1)},  # doctest: +SKIP
-    ...                 metric="accuracy", population=8, intervals=30, workers=2)
-    >>> result.best, result.schedule()                                         # doctest: +SKIP
+    >>> result = pt.run(MyTrainable, space={"lr": pt.LogUniform(1e-4, 1e-1)},
+    ...                 metric="accuracy", population=4, intervals=5, workers=2)
+    >>> result.best.hparams
+    {'lr': ...}
+    >>> len(result.schedule())     # the winning lineage's hparams, interval by interval
+    5
 """
 
 from ._validation import InvalidParameterError
@@ -50,7 +53,7 @@ from .strategies import (
     WallClock,
     chain,
 )
-from .trackers import MLflow, TensorBoard, Tracker
+from .trackers import MLflow, TensorBoard, Tracker, WandB
 from .trainable import Trainable
 from .worker import PopulationError, Worker
 
@@ -119,6 +122,7 @@ __all__ = [
     "Truncation",
     "Uniform",
     "WallClock",
+    "WandB",
     "Worker",
     "__version__",
     "as_peers",

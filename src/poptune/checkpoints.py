@@ -267,8 +267,10 @@ class LocalCheckpoints:
     allocating new files.
 
     Example:
-        >>> store = LocalCheckpoints("runs/checkpoints")            # doctest: +SKIP
-        >>> ref = store.save("population-1", member=0, step=1, state={"w": [1.0]})  # doctest: +SKIP
+        >>> store = LocalCheckpoints("runs/checkpoints")
+        >>> ref = store.save("population-1", member=0, step=1, state={"w": [1.0]})
+        >>> store.load(ref)
+        {'w': [1.0]}
     """
 
     def __init__(
@@ -494,7 +496,7 @@ class FsspecCheckpoints:
     endpoints come from the usual places of the filesystem (for S3: the AWS environment or
     config, and ``FSSPEC_S3_ENDPOINT_URL`` for an S3-compatible server).
 
-    Example:
+    Example (skipped: needs a bucket and its credentials):
         >>> store = FsspecCheckpoints("s3://my-bucket/poptune")    # doctest: +SKIP
     """
 

@@ -39,7 +39,7 @@ from .storage import (
     redact_url,
     storage_option,
 )
-from .trackers import MLflow, TensorBoard, Tracker, TrackerError, TrackerExporter
+from .trackers import MLflow, TensorBoard, Tracker, TrackerError, TrackerExporter, WandB
 from .worker import PopulationError
 
 __all__ = ["main"]
@@ -655,6 +655,14 @@ def dashboard(storage: str | None, host: str, port: int, every: float) -> None:
     help="Write MLflow runs to this tracking URI (e.g. sqlite:///mlflow.db).",
 )
 @click.option("--experiment", default="poptune", show_default=True, help="The MLflow experiment.")
+@click.option(
+    "--wandb",
+    "project",
+    default=None,
+    metavar="PROJECT",
+    help="Write Weights & Biases runs to this project (WANDB_MODE=offline: for wandb sync).",
+)
+@click.option("--entity", default=None, help="The W&B entity (team or user) of --wandb.")
 @click.option("--follow", is_flag=True, help="Keep exporting until the population stops.")
 @click.option(
     "--every",
@@ -670,17 +678,26 @@ def export(
     logdir: str | None,
     tracking_uri: str | None,
     experiment: str,
+    project: str | None,
+    entity: str | None,
     follow: bool,
     every: float,
 ) -> None:
-    """Export population NAME to TensorBoard and/or MLflow; only what is not there yet."""
+    """Export population NAME to TensorBoard, MLflow and/or Weights & Biases; only what is not
+    there yet."""
     trackers: list[Tracker] = []
     if logdir is not None:
         trackers.append(TensorBoard(logdir))
     if tracking_uri is not None:
         trackers.append(MLflow(tracking_uri, experiment=experiment))
+    if project is not None:
+        trackers.append(WandB(project, entity=entity))
+    elif entity is not None:
+        raise click.UsageError("--entity names the W&B entity of --wandb PROJECT: add --wandb.")
     if not trackers:
-        raise click.UsageError("Say where to export: --tensorboard DIR and/or --mlflow URI.")
+        raise click.UsageError(
+            "Say where to export: --tensorboard DIR, --mlflow URI and/or --wandb PROJECT."
+        )
     store = open_storage(storage, mode="read")
     result = Result(store, store.population(name), None)  # reading needs no user code
     try:

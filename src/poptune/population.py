@@ -61,8 +61,9 @@ class Population(Result):
     trainable, as training does.
 
     Example:
-        >>> population = pt.load("sqlite:///runs/poptune.db", "digits")   # doctest: +SKIP
-        >>> population.report("digits.html")                              # doctest: +SKIP
+        >>> population = pt.load("sqlite:///runs/poptune.db", "digits")
+        >>> population.report("digits.html")
+        PosixPath('digits.html')
     """
 
     def report(self, path: str | Path) -> Path:
@@ -157,8 +158,10 @@ def run(
         PopulationError: if the population stopped on an error (e.g. every member failed).
 
     Example:
-        >>> result = pt.run(Digits, space={"lr": pt.LogUniform(1e-3, 0.5)},   # doctest: +SKIP
-        ...                 metric="accuracy", population=8, intervals=30, workers=2)
+        >>> result = pt.run(Digits, space={"lr": pt.LogUniform(1e-3, 0.5)},
+        ...                 metric="accuracy", population=4, intervals=5, workers=2)
+        >>> result.status, len(result.intervals())
+        ('finished', 20)
     """
     check_trainable(trainable)
     started_at = time.time()

@@ -153,8 +153,10 @@ class Lineage:
     """The lineage tree: one node per (member, interval), one edge to where its weights came from.
 
     Example:
-        >>> lineage = result.lineage()                     # doctest: +SKIP
-        >>> [e for e in lineage.edges if e.kind is EdgeKind.COPIED]  # doctest: +SKIP
+        >>> lineage = result.lineage()
+        >>> copies = [e for e in lineage.edges if e.kind is EdgeKind.COPIED]
+        >>> len(copies) == len(result.exploits())   # one copied edge per exploit
+        True
     """
 
     nodes: Mapping[tuple[int, int], IntervalRecord]
@@ -187,8 +189,9 @@ class Result:
     """A population's results, read from its storage.
 
     Example:
-        >>> result = pt.load("sqlite:///runs/poptune.db", "digits")   # doctest: +SKIP
-        >>> result.best.score, result.schedule()[-1].hparams           # doctest: +SKIP
+        >>> result = pt.load("sqlite:///runs/poptune.db", "digits")
+        >>> result.best.score, result.schedule()[-1].hparams
+        (0.9..., {'lr': ...})
     """
 
     def __init__(
@@ -298,7 +301,8 @@ class Result:
             ValueError: if ``scope`` is neither ``"all"`` nor ``"last"``.
 
         Example:
-            >>> result.best_member("last").hparams        # doctest: +SKIP
+            >>> result.best_member("last").hparams
+            {'lr': ...}
         """
         try:
             scope = Scope(scope)

@@ -134,7 +134,7 @@ class LocalProcessRunner:
     torch is fine).
 
     Example:
-        >>> runner = pt.LocalProcessRunner(4, devices=["cuda:0", "cuda:1"])  # doctest: +SKIP
+        >>> runner = pt.LocalProcessRunner(4, devices=["cuda:0", "cuda:1"])
     """
 
     def __init__(
@@ -241,7 +241,7 @@ class RayRunner:
     to the population when its lease expires.
 
     Example:
-        >>> runner = pt.RayRunner(address="auto", workers=8, num_gpus=1)  # doctest: +SKIP
+        >>> runner = pt.RayRunner(address="auto", workers=8, num_gpus=1)
     """
 
     def __init__(

@@ -1,19 +1,23 @@
-"""Trackers: TensorBoard and MLflow views of a population, fed from its storage.
+"""Trackers: TensorBoard, MLflow and Weights & Biases views of a population, fed from its
+storage.
 
 The storage is the one source of truth, so a tracker is a projection of it: an :class:`Exporter`
 reads what is new in the storage since a tracker's last position and hands it to the tracker,
 which writes it and remembers the new position where it writes (a marker file next to the
-TensorBoard events, a tag on each MLflow run). That is why the same export works for
-``workers=1``, local processes, Ray and ``poptune worker`` processes on other machines, and why
-exporting twice writes nothing twice.
+TensorBoard events, a tag on each MLflow run, a marker file in the W&B folder). That is why
+the same export works for ``workers=1``, local processes, Ray and ``poptune worker`` processes
+on other machines, and why exporting twice writes nothing twice.
 
-Two ways to run it: ``poptune export NAME --tensorboard DIR --mlflow URI [--follow]``, or
-``pt.run(..., trackers=[pt.TensorBoard(dir), pt.MLflow(uri)])``, which runs the same exporter
-on a thread beside the workers. Neither imports TensorBoard or MLflow before it writes.
+Two ways to run it: ``poptune export NAME --tensorboard DIR --mlflow URI --wandb PROJECT
+[--follow]``, or ``pt.run(..., trackers=[pt.TensorBoard(dir), pt.MLflow(uri),
+pt.WandB(project)])``, which runs the same exporter on a thread beside the workers. Neither
+imports TensorBoard, MLflow or W&B before it writes.
 
 Example:
-    >>> pt.run(Digits, space=..., metric="accuracy",                    # doctest: +SKIP
-    ...        trackers=[pt.TensorBoard("runs/tb"), pt.MLflow("sqlite:///runs/mlflow.db")])
+    >>> result = pt.run(Digits, space={"lr": pt.LogUniform(1e-3, 0.5)}, metric="accuracy",
+    ...                 population=2, intervals=2, trackers=[pt.TensorBoard("runs/tb")])
+    >>> sorted(path.name for path in Path("runs/tb/Digits").iterdir())
+    ['member-0', 'member-1', 'poptune-export.json']
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ __all__ = [
     "Tracker",
     "TrackerError",
     "TrackerExporter",
+    "WandB",
     "check_trackers",
     "describe_exploit",
 ]
@@ -211,9 +216,13 @@ class TensorBoard(Tracker):
     as it is, any other with its unsafe characters replaced and a short hash appended
     (:func:`~poptune._filenames.safe_filename`), so a stored name never writes outside ``logdir``.
 
-    Example:
-        >>> pt.run(..., trackers=[pt.TensorBoard("runs/tb")])   # doctest: +SKIP
-        $ tensorboard --logdir runs/tb
+    Example (what ``pt.run(..., trackers=[pt.TensorBoard("runs/tb")])`` does as it trains;
+    then ``tensorboard --logdir runs/tb``):
+        >>> tracker = pt.TensorBoard("runs/tb")
+        >>> with TrackerExporter(pt.load("sqlite:///runs/poptune.db", "digits"), [tracker]) as e:
+        ...     e.export()
+        >>> e.written[id(tracker)]   # intervals and exploits written
+        (16, ...)
     """
 
     def __init__(self, logdir: str | os.PathLike[str]) -> None:
@@ -344,7 +353,7 @@ class MLflow(Tracker):
     each child run's position is a tag written in the same ``log_batch`` as its metrics.
     ``tracking_uri`` is any MLflow tracking URI: ``sqlite:///mlflow.db``, a server's URL...
 
-    Example:
+    Example (skipped: MLflow takes seconds to create its database):
         >>> pt.run(..., trackers=[pt.MLflow("sqlite:///runs/mlflow.db")])   # doctest: +SKIP
     """
 
@@ -546,6 +555,289 @@ class MLflow(Tracker):
         self._client = None
 
 
+# --- Weights & Biases ------------------------------------------------------------------------
+
+#: ``wandb.init`` arguments the tracker sets itself, one run per member and one per population.
+_WANDB_OWN = ("project", "entity", "id", "resume", "group", "job_type", "name", "config", "reinit")
+_WANDB_MARKER_FOLDER = "poptune-export"
+_WANDB_GROUP_LIMIT = 128  # W&B refuses a longer group name
+_WANDB_SETTINGS = ("metric", "mode", "population", "intervals", "exploit", "explore", "ready")
+
+
+class WandB(Tracker):
+    """Writes a population to Weights & Biases: one run per member (``job_type="member"``,
+    grouped by the population's name) and one for the population (``job_type="population"``).
+
+    A member's run has, as its config, its first hyperparameters and the population's settings
+    (under ``poptune``); at each of its steps, the score (``score``), every metric and every
+    current hyperparameter (``hparams/<name>``); at each exploit, what it copied
+    (``exploit/donor``, ``exploit/donor_step``, ``exploit/before/<name>``,
+    ``exploit/after/<name>`` and a sentence, ``exploit``), with the config updated to the
+    explored hyperparameters. Once the population stopped, its run holds the best member (in
+    its summary), the winning schedule (a ``wandb.Table``, ``schedule``) and the HTML report
+    (``report``).
+
+    Run ids come from the population's name and creation time, so a later export resumes the
+    same runs; its position is a marker file in the W&B folder
+    (``<dir>/wandb/poptune-export/``), written after each batch, so exporting again writes
+    nothing twice. ``init_kwargs`` go to every ``wandb.init`` (``dir=``, ``mode="offline"``,
+    ``tags=``, ``settings=``...); the console capture and system metrics of the exporting
+    process are off unless ``settings`` says otherwise (they would describe the exporter, not
+    the training), and W&B prints where the runs are for the population's run only.
+    ``WANDB_MODE=offline`` writes runs for ``wandb sync`` without a network.
+
+    Example (skipped: needs a W&B login, or ``WANDB_MODE=offline``; the same from the command
+    line: ``poptune export digits --wandb pbt-digits --follow``):
+        >>> pt.run(..., trackers=[pt.WandB("pbt-digits")])   # doctest: +SKIP
+    """
+
+    def __init__(self, project: str, entity: str | None = None, **init_kwargs: Any) -> None:
+        self.project = check_str("project", project, owner="WandB")
+        self.entity = None if entity is None else check_str("entity", entity, owner="WandB")
+        taken = sorted(set(init_kwargs) & set(_WANDB_OWN))
+        if taken:
+            raise TypeError(
+                f"WandB sets {', '.join(map(repr, taken))} of wandb.init itself (one run per "
+                "member, resumed by id); pass only other arguments such as dir=, mode= or tags=."
+            )
+        _require("wandb", "wandb")
+        self.init_kwargs = dict(init_kwargs)
+        self._result: Result | None = None
+        self._key = ""
+        self._marker: Path | None = None
+        self._identity: dict[str, Any] = {}
+        self._position = Position()
+        self._reported: Position | None = None
+        self._runs: dict[int, Any] = {}
+
+    def __repr__(self) -> str:
+        entity = "" if self.entity is None else f", entity={self.entity!r}"
+        return f"WandB({self.project!r}{entity})"
+
+    def redact(self, text: str) -> str:
+        """``text`` without any URL's secrets, nor the W&B API key (of the environment or of
+        ``settings``)."""
+        text = redact_text(text, getattr(self.init_kwargs.get("settings"), "base_url", None))
+        keys = (
+            os.environ.get("WANDB_API_KEY"),
+            getattr(self.init_kwargs.get("settings"), "api_key", None),
+        )
+        for key in keys:
+            if isinstance(key, str) and key:
+                text = text.replace(key, "***")
+        return text
+
+    def open(self, result: Result) -> Position:
+        """Read the marker of an earlier export of this population to this project, if any."""
+        record = result.record
+        self._result = result
+        # The creation time tells a population from an older one of the same name.
+        identity = f"{record.name}\0{record.created_at!r}".encode()
+        self._key = hashlib.sha256(identity).hexdigest()[:24]
+        where = f"{self.entity or ''}/{self.project}/{self._key}"
+        self._marker = safe_path(self._dir() / "wandb" / _WANDB_MARKER_FOLDER, where, ".json")
+        self._identity = {
+            "population": record.name,
+            "created_at": record.created_at,
+            "project": self.project,
+            "entity": self.entity,
+        }
+        self._position, self._reported = Position(), None
+        if self._marker.exists():
+            data = json.loads(self._marker.read_text())
+            self._position = Position.from_dict(data)
+            if "reported" in data:
+                self._reported = Position.from_dict(data["reported"])
+        return self._position
+
+    def export(self, intervals: Sequence[IntervalRecord], exploits: Sequence[ExploitEvent]) -> None:
+        """Log each member's new steps and exploits in step order, then move the marker."""
+        members = sorted({i.member for i in intervals} | {e.member for e in exploits})
+        for member in members:
+            mine = [i for i in intervals if i.member == member]
+            copies = [e for e in exploits if e.member == member]
+            run = self._member_run(member, mine)
+            # An exploit after interval s is logged with it, at step s: one row per step.
+            rows: dict[int, dict[str, Any]] = {}
+            for interval in mine:
+                row = rows.setdefault(interval.step, {})
+                row["_timestamp"] = interval.finished_at
+                if interval.score is not None:
+                    row["score"] = interval.score
+                row.update(interval.metrics)
+                row.update({f"hparams/{k}": v for k, v in interval.hparams.items()})
+            for event in copies:
+                rows.setdefault(event.step, {"_timestamp": event.time}).update(
+                    self._exploit_row(event)
+                )
+            for step in sorted(rows):
+                run.log(rows[step], step=step)
+            for event in copies:
+                run.config.update(dict(event.hparams_after), allow_val_change=True)
+            if copies:
+                run.summary.update(
+                    {"parent": copies[-1].donor, "parent_step": copies[-1].donor_step}
+                )
+        self._position = self._position.advance(intervals, exploits)
+        if intervals or exploits:
+            self._save()
+
+    def _exploit_row(self, event: ExploitEvent) -> dict[str, Any]:
+        row: dict[str, Any] = {
+            "exploit": describe_exploit(event, self._metric()),
+            "exploit/donor": event.donor,
+            "exploit/donor_step": event.donor_step,
+            "exploit/reason": event.reason.value,
+        }
+        if event.score is not None:
+            row["exploit/score"] = event.score
+        if event.donor_score is not None:
+            row["exploit/donor_score"] = event.donor_score
+        row.update({f"exploit/before/{k}": v for k, v in event.hparams_before.items()})
+        row.update({f"exploit/after/{k}": v for k, v in event.hparams_after.items()})
+        return row
+
+    def _metric(self) -> str:
+        return self._result.metric if self._result is not None else "score"
+
+    def _dir(self) -> Path:
+        """The folder W&B writes under (runs in its ``wandb`` sub-folder), given to every
+        ``wandb.init``: W&B reads ``$WANDB_DIR`` once per process, the marker must be beside
+        the runs of each export."""
+        folder = self.init_kwargs.get("dir") or os.environ.get("WANDB_DIR") or "."
+        return Path(os.fspath(folder)).expanduser()
+
+    def _settings(self) -> dict[str, Any]:
+        """The population's settings, as a member's and the population's config show them
+        (never the checkpoint URL, which may carry credentials)."""
+        assert self._result is not None
+        config = self._result.config.to_dict()
+        settings = {key: config[key] for key in _WANDB_SETTINGS if key in config}
+        return {"name": self._result.name, **settings}
+
+    def _init(self, run_id: str, job_type: str, name: str, config: Mapping[str, Any]) -> Any:
+        import wandb
+
+        assert self._result is not None
+        options = {**self.init_kwargs, "dir": str(self._dir())}
+        self._dir().mkdir(parents=True, exist_ok=True)
+        if "settings" not in options:
+            # W&B's few lines on where a run is (its URL, or the folder to sync) for the
+            # population's run only: a population of 32 would print them 32 times more.
+            options["settings"] = wandb.Settings(
+                console="off",
+                quiet=True,
+                silent=job_type != "population",
+                x_disable_stats=True,
+                x_disable_meta=True,
+            )
+        return wandb.init(
+            project=self.project,
+            entity=self.entity,
+            id=run_id,
+            resume="allow",
+            # One process holds a run per member at once.
+            reinit="create_new",
+            group=self._result.name[:_WANDB_GROUP_LIMIT],
+            job_type=job_type,
+            name=name,
+            config=dict(config),
+            **options,
+        )
+
+    def _member_run(self, member: int, intervals: Sequence[IntervalRecord]) -> Any:
+        """The member's run, started (or resumed) on first sight."""
+        if member in self._runs:
+            return self._runs[member]
+        assert self._result is not None
+        first = min(intervals, key=lambda i: i.step) if intervals else None
+        if first is None or first.step != 1:
+            found = self._result.storage.interval(self._result.id, member, 1)
+            first = found if found is not None else first
+        hparams = dict(first.hparams) if first is not None else {}
+        config = {**hparams, "poptune": {**self._settings(), "member": member}}
+        run = self._init(f"{self._key}-m{member}", "member", f"member-{member}", config)
+        self._runs[member] = run
+        return run
+
+    def _save(self) -> None:
+        assert self._marker is not None
+        data: dict[str, Any] = {**self._identity, **self._position.to_dict()}
+        if self._reported is not None:
+            data["reported"] = self._reported.to_dict()
+        _write_json(self._marker, data)
+
+    def close(self) -> None:
+        """Once the population stopped, write (or update) its run: the best member, the winning
+        schedule and the report; then finish every run."""
+        try:
+            if (
+                self._result is not None
+                and self._reported != self._position
+                and self._result.record.status is not PopulationStatus.RUNNING
+            ):
+                self._report()
+        finally:
+            runs, self._runs = self._runs, {}
+            failed = (
+                self._result is not None and self._result.record.status is PopulationStatus.ERROR
+            )
+            for run in runs.values():
+                run.finish(exit_code=1 if failed else 0)
+
+    def _report(self) -> None:
+        """The population's run: best member, schedule table, HTML report, at a step that
+        grows with what was exported (so writing it again adds a row, never rewrites one)."""
+        import wandb
+
+        from .report import build_model, render_html
+        from .results import NoBestMember
+
+        assert self._result is not None
+        result = self._result
+        run = self._init(
+            f"{self._key}-population", "population", printable(result.name), self._settings()
+        )
+        try:
+            row: dict[str, Any] = {
+                "report": wandb.Html(render_html(build_model(result)), inject=False)
+            }
+            try:
+                best = result.best
+            except NoBestMember:
+                best = None
+            if best is not None:
+                schedule = result.schedule()
+                names = sorted({k for entry in schedule for k in entry.hparams})
+                table = wandb.Table(columns=["step", "member", "member_step", "score", *names])
+                for entry in schedule:
+                    table.add_data(
+                        entry.step,
+                        entry.member,
+                        entry.member_step,
+                        entry.score,
+                        *(entry.hparams.get(k) for k in names),
+                    )
+                row["schedule"] = table
+                run.summary.update(
+                    {
+                        "best/member": best.member,
+                        "best/step": best.step,
+                        "best/score": best.score,
+                        **{f"best/metrics/{k}": v for k, v in best.metrics.items()},
+                        **{f"best/hparams/{k}": v for k, v in best.hparams.items()},
+                    }
+                )
+            step = sum(self._position.intervals.values())
+            run.log(row, step=step)
+            run.summary.update({"status": result.record.status.value})
+        finally:
+            failed = result.record.status is PopulationStatus.ERROR
+            run.finish(exit_code=1 if failed else 0)
+        self._reported = self._position
+        self._save()
+
+
 #: Seconds to wait for an MLflow server's port before saying it is unreachable. MLflow's own
 #: client retries a refused connection 7 times with backoff (about 4 minutes) before it fails.
 REACHABLE_SECONDS = 5.0
@@ -610,7 +902,9 @@ class TrackerExporter:
 
     Example:
         >>> with TrackerExporter(pt.load(url, "digits"), [pt.TensorBoard("tb")]) as exporter:
-        ...     exporter.export()                                       # doctest: +SKIP
+        ...     exporter.export()
+        >>> sorted(path.name for path in Path("tb/digits").iterdir())
+        ['member-0', 'member-1', 'member-2', 'member-3', 'poptune-export.json']
     """
 
     def __init__(self, result: Result, trackers: Sequence[Tracker], strict: bool = True) -> None:

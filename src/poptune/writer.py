@@ -25,6 +25,7 @@ class BackgroundWriter:
         >>> writer = BackgroundWriter()
         >>> writer.submit(lambda: None)
         >>> writer.close()          # waits for the queued jobs, then re-raises their error
+        True
     """
 
     def __init__(self, name: str = "poptune-writer") -> None:

@@ -9,6 +9,8 @@ poll costs one summary query). It reads the storage only, so it shows a populati
 Example:
     >>> from poptune.dashboard import serve
     >>> serve("sqlite:///runs/poptune.db", port=8080)   # doctest: +SKIP
+
+(Skipped: it serves until Ctrl-C.)
 """
 
 from __future__ import annotations

@@ -64,8 +64,9 @@ def create_app(
     poll; 204 while the population is still at ``VERSION``).
 
     Example:
-        >>> from starlette.testclient import TestClient                # doctest: +SKIP
-        >>> TestClient(create_app("sqlite:///runs/poptune.db")).get("/")  # doctest: +SKIP
+        >>> from starlette.testclient import TestClient
+        >>> TestClient(create_app("sqlite:///runs/poptune.db")).get("/")
+        <Response [200 OK]>
     """
     _starlette()
     from starlette.applications import Starlette

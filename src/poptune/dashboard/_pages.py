@@ -247,8 +247,9 @@ class Dashboard:
     and the last rendered update of each population, shared by every browser that shows it.
 
     Example:
-        >>> board = Dashboard("sqlite:///runs/poptune.db")       # doctest: +SKIP
-        >>> board.update("digits", since=None).version           # doctest: +SKIP
+        >>> board = Dashboard("sqlite:///runs/poptune.db")
+        >>> board.update("digits", since=None).version   # status, intervals, exploits...
+        'finished-16-...'
     """
 
     cached_populations = 16

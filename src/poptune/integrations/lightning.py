@@ -305,7 +305,7 @@ def fit(
     Returns the trainer, once poptune has ended the member.
 
     Example:
-        >>> def train(ctx):  # doctest: +SKIP
+        >>> def train(ctx):
         ...     torch.manual_seed(ctx.seed)
         ...     module = Classifier(**ctx.hparams)
         ...     fit(ctx, module, "val_acc", datamodule=Digits(), static=["hidden"])

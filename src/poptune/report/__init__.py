@@ -1,8 +1,9 @@
 """What a person reads: an HTML report of a population, and static figures for papers.
 
 Example:
-    >>> result = pt.load("sqlite:///runs/poptune.db", "digits")   # doctest: +SKIP
-    >>> result.report("report.html")                               # doctest: +SKIP
+    >>> result = pt.load("sqlite:///runs/poptune.db", "digits")
+    >>> result.report("report.html")
+    PosixPath('report.html')
 """
 
 from __future__ import annotations

@@ -76,8 +76,10 @@ def open_storage(
     holds another application's tables is refused unless ``allow_other_tables=True``.
 
     Example:
-        >>> pt.run(..., storage=pt.open_storage("sqlite:///app.db", allow_other_tables=True))
-        ... # doctest: +SKIP
+        >>> storage = pt.open_storage("sqlite:///app.db", allow_other_tables=True)
+        >>> pt.run(Digits, {"lr": pt.LogUniform(1e-3, 0.5)}, "accuracy", storage=storage,
+        ...        population=2, intervals=2, progress=False).status
+        'finished'
 
     Raises:
         StorageError: if the URL cannot be parsed or the database cannot be opened in that mode.

@@ -128,8 +128,10 @@ class MemoryStorage(Storage):
         >>> import poptune as pt
         >>> from poptune.testing import MemoryStorage, Quadratic, quadratic_space
         >>> result = pt.run(Quadratic, space=quadratic_space(), metric="q", population=2,
-        ...                 intervals=2, storage=MemoryStorage(), checkpoints="/tmp/ckpt",
-        ...                 progress=False)   # doctest: +SKIP
+        ...                 intervals=2, storage=MemoryStorage(), checkpoints="ckpt",
+        ...                 progress=False)
+        >>> len(result.intervals())
+        4
     """
 
     url = MEMORY_URL

@@ -202,8 +202,9 @@ class SQLStorage(Storage):
     poptune's, at this schema.
 
     Example:
-        >>> storage = SQLStorage("sqlite:///runs/poptune.db")   # doctest: +SKIP
-        >>> SQLStorage("sqlite:///runs/poptune.db", mode="read")   # doctest: +SKIP
+        >>> storage = SQLStorage("sqlite:///runs/poptune.db")
+        >>> [p.name for p in SQLStorage("sqlite:///runs/poptune.db", mode="read").populations()]
+        ['digits']
 
     Raises:
         StorageError: one line naming the storage, what is wrong and what to do.
