@@ -203,8 +203,8 @@ class SQLStorage(Storage):
 
     Example:
         >>> storage = SQLStorage("sqlite:///runs/poptune.db")
-        >>> [p.name for p in SQLStorage("sqlite:///runs/poptune.db", mode="read").populations()]
-        ['digits']
+        >>> SQLStorage("sqlite:///runs/poptune.db", mode="read").populations()[0].name
+        'digits'
 
     Raises:
         StorageError: one line naming the storage, what is wrong and what to do.
