@@ -631,7 +631,8 @@ def load(model: BaseAlgorithm, state: Mapping[str, Any]) -> None:
     model._n_updates = int(state["n_updates"])
     if isinstance(model, DQN) and "n_calls" in state:
         model._n_calls = int(state["n_calls"])
-    model._update_current_progress_remaining(model.num_timesteps, model._total_timesteps)
+    if model._total_timesteps > 0:  # inside model.learn: the schedules follow the step too
+        model._update_current_progress_remaining(model.num_timesteps, model._total_timesteps)
     normalize = model.get_vec_normalize_env()
     saved = state.get("vec_normalize")
     if (normalize is None) != (saved is None):
