@@ -140,9 +140,10 @@ class PBTCallback(BaseCallback):
     Attributes:
         interval: the interval being trained, or ``None`` before the first and after the last.
         timings: seconds spent, over the member's life, in ``"evaluate"`` (the evaluation
-            episodes), ``"report"`` (handing the interval to the worker and waiting for the next:
-            recording, exploit and explore decisions) and ``"apply"`` (loading a state, setting
-            the hyperparameters).
+            episodes), ``"report"`` (saving the state, handing the interval to the worker and
+            waiting for the next: recording, exploit and explore decisions, and, when the worker
+            trains other members meanwhile, their training too) and ``"apply"`` (loading a
+            state, setting the hyperparameters). The rest of ``model.learn``'s time is training.
     """
 
     def __init__(
@@ -170,7 +171,6 @@ class PBTCallback(BaseCallback):
         self._returns: list[float] = []  # episodes that ended in this interval (no eval_env)
         self._applied: dict[str, Any] = {}  # hparams of the previous interval
         self._learning_starts = 0
-        self._apply_seconds = 0.0
         self._train_freq = 1
 
     @property
@@ -237,15 +237,16 @@ class PBTCallback(BaseCallback):
         started = time.perf_counter()
         interval.report(metrics, state=save(model))
         self.interval = None
+        self.timings["report"] += time.perf_counter() - started
         self._next()
-        self.timings["report"] += time.perf_counter() - started - self._apply_seconds
 
     def _next(self) -> None:
         """Wait for the next interval; load its state and apply its hparams, or stop."""
         assert self._intervals is not None
+        started = time.perf_counter()
         interval = next(self._intervals, None)  # seeds the global generators (interval.seed)
         begun = time.perf_counter()
-        self._apply_seconds = 0.0
+        self.timings["report"] += begun - started
         if interval is None:
             self._finished = True
             return
@@ -281,8 +282,7 @@ class PBTCallback(BaseCallback):
         self._applied = dict(interval.hparams)
         self._returns = []
         self.interval = interval
-        self._apply_seconds = time.perf_counter() - begun
-        self.timings["apply"] += self._apply_seconds
+        self.timings["apply"] += time.perf_counter() - begun
 
     def _evaluate(self, interval: Interval) -> dict[str, float]:
         model = self.model
