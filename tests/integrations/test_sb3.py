@@ -33,6 +33,7 @@ torch.set_num_threads(1)
 # What each train() call saw, by (algorithm, member): a list of records in call order.
 SEEN: dict[tuple[str, int], list[dict[str, Any]]] = {}
 OPTIONS: dict[str, Any] = {}  # what the next run's members do differently
+BUILT: dict[int, int] = {}  # member -> agents built for it
 
 
 def _snapshot(model: Any) -> dict[str, Any]:
@@ -58,9 +59,11 @@ def _settings(model: Any) -> dict[str, Any]:
 def _probe(base: type) -> type:
     class Probe(base):  # type: ignore[misc, valid-type]
         member = -1
+        fresh = True  # no update yet since this agent was built
 
         def train(self, *args: Any, **kwargs: Any) -> None:
             record = {"t": self.num_timesteps, "before": _snapshot(self), **_settings(self)}
+            record["fresh"], self.fresh = self.fresh, False
             super().train(*args, **kwargs)
             optimizers = [self.policy.optimizer] if hasattr(self.policy, "optimizer") else []
             optimizers += [
@@ -142,6 +145,7 @@ def member(ctx: Any) -> None:
     build, interval, _, options = ALGORITHMS[name]
     model = OPTIONS.get("build", build)(ctx.hparams, ctx.seed)
     model.member = ctx.member
+    BUILT[ctx.member] = BUILT.get(ctx.member, 0) + 1
     eval_env = _pendulum() if name in ("SAC", "TD3") else gym.make("CartPole-v1")
     learn = {"eval_env": eval_env, "eval_episodes": 1, **options, **OPTIONS.get("learn", {})}
     pt_sb3.learn(ctx, model, OPTIONS.get("interval", interval), **learn)
@@ -151,6 +155,7 @@ def member(ctx: Any) -> None:
 def _fresh() -> None:
     SEEN.clear()
     OPTIONS.clear()
+    BUILT.clear()
 
 
 def run(tmp_path: Path, algorithm: str, **options: Any) -> pt.Result:
@@ -365,3 +370,25 @@ def test_poptune_does_not_import_sb3_and_a_missing_install_says_what_to_do():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "pip install 'poptune[sb3]'" in out.stdout
+
+
+@pytest.mark.parametrize("algorithm", ["PPO", "DQN"])
+def test_a_member_rebuilt_from_its_checkpoint_continues_at_its_step(tmp_path: Path, algorithm: str):
+    """resident=1: a worker keeps one member in memory, so members are rebuilt from their
+    checkpoints between intervals; an off-policy one, with an empty replay buffer, collects
+    again before it updates."""
+    result = run(tmp_path, algorithm, population=2, resident=1)
+    assert result.status == "finished"
+    assert sum(BUILT.values()) >= 4  # rebuilt, not kept
+    interval = ALGORITHMS[algorithm][1]
+    assert sorted((i.member, i.metrics["timesteps"]) for i in result.intervals()) == [
+        (m, s * interval) for m in (0, 1) for s in (1, 2, 3)
+    ]
+    for member in (0, 1):
+        updates = [r["t"] for r in SEEN[(algorithm, member)]]
+        assert updates == sorted(updates) and updates[-1] == 3 * interval
+    rebuilt = [r["t"] for r in SEEN[(algorithm, 0)] + SEEN[(algorithm, 1)] if r["fresh"]]
+    rebuilt = [t for t in rebuilt if t > interval]  # first updates of agents built mid-run
+    assert rebuilt
+    if algorithm == "DQN":  # an empty buffer refills batch_size (16) steps before updating
+        assert all(t > (t - 1) // interval * interval + 16 for t in rebuilt), rebuilt
