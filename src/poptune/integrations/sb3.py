@@ -60,7 +60,7 @@ except ImportError as error:  # pragma: no cover - exercised only without stable
 from ..loop import Context, Interval, LoopError
 from .torch import _detached
 
-__all__ = ["METRICS", "PBTCallback", "learn", "tunable"]
+__all__ = ["METRICS", "PBTCallback", "apply", "check", "learn", "load", "save", "tunable"]
 
 #: What every interval reports: the evaluation's mean and standard deviation of the episode
 #: return, and the environment steps behind the weights.
