@@ -35,3 +35,11 @@ def test_smoke_run_writes_its_section_and_keeps_the_rest_of_the_file(tmp_path: P
     assert text.count("- **PBT** ") == 6  # against random search and rl-zoo, per task
     assert text.count("- Cost besides training, PBT runs") == 3
     assert "read from the installed `rl_zoo3` package" in text
+    assert "**Against the targets.**" in text and "**Overhead** (PPO on CartPole" in text
+    # the lines it printed are enough to write the same section again (--from-log)
+    log = tmp_path / "run.log"
+    log.write_text(run.stdout)
+    again = tmp_path / "again.md"
+    rewrite = [*command, "--from-log", str(log), "--output", str(again)]
+    subprocess.run(rewrite, capture_output=True, text=True, timeout=120, check=True)
+    assert again.read_text().strip() == text[text.index(heading) : text.index("## next")].strip()
