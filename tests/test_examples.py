@@ -159,3 +159,20 @@ def test_bad_arguments_are_one_clear_line(tmp_path: Path):
     clash = _script("cartpole", "--intervals", "2", "--steps", "20", "--name", "mine", *options)
     assert clash.returncode == 1 and "Traceback" not in clash.stderr
     assert "different configuration" in clash.stderr and "pass --name" in clash.stderr
+
+
+def test_sb3_ppo_trains_a_population_on_any_classic_control_env(tmp_path: Path, capsys):
+    pytest.importorskip("stable_baselines3")
+    sb3_ppo = load_example("sb3_ppo")
+    storage = f"sqlite:///{tmp_path / 'sb3.db'}"
+    options = ["--population", "2", "--intervals", "2", "--workers", "1", "--n-envs", "2"]
+    options += ["--n-steps", "64", "--interval-timesteps", "256", "--eval-episodes", "1"]
+    options += ["--storage", storage]
+    result = sb3_ppo.main([*options, "--sync", "--no-progress", "--env", "Acrobot-v1"])
+    assert result.name == "sb3-ppo-acrobot-v1"
+    assert [i.metrics["timesteps"] for i in result.intervals()] == [256, 512] * 2
+    assert -500.0 <= result.best.score <= 0.0  # Acrobot's returns: -1 per step, 500 at most
+    assert set(sb3_ppo.SPACE) <= set(result.best.hparams)
+    assert "mean return" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match=r"'Blackjack-v1' is not a classic-control environment"):
+        sb3_ppo.main(["--env", "Blackjack-v1", "--storage", storage])

@@ -1,0 +1,394 @@
+"""Stable-Baselines3: an exploit moves the donor's tensors into the learning agent, and the
+explored hyperparameters are the ones its next update uses.
+
+Every algorithm learns for real (tiny budgets, classic-control environments), in-process
+(workers=1), as a subclass that records what each ``train()`` call starts from and uses.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("stable_baselines3")
+
+import gymnasium as gym  # noqa: E402
+from stable_baselines3 import A2C, DQN, PPO, SAC, TD3  # noqa: E402
+from stable_baselines3.common.env_util import make_vec_env  # noqa: E402
+from stable_baselines3.common.vec_env import VecNormalize  # noqa: E402
+
+import poptune as pt  # noqa: E402
+from poptune import serialization  # noqa: E402
+from poptune.integrations import sb3 as pt_sb3  # noqa: E402
+from poptune.loop import LoopError  # noqa: E402
+
+torch.set_num_threads(1)
+
+# What each train() call saw, by (algorithm, member): a list of records in call order.
+SEEN: dict[tuple[str, int], list[dict[str, Any]]] = {}
+OPTIONS: dict[str, Any] = {}  # what the next run's members do differently
+BUILT: dict[int, int] = {}  # member -> agents built for it
+
+
+def _snapshot(model: Any) -> dict[str, Any]:
+    return serialization.copy(pt_sb3.save(model))
+
+
+def _settings(model: Any) -> dict[str, Any]:
+    """The values train() is about to use, read where SB3 reads them."""
+    seen: dict[str, Any] = {"gamma": model.gamma}
+    if isinstance(model, PPO):
+        seen["clip_range"] = model.clip_range(model._current_progress_remaining)
+        seen["n_epochs"] = model.n_epochs
+    if isinstance(model, PPO | A2C):
+        seen["ent_coef"] = model.ent_coef
+        seen["buffer_gamma"] = model.rollout_buffer.gamma
+    if isinstance(model, SAC):
+        seen["ent_coef"] = float(torch.exp(model.log_ent_coef.detach()))
+    if isinstance(model, TD3 | SAC | DQN):
+        seen["tau"] = model.tau
+    return seen
+
+
+def _probe(base: type) -> type:
+    class Probe(base):  # type: ignore[misc, valid-type]
+        member = -1
+        fresh = True  # no update yet since this agent was built
+
+        def train(self, *args: Any, **kwargs: Any) -> None:
+            record = {"t": self.num_timesteps, "before": _snapshot(self), **_settings(self)}
+            record["fresh"], self.fresh = self.fresh, False
+            super().train(*args, **kwargs)
+            optimizers = [self.policy.optimizer] if hasattr(self.policy, "optimizer") else []
+            optimizers += [
+                getattr(self, n).optimizer for n in ("actor", "critic") if hasattr(self, n)
+            ]
+            record["lr"] = {group["lr"] for o in optimizers for group in o.param_groups}
+            record["after"] = _snapshot(self)
+            SEEN.setdefault((base.__name__, self.member), []).append(record)
+
+    Probe.__name__ = base.__name__
+    return Probe
+
+
+def _pendulum() -> gym.Env:
+    return gym.make("Pendulum-v1", max_episode_steps=40)
+
+
+# algorithm -> (build(hparams, seed), interval_timesteps, space, learn options)
+ALGORITHMS: dict[str, Any] = {
+    "PPO": (
+        lambda h, seed: _probe(PPO)(
+            "MlpPolicy", "CartPole-v1", n_steps=32, batch_size=32, n_epochs=h["n_epochs"],
+            learning_rate=h["learning_rate"], ent_coef=h["ent_coef"],
+            clip_range=h["clip_range"], seed=seed, device="cpu",
+        ),
+        64,
+        {"learning_rate": pt.LogUniform(1e-4, 1e-2), "ent_coef": pt.Uniform(0.0, 0.05),
+         "clip_range": pt.Uniform(0.1, 0.3), "n_epochs": pt.Choice([1, 2, 3])},
+        {},
+    ),
+    "A2C": (
+        lambda h, seed: _probe(A2C)(
+            "MlpPolicy", "CartPole-v1", n_steps=8, learning_rate=h["learning_rate"],
+            gamma=h["gamma"], seed=seed, device="cpu",
+        ),
+        64,
+        {"learning_rate": pt.LogUniform(1e-4, 1e-2), "gamma": pt.Uniform(0.9, 0.999)},
+        {},
+    ),
+    "DQN": (
+        lambda h, seed: _probe(DQN)(
+            "MlpPolicy", "CartPole-v1", learning_starts=10, batch_size=16, buffer_size=1000,
+            train_freq=h["train_freq"], target_update_interval=10_000,
+            learning_rate=h["learning_rate"], tau=h["tau"], seed=seed, device="cpu",
+            policy_kwargs={"net_arch": [16]},
+        ),
+        50,
+        {"learning_rate": pt.LogUniform(1e-4, 1e-2), "train_freq": pt.Choice([1, 3, 7]),
+         "tau": pt.Uniform(0.5, 1.0)},
+        {"total_timesteps": 150},
+    ),
+    "SAC": (
+        lambda h, seed: _probe(SAC)(
+            "MlpPolicy", _pendulum(), learning_starts=10, batch_size=16, buffer_size=1000,
+            learning_rate=h["learning_rate"], ent_coef="auto", seed=seed, device="cpu",
+            policy_kwargs={"net_arch": [16]},
+        ),
+        40,
+        {"learning_rate": pt.LogUniform(1e-4, 1e-2), "ent_coef": pt.LogUniform(0.01, 1.0)},
+        {},
+    ),
+    "TD3": (
+        lambda h, seed: _probe(TD3)(
+            "MlpPolicy", _pendulum(), learning_starts=10, batch_size=16, buffer_size=1000,
+            learning_rate=h["learning_rate"], tau=h["tau"], train_freq=h["train_freq"],
+            seed=seed, device="cpu", policy_kwargs={"net_arch": [16]},
+        ),
+        40,
+        {"learning_rate": pt.LogUniform(1e-4, 1e-2), "tau": pt.Uniform(0.001, 0.05),
+         "train_freq": pt.IntUniform(1, 6)},
+        {},
+    ),
+}  # fmt: skip
+
+
+def member(ctx: Any) -> None:
+    """A member: one agent, one model.learn until poptune ends it."""
+    name = OPTIONS["algorithm"]
+    build, interval, _, options = ALGORITHMS[name]
+    model = OPTIONS.get("build", build)(ctx.hparams, ctx.seed)
+    model.member = ctx.member
+    BUILT[ctx.member] = BUILT.get(ctx.member, 0) + 1
+    eval_env = _pendulum() if name in ("SAC", "TD3") else gym.make("CartPole-v1")
+    learn = {"eval_env": eval_env, "eval_episodes": 1, **options, **OPTIONS.get("learn", {})}
+    pt_sb3.learn(ctx, model, OPTIONS.get("interval", interval), **learn)
+
+
+@pytest.fixture(autouse=True)
+def _fresh() -> None:
+    SEEN.clear()
+    OPTIONS.clear()
+    BUILT.clear()
+
+
+def run(tmp_path: Path, algorithm: str, **options: Any) -> pt.Result:
+    OPTIONS["algorithm"] = algorithm
+    settings: dict[str, Any] = dict(
+        space=ALGORITHMS[algorithm][2],
+        metric="mean_reward",
+        population=3,
+        intervals=3,
+        workers=1,
+        sync=True,
+        exploit=pt.Truncation(0.5),
+        explore=pt.Perturb((0.8, 1.2)),
+        storage=f"sqlite:///{tmp_path / 'poptune.db'}",
+        name=algorithm.lower(),
+        seed=0,
+        progress=False,
+    )
+    settings.update(options)
+    return pt.run(member, **settings)
+
+
+def _equal(a: Any, b: Any) -> bool:
+    """Tensors, arrays and containers equal exactly."""
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_equal(a[k], b[k]) for k in a)
+    if isinstance(a, list | tuple):
+        return len(a) == len(b) and all(_equal(x, y) for x, y in zip(a, b, strict=True))
+    return bool(a == b)
+
+
+@pytest.mark.parametrize("algorithm", list(ALGORITHMS))
+def test_an_exploit_moves_the_donor_tensors_and_the_next_update_uses_the_explored_values(
+    tmp_path: Path, algorithm: str
+):
+    result = run(tmp_path, algorithm)
+    assert result.status == "finished"
+    interval = ALGORITHMS[algorithm][1]
+    recorded = {(i.member, i.step): i for i in result.intervals()}
+    assert len(recorded) == 9
+    for (_, step), record in recorded.items():  # every interval ends exactly on its boundary
+        assert record.metrics["timesteps"] == step * interval
+        assert set(record.metrics) == {"mean_reward", "std_reward", "timesteps"}
+    checked = 0
+    for event in result.exploits():
+        after = (event.member, event.donor_step + 1)
+        if after not in recorded:
+            continue  # copied at the budget: nothing more was trained
+        end = event.donor_step * interval
+        donor_last = [r for r in SEEN[(algorithm, event.donor)] if r["t"] <= end][-1]
+        own_last = [r for r in SEEN[(algorithm, event.member)] if r["t"] <= event.step * interval]
+        first = next(r for r in SEEN[(algorithm, event.member)] if r["t"] > end)
+        assert donor_last["t"] == end  # the donor's last update of the interval it reported
+        # the recipient's first update starts from the donor's tensors, optimizers included...
+        assert _equal(first["before"]["parameters"], donor_last["after"]["parameters"])
+        if algorithm != "SAC":  # SAC's learned coefficient is set to the explored ent_coef
+            assert _equal(first["before"]["variables"], donor_last["after"]["variables"])
+        assert first["before"]["n_updates"] == donor_last["after"]["n_updates"]
+        assert not _equal(own_last[-1]["after"]["parameters"], donor_last["after"]["parameters"])
+        # ...and uses the explored hyperparameters, not the donor's
+        hparams = recorded[after].hparams
+        donor = recorded[(event.donor, event.donor_step)].hparams
+        assert dict(hparams) == dict(event.hparams_after)
+        assert first["lr"] == {hparams["learning_rate"]} != {donor["learning_rate"]}
+        for name in ("clip_range", "gamma", "tau", "n_epochs"):
+            if name in hparams:
+                assert first[name] == pytest.approx(hparams[name], rel=1e-12), name
+        if "gamma" in hparams and algorithm == "A2C":
+            assert first["buffer_gamma"] == hparams["gamma"]  # GAE reads the buffer's copy
+        if algorithm == "PPO":
+            assert first["ent_coef"] == hparams["ent_coef"]
+        if algorithm == "SAC":  # the learned coefficient restarts from the explored value
+            assert first["ent_coef"] == pytest.approx(hparams["ent_coef"], rel=1e-6)
+        checked += 1
+    assert checked >= 1
+
+
+def test_off_policy_rollouts_are_cut_at_the_interval_whatever_train_freq(tmp_path: Path):
+    """train_freq=7 does not divide 50 steps: the last rollout of each interval is shortened,
+    so every interval still ends (and reports) at exactly step x 50 timesteps."""
+    OPTIONS["build"] = lambda h, seed: ALGORITHMS["DQN"][0]({**h, "train_freq": 7}, seed)
+    space = {"learning_rate": pt.LogUniform(1e-4, 1e-2), "tau": pt.Uniform(0.5, 1.0)}
+    result = run(tmp_path, "DQN", space=space, population=2, exploit=None)
+    assert [i.metrics["timesteps"] for i in result.intervals()] == [50, 100, 150] * 2
+    trains = [r["t"] for r in SEEN[("DQN", 0)]]
+    assert {50, 100, 150} <= set(trains)  # an update right at each boundary
+    assert 57 in trains and 56 not in trains  # after 50, full rollouts of 7 again
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (
+            {"build": lambda h, seed: torch.nn.Linear(2, 2)},
+            r"trains a Stable-Baselines3 algorithm .* got torch\.nn\.modules\.linear\.Linear",
+        ),
+        (
+            {"interval": 100},
+            r"interval_timesteps=100 does not fall on a rollout boundary of PPO \(a rollout is "
+            r"n_steps x n_envs = 32 x 1 = 32 steps\)\. Use a multiple of 32: the nearest are 96 "
+            r"and 128",
+        ),
+        (
+            {"space": {"learning_rate": pt.LogUniform(1e-4, 1e-2), "n_steps": pt.Choice([32])}},
+            r"cannot change \['n_steps'\] while PPO learns; it can tune \['learning_rate', "
+            r"'gamma', 'ent_coef', 'vf_coef', 'max_grad_norm', 'gae_lambda', 'clip_range', "
+            r"'n_epochs', 'batch_size', 'target_kl'\]",
+        ),
+        (
+            {"metric": "reward"},
+            r"no metric 'reward'; it returned the keys \['mean_reward', 'std_reward', "
+            r"'timesteps'\]",
+        ),
+        (
+            {"algorithm": "DQN", "learn": {"total_timesteps": None}},
+            r"DQN anneals its exploration rate over the budget, so pass total_timesteps",
+        ),
+    ],
+    ids=["not-an-algorithm", "off-rollout-boundary", "not-tunable", "metric-not-reported",
+         "dqn-without-budget"],
+)  # fmt: skip
+def test_bad_input_is_refused_with_a_clear_message(
+    tmp_path: Path, options: dict[str, Any], message: str
+):
+    algorithm = options.pop("algorithm", "PPO")
+    space = options.pop("space", None)
+    metric = options.pop("metric", "mean_reward")
+    OPTIONS.update(options)
+    if space is not None:
+        OPTIONS["build"] = lambda h, seed: ALGORITHMS["PPO"][0](
+            {"n_epochs": 1, "ent_coef": 0.0, "clip_range": 0.2, **h}, seed
+        )
+    extra = {"space": space} if space is not None else {}
+    with pytest.raises(pt.PopulationError) as raised:
+        run(tmp_path, algorithm, population=2, intervals=2, exploit=None, max_failures=0,
+            metric=metric, **extra)  # fmt: skip
+    failures = pt.load(f"sqlite:///{tmp_path / 'poptune.db'}", algorithm.lower()).failures()
+    # a member's error is recorded as its failure; a wrong metric stops the population at once
+    messages = [failure.traceback for failure in failures] or [str(raised.value)]
+    for text in messages:
+        assert re.search(message, text), text
+    if metric == "mean_reward":
+        assert not SEEN  # refused before any update
+
+
+def test_names_that_only_build_the_agent_are_accepted_as_static(tmp_path: Path):
+    space = {"learning_rate": pt.LogUniform(1e-4, 1e-2), "n_steps": 32}
+    OPTIONS["build"] = lambda h, seed: PPO(
+        "MlpPolicy", "CartPole-v1", n_steps=h["n_steps"], batch_size=32, n_epochs=1,
+        learning_rate=h["learning_rate"], seed=seed, device="cpu",
+    )  # fmt: skip
+    OPTIONS["learn"] = {"static": ["n_steps"]}
+    result = run(tmp_path, "PPO", space=space, population=2, intervals=2)
+    assert result.status == "finished"
+
+
+def test_save_and_load_copy_the_agent_exactly_with_vec_normalize(tmp_path: Path):
+    def build(seed: int) -> PPO:
+        env = VecNormalize(make_vec_env("CartPole-v1", n_envs=2, seed=seed))
+        return PPO("MlpPolicy", env, n_steps=16, batch_size=32, seed=seed, device="cpu")
+
+    donor, recipient = build(0), build(1)
+    donor.learn(64)
+    state = serialization.load(serialization.dumps(pt_sb3.save(donor)))  # a real checkpoint
+    pt_sb3.load(recipient, state)
+    assert _equal(recipient.get_parameters(), serialization.copy(donor.get_parameters()))
+    assert recipient.num_timesteps == donor.num_timesteps == 64
+    donor_rms, own_rms = donor.get_vec_normalize_env(), recipient.get_vec_normalize_env()
+    assert donor_rms is not None and own_rms is not None
+    assert (own_rms.obs_rms.mean == donor_rms.obs_rms.mean).all()
+    assert (own_rms.obs_rms.var == donor_rms.obs_rms.var).all()
+    assert own_rms.ret_rms.count == donor_rms.ret_rms.count
+    # the optimizer still drives the recipient's own parameters (loaded in place)
+    params = {id(p) for p in recipient.policy.parameters()}
+    assert {id(p) for g in recipient.policy.optimizer.param_groups for p in g["params"]} == params
+    with pytest.raises(LoopError, match=r"saved by poptune's SB3 integration for 'PPO', not"):
+        pt_sb3.load(A2C("MlpPolicy", "CartPole-v1", device="cpu"), state)
+
+
+def test_live_hyperparameters_reach_where_sb3_reads_them():
+    ppo = PPO("MlpPolicy", "CartPole-v1", n_steps=16, batch_size=16, device="cpu")
+    pt_sb3.apply(ppo, {"learning_rate": 0.003, "clip_range": 0.3, "gae_lambda": 0.8,
+                       "gamma": 0.9, "batch_size": 8})  # fmt: skip
+    assert ppo.lr_schedule(0.5) == 0.003 and ppo.clip_range(0.5) == 0.3
+    assert ppo.rollout_buffer.gae_lambda == 0.8 and ppo.rollout_buffer.gamma == 0.9
+    assert ppo.batch_size == 8
+    dqn = DQN("MlpPolicy", "CartPole-v1", device="cpu")
+    pt_sb3.apply(dqn, {"exploration_final_eps": 0.2, "exploration_fraction": 0.5})
+    assert dqn.exploration_schedule(0.0) == 0.2 and dqn.exploration_schedule(0.75) == 0.6
+    sac = SAC("MlpPolicy", "Pendulum-v1", ent_coef=0.1, device="cpu")
+    pt_sb3.apply(sac, {"ent_coef": 0.3})
+    assert float(sac.ent_coef_tensor) == pytest.approx(0.3)
+    with pytest.raises(ValueError, match=r"'train_freq' must be an int >= 1; got 2\.5"):
+        pt_sb3.apply(sac, {"train_freq": 2.5})
+    with pytest.raises(ValueError, match=r"'gamma' must be in \[0, 1\]; got 1\.5"):
+        pt_sb3.apply(sac, {"gamma": 1.5})
+    assert "clip_range_vf" not in pt_sb3.tunable(ppo)
+    assert "clip_range_vf" in pt_sb3.tunable(PPO("MlpPolicy", "CartPole-v1", clip_range_vf=0.2))
+
+
+def test_poptune_does_not_import_sb3_and_a_missing_install_says_what_to_do():
+    code = (
+        "import sys, poptune, poptune.integrations\n"
+        "assert 'stable_baselines3' not in sys.modules, 'poptune imported stable_baselines3'\n"
+        "sys.modules['stable_baselines3'] = None  # as if it were not installed\n"
+        "try:\n"
+        "    import poptune.integrations.sb3\n"
+        "except ImportError as error:\n"
+        "    print(error)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "pip install 'poptune[sb3]'" in out.stdout
+
+
+@pytest.mark.parametrize("algorithm", ["PPO", "DQN"])
+def test_a_member_rebuilt_from_its_checkpoint_continues_at_its_step(tmp_path: Path, algorithm: str):
+    """resident=1: a worker keeps one member in memory, so members are rebuilt from their
+    checkpoints between intervals; an off-policy one, with an empty replay buffer, collects
+    again before it updates."""
+    result = run(tmp_path, algorithm, population=2, resident=1)
+    assert result.status == "finished"
+    assert sum(BUILT.values()) >= 4  # rebuilt, not kept
+    interval = ALGORITHMS[algorithm][1]
+    assert sorted((i.member, i.metrics["timesteps"]) for i in result.intervals()) == [
+        (m, s * interval) for m in (0, 1) for s in (1, 2, 3)
+    ]
+    for member in (0, 1):
+        updates = [r["t"] for r in SEEN[(algorithm, member)]]
+        assert updates == sorted(updates) and updates[-1] == 3 * interval
+    rebuilt = [r["t"] for r in SEEN[(algorithm, 0)] + SEEN[(algorithm, 1)] if r["fresh"]]
+    rebuilt = [t for t in rebuilt if t > interval]  # first updates of agents built mid-run
+    assert rebuilt
+    if algorithm == "DQN":  # an empty buffer refills batch_size (16) steps before updating
+        assert all(t > (t - 1) // interval * interval + 16 for t in rebuilt), rebuilt
