@@ -386,3 +386,8 @@ def test_status_and_list_fit_an_80_column_terminal(tmp_path: Path, monkeypatch):
         assert out.exit_code == 0, out.output
         assert max(len(line) for line in out.output.splitlines()) <= 80
         assert "…" not in out.output  # nothing cut short
+
+
+def test_version():
+    out = invoke("--version")
+    assert out.exit_code == 0 and out.output.strip() == f"poptune, version {pt.__version__}"
