@@ -158,7 +158,7 @@ def _member_json(member: MemberRecord) -> dict[str, Any]:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="poptune")
+@click.version_option(package_name="poptune", prog_name="poptune")
 def main() -> None:
     """Population Based Training: inspect and continue populations in a storage."""
     logging.basicConfig(level=logging.INFO, format="poptune: %(message)s", stream=sys.stderr)
