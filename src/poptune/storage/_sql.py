@@ -323,6 +323,18 @@ class SQLStorage(Storage):
             )
         return value
 
+    def _config(self, connection: Connection, population_id: int) -> dict[str, Any]:
+        """The population's stored configuration, read in the caller's transaction."""
+        stored = connection.execute(
+            sa.select(populations.c.config).where(populations.c.id == population_id)
+        ).scalar()
+        return dict(
+            loads(
+                self._present(population_id, stored),
+                f"the configuration of population id {population_id}",
+            )
+        )
+
     @contextmanager
     def _read(self) -> Iterator[Connection]:
         with self._engine.connect() as connection, connection.begin():
@@ -518,15 +530,7 @@ class SQLStorage(Storage):
         """Set these keys of the population's stored configuration (others are kept)."""
         with self._write() as connection:
             lock_population(connection, population_id)
-            config = loads(
-                self._present(
-                    population_id,
-                    connection.execute(
-                        sa.select(populations.c.config).where(populations.c.id == population_id)
-                    ).scalar(),
-                ),
-                f"the configuration of population id {population_id}",
-            )
+            config = self._config(connection, population_id)
             config.update(values)
             connection.execute(
                 populations.update()
@@ -1128,15 +1132,7 @@ class SQLStorage(Storage):
         transaction: record it, make members done below it idle, and mark it running."""
         with self._write() as connection:
             lock_population(connection, population_id)
-            config = loads(
-                self._present(
-                    population_id,
-                    connection.execute(
-                        sa.select(populations.c.config).where(populations.c.id == population_id)
-                    ).scalar(),
-                ),
-                f"the configuration of population id {population_id}",
-            )
+            config = self._config(connection, population_id)
             if intervals < int(config["intervals"]):
                 raise ValueError(
                     f"A budget only grows: intervals={intervals} is less than the population's "
