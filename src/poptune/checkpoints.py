@@ -129,10 +129,9 @@ def confined(path: str, folders: Sequence[str]) -> str:
         >>> confined("population-1/member-0000/step-000001-ab.ckpt", ["population-1"])
         'population-1/member-0000/step-000001-ab.ckpt'
     """
-    parts = path.split("/")
+    parts = path.split("/") if isinstance(path, str) else [""]
     safe = (
-        isinstance(path, str)
-        and all(_COMPONENT.fullmatch(part) and part not in (".", "..") for part in parts)
+        all(_COMPONENT.fullmatch(part) and part not in (".", "..") for part in parts)
         and any(
             len(parts) > folder.count("/") + 1
             and "/".join(parts[: folder.count("/") + 1]) == folder
@@ -143,9 +142,8 @@ def confined(path: str, folders: Sequence[str]) -> str:
         raise UnsafeCheckpointPath(
             f"The checkpoint path {_shown(path)} read from the storage is not inside the "
             f"population's checkpoint folder ({' or '.join(folders) or 'population-<id>'}): "
-            "refusing to read or "
-            "delete it. The storage's rows were changed by something other than poptune; check "
-            "who can write to the database."
+            "refusing to read or delete it. The storage's rows were changed by something other "
+            "than poptune; check who can write to the database."
         )
     return path
 
