@@ -215,3 +215,39 @@ def test_direct_io_can_be_turned_off_from_the_environment(tmp_path: Path, monkey
     assert LocalCheckpoints(tmp_path).direct is False
     monkeypatch.delenv("POPTUNE_DIRECT_IO")
     assert LocalCheckpoints(tmp_path).direct is hasattr(os, "O_DIRECT")
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "../../victim.txt",
+        "/etc/passwd",
+        "db-0123456789abcdef/population-1/../../x",
+        "population-1/./member-0000/x.ckpt",
+        "population-1//x.ckpt",
+        "population-1\\..\\x.ckpt",
+        "population-1/member-0000/x\0.ckpt",
+        "population-1",  # the folder itself, not a file in it
+        "population-2/member-0000/x.ckpt",  # another population's
+        "db-fedcba9876543210/population-1/member-0000/x.ckpt",  # another database's
+        "",
+        None,
+    ],
+)
+def test_a_path_outside_the_populations_folder_is_refused(path):
+    from poptune.checkpoints import UnsafeCheckpointPath, confined, population_folders
+
+    with pytest.raises(UnsafeCheckpointPath, match="refusing to read or delete"):
+        confined(path, population_folders("0123456789abcdef", 1))
+
+
+def test_the_populations_own_and_legacy_paths_are_accepted():
+    from poptune.checkpoints import confined, population_folders
+
+    folders = population_folders("0123456789abcdef", 1)
+    for path in (
+        "db-0123456789abcdef/population-1/member-0000/step-000001-abc.ckpt",
+        "db-0123456789abcdef/population-1/.spares/0a1b",
+        "population-1/member-0003/step-000002-def.ckpt",  # written before databases had ids
+    ):
+        assert confined(path, folders) == path
