@@ -130,13 +130,9 @@ def confined(path: str, folders: Sequence[str]) -> str:
         'population-1/member-0000/step-000001-ab.ckpt'
     """
     parts = path.split("/") if isinstance(path, str) else [""]
-    safe = (
-        all(_COMPONENT.fullmatch(part) and part not in (".", "..") for part in parts)
-        and any(
-            len(parts) > folder.count("/") + 1
-            and "/".join(parts[: folder.count("/") + 1]) == folder
-            for folder in folders
-        )
+    safe = all(_COMPONENT.fullmatch(part) and part not in (".", "..") for part in parts) and any(
+        len(parts) > folder.count("/") + 1 and "/".join(parts[: folder.count("/") + 1]) == folder
+        for folder in folders
     )
     if not safe:
         raise UnsafeCheckpointPath(
