@@ -17,11 +17,8 @@ import time
 import urllib.parse
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
-
+from .._redact import redact_text
 from ..config import PopulationConfig
 from ..records import IntervalRecord, MemberRecord, PopulationRecord
 from ..report import build_model
@@ -38,7 +35,7 @@ from ..report._html import (
 )
 from ..report._model import ReportModel
 from ..results import Result
-from ..storage import Storage, StorageError, Summary, default_storage_url, open_storage, redact_url
+from ..storage import Storage, Summary, default_storage_url, open_storage, redact_url
 
 __all__ = ["STYLE_SOURCE", "Dashboard", "Update", "error_page", "version_of"]
 
@@ -98,26 +95,6 @@ def _summary_version(record: PopulationRecord, summary: Summary) -> str:
 
 def _model_version(model: ReportModel) -> str:
     return version_of(model.status, model.steps_done, len(model.exploits), len(model.failures))
-
-
-def _open_read_only(url: str) -> Storage:
-    """Open ``url``, refusing to create a SQLite file that is not there (a typo in ``--storage``
-    must show "no database", not an empty dashboard of a new file)."""
-    try:
-        parsed = make_url(url)
-    except ArgumentError:
-        raise StorageError(
-            f"Cannot parse the storage URL {redact_url(url)!r}. Use a SQLAlchemy URL such as "
-            "'sqlite:///runs/poptune.db' or 'postgresql+psycopg://user@host/db'."
-        ) from None
-    if parsed.get_backend_name() == "sqlite" and parsed.database:
-        path = Path(parsed.database).expanduser()
-        if not path.is_file():
-            raise StorageError(
-                f"There is no SQLite database at {path.resolve()}. Check --storage, or start a "
-                "population there first (pt.run(..., storage=...))."
-            )
-    return open_storage(url, mode="read")
 
 
 def _age(seconds: float) -> str:
@@ -271,16 +248,12 @@ class Dashboard:
         """The open storage. Raises :class:`StorageError` if it cannot be opened (yet)."""
         with self._lock:
             if self._storage is None:
-                self._storage = _open_read_only(self.url)
+                self._storage = open_storage(self.url, mode="read")  # creates nothing
             return self._storage
 
     def scrub(self, text: str) -> str:
-        """``text`` without the storage password, if the URL has one."""
-        try:
-            password = make_url(self.url).password
-        except ArgumentError:
-            return text
-        return text.replace(str(password), "***") if password else text
+        """``text`` without the storage's secrets (its password, any URL in it)."""
+        return redact_text(text, self.url)
 
     def close(self) -> None:
         """Release the storage's connections."""
