@@ -276,6 +276,7 @@ class LocalCheckpoints:
     ) -> None:
         self.root = Path(root).expanduser().resolve()
         self.url = str(self.root)
+        self._real_root = os.path.realpath(self.root) + os.sep  # what every path must stay in
         if fsync is None:
             fsync = os.environ.get("POPTUNE_FSYNC", "0").lower() in ("1", "true", "yes")
         self.fsync = fsync
@@ -376,7 +377,7 @@ class LocalCheckpoints:
         """The file at ``relative`` (a path read from the storage), refused unless it has the
         shape of a checkpoint path and resolves, symbolic links followed, inside the root."""
         path = self.root / _layout(relative)
-        if not os.path.realpath(path).startswith(os.path.realpath(self.root) + os.sep):
+        if not os.path.realpath(path).startswith(self._real_root):
             raise UnsafeCheckpointPath(
                 f"The checkpoint path {_shown(relative)} leads out of the checkpoint folder "
                 f"{self.root} through a symbolic link: refusing to read or delete it. Remove "
