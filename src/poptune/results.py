@@ -348,12 +348,21 @@ class Result:
         return next((kept[m, s] for m, s, _ in sorted(finite, key=rank) if (m, s) in kept), None)
 
     def _best_interval(self) -> tuple[IntervalRecord, CheckpointRef]:
-        """Scope "all": the best finite recorded interval whose checkpoint is kept."""
+        """Scope "all": the best finite recorded interval whose checkpoint is kept, as the
+        storage's summary ranks the kept checkpoints (one rule for status, list and this)."""
+        pid, summary = self._record.id, self.summary()
+        if summary.best_member is not None and summary.best_step is not None:
+            interval = self.storage.interval(pid, summary.best_member, summary.best_step)
+            checkpoint = self.storage.checkpoint(pid, summary.best_member, summary.best_step)
+            if interval is not None and checkpoint is not None:
+                return interval, checkpoint
+        # Collected between the reads, or none kept: rank the intervals (read only on this
+        # path), and say why if nothing is left.
         intervals = {(i.member, i.step): i for i in self.intervals()}
         scored = [(member, step, i.score) for (member, step), i in intervals.items()]
-        checkpoint = self._first_kept(scored)
-        if checkpoint is not None:
-            return intervals[checkpoint.member, checkpoint.step], checkpoint
+        kept = self._first_kept(scored)
+        if kept is not None:
+            return intervals[kept.member, kept.step], kept
         metric = self.metric
         if not intervals:
             raise NoBestMember(

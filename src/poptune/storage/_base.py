@@ -185,6 +185,7 @@ class Summary:
     best_score: float | None
     status: PopulationStatus
     recoveries: int = 0  # copies that recovered a member (re-seeds, fallbacks): not exploits
+    best_step: int | None = None  # the step of the best kept checkpoint, with ``best_member``
 
 
 class Storage(ABC):

@@ -676,6 +676,7 @@ class MemoryStorage(Storage):
                 failures=len(population.failures),
                 best_member=None if best is None else best[0],
                 best_score=None if best is None else best[2],
+                best_step=None if best is None else best[1],
                 status=population.record.status,
             )
 

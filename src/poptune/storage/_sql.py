@@ -1092,6 +1092,7 @@ class SQLStorage(Storage):
             failures=int(n_failures),
             best_member=None if best is None else best[0],
             best_score=None if best is None else best[2],
+            best_step=None if best is None else best[1],
             status=PopulationStatus(status),
         )
 
