@@ -11,6 +11,7 @@ import poptune as pt
 from poptune import checkpoints
 from poptune.checkpoints import (
     CheckpointCorrupt,
+    CheckpointMissing,
     FsspecCheckpoints,
     open_checkpoints,
     population_folder,
@@ -53,7 +54,7 @@ def test_round_trip_checksum_and_damage(s3: str):
     with pytest.raises(CheckpointCorrupt, match="bytes but"):
         store.load(ref)
     store.delete(ref)
-    with pytest.raises(CheckpointCorrupt, match="missing"):
+    with pytest.raises(CheckpointMissing, match="missing"):
         store.load(ref)
     assert store.files("population-1") == {}
 

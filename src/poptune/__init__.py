@@ -10,10 +10,29 @@ Example:
     5
 """
 
-from ._validation import InvalidParameterError
-from .checkpoints import CheckpointCorrupt, CheckpointMissing, LocalCheckpoints
+from .checkpoints import LocalCheckpoints
 from .config import PopulationConfig
-from .loop import Context, Interval, LoopError
+from .errors import (
+    CheckpointCorrupt,
+    CheckpointError,
+    CheckpointMissing,
+    InvalidParameterError,
+    LeaseLost,
+    LoopError,
+    NoBestMember,
+    NotRecordable,
+    PeersChanged,
+    PoptuneError,
+    PopulationBusy,
+    PopulationError,
+    PopulationExists,
+    PopulationNotFound,
+    SerializationError,
+    StorageError,
+    TrackerError,
+    UnsafeCheckpointPath,
+)
+from .loop import Context, Interval
 from .peers import Peers, as_peers
 from .population import Population, delete, load, replay, resume, run
 from .records import (
@@ -34,14 +53,13 @@ from .results import Best, EdgeKind, Lineage, LineageEdge, Result, ScheduleEntry
 from .runners import InProcessRunner, LocalProcessRunner, RayRunner
 from .serialization import Directory
 from .space import Choice, Distribution, IntUniform, LogUniform, Space, Uniform
-from .storage import PopulationNotFound, SQLStorage, Storage, StorageError, open_storage
+from .storage import SQLStorage, Storage, open_storage
 from .strategies import (
     PB2,
     Chain,
     Every,
     Exploit,
     Explore,
-    NotRecordable,
     Perturb,
     Plateau,
     Ready,
@@ -55,7 +73,7 @@ from .strategies import (
 )
 from .trackers import MLflow, TensorBoard, Tracker, WandB
 from .trainable import Trainable
-from .worker import PopulationError, Worker
+from .worker import Worker
 
 __version__ = "0.1.0"
 
@@ -65,6 +83,7 @@ __all__ = [
     "Candidate",
     "Chain",
     "CheckpointCorrupt",
+    "CheckpointError",
     "CheckpointMissing",
     "CheckpointRef",
     "Choice",
@@ -85,6 +104,7 @@ __all__ = [
     "IntervalChange",
     "IntervalRecord",
     "InvalidParameterError",
+    "LeaseLost",
     "Lineage",
     "LineageEdge",
     "LocalCheckpoints",
@@ -95,13 +115,18 @@ __all__ = [
     "MemberRecord",
     "MemberStatus",
     "Mode",
+    "NoBestMember",
     "NotRecordable",
     "Peers",
+    "PeersChanged",
     "Perturb",
     "Plateau",
+    "PoptuneError",
     "Population",
+    "PopulationBusy",
     "PopulationConfig",
     "PopulationError",
+    "PopulationExists",
     "PopulationNotFound",
     "PopulationStatus",
     "RayRunner",
@@ -110,6 +135,7 @@ __all__ = [
     "Result",
     "SQLStorage",
     "ScheduleEntry",
+    "SerializationError",
     "Space",
     "Storage",
     "StorageError",
@@ -118,9 +144,11 @@ __all__ = [
     "TensorBoard",
     "Tournament",
     "Tracker",
+    "TrackerError",
     "Trainable",
     "Truncation",
     "Uniform",
+    "UnsafeCheckpointPath",
     "WallClock",
     "WandB",
     "Worker",

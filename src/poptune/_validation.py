@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from ._text import unsafe_character
+from .errors import InvalidParameterError
 
 __all__ = [
     "InvalidParameterError",
@@ -29,10 +30,6 @@ __all__ = [
     "jsonable",
     "plain",
 ]
-
-
-class InvalidParameterError(ValueError, TypeError):
-    """A parameter has the wrong type or value (both a ``ValueError`` and a ``TypeError``)."""
 
 
 def plain(value: Any) -> Any:

@@ -32,6 +32,7 @@ import xxhash
 
 from . import serialization
 from ._redact import redact_text, redact_url
+from .errors import CheckpointCorrupt, CheckpointError, CheckpointMissing, UnsafeCheckpointPath
 from .records import CheckpointRef
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,7 @@ _STAGING = 1 * 2**20  # the aligned buffer that direct writes go through
 
 __all__ = [
     "CheckpointCorrupt",
+    "CheckpointError",
     "CheckpointMissing",
     "CheckpointStore",
     "FsspecCheckpoints",
@@ -59,21 +61,6 @@ __all__ = [
     "population_folders",
     "sweep_orphans",
 ]
-
-
-class CheckpointCorrupt(RuntimeError):
-    """A checkpoint file is missing, truncated or does not match its recorded checksum."""
-
-
-class CheckpointMissing(CheckpointCorrupt):
-    """A checkpoint's file is not where the store looks for it: deleted, or the folder moved
-    (then open the population with ``checkpoints=`` its new location)."""
-
-
-class UnsafeCheckpointPath(CheckpointCorrupt):
-    """A checkpoint path read from the storage does not lie inside its population's folder
-    (``..``, an absolute path, a symbolic link leading out, another population's folder): the
-    storage's rows were written by something other than poptune. Nothing is read or deleted."""
 
 
 #: The folder of a population written by this poptune: ``db-<database id>/population-<id>``.

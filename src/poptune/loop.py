@@ -28,14 +28,10 @@ import threading
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
+from .errors import LoopError
 from .trainable import seed_globals
 
 __all__ = ["Context", "Interval", "LoopError", "LoopSession"]
-
-
-class LoopError(RuntimeError):
-    """The training function broke the loop's contract (returned early, reported twice or not
-    at all, reported without a state); the message says what to change."""
 
 
 class Interval:

@@ -24,6 +24,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, overload
 
+from .errors import PeersChanged
 from .records import Candidate, Mode, PeerCounts
 
 if TYPE_CHECKING:
@@ -38,12 +39,6 @@ __all__ = [
     "count_peers",
     "with_history",
 ]
-
-
-class PeersChanged(RuntimeError):
-    """The candidates at a step changed while a strategy was reading them (a member failed, or
-    a damaged checkpoint was dropped): an answer given before no longer matches the storage.
-    The worker then decides again on a snapshot of everyone."""
 
 
 def _rank_key(candidate: Candidate) -> tuple[float, int]:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from ._imports import import_object
 from .checkpoints import CheckpointStore, confined, population_folders
 from .config import PopulationConfig
+from .errors import NoBestMember
 from .records import (
     CheckpointRef,
     ExploitEvent,
@@ -57,10 +58,6 @@ class Scope(str, enum.Enum):
 
     ALL = "all"
     LAST = "last"
-
-
-class NoBestMember(LookupError):
-    """No weights to call best: no interval yet, no finite score, or none of theirs is kept."""
 
 
 @dataclass(frozen=True)

@@ -52,6 +52,8 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from .errors import SerializationError
+
 __all__ = ["Directory", "SerializationError", "array_bytes", "copy", "dump", "dumps", "load"]
 
 MAGIC = b"POPTUNE\x00CKPT"
@@ -66,10 +68,6 @@ _ZEROS = bytes(_ALIGNMENT)
 _JSON_INT_BITS = 4096  # CPython refuses to print or parse ints over 4300 digits
 _INTEGER_OF_WIDTH = {1: "uint8", 2: "int16", 4: "int32", 8: "int64"}
 _FIX = "convert it to numpy arrays, tensors or Python scalars, lists, tuples and dicts"
-
-
-class SerializationError(ValueError):
-    """The data is not a valid poptune checkpoint (wrong magic, truncated, inconsistent)."""
 
 
 class Directory(Mapping[str, bytes]):

@@ -41,6 +41,7 @@ from ._filenames import safe_path
 from ._redact import redact_text, redact_url
 from ._text import printable
 from ._validation import check_str, invalid
+from .errors import TrackerError
 from .records import ExploitEvent, IntervalRecord, PopulationStatus
 from .results import Result
 
@@ -111,10 +112,6 @@ class Position:
             {int(k): int(v) for k, v in data.get("intervals", {}).items()},
             {int(k): int(v) for k, v in data.get("exploits", {}).items()},
         )
-
-
-class TrackerError(RuntimeError):
-    """A tracker failed to open, write or close; the message names the tracker and the cause."""
 
 
 # --- the tracker contract --------------------------------------------------------------------

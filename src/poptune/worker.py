@@ -35,6 +35,7 @@ from .checkpoints import (
     population_folders,
 )
 from .config import PopulationConfig
+from .errors import PopulationError
 from .live import LiveMember, LiveMembers, open_session
 from .peers import ListPeers, Peers, PeersChanged, StoredPeers, with_history
 from .records import (
@@ -68,10 +69,6 @@ BACKGROUND_BYTES = 16 * 2**20
 
 # Salts that keep the random streams of different decisions independent.
 _INIT, _EXPLOIT, _TRAIN, _RESEED = 0, 1, 2, 3
-
-
-class PopulationError(RuntimeError):
-    """The population cannot continue (bad configuration, or every member failed)."""
 
 
 def derive_seed(seed: int, *keys: int) -> int:

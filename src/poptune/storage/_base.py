@@ -47,6 +47,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .._text import printable
+from ..errors import LeaseLost, PopulationBusy, PopulationExists, PopulationNotFound, StorageError
 from ..records import (
     CheckpointRef,
     ExploitEvent,
@@ -72,17 +73,6 @@ __all__ = [
 ]
 
 
-class StorageError(RuntimeError):
-    """The storage cannot be opened or used; the message says why and what to do."""
-
-
-class PopulationNotFound(KeyError):
-    """No population of that name in the storage."""
-
-    def __str__(self) -> str:
-        return str(self.args[0]) if self.args else "population not found"
-
-
 def is_storable(name: str) -> bool:
     """Whether a database can hold ``name`` at all (a lone surrogate cannot be UTF-8)."""
     try:
@@ -99,19 +89,6 @@ def not_found(name: str, shown_url: str, known: Sequence[str]) -> PopulationNotF
     return PopulationNotFound(
         f"No population named '{printable(name)}' in {shown_url}.{hint or ' It is empty.'}"
     )
-
-
-class PopulationExists(ValueError):
-    """A population of that name already exists."""
-
-
-class PopulationBusy(RuntimeError):
-    """The population is being trained: a worker holds a member, or recorded an interval
-    within the quiet period; it was not deleted."""
-
-
-class LeaseLost(RuntimeError):
-    """The claim this write was made under is no longer held (released or taken over)."""
 
 
 def check_idle(

@@ -18,6 +18,7 @@ import numpy as np
 
 from .._imports import import_object, reference_of
 from .._validation import jsonable
+from ..errors import NotRecordable
 from ..records import Candidate
 
 if TYPE_CHECKING:
@@ -70,10 +71,6 @@ class Ready(Protocol):
 
 _REGISTRY: dict[str, type] = {}
 log = logging.getLogger("poptune")
-
-
-class NotRecordable(TypeError):
-    """A strategy whose parameters cannot be recorded with the population."""
 
 
 def register(cls: type) -> type:
