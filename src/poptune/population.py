@@ -41,6 +41,7 @@ from .storage import (
     storage_option,
 )
 from .strategies import Every, Perturb, Truncation, describe
+from .strategies import _capabilities as capabilities
 from .strategies.stop import Stop, describe_stop, stop_list
 from .trackers import BackgroundExport, Tracker, check_trackers
 from .trainable import check_trainable
@@ -186,9 +187,7 @@ def run(
                 f"The '{role}' parameter must be a strategy such as pt.Truncation() or a "
                 f"callable. Got {strategy!r}."
             )
-    check_space = getattr(explore, "check_space", None)
-    if callable(check_space):  # e.g. PB2 cannot tune a space where everything is fixed
-        check_space(space)
+    capabilities.check_space(explore, space)  # e.g. PB2 cannot tune a space of constants
     if seed is None:
         seed = int(np.random.SeedSequence().generate_state(1)[0])
     seed = check_int("seed", seed, 0)

@@ -52,6 +52,7 @@ from .records import (
     PopulationStatus,
 )
 from .storage import Claim, LeaseLost, PopulationNotFound, Storage
+from .strategies import _capabilities as capabilities
 from .strategies import rebuild
 from .strategies.stop import Progress, check_stop
 from .trainable import metrics_of
@@ -576,7 +577,7 @@ class Worker:
         """What the exploit strategy chooses from: each healthy member's checkpointed interval
         at ``step`` (default: its latest). Scores only, read without decoding any hparams,
         unless the strategy asks for every candidate's hparams (``needs_hparams = True``)."""
-        if getattr(self.spec.exploit, "needs_hparams", False):
+        if capabilities.needs_hparams(self.spec.exploit):
             return [self._candidate(i) for i in self.storage.candidates(self.population_id, step)]
         fitness = self.spec.config.mode.fitness
         rows = self.storage.candidate_scores(self.population_id, step)
@@ -588,7 +589,7 @@ class Worker:
         once for a strategy that needs every candidate's hparams. ``None`` if the member is
         not a candidate there (it failed, or its checkpoint was dropped)."""
         exploit = self.spec.exploit
-        if getattr(exploit, "needs_hparams", False):
+        if capabilities.needs_hparams(exploit):
             return self._snapshot(member)
         return StoredPeers.open(
             self.storage,
@@ -596,7 +597,7 @@ class Worker:
             member.id,
             member.step,
             self.spec.config.mode,
-            history=int(getattr(exploit, "history", 0) or 0),
+            history=capabilities.history(exploit),
         )
 
     def _snapshot(self, member: MemberRecord) -> ListPeers | None:
@@ -606,7 +607,7 @@ class Worker:
             self.storage,
             self.population_id,
             self.spec.config.mode,
-            int(getattr(self.spec.exploit, "history", 0) or 0),
+            capabilities.history(self.spec.exploit),
         )
         me = next((c for c in population if c.member == member.id), None)
         return None if me is None else ListPeers(population, me)
@@ -614,7 +615,7 @@ class Worker:
     def _with_hparams(self, donor: Candidate) -> Candidate | None:
         """``donor`` with the hparams recorded with its interval (read now if the candidates
         were read without them), or ``None`` if that interval is not there."""
-        if getattr(self.spec.exploit, "needs_hparams", False):
+        if capabilities.needs_hparams(self.spec.exploit):
             return donor
         interval = self.storage.interval(self.population_id, donor.member, donor.step)
         return None if interval is None else replace(donor, hparams=dict(interval.hparams))
@@ -730,7 +731,7 @@ class Worker:
     def _explore(self, donor: Candidate, rng: np.random.Generator) -> dict[str, Any]:
         """Explore the donor's recorded hparams; a strategy leaving the space stops the run."""
         spec = self.spec
-        window = int(getattr(spec.explore, "window", 0) or 0)
+        window = capabilities.window(spec.explore)
         if window > 0:  # a strategy that learns from the population's recent intervals
             data = self._explore_data(donor, window)
             explored = spec.explore(dict(donor.hparams), spec.config.space, rng, data=data)

@@ -11,6 +11,7 @@ import numpy as np
 
 from .._validation import check_float, invalid, plain
 from ..space import Distribution
+from . import _capabilities as capabilities
 from ._base import describe, rebuild, register
 
 if TYPE_CHECKING:
@@ -171,7 +172,7 @@ class Chain:
     @property
     def window(self) -> int:
         """The widest data window of its steps (0: none learns from the population's data)."""
-        return max((int(getattr(step, "window", 0) or 0) for step in self.steps), default=0)
+        return max((capabilities.window(step) for step in self.steps), default=0)
 
     def __call__(
         self,
@@ -184,7 +185,7 @@ class Chain:
         gathers for a step with a ``window``, such as ``pt.PB2``) goes to the steps that ask."""
         current = dict(hparams)
         for step in self.steps:
-            if data is not None and int(getattr(step, "window", 0) or 0) > 0:
+            if data is not None and capabilities.window(step) > 0:
                 current = dict(step(current, space, rng, data=data))
             else:
                 current = dict(step(current, space, rng))
@@ -193,9 +194,7 @@ class Chain:
     def check_space(self, space: Space) -> None:
         """Let each step refuse a space it cannot explore (as ``pt.PB2`` does)."""
         for step in self.steps:
-            check = getattr(step, "check_space", None)
-            if callable(check):
-                check(space)
+            capabilities.check_space(step, space)
 
     def to_config(self) -> dict[str, Any]:
         """Parameters to store with the population: each step's own description."""

@@ -16,6 +16,7 @@ from typing import Any
 
 from .._validation import check_float, check_int, invalid
 from ..records import Mode
+from . import _capabilities as capabilities
 from ._base import register
 
 __all__ = ["Plateau", "Progress", "Stop", "Target", "WallClock", "check_stop"]
@@ -219,7 +220,7 @@ def stop_list(stop: Stop | Sequence[Stop] | None, metric: str | None = None) -> 
                 "The 'stop' parameter must be a criterion such as pt.Target(0.95), "
                 f"pt.Plateau(5) or pt.WallClock(3600), or a list of them. Got {criterion!r}."
             )
-        watched = getattr(criterion, "metric", None)
+        watched = capabilities.watched_metric(criterion)
         if metric is not None and watched is not None and watched != metric:
             raise ValueError(
                 f"The stop criterion {criterion!r} watches the metric {watched!r}, but the "
