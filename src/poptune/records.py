@@ -27,6 +27,7 @@ __all__ = [
     "PeerCounts",
     "PopulationRecord",
     "PopulationStatus",
+    "rank_key",
 ]
 
 
@@ -42,6 +43,19 @@ class Mode(str, enum.Enum):
         if score is None or not math.isfinite(score):
             return -math.inf
         return score if self is Mode.MAX else -score
+
+
+def rank_key(fitness: float, member: int) -> tuple[float, int]:
+    """The population's one ranking rule, as a sort key (smaller ranks first): higher
+    ``fitness`` first (see :meth:`Mode.fitness`: missing, NaN and infinite scores are ``-inf``,
+    the worst), ties broken by the lower member id. Every ranking in poptune (exploit candidates,
+    the best member, the SQL orderings) sorts by this rule, so they all agree.
+
+    Example:
+        >>> sorted([(0.5, 3), (0.9, 2), (0.5, 1)], key=lambda c: rank_key(*c))
+        [(0.9, 2), (0.5, 1), (0.5, 3)]
+    """
+    return (-fitness, member)
 
 
 class MemberStatus(str, enum.Enum):
