@@ -50,7 +50,8 @@ def test_a_worker_back_from_a_long_pause_has_its_late_write_refused(tmp_path: Pa
     assert paused.trained == 0 and other.trained == 1
     intervals = storage.intervals(target.population_id)
     assert [(i.member, i.step) for i in intervals] == [(claim.member.id, 1)]
-    late = paused._doomed.get_nowait()  # its uncommitted checkpoint is queued for deletion
+    # its uncommitted checkpoint is queued for deletion
+    late = paused.housekeeper._doomed.get_nowait()
     assert late.path not in {c.path for c in storage.checkpoints(target.population_id)}
 
 
