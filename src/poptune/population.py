@@ -441,15 +441,11 @@ def join(
     store = open_checkpoints(
         checkpoints if checkpoints is not None else checkpoints_location(result.storage, record)
     )
-    worker = Worker(
-        RunSpec.build(config, trainable),
-        result.storage,
-        store,
-        record.id,
-        lease_seconds=config.lease_seconds,
-        resident=resident,
+    spec = RunSpec.build(config, trainable)
+    target = WorkerTarget(
+        spec, result.storage.url, str(store.url), record.id, config.lease_seconds, resident
     )
-    return worker.run()
+    return Worker.from_target(target, result.storage, store).run()
 
 
 def _check_continuable(record: PopulationRecord) -> None:

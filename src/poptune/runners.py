@@ -52,14 +52,7 @@ def run_target(target: WorkerTarget, stop: Any = None) -> int:
     of a worker process or a Ray actor). Returns the intervals it trained."""
     storage = open_storage(target.storage_url, mode="write")
     try:
-        worker = Worker(
-            target.spec,
-            storage,
-            open_checkpoints(target.checkpoints_url),
-            target.population_id,
-            lease_seconds=target.lease_seconds,
-            resident=target.resident,
-        )
+        worker = Worker.from_target(target, storage, open_checkpoints(target.checkpoints_url))
         return worker.run(stop)
     finally:
         storage.close()
@@ -94,15 +87,7 @@ class InProcessRunner:
     ) -> None:
         """Run one worker here until the budget is spent."""
         on_started()
-        worker = Worker(
-            target.spec,
-            storage,
-            checkpoints,
-            target.population_id,
-            lease_seconds=target.lease_seconds,
-            resident=target.resident,
-        )
-        worker.run()
+        Worker.from_target(target, storage, checkpoints).run()
 
 
 def _worker_main(target: WorkerTarget, stop: Any, environment: Mapping[str, str]) -> None:
