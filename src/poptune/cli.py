@@ -23,8 +23,10 @@ from ._filenames import safe_path
 from ._redact import redact_text
 from ._text import printable
 from .config import PopulationConfig
+from .deletion import check_deletable
 from .devices import CUDA_VISIBLE_DEVICES, apply_environment, device_environment, parse_device
-from .population import Population, check_deletable, checkpoints_location, load, replay
+from .locations import checkpoints_location
+from .population import Population, load, replay
 from .population import delete as delete_population
 from .records import MemberRecord, PopulationStatus
 from .results import Result
