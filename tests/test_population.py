@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import statistics
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 
 import poptune as pt
 from poptune.records import MemberStatus
+from poptune.strategies import describe
 from poptune.testing import Failing, Quadratic, check_steps, quadratic_space
 
 
@@ -422,3 +424,31 @@ def test_checkpoints_stay_bounded(storage_url, tmp_path: Path):
     assert len(files) <= 4 + 1 + 4
     assert result.best.checkpoint is not None
     assert np.isfinite(result.best.state()["theta"]).all()
+
+
+# --- explore=None: deprecated (None should one day mean "no explore", as for exploit) --------
+
+
+def test_explore_none_warns_and_still_means_the_default_perturb(tmp_path: Path):
+    url = f"sqlite:///{tmp_path}/p.db"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)  # leaving it out warns nothing
+        default = run_toy(url, name="default", population=2, intervals=2)
+    message = r"explore=None means the default pt\.Perturb\(\); leave it out instead"
+    with pytest.warns(DeprecationWarning, match=message) as caught:
+        given = run_toy(url, name="none", population=2, intervals=2, explore=None)
+    assert caught[0].filename == __file__  # it points at the caller's line
+    assert given.status == "finished"
+    assert given.config.explore == default.config.explore == describe(pt.Perturb())
+
+
+def test_resume_explore_none_warns_and_still_keeps_the_recorded_explore(tmp_path: Path):
+    url = f"sqlite:///{tmp_path}/p.db"
+    run_toy(url, name="r", population=2, intervals=2, explore=pt.Resample())
+    with pytest.warns(DeprecationWarning, match="explore=None keeps the population's recorded"):
+        resumed = pt.resume(pt.load(url, "r"), explore=None, intervals=3, progress=False)
+    assert resumed.status == "finished" and [m.step for m in resumed.members] == [3, 3]
+    assert resumed.config.explore == describe(pt.Resample())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        assert pt.resume(pt.load(url, "r"), intervals=4, progress=False).status == "finished"

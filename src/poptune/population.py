@@ -11,6 +11,7 @@ arguments, :mod:`poptune.reconcile` squares them with what the storage holds,
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,18 @@ from .worker import Worker
 
 __all__ = ["Population", "delete", "join", "load", "replay", "resume", "run"]
 
+#: The default of a strategy argument: for pt.run the built-in default strategy, for resume the
+#: recorded one.
 _DEFAULT: Any = KEEP
+
+_EXPLORE_NONE = (
+    "explore=None means the default pt.Perturb(); leave it out instead (a future version may "
+    "read None as 'no explore')"
+)
+_EXPLORE_NONE_KEEPS = (
+    "explore=None keeps the population's recorded explore; leave it out instead (a future "
+    "version may read None as 'no explore')"
+)
 
 
 class Population(Result):
@@ -76,7 +88,7 @@ def run(
     intervals: int = 10,
     workers: int = 1,
     exploit: Callable[..., Any] | None = _DEFAULT,
-    explore: Callable[..., Any] | None = None,
+    explore: Callable[..., Any] | None = _DEFAULT,
     ready: Callable[..., Any] | None = None,
     name: str | None = None,
     storage: str | Storage | None = None,
@@ -107,7 +119,8 @@ def run(
         exploit: ``pt.Truncation(0.2)`` by default, ``pt.Tournament()``, any callable, or
             ``None`` for independent training (random search with the same budget).
         explore: ``pt.Perturb()`` by default, ``pt.Resample()``, ``pt.PB2()`` (a GP bandit on
-            the population's recent improvements), or any callable.
+            the population's recent improvements), or any callable. (``None`` also means the
+            default, deprecated: leave it out.)
         ready: ``pt.Every(1)`` by default, or any callable.
         name: the population's name in the storage (default: the trainable's name). If it
             exists with the same configuration, the run continues it to the full budget.
@@ -151,6 +164,8 @@ def run(
         >>> result.status, len(result.intervals())
         ('finished', 20)
     """
+    if explore is None:
+        warnings.warn(_EXPLORE_NONE, DeprecationWarning, stacklevel=2)
     plan = prepare_run(
         trainable,
         space,
@@ -209,7 +224,7 @@ def resume(
     progress: bool = True,
     trainable: type | None = None,
     exploit: Callable[..., Any] | None = _DEFAULT,
-    explore: Callable[..., Any] | None = None,
+    explore: Callable[..., Any] | None = _DEFAULT,
     ready: Callable[..., Any] | None = None,
     runner: Runner | None = None,
     devices: Sequence[str] | None = None,
@@ -220,7 +235,8 @@ def resume(
 ) -> Population:
     """Continue a stored population to its full budget with its stored configuration.
 
-    Failed members get another try from their last checkpoint. Strategies that were plain
+    Failed members get another try from their last checkpoint. Strategies given here replace
+    the recorded ones (``exploit=None``: none, i.e. random search); strategies that were plain
     callables without an import reference must be passed again. ``devices`` gives the workers
     GPUs as in :func:`run`. ``checkpoints`` says where the checkpoints are now, if not where
     ``result`` found them (see :func:`load`). ``intervals`` gives the population (finished or
@@ -232,6 +248,8 @@ def resume(
     Raises:
         ValueError: if ``intervals`` is less than the population's budget.
     """
+    if explore is None:
+        warnings.warn(_EXPLORE_NONE_KEEPS, DeprecationWarning, stacklevel=2)
     plan = prepare_resume(
         result,
         workers=workers,
