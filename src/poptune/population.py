@@ -25,13 +25,13 @@ from .execution import Execution, execute
 from .locations import checkpoints_location as checkpoints_location
 from .locations import open_checkpoint_store
 from .preparation import prepare_resume, prepare_run, recorded_trainable
-from .reconcile import check_continuable, continue_stored, reconcile
+from .reconcile import check_continuable, continue_stored, reconcile, reconcile_replay
 from .report import build_model, plot, write_report
 from .results import Result
 from .runners import InProcessRunner, Runner, WorkerTarget
 from .runspec import KEEP, RunSpec
 from .space import Space
-from .storage import PopulationExists, PopulationNotFound, Storage, open_storage, redact_url
+from .storage import Storage, open_storage
 from .strategies.stop import Stop
 from .trackers import Tracker, check_trackers
 from .trainable import check_trainable
@@ -311,23 +311,11 @@ def replay(
         schedule=schedule,
         replay_of={"population": name, "member": entries[-1].member},
     )
-    try:
-        record = storage.population(target)
-    except PopulationNotFound:
-        try:
-            record = storage.create_population(target, config.to_dict(), [schedule[0]])
-        except PopulationExists:
-            record = storage.population(target)
-    recorded = PopulationConfig.of(record)
-    if recorded.schedule != config.schedule:
-        raise ValueError(
-            f"A population named {target!r} already exists in {redact_url(storage.url)} and is "
-            f"not a replay of this schedule. Pass replay_name= another name."
-        )
+    record = reconcile_replay(storage, target, config, [schedule[0]])
     execution = Execution(
         storage=storage,
         record=record,
-        spec=RunSpec.build(recorded, trainable),
+        spec=RunSpec.build(PopulationConfig.of(record), trainable),
         checkpoints=open_checkpoint_store(storage, record),
         runner=InProcessRunner(),
         resident=1,

@@ -2,9 +2,10 @@
 
 ``pt.run`` with a name the storage knows continues that population if the configuration is the
 same, replaces it if it never trained, and is refused otherwise (:func:`reconcile`);
-``pt.resume`` records its changes and gives failed members another try
-(:func:`continue_stored`). A population recorded when ``step`` meant something else can be
-read but not trained on (:func:`check_continuable`).
+``pt.replay`` continues a replay of the same schedule (:func:`reconcile_replay`); ``pt.resume``
+records its changes and gives failed members another try (:func:`continue_stored`). A
+population recorded when ``step`` meant something else can be read but not trained on
+(:func:`check_continuable`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,14 @@ from .locations import recorded_location
 from .records import PopulationRecord, PopulationStatus
 from .storage import PopulationExists, PopulationNotFound, Storage, redact_url, storage_option
 
-__all__ = ["check_continuable", "check_same", "continue_stored", "reconcile", "reopen"]
+__all__ = [
+    "check_continuable",
+    "check_same",
+    "continue_stored",
+    "reconcile",
+    "reconcile_replay",
+    "reopen",
+]
 
 log = logging.getLogger("poptune")
 
@@ -68,6 +76,33 @@ def reconcile(
         " (it is finished: nothing to train)" if record.status is PopulationStatus.FINISHED else "",
     )
     return storage.population(name)
+
+
+def reconcile_replay(
+    storage: Storage,
+    name: str,
+    config: PopulationConfig,
+    start: Sequence[Mapping[str, Any]],
+) -> PopulationRecord:
+    """The stored replay ``name`` of ``config``'s schedule: created (starting from ``start``)
+    if there is none, else the one there if it replays the same schedule.
+
+    Raises:
+        ValueError: if a population of that name is not a replay of this schedule.
+    """
+    try:
+        record = storage.population(name)
+    except PopulationNotFound:
+        try:
+            record = storage.create_population(name, config.to_dict(), start)
+        except PopulationExists:
+            record = storage.population(name)
+    if PopulationConfig.of(record).schedule != config.schedule:
+        raise ValueError(
+            f"A population named {name!r} already exists in {redact_url(storage.url)} and is "
+            f"not a replay of this schedule. Pass replay_name= another name."
+        )
+    return record
 
 
 def _replaced(storage: Storage, record: PopulationRecord, config: PopulationConfig) -> bool:
