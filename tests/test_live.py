@@ -87,7 +87,9 @@ def test_live_members_drop_the_least_recently_used():
     assert live.ids() == [0, 2] and Session.closed == 1
     live.drop(0)
     assert live.ids() == [2] and Session.closed == 2
-    with pytest.raises(ValueError, match=r"'resident' parameter must be an int >= 1. Got 0"):
+    with pytest.raises(
+        ValueError, match=r"'resident' parameter of LiveMembers must be an int >= 1. Got 0 instead"
+    ):
         LiveMembers(0)
 
 

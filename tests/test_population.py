@@ -216,7 +216,11 @@ def test_to_pandas(storage_url):
             r"'space' parameter must be hyperparameter names without",
         ),
         # an initial value beyond the float range is outside the space, not an OverflowError
-        ({"initial": [{"h0": 10**400, "h1": 0.5}]}, ValueError, r"initial\[0\].*'h0' = 1000"),
+        (
+            {"initial": [{"h0": 10**400, "h1": 0.5}]},
+            ValueError,
+            r"initial\[0\].*'hparams\['h0'\]'.* Got 1000",
+        ),
     ],
 )
 def test_bad_input_is_refused_with_a_clear_message(storage_url, options, error, match):

@@ -80,7 +80,7 @@ def test_criteria_see_the_best_per_step():
     ("make", "error", "match"),
     [
         (lambda: pt.Target("high"), ValueError, r"'score' parameter of Target"),
-        (lambda: pt.Plateau(0), ValueError, r"'intervals' parameter of Plateau"),
+        (lambda: pt.Plateau(0), ValueError, r"'patience' parameter of Plateau"),
         (lambda: pt.Plateau(2, min_delta=-1.0), ValueError, r"'min_delta'"),
         (
             lambda: pt.WallClock(0),
@@ -95,7 +95,7 @@ def test_bad_criteria_are_refused(make, error, match):
 
 
 def test_stop_must_be_criteria(tmp_path: Path):
-    with pytest.raises(TypeError, match=r"'stop' parameter must be a criterion.*Got 0.9"):
+    with pytest.raises(TypeError, match=r"'stop' parameter must be a criterion.*Got 0.9 instead"):
         _run(f"sqlite:///{tmp_path / 'p.db'}", stop=0.9)
 
 

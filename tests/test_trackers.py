@@ -360,7 +360,7 @@ def test_tensorboard_export_writes_only_inside_its_logdir(tmp_path: Path, name: 
     ("trackers", "match"),
     [
         ("runs/tb", "must be a list of trackers"),
-        ([object()], r"trackers\[0\] must be a tracker"),
+        ([object()], r"'trackers\[0\]' parameter must be a tracker"),
     ],
 )
 def test_run_validates_trackers(tmp_path: Path, trackers: object, match: str) -> None:

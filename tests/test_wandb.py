@@ -366,7 +366,10 @@ def _has_intervals(url: str, name: str) -> bool:
 
 
 def test_wandb_refuses_the_arguments_it_sets_itself() -> None:
-    with pytest.raises(TypeError, match=r"WandB sets 'group', 'id' of wandb.init itself"):
+    with pytest.raises(
+        TypeError,
+        match=r"'init_kwargs' parameter of WandB must be .*Got \{'group': 'y', 'id': 'x'\}",
+    ):
         pt.WandB("pbt", id="x", group="y")
     with pytest.raises(ValueError, match="'project' parameter of WandB must be a non-empty"):
         pt.WandB("")

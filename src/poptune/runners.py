@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from ._validation import check_float, check_int
 from .checkpoints import open_checkpoints
 from .devices import (
     CUDA_VISIBLE_DEVICES,
@@ -128,9 +129,7 @@ class LocalProcessRunner:
         start_method: str | None = None,
         devices: Sequence[str] | None = None,
     ) -> None:
-        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-            raise ValueError(f"The 'workers' parameter must be an int >= 1. Got {workers!r}.")
-        self.workers = workers
+        self.workers = check_int("workers", workers, 1, owner="LocalProcessRunner")
         if start_method is None:
             start_method = "fork" if sys.platform.startswith("linux") else "spawn"
         self.start_method = start_method
@@ -238,24 +237,12 @@ class RayRunner:
         runtime_env: dict[str, Any] | None = None,
         max_restarts: int = 3,
     ) -> None:
-        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-            raise ValueError(f"The 'workers' parameter must be an int >= 1. Got {workers!r}.")
-        if isinstance(max_restarts, bool) or not isinstance(max_restarts, int) or max_restarts < 0:
-            raise ValueError(
-                f"The 'max_restarts' parameter of RayRunner must be an int >= 0. "
-                f"Got {max_restarts!r}."
-            )
-        for name, value in (("num_cpus", num_cpus), ("num_gpus", num_gpus)):
-            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-                raise ValueError(
-                    f"The '{name}' parameter of RayRunner must be a number >= 0. Got {value!r}."
-                )
         self.address = address
-        self.workers = workers
-        self.num_cpus = float(num_cpus)
-        self.num_gpus = float(num_gpus)
+        self.workers = check_int("workers", workers, 1, owner="RayRunner")
+        self.num_cpus = check_float("num_cpus", num_cpus, 0.0, owner="RayRunner")
+        self.num_gpus = check_float("num_gpus", num_gpus, 0.0, owner="RayRunner")
         self.runtime_env = runtime_env
-        self.max_restarts = max_restarts
+        self.max_restarts = check_int("max_restarts", max_restarts, 0, owner="RayRunner")
 
     def run(
         self,

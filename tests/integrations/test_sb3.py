@@ -252,7 +252,8 @@ def test_off_policy_rollouts_are_cut_at_the_interval_whatever_train_freq(tmp_pat
     [
         (
             {"build": lambda h, seed: torch.nn.Linear(2, 2)},
-            r"trains a Stable-Baselines3 algorithm .* got torch\.nn\.modules\.linear\.Linear",
+            r"'model' parameter of learn must be a Stable-Baselines3 algorithm .* It is a "
+            r"torch\.nn\.modules\.linear\.Linear",
         ),
         (
             {"interval": 100},
