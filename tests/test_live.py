@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 import poptune as pt
@@ -20,7 +18,7 @@ def _counts() -> None:
     CountingQuadratic.seeds = []
 
 
-def test_each_member_is_built_once_and_continues_in_memory(tmp_path: Path, writes, quick_run):
+def test_each_member_is_built_once_and_continues_in_memory(writes, quick_run):
     result = quick_run(CountingQuadratic, exploit=None, **SIZE)
     assert len(result.intervals()) == 32
     assert CountingQuadratic.builds == 4
@@ -31,7 +29,7 @@ def test_each_member_is_built_once_and_continues_in_memory(tmp_path: Path, write
     assert all(len(instances) == 1 for instances in by_member.values())
 
 
-def test_an_exploit_loads_the_donor_into_the_live_instance(tmp_path: Path, writes, quick_run):
+def test_an_exploit_loads_the_donor_into_the_live_instance(writes, quick_run):
     result = quick_run(CountingQuadratic, exploit=pt.Truncation(0.25), **SIZE)
     exploits = result.exploits()
     assert exploits
@@ -40,7 +38,7 @@ def test_an_exploit_loads_the_donor_into_the_live_instance(tmp_path: Path, write
     check_steps(result)
 
 
-def test_every_interval_gets_its_own_seed(tmp_path: Path, quick_run):
+def test_every_interval_gets_its_own_seed(quick_run):
     result = quick_run(CountingQuadratic, population=4, intervals=3, exploit=None)
     assert len(CountingQuadratic.seeds) == 12
     assert len(set(CountingQuadratic.seeds)) == 12
@@ -51,7 +49,7 @@ def test_every_interval_gets_its_own_seed(tmp_path: Path, quick_run):
     assert result.status == "finished"
 
 
-def test_resident_bounds_the_members_kept(tmp_path: Path, writes, quick_run):
+def test_resident_bounds_the_members_kept(writes, quick_run):
     result = quick_run(CountingQuadratic, population=3, intervals=4, exploit=None, resident=1)
     # one member in memory at a time, trained least-advanced first: a member continues in
     # memory only when it is claimed right after its own interval; every other time it is
@@ -80,9 +78,7 @@ def test_live_members_drop_the_least_recently_used():
         LiveMembers(0)
 
 
-def test_a_donor_held_here_is_copied_from_memory_not_read_from_disk(
-    tmp_path: Path, writes, monkeypatch, quick_run
-):
+def test_a_donor_held_here_is_copied_from_memory_not_read_from_disk(writes, monkeypatch, quick_run):
     from poptune.checkpoints import LocalCheckpoints
 
     reads = []

@@ -127,14 +127,14 @@ def test_a_broken_loop_gets_a_clear_error_and_loses_nothing(
     assert issubclass(LoopError, RuntimeError)
 
 
-def test_a_function_with_the_wrong_signature_is_refused(tmp_path: Path, quick_run):
+def test_a_function_with_the_wrong_signature_is_refused(quick_run):
     def two(ctx: Any, extra: Any) -> None: ...
 
     with pytest.raises(TypeError, match=r"must take one argument, the context.*two\(ctx"):
         quick_run(two, **SIZE)
 
 
-def test_best_load_explains_that_a_function_has_no_instance(tmp_path: Path, quick_run):
+def test_best_load_explains_that_a_function_has_no_instance(quick_run):
     result = quick_run(quadratic_loop, population=4, intervals=2)
     assert set(result.best.state()) == {"theta"}
     with pytest.raises(TypeError, match=r"load best.state\(\) into your model"):
