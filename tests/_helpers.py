@@ -1,7 +1,7 @@
 """Helpers shared by several test modules (fixtures built on them live in ``conftest.py``).
 
 - :class:`QuickRun`: ``pt.run`` with the suite's usual options, behind the ``quick_run``
-  fixture; :func:`worker_for` builds a worker on a population a test created without training.
+  fixture (also: a population created untrained, a run sure to exploit); :func:`worker_for` builds a worker on a population a test created without training.
 - ``make``, ``interval``, ``ckpt``, ``train``: a population written straight into a storage,
   one record at a time, for the storage contract and the tests that read what it stores.
 """
@@ -47,6 +47,13 @@ class QuickRun:
         runner = CreateOnlyRunner()
         self(trainable, runner=runner, **overrides)
         return runner
+
+    def exploiting(self, trainable: Any = Quadratic, /, **overrides: Any) -> pt.Population:
+        """A run that exploits (4 intervals, seed 1), for tests that read its exploits back:
+        fails at once if it did not."""
+        result = self(trainable, **{"intervals": 4, "seed": 1, **overrides})
+        assert result.exploits(), "the test population must exploit"
+        return result
 
 
 def worker_for(runner: CreateOnlyRunner, storage: Any = None, **options: Any) -> pt.Worker:
