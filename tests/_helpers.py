@@ -1,7 +1,8 @@
 """Helpers shared by several test modules (fixtures built on them live in ``conftest.py``).
 
 - :class:`QuickRun`: ``pt.run`` with the suite's usual options, behind the ``quick_run``
-  fixture (also: a population created untrained, a run sure to exploit); :func:`worker_for` builds a worker on a population a test created without training.
+  fixture (also: a population created untrained, a run sure to exploit); :func:`worker_for`
+  builds a worker on a population a test created without training.
 - ``make``, ``interval``, ``ckpt``, ``train``: a population written straight into a storage,
   one record at a time, for the storage contract and the tests that read what it stores.
 """
