@@ -4,6 +4,7 @@ Tests that take ``storage`` run once per storage kind: in memory (``poptune.test
 and PostgreSQL when ``$POPTUNE_TEST_POSTGRES`` names a server database whose user may create
 databases (``.ci/run`` installs and starts one); each PostgreSQL test gets a database of its own.
 Tests that take ``storage_url`` need a database other processes can open: SQLite and PostgreSQL.
+Tests that train a population take ``quick_run``: ``pt.run`` with the suite's usual options.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import pytest
 
 from poptune.storage import SQLStorage, Storage
 from poptune.testing import MemoryStorage
+from tests._helpers import QuickRun
 
 POSTGRES = os.environ.get("POPTUNE_TEST_POSTGRES")
 SQL_KINDS = ["sqlite", "postgresql"]
@@ -74,6 +76,13 @@ def storage(
         store = SQLStorage(url)
         yield store
         store.close()
+
+
+@pytest.fixture
+def quick_run(tmp_path: Path) -> QuickRun:
+    """``pt.run`` with the suite's usual options (see :class:`tests._helpers.QuickRun`), stored
+    by default in this test's ``tmp_path / "poptune.db"``, checkpoints next to it."""
+    return QuickRun(f"sqlite:///{tmp_path / 'poptune.db'}")
 
 
 @pytest.fixture(autouse=True)

@@ -194,9 +194,7 @@ def test_ttest_copies_only_significantly_better_members():
         pt.TTest(alpha=1.5)
 
 
-def test_ttest_in_a_run_sees_each_members_recent_scores(tmp_path):
-    from poptune.testing import Quadratic, quadratic_space
-
+def test_ttest_in_a_run_sees_each_members_recent_scores(quick_run):
     seen = []
 
     class Recording(pt.TTest):
@@ -204,19 +202,7 @@ def test_ttest_in_a_run_sees_each_members_recent_scores(tmp_path):
             seen.append((member.step, {c.member: c.history for c in peers}))
             return super().__call__(member, peers, rng)
 
-    result = pt.run(
-        Quadratic,
-        space=quadratic_space(),
-        metric="q",
-        population=4,
-        intervals=8,
-        storage=f"sqlite:///{tmp_path / 'p.db'}",
-        name="t",
-        seed=0,
-        progress=False,
-        exploit=Recording(window=3),
-        sync=True,
-    )
+    result = quick_run(name="t", population=4, intervals=8, exploit=Recording(window=3), sync=True)
     assert seen
     by_key = {(i.member, i.step): i.score for i in result.intervals()}
     for step, histories in seen:

@@ -11,7 +11,6 @@ from poptune.records import (
     CheckpointRef,
     ExploitEvent,
     FailureRecord,
-    IntervalRecord,
     MemberStatus,
     Mode,
     PopulationStatus,
@@ -20,36 +19,8 @@ from poptune.storage import (
     LeaseLost,
     PopulationExists,
     PopulationNotFound,
-    SQLStorage,
 )
-
-CONFIG = {"metric": "q", "mode": "max", "intervals": 5}
-
-
-def make(storage: SQLStorage, n: int = 4, name: str = "pop") -> int:
-    return storage.create_population(name, CONFIG, [{"x": float(i)} for i in range(n)]).id
-
-
-def interval(member: int, step: int, score: float, origin=None) -> IntervalRecord:
-    return IntervalRecord(member, step, {"x": float(member)}, score, {"q": score}, 0.1, 1.0, origin)
-
-
-def ckpt(member: int, step: int) -> CheckpointRef:
-    return CheckpointRef(member, step, f"m{member}/s{step}.ckpt", 10, "0" * 64)
-
-
-def train(storage: SQLStorage, pid: int, score: float, budget: int = 5, ready: bool = False):
-    claim = storage.claim(pid, "w", budget, 30.0, sync=False)
-    assert claim is not None
-    step = claim.member.step + 1
-    storage.record_interval(
-        claim,
-        interval(claim.member.id, step, score, claim.member.restore),
-        ckpt(claim.member.id, step),
-        exploit_pending=ready,
-        done=step >= budget,
-    )
-    return claim.member.id, step
+from tests._helpers import CONFIG, ckpt, interval, make, train
 
 
 def test_create_and_read_population(storage):
