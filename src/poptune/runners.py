@@ -11,7 +11,6 @@ import os
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ._validation import check_float, check_int
@@ -24,8 +23,9 @@ from .devices import (
     idle_devices,
     parse_devices,
 )
+from .runspec import WorkerTarget
 from .storage import check_shareable, open_storage
-from .worker import PopulationError, RunSpec, Worker
+from .worker import PopulationError, Worker
 
 __all__ = ["InProcessRunner", "LocalProcessRunner", "RayRunner", "Runner", "WorkerTarget"]
 
@@ -34,18 +34,6 @@ log = logging.getLogger("poptune")
 
 def _nothing() -> None:
     pass
-
-
-@dataclass(frozen=True)
-class WorkerTarget:
-    """What a worker needs to join a population: the algorithm and where the state lives."""
-
-    spec: RunSpec
-    storage_url: str
-    checkpoints_url: str
-    population_id: int
-    lease_seconds: float = 30.0
-    resident: int | None = None  # members a worker keeps in memory (None: all)
 
 
 def run_target(target: WorkerTarget, stop: Any = None) -> int:
