@@ -516,6 +516,20 @@ class MemoryStorage(Storage):
         with self._transaction():
             return copy.deepcopy(self._get(population_id).intervals.get((member, step)))
 
+    def scores_since(
+        self, population_id: int, step: int, member: int | None = None
+    ) -> list[tuple[int, int, float | None]]:
+        """(member, step, score) of every interval after ``step`` (of ``member`` alone, if
+        given), by member then step: read in place, without the copies :meth:`intervals` makes
+        (stop criteria read every score after every interval)."""
+        with self._transaction():
+            rows = sorted(self._get(population_id).intervals.items())
+            return [
+                (m, s, row.score)
+                for (m, s), row in rows
+                if s > step and (member is None or m == member)
+            ]
+
     def candidates(self, population_id: int, step: int | None = None) -> list[IntervalRecord]:
         """Latest (or exactly ``step``) checkpointed interval of every healthy member."""
         with self._transaction():
