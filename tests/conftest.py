@@ -1,9 +1,11 @@
 """Shared fixtures: every storage kind the suite runs against, and a fresh run folder.
 
-Tests that take ``storage`` run once per storage kind: in memory (``poptune.testing``), SQLite,
+Tests that take ``storage`` run once per storage kind: in memory (``poptune.testing``), in
+memory answering with ``Storage``'s default queries ("defaults": a wrong default fails), SQLite,
 and PostgreSQL when ``$POPTUNE_TEST_POSTGRES`` names a server database whose user may create
 databases (``.ci/run`` installs and starts one); each PostgreSQL test gets a database of its own.
 Tests that take ``storage_url`` need a database other processes can open: SQLite and PostgreSQL.
+Tests that train a population take ``quick_run``: ``pt.run`` with the suite's usual options.
 """
 
 from __future__ import annotations
@@ -18,10 +20,24 @@ import pytest
 
 from poptune.storage import SQLStorage, Storage
 from poptune.testing import MemoryStorage
+from tests._helpers import QuickRun
 
 POSTGRES = os.environ.get("POPTUNE_TEST_POSTGRES")
 SQL_KINDS = ["sqlite", "postgresql"]
-STORAGE_KINDS = ["memory", *SQL_KINDS]
+STORAGE_KINDS = ["memory", "defaults", *SQL_KINDS]
+
+
+def _defaults_storage() -> Storage:
+    """A MemoryStorage whose derived queries are all ``Storage``'s defaults (the ones
+    MemoryStorage overrides for speed put back): the contract suite checks the defaults."""
+    defaults = {
+        name: value
+        for name, value in vars(Storage).items()
+        if callable(value)
+        and not name.startswith("_")
+        and not getattr(value, "__isabstractmethod__", False)
+    }
+    return type("DefaultsStorage", (MemoryStorage,), defaults)()
 
 
 @contextmanager
@@ -67,13 +83,20 @@ def storage(
 ) -> Iterator[Storage]:
     """An open, empty storage of every kind: the contract suite runs against each (a new
     backend runs it by adding a kind here)."""
-    if request.param == "memory":
-        yield MemoryStorage()
+    if request.param in ("memory", "defaults"):
+        yield MemoryStorage() if request.param == "memory" else _defaults_storage()
         return
     with _sql_url(request.param, tmp_path, monkeypatch) as url:
         store = SQLStorage(url)
         yield store
         store.close()
+
+
+@pytest.fixture
+def quick_run(tmp_path: Path) -> QuickRun:
+    """``pt.run`` with the suite's usual options (see :class:`tests._helpers.QuickRun`), stored
+    by default in this test's ``tmp_path / "poptune.db"``, checkpoints next to it."""
+    return QuickRun(f"sqlite:///{tmp_path / 'poptune.db'}")
 
 
 @pytest.fixture(autouse=True)

@@ -151,7 +151,10 @@ def test_workers_share_one_pool_of_spares_per_population(tmp_path: Path):
 
 
 def test_spares_must_be_a_count(tmp_path: Path):
-    with pytest.raises(ValueError, match=r"'spares' parameter must be an int >= 0\. Got -1"):
+    with pytest.raises(
+        ValueError,
+        match=r"'spares' parameter of LocalCheckpoints must be an int >= 0\. Got -1 instead",
+    ):
         LocalCheckpoints(tmp_path, spares=-1)
     store = LocalCheckpoints(tmp_path, spares=0)
     ref = store.save("population-1", 0, 1, {"w": np.zeros(3)})

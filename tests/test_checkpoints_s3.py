@@ -16,7 +16,6 @@ from poptune.checkpoints import (
     open_checkpoints,
     population_folder,
 )
-from poptune.testing import Quadratic, quadratic_space
 
 
 @pytest.fixture
@@ -59,21 +58,9 @@ def test_round_trip_checksum_and_damage(s3: str):
     assert store.files("population-1") == {}
 
 
-def test_a_population_with_checkpoints_on_s3(s3: str, tmp_path):
-    url = f"sqlite:///{tmp_path / 'p.db'}"
-    result = pt.run(
-        Quadratic,
-        space=quadratic_space(),
-        metric="q",
-        population=4,
-        intervals=4,
-        workers=2,
-        storage=url,
-        name="s3",
-        seed=0,
-        progress=False,
-        checkpoints=s3,
-    )
+def test_a_population_with_checkpoints_on_s3(s3: str, quick_run):
+    url = quick_run.storage
+    result = quick_run(name="s3", population=4, intervals=4, workers=2, checkpoints=s3)
     assert result.config.checkpoints == s3  # recorded: joining workers need only the storage
     assert [m.step for m in result.members] == [4] * 4
     store = open_checkpoints(s3)
@@ -87,29 +74,19 @@ def test_a_population_with_checkpoints_on_s3(s3: str, tmp_path):
     assert pt.load(url, "s3").best.state()["theta"].shape == (2,)
 
 
-def test_databases_sharing_one_prefix_keep_each_others_objects(s3: str, tmp_path):
+def test_databases_sharing_one_prefix_keep_each_others_objects(s3: str, tmp_path, quick_run):
     """Two databases given the same object-store prefix both number their first population 1;
     neither one's orphan sweep nor its delete reaches the other's objects."""
-    options = dict(
-        space=quadratic_space(),
-        metric="q",
-        population=2,
-        intervals=2,
-        name="p",
-        seed=0,
-        progress=False,
-        checkpoints=s3,
-        lease_seconds=0.25,
-    )
+    options = dict(name="p", population=2, checkpoints=s3, lease_seconds=0.25)
     a_url, b_url = (f"sqlite:///{tmp_path / name}" for name in ("a.db", "b.db"))
-    a = pt.run(Quadratic, storage=a_url, **options)
+    a = quick_run(storage=a_url, **options)
     store = open_checkpoints(s3)
     a_objects = {
         ref.path: store.fs.cat_file(f"{store.root}/{ref.path}")
         for ref in a.storage.checkpoints(a.id)
     }
     time.sleep(0.6)  # older than two leases: what b's sweep would take for orphans
-    b = pt.run(Quadratic, storage=b_url, **options)
+    b = quick_run(storage=b_url, **options)
     assert a.id == b.id
     pt.delete(b_url, "p")
     for path, data in a_objects.items():

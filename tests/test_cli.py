@@ -18,22 +18,12 @@ import poptune as pt
 from poptune._filenames import safe_filename
 from poptune.cli import main
 from poptune.storage import SQLStorage
-from poptune.testing import CreateOnlyRunner, Quadratic, quadratic_space
+from poptune.testing import Quadratic
 
 
 @pytest.fixture
-def population(storage_url: str) -> pt.Result:
-    return pt.run(
-        Quadratic,
-        space=quadratic_space(),
-        metric="q",
-        population=4,
-        intervals=6,
-        storage=storage_url,
-        name="toy",
-        seed=0,
-        progress=False,
-    )
+def population(storage_url: str, quick_run) -> pt.Result:
+    return quick_run(storage=storage_url, name="toy", population=4, intervals=6)
 
 
 def invoke(*args: str):
@@ -78,41 +68,22 @@ def test_missing_population_and_bad_storage(storage_url):
     assert out.exit_code == 1 and "in-memory" in out.output
 
 
-def test_resume_finishes_an_interrupted_population(storage_url):
-    result = pt.run(
-        Quadratic,
-        space=quadratic_space(),
-        metric="q",
-        population=3,
-        intervals=4,
-        storage=storage_url,
-        name="cut",
-        seed=0,
-        progress=False,
-    )
+def test_resume_finishes_an_interrupted_population(storage_url, quick_run):
+    result = quick_run(storage=storage_url, name="cut", intervals=4)
     # Simulate an interruption: forget the last intervals by marking members behind budget.
     assert result.status == "finished"
     out = invoke("resume", "cut", "--storage", storage_url, "--no-progress")
     assert out.exit_code == 0 and "finished" in out.output
 
 
-def test_workers_join_a_stored_population_from_the_command_line(storage_url, tmp_path):
+def test_workers_join_a_stored_population_from_the_command_line(storage_url, tmp_path, quick_run):
     import subprocess
     import sys
 
-    pt.run(
-        Quadratic,
-        space=quadratic_space(),
-        metric="q",
-        population=4,
-        intervals=5,
-        storage=storage_url,
-        name="joined",
-        seed=0,
-        progress=False,
-        runner=CreateOnlyRunner(),
-        checkpoints=tmp_path / "checkpoints",
-    )
+    quick_run.created(
+        storage=storage_url, checkpoints=tmp_path / "checkpoints", name="joined",
+        population=4, intervals=5,
+    )  # fmt: skip
     command = [sys.executable, "-m", "poptune.cli", "worker", "joined", "--storage", storage_url]
     workers = [subprocess.Popen(command, stdout=subprocess.PIPE, text=True) for _ in range(2)]
     outputs = [w.communicate(timeout=300)[0] for w in workers]
@@ -127,13 +98,12 @@ def test_workers_join_a_stored_population_from_the_command_line(storage_url, tmp
     "name", ["../x", "ABSOLUTE", "a/b", "..", "x" * 150, "学习 run", "digits-v2"]
 )
 def test_report_default_output_is_a_safe_file_in_this_folder(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, quick_run
 ) -> None:
     # Without -o the file is named after the population: a name from the storage, never a path.
     name = name.replace("ABSOLUTE", str(tmp_path / "escaped"))
     url = f"sqlite:///{tmp_path / 'db' / 'poptune.db'}"
-    options = {"population": 2, "intervals": 2, "seed": 0, "progress": False}
-    pt.run(Quadratic, quadratic_space(), "q", storage=url, name=name, **options)  # type: ignore[arg-type]
+    quick_run(storage=url, name=name, population=2)
     here = tmp_path / "here"
     here.mkdir()
     monkeypatch.chdir(here)
@@ -315,7 +285,7 @@ def dump(url: str) -> dict[str, list[tuple[Any, ...]]]:
     ids=" ".join,
 )
 def test_a_command_whose_training_code_is_gone_changes_nothing(
-    storage_url, tmp_path, monkeypatch, args
+    storage_url, tmp_path, monkeypatch, args, quick_run
 ):
     module = tmp_path / "vanishing_trainable.py"
     module.write_text(
@@ -324,17 +294,8 @@ def test_a_command_whose_training_code_is_gone_changes_nothing(
     monkeypatch.syspath_prepend(str(tmp_path))
     from vanishing_trainable import Vanishing  # type: ignore[import-not-found]
 
-    pt.run(
-        Vanishing,
-        space=quadratic_space(),
-        metric="q",
-        population=3,
-        intervals=2,
-        storage=storage_url,
-        checkpoints=tmp_path / "checkpoints",
-        name="gone",
-        seed=0,
-        progress=False,
+    quick_run(
+        Vanishing, storage=storage_url, checkpoints=tmp_path / "checkpoints", name="gone"
     ).storage.close()
     module.unlink()  # the training script is gone from this machine
     monkeypatch.delitem(sys.modules, "vanishing_trainable")
@@ -358,11 +319,10 @@ class _CtrlC(Quadratic):
         return super().train(hparams)
 
 
-def test_status_says_interrupted_after_a_clean_ctrl_c(tmp_path: Path):
-    url = f"sqlite:///{tmp_path / 'p.db'}"
+def test_status_says_interrupted_after_a_clean_ctrl_c(quick_run):
+    url = quick_run.storage
     with pytest.raises(KeyboardInterrupt):
-        pt.run(_CtrlC, quadratic_space(), "q", population=2, intervals=4, storage=url,
-               name="cut", progress=False)  # fmt: skip
+        quick_run(_CtrlC, name="cut", population=2, intervals=4)
     out = invoke("status", "cut", "--storage", url)
     assert out.exit_code == 0 and "cut · interrupted ·" in out.output
     assert f"poptune resume cut --storage '{url}'" in out.output
@@ -376,10 +336,9 @@ def test_status_says_interrupted_after_a_clean_ctrl_c(tmp_path: Path):
     assert "finished" in invoke("status", "cut", "--storage", url).output
 
 
-def test_status_and_list_fit_an_80_column_terminal(tmp_path: Path, monkeypatch):
-    url = f"sqlite:///{tmp_path / 'p.db'}"
-    pt.run(Quadratic, quadratic_space(), "q", population=3, intervals=2, storage=url,
-           name="digits-v2", progress=False)  # fmt: skip
+def test_status_and_list_fit_an_80_column_terminal(quick_run, monkeypatch):
+    url = quick_run.storage
+    quick_run(name="digits-v2")
     monkeypatch.setenv("COLUMNS", "80")
     for command in (["list"], ["status", "digits-v2"]):
         out = invoke(*command, "--storage", url)

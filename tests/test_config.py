@@ -16,9 +16,7 @@ import poptune as pt
 from poptune.cli import main
 from poptune.config import PopulationConfig
 from poptune.strategies import describe, rebuild
-from poptune.testing import Quadratic, quadratic_space
-
-TOY = dict(space=quadratic_space(), metric="q", progress=False)
+from poptune.testing import quadratic_space
 
 
 def _config(**changes):
@@ -81,13 +79,11 @@ def test_unknown_stored_keys_are_kept():
     assert config.to_dict()["from_the_future"] == {"x": 1}
 
 
-def test_a_run_with_numpy_arguments_trains_and_stores_plain_values(tmp_path):
+def test_a_run_with_numpy_arguments_trains_and_stores_plain_values(tmp_path, quick_run):
     """Values from a numpy grid: population=np.int64(4) used to fail to serialise, and
     workers=np.int64(2) passed one check and failed the next."""
     url = f"sqlite:///{tmp_path}/p.db"
-    result = pt.run(
-        Quadratic,
-        **TOY,
+    result = quick_run(
         population=np.int64(4),
         intervals=np.int64(3),
         workers=np.int64(2),
@@ -168,7 +164,9 @@ def user_strategies(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("kind", ["Fixed", "FixedData"])
-def test_user_strategies_are_rebuilt_with_their_parameters(user_strategies, tmp_path, kind):
+def test_user_strategies_are_rebuilt_with_their_parameters(
+    user_strategies, tmp_path, kind, quick_run
+):
     """A user explore with value=0.123 used to be rebuilt as its class's default (0.5) after
     resume; every exploit of the resumed run must use 0.123."""
     explore = getattr(user_strategies, kind)(value=0.123)
@@ -177,8 +175,8 @@ def test_user_strategies_are_rebuilt_with_their_parameters(user_strategies, tmp_
     assert rebuild(description, "explore").value == 0.123
 
     url = f"sqlite:///{tmp_path}/p.db"
-    options = dict(**TOY, population=4, storage=url, name="custom", seed=3)
-    pt.run(Quadratic, intervals=3, explore=explore, **options)
+    options = dict(population=4, storage=url, name="custom", seed=3)
+    quick_run(intervals=3, explore=explore, **options)
     resumed = pt.load(url, "custom").resume(intervals=8, progress=False)
     exploits = resumed.exploits()
     later = [e for e in exploits if e.step > 3]
@@ -186,11 +184,11 @@ def test_user_strategies_are_rebuilt_with_their_parameters(user_strategies, tmp_
     assert all(e.hparams_after["h0"] == 0.123 for e in exploits)
 
 
-def test_a_strategy_whose_parameters_cannot_be_recorded_is_refused(user_strategies, tmp_path):
+def test_a_strategy_whose_parameters_cannot_be_recorded_is_refused(
+    user_strategies, tmp_path, quick_run
+):
     with pytest.raises(pt.NotRecordable, match=r"holds \['value'\].*to_config\(\)"):
-        pt.run(
-            Quadratic,
-            **TOY,
+        quick_run(
             population=2,
             intervals=1,
             storage=f"sqlite:///{tmp_path}/p.db",
@@ -271,12 +269,10 @@ def test_reading_a_population_never_imports_its_script(tmp_path):
     assert marker.read_text().count("imported") == 1  # nothing above imported the script
 
 
-def test_a_chain_passes_the_population_data_to_pb2(tmp_path):
+def test_a_chain_passes_the_population_data_to_pb2(tmp_path, quick_run):
     explore = pt.chain(pt.PB2(window=4), pt.Resample(probability=0.1))
     assert explore.window == 4
-    result = pt.run(
-        Quadratic,
-        **TOY,
+    result = quick_run(
         population=4,
         intervals=6,
         explore=explore,
@@ -287,11 +283,8 @@ def test_a_chain_passes_the_population_data_to_pb2(tmp_path):
     assert result.status == "finished" and result.exploits()
     assert rebuild(describe(explore), "explore").window == 4
     with pytest.raises(ValueError, match="PB2"):
-        pt.run(
-            Quadratic,
+        quick_run(
             space={"h0": 0.5, "h1": 0.5},
-            metric="q",
             explore=pt.chain(pt.PB2()),
             storage=f"sqlite:///{tmp_path}/q.db",
-            progress=False,
         )

@@ -161,38 +161,19 @@ def test_idle_devices():
     ],
 )
 def test_run_refuses_bad_devices_before_it_stores_anything(
-    tmp_path: Path, url: str, devices, runner, message
+    tmp_path: Path, devices, runner, message, quick_run
 ):
     with pytest.raises(ValueError, match=message):
-        pt.run(
-            RecordsEnvironment,
-            space=quadratic_space(),
-            metric="q",
-            population=2,
-            intervals=1,
-            storage=url,
-            devices=devices,
-            runner=runner,
-            progress=False,
-        )
+        quick_run(RecordsEnvironment, population=2, intervals=1, devices=devices, runner=runner)
     assert not (tmp_path / "poptune.db").exists()
 
 
 def test_run_refuses_a_device_this_process_cannot_see(
-    tmp_path: Path, url: str, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, quick_run
 ):
     monkeypatch.setenv(CUDA, "3")
     with pytest.raises(ValueError, match="'cuda:1' is not visible"):
-        pt.run(
-            RecordsEnvironment,
-            space=quadratic_space(),
-            metric="q",
-            population=2,
-            storage=url,
-            devices=["cuda:0", "cuda:1"],
-            workers=2,
-            progress=False,
-        )
+        quick_run(RecordsEnvironment, population=2, devices=["cuda:0", "cuda:1"], workers=2)
     assert not (tmp_path / "poptune.db").exists()
 
 
@@ -208,29 +189,21 @@ def test_run_refuses_a_device_this_process_cannot_see(
 )
 def test_each_worker_process_sees_its_own_device(
     tmp_path: Path,
-    url: str,
     monkeypatch: pytest.MonkeyPatch,
     clean_environment: None,
     workers: int,
     devices: list[str],
     visible: str | None,
     expected: list[tuple[str, str]],
+    quick_run,
 ):
     if visible is not None:
         monkeypatch.setenv(CUDA, visible)
     before = dict(os.environ)
-    result = pt.run(
-        RecordsEnvironment,
-        space=space(tmp_path, workers),
-        metric="q",
-        population=4,
-        intervals=3,
-        workers=workers,
-        devices=devices,
-        storage=url,
-        seed=0,
-        progress=False,
-    )
+    result = quick_run(
+        RecordsEnvironment, space=space(tmp_path, workers), population=4, intervals=3,
+        workers=workers, devices=devices,
+    )  # fmt: skip
     assert dict(os.environ) == before  # the caller's environment is left as it was
     assert result.status == "finished" and len(result.intervals()) == 4 * 3
     seen = seen_by_process(result)
@@ -238,37 +211,20 @@ def test_each_worker_process_sees_its_own_device(
     assert sorted(seen.values()) == expected
 
 
-def test_resume_gives_its_workers_devices(tmp_path: Path, url: str, clean_environment: None):
-    pt.run(
-        RecordsEnvironment,
-        space=space(tmp_path, 2),
-        metric="q",
-        population=3,
-        intervals=2,
-        storage=url,
-        name="later",
-        progress=False,
-        runner=CreateOnlyRunner(),
-    )
+def test_resume_gives_its_workers_devices(
+    tmp_path: Path, url: str, clean_environment: None, quick_run
+):
+    quick_run.created(RecordsEnvironment, space=space(tmp_path, 2), name="later")
     before = dict(os.environ)
     result = pt.load(url, "later").resume(workers=2, devices=["cpu", "cuda:4"], progress=False)
     assert dict(os.environ) == before
     assert sorted(seen_by_process(result).values()) == [("", "cpu"), ("4", "cuda:0")]
 
 
-def test_spawned_workers_see_their_devices_too(tmp_path: Path, url: str, clean_environment: None):
+def test_spawned_workers_see_their_devices_too(tmp_path: Path, clean_environment: None, quick_run):
     runner = pt.LocalProcessRunner(2, start_method="spawn", devices=["cuda:2", "cuda:3"])
     before = dict(os.environ)
-    result = pt.run(
-        RecordsEnvironment,
-        space=space(tmp_path, 2),
-        metric="q",
-        population=2,
-        intervals=2,
-        storage=url,
-        runner=runner,
-        progress=False,
-    )
+    result = quick_run(RecordsEnvironment, space=space(tmp_path, 2), population=2, runner=runner)
     assert dict(os.environ) == before
     assert sorted(seen_by_process(result).values()) == [("2", "cuda:0"), ("3", "cuda:0")]
 
@@ -299,20 +255,6 @@ def test_no_fork_after_cuda_is_initialised_here(monkeypatch: pytest.MonkeyPatch)
 # --- the command line ----------------------------------------------------------------------------
 
 
-def stored(tmp_path: Path, url: str, name: str, workers: int) -> None:
-    pt.run(
-        RecordsEnvironment,
-        space=space(tmp_path, workers),
-        metric="q",
-        population=2,
-        intervals=2,
-        storage=url,
-        name=name,
-        progress=False,
-        runner=CreateOnlyRunner(),
-    )
-
-
 @pytest.mark.parametrize(
     ("device", "visible", "expected"),
     [
@@ -322,9 +264,9 @@ def stored(tmp_path: Path, url: str, name: str, workers: int) -> None:
     ],
 )
 def test_cli_worker_sees_its_device(
-    tmp_path: Path, url: str, device: str, visible: str | None, expected: tuple[str, str]
+    tmp_path: Path, url: str, device: str, visible: str | None, expected: tuple[str, str], quick_run
 ):
-    stored(tmp_path, url, "cli", 1)
+    quick_run.created(RecordsEnvironment, space=space(tmp_path, 1), name="cli", population=2)
     env = {k: v for k, v in os.environ.items() if k not in (CUDA, DEVICE)}
     if visible is not None:
         env[CUDA] = visible
@@ -342,8 +284,8 @@ def test_cli_worker_sees_its_device(
 
 
 @pytest.mark.parametrize("device", ["gpu0", "cuda", "cuda:-1", "cuda:x", ""])
-def test_cli_refuses_a_bad_device(tmp_path: Path, url: str, device: str):
-    stored(tmp_path, url, "cli", 1)
+def test_cli_refuses_a_bad_device(tmp_path: Path, url: str, device: str, quick_run):
+    quick_run.created(RecordsEnvironment, space=space(tmp_path, 1), name="cli", population=2)
     for command in ("worker", "resume"):
         before = dict(os.environ)
         out = CliRunner().invoke(main, [command, "cli", "--storage", url, "--device", device])
@@ -354,8 +296,10 @@ def test_cli_refuses_a_bad_device(tmp_path: Path, url: str, device: str):
     assert pt.load(url, "cli").intervals() == []  # nothing trained
 
 
-def test_cli_resume_gives_its_workers_devices(tmp_path: Path, url: str, clean_environment: None):
-    stored(tmp_path, url, "cli", 2)
+def test_cli_resume_gives_its_workers_devices(
+    tmp_path: Path, url: str, clean_environment: None, quick_run
+):
+    quick_run.created(RecordsEnvironment, space=space(tmp_path, 2), name="cli", population=2)
     before = dict(os.environ)
     args = ["resume", "cli", "--storage", url, "--workers", "2", "--no-progress"]
     out = CliRunner().invoke(main, [*args, "--device", "cuda:1", "--device", "cuda:0"])

@@ -2,33 +2,22 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from click.testing import CliRunner
 
 import poptune as pt
 from poptune.cli import main
-from poptune.testing import Quadratic, check_steps, quadratic_space
+from poptune.testing import check_steps
 
-
-def _run(url: str, **overrides):
-    options = dict(
-        space=quadratic_space(),
-        metric="q",
-        population=4,
-        intervals=3,
-        storage=url,
-        name="more",
-        seed=0,
-        progress=False,
-    )
-    return pt.run(Quadratic, **{**options, **overrides})
+# Population "more": 4 members, a budget of 3 intervals to grow.
+MORE = {"name": "more", "population": 4, "intervals": 3}
 
 
 @pytest.mark.parametrize("sync", [False, True])
-def test_a_finished_population_trains_on_to_a_larger_budget(storage_url: str, sync: bool):
-    first = _run(storage_url, sync=sync)
+def test_a_finished_population_trains_on_to_a_larger_budget(
+    storage_url: str, sync: bool, quick_run
+):
+    first = quick_run(storage=storage_url, sync=sync, **MORE)
     before = {(i.member, i.step) for i in first.intervals()}
     assert first.status == "finished" and len(before) == 4 * 3
     longer = first.resume(intervals=6, progress=False)
@@ -42,9 +31,9 @@ def test_a_finished_population_trains_on_to_a_larger_budget(storage_url: str, sy
     assert len(again.intervals()) == 4 * 6
 
 
-def test_a_budget_only_grows(tmp_path: Path):
-    url = f"sqlite:///{tmp_path / 'p.db'}"
-    result = _run(url)
+def test_a_budget_only_grows(quick_run):
+    url = quick_run.storage
+    result = quick_run(**MORE)
     with pytest.raises(ValueError, match=r"at least the population's budget \(3\).*Got 2"):
         result.resume(intervals=2, progress=False)
     assert pt.load(url, "more").config.intervals == 3

@@ -56,20 +56,12 @@ def test_bad_references_explain_themselves(reference, match):
         import_object(reference)
 
 
-def test_resume_with_an_unimportable_trainable_says_so(storage_url, tmp_path: Path):
+def test_resume_with_an_unimportable_trainable_says_so(storage_url, tmp_path: Path, quick_run):
     script = tmp_path / "gone.py"
     script.write_text("from poptune.testing import Quadratic\nclass Gone(Quadratic):\n    pass\n")
     cls = import_object(f"{script}:Gone")
-    pt.run(
-        cls,
-        space={"h0": 0.5, "h1": pt.Uniform(0, 1)},
-        metric="q",
-        population=2,
-        intervals=1,
-        storage=storage_url,
-        name="gone",
-        progress=False,
-    )
+    space = {"h0": 0.5, "h1": pt.Uniform(0, 1)}
+    quick_run(cls, space=space, storage=storage_url, name="gone", population=2, intervals=1)
     script.unlink()
     out = subprocess.run(
         [sys.executable, "-m", "poptune.cli", "resume", "gone", "--storage", storage_url],

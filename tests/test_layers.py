@@ -1,5 +1,5 @@
 """The package's layers, read from its source: no import cycle (also none hidden in a function
-body), and the readers stay readers."""
+body or under ``if TYPE_CHECKING:``), and the readers stay readers."""
 
 from __future__ import annotations
 
@@ -20,20 +20,15 @@ def _modules() -> dict[str, Path]:
     return {_module_name(path): path for path in PACKAGE.rglob("*.py")}
 
 
-def _typing_only(node: ast.AST) -> bool:
-    return isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
-
-
 def _imports(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
-    """Every poptune module that ``name`` imports, at module level or inside functions, except
-    under ``if TYPE_CHECKING:`` (annotations only, never run)."""
+    """Every poptune module that ``name`` imports: at module level, inside functions and under
+    ``if TYPE_CHECKING:`` (a cycle through annotations is still a cycle a reader has to hold).
+    Importing ``package.sub`` from outside ``package`` also runs ``package/__init__.py``, so it
+    counts as importing ``package`` too."""
     is_package = path.name == "__init__.py"
     package = name if is_package else name.rpartition(".")[0]
     found: set[str] = set()
-
-    def visit(node: ast.AST) -> None:
-        if _typing_only(node):
-            return
+    for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom):
             if node.level:
                 base = package.split(".")
@@ -46,11 +41,15 @@ def _imports(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
                 found.add(submodule if submodule in modules else target)
         elif isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
-        for child in ast.iter_child_nodes(node):
-            visit(child)
-
-    visit(ast.parse(path.read_text()))
+    inside = {name, *_parents(name)}  # packages already running when ``name`` runs
+    found |= {parent for target in found for parent in _parents(target) if parent not in inside}
     return {m for m in found if m in modules and m != name}
+
+
+def _parents(module: str) -> list[str]:
+    """The packages ``module`` sits in, outermost first (``a.b.c``: ``a``, ``a.b``)."""
+    parts = module.split(".")
+    return [".".join(parts[:i]) for i in range(1, len(parts))]
 
 
 def _graph() -> dict[str, set[str]]:
@@ -99,6 +98,11 @@ def test_the_graph_is_read_from_the_source():
     assert "poptune.results" in graph["poptune.report._model"]
     # a function-level import counts (the cli imports the dashboard only when it serves)
     assert "poptune.dashboard" in graph["poptune.cli"]
+    # an import under TYPE_CHECKING counts (peers names Storage in annotations only)
+    assert "poptune.storage" in graph["poptune.peers"]
+    # importing a package's submodule runs the package's __init__ first
+    assert {"poptune.storage._memory", "poptune.storage"} <= graph["poptune.testing"]
+    assert "poptune.storage" not in graph["poptune.storage._memory"]  # its own package
 
 
 def test_there_is_no_import_cycle():

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 import poptune as pt
 from poptune.live import LiveMember, LiveMembers
-from poptune.testing import CountingQuadratic, check_steps, quadratic_space
+from poptune.testing import CountingQuadratic, check_steps
+
+# The population most of these tests train: 4 members, 8 intervals each.
+SIZE = {"population": 4, "intervals": 8}
 
 
 @pytest.fixture(autouse=True)
@@ -17,22 +18,8 @@ def _counts() -> None:
     CountingQuadratic.seeds = []
 
 
-def run(tmp_path: Path, **options):
-    settings = dict(
-        space=quadratic_space(),
-        metric="q",
-        population=4,
-        intervals=8,
-        storage=f"sqlite:///{tmp_path / 'poptune.db'}",
-        seed=0,
-        progress=False,
-    )
-    settings.update(options)
-    return pt.run(CountingQuadratic, **settings)
-
-
-def test_each_member_is_built_once_and_continues_in_memory(tmp_path: Path, writes):
-    result = run(tmp_path, exploit=None)
+def test_each_member_is_built_once_and_continues_in_memory(writes, quick_run):
+    result = quick_run(CountingQuadratic, exploit=None, **SIZE)
     assert len(result.intervals()) == 32
     assert CountingQuadratic.builds == 4
     assert CountingQuadratic.loads == 0  # never read back from disk
@@ -42,8 +29,8 @@ def test_each_member_is_built_once_and_continues_in_memory(tmp_path: Path, write
     assert all(len(instances) == 1 for instances in by_member.values())
 
 
-def test_an_exploit_loads_the_donor_into_the_live_instance(tmp_path: Path, writes):
-    result = run(tmp_path, exploit=pt.Truncation(0.25))
+def test_an_exploit_loads_the_donor_into_the_live_instance(writes, quick_run):
+    result = quick_run(CountingQuadratic, exploit=pt.Truncation(0.25), **SIZE)
     exploits = result.exploits()
     assert exploits
     assert CountingQuadratic.builds == 4  # no member was rebuilt
@@ -51,19 +38,19 @@ def test_an_exploit_loads_the_donor_into_the_live_instance(tmp_path: Path, write
     check_steps(result)
 
 
-def test_every_interval_gets_its_own_seed(tmp_path: Path):
-    result = run(tmp_path, exploit=None, intervals=3)
+def test_every_interval_gets_its_own_seed(quick_run):
+    result = quick_run(CountingQuadratic, population=4, intervals=3, exploit=None)
     assert len(CountingQuadratic.seeds) == 12
     assert len(set(CountingQuadratic.seeds)) == 12
     rerun = sorted(CountingQuadratic.seeds)
     CountingQuadratic.seeds = []
-    run(tmp_path, exploit=None, intervals=3, name="again")
+    quick_run(CountingQuadratic, population=4, intervals=3, exploit=None, name="again")
     assert sorted(CountingQuadratic.seeds) == rerun  # derived from (seed, member, step) only
     assert result.status == "finished"
 
 
-def test_resident_bounds_the_members_kept(tmp_path: Path, writes):
-    result = run(tmp_path, population=3, intervals=4, exploit=None, resident=1)
+def test_resident_bounds_the_members_kept(writes, quick_run):
+    result = quick_run(CountingQuadratic, population=3, intervals=4, exploit=None, resident=1)
     # one member in memory at a time, trained least-advanced first: a member continues in
     # memory only when it is claimed right after its own interval; every other time it is
     # rebuilt and restored from its checkpoint (how often depends on when writes finish)
@@ -87,13 +74,13 @@ def test_live_members_drop_the_least_recently_used():
     assert live.ids() == [0, 2] and Session.closed == 1
     live.drop(0)
     assert live.ids() == [2] and Session.closed == 2
-    with pytest.raises(ValueError, match=r"'resident' parameter must be an int >= 1. Got 0"):
+    with pytest.raises(
+        ValueError, match=r"'resident' parameter of LiveMembers must be an int >= 1. Got 0 instead"
+    ):
         LiveMembers(0)
 
 
-def test_a_donor_held_here_is_copied_from_memory_not_read_from_disk(
-    tmp_path: Path, writes, monkeypatch
-):
+def test_a_donor_held_here_is_copied_from_memory_not_read_from_disk(writes, monkeypatch, quick_run):
     from poptune.checkpoints import LocalCheckpoints
 
     reads = []
@@ -104,14 +91,16 @@ def test_a_donor_held_here_is_copied_from_memory_not_read_from_disk(
         return real(self, ref)
 
     monkeypatch.setattr(LocalCheckpoints, "load", counting)
-    result = run(tmp_path, exploit=pt.Truncation(0.25), sync=True)
+    result = quick_run(CountingQuadratic, exploit=pt.Truncation(0.25), sync=True, **SIZE)
     exploits = result.exploits()
     assert CountingQuadratic.loads == len(exploits) > 0
     # one worker holds every member: a donor that has not trained on since its checkpoint is
     # copied from memory; only donors that trained further here are read back from disk
     assert len(reads) < len(exploits)
     memory = [(i.member, i.step, i.score) for i in result.intervals()]
-    two = run(tmp_path, exploit=pt.Truncation(0.25), sync=True, workers=2, name="two")
+    two = quick_run(
+        CountingQuadratic, exploit=pt.Truncation(0.25), sync=True, workers=2, name="two", **SIZE
+    )
     assert [(i.member, i.step, i.score) for i in two.intervals()] == memory  # same copies
 
 

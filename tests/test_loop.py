@@ -10,7 +10,10 @@ import pytest
 
 import poptune as pt
 from poptune.loop import LoopError
-from poptune.testing import Quadratic, check_steps, quadratic_loop, quadratic_space
+from poptune.testing import Quadratic, check_steps, quadratic_loop
+
+# The population most of these tests train: 4 members, 8 intervals each.
+SIZE = {"population": 4, "intervals": 8}
 
 
 @pytest.fixture(autouse=True)
@@ -18,27 +21,13 @@ def _starts() -> None:
     quadratic_loop.starts.clear()
 
 
-def run(trainable: Any, url: str, **options: Any) -> pt.Result:
-    settings: dict[str, Any] = dict(
-        space=quadratic_space(),
-        metric="q",
-        population=4,
-        intervals=8,
-        storage=url,
-        seed=0,
-        progress=False,
-    )
-    settings.update(options)
-    return pt.run(trainable, **settings)
-
-
 def _records(result: pt.Result) -> list[tuple]:
     return [(i.member, i.step, dict(i.hparams), i.score, i.origin) for i in result.intervals()]
 
 
-def test_a_loop_trains_like_the_class_and_never_restarts(storage_url):
-    loop = run(quadratic_loop, storage_url, name="loop", sync=True)
-    same = run(Quadratic, storage_url, name="class", sync=True)
+def test_a_loop_trains_like_the_class_and_never_restarts(storage_url, quick_run):
+    loop = quick_run(quadratic_loop, storage=storage_url, name="loop", sync=True, **SIZE)
+    same = quick_run(storage=storage_url, name="class", sync=True, **SIZE)
     assert loop.status == "finished" and loop.exploits()
     check_steps(loop)
     assert _records(loop) == _records(same)  # the same algorithm, whichever form the member has
@@ -50,8 +39,13 @@ def test_a_loop_trains_like_the_class_and_never_restarts(storage_url):
 
 
 @pytest.mark.parametrize("workers", [1, 2])
-def test_an_exploit_hands_the_donor_state_to_the_running_loop(storage_url, writes, workers):
-    result = run(quadratic_loop, storage_url, name="copies", workers=workers, intervals=6)
+def test_an_exploit_hands_the_donor_state_to_the_running_loop(
+    storage_url, writes, workers, quick_run
+):
+    result = quick_run(
+        quadratic_loop, storage=storage_url, name="copies", population=4, intervals=6,
+        workers=workers,
+    )  # fmt: skip
     check_steps(result)
     exploits = result.exploits()
     assert exploits
@@ -75,9 +69,11 @@ def test_an_exploit_hands_the_donor_state_to_the_running_loop(storage_url, write
     assert replayed
 
 
-def test_sync_loops_are_identical_for_one_and_two_workers(tmp_path: Path, writes):
-    one = run(quadratic_loop, f"sqlite:///{tmp_path / 'one.db'}", sync=True)
-    two = run(quadratic_loop, f"sqlite:///{tmp_path / 'two.db'}", sync=True, workers=2)
+def test_sync_loops_are_identical_for_one_and_two_workers(tmp_path: Path, writes, quick_run):
+    one = quick_run(quadratic_loop, storage=f"sqlite:///{tmp_path / 'one.db'}", sync=True, **SIZE)
+    two = quick_run(
+        quadratic_loop, storage=f"sqlite:///{tmp_path / 'two.db'}", sync=True, workers=2, **SIZE
+    )
     assert _records(one) == _records(two)
 
 
@@ -116,11 +112,11 @@ def reports_no_state(ctx: Any) -> None:
     ],
 )
 def test_a_broken_loop_gets_a_clear_error_and_loses_nothing(
-    tmp_path: Path, writes, function, message
+    tmp_path: Path, writes, function, message, quick_run
 ):
     url = f"sqlite:///{tmp_path / 'poptune.db'}"
     with pytest.raises(pt.PopulationError, match="attempts in a row failed"):
-        run(function, url, name="broken", population=2, intervals=4, exploit=None)
+        quick_run(function, storage=url, population=2, intervals=4, name="broken", exploit=None)
     result = pt.load(url, "broken")
     failures = result.failures()
     assert failures and all(message in f.traceback for f in failures)
@@ -131,15 +127,15 @@ def test_a_broken_loop_gets_a_clear_error_and_loses_nothing(
     assert issubclass(LoopError, RuntimeError)
 
 
-def test_a_function_with_the_wrong_signature_is_refused(tmp_path: Path):
+def test_a_function_with_the_wrong_signature_is_refused(quick_run):
     def two(ctx: Any, extra: Any) -> None: ...
 
     with pytest.raises(TypeError, match=r"must take one argument, the context.*two\(ctx"):
-        run(two, f"sqlite:///{tmp_path / 'poptune.db'}")
+        quick_run(two, **SIZE)
 
 
-def test_best_load_explains_that_a_function_has_no_instance(tmp_path: Path):
-    result = run(quadratic_loop, f"sqlite:///{tmp_path / 'poptune.db'}", intervals=2)
+def test_best_load_explains_that_a_function_has_no_instance(quick_run):
+    result = quick_run(quadratic_loop, population=4, intervals=2)
     assert set(result.best.state()) == {"theta"}
     with pytest.raises(TypeError, match=r"load best.state\(\) into your model"):
         result.best.load()
@@ -150,10 +146,12 @@ def reports_an_object(ctx: Any) -> None:
         interval.report(0.5, state={"model": {"w": [1.0]}, "sampler": object()})
 
 
-def test_a_state_that_cannot_be_checkpointed_names_the_offending_key(tmp_path: Path):
+def test_a_state_that_cannot_be_checkpointed_names_the_offending_key(tmp_path: Path, quick_run):
     url = f"sqlite:///{tmp_path / 'poptune.db'}"
     with pytest.raises(pt.PopulationError, match="attempts in a row failed"):
-        run(reports_an_object, url, name="object", population=2, intervals=2, exploit=None)
+        quick_run(
+            reports_an_object, storage=url, population=2, intervals=2, name="object", exploit=None
+        )
     failures = pt.load(url, "object").failures()
     assert failures
     assert all("cannot be checkpointed" in f.traceback for f in failures)

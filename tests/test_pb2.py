@@ -14,7 +14,7 @@ from poptune.records import ExploreData, IntervalChange
 from poptune.space import Distribution, Space
 from poptune.strategies import describe, rebuild
 from poptune.strategies.pb2 import GaussianProcess, exp3_probabilities
-from poptune.testing import Quadratic, quadratic_space
+from poptune.testing import quadratic_space
 
 # --- the Gaussian process ------------------------------------------------------------------------
 
@@ -265,7 +265,7 @@ class _Odd(Distribution):
         return {"type": "_Odd"}
 
 
-def test_pb2_refuses_a_space_it_cannot_tune(tmp_path):
+def test_pb2_refuses_a_space_it_cannot_tune(tmp_path, quick_run):
     fixed = Space({"lr": 0.1, "optimizer": "sgd"})
     with pytest.raises(
         ValueError, match=r"PB2 needs at least one tuned .*'lr': 0.1.*distributions"
@@ -274,17 +274,8 @@ def test_pb2_refuses_a_space_it_cannot_tune(tmp_path):
     with pytest.raises(ValueError, match=r"PB2 cannot model hyperparameter 'x'.*_Odd\(\).*Perturb"):
         pt.PB2().check_space(Space({"x": _Odd()}))
     with pytest.raises(ValueError, match="PB2 needs at least one tuned"):  # before any training
-        pt.run(
-            Quadratic,
-            space={"h0": 1.0, "h1": 1.0},
-            metric="q",
-            population=2,
-            intervals=2,
-            explore=pt.PB2(),
-            storage=f"sqlite:///{tmp_path / 'p.db'}",
-            progress=False,
-        )
-    assert not (tmp_path / "p.db").exists()
+        quick_run(space={"h0": 1.0, "h1": 1.0}, population=2, explore=pt.PB2())
+    assert not (tmp_path / "poptune.db").exists()
 
 
 # --- in a run: the worker's data seam ------------------------------------------------------------
@@ -305,26 +296,13 @@ class _Recording(pt.PB2):
         return super().__call__(hparams, space, rng, data=data)
 
 
-def _run(tmp_path, explore: Any, seed: int, name: str = "pb2", **kwargs: Any) -> pt.Result:
-    options = {"population": 4, "intervals": 12, "sync": True, "workers": 1}
-    options.update(kwargs)
-    options.setdefault("exploit", pt.Truncation(0.25))
-    return pt.run(
-        Quadratic,
-        space=quadratic_space(),
-        metric="q",
-        explore=explore,
-        storage=f"sqlite:///{tmp_path / 'p.db'}",
-        name=name,
-        seed=seed,
-        progress=False,
-        **options,
-    )
+# Synchronous PBT at the size these tests read: 12 generations of 4 members.
+GENERATIONS = {"population": 4, "intervals": 12, "sync": True}
 
 
-def test_the_worker_gives_pb2_the_windows_intervals_with_their_starting_scores(tmp_path):
+def test_the_worker_gives_pb2_the_windows_intervals_with_their_starting_scores(quick_run):
     explore = _Recording(window=3)
-    result = _run(tmp_path, explore, seed=0)
+    result = quick_run(name="pb2", explore=explore, exploit=pt.Truncation(0.25), **GENERATIONS)
     intervals = {(i.member, i.step): i for i in result.intervals()}
     exploits = result.exploits()
     assert exploits and len(explore.seen) == len(exploits)
@@ -345,23 +323,24 @@ def test_the_worker_gives_pb2_the_windows_intervals_with_their_starting_scores(t
             assert change.hparams == recorded.hparams
 
 
-def test_pb2_in_a_synchronous_run_is_reproducible_whatever_the_workers(tmp_path):
-    one = _run(tmp_path, pt.PB2(), seed=5, name="one", workers=1)
-    two = _run(tmp_path, pt.PB2(), seed=5, name="two", workers=2)
+def test_pb2_in_a_synchronous_run_is_reproducible_whatever_the_workers(quick_run):
+    options = {"explore": pt.PB2(), "exploit": pt.Truncation(0.25), "seed": 5, **GENERATIONS}
+    one = quick_run(name="one", workers=1, **options)
+    two = quick_run(name="two", workers=2, **options)
     assert [dict(e.hparams_after) for e in one.exploits()] == [
         dict(e.hparams_after) for e in two.exploits()
     ]
-    stored = pt.open_storage(f"sqlite:///{tmp_path / 'p.db'}").population("one").config
+    stored = pt.open_storage(quick_run.storage).population("one").config
     assert rebuild(stored["explore"], "explore") == pt.PB2()
 
 
-def test_pb2_on_the_papers_toy_problem_finishes_and_beats_random_search(tmp_path):
+def test_pb2_on_the_papers_toy_problem_finishes_and_beats_random_search(quick_run):
     # Synchronous runs are deterministic, so this is one fixed outcome, not a draw. Over seeds
     # 0-39 (population 4, 12 intervals), PB2's best and population-mean final Q were at least
     # random search's in 40/40 seeds; against PBT (Perturb) only in 35/40 and 28/40, which is
     # why PB2 is not asserted to beat PBT here.
-    result = _run(tmp_path, pt.PB2(), seed=0, name="pb2")
-    baseline = _run(tmp_path, pt.Perturb(), seed=0, name="random", exploit=None)
+    result = quick_run(name="pb2", explore=pt.PB2(), exploit=pt.Truncation(0.25), **GENERATIONS)
+    baseline = quick_run(name="random", explore=pt.Perturb(), exploit=None, **GENERATIONS)
     assert result.status == "finished"
     exploits = result.exploits()
     assert len(exploits) == 11  # one per generation after the first: the worst copies the best

@@ -15,9 +15,7 @@ from poptune.peers import ListPeers, PeersChanged, StoredPeers, as_peers
 from poptune.records import Candidate, FailureRecord, Mode
 from poptune.storage import SQLStorage
 from poptune.strategies.exploit import welch_p_value
-from poptune.testing import Quadratic, quadratic_space
-
-from .storage.test_contract import ckpt, make, train
+from tests._helpers import ckpt, make, train
 
 # --- the strategies as they were written for lists, before peers: the oracle ----------------
 
@@ -226,33 +224,23 @@ class _Counting(SQLStorage):
         return super().peer_at(population_id, step, index, mode)
 
 
-def _run(storage, exploit) -> pt.Population:
-    return pt.run(
-        Quadratic,
-        space=quadratic_space(),
-        metric="q",
-        population=8,
-        intervals=6,
-        storage=storage,
-        exploit=exploit,
-        sync=True,
-        seed=3,
-        progress=False,
-    )
+# Large enough that every strategy exploits; in generations, so two runs decide alike.
+EXPLOITING = {"population": 8, "intervals": 6, "sync": True, "seed": 3}
 
 
 @pytest.mark.parametrize("exploit", [pt.Truncation(0.25), pt.Tournament(), pt.TTest(window=2)])
-def test_the_worker_exploits_without_reading_everyone(exploit, tmp_path):
+def test_the_worker_exploits_without_reading_everyone(exploit, tmp_path, quick_run):
     storage = _Counting(f"sqlite:///{tmp_path / 'p.db'}")
-    result = _run(storage, exploit)
+    result = quick_run(storage=storage, exploit=exploit, **EXPLOITING)
     assert result.exploits()  # it did exploit
     assert storage.full_reads == 0
 
 
-def test_a_change_while_the_strategy_reads_is_decided_again_on_a_snapshot(tmp_path):
-    clean = _run(_Counting(f"sqlite:///{tmp_path / 'clean.db'}"), pt.Truncation(0.25))
+def test_a_change_while_the_strategy_reads_is_decided_again_on_a_snapshot(tmp_path, quick_run):
+    clean_storage = _Counting(f"sqlite:///{tmp_path / 'clean.db'}")
+    clean = quick_run(storage=clean_storage, exploit=pt.Truncation(0.25), **EXPLOITING)
     storage = _Counting(f"sqlite:///{tmp_path / 'glitched.db'}", glitches=3)
-    glitched = _run(storage, pt.Truncation(0.25))
+    glitched = quick_run(storage=storage, exploit=pt.Truncation(0.25), **EXPLOITING)
     assert storage.glitches == 0 and storage.full_reads > 0  # it fell back to snapshots
     key = [(e.member, e.step, e.donor, e.donor_step, e.hparams_after) for e in clean.exploits()]
     assert key == [

@@ -14,23 +14,12 @@ from poptune.records import MemberStatus
 from poptune.strategies import describe
 from poptune.testing import Failing, Quadratic, check_steps, quadratic_space
 
-
-def run_toy(storage_url: str, **options):
-    defaults = dict(
-        space=quadratic_space(),
-        metric="q",
-        population=4,
-        intervals=10,
-        storage=storage_url,
-        seed=0,
-        progress=False,
-    )
-    defaults.update(options)
-    return pt.run(Quadratic, **defaults)
+# The toy problem at the size most of these tests read: 4 members, 10 intervals each.
+TOY = {"population": 4, "intervals": 10}
 
 
-def test_run_records_every_interval_and_exploit(storage_url):
-    result = run_toy(storage_url, name="toy", exploit=pt.Truncation(0.25))
+def test_run_records_every_interval_and_exploit(storage_url, quick_run):
+    result = quick_run(storage=storage_url, name="toy", exploit=pt.Truncation(0.25), **TOY)
     intervals = result.intervals()
     check_steps(result)  # steps are the training behind the weights; none past the budget
     assert sorted({(i.member, i.step) for i in intervals}) == [
@@ -57,8 +46,8 @@ def test_run_records_every_interval_and_exploit(storage_url):
         assert after.hparams == event.hparams_after
 
 
-def test_best_schedule_and_lineage(storage_url):
-    result = run_toy(storage_url, name="toy")
+def test_best_schedule_and_lineage(storage_url, quick_run):
+    result = quick_run(storage=storage_url, name="toy", **TOY)
     best = result.best
     assert best.score == max(m.score for m in result.members)
     assert best.step == 10
@@ -80,22 +69,30 @@ def test_best_schedule_and_lineage(storage_url):
     assert len(copied) == len(result.exploits())
 
 
-def test_pbt_beats_random_search_on_the_toy_problem(tmp_path: Path):
-    """Population-wide mean Q after the same budget, median over 7 seeds."""
+def _pbt_and_random_search(quick_run, tmp_path: Path, seeds: int, measure, **options):
+    """``measure(result)`` of PBT and of random search (no exploit) with the same budget, 8
+    members each, for every seed in ``range(seeds)``: the two lists."""
     pbt, random_search = [], []
-    for seed in range(7):
+    for seed in range(seeds):
         url = f"sqlite:///{tmp_path / f'toy-{seed}.db'}"
         for exploit, sink in ((pt.Truncation(0.25), pbt), (None, random_search)):
-            result = run_toy(
-                url,
-                name=f"toy-{exploit is None}",
-                seed=seed,
-                population=8,
-                intervals=15,
-                exploit=exploit,
-                sync=True,
-            )
-            sink.append(statistics.fmean(m.score for m in result.members))
+            result = quick_run(
+                storage=url, name=f"toy-{exploit is None}", seed=seed, population=8,
+                exploit=exploit, **options,
+            )  # fmt: skip
+            sink.append(measure(result))
+    return pbt, random_search
+
+
+def test_pbt_beats_random_search_on_the_toy_problem(tmp_path: Path, quick_run):
+    """Population-wide mean Q after the same budget, median over 7 seeds."""
+
+    def mean_q(result: pt.Result) -> float:
+        return statistics.fmean(m.score for m in result.members)
+
+    pbt, random_search = _pbt_and_random_search(
+        quick_run, tmp_path, 7, mean_q, intervals=15, sync=True
+    )
     assert statistics.median(pbt) > statistics.median(random_search) + 0.05
     assert sum(p > r for p, r in zip(pbt, random_search, strict=True)) >= 6
 
@@ -106,31 +103,27 @@ def _gradient_steps_to(result: pt.Result, target: float) -> float:
     return min(steps) * Quadratic.steps if steps else float("inf")
 
 
-def test_async_pbt_reaches_the_target_with_less_training_than_random_search(tmp_path: Path):
+def test_async_pbt_reaches_the_target_with_less_training_than_random_search(
+    tmp_path: Path, quick_run
+):
     """Counting the steps behind the weights (which travel with them), asynchronous PBT reaches
     Q >= 1.19 sooner than random search: median over 12 seeds. Measured over 10 disjoint sets
     of 12 seeds (0-119): PBT's median was lower in all 10 (28-32 vs 32-38 gradient steps), and
     PBT was never slower on a single seed."""
-    pbt, random_search = [], []
-    for seed in range(12):
-        url = f"sqlite:///{tmp_path / f'toy-{seed}.db'}"
-        for exploit, sink in ((pt.Truncation(0.25), pbt), (None, random_search)):
-            result = run_toy(
-                url,
-                name=f"toy-{exploit is None}",
-                seed=seed,
-                population=8,
-                intervals=20,
-                exploit=exploit,
-            )
-            check_steps(result)
-            sink.append(_gradient_steps_to(result, 1.19))
+
+    def steps_to_target(result: pt.Result) -> float:
+        check_steps(result)
+        return _gradient_steps_to(result, 1.19)
+
+    pbt, random_search = _pbt_and_random_search(
+        quick_run, tmp_path, 12, steps_to_target, intervals=20
+    )
     assert statistics.median(pbt) < statistics.median(random_search)
     assert sum(p <= r for p, r in zip(pbt, random_search, strict=True)) >= 10
 
 
-def test_random_search_baseline_never_exploits(storage_url):
-    result = run_toy(storage_url, name="rs", exploit=None)
+def test_random_search_baseline_never_exploits(storage_url, quick_run):
+    result = quick_run(storage=storage_url, name="rs", exploit=None, **TOY)
     assert result.exploits() == []
     assert all(i.origin in (None, (i.member, i.step - 1)) for i in result.intervals())
 
@@ -146,40 +139,30 @@ def _final_state(result: pt.Result):
     )
 
 
-def test_sync_mode_is_identical_for_one_and_two_workers(tmp_path: Path, writes):
+def test_sync_mode_is_identical_for_one_and_two_workers(tmp_path: Path, writes, quick_run):
     results = []
     for workers in (1, 2):
         url = f"sqlite:///{tmp_path / f'sync-{workers}.db'}"
-        result = pt.run(
-            Quadratic,
-            space=quadratic_space(),
-            metric="q",
-            population=6,
-            intervals=8,
-            workers=workers,
-            exploit=pt.Truncation(0.34),
+        result = quick_run(
+            storage=url, name="sync", population=6, intervals=8, workers=workers, seed=123,
+            sync=True, exploit=pt.Truncation(0.34),
             explore=pt.Perturb((0.8, 1.2), resample_probability=0.2),
-            name="sync",
-            storage=url,
-            seed=123,
-            sync=True,
-            progress=False,
-        )
+        )  # fmt: skip
         results.append(_final_state(result))
     assert results[0][1], "the run must exploit for the comparison to mean anything"
     assert results[0] == results[1]
 
 
-def test_same_name_same_config_continues_different_config_refused(storage_url):
-    first = run_toy(storage_url, name="toy")
-    again = run_toy(storage_url, name="toy")
+def test_same_name_same_config_continues_different_config_refused(storage_url, quick_run):
+    first = quick_run(storage=storage_url, name="toy", **TOY)
+    again = quick_run(storage=storage_url, name="toy", **TOY)
     assert len(again.intervals()) == len(first.intervals())
     with pytest.raises(ValueError, match=r"already exists.*intervals: stored 10, given 12"):
-        run_toy(storage_url, name="toy", intervals=12)
+        quick_run(storage=storage_url, name="toy", population=4, intervals=12)
 
 
-def test_load_returns_the_same_result(storage_url):
-    result = run_toy(storage_url, name="toy")
+def test_load_returns_the_same_result(storage_url, quick_run):
+    result = quick_run(storage=storage_url, name="toy", **TOY)
     loaded = pt.load(storage_url, "toy")
     assert loaded.best == result.best
     assert loaded.schedule() == result.schedule()
@@ -187,8 +170,8 @@ def test_load_returns_the_same_result(storage_url):
         pt.load(storage_url, "nope")
 
 
-def test_to_pandas(storage_url):
-    frame = run_toy(storage_url, name="toy").to_pandas()
+def test_to_pandas(storage_url, quick_run):
+    frame = quick_run(storage=storage_url, name="toy", **TOY).to_pandas()
     assert len(frame) == 40
     assert {"member", "step", "score", "hparams.h0", "metrics.q", "metrics.surrogate"} <= set(
         frame.columns
@@ -218,36 +201,40 @@ def test_to_pandas(storage_url):
             r"'space' parameter must be hyperparameter names without",
         ),
         # an initial value beyond the float range is outside the space, not an OverflowError
-        ({"initial": [{"h0": 10**400, "h1": 0.5}]}, ValueError, r"initial\[0\].*'h0' = 1000"),
+        (
+            {"initial": [{"h0": 10**400, "h1": 0.5}]},
+            ValueError,
+            r"initial\[0\].*'hparams\['h0'\]'.* Got 1000",
+        ),
     ],
 )
-def test_bad_input_is_refused_with_a_clear_message(storage_url, options, error, match):
+def test_bad_input_is_refused_with_a_clear_message(storage_url, options, error, match, quick_run):
     with pytest.raises(error, match=match):
-        run_toy(storage_url, **{"name": "bad", **options})
+        quick_run(**{"storage": storage_url, "name": "bad", **TOY, **options})
 
 
-def test_trainable_must_be_a_class(storage_url):
+def test_trainable_must_be_a_class(storage_url, quick_run):
     with pytest.raises(TypeError, match="must be a class"):
-        pt.run(Quadratic({"h0": 0, "h1": 0}, 0), space={}, metric="q", storage=storage_url)
+        quick_run(Quadratic({"h0": 0, "h1": 0}, 0), space={}, storage=storage_url)
 
     class Incomplete:
         def train(self, hparams):
             pass
 
     with pytest.raises(TypeError, match="lacks evaluate, state_dict, load_state_dict"):
-        pt.run(Incomplete, space={}, metric="q", storage=storage_url)
+        quick_run(Incomplete, space={}, storage=storage_url)
 
 
 @pytest.mark.parametrize("workers", [1, 2])
-def test_unknown_metric_names_the_returned_keys(storage_url, workers):
+def test_unknown_metric_names_the_returned_keys(storage_url, workers, quick_run):
     with pytest.raises(pt.PopulationError, match=r"no metric 'accuracy'.*\['q', 'surrogate'\]"):
-        run_toy(storage_url, name="m", metric="accuracy", workers=workers)
+        quick_run(storage=storage_url, name="m", metric="accuracy", workers=workers, **TOY)
     assert pt.load(storage_url, "m").status == "error"
 
 
-def test_a_name_refused_shows_at_most_a_line(storage_url):
+def test_a_name_refused_shows_at_most_a_line(storage_url, quick_run):
     with pytest.raises(ValueError) as error:
-        run_toy(storage_url, name="\x1b" * 10_000)
+        quick_run(storage=storage_url, name="\x1b" * 10_000, **TOY)
     assert len(str(error.value)) < 400
 
 
@@ -265,40 +252,27 @@ class Opaque(Quadratic):
         return {**super().evaluate(), "opaque": object()}
 
 
-def test_a_score_beyond_the_float_range_is_recorded_as_infinite(storage_url):
-    result = pt.run(
-        Huge, space=quadratic_space(), metric="q", population=2, intervals=2,
-        storage=storage_url, name="huge", progress=False,
-    )  # fmt: skip
+def test_a_score_beyond_the_float_range_is_recorded_as_infinite(storage_url, quick_run):
+    result = quick_run(Huge, storage=storage_url, name="huge", population=2)
     assert result.status == "finished"  # it was an OverflowError that left it 'running'
     assert {m.score for m in result.members} == {float("inf")}  # ranked like inf: worst
 
 
-def test_a_metric_that_is_no_number_stops_the_population_clearly(storage_url):
+def test_a_metric_that_is_no_number_stops_the_population_clearly(storage_url, quick_run):
     with pytest.raises(pt.PopulationError, match=r"'opaque'=<object object.*Return a number"):
-        pt.run(
-            Opaque, space=quadratic_space(), metric="q", population=2, intervals=2,
-            storage=storage_url, name="opaque", progress=False,
-        )  # fmt: skip
+        quick_run(Opaque, storage=storage_url, name="opaque", population=2)
     assert pt.load(storage_url, "opaque").status == "error"
 
 
-def test_failures_are_retried_recorded_with_traceback_and_others_go_on(storage_url, monkeypatch):
+def test_failures_are_retried_recorded_with_traceback_and_others_go_on(
+    storage_url, monkeypatch, quick_run
+):
     monkeypatch.setattr(Failing, "fail_above", 0.6)
     start = [{"h0": 0.9, "h1": 0.5}] + [{"h0": 0.1 * i, "h1": 0.5} for i in (1, 2, 3)]
-    result = pt.run(
-        Failing,
-        space=quadratic_space(),
-        metric="q",
-        population=4,
-        intervals=5,
-        storage=storage_url,
-        name="f",
-        seed=1,
-        progress=False,
-        initial=start,
-        exploit=None,
-    )
+    result = quick_run(
+        Failing, storage=storage_url, name="f", population=4, intervals=5, seed=1,
+        initial=start, exploit=None,
+    )  # fmt: skip
     failures = result.failures()
     # one attempt and max_failures=2 retries; no member had a checkpoint to re-seed it from yet
     assert [(f.member, f.step) for f in failures] == [(0, 1)] * 3
@@ -318,26 +292,14 @@ def test_failures_are_retried_recorded_with_traceback_and_others_go_on(storage_u
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_a_member_that_keeps_failing_is_reseeded_from_a_healthy_one(
-    storage_url, monkeypatch, workers
+    storage_url, monkeypatch, workers, quick_run
 ):
     monkeypatch.setattr(Failing, "fail_above", 0.6)
     start = [{"h0": 0.2, "h1": 0.5}, {"h0": 0.3, "h1": 0.5}, {"h0": 0.9, "h1": 0.5}]
-    result = pt.run(
-        Failing,
-        space=quadratic_space(),
-        metric="q",
-        population=3,
-        intervals=5,
-        storage=storage_url,
-        name="reseed",
-        seed=0,
-        progress=False,
-        initial=start,
-        sync=True,
-        workers=workers,
-        max_failures=1,
-        exploit=None,
-    )
+    result = quick_run(
+        Failing, storage=storage_url, name="reseed", intervals=5, initial=start, sync=True,
+        workers=workers, max_failures=1, exploit=None,
+    )  # fmt: skip
     assert [(f.member, f.step) for f in result.failures()] == [(2, 1), (2, 1)]
     reseeds = [e for e in result.exploits() if e.member == 2 and e.step == 0]
     assert len(reseeds) == 1 and reseeds[0].donor in (0, 1) and reseeds[0].donor_step == 1
@@ -349,42 +311,23 @@ def test_a_member_that_keeps_failing_is_reseeded_from_a_healthy_one(
     assert (first.step, first.origin) == (2, (reseeds[0].donor, 1))  # from the donor's weights
 
 
-def test_every_member_failing_stops_the_run_with_the_traceback(storage_url):
+def test_every_member_failing_stops_the_run_with_the_traceback(storage_url, quick_run):
     with pytest.raises(
         pt.PopulationError, match=r"9 attempts in a row failed(.|\n)*RuntimeError: boom"
     ):
-        pt.run(
-            Failing,
-            space=quadratic_space(),
-            metric="q",
-            population=3,
-            intervals=50,
-            storage=storage_url,
-            name="all",
-            seed=0,
-            progress=False,
-        )
+        quick_run(Failing, storage=storage_url, name="all", intervals=50)
     result = pt.load(storage_url, "all")
     assert len(result.failures()) == 9  # 3 members x (1 attempt + 2 retries), not 150
     assert result.intervals() == []
 
 
-def test_resume_retries_failed_members_to_the_full_budget(storage_url, monkeypatch):
+def test_resume_retries_failed_members_to_the_full_budget(storage_url, monkeypatch, quick_run):
     monkeypatch.setattr(Failing, "fail_above", 0.5)
     start = [{"h0": 0.9, "h1": 0.3}, {"h0": 0.2, "h1": 0.3}]
-    result = pt.run(
-        Failing,
-        space=quadratic_space(),
-        metric="q",
-        population=2,
-        intervals=4,
-        storage=storage_url,
-        name="r",
-        seed=0,
-        progress=False,
-        exploit=None,
+    result = quick_run(
+        Failing, storage=storage_url, name="r", population=2, intervals=4, exploit=None,
         initial=start,
-    )
+    )  # fmt: skip
     assert result.members[0].status is MemberStatus.FAILED
     monkeypatch.setattr(Failing, "fail_above", 2.0)  # "fix the bug"
     resumed = pt.load(storage_url, "r").resume()
@@ -392,21 +335,11 @@ def test_resume_retries_failed_members_to_the_full_budget(storage_url, monkeypat
     assert resumed.status == "finished"
 
 
-def test_a_resume_that_cannot_start_changes_nothing_stored(storage_url):
+def test_a_resume_that_cannot_start_changes_nothing_stored(storage_url, quick_run):
     class Interactive(Quadratic):  # defined here: no reference to import it by later
         pass
 
-    pt.run(
-        Interactive,
-        space=quadratic_space(),
-        metric="q",
-        population=2,
-        intervals=2,
-        storage=storage_url,
-        name="local",
-        seed=0,
-        progress=False,
-    )
+    quick_run(Interactive, storage=storage_url, name="local", population=2)
     stored = pt.load(storage_url, "local")
     config, members = stored.record.config, stored.members
     with pytest.raises(ValueError, match="cannot be imported by reference"):
@@ -416,8 +349,8 @@ def test_a_resume_that_cannot_start_changes_nothing_stored(storage_url):
     assert after.members == members and after.status == "finished"
 
 
-def test_checkpoints_stay_bounded(storage_url, tmp_path: Path):
-    result = run_toy(storage_url, name="gc", population=4, intervals=12)
+def test_checkpoints_stay_bounded(storage_url, tmp_path: Path, quick_run):
+    result = quick_run(storage=storage_url, name="gc", population=4, intervals=12)
     files = list((tmp_path / "checkpoints").rglob("*.ckpt"))
     # at most: each member's latest, the best ever, and restore points
     assert len(files) == len(result.storage.checkpoints(result.record.id))
@@ -429,26 +362,35 @@ def test_checkpoints_stay_bounded(storage_url, tmp_path: Path):
 # --- explore=None: deprecated (None should one day mean "no explore", as for exploit) --------
 
 
-def test_explore_none_warns_and_still_means_the_default_perturb(tmp_path: Path):
-    url = f"sqlite:///{tmp_path}/p.db"
+def test_explore_none_warns_and_still_means_the_default_perturb(quick_run):
     with warnings.catch_warnings():
         warnings.simplefilter("error", DeprecationWarning)  # leaving it out warns nothing
-        default = run_toy(url, name="default", population=2, intervals=2)
+        default = quick_run(name="default")
     message = r"explore=None means the default pt\.Perturb\(\); leave it out instead"
     with pytest.warns(DeprecationWarning, match=message) as caught:
-        given = run_toy(url, name="none", population=2, intervals=2, explore=None)
+        given = pt.run(
+            Quadratic,
+            quadratic_space(),
+            "q",
+            population=3,
+            intervals=2,
+            storage=quick_run.storage,
+            name="none",
+            progress=False,
+            explore=None,
+        )
     assert caught[0].filename == __file__  # it points at the caller's line
     assert given.status == "finished"
     assert given.config.explore == default.config.explore == describe(pt.Perturb())
 
 
-def test_resume_explore_none_warns_and_still_keeps_the_recorded_explore(tmp_path: Path):
-    url = f"sqlite:///{tmp_path}/p.db"
-    run_toy(url, name="r", population=2, intervals=2, explore=pt.Resample())
+def test_resume_explore_none_warns_and_still_keeps_the_recorded_explore(quick_run):
+    quick_run(name="r", explore=pt.Resample())
+    stored = pt.load(quick_run.storage, "r")
     with pytest.warns(DeprecationWarning, match="explore=None keeps the population's recorded"):
-        resumed = pt.resume(pt.load(url, "r"), explore=None, intervals=3, progress=False)
-    assert resumed.status == "finished" and [m.step for m in resumed.members] == [3, 3]
+        resumed = pt.resume(stored, explore=None, intervals=3, progress=False)
+    assert resumed.status == "finished" and [m.step for m in resumed.members] == [3, 3, 3]
     assert resumed.config.explore == describe(pt.Resample())
     with warnings.catch_warnings():
         warnings.simplefilter("error", DeprecationWarning)
-        assert pt.resume(pt.load(url, "r"), intervals=4, progress=False).status == "finished"
+        assert pt.resume(stored, intervals=4, progress=False).status == "finished"

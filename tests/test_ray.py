@@ -7,12 +7,10 @@ import shutil
 import socket
 import subprocess
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 import poptune as pt
-from poptune.testing import Quadratic, quadratic_space
 
 
 def free_port() -> int:
@@ -52,22 +50,11 @@ def ray_cluster() -> Iterator[str]:
         subprocess.run([ray_cli, "stop", "--force"], capture_output=True, env=env, timeout=180)
 
 
-def test_ray_runner_trains_the_population_on_two_nodes(ray_cluster: str, tmp_path: Path):
+def test_ray_runner_trains_the_population_on_two_nodes(ray_cluster: str, quick_run):
     import ray
 
-    url = f"sqlite:///{tmp_path / 'p.db'}"
-    result = pt.run(
-        Quadratic,
-        space=quadratic_space(),
-        metric="q",
-        population=4,
-        intervals=5,
-        storage=url,
-        name="ray",
-        seed=0,
-        progress=False,
-        runner=pt.RayRunner(address=ray_cluster, workers=2, num_cpus=1),
-    )
+    runner = pt.RayRunner(address=ray_cluster, workers=2, num_cpus=1)
+    result = quick_run(name="ray", population=4, intervals=5, runner=runner)
     assert result.status == "finished"
     assert [m.step for m in result.members] == [5] * 4
     assert len(result.intervals()) == 20
@@ -83,7 +70,7 @@ def test_ray_runner_validates_its_parameters():
         pt.RayRunner(num_gpus=-1)
 
 
-def test_a_killed_actor_is_replaced_and_the_run_finishes(ray_cluster: str, tmp_path: Path):
+def test_a_killed_actor_is_replaced_and_the_run_finishes(ray_cluster: str, quick_run):
     import signal
     import threading
     import time
@@ -91,7 +78,7 @@ def test_a_killed_actor_is_replaced_and_the_run_finishes(ray_cluster: str, tmp_p
     from poptune.storage import SQLStorage
     from poptune.testing import SlowQuadratic, check_steps
 
-    url = f"sqlite:///{tmp_path / 'p.db'}"
+    url = quick_run.storage
     killed: list[int] = []
 
     def kill_one_worker() -> None:
@@ -112,18 +99,9 @@ def test_a_killed_actor_is_replaced_and_the_run_finishes(ray_cluster: str, tmp_p
 
     killer = threading.Thread(target=kill_one_worker, daemon=True)
     killer.start()
-    result = pt.run(
-        SlowQuadratic,
-        space=quadratic_space(),
-        metric="q",
-        population=4,
-        intervals=8,
-        storage=url,
-        name="killed",
-        seed=0,
-        progress=False,
-        lease_seconds=2.0,
-        runner=pt.RayRunner(address=ray_cluster, workers=2, num_cpus=1, max_restarts=2),
+    runner = pt.RayRunner(address=ray_cluster, workers=2, num_cpus=1, max_restarts=2)
+    result = quick_run(
+        SlowQuadratic, name="killed", population=4, intervals=8, lease_seconds=2.0, runner=runner
     )
     killer.join()
     assert killed, "no worker was killed"

@@ -15,7 +15,6 @@ import poptune as pt
 from poptune._redact import redact_text, redact_url
 from poptune.cli import main
 from poptune.storage import redact_url as storage_redact_url
-from poptune.testing import Quadratic, quadratic_space
 
 PASSWORD = "S3cretPW-planted"
 TOKEN = "tok-planted-4711"
@@ -113,42 +112,25 @@ class Collected:
 
 
 @pytest.fixture
-def stored(tmp_path: Path) -> str:
-    url = f"sqlite:///{tmp_path / 'poptune.db'}"
-    pt.run(
-        Quadratic,
-        space=quadratic_space(),
-        metric="q",
-        population=2,
-        intervals=2,
-        storage=url,
-        name="toy",
-        progress=False,
-    )
-    return url
+def stored(quick_run) -> str:
+    quick_run(name="toy", population=2)
+    return quick_run.storage
 
 
-def run_with_checkpoints(location: str, folder: Path) -> pt.Result:
-    return pt.run(
-        Quadratic,
-        space=quadratic_space(),
-        metric="q",
-        population=2,
-        intervals=1,
-        storage=f"sqlite:///{folder / 'other.db'}",
-        checkpoints=location,
-        progress=False,
-    )
+def run_with_checkpoints(quick_run, location: str, folder: Path) -> pt.Result:
+    storage = f"sqlite:///{folder / 'other.db'}"
+    return quick_run(storage=storage, checkpoints=location, population=2, intervals=1)
 
 
-def test_s3_credentials_in_a_checkpoint_url_stay_out_of_python_errors(tmp_path):
+def test_s3_credentials_in_a_checkpoint_url_stay_out_of_python_errors(tmp_path, quick_run):
     seen = Collected()
-    seen.call(lambda: run_with_checkpoints(f"s3://AKIAKEY:{PASSWORD}@bucket/prefix", tmp_path))
+    location = f"s3://AKIAKEY:{PASSWORD}@bucket/prefix"
+    seen.call(lambda: run_with_checkpoints(quick_run, location, tmp_path))
     assert not any(PASSWORD in text for text in seen.texts)
     assert any("carries credentials in its URL" in text for text in seen.texts)
 
 
-def test_a_planted_password_and_token_never_appear(stored, tmp_path, caplog):
+def test_a_planted_password_and_token_never_appear(stored, tmp_path, caplog, quick_run):
     caplog.set_level(logging.DEBUG)
     storages = [
         f"bob:{PASSWORD}@db-host/poptune",  # does not parse
@@ -172,21 +154,13 @@ def test_a_planted_password_and_token_never_appear(stored, tmp_path, caplog):
         seen.cli("worker", "toy", "--storage", stored, "--checkpoints", location)
         seen.cli("resume", "toy", "--storage", stored, "--checkpoints", location, "--no-progress")
         seen.call(lambda c=location: pt.load(stored, "toy", c))
-    seen.call(lambda: run_with_checkpoints(checkpoints[0], tmp_path))
-    seen.call(lambda: pt.run(Quadratic, space=quadratic_space(), metric="q", storage=storages[0]))
+    seen.call(lambda: run_with_checkpoints(quick_run, checkpoints[0], tmp_path))
+    seen.call(lambda: quick_run(storage=storages[0]))
     tracker = pt.MLflow(mlflow)
     seen.texts += [repr(tracker), str(tracker)]
     seen.call(  # a failing tracker is a warning in the log, never a stopped run
-        lambda: pt.run(
-            Quadratic,
-            space=quadratic_space(),
-            metric="q",
-            population=2,
-            intervals=1,
-            storage=stored,
-            name="tracked",
-            trackers=[tracker],
-            progress=False,
+        lambda: quick_run(
+            storage=stored, name="tracked", population=2, intervals=1, trackers=[tracker]
         )
     )
     assert "not reachable" in caplog.text  # the tracker did fail, and said so

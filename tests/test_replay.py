@@ -2,30 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
 import poptune as pt
 from poptune.cli import main
-from poptune.testing import Quadratic, quadratic_space
 
 
-def test_a_replay_of_a_deterministic_lineage_reaches_the_same_weights(storage_url: str):
-    source = pt.run(
-        Quadratic,
-        space=quadratic_space(),
-        metric="q",
-        population=4,
-        intervals=8,
-        storage=storage_url,
-        name="toy",
-        seed=0,
-        progress=False,
-        sync=True,
-    )
+def test_a_replay_of_a_deterministic_lineage_reaches_the_same_weights(storage_url: str, quick_run):
+    source = quick_run(storage=storage_url, name="toy", population=4, intervals=8, sync=True)
     schedule = source.schedule()
     assert len({s.member for s in schedule}) > 1  # the lineage crossed members: a real test
     replayed = pt.replay(storage_url, "toy", progress=False)
@@ -41,19 +27,9 @@ def test_a_replay_of_a_deterministic_lineage_reaches_the_same_weights(storage_ur
     assert len(again.intervals()) == 8
 
 
-def test_replay_errors_and_cli(tmp_path: Path):
-    url = f"sqlite:///{tmp_path / 'p.db'}"
-    pt.run(
-        Quadratic,
-        space=quadratic_space(),
-        metric="q",
-        population=3,
-        intervals=4,
-        storage=url,
-        name="toy",
-        seed=0,
-        progress=False,
-    )
+def test_replay_errors_and_cli(quick_run):
+    url = quick_run.storage
+    quick_run(name="toy", intervals=4)
     out = CliRunner().invoke(main, ["replay", "toy", "--storage", url, "--no-progress"])
     assert out.exit_code == 0, out.output
     assert "toy-replay: q" in out.output and "whose best is" in out.output

@@ -6,20 +6,19 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import pytest
 from click.testing import CliRunner
 
-import poptune as pt
 from poptune.cli import main
 from poptune.dashboard._pages import Dashboard
 from poptune.report import build_model
 from poptune.results import NoBestMember, Scope
-from poptune.testing import CreateOnlyRunner, Quadratic, quadratic_space
+from poptune.testing import CreateOnlyRunner, Quadratic
 
 INTERVALS = 5
+SIZE = {"population": 4, "intervals": INTERVALS}
 
 
 class Diverging(Quadratic):
@@ -60,22 +59,8 @@ class AlwaysNaN(Quadratic):
         return {"q": math.nan}
 
 
-def train(url: str, name: str, trainable: type = Diverging) -> pt.Result:
-    return pt.run(
-        trainable,
-        space=quadratic_space(),
-        metric="q",
-        population=4,
-        intervals=INTERVALS,
-        storage=url,
-        name=name,
-        seed=0,
-        progress=False,
-    )
-
-
-def test_best_survives_every_member_ending_on_nan(storage_url: str) -> None:
-    result = train(storage_url, "diverged")
+def test_best_survives_every_member_ending_on_nan(storage_url: str, quick_run) -> None:
+    result = quick_run(Diverging, storage=storage_url, name="diverged", **SIZE)
     assert all(m.score is None for m in result.members)  # every member's last score: NaN
     finite = [i for i in result.intervals() if i.score is not None and math.isfinite(i.score)]
     assert finite, "the trainable must score before it diverges"
@@ -122,8 +107,8 @@ def test_best_survives_every_member_ending_on_nan(storage_url: str) -> None:
     assert out.exit_code == 1 and "--scope all" in out.output
 
 
-def test_scope_last_is_the_best_weights_held_now(storage_url: str) -> None:
-    result = train(storage_url, "healthy", trainable=Quadratic)
+def test_scope_last_is_the_best_weights_held_now(storage_url: str, quick_run) -> None:
+    result = quick_run(storage=storage_url, name="healthy", **SIZE)
     held = {m.restore: m.score for m in result.members}
     last = result.best_member("last")
     assert (last.member, last.step) in held
@@ -138,16 +123,16 @@ def test_scope_last_is_the_best_weights_held_now(storage_url: str) -> None:
         result.best_member("best")
 
 
-def test_no_finite_score_says_so(storage_url: str) -> None:
-    result = train(storage_url, "nan", trainable=AlwaysNaN)
+def test_no_finite_score_says_so(storage_url: str, quick_run) -> None:
+    result = quick_run(AlwaysNaN, storage=storage_url, name="nan", **SIZE)
     with pytest.raises(NoBestMember, match=r"but not one finite 'q' score \(all NaN or inf"):
         _ = result.best
     assert build_model(result).best_member is None
     assert "no best yet" in repr(result)
 
 
-def test_finite_scores_without_a_kept_checkpoint_say_so(storage_url: str) -> None:
-    result = train(storage_url, "lost", trainable=Quadratic)
+def test_finite_scores_without_a_kept_checkpoint_say_so(storage_url: str, quick_run) -> None:
+    result = quick_run(storage=storage_url, name="lost", **SIZE)
     for ref in result.storage.checkpoints(result.id):  # as if every file had failed its checksum
         result.storage.discard_checkpoint(result.id, ref)
     with pytest.raises(
@@ -156,28 +141,16 @@ def test_finite_scores_without_a_kept_checkpoint_say_so(storage_url: str) -> Non
         _ = result.best
 
 
-def test_a_population_without_intervals_has_no_best(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'poptune.db'}"
-
-    result = pt.run(
-        Quadratic,
-        space=quadratic_space(),
-        metric="q",
-        population=2,
-        intervals=2,
-        storage=url,
-        name="empty",
-        runner=CreateOnlyRunner(),
-        progress=False,
-    )
+def test_a_population_without_intervals_has_no_best(quick_run) -> None:
+    result = quick_run(name="empty", population=2, runner=CreateOnlyRunner())
     with pytest.raises(NoBestMember, match="no recorded interval yet"):
         _ = result.best
     with pytest.raises(NoBestMember, match="no healthy member holding trained weights"):
         result.best_member("last")
 
 
-def test_a_lost_best_checkpoint_gives_the_next_best_kept_one(storage_url: str) -> None:
-    result = train(storage_url, "damaged", trainable=Quadratic)
+def test_a_lost_best_checkpoint_gives_the_next_best_kept_one(storage_url: str, quick_run) -> None:
+    result = quick_run(storage=storage_url, name="damaged", **SIZE)
     first = result.best
     assert first.checkpoint is not None
     result.storage.discard_checkpoint(result.id, first.checkpoint)  # its file failed a checksum

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -12,25 +11,14 @@ import poptune as pt
 from poptune.cli import main
 from poptune.records import Mode
 from poptune.strategies import Progress, describe, rebuild
-from poptune.testing import Quadratic, SlowQuadratic, check_steps, quadratic_space
+from poptune.testing import SlowQuadratic, check_steps
+
+# A budget far beyond what a stop criterion lets the 4 members train.
+LONG = {"population": 4, "intervals": 40}
 
 
-def _run(url: str, trainable=Quadratic, **overrides):
-    options = dict(
-        space=quadratic_space(),
-        metric="q",
-        population=4,
-        intervals=40,
-        storage=url,
-        name="stops",
-        seed=0,
-        progress=False,
-    )
-    return pt.run(trainable, **{**options, **overrides})
-
-
-def test_a_target_stops_the_population_once_reached(storage_url: str):
-    result = _run(storage_url, stop=pt.Target(1.15), sync=True)
+def test_a_target_stops_the_population_once_reached(storage_url: str, quick_run):
+    result = quick_run(storage=storage_url, name="stops", stop=pt.Target(1.15), sync=True, **LONG)
     assert result.status == "stopped"
     assert result.record.error.startswith("target reached: the best q is")
     assert result.best.score >= 1.15
@@ -41,21 +29,21 @@ def test_a_target_stops_the_population_once_reached(storage_url: str):
     check_steps(result)
 
 
-def test_a_plateau_and_a_wall_clock_stop_too(tmp_path: Path):
-    url = f"sqlite:///{tmp_path / 'p.db'}"
-    flat = _run(url, name="flat", stop=[pt.Plateau(3, min_delta=1e-3)], exploit=None)
+def test_a_plateau_and_a_wall_clock_stop_too(quick_run):
+    url = quick_run.storage
+    flat = quick_run(name="flat", stop=[pt.Plateau(3, min_delta=1e-3)], exploit=None, **LONG)
     assert flat.status == "stopped" and flat.record.error.startswith("plateau:")
     assert max(m.step for m in flat.members) < 40
-    timed = _run(url, SlowQuadratic, name="timed", stop=pt.WallClock(0.5))
+    timed = quick_run(SlowQuadratic, name="timed", stop=pt.WallClock(0.5), **LONG)
     assert timed.status == "stopped" and "wall-clock limit" in timed.record.error
     assert len(timed.intervals()) < 4 * 40
     out = CliRunner().invoke(main, ["status", "timed", "--storage", url])
     assert "Stopped before its budget: wall-clock limit reached" in out.output
 
 
-def test_a_stopped_population_resumes_with_other_criteria(tmp_path: Path):
-    url = f"sqlite:///{tmp_path / 'p.db'}"
-    stopped = _run(url, intervals=12, stop=pt.Target(1.1), sync=True)
+def test_a_stopped_population_resumes_with_other_criteria(quick_run):
+    url = quick_run.storage
+    stopped = quick_run(name="stops", population=4, intervals=12, stop=pt.Target(1.1), sync=True)
     assert stopped.status == "stopped"
     kept = pt.load(url, "stops").resume(progress=False)  # the stored target: stops again
     assert kept.status == "stopped"
@@ -80,7 +68,7 @@ def test_criteria_see_the_best_per_step():
     ("make", "error", "match"),
     [
         (lambda: pt.Target("high"), ValueError, r"'score' parameter of Target"),
-        (lambda: pt.Plateau(0), ValueError, r"'intervals' parameter of Plateau"),
+        (lambda: pt.Plateau(0), ValueError, r"'patience' parameter of Plateau"),
         (lambda: pt.Plateau(2, min_delta=-1.0), ValueError, r"'min_delta'"),
         (
             lambda: pt.WallClock(0),
@@ -94,18 +82,16 @@ def test_bad_criteria_are_refused(make, error, match):
         make()
 
 
-def test_stop_must_be_criteria(tmp_path: Path):
-    with pytest.raises(TypeError, match=r"'stop' parameter must be a criterion.*Got 0.9"):
-        _run(f"sqlite:///{tmp_path / 'p.db'}", stop=0.9)
+def test_stop_must_be_criteria(quick_run):
+    with pytest.raises(TypeError, match=r"'stop' parameter must be a criterion.*Got 0.9 instead"):
+        quick_run(name="stops", stop=0.9, **LONG)
 
 
-def test_a_criterion_on_a_metric_the_population_does_not_optimise_is_refused(tmp_path):
-    url = f"sqlite:///{tmp_path}/p.db"
-    options = dict(space=quadratic_space(), metric="q", population=2, intervals=2, storage=url)
+def test_a_criterion_on_a_metric_the_population_does_not_optimise_is_refused(quick_run):
     for criterion in (pt.Target(1.0, metric="accuracy"), pt.Plateau(3, metric="loss")):
         with pytest.raises(ValueError, match=r"watches the metric .* optimises 'q'"):
-            pt.run(Quadratic, **options, stop=criterion, progress=False)
-    result = pt.run(Quadratic, **options, stop=pt.Target(9.0, metric="q"), progress=False)
+            quick_run(population=2, stop=criterion)
+    result = quick_run(population=2, stop=pt.Target(9.0, metric="q"))
     with pytest.raises(ValueError, match=r"watches the metric 'acc'"):
         result.resume(stop=[pt.Plateau(2, metric="acc")], progress=False)
     assert rebuild(describe(pt.Target(0.5, metric="q")), "stop").metric == "q"

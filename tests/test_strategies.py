@@ -122,12 +122,12 @@ def test_perturb_rejects_bad_parameters(kwargs, match):
 
 
 def test_every_ready_schedule():
-    ready = pt.Every(intervals=2, burn_in=4)
+    ready = pt.Every(period=2, burn_in=4)
     due = [s for s in range(0, 12) if ready(Candidate(0, s, 0.0, 0.0))]
     assert due == [4, 6, 8, 10]
     assert [s for s in range(0, 4) if pt.Every()(Candidate(0, s, 0.0, 0.0))] == [1, 2, 3]
-    with pytest.raises(ValueError, match="'intervals' parameter of Every"):
-        pt.Every(intervals=0)
+    with pytest.raises(ValueError, match="'period' parameter of Every"):
+        pt.Every(period=0)
     with pytest.raises(ValueError, match="burn_in"):
         pt.Every(burn_in=-1)
 
@@ -144,7 +144,7 @@ def test_builtin_strategies_round_trip_through_their_description():
     assert describe(None) is None and rebuild(None, "exploit") is None
 
 
-def _module_level_exploit(member, population, rng):
+def _module_level_exploit(member, peers, rng):
     return None
 
 
@@ -194,29 +194,15 @@ def test_ttest_copies_only_significantly_better_members():
         pt.TTest(alpha=1.5)
 
 
-def test_ttest_in_a_run_sees_each_members_recent_scores(tmp_path):
-    from poptune.testing import Quadratic, quadratic_space
-
+def test_ttest_in_a_run_sees_each_members_recent_scores(quick_run):
     seen = []
 
     class Recording(pt.TTest):
-        def __call__(self, member, population, rng):
-            seen.append((member.step, {c.member: c.history for c in population}))
-            return super().__call__(member, population, rng)
+        def __call__(self, member, peers, rng):
+            seen.append((member.step, {c.member: c.history for c in peers}))
+            return super().__call__(member, peers, rng)
 
-    result = pt.run(
-        Quadratic,
-        space=quadratic_space(),
-        metric="q",
-        population=4,
-        intervals=8,
-        storage=f"sqlite:///{tmp_path / 'p.db'}",
-        name="t",
-        seed=0,
-        progress=False,
-        exploit=Recording(window=3),
-        sync=True,
-    )
+    result = quick_run(name="t", population=4, intervals=8, exploit=Recording(window=3), sync=True)
     assert seen
     by_key = {(i.member, i.step): i.score for i in result.intervals()}
     for step, histories in seen:
@@ -251,20 +237,111 @@ def test_strategy_parameters_from_numpy_are_accepted_and_recorded_as_built_ins()
     [
         (lambda: pt.TTest(window=1), "'window' parameter of TTest must be an int >= 2"),
         (lambda: pt.TTest(alpha=1.0), r"'alpha' parameter of TTest must be a number in the range"),
-        (lambda: pt.Every(0), "'intervals' parameter of Every must be an int >= 1"),
+        (lambda: pt.Every(0), "'period' parameter of Every must be an int >= 1"),
         (lambda: pt.Every(burn_in=-1), "'burn_in' parameter of Every must be an int >= 0"),
         (lambda: pt.PB2(max_points=2), "'max_points' parameter of PB2 must be an int >= 3"),
         (lambda: pt.Perturb((0.8, 0)), "'factors' parameter of Perturb must be a non-empty"),
         (lambda: pt.Perturb("0.8"), "'factors' parameter of Perturb must be a non-empty"),
         (lambda: pt.Target(float("nan")), "'score' parameter of Target must be a finite number"),
-        (lambda: pt.Plateau(0), "'intervals' parameter of Plateau must be an int >= 1"),
+        (lambda: pt.Plateau(0), "'patience' parameter of Plateau must be an int >= 1"),
         (lambda: pt.Plateau(2, min_delta=-1), "'min_delta' parameter of Plateau must be a number"),
         (lambda: pt.Plateau(2, metric=""), "'metric' parameter of Plateau must be a metric's"),
         (lambda: pt.WallClock(0), "'seconds' parameter of WallClock must be a number > 0"),
-        (lambda: pt.Every(2.0), "'intervals' parameter of Every must be an int >= 1"),
+        (lambda: pt.Every(2.0), "'period' parameter of Every must be an int >= 1"),
     ],
 )
 def test_bad_strategy_parameters_say_what_was_wrong_and_the_value(make, message):
     with pytest.raises(pt.InvalidParameterError, match=message) as error:
         make()
     assert "Got " in str(error.value) and str(error.value).endswith("instead.")
+
+
+BUILT_INS = [
+    pt.Truncation(0.3),
+    pt.Tournament(),
+    pt.TTest(window=4, alpha=0.1),
+    pt.Perturb((0.5, 1.5), 0.1),
+    pt.Resample(0.5),
+    pt.chain(pt.Perturb((2.0,)), pt.Resample(0.25)),
+    pt.PB2(window=3, max_points=40),
+    pt.Every(3, 2),
+    pt.Target(0.9, metric="q"),
+    pt.Plateau(4, min_delta=0.01),
+    pt.WallClock(60),
+]
+
+
+@pytest.mark.parametrize("strategy", BUILT_INS, ids=lambda s: type(s).__name__)
+def test_builtins_are_frozen_values_whose_repr_rebuilds_them(strategy):
+    """repr, == and the recorded parameters all come from the fields: the repr is the call
+    that rebuilds an equal strategy, and a built-in cannot be changed after it was checked."""
+    assert eval(repr(strategy), {**vars(pt), "Chain": pt.strategies.Chain}) == strategy
+    assert rebuild(json.loads(json.dumps(describe(strategy))), "strategy") == strategy
+    assert hash(strategy) == hash(rebuild(describe(strategy), "strategy"))
+    field = next(iter(strategy.to_config()), None)
+    if field is not None:
+        with pytest.raises(AttributeError):
+            setattr(strategy, field, None)
+
+
+@pytest.mark.parametrize(
+    ("description", "expected"),
+    [
+        # As recorded before the built-ins were dataclasses (and Every's and Plateau's
+        # parameters were renamed): every stored population must rebuild the same strategies.
+        ({"type": "Truncation", "fraction": 0.25}, pt.Truncation(0.25)),
+        ({"type": "Tournament"}, pt.Tournament()),
+        ({"type": "TTest", "window": 5, "alpha": 0.05}, pt.TTest(5, 0.05)),
+        ({"type": "Perturb", "factors": [0.8, 1.2], "resample_probability": 0.25}, pt.Perturb()),
+        ({"type": "Resample", "probability": 1.0}, pt.Resample()),
+        ({"type": "PB2", "window": 10, "max_points": 200}, pt.PB2()),
+        ({"type": "Every", "intervals": 2, "burn_in": 4}, pt.Every(2, 4)),
+        ({"type": "Target", "score": 0.98, "metric": None}, pt.Target(0.98)),
+        ({"type": "Plateau", "intervals": 5, "min_delta": 0.0, "metric": None}, pt.Plateau(5)),
+        ({"type": "WallClock", "seconds": 3600.0}, pt.WallClock(3600)),
+        (
+            {
+                "type": "Chain",
+                "steps": [
+                    {"type": "Perturb", "factors": [2.0], "resample_probability": 0.0},
+                    {"type": "Resample", "probability": 0.25},
+                ],
+            },
+            pt.chain(pt.Perturb((2.0,)), pt.Resample(0.25)),
+        ),
+    ],
+)
+def test_descriptions_recorded_by_earlier_releases_rebuild_equal_strategies(
+    description, expected, recwarn
+):
+    if description["type"] == "Perturb":
+        expected = pt.Perturb((0.8, 1.2), resample_probability=0.25)
+    assert rebuild(description, "strategy") == expected
+    assert not [w for w in recwarn if issubclass(w.category, DeprecationWarning)]
+
+
+def test_old_parameter_names_still_work_with_a_deprecation_warning():
+    pop = population(0.1, 0.9)
+    with pytest.warns(DeprecationWarning, match="'intervals' parameter of Every.*'period'"):
+        assert pt.Every(intervals=4, burn_in=2) == pt.Every(period=4, burn_in=2)
+    with pytest.warns(DeprecationWarning, match="'intervals' parameter of Plateau.*'patience'"):
+        assert pt.Plateau(intervals=3) == pt.Plateau(patience=3)
+    for exploit in (pt.Truncation(0.5), pt.Tournament(), pt.TTest()):
+        owner = f"{type(exploit).__name__}.__call__"
+        with pytest.warns(DeprecationWarning, match=f"'population' parameter of {owner}.*'peers'"):
+            by_old = exploit(pop[0], population=pop, rng=np.random.default_rng(3))
+        assert by_old == exploit(pop[0], peers=pop, rng=np.random.default_rng(3))
+    with pytest.warns(DeprecationWarning, match=r"Target\.score"):
+        assert pt.Target(0.5).target == 0.5
+    with pytest.raises(pt.InvalidParameterError, match="'intervals' parameter of Every must be"):
+        pt.Every(intervals=2, period=2)
+
+
+def test_the_builtins_declare_their_capabilities():
+    from poptune.strategies import _capabilities as capabilities
+
+    assert [capabilities.history(e) for e in (pt.Truncation(), pt.TTest(window=7))] == [0, 7]
+    assert not any(capabilities.needs_hparams(e) for e in BUILT_INS[:3])
+    assert [capabilities.window(e) for e in (pt.Perturb(), pt.PB2(window=6))] == [0, 6]
+    assert capabilities.window(pt.chain(pt.Resample(), pt.PB2(window=5))) == 5
+    assert [capabilities.watched_metric(s) for s in BUILT_INS[-3:]] == ["q", None, None]

@@ -22,7 +22,7 @@ import poptune as pt
 from poptune._filenames import safe_filename
 from poptune.cli import main
 from poptune.records import ExploitEvent, IntervalRecord
-from poptune.testing import Quadratic, SlowQuadratic, quadratic_space
+from poptune.testing import SlowQuadratic
 from poptune.trackers import (
     Position,
     Tracker,
@@ -43,25 +43,6 @@ def mlflow_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     mlflow.set_tracking_uri(uri)
     yield uri
     mlflow.set_tracking_uri(previous)
-
-
-def train(storage_url: str, name: str, **options: object) -> pt.Result:
-    """A small population with exploits: 3 members, 4 intervals."""
-    arguments: dict[str, object] = {
-        "space": quadratic_space(),
-        "metric": "q",
-        "population": 3,
-        "intervals": 4,
-        "storage": storage_url,
-        "name": name,
-        "seed": 1,
-        "progress": False,
-    }
-    arguments.update(options)
-    trainable = arguments.pop("trainable", Quadratic)
-    result = pt.run(trainable, **arguments)  # type: ignore[arg-type]
-    assert result.exploits(), "the test population must exploit"
-    return result
 
 
 # --- reading back ----------------------------------------------------------------------------
@@ -178,8 +159,10 @@ def metric_points(experiment: str) -> int:
 # --- the tests -------------------------------------------------------------------------------
 
 
-def test_tensorboard_export_holds_everything_once(storage_url: str, tmp_path: Path) -> None:
-    result = train(storage_url, "tb")
+def test_tensorboard_export_holds_everything_once(
+    storage_url: str, tmp_path: Path, quick_run
+) -> None:
+    result = quick_run.exploiting(storage=storage_url, name="tb")
     logdir = tmp_path / "tb"
     out = CliRunner().invoke(
         main, ["export", "tb", "--storage", storage_url, "--tensorboard", str(logdir)]
@@ -201,9 +184,9 @@ def test_tensorboard_export_holds_everything_once(storage_url: str, tmp_path: Pa
 
 
 def test_mlflow_export_holds_everything_once(
-    storage_url: str, mlflow_uri: str, tmp_path: Path
+    storage_url: str, mlflow_uri: str, tmp_path: Path, quick_run
 ) -> None:
-    result = train(storage_url, "ml")
+    result = quick_run.exploiting(storage=storage_url, name="ml")
     experiment = f"export-{tmp_path.name}"
     with TrackerExporter(result, [pt.MLflow(mlflow_uri, experiment=experiment)]) as exporter:
         exporter.export()
@@ -230,13 +213,13 @@ def test_mlflow_export_holds_everything_once(
 
 
 def test_run_with_trackers_writes_the_same(
-    storage_url: str, mlflow_uri: str, tmp_path: Path
+    storage_url: str, mlflow_uri: str, tmp_path: Path, quick_run
 ) -> None:
     experiment = f"run-{tmp_path.name}"
     logdir = tmp_path / "tb"
-    result = train(
-        storage_url,
-        "live",
+    result = quick_run.exploiting(
+        storage=storage_url,
+        name="live",
         trackers=[pt.TensorBoard(logdir), pt.MLflow(mlflow_uri, experiment=experiment)],
     )
     check_tensorboard(logdir, result)
@@ -252,12 +235,14 @@ class Slower(SlowQuadratic):
 
 
 def test_export_follow_ends_when_the_population_stops(
-    storage_url: str, mlflow_uri: str, tmp_path: Path
+    storage_url: str, mlflow_uri: str, tmp_path: Path, quick_run
 ) -> None:
     experiment = f"follow-{tmp_path.name}"
     logdir = tmp_path / "tb"
     training = threading.Thread(
-        target=train, args=(storage_url, "follow"), kwargs={"trainable": Slower}
+        target=quick_run.exploiting,
+        args=(Slower,),
+        kwargs={"storage": storage_url, "name": "follow"},
     )
     training.start()
     deadline = time.monotonic() + 20
@@ -303,11 +288,13 @@ class Broken(Tracker):
 
 
 def test_a_failing_tracker_never_stops_training(
-    storage_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    storage_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture, quick_run
 ) -> None:
     broken = Broken()
     with caplog.at_level(logging.WARNING, logger="poptune"):
-        result = train(storage_url, "broken", trackers=[broken, pt.TensorBoard(tmp_path / "tb")])
+        result = quick_run.exploiting(
+            storage=storage_url, name="broken", trackers=[broken, pt.TensorBoard(tmp_path / "tb")]
+        )
     assert result.status == "finished" and len(result.intervals()) == 12
     assert "failed to export population 'broken'" in caplog.text and "disk full" in caplog.text
     check_tensorboard(tmp_path / "tb", result)  # the healthy tracker still got everything
@@ -318,14 +305,14 @@ def test_a_failing_tracker_never_stops_training(
 
 
 def test_tensorboard_refuses_a_folder_of_another_population_of_that_name(
-    storage_url: str, tmp_path: Path
+    storage_url: str, tmp_path: Path, quick_run
 ) -> None:
     logdir = tmp_path / "tb"
-    first = train(storage_url, "again")
+    first = quick_run.exploiting(storage=storage_url, name="again")
     with TrackerExporter(first, [pt.TensorBoard(logdir)]) as exporter:
         exporter.export()
     pt.delete(storage_url, "again")
-    second = train(storage_url, "again", seed=2)
+    second = quick_run.exploiting(storage=storage_url, name="again", seed=2)
     with pytest.raises(TrackerError, match="another population named 'again'"):
         TrackerExporter(second, [pt.TensorBoard(logdir)]).open()
 
@@ -337,12 +324,13 @@ def files_under(folder: Path) -> set[Path]:
 @pytest.mark.parametrize(
     "name", ["../../x", "ABSOLUTE", "a/b", "..", "x" * 150, "学习 run", "digits-v2"]
 )
-def test_tensorboard_export_writes_only_inside_its_logdir(tmp_path: Path, name: str) -> None:
+def test_tensorboard_export_writes_only_inside_its_logdir(
+    tmp_path: Path, name: str, quick_run
+) -> None:
     # The name is the storage's: it names one folder inside the logdir, never a path.
     name = name.replace("ABSOLUTE", str(tmp_path / "escaped"))
     url = f"sqlite:///{tmp_path / 'db' / 'poptune.db'}"
-    options = {"population": 2, "intervals": 2, "seed": 0, "progress": False}
-    result = pt.run(Quadratic, quadratic_space(), "q", storage=url, name=name, **options)  # type: ignore[arg-type]
+    result = quick_run(storage=url, name=name, population=2)
     logdir = tmp_path / "deep" / "tb"
     before = files_under(tmp_path)
     out = CliRunner().invoke(main, ["export", name, "--storage", url, "--tensorboard", str(logdir)])
@@ -360,19 +348,12 @@ def test_tensorboard_export_writes_only_inside_its_logdir(tmp_path: Path, name: 
     ("trackers", "match"),
     [
         ("runs/tb", "must be a list of trackers"),
-        ([object()], r"trackers\[0\] must be a tracker"),
+        ([object()], r"'trackers\[0\]' parameter must be a tracker"),
     ],
 )
-def test_run_validates_trackers(tmp_path: Path, trackers: object, match: str) -> None:
+def test_run_validates_trackers(trackers: object, match: str, quick_run) -> None:
     with pytest.raises(TypeError, match=match):
-        pt.run(
-            Quadratic,
-            space=quadratic_space(),
-            metric="q",
-            storage=f"sqlite:///{tmp_path / 'poptune.db'}",
-            progress=False,
-            trackers=trackers,  # type: ignore[arg-type]
-        )
+        quick_run(trackers=trackers)
 
 
 def test_export_needs_a_destination() -> None:
@@ -408,8 +389,8 @@ def test_mlflow_refuses_an_empty_uri_with_one_line(uri: object, storage_url: str
     assert out.output.startswith("Error: The 'tracking_uri' parameter of MLflow must be")
 
 
-def test_an_unreachable_mlflow_server_fails_in_seconds(storage_url: str) -> None:
-    train(storage_url, "far")
+def test_an_unreachable_mlflow_server_fails_in_seconds(storage_url: str, quick_run) -> None:
+    quick_run.exploiting(storage=storage_url, name="far")
     started = time.monotonic()
     out = CliRunner().invoke(
         main, ["export", "far", "--storage", storage_url, "--mlflow", "http://127.0.0.1:9"]
@@ -421,8 +402,8 @@ def test_an_unreachable_mlflow_server_fails_in_seconds(storage_url: str) -> None
     assert took < 30  # MLflow's own retries took about 4 minutes
 
 
-def test_a_tracking_uri_with_a_bad_port_is_one_line(storage_url: str) -> None:
-    train(storage_url, "port")
+def test_a_tracking_uri_with_a_bad_port_is_one_line(storage_url: str, quick_run) -> None:
+    quick_run.exploiting(storage=storage_url, name="port")
     out = CliRunner().invoke(
         main, ["export", "port", "--storage", storage_url, "--mlflow", "http://host:port/"]
     )

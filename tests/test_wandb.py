@@ -24,7 +24,7 @@ from click.testing import CliRunner
 
 import poptune as pt
 from poptune.cli import main
-from poptune.testing import Quadratic, SlowQuadratic, quadratic_space
+from poptune.testing import SlowQuadratic
 from poptune.trackers import TrackerError, TrackerExporter, describe_exploit
 
 wandb = pytest.importorskip("wandb")
@@ -159,24 +159,6 @@ def offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
-def train(url: str, name: str, **options: Any) -> pt.Result:
-    """3 members, 4 intervals, with exploits."""
-    arguments: dict[str, Any] = {"trainable": Quadratic, "intervals": 4, **options}
-    result = pt.run(
-        arguments.pop("trainable"),
-        space=quadratic_space(),
-        metric="q",
-        population=3,
-        storage=url,
-        name=name,
-        seed=1,
-        progress=False,
-        **arguments,
-    )
-    assert result.exploits(), "the test population must exploit"
-    return result
-
-
 def check_members(runs: dict[str, Run], result: pt.Result) -> None:
     """A run per member, grouped by the population: its first hparams and the population's
     settings as config, every interval at its step, every exploit with it."""
@@ -255,9 +237,9 @@ def run_files(folder: Path) -> dict[str, int]:
 # --- the tests -------------------------------------------------------------------------------
 
 
-def test_export_writes_every_member_and_the_population_once(offline: Path) -> None:
+def test_export_writes_every_member_and_the_population_once(offline: Path, quick_run) -> None:
     url = f"sqlite:///{offline / 'poptune.db'}"
-    result = train(url, "wb")
+    result = quick_run.exploiting(storage=url, name="wb")
     out = CliRunner().invoke(main, ["export", "wb", "--storage", url, "--wandb", "pbt"])
     assert out.exit_code == 0, out.output
     counts = f"{len(result.intervals())} new intervals, {len(result.exploits())} new exploits"
@@ -275,9 +257,9 @@ def test_export_writes_every_member_and_the_population_once(offline: Path) -> No
     assert run_files(offline) == files  # no run started, not one record more
 
 
-def test_a_later_export_resumes_the_same_runs(offline: Path) -> None:
+def test_a_later_export_resumes_the_same_runs(offline: Path, quick_run) -> None:
     url = f"sqlite:///{offline / 'poptune.db'}"
-    result = train(url, "later")
+    result = quick_run.exploiting(storage=url, name="later")
     # An export that saw only the first two steps (as one during training would)...
     early = pt.WandB("pbt")
     early.open(result)
@@ -298,21 +280,25 @@ def test_a_later_export_resumes_the_same_runs(offline: Path) -> None:
     assert len(population.history) == 2  # the early view, then the whole population
 
 
-def test_run_with_a_wandb_tracker_writes_the_same(offline: Path, tmp_path: Path) -> None:
+def test_run_with_a_wandb_tracker_writes_the_same(offline: Path, tmp_path: Path, quick_run) -> None:
     folder = tmp_path / "elsewhere"
     settings = wandb.Settings(silent=True, console="off", x_disable_stats=True)
     tracker = pt.WandB("pbt", dir=str(folder), settings=settings)
-    result = train(f"sqlite:///{offline / 'poptune.db'}", "live", trackers=[tracker])
+    result = quick_run.exploiting(
+        storage=f"sqlite:///{offline / 'poptune.db'}", name="live", trackers=[tracker]
+    )
     runs = read_runs(folder)
     check_members(runs, result)
     check_population(runs, result)
     assert not (offline / "wandb").exists()  # dir= wins over $WANDB_DIR
 
 
-def test_a_resumed_population_continues_its_runs(offline: Path, tmp_path: Path) -> None:
+def test_a_resumed_population_continues_its_runs(offline: Path, tmp_path: Path, quick_run) -> None:
     url = f"sqlite:///{offline / 'poptune.db'}"
     settings = wandb.Settings(silent=True, console="off", x_disable_stats=True)
-    train(url, "grow", intervals=2, trackers=[pt.WandB("pbt", settings=settings)])
+    quick_run.exploiting(
+        storage=url, name="grow", intervals=2, trackers=[pt.WandB("pbt", settings=settings)]
+    )
     ids = set(read_runs(offline))
     result = pt.resume(
         pt.load(url, "grow"),
@@ -328,9 +314,10 @@ def test_a_resumed_population_continues_its_runs(offline: Path, tmp_path: Path) 
     assert [row["_step"] for row in population.history] == [6, 12]  # 2, then 4 steps each
 
 
-def test_export_follows_a_population_as_it_trains(offline: Path) -> None:
+def test_export_follows_a_population_as_it_trains(offline: Path, quick_run) -> None:
     url = f"sqlite:///{offline / 'poptune.db'}"
-    training = threading.Thread(target=train, args=(url, "follow"), kwargs={"trainable": Slower})
+    follow = {"storage": url, "name": "follow"}
+    training = threading.Thread(target=quick_run.exploiting, args=(Slower,), kwargs=follow)
     training.start()
     deadline = time.monotonic() + 20
     while not (offline / "poptune.db").exists() or not _has_intervals(url, "follow"):
@@ -366,7 +353,10 @@ def _has_intervals(url: str, name: str) -> bool:
 
 
 def test_wandb_refuses_the_arguments_it_sets_itself() -> None:
-    with pytest.raises(TypeError, match=r"WandB sets 'group', 'id' of wandb.init itself"):
+    with pytest.raises(
+        TypeError,
+        match=r"'init_kwargs' parameter of WandB must be .*Got \{'group': 'y', 'id': 'x'\}",
+    ):
         pt.WandB("pbt", id="x", group="y")
     with pytest.raises(ValueError, match="'project' parameter of WandB must be a non-empty"):
         pt.WandB("")
@@ -390,9 +380,9 @@ def test_wandb_messages_show_no_api_key(monkeypatch: pytest.MonkeyPatch) -> None
     assert pt.WandB("pbt", settings=settings).redact(f"bad key {'f' * 40}") == "bad key ***"
 
 
-def test_a_failing_wandb_export_is_one_clear_line(offline: Path) -> None:
+def test_a_failing_wandb_export_is_one_clear_line(offline: Path, quick_run) -> None:
     url = f"sqlite:///{offline / 'poptune.db'}"
-    train(url, "bad")
+    quick_run.exploiting(storage=url, name="bad")
     (offline / "wandb").write_text("not a folder")  # where W&B must write
     out = CliRunner().invoke(main, ["export", "bad", "--storage", url, "--wandb", "pbt"])
     assert out.exit_code == 1 and "Traceback" not in out.output

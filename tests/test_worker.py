@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 
 import poptune as pt
-from poptune.testing import MemoryStorage, Quadratic, quadratic_space
+from poptune.testing import MemoryStorage
 
 
 def _keep_own(
@@ -16,25 +16,14 @@ def _keep_own(
     return member
 
 
-def test_an_exploit_that_chooses_the_member_itself_explores_its_hparams(tmp_path):
+def test_an_exploit_that_chooses_the_member_itself_explores_its_hparams(tmp_path, quick_run):
     """Choosing oneself means "keep my weights, explore my hyperparameters" (the paper's
     explore-only ablation), not "do nothing"."""
-    result = pt.run(
-        Quadratic,
-        space=quadratic_space(),
-        metric="q",
-        population=2,
-        intervals=6,
-        storage=MemoryStorage(),
-        checkpoints=tmp_path / "checkpoints",
-        exploit=_keep_own,
-        explore=pt.Perturb((0.8, 1.2)),
-        ready=pt.Every(1),
-        initial=[{"h0": 1.0, "h1": 0.0}, {"h0": 0.0, "h1": 1.0}],
-        sync=True,
-        seed=0,
-        progress=False,
-    )
+    result = quick_run(
+        storage=MemoryStorage(), checkpoints=tmp_path / "checkpoints", population=2,
+        intervals=6, exploit=_keep_own, explore=pt.Perturb((0.8, 1.2)), ready=pt.Every(1),
+        initial=[{"h0": 1.0, "h1": 0.0}, {"h0": 0.0, "h1": 1.0}], sync=True,
+    )  # fmt: skip
     exploits = result.exploits()
     assert exploits and all(e.donor == e.member for e in exploits)
     assert all(e.donor_step == e.step for e in exploits)  # its own weights, no step taken

@@ -8,10 +8,12 @@ stored as JSON.
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Mapping
+import warnings
+from collections.abc import Callable, Mapping
 from numbers import Integral, Real
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -29,7 +31,10 @@ __all__ = [
     "invalid",
     "jsonable",
     "plain",
+    "renamed",
 ]
+
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 
 def plain(value: Any) -> Any:
@@ -48,15 +53,17 @@ def jsonable(value: Any) -> Any:
 
 
 def invalid(
-    name: str, expected: str, value: Any, owner: str | None = None
+    name: str, expected: str, value: Any, owner: str | None = None, hint: str | None = None
 ) -> InvalidParameterError:
-    """The error for parameter ``name`` (of ``owner``), which must be ``expected``."""
+    """The error for parameter ``name`` (of ``owner``), which must be ``expected``; ``hint``
+    (a sentence) says what to do when that is not obvious from ``expected``."""
     of = f" of {owner}" if owner else ""
     shown = repr(value)
     if len(shown) > _SHOWN:  # a 10,000-character name is not repeated in full
         shown = f"{shown[: _SHOWN - 1]}…"
+    advice = f" {hint}" if hint else ""
     return InvalidParameterError(
-        f"The '{name}' parameter{of} must be {expected}. Got {shown} instead."
+        f"The '{name}' parameter{of} must be {expected}. Got {shown} instead.{advice}"
     )
 
 
@@ -137,6 +144,62 @@ def check_choice(name: str, value: Any, options: tuple[str, ...], owner: str | N
     if text not in options:
         raise invalid(name, " or ".join(repr(o) for o in options), value, owner)
     return str(text)
+
+
+def renamed(owner: str, **new_names: str) -> Callable[[_F], _F]:
+    """Decorator: a function (or method) whose keyword ``old`` is now called ``new_names[old]``
+    still accepts ``old=``, with a ``DeprecationWarning`` naming the new name.
+
+    ``owner`` is how the message names the callable (``"Every"``, ``"Truncation.__call__"``).
+    On a class, its ``__init__`` is wrapped. Passing both names is refused. The map is kept as
+    ``__renamed__`` (on the wrapper, or the class), so a stored description that uses an old
+    name is rebuilt without a warning (see :func:`poptune.strategies.rebuild`).
+
+    Example:
+        >>> @renamed("scale", factor="ratio")
+        ... def scale(value, ratio=1.0):
+        ...     return value * ratio
+        >>> import warnings
+        >>> with warnings.catch_warnings(record=True) as caught:
+        ...     warnings.simplefilter("always")
+        ...     scale(2.0, factor=3.0)
+        6.0
+        >>> str(caught[0].message)
+        "The 'factor' parameter of scale is deprecated: call it 'ratio' (same meaning)."
+    """
+
+    def decorate(function: _F) -> _F:
+        if isinstance(function, type):
+            cls: Any = function
+            cls.__init__ = decorate(cls.__init__)
+            cls.__renamed__ = cls.__init__.__renamed__
+            return function
+
+        @functools.wraps(function)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            if kwargs:  # the common call passes none: one check, no copy
+                for old, new in new_names.items():
+                    if old in kwargs:
+                        kwargs = _renamed_keyword(kwargs, old, new, owner)
+            return function(*args, **kwargs)
+
+        wrapper.__renamed__ = {**getattr(function, "__renamed__", {}), **new_names}  # type: ignore[attr-defined]
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
+def _renamed_keyword(kwargs: dict[str, Any], old: str, new: str, owner: str) -> dict[str, Any]:
+    if new in kwargs:
+        raise invalid(
+            old, f"left out when '{new}' is given (it is its old name)", kwargs[old], owner
+        )
+    warnings.warn(
+        f"The '{old}' parameter of {owner} is deprecated: call it '{new}' (same meaning).",
+        DeprecationWarning,
+        stacklevel=3,  # the caller's line: here, the wrapper, the caller
+    )
+    return {(new if key == old else key): value for key, value in kwargs.items()}
 
 
 #: How much of a refused value a message shows.

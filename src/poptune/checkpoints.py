@@ -32,6 +32,7 @@ import xxhash
 
 from . import serialization
 from ._redact import redact_text, redact_url
+from ._validation import check_int, invalid
 from .errors import CheckpointCorrupt, CheckpointError, CheckpointMissing, UnsafeCheckpointPath
 from .records import CheckpointRef
 
@@ -85,9 +86,12 @@ def population_folder(database_id: str, population_id: int) -> str:
     """
     folder = f"db-{database_id}/population-{population_id}"
     if _FOLDER.fullmatch(folder) is None:
-        raise ValueError(
-            f"The database id {database_id!r} is not 16 hexadecimal digits; it was not written "
-            "by poptune."
+        raise invalid(
+            "database_id",
+            "16 hexadecimal digits",
+            database_id,
+            "population_folder",
+            hint="This database id was not written by poptune.",
         )
     return folder
 
@@ -277,9 +281,7 @@ class LocalCheckpoints:
         # 650 here), and the filesystem does not allocate the blocks again. The spares of a
         # population are one pool in its folder, shared by every worker that writes there: the
         # worker that collects a file is often not the one that writes next.
-        if isinstance(spares, bool) or not isinstance(spares, int) or spares < 0:
-            raise ValueError(f"The 'spares' parameter must be an int >= 0. Got {spares!r}.")
-        self.spares = spares
+        self.spares = check_int("spares", spares, 0, owner="LocalCheckpoints")
         self._mine: set[Path] = set()  # spares this store put in a pool, removed by close()
         self._lock = threading.Lock()
 
@@ -493,11 +495,14 @@ class FsspecCheckpoints:
         if redact_url(url) != url:
             # fsspec reads "s3://KEY:SECRET@bucket" as a bucket named so, and its errors (and
             # its libraries' logs) then quote the secret: refuse it before anything sees it.
-            raise ValueError(
-                f"The checkpoint location {redact_url(url)!r} carries credentials in its URL, "
-                "which fsspec does not read as credentials (it takes them for part of the "
-                "bucket's name). Give them the filesystem's usual way instead: the environment "
-                "(AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY for s3://) or its config file."
+            raise invalid(
+                "url",
+                "a URL without credentials",
+                redact_url(url),
+                "FsspecCheckpoints",
+                hint="It carries credentials in its URL, which fsspec takes for part of the "
+                "bucket's name: give them the filesystem's usual way instead, the environment "
+                "(AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY for s3://) or its config file.",
             )
         self.url = url.rstrip("/")
         try:

@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from ._validation import check_int
 from .loop import LoopSession
 from .records import CheckpointRef
 from .trainable import seed_globals
@@ -110,9 +111,7 @@ class LiveMembers:
     """
 
     def __init__(self, resident: int) -> None:
-        if isinstance(resident, bool) or not isinstance(resident, int) or resident < 1:
-            raise ValueError(f"The 'resident' parameter must be an int >= 1. Got {resident!r}.")
-        self.resident = resident
+        self.resident = check_int("resident", resident, 1, owner="LiveMembers")
         self._members: OrderedDict[int, LiveMember] = OrderedDict()
         self._lock = threading.Lock()
 

@@ -12,8 +12,10 @@ The worker hands strategies a :class:`StoredPeers`, whose answers come from a fe
 queries (one row each, or one count), so an exploit in a population of thousands costs about
 what it costs in one of ten. :class:`ListPeers` answers the same questions from a list, for
 strategies called directly (tests, notebooks) and for the rare paths that read everyone anyway.
-Both order candidates the same way: best first means higher fitness first, ties broken by the
-lower member id; a NaN, infinite or missing score has fitness ``-inf`` and ranks last.
+Both order candidates by the one ranking rule, :func:`~poptune.records.rank_key`: best first
+means higher fitness first, ties broken by the lower member id; a NaN, infinite or missing score
+has fitness ``-inf`` and ranks last. (``count_peers``, that rule as counts, lives in
+:mod:`poptune.records`, which the storage imports too; it is re-exported here.)
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, overload
 
 from .errors import PeersChanged
-from .records import Candidate, Mode, PeerCounts
+from .records import Candidate, Mode, PeerCounts, count_peers, rank_key
 
 if TYPE_CHECKING:
     from .storage import Storage
@@ -39,24 +41,6 @@ __all__ = [
     "count_peers",
     "with_history",
 ]
-
-
-def _rank_key(candidate: Candidate) -> tuple[float, int]:
-    return (-candidate.fitness, candidate.member)
-
-
-def count_peers(population: Iterable[Candidate], member: int, fitness: float) -> PeerCounts:
-    """Where a member ``member`` with ``fitness`` stands among ``population`` (what the storage
-    counts in SQL for :class:`StoredPeers`; here for lists and the in-memory storage)."""
-    size = before = better = finite = 0
-    key = (-fitness, member)
-    for c in population:
-        size += 1
-        finite += c.fitness > -math.inf
-        if c.member != member:
-            before += c.member < member
-            better += _rank_key(c) < key
-    return PeerCounts(size=size, before=before, better=better, finite=finite)
 
 
 def with_history(
@@ -175,7 +159,7 @@ class ListPeers(Peers):
     def best(self, k: int) -> Candidate:
         """The ``k``-th best candidate."""
         if self._ranked is None:
-            self._ranked = sorted(self._members, key=_rank_key)
+            self._ranked = sorted(self._members, key=lambda c: rank_key(c.fitness, c.member))
         if not 0 <= k < len(self._ranked):
             raise IndexError(f"There is no candidate ranked {k}: {len(self._ranked)} in all.")
         return self._ranked[k]
@@ -288,7 +272,9 @@ class StoredPeers(Peers):
             raise IndexError(f"There is no candidate number {index}.")
         found: Candidate | None = None
         if self._cache is not None:  # everyone was read: answer from that
-            ordered = sorted(self._cache, key=_rank_key) if mode else self._cache
+            ordered = self._cache
+            if mode:
+                ordered = sorted(ordered, key=lambda c: rank_key(c.fitness, c.member))
             found = ordered[index] if index < len(ordered) else None
         else:
             row = self.storage.peer_at(self.population_id, self.step, index, mode)

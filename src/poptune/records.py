@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +27,7 @@ __all__ = [
     "PeerCounts",
     "PopulationRecord",
     "PopulationStatus",
+    "count_peers",
     "rank_key",
 ]
 
@@ -219,6 +220,29 @@ class PeerCounts:
     before: int
     better: int
     finite: int
+
+
+def count_peers(population: Iterable[Candidate], member: int, fitness: float) -> PeerCounts:
+    """Where a member ``member`` with ``fitness`` stands among ``population``, ranked by
+    :func:`rank_key`: what the SQL storage counts in one query for
+    :class:`~poptune.peers.StoredPeers`, here for lists and the storages that count in Python.
+    (Also importable from :mod:`poptune.peers`.)
+
+    Example:
+        >>> scores = {0: 0.5, 1: 0.9, 2: None}
+        >>> peers = [Candidate(m, 1, x, Mode.MAX.fitness(x)) for m, x in scores.items()]
+        >>> count_peers(peers, 0, 0.5)  # member 1 ranks above member 0
+        PeerCounts(size=3, before=0, better=1, finite=2)
+    """
+    size = before = better = finite = 0
+    key = rank_key(fitness, member)
+    for c in population:
+        size += 1
+        finite += c.fitness > -math.inf
+        if c.member != member:
+            before += c.member < member
+            better += rank_key(c.fitness, c.member) < key
+    return PeerCounts(size=size, before=before, better=better, finite=finite)
 
 
 @dataclass(frozen=True)

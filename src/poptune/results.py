@@ -29,6 +29,7 @@ from .records import (
     MemberStatus,
     Mode,
     PopulationRecord,
+    rank_key,
 )
 from .storage import Storage, Summary
 
@@ -331,7 +332,7 @@ class Result:
         fitness = self.mode.fitness
 
         def rank(item: tuple[int, int, float | None]) -> tuple[float, int, int]:
-            return (-fitness(item[2]), item[0], item[1])
+            return (*rank_key(fitness(item[2]), item[0]), item[1])
 
         finite = [item for item in scored if math.isfinite(fitness(item[2]))]
         if not finite:
@@ -374,7 +375,9 @@ class Result:
                 f"finite {metric!r} score (all NaN or infinite): every member diverged from its "
                 "first interval. Train again with a smaller learning rate or a narrower space."
             )
-        member, step, score = max(finite, key=lambda item: (fitness(item[2]), -item[0], -item[1]))
+        member, step, score = min(
+            finite, key=lambda item: (*rank_key(fitness(item[2]), item[0]), item[1])
+        )
         raise NoBestMember(
             f"Population {self.name!r} has finite {metric!r} scores (best {score:.6g}, member "
             f"{member} at step {step}) but none of their checkpoints is kept (deleted, or "

@@ -11,9 +11,9 @@ import os
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, Protocol
 
+from ._validation import check_float, check_int
 from .checkpoints import open_checkpoints
 from .devices import (
     CUDA_VISIBLE_DEVICES,
@@ -23,8 +23,9 @@ from .devices import (
     idle_devices,
     parse_devices,
 )
+from .runspec import WorkerTarget
 from .storage import check_shareable, open_storage
-from .worker import PopulationError, RunSpec, Worker
+from .worker import PopulationError, Worker
 
 __all__ = ["InProcessRunner", "LocalProcessRunner", "RayRunner", "Runner", "WorkerTarget"]
 
@@ -33,18 +34,6 @@ log = logging.getLogger("poptune")
 
 def _nothing() -> None:
     pass
-
-
-@dataclass(frozen=True)
-class WorkerTarget:
-    """What a worker needs to join a population: the algorithm and where the state lives."""
-
-    spec: RunSpec
-    storage_url: str
-    checkpoints_url: str
-    population_id: int
-    lease_seconds: float = 30.0
-    resident: int | None = None  # members a worker keeps in memory (None: all)
 
 
 def run_target(target: WorkerTarget, stop: Any = None) -> int:
@@ -128,9 +117,7 @@ class LocalProcessRunner:
         start_method: str | None = None,
         devices: Sequence[str] | None = None,
     ) -> None:
-        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-            raise ValueError(f"The 'workers' parameter must be an int >= 1. Got {workers!r}.")
-        self.workers = workers
+        self.workers = check_int("workers", workers, 1, owner="LocalProcessRunner")
         if start_method is None:
             start_method = "fork" if sys.platform.startswith("linux") else "spawn"
         self.start_method = start_method
@@ -238,24 +225,12 @@ class RayRunner:
         runtime_env: dict[str, Any] | None = None,
         max_restarts: int = 3,
     ) -> None:
-        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-            raise ValueError(f"The 'workers' parameter must be an int >= 1. Got {workers!r}.")
-        if isinstance(max_restarts, bool) or not isinstance(max_restarts, int) or max_restarts < 0:
-            raise ValueError(
-                f"The 'max_restarts' parameter of RayRunner must be an int >= 0. "
-                f"Got {max_restarts!r}."
-            )
-        for name, value in (("num_cpus", num_cpus), ("num_gpus", num_gpus)):
-            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-                raise ValueError(
-                    f"The '{name}' parameter of RayRunner must be a number >= 0. Got {value!r}."
-                )
         self.address = address
-        self.workers = workers
-        self.num_cpus = float(num_cpus)
-        self.num_gpus = float(num_gpus)
+        self.workers = check_int("workers", workers, 1, owner="RayRunner")
+        self.num_cpus = check_float("num_cpus", num_cpus, 0.0, owner="RayRunner")
+        self.num_gpus = check_float("num_gpus", num_gpus, 0.0, owner="RayRunner")
         self.runtime_env = runtime_env
-        self.max_restarts = max_restarts
+        self.max_restarts = check_int("max_restarts", max_restarts, 0, owner="RayRunner")
 
     def run(
         self,

@@ -1,4 +1,6 @@
-"""What a worker runs: :class:`RunSpec`, a population's configuration with its live objects."""
+"""What a worker runs: :class:`RunSpec`, a population's configuration with its live objects, and
+:class:`WorkerTarget`: that, and where the population's state lives (what a runner hands a
+worker)."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ from .config import PopulationConfig
 from .records import Candidate
 from .strategies import rebuild
 
-__all__ = ["KEEP", "RunSpec"]
+__all__ = ["KEEP", "RunSpec", "WorkerTarget"]
 
 #: "Keep what the population recorded" (the default of strategy arguments that accept None).
 KEEP: Any = object()
@@ -51,3 +53,15 @@ class RunSpec:
             ready=ready if ready is not None else rebuild(config.ready, "ready"),
             stop=tuple(rebuild(d, "stop") for d in config.stop),
         )
+
+
+@dataclass(frozen=True)
+class WorkerTarget:
+    """What a worker needs to join a population: the algorithm and where the state lives."""
+
+    spec: RunSpec
+    storage_url: str
+    checkpoints_url: str
+    population_id: int
+    lease_seconds: float = 30.0
+    resident: int | None = None  # members a worker keeps in memory (None: all)

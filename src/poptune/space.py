@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from ._validation import InvalidParameterError, plain
+from ._validation import invalid, plain
 
 __all__ = [
     "Choice",
@@ -97,51 +97,44 @@ def _is_real(value: Any) -> bool:
 
 def _check_factor(owner: str, factor: Any) -> float:
     if not _is_real(factor) or not math.isfinite(float(factor)) or float(factor) <= 0:
-        raise ValueError(
-            f"{owner}.perturb: `factor` must be a positive finite number (got factor={factor!r}); "
-            "use factors such as 0.8 or 1.2."
+        raise invalid(
+            "factor", "a positive finite number, such as 0.8 or 1.2", factor, f"{owner}.perturb"
         )
     return float(factor)
 
 
 def _float_bound(owner: str, name: str, value: Any) -> float:
     if not _is_real(value):
-        raise TypeError(
-            f"{owner}: `{name}` must be a number (got {name}={value!r} of type "
-            f"{type(value).__name__}); pass an int or a float."
-        )
+        raise invalid(name, "a finite number (an int or a float)", value, owner)
     try:
         number = float(value)
     except OverflowError:
         number = math.inf
     if not math.isfinite(number):
-        raise ValueError(
-            f"{owner}: `{name}` must be finite (got {name}={value!r}); use a finite bound."
-        )
+        raise invalid(name, "a finite number", value, owner, hint="Use a finite bound.")
     return number
 
 
 def _check_order(owner: str, low: float, high: float) -> None:
     if not low < high:
-        raise ValueError(
-            f"{owner}: `low` must be smaller than `high` (got low={low!r}, high={high!r}); "
-            "swap them or widen the range, or use a fixed value for a constant."
+        raise invalid(
+            "low",
+            f"smaller than high={high!r}",
+            low,
+            owner,
+            hint="Swap them or widen the range, or use a fixed value for a constant.",
         )
 
 
 def _perturbable(distribution: Any, value: Any, kind: str) -> float:
     """``value`` as a float that ``distribution`` can perturb: a number, not NaN."""
-    owner = type(distribution).__name__
-    if not _is_real(value):
-        raise TypeError(
-            f"{owner}.perturb: the value must be a number (got {value!r} of type "
-            f"{type(value).__name__}); pass {kind} inside {distribution!r}."
-        )
-    number = float(value)
+    number = float(value) if _is_real(value) else math.nan
     if math.isnan(number):
-        raise ValueError(
-            f"{owner}.perturb: cannot perturb NaN (got value={value!r}); pass {kind} "
-            f"inside {distribution!r}."
+        raise invalid(
+            "value",
+            f"{kind} inside {distribution!r}",
+            value,
+            f"{type(distribution).__name__}.perturb",
         )
     return number
 
@@ -253,9 +246,12 @@ class LogUniform(_FloatRange):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.low <= 0:
-            raise ValueError(
-                f"LogUniform: `low` must be positive (got low={self.low!r}); a log scale needs "
-                "0 < low < high. Use Uniform for ranges that include 0 or negative values."
+            raise invalid(
+                "low",
+                "a number > 0 (a log scale needs 0 < low < high)",
+                self.low,
+                "LogUniform",
+                hint="Use Uniform for ranges that include 0 or negative values.",
             )
 
     def sample(self, rng: np.random.Generator) -> float:
@@ -286,15 +282,21 @@ class IntUniform(Distribution):
             else:
                 as_float = _float_bound("IntUniform", name, value)
                 if not as_float.is_integer():
-                    raise ValueError(
-                        f"IntUniform: `{name}` must be an integer (got {name}={value!r}); round "
-                        "it, or use Uniform for floats."
+                    raise invalid(
+                        name,
+                        "an integer",
+                        value,
+                        "IntUniform",
+                        hint="Round it, or use Uniform for floats.",
                     )
                 number = int(as_float)
             if not _INT64[0] <= number <= _INT64[1]:
-                raise ValueError(
-                    f"IntUniform: `{name}` must fit in a 64-bit integer (got {name}={value!r}); "
-                    "narrow the range."
+                raise invalid(
+                    name,
+                    "an integer that fits in 64 bits",
+                    value,
+                    "IntUniform",
+                    hint="Narrow the range.",
                 )
             object.__setattr__(self, name, number)
         _check_order("IntUniform", self.low, self.high)
@@ -372,37 +374,51 @@ class Choice(Distribution):
         if isinstance(options, np.ndarray):
             options = options.tolist()
         if isinstance(options, str | bytes) or not isinstance(options, Sequence):
-            raise TypeError(
-                f"Choice: `options` must be a list or tuple (got options={options!r} of type "
-                f"{type(options).__name__}); for example Choice(['sgd', 'adam'])."
+            raise invalid(
+                "options",
+                "a list or tuple, for example Choice(['sgd', 'adam'])",
+                options,
+                "Choice",
+                hint=f"It is a {type(options).__name__}.",
             )
         plain = tuple(_plain_scalar(option) for option in options)
         if not plain:
-            raise ValueError(
-                "Choice: `options` must not be empty (got options=[]); give at least one option."
-            )
+            raise invalid("options", "a non-empty list", options, "Choice", hint="Give an option.")
         for option in plain:
             if not isinstance(option, _SCALARS):
-                raise TypeError(
-                    f"Choice: every option must be {_SCALAR_NAMES} so the space can be stored "
-                    f"as JSON (got {option!r} of type {type(option).__name__}); pass a name and "
-                    "map it to the object in your trainable."
+                raise invalid(
+                    "options",
+                    f"a list of values that are each {_SCALAR_NAMES}, so the space can be stored "
+                    "as JSON",
+                    list(plain),
+                    "Choice",
+                    hint=f"{option!r} is of type {type(option).__name__}: pass a name and map it "
+                    "to the object in your trainable.",
                 )
             if isinstance(option, float) and not math.isfinite(option):
-                raise ValueError(
-                    f"Choice: options must be finite (got {option!r} in {list(plain)!r}); "
-                    "remove it or use a large finite number."
+                raise invalid(
+                    "options",
+                    "a list of finite values",
+                    list(plain),
+                    "Choice",
+                    hint=f"Remove {option!r} or use a large finite number.",
                 )
         for index, option in enumerate(plain):
             if any(_same_value(earlier, option) for earlier in plain[:index]):
-                raise ValueError(
-                    f"Choice: `options` must be distinct (got {option!r} twice in "
-                    f"{list(plain)!r}); remove the duplicate."
+                raise invalid(
+                    "options",
+                    "a list of distinct values",
+                    list(plain),
+                    "Choice",
+                    hint=f"{option!r} is there twice: remove the duplicate.",
                 )
         if not isinstance(self.ordered, bool | np.bool_):
-            raise TypeError(
-                f"Choice: `ordered` must be True or False (got ordered={self.ordered!r}); "
-                "True for a scale such as batch sizes, False for names such as optimizers."
+            raise invalid(
+                "ordered",
+                "True or False",
+                self.ordered,
+                "Choice",
+                hint="True for a scale such as batch sizes, False for names such as optimizers.",
             )
         object.__setattr__(self, "options", plain)
         object.__setattr__(self, "ordered", bool(self.ordered))
@@ -447,9 +463,8 @@ class Choice(Distribution):
         _check_factor("Choice", factor)
         index = self._index(value)
         if index is None:
-            raise ValueError(
-                f"Choice.perturb: {value!r} is not one of the options {list(self.options)!r}; "
-                "pass one of them."
+            raise invalid(
+                "value", f"one of the options {list(self.options)!r}", value, "Choice.perturb"
             )
         count = len(self.options)
         if count == 1:
@@ -489,10 +504,7 @@ _TYPES: dict[str, type[Distribution]] = {
 
 def _check_hparams(method: str, hparams: Any) -> Mapping[str, Any]:
     if not isinstance(hparams, Mapping):
-        raise TypeError(
-            f"Space.{method}: `hparams` must be a dict of name -> value (got "
-            f"{type(hparams).__name__}: {hparams!r})."
-        )
+        raise invalid("hparams", "a dict of name -> value", hparams, f"Space.{method}")
     return hparams
 
 
@@ -521,21 +533,22 @@ class Space(Mapping[str, Any]):
         if isinstance(params, Space):
             params = dict(params._params)
         if not isinstance(params, Mapping):
-            raise TypeError(
-                "Space: the space must be a dict of hyperparameter name -> distribution or fixed "
-                f"value (got {type(params).__name__}: {params!r}); for example "
-                "{'lr': LogUniform(1e-4, 1e-1), 'optimizer': 'sgd'}."
+            raise invalid(
+                "params",
+                "a dict of hyperparameter name -> distribution or fixed value, for example "
+                "{'lr': LogUniform(1e-4, 1e-1), 'optimizer': 'sgd'}",
+                params,
+                "Space",
             )
         checked: dict[str, Any] = {}
         for name, value in params.items():
-            if not isinstance(name, str):
-                raise TypeError(
-                    f"Space: hyperparameter names must be strings (got {name!r} of type "
-                    f"{type(name).__name__}); name it, e.g. 'lr'."
-                )
-            if not name:
-                raise ValueError(
-                    "Space: hyperparameter names must not be empty (got ''); name it, e.g. 'lr'."
+            if not isinstance(name, str) or not name:
+                raise invalid(
+                    "params",
+                    "a dict whose hyperparameter names are non-empty strings",
+                    name,
+                    "Space",
+                    hint="Name it, e.g. 'lr'.",
                 )
             checked[name] = self._checked_value(name, value)
         self._params: dict[str, Any] = checked
@@ -546,17 +559,22 @@ class Space(Mapping[str, Any]):
             return value
         plain = _plain_scalar(value)
         if not isinstance(plain, _SCALARS):
-            raise TypeError(
-                f"Space: hyperparameter {name!r} is a {type(value).__name__} ({value!r}); use a "
-                "distribution (Uniform, LogUniform, IntUniform, Choice) or a fixed "
-                f"{_SCALAR_NAMES}."
+            raise invalid(
+                name,
+                "a distribution (Uniform, LogUniform, IntUniform, Choice) or a fixed "
+                f"{_SCALAR_NAMES}",
+                value,
+                "Space",
+                hint=f"It is a {type(value).__name__}.",
             )
         if isinstance(plain, float) and math.isnan(plain):
             # Infinity stays allowed: it is a setting ("no limit": a gradient clip of inf), and
             # populations stored with one must still load; NaN is no setting at all.
-            raise InvalidParameterError(
-                f"Space: hyperparameter {name!r} is fixed to NaN (got {value!r}); give a number "
-                "(math.inf for 'no limit'), or None for 'not set'."
+            raise invalid(
+                name,
+                "a number other than NaN (math.inf for 'no limit'), or None for 'not set'",
+                value,
+                "Space",
             )
         return plain
 
@@ -640,25 +658,33 @@ class Space(Mapping[str, Any]):
                 problems.append(f"missing {missing} (add them)")
             if extra:
                 problems.append(f"unknown names {extra} (remove them, or add them to the space)")
-            raise ValueError(
-                f"Space.validate: the hparams do not match the space: {'; '.join(problems)}. "
-                f"The space has {list(self._params)}."
+            raise invalid(
+                "hparams",
+                f"a dict with the space's names {list(self._params)}",
+                dict(hparams),
+                "Space.validate",
+                hint=f"It has {'; '.join(problems)}.",
             )
         result: dict[str, Any] = {}
         for name, spec in self._params.items():
             value = hparams[name]
             if isinstance(spec, Distribution):
                 if not spec.contains(value):
-                    raise ValueError(
-                        f"Space.validate: hyperparameter {name!r} = {value!r} is outside its "
-                        f"distribution {spec!r}; pass a value inside it."
+                    raise invalid(
+                        f"hparams[{name!r}]",
+                        f"inside its distribution {spec!r}",
+                        value,
+                        "Space.validate",
                     )
                 result[name] = spec._canonical(value)
             else:
                 if not _same_value(spec, value):
-                    raise ValueError(
-                        f"Space.validate: hyperparameter {name!r} = {value!r} differs from its "
-                        f"fixed value {spec!r}; pass {spec!r}, or make it a distribution."
+                    raise invalid(
+                        f"hparams[{name!r}]",
+                        f"its fixed value {spec!r}",
+                        value,
+                        "Space.validate",
+                        hint="Pass that value, or make it a distribution in the space.",
                     )
                 result[name] = spec
         return result
@@ -686,16 +712,20 @@ def space_from_dict(description: Mapping[str, Mapping[str, Any]]) -> Space:
         ValueError: an unknown ``"type"``, or fields missing or unknown for that type.
     """
     if not isinstance(description, Mapping):
-        raise TypeError(
-            f"space_from_dict: expected a dict of name -> description (got "
-            f"{type(description).__name__}: {description!r}); pass Space.to_dict() output."
+        raise invalid(
+            "description",
+            "a dict of name -> description, as Space.to_dict() gives",
+            description,
+            "space_from_dict",
         )
     params: dict[str, Any] = {}
     for name, spec in description.items():
         if not isinstance(spec, Mapping):
-            raise TypeError(
-                f"space_from_dict: {name!r} must be described by a dict with a 'type' (got "
-                f"{spec!r}); pass Space.to_dict() output."
+            raise invalid(
+                f"description[{name!r}]",
+                "a dict with a 'type', as Space.to_dict() gives",
+                spec,
+                "space_from_dict",
             )
         kind = spec.get("type")
         fields = {k: v for k, v in spec.items() if k != "type"}
@@ -707,16 +737,22 @@ def space_from_dict(description: Mapping[str, Mapping[str, Any]]) -> Space:
             allowed = {f.name for f in declared}
             required = {f.name for f in declared if f.default is dataclasses.MISSING}
         else:
-            raise ValueError(
-                f"space_from_dict: unknown distribution type {kind!r} for {name!r}; known types "
-                f"are {['Fixed', *_TYPES]}."
+            raise invalid(
+                f"description[{name!r}]",
+                f"a description whose 'type' is one of {['Fixed', *_TYPES]}",
+                dict(spec),
+                "space_from_dict",
+                hint=f"Its type {kind!r} is unknown.",
             )
         lacking = sorted(required - set(fields))
         unknown = sorted(set(fields) - allowed)
         if lacking or unknown:
-            raise ValueError(
-                f"space_from_dict: {name!r} ({dict(spec)!r}) does not describe a {kind}: "
-                f"missing {lacking}, unknown {unknown}; expected keys {sorted(allowed)}."
+            raise invalid(
+                f"description[{name!r}]",
+                f"a {kind} with the keys {sorted(allowed)}",
+                dict(spec),
+                "space_from_dict",
+                hint=f"It has missing {lacking}, unknown {unknown}.",
             )
         params[name] = fields["value"] if kind == "Fixed" else _TYPES[kind](**fields)
     return Space(params)

@@ -149,15 +149,18 @@ def check_trackers(trackers: Any) -> list[Tracker]:
     if trackers is None:
         return []
     if isinstance(trackers, Tracker) or not isinstance(trackers, list | tuple):
-        raise TypeError(
-            "The 'trackers' parameter must be a list of trackers, e.g. "
-            f"[pt.TensorBoard('runs/tb'), pt.MLflow('sqlite:///mlflow.db')]. Got {trackers!r}."
+        raise invalid(
+            "trackers",
+            "a list of trackers, e.g. [pt.TensorBoard('runs/tb'), "
+            "pt.MLflow('sqlite:///mlflow.db')]",
+            trackers,
         )
     for index, tracker in enumerate(trackers):
         if not isinstance(tracker, Tracker):
-            raise TypeError(
-                f"trackers[{index}] must be a tracker such as pt.TensorBoard('runs/tb') or "
-                f"pt.MLflow('sqlite:///mlflow.db'). Got {tracker!r}."
+            raise invalid(
+                f"trackers[{index}]",
+                "a tracker such as pt.TensorBoard('runs/tb') or pt.MLflow('sqlite:///mlflow.db')",
+                tracker,
             )
     return list(trackers)
 
@@ -224,9 +227,7 @@ class TensorBoard(Tracker):
 
     def __init__(self, logdir: str | os.PathLike[str]) -> None:
         if not isinstance(logdir, str | os.PathLike) or not os.fspath(logdir):
-            raise TypeError(
-                f"The 'logdir' parameter of TensorBoard must be a folder path. Got {logdir!r}."
-            )
+            raise invalid("logdir", "a folder path", logdir, "TensorBoard")
         _require("tensorboard", "tensorboard")
         self.logdir = Path(os.fspath(logdir)).expanduser()
         self._root: Path | None = None
@@ -593,9 +594,13 @@ class WandB(Tracker):
         self.entity = None if entity is None else check_str("entity", entity, owner="WandB")
         taken = sorted(set(init_kwargs) & set(_WANDB_OWN))
         if taken:
-            raise TypeError(
-                f"WandB sets {', '.join(map(repr, taken))} of wandb.init itself (one run per "
-                "member, resumed by id); pass only other arguments such as dir=, mode= or tags=."
+            raise invalid(
+                "init_kwargs",
+                f"arguments of wandb.init other than {', '.join(_WANDB_OWN)}, which WandB sets "
+                "itself (one run per member, resumed by id)",
+                {name: init_kwargs[name] for name in taken},
+                "WandB",
+                hint="Pass only other arguments such as dir=, mode= or tags=.",
             )
         _require("wandb", "wandb")
         self.init_kwargs = dict(init_kwargs)

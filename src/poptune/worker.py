@@ -20,7 +20,7 @@ import socket
 import threading
 import time
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from . import serialization
 from .checkpoints import CheckpointStore, population_folder, population_folders
@@ -34,7 +34,7 @@ from .live import LiveMember, LiveMembers
 from .records import CheckpointRef, IntervalRecord, MemberRecord
 from .restore import Restorer
 from .runspec import KEEP as KEEP
-from .runspec import RunSpec
+from .runspec import RunSpec, WorkerTarget
 from .seeding import TRAIN, derive_seed
 from .seeding import initial_rng as initial_rng
 from .seeding import rng_for as rng_for
@@ -42,9 +42,6 @@ from .status import apply_stop_criteria, finished, stop_population
 from .storage import Claim, LeaseLost, PopulationNotFound, Storage
 from .trainable import metrics_of
 from .writer import BackgroundWriter
-
-if TYPE_CHECKING:
-    from .runners import WorkerTarget
 
 __all__ = ["PopulationError", "RunSpec", "Worker", "derive_seed"]
 

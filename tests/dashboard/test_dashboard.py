@@ -29,6 +29,7 @@ from poptune.testing import (
     CreateOnlyRunner,
     Quadratic,
     SlowQuadratic,
+    quadratic_space,
     xss_population,
 )
 
@@ -54,24 +55,13 @@ class Hostile(Quadratic):
         return {METRIC: super().evaluate()["q"]}
 
 
-def _space() -> dict:
-    return {"h0": pt.Uniform(0.0, 1.0), "h1": pt.Uniform(0.0, 1.0)}
-
-
 @pytest.fixture
-def hostile(storage_url: str) -> pt.Result:
-    space = {**_space(), FIXED: "</script>&amp;"}
-    return pt.run(
-        Hostile,
-        space=space,
-        metric=METRIC,
-        population=4,
+def hostile(storage_url: str, quick_run) -> pt.Result:
+    space = {**quadratic_space(), FIXED: "</script>&amp;"}
+    return quick_run(
+        Hostile, space=space, metric=METRIC, storage=storage_url, name=NASTY, population=4,
         intervals=6,
-        storage=storage_url,
-        name=NASTY,
-        seed=0,
-        progress=False,
-    )
+    )  # fmt: skip
 
 
 def test_every_page_escapes_user_strings(hostile, storage_url):
@@ -105,17 +95,9 @@ def test_every_page_escapes_user_strings(hostile, storage_url):
     assert "?name=%3Cscript%3Ealert%281%29%3C%2Fscript%3E" in pages["/"].text  # the link
 
 
-def test_update_is_204_until_the_population_changes(storage_url):
-    result = pt.run(
-        Quadratic,
-        space=_space(),
-        metric="q",
-        population=2,
-        intervals=3,
-        storage=storage_url,
-        name="later",
-        progress=False,
-        runner=CreateOnlyRunner(),
+def test_update_is_204_until_the_population_changes(storage_url, quick_run):
+    result = quick_run(
+        storage=storage_url, name="later", population=2, intervals=3, runner=CreateOnlyRunner()
     )
     client = TestClient(create_app(storage_url))
     first = client.get("/api/population", params={"name": "later"})
@@ -132,17 +114,9 @@ def test_update_is_204_until_the_population_changes(storage_url):
     assert again.content == changed.content  # the same version is rendered once, then shared
 
 
-def test_reading_only_new_intervals_gives_every_interval(storage_url):
-    result = pt.run(
-        Quadratic,
-        space=_space(),
-        metric="q",
-        population=4,
-        intervals=8,
-        storage=storage_url,
-        name="grows",
-        progress=False,
-        runner=CreateOnlyRunner(),
+def test_reading_only_new_intervals_gives_every_interval(storage_url, quick_run):
+    result = quick_run(
+        storage=storage_url, name="grows", population=4, intervals=8, runner=CreateOnlyRunner()
     )
     board = Dashboard(storage_url)
     assert board.model("grows").intervals == []
@@ -152,18 +126,8 @@ def test_reading_only_new_intervals_gives_every_interval(storage_url):
     board.close()
 
 
-def test_new_intervals_are_read_in_one_range_or_one_query_each(storage_url):
-    pt.run(
-        Quadratic,
-        space=_space(),
-        metric="q",
-        population=4,
-        intervals=8,
-        storage=storage_url,
-        name="spread",
-        seed=0,
-        progress=False,
-    )
+def test_new_intervals_are_read_in_one_range_or_one_query_each(storage_url, quick_run):
+    quick_run(storage=storage_url, name="spread", population=4, intervals=8)
     board = Dashboard(storage_url)
     store = board.storage()
     record = store.population("spread")
@@ -194,21 +158,13 @@ def test_new_intervals_are_read_in_one_range_or_one_query_each(storage_url):
     board.close()
 
 
-def test_updates_redraw_what_lands_while_a_population_trains(storage_url):
+def test_updates_redraw_what_lands_while_a_population_trains(storage_url, quick_run):
     """What the dashboard keeps between updates (intervals read, figures drawn) never shows
     less, or other, than drawing everything afresh, while intervals and exploits land."""
-    result = pt.run(
-        SlowQuadratic,
-        space=_space(),
-        metric="q",
-        population=4,
-        intervals=12,
-        storage=storage_url,
-        name="grows",
-        seed=0,
-        progress=False,
+    result = quick_run(
+        SlowQuadratic, storage=storage_url, name="grows", population=4, intervals=12,
         runner=CreateOnlyRunner(),
-    )
+    )  # fmt: skip
     board = Dashboard(storage_url)
     seen: list[tuple[int, int]] = []  # (intervals, exploits) of every update
     mismatches: list[str] = []

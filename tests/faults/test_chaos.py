@@ -19,7 +19,7 @@ import poptune as pt
 from poptune._imports import import_object
 from poptune.checkpoints import population_folder, sweep_orphans
 from poptune.records import MemberStatus
-from poptune.testing import CreateOnlyRunner, check_steps
+from poptune.testing import check_steps
 
 CHAOS_SCRIPT = Path(__file__).with_name("chaos.py")
 POPULATION, INTERVALS, WORKERS = 8, 16, 3
@@ -56,23 +56,14 @@ def corrupt_one(result: pt.Result, rng: np.random.Generator) -> pt.CheckpointRef
 
 
 @pytest.mark.parametrize("scenario", list(SCENARIOS))
-def test_chaos(tmp_path: Path, writes, scenario: str):
+def test_chaos(quick_run, writes, scenario: str):
     chaos = SCENARIOS[scenario]
-    url = f"sqlite:///{tmp_path / 'poptune.db'}"
+    url = quick_run.storage
     chaotic = import_object(f"{CHAOS_SCRIPT}:Chaotic")
-    pt.run(
-        chaotic,
-        space=pt.testing.quadratic_space(),
-        metric="q",
-        population=POPULATION,
-        intervals=INTERVALS,
-        storage=url,
-        name="chaos",
-        seed=1,
-        progress=False,
+    quick_run.created(
+        chaotic, name="chaos", population=POPULATION, intervals=INTERVALS, seed=1,
         lease_seconds=1.0,
-        runner=CreateOnlyRunner(),
-    )
+    )  # fmt: skip
     rng = np.random.default_rng(SEED_BASE)
     exits: Counter[int] = Counter()
     corrupted: list[pt.CheckpointRef] = []

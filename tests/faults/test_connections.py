@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 import poptune as pt
-from poptune.testing import CreateOnlyRunner, SlowQuadratic, quadratic_space
+from poptune.testing import CreateOnlyRunner, SlowQuadratic
 
 POSTGRES = os.environ.get("POPTUNE_TEST_POSTGRES")
 pytestmark = pytest.mark.skipif(
@@ -34,7 +34,9 @@ def _worker(url: str, name: str, folder: str, log_file: str) -> None:
     pt.population.join(pt.load(url, name, checkpoints=folder), checkpoints=folder)
 
 
-def test_a_storm_of_workers_beyond_the_servers_connections_waits_instead_of_failing(tmp_path):
+def test_a_storm_of_workers_beyond_the_servers_connections_waits_instead_of_failing(
+    tmp_path, quick_run
+):
     """Five workers start at once with a role that may hold two connections: the three refused
     ("too many connections") retry until a connection frees up; none dies."""
     admin = sa.create_engine(POSTGRES, isolation_level="AUTOCOMMIT")
@@ -53,19 +55,10 @@ def test_a_storm_of_workers_beyond_the_servers_connections_waits_instead_of_fail
     )
     folder = tmp_path / "checkpoints"
     try:
-        created = pt.run(
-            SlowQuadratic,
-            space=quadratic_space(),
-            metric="q",
-            population=WORKERS,
-            intervals=3,
-            storage=url,
-            checkpoints=folder,
-            name="storm",
-            seed=0,
-            progress=False,
-            runner=CreateOnlyRunner(),
-        )
+        created = quick_run(
+            SlowQuadratic, storage=url, checkpoints=folder, name="storm", population=WORKERS,
+            intervals=3, runner=CreateOnlyRunner(),
+        )  # fmt: skip
         created.storage.close()  # the parent holds no connection while the workers run
         context = multiprocessing.get_context("spawn")
         logs = [tmp_path / f"worker-{i}.log" for i in range(WORKERS)]

@@ -11,7 +11,6 @@ import pytest
 import poptune as pt
 from poptune import serialization
 from poptune.runners import InProcessRunner
-from poptune.testing import Quadratic, quadratic_space
 from poptune.worker import Worker
 
 
@@ -49,23 +48,10 @@ class DamageAfter(InProcessRunner):
 
 
 @pytest.mark.parametrize("damage", ["flip", "truncate"])
-def test_a_damaged_checkpoint_is_never_trained_on(tmp_path: Path, damage: str, caplog):
-    url = f"sqlite:///{tmp_path / 'poptune.db'}"
+def test_a_damaged_checkpoint_is_never_trained_on(quick_run, damage: str, caplog):
     runner = DamageAfter(before=6, damage=damage)
     with caplog.at_level(logging.WARNING, logger="poptune"):
-        result = pt.run(
-            Quadratic,
-            space=quadratic_space(),
-            metric="q",
-            population=3,
-            intervals=5,
-            storage=url,
-            name="damaged",
-            seed=0,
-            progress=False,
-            exploit=None,
-            runner=runner,
-        )
+        result = quick_run(name="damaged", intervals=5, exploit=None, runner=runner)
     bad = runner.damaged
     assert (bad.member, bad.step) == (0, 2)
     assert [m.step for m in result.members] == [5, 5, 5]
@@ -82,30 +68,19 @@ def test_a_damaged_checkpoint_is_never_trained_on(tmp_path: Path, damage: str, c
     assert (result.summary().exploits, result.summary().recoveries) == (0, 1)
 
 
-def test_a_missing_checkpoint_file_stops_the_run_and_drops_nothing(tmp_path: Path):
-    url = f"sqlite:///{tmp_path / 'poptune.db'}"
+def test_a_missing_checkpoint_file_stops_the_run_and_drops_nothing(quick_run):
     runner = DamageAfter(before=6, damage="delete")
     with pytest.raises(pt.PopulationError, match=r"member 0 at step 2 is missing.*checkpoints="):
-        pt.run(
-            Quadratic,
-            space=quadratic_space(),
-            metric="q",
-            population=3,
-            intervals=5,
-            storage=url,
-            name="gone",
-            seed=0,
-            progress=False,
-            exploit=None,
-            runner=runner,
-        )
-    result = pt.load(url, "gone")
+        quick_run(name="gone", intervals=5, exploit=None, runner=runner)
+    result = pt.load(quick_run.storage, "gone")
     assert result.status == "error"
     assert result.storage.checkpoint(result.record.id, 0, 2) == runner.damaged  # kept
     assert not result.exploits() and not result.failures()  # no fallback, nothing recorded
 
 
-def test_a_full_disk_stops_the_run_clearly_and_leaves_no_partial_file(tmp_path: Path, monkeypatch):
+def test_a_full_disk_stops_the_run_clearly_and_leaves_no_partial_file(
+    tmp_path: Path, monkeypatch, quick_run
+):
     real_dump = serialization.dump
     calls = {"n": 0}
 
@@ -117,22 +92,11 @@ def test_a_full_disk_stops_the_run_clearly_and_leaves_no_partial_file(tmp_path: 
         return real_dump(state, file)
 
     monkeypatch.setattr(serialization, "dump", dump)
-    url = f"sqlite:///{tmp_path / 'poptune.db'}"
     with pytest.raises(pt.PopulationError, match=r"No space left on device.*resume"):
-        pt.run(
-            Quadratic,
-            space=quadratic_space(),
-            metric="q",
-            population=3,
-            intervals=4,
-            storage=url,
-            name="full",
-            seed=0,
-            progress=False,
-        )
+        quick_run(name="full", intervals=4)  # checkpoints next to the database, in tmp_path
     files = list((tmp_path / "checkpoints").rglob("*"))
     assert not [f for f in files if f.name.endswith(".tmp")]
-    result = pt.load(url, "full")
+    result = pt.load(quick_run.storage, "full")
     committed = {c.path for c in result.storage.checkpoints(result.record.id)}
     on_disk = {str(f.relative_to(tmp_path / "checkpoints")) for f in files if f.is_file()}
     assert on_disk == committed  # nothing half-written is visible

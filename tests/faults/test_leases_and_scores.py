@@ -17,30 +17,17 @@ import pytest
 
 import poptune as pt
 from poptune.storage import SQLStorage
-from poptune.testing import CreateOnlyRunner, Quadratic, quadratic_space
-from poptune.worker import Worker
+from poptune.testing import Quadratic
+from tests._helpers import worker_for
 
 
-def test_a_worker_back_from_a_long_pause_has_its_late_write_refused(tmp_path: Path):
-    runner = CreateOnlyRunner()
-    pt.run(
-        Quadratic,
-        space=quadratic_space(),
-        metric="q",
-        population=2,
-        intervals=3,
-        storage=f"sqlite:///{tmp_path / 'p.db'}",
-        name="late",
-        seed=0,
-        progress=False,
-        lease_seconds=0.2,
-        runner=runner,
-    )
-    target, storage, store = runner.target, runner.storage, runner.checkpoints
-    paused = Worker(target.spec, storage, store, target.population_id, lease_seconds=0.2)
+def test_a_worker_back_from_a_long_pause_has_its_late_write_refused(quick_run):
+    runner = quick_run.created(name="late", population=2, intervals=3, lease_seconds=0.2)
+    target, storage = runner.target, runner.storage
+    paused = worker_for(runner, lease_seconds=0.2)
     claim = storage.claim(target.population_id, paused.owner, 3, 0.2, False)
     time.sleep(0.4)  # a GC pause or a partition: no heartbeat, the lease runs out
-    other = Worker(target.spec, storage, store, target.population_id, lease_seconds=30.0)
+    other = worker_for(runner, lease_seconds=30.0)
     taken = storage.claim(target.population_id, other.owner, 3, 30.0, False)
     assert taken.member.id == claim.member.id and taken.token == claim.token + 1
     other.work_on(taken)
@@ -122,23 +109,13 @@ class NaNAbove(Quadratic):
 
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
-def test_non_finite_scores_are_the_worst_and_never_copied(tmp_path: Path, monkeypatch, value):
+def test_non_finite_scores_are_the_worst_and_never_copied(quick_run, monkeypatch, value):
     monkeypatch.setattr(NaNAbove, "value", value)
     start = [{"h0": 0.95, "h1": 0.5}] + [{"h0": 0.1 * i, "h1": 0.5} for i in (2, 3, 4)]
-    result = pt.run(
-        NaNAbove,
-        space=quadratic_space(),
-        metric="q",
-        population=4,
-        intervals=4,
-        storage=f"sqlite:///{tmp_path / 'p.db'}",
-        name="nan",
-        seed=0,
-        progress=False,
-        initial=start,
-        sync=True,
+    result = quick_run(
+        NaNAbove, name="nan", population=4, intervals=4, initial=start, sync=True,
         exploit=pt.Truncation(0.25),
-    )
+    )  # fmt: skip
     first = next(i for i in result.intervals() if (i.member, i.step) == (0, 1))
     assert math.isnan(first.metrics["q"]) if math.isnan(value) else first.metrics["q"] == value
     assert first.score is None if math.isnan(value) else first.score == value
@@ -170,24 +147,10 @@ class _CtrlCAfterCommit:
         return claim
 
 
-def test_ctrl_c_between_a_claims_commit_and_its_return_gives_the_member_back(tmp_path: Path):
-    runner = CreateOnlyRunner()
-    pt.run(
-        Quadratic,
-        space=quadratic_space(),
-        metric="q",
-        population=4,
-        intervals=5,
-        storage=f"sqlite:///{tmp_path / 'p.db'}",
-        name="cut",
-        seed=0,
-        progress=False,
-        runner=runner,
-    )
+def test_ctrl_c_between_a_claims_commit_and_its_return_gives_the_member_back(quick_run):
+    runner = quick_run.created(name="cut", population=4, intervals=5)
     target, storage = runner.target, runner.storage
-    worker = Worker(
-        target.spec, _CtrlCAfterCommit(storage), runner.checkpoints, target.population_id
-    )
+    worker = worker_for(runner, _CtrlCAfterCommit(storage))
     with pytest.raises(KeyboardInterrupt):
         worker.run()
     assert worker.trained == 2

@@ -10,8 +10,8 @@ from pathlib import Path
 from sqlalchemy.exc import OperationalError
 
 import poptune as pt
-from poptune.testing import CreateOnlyRunner, Quadratic, check_steps, quadratic_space
-from poptune.worker import Worker
+from poptune.testing import Quadratic, check_steps
+from tests._helpers import worker_for
 
 
 def _lose_replies(storage, method: str, which: set[int]) -> list[int]:
@@ -47,60 +47,45 @@ def _lose_replies(storage, method: str, which: set[int]) -> list[int]:
     return calls
 
 
-def test_a_lost_commit_reply_keeps_the_interval_and_its_checkpoint(
-    storage_url: str, tmp_path: Path, caplog
+def _train_losing_replies(
+    quick_run, url: str, folder: Path, method: str, which: set[int], **options
 ):
-    runner = CreateOnlyRunner()
-    pt.run(
-        Quadratic,
-        space=quadratic_space(),
-        metric="q",
-        population=3,
-        intervals=4,
-        storage=storage_url,
-        checkpoints=tmp_path / "checkpoints",
-        name="lost",
-        seed=0,
-        progress=False,
-        exploit=None,  # every interval continues its own checkpoint: none may vanish
-        runner=runner,
-    )
-    target, storage = runner.target, runner.storage
-    calls = _lose_replies(storage, "record_interval", {2, 5, 9})
-    worker = Worker(target.spec, storage, runner.checkpoints, target.population_id)
+    """Create the population, make the storage lose the replies of the n-th calls of
+    ``method`` (n in ``which``), and train it in one worker: (calls, worker, result)."""
+    trainable = options.pop("trainable", Quadratic)
+    runner = quick_run.created(trainable, storage=url, checkpoints=folder, **options)
+    calls = _lose_replies(runner.storage, method, which)
+    worker = worker_for(runner)
+    worker.run()
+    return calls, worker, pt.load(url, options["name"], checkpoints=folder)
+
+
+def test_a_lost_commit_reply_keeps_the_interval_and_its_checkpoint(
+    storage_url: str, tmp_path: Path, caplog, quick_run
+):
+    folder = tmp_path / "checkpoints"
     with caplog.at_level(logging.WARNING, logger="poptune"):
-        worker.run()
+        calls, worker, result = _train_losing_replies(
+            quick_run, storage_url, folder, "record_interval", {2, 5, 9},
+            name="lost", population=3, intervals=4,
+            exploit=None,  # every interval continues its own checkpoint: none may vanish
+        )  # fmt: skip
     assert len(calls) == 12 and worker.trained == 12  # each interval recorded exactly once
     assert "discarded" not in caplog.text
-    result = pt.load(storage_url, "lost", checkpoints=tmp_path / "checkpoints")
     assert result.status == "finished" and [m.step for m in result.members] == [4, 4, 4]
     assert result.exploits() == [] and result.failures() == []
     check_steps(result)
     for ref in result.storage.checkpoints(result.record.id):  # every recorded file is there
-        assert (tmp_path / "checkpoints" / ref.path).is_file()
+        assert (folder / ref.path).is_file()
     assert result.best.state()["theta"].shape == (2,)
 
 
-def test_a_lost_exploit_reply_records_the_exploit_once(storage_url: str, tmp_path: Path):
-    runner = CreateOnlyRunner()
-    pt.run(
-        Quadratic,
-        space=quadratic_space(),
-        metric="q",
-        population=4,
-        intervals=6,
-        storage=storage_url,
-        checkpoints=tmp_path / "checkpoints",
-        name="copies",
-        seed=0,
-        progress=False,
+def test_a_lost_exploit_reply_records_the_exploit_once(storage_url: str, tmp_path: Path, quick_run):
+    calls, _, result = _train_losing_replies(
+        quick_run, storage_url, tmp_path / "checkpoints", "record_exploit", {1, 2, 3, 4},
+        name="copies", population=4, intervals=6,
         sync=True,  # every generation exploits: the bottom member copies the top one
-        runner=runner,
-    )
-    target, storage = runner.target, runner.storage
-    calls = _lose_replies(storage, "record_exploit", {1, 2, 3, 4})
-    Worker(target.spec, storage, runner.checkpoints, target.population_id).run()
-    result = pt.load(storage_url, "copies", checkpoints=tmp_path / "checkpoints")
+    )  # fmt: skip
     events = [(e.member, e.step, e.donor, e.donor_step, e.time) for e in result.exploits()]
     assert len(calls) >= 4 and len(events) == len(set(events)) == len(calls)  # none twice
     assert result.status == "finished" and [m.step for m in result.members] == [6] * 4
@@ -119,27 +104,12 @@ class _Flaky(Quadratic):
         super().train(hparams)
 
 
-def test_a_lost_failure_reply_logs_the_failure_once(storage_url: str, tmp_path: Path):
+def test_a_lost_failure_reply_logs_the_failure_once(storage_url: str, tmp_path: Path, quick_run):
     _Flaky.calls = 0
-    runner = CreateOnlyRunner()
-    pt.run(
-        _Flaky,
-        space=quadratic_space(),
-        metric="q",
-        population=2,
-        intervals=3,
-        storage=storage_url,
-        checkpoints=tmp_path / "checkpoints",
-        name="flaky",
-        seed=0,
-        progress=False,
-        exploit=None,
-        runner=runner,
-    )
-    target, storage = runner.target, runner.storage
-    calls = _lose_replies(storage, "record_failure", {1, 2})
-    Worker(target.spec, storage, runner.checkpoints, target.population_id).run()
-    result = pt.load(storage_url, "flaky", checkpoints=tmp_path / "checkpoints")
+    calls, _, result = _train_losing_replies(
+        quick_run, storage_url, tmp_path / "checkpoints", "record_failure", {1, 2},
+        trainable=_Flaky, name="flaky", population=2, intervals=3, exploit=None,
+    )  # fmt: skip
     logged = [(f.member, f.step, f.time) for f in result.failures()]
     assert len(calls) == 2 and len(logged) == len(set(logged)) == 2  # each logged once
     assert result.status == "finished" and [m.step for m in result.members] == [3, 3]

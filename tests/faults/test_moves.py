@@ -11,25 +11,12 @@ from click.testing import CliRunner
 
 import poptune as pt
 from poptune.cli import main
-from poptune.testing import CreateOnlyRunner, Quadratic, check_steps, quadratic_space
+from poptune.testing import check_steps
+from tests._helpers import worker_for
 
 
-def _run(url: str, **overrides):
-    options = dict(
-        space=quadratic_space(),
-        metric="q",
-        population=3,
-        intervals=4,
-        storage=url,
-        name="moved",
-        seed=0,
-        progress=False,
-    )
-    return pt.run(Quadratic, **{**options, **overrides})
-
-
-def test_a_moved_run_directory_opens_and_resumes_where_it_now_is(tmp_path: Path):
-    before = _run(f"sqlite:///{tmp_path / 'A' / 'p.db'}")
+def test_a_moved_run_directory_opens_and_resumes_where_it_now_is(tmp_path: Path, quick_run):
+    before = quick_run(storage=f"sqlite:///{tmp_path / 'A' / 'p.db'}", name="moved", intervals=4)
     best = before.best.state()["theta"]
     assert before.config.checkpoints == "checkpoints"  # recorded next to the database
     before.storage.close()
@@ -43,11 +30,11 @@ def test_a_moved_run_directory_opens_and_resumes_where_it_now_is(tmp_path: Path)
     assert out.exit_code == 0, out.output
 
 
-def test_an_interrupted_run_resumes_after_its_directory_moved(tmp_path: Path):
-    runner = CreateOnlyRunner()
-    _run(f"sqlite:///{tmp_path / 'A' / 'p.db'}", runner=runner)
+def test_an_interrupted_run_resumes_after_its_directory_moved(tmp_path: Path, quick_run):
+    url = f"sqlite:///{tmp_path / 'A' / 'p.db'}"
+    runner = quick_run.created(storage=url, name="moved", intervals=4)
     pid = runner.target.population_id
-    worker = pt.Worker(runner.target.spec, runner.storage, runner.checkpoints, pid)
+    worker = worker_for(runner)
     for _ in range(5):  # some intervals, then the machine stops
         worker.work_on(runner.storage.claim(pid, worker.owner, 4, 30.0, False))
     worker.flush()
@@ -60,9 +47,10 @@ def test_an_interrupted_run_resumes_after_its_directory_moved(tmp_path: Path):
     check_steps(result)  # no interval lost or trained twice across the move
 
 
-def test_an_explicit_folder_that_moved_is_named_with_checkpoints(tmp_path: Path):
+def test_an_explicit_folder_that_moved_is_named_with_checkpoints(tmp_path: Path, quick_run):
     url = f"sqlite:///{tmp_path / 'db' / 'p.db'}"
-    _run(url, checkpoints=tmp_path / "elsewhere")  # outside the database's folder: absolute
+    # outside the database's folder: absolute
+    quick_run(storage=url, name="moved", intervals=4, checkpoints=tmp_path / "elsewhere")
     assert pt.load(url, "moved").config.checkpoints == str(tmp_path / "elsewhere")
     shutil.move(tmp_path / "elsewhere", tmp_path / "mounted")
     with pytest.raises(pt.CheckpointMissing, match="is missing"):

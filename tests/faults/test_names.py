@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -16,45 +15,34 @@ from poptune.checkpoints import population_folder
 from poptune.cli import main
 from poptune.records import PopulationStatus
 from poptune.storage import PopulationNotFound, Storage
-from poptune.testing import Quadratic, quadratic_space
+from poptune.testing import Quadratic
 
 
-def _run(url: str, tmp_path: Path, **overrides):
-    options = dict(
-        space=quadratic_space(),
-        metric="q",
-        population=3,
-        intervals=2,
-        storage=url,
-        checkpoints=tmp_path / "checkpoints",
-        name="p",
-        seed=0,
-        progress=False,
-    )
-    return pt.run(Quadratic, **{**options, **overrides})
-
-
-def test_a_wrong_metric_name_does_not_poison_the_name(storage_url: str, tmp_path: Path, caplog):
+def test_a_wrong_metric_name_does_not_poison_the_name(storage_url: str, caplog, quick_run):
     with pytest.raises(pt.PopulationError, match=r"no metric 'accuracy'.*keys \['q'"):
-        _run(storage_url, tmp_path, metric="accuracy")
+        quick_run(storage=storage_url, name="p", metric="accuracy")
     assert pt.load(storage_url, "p").status == "error"
-    result = _run(storage_url, tmp_path)  # corrected: replaces what never recorded anything
+    result = quick_run(
+        storage=storage_url, name="p"
+    )  # corrected: replaces what never recorded anything
     assert result.status == "finished" and result.metric == "q"
     assert len(result.intervals()) == 3 * 2
     assert "never recorded an interval" in caplog.text and "replacing it" in caplog.text
     assert [r.name for r in result.storage.populations()] == ["p"]
 
 
-def test_a_population_that_trained_is_never_replaced(storage_url: str, tmp_path: Path):
-    _run(storage_url, tmp_path)
+def test_a_population_that_trained_is_never_replaced(storage_url: str, quick_run):
+    quick_run(storage=storage_url, name="p")
     with pytest.raises(ValueError, match=r"different configuration.*poptune delete p"):
-        _run(storage_url, tmp_path, intervals=3)
+        quick_run(storage=storage_url, name="p", intervals=3)
     assert len(pt.load(storage_url, "p").intervals()) == 3 * 2
 
 
-def test_delete_removes_records_and_files_but_not_while_trained(storage_url: str, tmp_path):
-    result = _run(storage_url, tmp_path)
-    _run(storage_url, tmp_path, name="other")
+def test_delete_removes_records_and_files_but_not_while_trained(
+    storage_url: str, tmp_path, quick_run
+):
+    result = quick_run(storage=storage_url, name="p")
+    quick_run(storage=storage_url, name="other")
     store, pid = result.storage, result.record.id
     folder = tmp_path / "checkpoints" / population_folder(store.database_id(), pid)
     assert [f for f in folder.rglob("*") if f.is_file()]
@@ -77,9 +65,9 @@ def test_delete_removes_records_and_files_but_not_while_trained(storage_url: str
     assert len(pt.load(storage_url, "other").intervals()) == 6  # the others are untouched
 
 
-def test_cli_delete_asks_first(tmp_path: Path):
-    url = f"sqlite:///{tmp_path / 'p.db'}"
-    _run(url, tmp_path)
+def test_cli_delete_asks_first(quick_run):
+    url = quick_run.storage
+    quick_run(name="p")
     runner = CliRunner()
     kept = runner.invoke(main, ["delete", "p", "--storage", url], input="n\n")
     assert kept.exit_code == 1 and "Delete population 'p' (finished, 6 intervals" in kept.output
@@ -90,9 +78,9 @@ def test_cli_delete_asks_first(tmp_path: Path):
     assert missing.exit_code != 0 and "No population named 'p'" in missing.output
 
 
-def test_cli_delete_refuses_a_population_in_training_before_asking(tmp_path: Path):
-    url = f"sqlite:///{tmp_path / 'p.db'}"
-    result = _run(url, tmp_path, intervals=3)
+def test_cli_delete_refuses_a_population_in_training_before_asking(quick_run):
+    url = quick_run.storage
+    result = quick_run(name="p", intervals=3)
     store, pid = result.storage, result.id
     store.set_status(pid, PopulationStatus.RUNNING, None)
     store.reopen_members(pid, 4)
@@ -109,22 +97,17 @@ class _Slow(Quadratic):
         return super().train(hparams)
 
 
-def test_a_population_deleted_under_its_worker_stops_it_clearly(storage: Storage, tmp_path):
+def test_a_population_deleted_under_its_worker_stops_it_clearly(
+    storage: Storage, tmp_path, quick_run
+):
     errors: list[BaseException] = []
 
     def train() -> None:
         try:
-            pt.run(
-                _Slow,
-                space=quadratic_space(),
-                metric="q",
-                population=2,
-                intervals=500,
-                storage=storage,
-                checkpoints=tmp_path / "checkpoints",
-                name="p",
-                progress=False,
-            )
+            quick_run(
+                _Slow, storage=storage, checkpoints=tmp_path / "checkpoints", name="p",
+                population=2, intervals=500,
+            )  # fmt: skip
         except BaseException as error:
             errors.append(error)
 

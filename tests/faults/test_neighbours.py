@@ -18,27 +18,13 @@ from sqlalchemy.engine import make_url
 import poptune as pt
 from poptune.checkpoints import UnsafeCheckpointPath, population_folder
 from poptune.cli import main
-from poptune.testing import Quadratic, quadratic_space
 
 POSTGRES = os.environ.get("POPTUNE_TEST_POSTGRES")
 LEASE = 0.25  # the orphan sweep takes files older than two leases
 
 
-def _run(url: str, name: str, checkpoints: Path | None, **overrides) -> pt.Population:
-    options = dict(
-        space=quadratic_space(),
-        metric="q",
-        population=3,
-        intervals=3,
-        storage=url,
-        name=name,
-        seed=0,
-        progress=False,
-        lease_seconds=LEASE,
-    )
-    if checkpoints is not None:
-        options["checkpoints"] = checkpoints
-    return pt.run(Quadratic, **{**options, **overrides})
+# Short leases: a run's sweep takes files older than two of them for orphans.
+SWEEPING = {"intervals": 3, "lease_seconds": LEASE}
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -85,13 +71,13 @@ def _explicit(url: str, folder: Path) -> Path | None:
     return None if url.startswith("sqlite") else folder
 
 
-def test_neighbouring_databases_keep_each_others_checkpoints(neighbours, tmp_path: Path):
+def test_neighbouring_databases_keep_each_others_checkpoints(neighbours, quick_run):
     a_url, b_url, folder = neighbours
-    a = _run(a_url, "a", _explicit(a_url, folder))
+    a = quick_run(storage=a_url, name="a", checkpoints=_explicit(a_url, folder), **SWEEPING)
     a_files = _files(a)
     assert Path(a.checkpoint_store.url) == folder.resolve()
     time.sleep(2 * LEASE + 0.1)  # a's files are now old enough to be swept as orphans
-    b = _run(b_url, "b", _explicit(b_url, folder))
+    b = quick_run(storage=b_url, name="b", checkpoints=_explicit(b_url, folder), **SWEEPING)
     assert a.id == b.id  # both databases number their first population 1
     assert Path(b.checkpoint_store.url) == folder.resolve()
     assert _files(pt.load(a_url, "a")) == a_files  # b's sweep left every file of a's
@@ -104,18 +90,20 @@ def test_neighbouring_databases_keep_each_others_checkpoints(neighbours, tmp_pat
     assert resumed.status == "finished" and [m.step for m in resumed.members] == [5] * 3
 
 
-def test_a_population_from_before_database_ids_keeps_working(tmp_path: Path):
+def test_a_population_from_before_database_ids_keeps_working(tmp_path: Path, quick_run):
     """Written by a poptune whose folders were ``population-<id>`` (no database id): its
     recorded files are read and collected through their rows, never swept by listing, and
     a neighbour's sweep or delete never reaches them."""
     runs = tmp_path / "runs"
     old_url, new_url = f"sqlite:///{runs / 'old.db'}", f"sqlite:///{runs / 'new.db'}"
-    old = _run(old_url, "old", None)
+    old = quick_run(storage=old_url, name="old", **SWEEPING)
     _make_legacy(old, runs)
     legacy = _files(pt.load(old_url, "old"))
     assert legacy and all(path.startswith("population-1/") for path in legacy)
     time.sleep(2 * LEASE + 0.1)
-    _run(new_url, "new", None)  # population 1 too; its sweep only lists its own folder
+    quick_run(
+        storage=new_url, name="new", **SWEEPING
+    )  # population 1 too; its sweep only lists its own folder
     pt.delete(new_url, "new")
     assert _files(pt.load(old_url, "old")) == legacy
     assert pt.load(old_url, "old").best.load().theta.shape == (2,)
@@ -169,9 +157,9 @@ def _tamper(result: pt.Result, path: str) -> None:
         "{folder}/member-0000/link/victim.txt",
     ],
 )
-def test_a_tampered_path_is_neither_read_nor_deleted(path: str, tmp_path: Path):
+def test_a_tampered_path_is_neither_read_nor_deleted(path: str, tmp_path: Path, quick_run):
     url = f"sqlite:///{tmp_path / 'runs' / 'p.db'}"
-    result = _run(url, "p", None)
+    result = quick_run(storage=url, name="p", **SWEEPING)
     victim = tmp_path / "victim.txt"
     victim.write_text("not poptune's")
     folder = population_folder(result.storage.database_id(), result.id)

@@ -6,36 +6,25 @@ import multiprocessing
 from pathlib import Path
 
 import poptune as pt
-from poptune.testing import Quadratic, quadratic_space
+from tests._helpers import QuickRun
 
 
-def _start(url: str, checkpoints: str, errors) -> None:
+def _start(quick_run: QuickRun, url: str, checkpoints: str, errors) -> None:
     try:
-        pt.run(
-            Quadratic,
-            space=quadratic_space(),
-            metric="q",
-            population=4,
-            intervals=3,
-            storage=url,
-            checkpoints=checkpoints,
-            name="crowd",
-            seed=0,
-            progress=False,
-        )
+        quick_run(storage=url, checkpoints=checkpoints, name="crowd", population=4, intervals=3)
     except BaseException as error:  # collected and asserted on in the parent
         errors.append(f"{type(error).__name__}: {error}")
 
 
 def test_sixteen_identical_runs_started_at_once_all_work_on_one_population(
-    storage_url: str, tmp_path: Path
+    storage_url: str, tmp_path: Path, quick_run: QuickRun
 ):
     url = storage_url  # a new, empty database
     context = multiprocessing.get_context("fork")
     with context.Manager() as manager:
         errors = manager.list()
         processes = [
-            context.Process(target=_start, args=(url, str(tmp_path / "ckpt"), errors))
+            context.Process(target=_start, args=(quick_run, url, str(tmp_path / "ckpt"), errors))
             for _ in range(16)
         ]
         for process in processes:

@@ -15,7 +15,6 @@ import sqlalchemy as sa
 import poptune as pt
 from poptune.records import CheckpointRef, IntervalRecord
 from poptune.storage import SQLStorage, StorageError, _retry, _sql
-from poptune.testing import Quadratic, quadratic_space
 
 
 def failing_inserts(storage: SQLStorage, table: str, times: int, message: str) -> dict:
@@ -107,14 +106,14 @@ def test_sixteen_workers_starting_at_once_never_see_database_is_locked(tmp_path)
         assert all(p.exitcode == 0 for p in processes)
 
 
-def test_passwords_never_appear_in_messages(tmp_path):
+def test_passwords_never_appear_in_messages(quick_run):
     url = "postgresql+psycopg://poptune:s3cr3t-pw@127.0.0.1:9/poptune"
     with pytest.raises(StorageError) as caught:
         SQLStorage(url)
     assert "s3cr3t-pw" not in str(caught.value)
     assert "***" in str(caught.value) or "poptune@" in str(caught.value)
     with pytest.raises(pt.StorageError) as caught:
-        pt.run(Quadratic, space=quadratic_space(), metric="q", storage=url, progress=False)
+        quick_run(storage=url)
     assert "s3cr3t-pw" not in str(caught.value)
 
 

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
 import poptune as pt  # noqa: E402
 from poptune.integrations.lightning import PBTCallback, fit  # noqa: E402
+from tests._helpers import QuickRun  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -147,27 +148,22 @@ def _fresh() -> None:
     OPTIONS.clear()
 
 
-def run(tmp_path: Path, **options: Any) -> pt.Result:
+def run(quick_run: QuickRun, **options: Any) -> pt.Result:
+    """The probe in generations (3 members, 3 intervals): the worse copies the better."""
     settings: dict[str, Any] = dict(
         space={"lr": pt.LogUniform(1e-3, 1.0), "momentum": pt.Uniform(0.1, 0.9), "hidden": 3},
         metric="val_acc",
-        population=3,
         intervals=3,
-        workers=1,
         sync=True,
         exploit=pt.Truncation(0.5),
         explore=pt.Perturb((0.8, 1.2)),
-        storage=f"sqlite:///{tmp_path / 'poptune.db'}",
         name="probe",
-        seed=0,
-        progress=False,
     )
-    settings.update(options)
-    return pt.run(probe, **settings)
+    return quick_run(probe, **{**settings, **options})
 
 
-def test_an_exploit_moves_the_donor_state_and_new_lr_into_the_running_trainer(tmp_path: Path):
-    result = run(tmp_path)
+def test_an_exploit_moves_the_donor_state_and_new_lr_into_the_running_trainer(quick_run):
+    result = run(quick_run)
     assert result.status == "finished"
     assert BUILT == {0: 1, 1: 1, 2: 1}  # one module and one trainer.fit() per member
     recorded = {(i.member, i.step): i for i in result.intervals()}
@@ -210,7 +206,7 @@ def test_an_exploit_moves_the_donor_state_and_new_lr_into_the_running_trainer(tm
     assert checked >= 2
 
 
-def test_every_mapping_and_module_attributes(tmp_path: Path):
+def test_every_mapping_and_module_attributes(quick_run):
     OPTIONS.update(module=Smoothed, fit={"every": 2, "mapping": {"learning_rate": "lr"}})
     space = {
         "learning_rate": pt.LogUniform(1e-3, 1.0),
@@ -218,7 +214,7 @@ def test_every_mapping_and_module_attributes(tmp_path: Path):
         "hidden": 3,
         "smoothing": pt.Uniform(0.0, 0.3),
     }
-    result = run(tmp_path, space=space)
+    result = run(quick_run, space=space)
     recorded = {(i.member, i.step): i.hparams for i in result.intervals()}
     assert len(recorded) == 9 and result.exploits()
     for where, hparams in recorded.items():
@@ -249,11 +245,11 @@ def test_every_mapping_and_module_attributes(tmp_path: Path):
     ids=["metric-not-logged", "hparam-not-applicable", "lr-and-scheduler", "fit-ended-early"],
 )
 def test_bad_input_is_refused_with_a_clear_message(
-    tmp_path: Path, options: dict[str, Any], message: str
+    tmp_path: Path, options: dict[str, Any], message: str, quick_run
 ):
     OPTIONS.update(options)
     with pytest.raises(pt.PopulationError):
-        run(tmp_path, population=2, intervals=2, exploit=None, max_failures=0)
+        run(quick_run, population=2, intervals=2, exploit=None, max_failures=0)
     failures = pt.load(f"sqlite:///{tmp_path / 'poptune.db'}", "probe").failures()
     assert failures
     for failure in failures:
@@ -261,12 +257,12 @@ def test_bad_input_is_refused_with_a_clear_message(
 
 
 def test_a_member_rebuilt_from_its_checkpoint_trains_exactly_like_one_kept_in_memory(
-    tmp_path: Path,
+    quick_run,
 ):
     """resident=1: every member is rebuilt (new trainer, checkpoint loaded) for each interval,
     and draws its data order and everything else from the interval's seed all the same."""
-    kept = run(tmp_path, name="kept")
-    rebuilt = run(tmp_path, name="rebuilt", resident=1)
+    kept = run(quick_run, name="kept")
+    rebuilt = run(quick_run, name="rebuilt", resident=1)
     assert sum(BUILT.values()) >= 3 + 6  # 3 kept; rebuilt: at least 2 of 3 intervals each
     assert [(i.member, i.step, i.score, i.origin) for i in rebuilt.intervals()] == [
         (i.member, i.step, i.score, i.origin) for i in kept.intervals()

@@ -27,6 +27,7 @@ import poptune as pt  # noqa: E402
 from poptune import serialization  # noqa: E402
 from poptune.integrations import sb3 as pt_sb3  # noqa: E402
 from poptune.loop import LoopError  # noqa: E402
+from tests._helpers import QuickRun  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -158,24 +159,20 @@ def _fresh() -> None:
     BUILT.clear()
 
 
-def run(tmp_path: Path, algorithm: str, **options: Any) -> pt.Result:
+def run(quick_run: QuickRun, algorithm: str, **options: Any) -> pt.Result:
+    """Agents of ``algorithm`` in generations (3 members, 3 intervals): the worse copies the
+    better."""
     OPTIONS["algorithm"] = algorithm
     settings: dict[str, Any] = dict(
         space=ALGORITHMS[algorithm][2],
         metric="mean_reward",
-        population=3,
         intervals=3,
-        workers=1,
         sync=True,
         exploit=pt.Truncation(0.5),
         explore=pt.Perturb((0.8, 1.2)),
-        storage=f"sqlite:///{tmp_path / 'poptune.db'}",
         name=algorithm.lower(),
-        seed=0,
-        progress=False,
     )
-    settings.update(options)
-    return pt.run(member, **settings)
+    return quick_run(member, **{**settings, **options})
 
 
 def _equal(a: Any, b: Any) -> bool:
@@ -191,9 +188,9 @@ def _equal(a: Any, b: Any) -> bool:
 
 @pytest.mark.parametrize("algorithm", list(ALGORITHMS))
 def test_an_exploit_moves_the_donor_tensors_and_the_next_update_uses_the_explored_values(
-    tmp_path: Path, algorithm: str
+    algorithm: str, quick_run
 ):
-    result = run(tmp_path, algorithm)
+    result = run(quick_run, algorithm)
     assert result.status == "finished"
     interval = ALGORITHMS[algorithm][1]
     recorded = {(i.member, i.step): i for i in result.intervals()}
@@ -235,12 +232,12 @@ def test_an_exploit_moves_the_donor_tensors_and_the_next_update_uses_the_explore
     assert checked >= 1
 
 
-def test_off_policy_rollouts_are_cut_at_the_interval_whatever_train_freq(tmp_path: Path):
+def test_off_policy_rollouts_are_cut_at_the_interval_whatever_train_freq(quick_run):
     """train_freq=7 does not divide 50 steps: the last rollout of each interval is shortened,
     so every interval still ends (and reports) at exactly step x 50 timesteps."""
     OPTIONS["build"] = lambda h, seed: ALGORITHMS["DQN"][0]({**h, "train_freq": 7}, seed)
     space = {"learning_rate": pt.LogUniform(1e-4, 1e-2), "tau": pt.Uniform(0.5, 1.0)}
-    result = run(tmp_path, "DQN", space=space, population=2, exploit=None)
+    result = run(quick_run, "DQN", space=space, population=2, exploit=None)
     assert [i.metrics["timesteps"] for i in result.intervals()] == [50, 100, 150] * 2
     trains = [r["t"] for r in SEEN[("DQN", 0)]]
     assert {50, 100, 150} <= set(trains)  # an update right at each boundary
@@ -252,7 +249,8 @@ def test_off_policy_rollouts_are_cut_at_the_interval_whatever_train_freq(tmp_pat
     [
         (
             {"build": lambda h, seed: torch.nn.Linear(2, 2)},
-            r"trains a Stable-Baselines3 algorithm .* got torch\.nn\.modules\.linear\.Linear",
+            r"'model' parameter of learn must be a Stable-Baselines3 algorithm .* It is a "
+            r"torch\.nn\.modules\.linear\.Linear",
         ),
         (
             {"interval": 100},
@@ -280,7 +278,7 @@ def test_off_policy_rollouts_are_cut_at_the_interval_whatever_train_freq(tmp_pat
          "dqn-without-budget"],
 )  # fmt: skip
 def test_bad_input_is_refused_with_a_clear_message(
-    tmp_path: Path, options: dict[str, Any], message: str
+    tmp_path: Path, options: dict[str, Any], message: str, quick_run
 ):
     algorithm = options.pop("algorithm", "PPO")
     space = options.pop("space", None)
@@ -292,7 +290,7 @@ def test_bad_input_is_refused_with_a_clear_message(
         )
     extra = {"space": space} if space is not None else {}
     with pytest.raises(pt.PopulationError) as raised:
-        run(tmp_path, algorithm, population=2, intervals=2, exploit=None, max_failures=0,
+        run(quick_run, algorithm, population=2, intervals=2, exploit=None, max_failures=0,
             metric=metric, **extra)  # fmt: skip
     failures = pt.load(f"sqlite:///{tmp_path / 'poptune.db'}", algorithm.lower()).failures()
     # a member's error is recorded as its failure; a wrong metric stops the population at once
@@ -303,18 +301,18 @@ def test_bad_input_is_refused_with_a_clear_message(
         assert not SEEN  # refused before any update
 
 
-def test_names_that_only_build_the_agent_are_accepted_as_static(tmp_path: Path):
+def test_names_that_only_build_the_agent_are_accepted_as_static(quick_run):
     space = {"learning_rate": pt.LogUniform(1e-4, 1e-2), "n_steps": 32}
     OPTIONS["build"] = lambda h, seed: PPO(
         "MlpPolicy", "CartPole-v1", n_steps=h["n_steps"], batch_size=32, n_epochs=1,
         learning_rate=h["learning_rate"], seed=seed, device="cpu",
     )  # fmt: skip
     OPTIONS["learn"] = {"static": ["n_steps"]}
-    result = run(tmp_path, "PPO", space=space, population=2, intervals=2)
+    result = run(quick_run, "PPO", space=space, population=2, intervals=2)
     assert result.status == "finished"
 
 
-def test_save_and_load_copy_the_agent_exactly_with_vec_normalize(tmp_path: Path):
+def test_save_and_load_copy_the_agent_exactly_with_vec_normalize():
     def build(seed: int) -> PPO:
         env = VecNormalize(make_vec_env("CartPole-v1", n_envs=2, seed=seed))
         return PPO("MlpPolicy", env, n_steps=16, batch_size=32, seed=seed, device="cpu")
@@ -373,11 +371,11 @@ def test_poptune_does_not_import_sb3_and_a_missing_install_says_what_to_do():
 
 
 @pytest.mark.parametrize("algorithm", ["PPO", "DQN"])
-def test_a_member_rebuilt_from_its_checkpoint_continues_at_its_step(tmp_path: Path, algorithm: str):
+def test_a_member_rebuilt_from_its_checkpoint_continues_at_its_step(algorithm: str, quick_run):
     """resident=1: a worker keeps one member in memory, so members are rebuilt from their
     checkpoints between intervals; an off-policy one, with an empty replay buffer, collects
     again before it updates."""
-    result = run(tmp_path, algorithm, population=2, resident=1)
+    result = run(quick_run, algorithm, population=2, resident=1)
     assert result.status == "finished"
     assert sum(BUILT.values()) >= 4  # rebuilt, not kept
     interval = ALGORITHMS[algorithm][1]

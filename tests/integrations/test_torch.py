@@ -161,7 +161,11 @@ def test_apply_hparams_names_restrict_and_must_be_settings():
 @pytest.mark.parametrize(
     ("hparams", "mapping", "message"),
     [
-        ({"rate": 0.1}, {"rate": "learning_rate"}, r"mapping=\{'rate': 'learning_rate'\} names"),
+        (
+            {"rate": 0.1},
+            {"rate": "learning_rate"},
+            r"'mapping' parameter of apply_hparams .* Got \{'rate': 'learning_rate'\} instead",
+        ),
         ({"lr": 0.1, "rate": 0.2}, {"rate": "lr"}, r"both hparams 'lr' and 'rate' set 'lr'"),
         ({"lr": -0.1}, None, r"'lr' must be >= 0 .* got -0.1 from hparams\['lr'\]"),
         ({"lr": float("nan")}, None, r"'lr' must be >= 0"),

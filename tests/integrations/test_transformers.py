@@ -20,6 +20,7 @@ from transformers import TrainerCallback  # noqa: E402
 
 import poptune as pt  # noqa: E402
 from poptune.integrations import transformers as pt_hf  # noqa: E402
+from tests._helpers import QuickRun  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -203,41 +204,31 @@ def test_a_tuned_hparam_the_trainer_cannot_apply_is_refused_before_training(tmp_
     assert built == []
 
 
-def _fails(tmp_path: Path, function: Any, space: dict[str, Any], metric: str) -> str:
+def _fails(quick_run: QuickRun, function: Any, space: dict[str, Any], metric: str) -> str:
     """Run a population whose members fail at once; return the recorded failure text."""
     with pytest.raises(pt.PopulationError):
-        pt.run(
-            function,
-            space=space,
-            metric=metric,
-            population=2,
-            intervals=2,
-            max_failures=0,
-            storage=f"sqlite:///{tmp_path / 'f.db'}",
-            seed=0,
-            progress=False,
-        )
-    failures = pt.load(f"sqlite:///{tmp_path / 'f.db'}", function.__name__).failures()
+        quick_run(function, space=space, metric=metric, population=2, max_failures=0)
+    failures = pt.load(quick_run.storage, function.__name__).failures()
     assert failures
     return failures[0].traceback
 
 
-def test_a_metric_the_trainer_never_logs_is_named_with_the_ones_it_does(tmp_path):
+def test_a_metric_the_trainer_never_logs_is_named_with_the_ones_it_does(quick_run):
     train = pt_hf.trainable(hf_text.build_trainer, "accuracy", intervals=2, static=SPACE)
-    text = _fails(tmp_path, train, SPACE, "accuracy")
+    text = _fails(quick_run, train, SPACE, "accuracy")
     assert "has no metric 'accuracy'" in text
     assert "'eval_accuracy', 'eval_loss'" in text
     assert "Did you mean metric='eval_accuracy'?" in text
 
 
-def test_the_callback_refuses_hparams_it_cannot_apply_when_training_begins(tmp_path):
+def test_the_callback_refuses_hparams_it_cannot_apply_when_training_begins(quick_run):
     def untunable(ctx: Any) -> None:
         trainer = hf_text.build_trainer(ctx.hparams, ctx.seed)
         trainer.args.max_steps = 2 * STEPS
         trainer.add_callback(pt_hf.PBTCallback(ctx, trainer, "eval_accuracy"))  # no static=
         trainer.train()
 
-    text = _fails(tmp_path, untunable, SPACE, "eval_accuracy")
+    text = _fails(quick_run, untunable, SPACE, "eval_accuracy")
     assert "cannot change ['batch_size', 'eval_steps']" in text
 
 

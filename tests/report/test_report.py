@@ -23,7 +23,6 @@ from poptune.testing import (
     XSS_PAYLOADS,
     XSS_PROBE,
     Quadratic,
-    quadratic_space,
     synthetic_report_model,
     xss_population,
 )
@@ -47,22 +46,13 @@ class Hostile(Quadratic):
 
 
 @pytest.fixture
-def hostile(storage_url: str) -> pt.Result:
+def hostile(storage_url: str, quick_run) -> pt.Result:
     space = {"h0": pt.Uniform(0.0, 1.0), "h1": pt.Uniform(0.0, 1.0), FIXED: "</script>&amp;"}
     start = [{"h0": 0.99, "h1": 0.5, FIXED: "</script>&amp;"}]
-    return pt.run(
-        Hostile,
-        space=space,
-        metric=METRIC,
-        population=6,
-        intervals=8,
-        storage=storage_url,
-        name=NASTY,
-        seed=0,
-        progress=False,
-        initial=start,
-        max_failures=0,
-    )
+    return quick_run(
+        Hostile, space=space, metric=METRIC, storage=storage_url, name=NASTY, population=6,
+        intervals=8, initial=start, max_failures=0,
+    )  # fmt: skip
 
 
 def browser_page():
@@ -276,17 +266,9 @@ def test_notebook_summary_is_escaped(hostile):
     assert "<table>" in html and "&lt;script&gt;" in html and NASTY not in html
 
 
-def test_report_of_a_population_without_scores(storage_url, tmp_path):
-    result = pt.run(
-        Quadratic,
-        space={"h0": 0.5, "h1": 0.5},
-        metric="q",
-        population=2,
-        intervals=1,
-        storage=storage_url,
-        name="tiny",
-        progress=False,
-    )
+def test_report_of_a_population_without_scores(storage_url, quick_run):
+    fixed = {"h0": 0.5, "h1": 0.5}
+    result = quick_run(space=fixed, storage=storage_url, name="tiny", population=2, intervals=1)
     model = build_model(result)
     assert model.hparam_names == []
     assert "Population" in render_html(model)
@@ -357,25 +339,15 @@ def test_a_figure_cache_draws_what_drawing_afresh_draws():
     check(dataclasses.replace(full, budget=60))
 
 
-def test_recoveries_are_drawn_and_counted_apart_from_exploits(tmp_path, monkeypatch):
+def test_recoveries_are_drawn_and_counted_apart_from_exploits(tmp_path, monkeypatch, quick_run):
     from poptune.testing import Failing
 
     monkeypatch.setattr(Failing, "fail_above", 0.6)
-    result = pt.run(
-        Failing,
-        space=quadratic_space(),
-        metric="q",
-        population=3,
-        intervals=4,
-        storage=f"sqlite:///{tmp_path}/p.db",
-        name="recovering",
-        seed=0,
-        progress=False,
-        initial=[{"h0": 0.2, "h1": 0.5}, {"h0": 0.3, "h1": 0.5}, {"h0": 0.9, "h1": 0.5}],
-        sync=True,
-        max_failures=1,
+    start = [{"h0": 0.2, "h1": 0.5}, {"h0": 0.3, "h1": 0.5}, {"h0": 0.9, "h1": 0.5}]
+    result = quick_run(
+        Failing, name="recovering", intervals=4, initial=start, sync=True, max_failures=1,
         exploit=None,
-    )
+    )  # fmt: skip
     assert [e.reason for e in result.exploits()] == [pt.CopyReason.RESEED]
     page = result.report(tmp_path / "r.html").read_text()
     assert '<span class="muted">exploits</span><b>0</b>' in page
@@ -384,7 +356,9 @@ def test_recoveries_are_drawn_and_counted_apart_from_exploits(tmp_path, monkeypa
     assert "re-seeded after failing: a recovery, not an exploit" in page
 
 
-def test_step_axes_have_whole_number_ticks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+def test_step_axes_have_whole_number_ticks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, quick_run
+):
     """A few intervals must not give ticks at interval 2.5, in the HTML or the static plots."""
     from poptune.report._html import _Axis
 
@@ -394,8 +368,7 @@ def test_step_axes_have_whole_number_ticks(tmp_path: Path, monkeypatch: pytest.M
     pytest.importorskip("matplotlib")
     from matplotlib.figure import Figure
 
-    result = pt.run(Quadratic, quadratic_space(), "q", population=2, intervals=3,
-                    storage=f"sqlite:///{tmp_path / 'p.db'}", progress=False)  # fmt: skip
+    result = quick_run(population=2, intervals=3)
     seen: list[list[float]] = []
     save = Figure.savefig
 

@@ -17,28 +17,19 @@ import pytest
 import poptune as pt
 from poptune._imports import import_object
 from poptune.records import MemberStatus
-from poptune.testing import CreateOnlyRunner, check_steps
+from poptune.testing import check_steps
 
 CHAOS_SCRIPT = Path(__file__).resolve().parent.parent / "faults" / "chaos.py"
 
 
-def test_many_workers_share_a_population(storage_url: str, tmp_path: Path):
+def test_many_workers_share_a_population(storage_url: str, tmp_path: Path, quick_run):
     postgres = storage_url.startswith("postgresql")
     workers, members, intervals = (8 if postgres else 4), 32, 6
     chaotic = import_object(f"{CHAOS_SCRIPT}:Chaotic")
-    pt.run(
-        chaotic,
-        space=pt.testing.quadratic_space(),
-        metric="q",
-        population=members,
-        intervals=intervals,
-        storage=storage_url,
-        name="crowd",
-        seed=3,
-        progress=False,
-        runner=CreateOnlyRunner(),
-        checkpoints=tmp_path / "checkpoints",
-    )
+    quick_run.created(
+        chaotic, storage=storage_url, checkpoints=tmp_path / "checkpoints", name="crowd",
+        population=members, intervals=intervals, seed=3,
+    )  # fmt: skip
     audits = [tmp_path / f"audit-{i}.log" for i in range(workers)]
     env = {**os.environ, "POPTUNE_CHAOS": json.dumps({})}
     processes = [

@@ -3,53 +3,28 @@ SQLite, PostgreSQL): whatever code above the storage relies on is tested here.""
 
 from __future__ import annotations
 
+import math
 import time
 
 import pytest
 
 from poptune.records import (
+    Candidate,
     CheckpointRef,
     ExploitEvent,
     FailureRecord,
-    IntervalRecord,
     MemberStatus,
     Mode,
     PopulationStatus,
+    count_peers,
+    rank_key,
 )
 from poptune.storage import (
     LeaseLost,
     PopulationExists,
     PopulationNotFound,
-    SQLStorage,
 )
-
-CONFIG = {"metric": "q", "mode": "max", "intervals": 5}
-
-
-def make(storage: SQLStorage, n: int = 4, name: str = "pop") -> int:
-    return storage.create_population(name, CONFIG, [{"x": float(i)} for i in range(n)]).id
-
-
-def interval(member: int, step: int, score: float, origin=None) -> IntervalRecord:
-    return IntervalRecord(member, step, {"x": float(member)}, score, {"q": score}, 0.1, 1.0, origin)
-
-
-def ckpt(member: int, step: int) -> CheckpointRef:
-    return CheckpointRef(member, step, f"m{member}/s{step}.ckpt", 10, "0" * 64)
-
-
-def train(storage: SQLStorage, pid: int, score: float, budget: int = 5, ready: bool = False):
-    claim = storage.claim(pid, "w", budget, 30.0, sync=False)
-    assert claim is not None
-    step = claim.member.step + 1
-    storage.record_interval(
-        claim,
-        interval(claim.member.id, step, score, claim.member.restore),
-        ckpt(claim.member.id, step),
-        exploit_pending=ready,
-        done=step >= budget,
-    )
-    return claim.member.id, step
+from tests._helpers import CONFIG, ckpt, interval, make, train
 
 
 def test_create_and_read_population(storage):
@@ -407,3 +382,62 @@ def test_intervals_between_two_steps(storage):
     assert storage.intervals(pid, after_step=0, until_step=1) == [every[0], every[3]]
     assert storage.intervals(pid, after_step=1, until_step=2) == [every[1], every[4]]
     assert every[1].hparams == {"x": 0.0} and every[1].origin == (0, 1)  # whole records
+
+
+# Ties at the best in either mode (0.9 for max, -0.3 for min), missing scores (None, NaN) and
+# both infinities, which rank last whatever the mode.
+RANKED = [0.5, None, 0.5, math.inf, float("nan"), 0.9, -math.inf, 0.9, -0.3, -0.3, 0.5, None]
+
+
+@pytest.mark.parametrize("mode", list(Mode))
+def test_every_ranking_agrees_with_rank_key(storage, mode):
+    """The orderings each backend writes its own way (SQL: in SQL) rank as ``rank_key``: the
+    candidates best first, the counts a strategy asks for, the best member of the summary and
+    the best checkpoint garbage collection keeps."""
+    pid = make(storage, n=len(RANKED))
+    for score in RANKED:
+        train(storage, pid, score)  # members 0..11 at step 1, in order
+    rows = storage.candidate_scores(pid, 1)
+    assert [m for m, _, _ in rows] == list(range(len(RANKED)))
+    ranked = sorted(rows, key=lambda r: rank_key(mode.fitness(r[2]), r[0]))
+    assert [storage.peer_at(pid, 1, k, mode) for k in range(len(rows) + 1)] == [*ranked, None]
+    assert [storage.peer_at(pid, 1, k) for k in range(len(rows) + 1)] == [*rows, None]
+
+    candidates = [Candidate(m, s, x, mode.fitness(x)) for m, s, x in rows]
+    for member in (*range(len(RANKED)), 99):
+        for fitness in {c.fitness for c in candidates}:  # every tie, and -inf
+            expected = count_peers(candidates, member, fitness)
+            assert storage.peer_counts(pid, 1, mode, member, fitness) == expected
+
+    best = min(
+        ((m, s, x) for m, s, x in rows if x is not None and math.isfinite(x)),
+        key=lambda r: (*rank_key(mode.fitness(r[2]), r[0]), r[1]),
+    )
+    assert best == ((5, 1, 0.9) if mode is Mode.MAX else (8, 1, -0.3))  # the lower of a tie
+    summary = storage.summary(pid, 5, mode)
+    assert (summary.best_member, summary.best_step, summary.best_score) == best
+
+    worse = -10.0 if mode is Mode.MAX else 10.0
+    for _ in RANKED:
+        train(storage, pid, worse)  # every member at step 2, worse than any finite step 1
+    storage.collect_garbage(pid, mode)
+    assert [(c.member, c.step) for c in storage.checkpoints(pid) if c.step == 1] == [best[:2]]
+
+
+def test_the_derived_queries_answer_from_the_records(storage):
+    """What the base class derives (and a backend may answer faster): one interval, one
+    checkpoint, the scores since a step, one peer."""
+    pid = make(storage, n=2)
+    for score in (0.1, 0.2, float("nan"), 0.4):  # members 0, 1, 0, 1: steps 1, 1, 2, 2
+        train(storage, pid, score)
+    assert storage.interval(pid, 1, 2) == interval(1, 2, 0.4, origin=(1, 1))
+    assert storage.interval(pid, 1, 3) is None and storage.interval(pid, 2, 1) is None
+    assert storage.checkpoint(pid, 0, 2) == ckpt(0, 2)
+    assert storage.checkpoint(pid, 0, 3) is None
+    assert storage.scores_since(pid, 0) == [(0, 1, 0.1), (0, 2, None), (1, 1, 0.2), (1, 2, 0.4)]
+    assert storage.scores_since(pid, 1) == [(0, 2, None), (1, 2, 0.4)]
+    assert storage.scores_since(pid, -3, member=1) == [(1, 1, 0.2), (1, 2, 0.4)]
+    assert storage.scores_since(pid, 2) == []
+    assert storage.peer(pid, 2, 0) == (0, 2, None)
+    assert storage.peer(pid, 2, 5) is None and storage.peer(pid, 3, 0) is None
+    storage.close()  # what a caller does last; a storage without connections has nothing to do

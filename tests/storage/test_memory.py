@@ -6,10 +6,9 @@ import pickle
 
 import pytest
 
-import poptune as pt
 from poptune.records import Mode
 from poptune.storage import LeaseLost, StorageError, open_storage
-from poptune.testing import MemoryStorage, Quadratic, check_steps, quadratic_space
+from poptune.testing import MemoryStorage, check_steps
 
 
 class Clock:
@@ -35,38 +34,22 @@ def test_leases_expire_by_its_clock():
     assert storage.collect_garbage(pid, Mode.MAX) == []
 
 
-def test_pt_run_trains_a_population_in_memory(tmp_path):
+def test_pt_run_trains_a_population_in_memory(tmp_path, quick_run):
     storage = MemoryStorage()
-    result = pt.run(
-        Quadratic,
-        space=quadratic_space(),
-        metric="q",
-        population=4,
-        intervals=4,
-        storage=storage,
-        checkpoints=tmp_path / "checkpoints",
-        seed=0,
-        progress=False,
+    result = quick_run(
+        storage=storage, checkpoints=tmp_path / "checkpoints", population=4, intervals=4
     )
     assert result.status == "finished" and len(result.intervals()) >= 16
     assert result.best.score > 0.5
     check_steps(result)
 
 
-def test_it_cannot_leave_its_process(tmp_path):
+def test_it_cannot_leave_its_process(tmp_path, quick_run):
     with pytest.raises(StorageError, match="one process"):
         pickle.dumps(MemoryStorage())
     with pytest.raises(StorageError, match="workers=1"):
         open_storage("memory://")
     with pytest.raises(StorageError, match="workers=1"):
-        pt.run(
-            Quadratic,
-            space=quadratic_space(),
-            metric="q",
-            population=2,
-            intervals=2,
-            workers=2,
-            storage=MemoryStorage(),
-            checkpoints=tmp_path / "checkpoints",
-            progress=False,
+        quick_run(
+            storage=MemoryStorage(), checkpoints=tmp_path / "checkpoints", population=2, workers=2
         )

@@ -338,22 +338,10 @@ def _back_to_schema(url: str, checkpoints: Path, version: int) -> None:
     engine.dispose()
 
 
-def test_a_schema_3_database_keeps_its_sha256_checkpoints_verified(storage_url, tmp_path):
-    import poptune as pt
-    from poptune.testing import Quadratic, quadratic_space
-
-    options = dict(
-        space=quadratic_space(),
-        metric="q",
-        population=3,
-        intervals=2,
-        storage=storage_url,
-        checkpoints=tmp_path / "checkpoints",
-        name="sha",
-        seed=0,
-        progress=False,
-    )
-    before = pt.run(Quadratic, **options)
+def test_a_schema_3_database_keeps_its_sha256_checkpoints_verified(
+    storage_url, tmp_path, quick_run
+):
+    before = quick_run(storage=storage_url, checkpoints=tmp_path / "checkpoints", name="sha")
     best = before.best.state()
     before.storage.close()
     _back_to_schema(storage_url, tmp_path / "checkpoints", 3)
@@ -369,7 +357,8 @@ def test_a_schema_3_database_keeps_its_sha256_checkpoints_verified(storage_url, 
     path.write_bytes(bytes(data))  # a corrupted byte is still caught
     with pytest.raises(CheckpointCorrupt, match="checksum"):
         open_checkpoints(tmp_path / "checkpoints").load(ref)
-    new = pt.run(Quadratic, **{**options, "name": "new"})  # new checkpoints: named XXH3
+    # new checkpoints: named XXH3
+    new = quick_run(storage=storage_url, checkpoints=tmp_path / "checkpoints", name="new")
     assert all(r.checksum.startswith("xxh3_128:") for r in new.storage.checkpoints(new.record.id))
 
 

@@ -85,19 +85,49 @@ def test_claims_are_atomic_across_processes(storage_url, tmp_path: Path):
             assert start >= end  # no two processes ever held the same member at once
 
 
+def _contract() -> tuple[set[str], set[str]]:
+    """The storage contract's methods: the abstract ones, and the derived queries the base
+    class implements on them (defaults a backend overrides for speed)."""
+    from poptune.storage import Storage
+
+    public = {name for name, value in vars(Storage).items() if callable(value)}
+    public = {name for name in public if not name.startswith("_")}
+    abstract = set(Storage.__abstractmethods__)
+    return abstract, public - abstract
+
+
 def test_every_sql_transaction_retries_through_transient_errors():
     """Every contract method (one transaction each) and the schema upgrade are marked
     ``@retrying`` where they are defined; ``close`` has no transaction to retry."""
     from poptune.storage import Storage
     from poptune.storage._retry import is_retrying
 
-    contract = set(Storage.__abstractmethods__) - {"close"}
-    assert len(contract) == 36
+    abstract, derived = _contract()
+    assert (len(abstract), len(derived)) == (27, 10)
     retried = {
         name for name, value in vars(SQLStorage).items() if callable(value) and is_retrying(value)
     }
-    assert retried == contract | {"_create_schema", "_check_schema"}
+    assert retried == (abstract | derived) - {"close"} | {"_create_schema", "_check_schema"}
     assert issubclass(SQLStorage, Storage) and not SQLStorage.__abstractmethods__
+
+
+def test_sql_overrides_every_derived_query():
+    """The base class's defaults read more than they answer (a whole step for one peer): SQL
+    answers each with its own indexed query instead (measured by the scaling benchmark)."""
+    _, derived = _contract()
+    assert derived == {
+        "population",
+        "interval",
+        "checkpoint",
+        "scores_since",
+        "best_by_step",
+        "candidate_scores",
+        "peer",
+        "peer_counts",
+        "peer_at",
+        "close",
+    }
+    assert {name for name in derived if name in vars(SQLStorage)} == derived
 
 
 # --- opening: what each mode may create or change ------------------------------------------

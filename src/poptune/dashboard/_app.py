@@ -17,6 +17,7 @@ from ._pages import STYLE_SOURCE, Dashboard, error_page
 if TYPE_CHECKING:
     from starlette.applications import Starlette
     from starlette.requests import Request
+    from starlette.responses import Response
 
 __all__ = ["create_app", "serve"]
 
@@ -73,12 +74,52 @@ def create_app(
     from starlette.middleware import Middleware
     from starlette.middleware.gzip import GZipMiddleware
     from starlette.middleware.trustedhost import TrustedHostMiddleware
-    from starlette.responses import HTMLResponse, JSONResponse, Response
-    from starlette.routing import Route
 
     board = Dashboard(storage_url, poll_seconds)
+    middleware = [Middleware(GZipMiddleware, minimum_size=1024, compresslevel=6)]
+    if allowed_hosts is not None:
+        middleware.insert(0, Middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts)))
 
-    def page(render: Callable[[str], str]) -> Response:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        board.close()
+
+    app = Starlette(routes=_Handlers(board).routes(), middleware=middleware, lifespan=lifespan)
+    app.state.dashboard = board
+    return app
+
+
+def _name_of(request: Request) -> str:
+    name = request.query_params.get("name")
+    if name is None:
+        raise PopulationNotFound("Which population? Add ?name=NAME to the address.")
+    return name
+
+
+class _Handlers:
+    """The dashboard's routes over one :class:`Dashboard`: its two pages and the JSON they
+    poll. A storage that cannot be read gives a 503 that names it, a missing population a 404."""
+
+    def __init__(self, board: Dashboard) -> None:
+        self.board = board
+
+    def routes(self) -> list[Any]:
+        """``/``, ``/population``, ``/api/populations`` and ``/api/population``."""
+        from starlette.routing import Route
+
+        return [
+            Route("/", self.index),
+            Route("/population", self.population),
+            Route("/api/populations", self.api_populations),
+            Route("/api/population", self.api_population),
+        ]
+
+    def page(self, render: Callable[[str], str]) -> Response:
+        """The HTML ``render(nonce)`` gives, or the error page of why it could not."""
+        from starlette.responses import HTMLResponse
+
+        board = self.board
         nonce = secrets.token_urlsafe(16)
         try:
             text = render(nonce)
@@ -98,36 +139,43 @@ def create_app(
             )
         return HTMLResponse(text, headers=_headers(nonce))
 
-    def api_error(error: Exception) -> Response:
+    def api_error(self, error: Exception) -> Response:
+        """The JSON error of a poll: 404 for a missing population, else 503."""
+        from starlette.responses import JSONResponse
+
         if isinstance(error, PopulationNotFound):
             return JSONResponse({"error": str(error)}, status_code=404, headers=_headers())
+        board = self.board
         message = f"The storage {board.redacted_url} cannot be read: {board.scrub(str(error))}"
         return JSONResponse({"error": message}, status_code=503, headers=_headers())
 
-    def name_of(request: Request) -> str:
-        name = request.query_params.get("name")
-        if name is None:
-            raise PopulationNotFound("Which population? Add ?name=NAME to the address.")
-        return name
+    def index(self, request: Request) -> Response:
+        """``/``: the populations."""
+        return self.page(self.board.index_page)
 
-    def index(request: Request) -> Response:
-        return page(board.index_page)
+    def population(self, request: Request) -> Response:
+        """``/population?name=NAME``: one population."""
+        return self.page(lambda nonce: self.board.population_page(_name_of(request), nonce))
 
-    def population(request: Request) -> Response:
-        return page(lambda nonce: board.population_page(name_of(request), nonce))
+    def api_populations(self, request: Request) -> Response:
+        """``/api/populations``: the populations' table."""
+        from starlette.responses import JSONResponse
 
-    def api_populations(request: Request) -> Response:
         try:
-            table = board.populations_table()
+            table = self.board.populations_table()
         except (PopulationNotFound, *_UNAVAILABLE) as error:
-            return api_error(error)
+            return self.api_error(error)
         return JSONResponse({"version": "", "html": table}, headers=_headers())
 
-    def api_population(request: Request) -> Response:
+    def api_population(self, request: Request) -> Response:
+        """``/api/population?name=NAME&since=VERSION``: one population's update, 204 while it
+        is still at ``VERSION``."""
+        from starlette.responses import Response
+
         try:
-            update = board.update(name_of(request), request.query_params.get("since"))
+            update = self.board.update(_name_of(request), request.query_params.get("since"))
         except (PopulationNotFound, *_UNAVAILABLE) as error:
-            return api_error(error)
+            return self.api_error(error)
         if update is None:
             return Response(status_code=204, headers=_headers())
         # Encoded and compressed once per version, whoever polls (the gzip middleware lets
@@ -137,25 +185,6 @@ def create_app(
             headers["Content-Encoding"] = "gzip"
             return Response(update.gzipped, media_type="application/json", headers=headers)
         return Response(update.body, media_type="application/json", headers=headers)
-
-    routes = [
-        Route("/", index),
-        Route("/population", population),
-        Route("/api/populations", api_populations),
-        Route("/api/population", api_population),
-    ]
-    middleware = [Middleware(GZipMiddleware, minimum_size=1024, compresslevel=6)]
-    if allowed_hosts is not None:
-        middleware.insert(0, Middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts)))
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        yield
-        board.close()
-
-    app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
-    app.state.dashboard = board
-    return app
 
 
 def _loopback(host: str) -> bool:

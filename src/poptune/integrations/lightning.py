@@ -41,6 +41,7 @@ except ImportError as error:  # pragma: no cover - exercised only without lightn
         "(install torch==2.13.0, the CPU build, first on machines without a GPU)."
     ) from error
 
+from .._validation import invalid
 from ..loop import Context, Interval, LoopError
 from .torch import apply_hparams, load_state, save_state
 
@@ -81,14 +82,12 @@ class PBTCallback(pl.Callback):
         mapping: Mapping[str, str] | None = None,
     ) -> None:
         if not isinstance(metric, str) or not metric:
-            raise ValueError(
-                f"The 'metric' parameter of PBTCallback must be the name of a logged metric, "
-                f"such as 'val_loss'. Got {metric!r}."
+            raise invalid(
+                "metric", "the name of a logged metric, such as 'val_loss'", metric, "PBTCallback"
             )
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-            raise ValueError(
-                f"The 'every' parameter of PBTCallback must be an int >= 1 (validation runs per "
-                f"interval). Got {every!r}."
+            raise invalid(
+                "every", "an int >= 1 (validation runs per interval)", every, "PBTCallback"
             )
         self.ctx = ctx
         self.metric = metric
@@ -101,9 +100,11 @@ class PBTCallback(pl.Callback):
         self._validations = 0
         unknown_static = sorted(self.static - set(ctx.hparams))
         if unknown_static:
-            raise ValueError(
-                f"PBTCallback: static={unknown_static} are not hyperparameters of this run; it "
-                f"has {sorted(ctx.hparams)}."
+            raise invalid(
+                "static",
+                f"names of hyperparameters of this run ({sorted(ctx.hparams)})",
+                unknown_static,
+                "PBTCallback",
             )
 
     @property

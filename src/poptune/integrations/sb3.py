@@ -57,6 +57,7 @@ except ImportError as error:  # pragma: no cover - exercised only without stable
         "'poptune[sb3]' (install torch==2.13.0, the CPU build, first on machines without a GPU)."
     ) from error
 
+from .._validation import check_int, invalid
 from ..loop import Context, Interval, LoopError
 from .torch import _detached
 
@@ -117,7 +118,7 @@ def tunable(model: BaseAlgorithm) -> tuple[str, ...]:
     Raises:
         TypeError: if ``model`` is not an on- or off-policy Stable-Baselines3 algorithm.
     """
-    _check_model(model)
+    _check_model(model, "tunable")
     names = list(_ALL)
     names += _ON_POLICY if isinstance(model, OnPolicyAlgorithm) else _OFF_POLICY
     for kind, own in _OWN:
@@ -378,20 +379,27 @@ def learn(
             while the agent learns (the message lists those that can), or ``eval_env`` lacks
             the ``VecNormalize`` wrapper the training environment has.
     """
-    _check_model(model)
-    _check_count("interval_timesteps", interval_timesteps)
-    _check_count("eval_episodes", eval_episodes)
+    _check_model(model, "learn")
+    check_int("interval_timesteps", interval_timesteps, 1, owner="learn")
+    check_int("eval_episodes", eval_episodes, 1, owner="learn")
     if isinstance(model, DQN) and total_timesteps is None:
-        raise ValueError(
-            "learn: DQN anneals its exploration rate over the budget, so pass total_timesteps = "
-            "the run's intervals x interval_timesteps."
+        raise invalid(
+            "total_timesteps",
+            "an int >= 1 for DQN",
+            total_timesteps,
+            "learn",
+            hint="DQN anneals its exploration rate over the budget, so pass total_timesteps = "
+            "the run's intervals x interval_timesteps.",
         )
     if total_timesteps is not None:
-        _check_count("total_timesteps", total_timesteps)
+        check_int("total_timesteps", total_timesteps, 1, owner="learn")
         if total_timesteps % interval_timesteps:
-            raise ValueError(
-                f"learn: total_timesteps={total_timesteps} is not a multiple of "
-                f"interval_timesteps={interval_timesteps}; pass intervals x interval_timesteps."
+            raise invalid(
+                "total_timesteps",
+                f"a multiple of interval_timesteps={interval_timesteps}",
+                total_timesteps,
+                "learn",
+                hint="Pass intervals x interval_timesteps.",
             )
     pbt = PBTCallback(
         ctx, interval_timesteps, eval_env, eval_episodes, deterministic, total_timesteps, static
@@ -435,8 +443,8 @@ def check(
         )
     unknown = sorted(static - set(hparams))
     if unknown:
-        raise ValueError(
-            f"static={unknown} are not hyperparameters of this run; it has {sorted(hparams)}."
+        raise invalid(
+            "static", f"names of hyperparameters of this run ({sorted(hparams)})", unknown, "check"
         )
     n_envs = model.n_envs
     if isinstance(model, OnPolicyAlgorithm):
@@ -477,19 +485,17 @@ def check(
             _value(name, hparams[name], model)
 
 
-def _check_model(model: Any) -> None:
+def _check_model(model: Any, owner: str) -> None:
     if not isinstance(model, OnPolicyAlgorithm | OffPolicyAlgorithm):
-        raise TypeError(
-            f"poptune's SB3 integration trains a Stable-Baselines3 algorithm (PPO, A2C, DQN, "
-            f"SAC, TD3, or a subclass of OnPolicyAlgorithm/OffPolicyAlgorithm); got "
-            f"{type(model).__module__}.{type(model).__qualname__}. Build the agent first, e.g. "
-            "PPO('MlpPolicy', env)."
+        raise invalid(
+            "model",
+            "a Stable-Baselines3 algorithm (PPO, A2C, DQN, SAC, TD3, or a subclass of "
+            "OnPolicyAlgorithm/OffPolicyAlgorithm), which poptune's SB3 integration trains",
+            model,
+            owner,
+            hint=f"It is a {type(model).__module__}.{type(model).__qualname__}. Build the agent "
+            "first, e.g. PPO('MlpPolicy', env).",
         )
-
-
-def _check_count(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"learn: {name!r} must be an int >= 1. Got {value!r}.")
 
 
 def _value(name: str, value: Any, model: BaseAlgorithm) -> Any:

@@ -32,6 +32,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from .._validation import invalid
+
 try:
     import torch
 except ImportError as error:  # pragma: no cover - exercised only without torch
@@ -154,24 +156,33 @@ def apply_hparams(
     optimizer_name = type(optimizer).__name__
     wrong_targets = {k: v for k, v in mapping.items() if v not in settings}
     if wrong_targets:
-        raise ValueError(
-            f"apply_hparams: mapping={wrong_targets} names settings that {optimizer_name} does "
-            f"not have; its settings are {sorted(settings)}."
+        raise invalid(
+            "mapping",
+            f"a dict of hparam -> a setting of {optimizer_name} ({sorted(settings)})",
+            wrong_targets,
+            "apply_hparams",
         )
     if names is not None:
         keys = [names] if isinstance(names, str) else list(names)
         unknown = [k for k in keys if mapping.get(k, k) not in settings]
         if unknown:
-            raise ValueError(
-                f"apply_hparams: {unknown} are not settings of {optimizer_name}; its settings are "
+            raise invalid(
+                "names",
+                f"settings of {optimizer_name}, or hparams that mapping= renames to them",
+                unknown,
+                "apply_hparams",
+                hint=f"{unknown} are not settings of {optimizer_name}; its settings are "
                 f"{sorted(settings)}. Rename them with mapping=, e.g. "
-                f"mapping={{{unknown[0]!r}: 'lr'}}."
+                f"mapping={{{unknown[0]!r}: 'lr'}}.",
             )
         missing = [k for k in keys if k not in hparams]
         if missing:
-            raise ValueError(
-                f"apply_hparams: hparams lack {missing}; they have {sorted(hparams)}. Pass only "
-                "names the search space defines."
+            raise invalid(
+                "names",
+                f"names of the hparams ({sorted(hparams)})",
+                missing,
+                "apply_hparams",
+                hint=f"The hparams lack {missing}: pass only names the search space defines.",
             )
     else:
         keys = [k for k in hparams if mapping.get(k, k) in settings]
@@ -179,9 +190,13 @@ def apply_hparams(
     for key in keys:
         setting = mapping.get(key, key)
         if setting in sources:
-            raise ValueError(
-                f"apply_hparams: both hparams {sources[setting]!r} and {key!r} set {setting!r}; "
-                "keep one of them, or restrict with names=."
+            raise invalid(
+                "mapping",
+                "a map that leaves one hparam per optimizer setting",
+                mapping,
+                "apply_hparams",
+                hint=f"Here both hparams {sources[setting]!r} and {key!r} set {setting!r}; keep "
+                "one of them, or restrict with names=.",
             )
         sources[setting] = key
     # Check every value before setting any, so a refused one leaves the optimizer untouched.

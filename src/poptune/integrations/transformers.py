@@ -57,6 +57,7 @@ except ImportError as error:  # pragma: no cover - exercised only without transf
         "without a GPU)."
     ) from error
 
+from .._validation import invalid
 from ..loop import Context, Interval
 from ..population import run as _run
 from ..results import Result
@@ -109,9 +110,8 @@ class PBTCallback(TrainerCallback):
         self, ctx: Context, trainer: Trainer, metric: str, *, static: Iterable[str] = ()
     ) -> None:
         if not isinstance(metric, str) or not metric:
-            raise ValueError(
-                f"PBTCallback: 'metric' must be a non-empty string such as 'eval_accuracy'. Got "
-                f"{metric!r}."
+            raise invalid(
+                "metric", "a non-empty string such as 'eval_accuracy'", metric, "PBTCallback"
             )
         self.ctx = ctx
         self.trainer = trainer

@@ -35,6 +35,12 @@ Contract (every implementation must keep it):
   :class:`PopulationNotFound` from ``population_by_id``) and stops.
 
 Methods may be called from any thread, but one claim is used by one worker at a time.
+
+A backend implements the abstract methods of :class:`Storage` (its primitives). The other
+queries have defaults built on them: each default makes one call to one primitive, so it is
+one transaction too, and answers as the contract says, but it reads more than it answers (a
+whole step to find one peer, every checkpoint to find one). A backend overrides a default for
+speed only, never to answer differently: the contract suite runs the defaults as well.
 """
 
 from __future__ import annotations
@@ -46,9 +52,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .._redact import redact_url
 from .._text import printable
 from ..errors import LeaseLost, PopulationBusy, PopulationExists, PopulationNotFound, StorageError
 from ..records import (
+    Candidate,
     CheckpointRef,
     ExploitEvent,
     FailureRecord,
@@ -59,6 +67,8 @@ from ..records import (
     PeerCounts,
     PopulationRecord,
     PopulationStatus,
+    count_peers,
+    rank_key,
 )
 
 __all__ = [
@@ -127,7 +137,7 @@ def best_kept(
     then the earlier step): what :attr:`Summary.best_member` shows, the same weights
     ``result.best`` loads."""
     finite = [(m, s, x) for m, s, x in kept if x is not None and math.isfinite(x)]
-    return max(finite, key=lambda item: (mode.fitness(item[2]), -item[0], -item[1]), default=None)
+    return min(finite, key=lambda i: (*rank_key(mode.fitness(i[2]), i[0]), i[1]), default=None)
 
 
 @dataclass(frozen=True)
@@ -170,7 +180,10 @@ class Storage(ABC):
 
     An implementation subclasses this and implements every abstract method, keeping the
     contract above: :class:`~poptune.storage.SQLStorage` (SQLite, PostgreSQL) and
-    :class:`poptune.testing.MemoryStorage` (one process, for tests). ``tests/storage`` is the
+    :class:`poptune.testing.MemoryStorage` (one process, for tests). The derived queries at the
+    end of the class (``population``, ``interval``, ``checkpoint``, ``scores_since``,
+    ``best_by_step``, ``candidate_scores``, ``peer``, ``peer_counts``, ``peer_at``, ``close``)
+    have defaults built on the abstract ones; override them for speed. ``tests/storage`` is the
     contract suite: a new backend runs it by adding one parameter to the ``storage`` fixture.
     """
 
@@ -210,10 +223,6 @@ class Storage(ABC):
 
         With ``check_only``, only the check is made: nothing is deleted, and ``[]`` returned.
         """
-
-    @abstractmethod
-    def population(self, name: str) -> PopulationRecord:
-        """Read a population by name. Raises :class:`PopulationNotFound`."""
 
     @abstractmethod
     def populations(self) -> list[PopulationRecord]:
@@ -342,55 +351,9 @@ class Storage(ABC):
         reads a window of the population's history."""
 
     @abstractmethod
-    def interval(self, population_id: int, member: int, step: int) -> IntervalRecord | None:
-        """The interval ``member`` recorded at ``step``, if any."""
-
-    @abstractmethod
-    def scores_since(
-        self, population_id: int, step: int, member: int | None = None
-    ) -> list[tuple[int, int, float | None]]:
-        """(member, step, score) of every interval after ``step`` (of ``member`` alone, if
-        given), by member then step."""
-
-    @abstractmethod
-    def best_by_step(self, population_id: int, mode: Mode) -> list[tuple[int, float]]:
-        """(step, best finite score recorded at that step), by step."""
-
-    @abstractmethod
     def candidates(self, population_id: int, step: int | None = None) -> list[IntervalRecord]:
         """The intervals exploit may copy: each healthy member's latest checkpointed interval,
         or, with ``step``, each healthy member's interval at exactly that step."""
-
-    @abstractmethod
-    def candidate_scores(
-        self, population_id: int, step: int | None = None
-    ) -> list[tuple[int, int, float | None]]:
-        """``(member, step, score)`` of what :meth:`candidates` returns, by member: what an
-        exploit strategy ranks, without decoding any hparams or metrics (the worker reads the
-        chosen donor's hparams with :meth:`interval`)."""
-
-    @abstractmethod
-    def peer(
-        self, population_id: int, step: int, member: int
-    ) -> tuple[int, int, float | None] | None:
-        """``(member, step, score)`` if ``member`` is a candidate at ``step`` (healthy, with its
-        interval and checkpoint there), else ``None``."""
-
-    @abstractmethod
-    def peer_counts(
-        self, population_id: int, step: int, mode: Mode, member: int, fitness: float
-    ) -> PeerCounts:
-        """Where a member ``member`` with ``fitness`` stands among the candidates at ``step``
-        (see :class:`~poptune.records.PeerCounts`), counted without reading the candidates:
-        what an exploit strategy asks through :class:`~poptune.peers.StoredPeers`."""
-
-    @abstractmethod
-    def peer_at(
-        self, population_id: int, step: int, index: int, mode: Mode | None = None
-    ) -> tuple[int, int, float | None] | None:
-        """``(member, step, score)`` of the ``index``-th candidate at ``step`` by member id, or,
-        with ``mode``, the ``index``-th best (higher fitness first, ties by lower member id,
-        non-finite scores last); ``None`` past the last."""
 
     @abstractmethod
     def exploits(self, population_id: int) -> list[ExploitEvent]:
@@ -399,10 +362,6 @@ class Storage(ABC):
     @abstractmethod
     def failures(self, population_id: int) -> list[FailureRecord]:
         """Every recorded failure of user code, oldest first."""
-
-    @abstractmethod
-    def checkpoint(self, population_id: int, member: int, step: int) -> CheckpointRef | None:
-        """The committed checkpoint of ``member`` at ``step``, if it still exists."""
 
     @abstractmethod
     def discard_checkpoint(self, population_id: int, ref: CheckpointRef) -> None:
@@ -423,6 +382,121 @@ class Storage(ABC):
     def summary(self, population_id: int, budget: int, mode: Mode) -> Summary:
         """Counts for progress displays."""
 
-    @abstractmethod
+    # --- derived queries: defaults built on the abstract methods, each one call to one of
+    # them (so one transaction). Override for speed only: the answers must stay the same.
+
+    def population(self, name: str) -> PopulationRecord:
+        """Read a population by name. Raises :class:`PopulationNotFound`.
+
+        The default scans :meth:`populations`; override for speed (an indexed lookup).
+        """
+        known = self.populations()
+        for record in known:
+            if record.name == name:
+                return record
+        raise not_found(name, redact_url(self.url), [p.name for p in known])
+
+    def interval(self, population_id: int, member: int, step: int) -> IntervalRecord | None:
+        """The interval ``member`` recorded at ``step``, if any.
+
+        The default reads every member's interval at ``step`` (:meth:`intervals`); override for
+        speed (one row).
+        """
+        found = self.intervals(population_id, after_step=step - 1, until_step=step)
+        return next((i for i in found if i.member == member), None)
+
+    def checkpoint(self, population_id: int, member: int, step: int) -> CheckpointRef | None:
+        """The committed checkpoint of ``member`` at ``step``, if it still exists.
+
+        The default reads every checkpoint (:meth:`checkpoints`); override for speed (one row).
+        """
+        found = self.checkpoints(population_id)
+        return next((r for r in found if (r.member, r.step) == (member, step)), None)
+
+    def scores_since(
+        self, population_id: int, step: int, member: int | None = None
+    ) -> list[tuple[int, int, float | None]]:
+        """(member, step, score) of every interval after ``step`` (of ``member`` alone, if
+        given), by member then step.
+
+        The default reads whole intervals (:meth:`intervals`); override for speed (three
+        columns, of one member when asked).
+        """
+        return [
+            (i.member, i.step, i.score)
+            for i in self.intervals(population_id, after_step=step)
+            if member is None or i.member == member
+        ]
+
+    def best_by_step(self, population_id: int, mode: Mode) -> list[tuple[int, float]]:
+        """(step, best finite score recorded at that step), by step.
+
+        The default reads every score (:meth:`scores_since`); override for speed (a row per
+        step, kept as intervals are recorded).
+        """
+        best: dict[int, float] = {}
+        for _, step, score in self.scores_since(population_id, 0):
+            if score is not None and math.isfinite(score):
+                kept = best.get(step, score)
+                best[step] = score if mode.fitness(score) > mode.fitness(kept) else kept
+        return sorted(best.items())
+
+    def candidate_scores(
+        self, population_id: int, step: int | None = None
+    ) -> list[tuple[int, int, float | None]]:
+        """``(member, step, score)`` of what :meth:`candidates` returns, by member: what an
+        exploit strategy ranks, without decoding any hparams or metrics (the worker reads the
+        chosen donor's hparams with :meth:`interval`).
+
+        The default reads whole candidates (:meth:`candidates`); override for speed.
+        """
+        return [(i.member, i.step, i.score) for i in self.candidates(population_id, step)]
+
+    def peer(
+        self, population_id: int, step: int, member: int
+    ) -> tuple[int, int, float | None] | None:
+        """``(member, step, score)`` if ``member`` is a candidate at ``step`` (healthy, with its
+        interval and checkpoint there), else ``None``.
+
+        The default reads every candidate at ``step``; override for speed (one row).
+        """
+        rows = self.candidate_scores(population_id, step)
+        return next((row for row in rows if row[0] == member), None)
+
+    def peer_counts(
+        self, population_id: int, step: int, mode: Mode, member: int, fitness: float
+    ) -> PeerCounts:
+        """Where a member ``member`` with ``fitness`` stands among the candidates at ``step``
+        (see :class:`~poptune.records.PeerCounts`): what an exploit strategy asks through
+        :class:`~poptune.peers.StoredPeers`.
+
+        The default reads every candidate at ``step`` and counts them with
+        :func:`~poptune.records.count_peers`; override for speed (one count, no row read).
+        """
+        rows = self.candidate_scores(population_id, step)
+        return count_peers((_candidate(row, mode) for row in rows), member, fitness)
+
+    def peer_at(
+        self, population_id: int, step: int, index: int, mode: Mode | None = None
+    ) -> tuple[int, int, float | None] | None:
+        """``(member, step, score)`` of the ``index``-th candidate at ``step`` by member id, or,
+        with ``mode``, the ``index``-th best (by :func:`~poptune.records.rank_key`: higher
+        fitness first, ties by lower member id, non-finite scores last); ``None`` past the last.
+
+        The default reads (and, with ``mode``, sorts) every candidate at ``step``; override for
+        speed (one row).
+        """
+        rows = self.candidate_scores(population_id, step)
+        if mode is not None:
+            rows = sorted(rows, key=lambda row: rank_key(mode.fitness(row[2]), row[0]))
+        return rows[index] if 0 <= index < len(rows) else None
+
     def close(self) -> None:
-        """Release connections."""
+        """Release connections. The default has none to release."""
+        return None  # not abstract: a storage without connections has nothing to do
+
+
+def _candidate(row: tuple[int, int, float | None], mode: Mode) -> Candidate:
+    """A ``(member, step, score)`` row as the candidate a strategy ranks."""
+    member, step, score = row
+    return Candidate(member, step, score, mode.fitness(score))

@@ -20,9 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any, NoReturn
 
-from ..peers import count_peers
 from ..records import (
-    Candidate,
     CheckpointRef,
     ExploitEvent,
     FailureRecord,
@@ -30,9 +28,9 @@ from ..records import (
     MemberRecord,
     MemberStatus,
     Mode,
-    PeerCounts,
     PopulationRecord,
     PopulationStatus,
+    rank_key,
 )
 from ._base import (
     Claim,
@@ -44,7 +42,6 @@ from ._base import (
     Summary,
     best_kept,
     check_idle,
-    not_found,
 )
 
 __all__ = ["MEMORY_URL", "MemoryStorage"]
@@ -251,15 +248,6 @@ class MemoryStorage(Storage):
         if population is None:
             return []
         return sorted(population.checkpoints.values(), key=lambda r: (r.member, r.step))
-
-    def population(self, name: str) -> PopulationRecord:
-        """The population called ``name``."""
-        with self._transaction():
-            for population in self._populations.values():
-                if population.record.name == name:
-                    return replace(population.record, config=_json(population.record.config))
-            known = [p.record.name for p in self._populations.values()]
-        raise not_found(name, self.url, known)
 
     def populations(self) -> list[PopulationRecord]:
         """Every population, oldest first."""
@@ -532,7 +520,8 @@ class MemoryStorage(Storage):
         self, population_id: int, step: int, member: int | None = None
     ) -> list[tuple[int, int, float | None]]:
         """(member, step, score) of every interval after ``step`` (of ``member`` alone, if
-        given), by member then step."""
+        given), by member then step: read in place, without the copies :meth:`intervals` makes
+        (stop criteria read every score after every interval)."""
         with self._transaction():
             rows = sorted(self._get(population_id).intervals.items())
             return [
@@ -540,22 +529,6 @@ class MemoryStorage(Storage):
                 for (m, s), row in rows
                 if s > step and (member is None or m == member)
             ]
-
-    def best_by_step(self, population_id: int, mode: Mode) -> list[tuple[int, float]]:
-        """(step, best finite score recorded at that step), by step."""
-        best: dict[int, float] = {}
-        pick = max if mode is Mode.MAX else min
-        with self._transaction():
-            for (_, step), row in self._get(population_id).intervals.items():
-                if row.score is not None and math.isfinite(row.score):
-                    best[step] = pick(best.get(step, row.score), row.score)
-        return sorted(best.items())
-
-    def candidate_scores(
-        self, population_id: int, step: int | None = None
-    ) -> list[tuple[int, int, float | None]]:
-        """``(member, step, score)`` of :meth:`candidates`."""
-        return [(i.member, i.step, i.score) for i in self.candidates(population_id, step)]
 
     def candidates(self, population_id: int, step: int | None = None) -> list[IntervalRecord]:
         """Latest (or exactly ``step``) checkpointed interval of every healthy member."""
@@ -569,36 +542,6 @@ class MemoryStorage(Storage):
                 if key in population.intervals and key in population.checkpoints:
                     found.append(copy.deepcopy(population.intervals[key]))
             return found
-
-    def peer(
-        self, population_id: int, step: int, member: int
-    ) -> tuple[int, int, float | None] | None:
-        """``(member, step, score)`` if ``member`` is a candidate at ``step``, else ``None``."""
-        return next((r for r in self.candidate_scores(population_id, step) if r[0] == member), None)
-
-    def peer_counts(
-        self, population_id: int, step: int, mode: Mode, member: int, fitness: float
-    ) -> PeerCounts:
-        """Where a member ``member`` with ``fitness`` stands among the candidates at ``step``."""
-        return count_peers(self._peers(population_id, step, mode), member, fitness)
-
-    def peer_at(
-        self, population_id: int, step: int, index: int, mode: Mode | None = None
-    ) -> tuple[int, int, float | None] | None:
-        """The ``index``-th candidate at ``step`` by member id (with ``mode``: the ``index``-th
-        best), or ``None``."""
-        peers = self._peers(population_id, step, mode or Mode.MAX)
-        if mode is not None:
-            peers.sort(key=lambda c: (-c.fitness, c.member))
-        if not 0 <= index < len(peers):
-            return None
-        return (peers[index].member, peers[index].step, peers[index].score)
-
-    def _peers(self, population_id: int, step: int, mode: Mode) -> list[Candidate]:
-        return [
-            Candidate(m, s, score, mode.fitness(score))
-            for m, s, score in self.candidate_scores(population_id, step)
-        ]
 
     def exploits(self, population_id: int) -> list[ExploitEvent]:
         """Every exploit event in recording order."""
@@ -648,8 +591,10 @@ class MemoryStorage(Storage):
         kept = [(key, score) for key, score in scored if score is not None and math.isfinite(score)]
         if kept:
             # The best finite score, ties to the lowest (member, step), as SQL orders them.
-            sign = -1.0 if mode is Mode.MAX else 1.0
-            keep.add(min(kept, key=lambda item: (sign * item[1], item[0]))[0])
+            best = min(
+                kept, key=lambda item: (*rank_key(mode.fitness(item[1]), item[0][0]), item[0][1])
+            )
+            keep.add(best[0])
         doomed = [key for key in old if key not in keep]
         return [population.checkpoints.pop(key) for key in doomed]
 
@@ -679,6 +624,3 @@ class MemoryStorage(Storage):
                 best_step=None if best is None else best[1],
                 status=population.record.status,
             )
-
-    def close(self) -> None:
-        """Nothing to release: the data stays until the object is gone."""

@@ -271,6 +271,168 @@ def _rewrite_legacy_steps(connection: Connection) -> int:
     return 5
 
 
+_Key = tuple[int, int]  # (member, step in the old meaning) of a legacy interval
+
+
+class _NewSteps:
+    """The new step of each legacy interval (the intervals behind its weights): 1 + its
+    origin's, 1 behind no origin; computed once per interval, along chains of origins."""
+
+    def __init__(self, origins: dict[_Key, tuple[Any, Any]]) -> None:
+        self.origins = origins
+        self.behind: dict[_Key, int] = {}
+
+    def __call__(self, key: _Key) -> int:
+        """The new step of the interval ``key``; :class:`_NotExact` if a link is missing."""
+        chain: list[_Key] = []
+        at: _Key | None = key
+        while at is not None and at not in self.behind:
+            if at not in self.origins or at in chain:
+                raise _NotExact(
+                    f"interval (member {at[0]}, step {at[1]}) is referenced but not recorded"
+                )
+            chain.append(at)
+            origin = self.origins[at]
+            at = None if origin[0] is None else (origin[0], origin[1])
+        for later in reversed(chain):
+            origin = self.origins[later]
+            before = 0 if origin[0] is None else self.behind[(origin[0], origin[1])]
+            self.behind[later] = 1 + before
+        return self.behind[key]
+
+    def check_each_trained_once(self) -> None:
+        """:class:`_NotExact` if two intervals of a member would start from weights as old."""
+        for key in self.origins:
+            self(key)
+        seen: dict[_Key, int] = {}
+        for (member, old), new in sorted(self.behind.items()):
+            if (member, new) in seen:
+                raise _NotExact(
+                    f"member {member} trained twice from weights {new - 1} intervals old (its "
+                    f"intervals {seen[(member, new)]} and {old}): it copied weights that had "
+                    "trained less than its own"
+                )
+            seen[(member, new)] = old
+
+    def held(self, member: int, old_step: int, donors: list[_Key]) -> int:
+        """Intervals behind the weights ``member`` held at ``old_step``: the last copy's since
+        its interval at that step, else that interval's."""
+        if donors:
+            return self(donors[-1])
+        return 0 if old_step == 0 else self((member, old_step))
+
+
+_Copies = dict[_Key, list[tuple[float, int, _Key]]]  # (member, old step) -> (time, id, donor)
+
+
+def _exploit_updates(rows: list[Any], steps: _NewSteps) -> tuple[list[dict[str, Any]], _Copies]:
+    """The new steps of the exploits (in recording order: what each member held when each
+    happened), and the copies each member made at each old step."""
+    copies: _Copies = {}
+    updates = []
+    for row in rows:
+        donor = (row.donor_id, row.donor_step)
+        earlier = [d for _, _, d in copies.get((row.member_id, row.step), [])]
+        updates.append(
+            {
+                "x_id": row.id,
+                "x_step": steps.held(row.member_id, row.step, earlier),
+                "x_donor_step": steps(donor),
+            }
+        )
+        copies.setdefault((row.member_id, row.step), []).append((row.time, row.id, donor))
+    return updates, copies
+
+
+def _failure_updates(rows: list[Any], copies: _Copies, steps: _NewSteps) -> list[dict[str, Any]]:
+    """The new steps of the failures."""
+    updates = []
+    for row in rows:
+        # A failure of interval s + 1 happened while the member held its weights of step s,
+        # or those of the copies recorded before it (a re-seed is recorded after its failure).
+        earlier = [d for t, _, d in copies.get((row.member_id, row.step - 1), []) if t < row.time]
+        updates.append(
+            {"x_id": row.id, "x_step": steps.held(row.member_id, row.step - 1, earlier) + 1}
+        )
+    return updates
+
+
+def _member_updates(
+    rows: list[Any], scores: dict[_Key, Any], steps: _NewSteps, budget: int
+) -> list[dict[str, Any]]:
+    """The members' new steps, scores, restore points and statuses: those of the weights
+    they hold."""
+    updates = []
+    for row in rows:
+        restore = None if row.restore_member is None else (row.restore_member, row.restore_step)
+        step = 0 if restore is None else steps(restore)
+        status = row.status
+        if status == "idle" and step >= budget:
+            status = "done"  # its weights trained the budget: nothing is left to train
+        updates.append(
+            {
+                "x_mid": row.member_id,
+                "x_step": step,
+                "x_score": None if restore is None else scores[restore],
+                "x_rs": None if restore is None else steps(restore),
+                "x_status": status,
+            }
+        )
+    return updates
+
+
+def _move_rows(
+    connection: Connection, population_id: int, steps: _NewSteps, moves: Sequence[Any]
+) -> None:
+    """Write the (table, rows, columns) keyed by step again at their new steps. Deleted and
+    inserted again so that no intermediate state collides on the primary key."""
+
+    def moved(row: Any, columns: Sequence[str]) -> dict[str, Any]:
+        values = dict(zip(columns, row, strict=True))
+        values["step"] = steps((row.member_id, row.step))
+        if values.get("origin_member") is not None:
+            values["origin_step"] = steps((row.origin_member, row.origin_step))
+        return values
+
+    for table, rows, columns in moves:
+        connection.execute(table.delete().where(table.c.population_id == population_id))
+        if rows:
+            connection.execute(table.insert(), [moved(row, columns) for row in rows])
+
+
+def _write_updates(
+    connection: Connection,
+    population_id: int,
+    exploits: list[dict[str, Any]],
+    failures: list[dict[str, Any]],
+    members: list[dict[str, Any]],
+) -> None:
+    """Write the new steps of the exploits, failures and members."""
+    b = sa.bindparam
+    if exploits:
+        connection.execute(
+            _V4_EXPLOITS.update()
+            .where(_V4_EXPLOITS.c.id == b("x_id"))
+            .values(step=b("x_step"), donor_step=b("x_donor_step")),
+            exploits,
+        )
+    if failures:
+        connection.execute(
+            _V4_FAILURES.update().where(_V4_FAILURES.c.id == b("x_id")).values(step=b("x_step")),
+            failures,
+        )
+    m = _V4_MEMBERS
+    if members:
+        connection.execute(
+            m.update()
+            .where(m.c.population_id == population_id, m.c.member_id == b("x_mid"))
+            .values(
+                step=b("x_step"), score=b("x_score"), restore_step=b("x_rs"), status=b("x_status")
+            ),
+            members,
+        )
+
+
 def _rewrite_population(connection: Connection, population_id: int, budget: int) -> None:
     """Rewrite one legacy population's steps in place, or raise :class:`_NotExact` having
     changed nothing."""
@@ -280,128 +442,28 @@ def _rewrite_population(connection: Connection, population_id: int, budget: int)
         return list(connection.execute(query.order_by(*order)).all())
 
     interval_rows = select(_V4_INTERVALS, _V4_INTERVALS.c.member_id, _V4_INTERVALS.c.step)
-    origins = {(r.member_id, r.step): (r.origin_member, r.origin_step) for r in interval_rows}
-    behind: dict[tuple[int, int], int] = {}  # (member, old step) -> intervals behind its weights
-
-    def steps(key: tuple[int, int]) -> int:
-        """The new step of the interval ``key`` (old meaning): 1 + its origin's."""
-        chain: list[tuple[int, int]] = []
-        at: tuple[int, int] | None = key
-        while at is not None and at not in behind:
-            if at not in origins or at in chain:
-                raise _NotExact(
-                    f"interval (member {at[0]}, step {at[1]}) is referenced but not recorded"
-                )
-            chain.append(at)
-            origin = origins[at]
-            at = None if origin[0] is None else (origin[0], origin[1])
-        for later in reversed(chain):
-            origin = origins[later]
-            behind[later] = 1 + (0 if origin[0] is None else behind[(origin[0], origin[1])])
-        return behind[key]
-
-    for key in origins:
-        steps(key)
-    seen: dict[tuple[int, int], int] = {}
-    for (member, old), new in sorted(behind.items()):
-        if (member, new) in seen:
-            raise _NotExact(
-                f"member {member} trained twice from weights {new - 1} intervals old (its "
-                f"intervals {seen[(member, new)]} and {old}): it copied weights that had "
-                "trained less than its own"
-            )
-        seen[(member, new)] = old
-
-    def held(member: int, old_step: int, donors: list[tuple[int, int]]) -> int:
-        """Intervals behind the weights ``member`` held at ``old_step``: the last copy's since
-        its interval at that step, else that interval's."""
-        if donors:
-            return steps(donors[-1])
-        return 0 if old_step == 0 else steps((member, old_step))
-
-    # Exploits and failures, in recording order: what each member held when each happened.
-    exploit_rows = select(_V4_EXPLOITS, _V4_EXPLOITS.c.id)
-    copies: dict[tuple[int, int], list[tuple[float, int, tuple[int, int]]]] = {}
-    exploit_updates = []
-    for row in exploit_rows:
-        donor = (row.donor_id, row.donor_step)
-        earlier = [d for _, _, d in copies.get((row.member_id, row.step), [])]
-        exploit_updates.append(
-            {
-                "x_id": row.id,
-                "x_step": held(row.member_id, row.step, earlier),
-                "x_donor_step": steps(donor),
-            }
-        )
-        copies.setdefault((row.member_id, row.step), []).append((row.time, row.id, donor))
-    failure_updates = []
-    for row in select(_V4_FAILURES, _V4_FAILURES.c.id):
-        # A failure of interval s + 1 happened while the member held its weights of step s,
-        # or those of the copies recorded before it (a re-seed is recorded after its failure).
-        earlier = [d for t, _, d in copies.get((row.member_id, row.step - 1), []) if t < row.time]
-        failure_updates.append(
-            {"x_id": row.id, "x_step": held(row.member_id, row.step - 1, earlier) + 1}
-        )
+    steps = _NewSteps(
+        {(r.member_id, r.step): (r.origin_member, r.origin_step) for r in interval_rows}
+    )
+    steps.check_each_trained_once()
+    exploits, copies = _exploit_updates(select(_V4_EXPLOITS, _V4_EXPLOITS.c.id), steps)
+    failures = _failure_updates(select(_V4_FAILURES, _V4_FAILURES.c.id), copies, steps)
     scores = {(r.member_id, r.step): r.score for r in interval_rows}
-    member_updates = []
-    for row in select(_V4_MEMBERS, _V4_MEMBERS.c.member_id):
-        restore = None if row.restore_member is None else (row.restore_member, row.restore_step)
-        step = 0 if restore is None else steps(restore)
-        status = row.status
-        if status == "idle" and step >= budget:
-            status = "done"  # its weights trained the budget: nothing is left to train
-        member_updates.append(
-            {
-                "x_mid": row.member_id,
-                "x_step": step,
-                "x_score": None if restore is None else scores[restore],
-                "x_rs": None if restore is None else steps(restore),
-                "x_status": status,
-            }
-        )
+    members = _member_updates(select(_V4_MEMBERS, _V4_MEMBERS.c.member_id), scores, steps, budget)
     checkpoint_rows = select(_V4_CHECKPOINTS)
     for row in checkpoint_rows:
         steps((row.member_id, row.step))  # every checkpoint belongs to a recorded interval
-
-    # Everything is known and exact: write. (Rows keyed by step are deleted and inserted again
-    # so that no intermediate state collides on the primary key.)
-    def moved(row: Any, columns: Sequence[str]) -> dict[str, Any]:
-        values = dict(zip(columns, row, strict=True))
-        values["step"] = steps((row.member_id, row.step))
-        if values.get("origin_member") is not None:
-            values["origin_step"] = steps((row.origin_member, row.origin_step))
-        return values
-
-    for table, rows, columns in (
-        (_V4_CHECKPOINTS, checkpoint_rows, _CHECKPOINT_COLUMNS),
-        (_V4_INTERVALS, interval_rows, _INTERVAL_COLUMNS),
-    ):
-        connection.execute(table.delete().where(table.c.population_id == population_id))
-        if rows:
-            connection.execute(table.insert(), [moved(row, columns) for row in rows])
-    b = sa.bindparam
-    if exploit_updates:
-        connection.execute(
-            _V4_EXPLOITS.update()
-            .where(_V4_EXPLOITS.c.id == b("x_id"))
-            .values(step=b("x_step"), donor_step=b("x_donor_step")),
-            exploit_updates,
-        )
-    if failure_updates:
-        connection.execute(
-            _V4_FAILURES.update().where(_V4_FAILURES.c.id == b("x_id")).values(step=b("x_step")),
-            failure_updates,
-        )
-    m = _V4_MEMBERS
-    if member_updates:
-        connection.execute(
-            m.update()
-            .where(m.c.population_id == population_id, m.c.member_id == b("x_mid"))
-            .values(
-                step=b("x_step"), score=b("x_score"), restore_step=b("x_rs"), status=b("x_status")
-            ),
-            member_updates,
-        )
+    # Everything is known and exact: write.
+    _move_rows(
+        connection,
+        population_id,
+        steps,
+        [
+            (_V4_CHECKPOINTS, checkpoint_rows, _CHECKPOINT_COLUMNS),
+            (_V4_INTERVALS, interval_rows, _INTERVAL_COLUMNS),
+        ],
+    )
+    _write_updates(connection, population_id, exploits, failures, members)
 
 
 #: schema version -> the function that upgrades a database from it, in place, and returns the

@@ -271,8 +271,14 @@ PEER = _peers(*_SCORE_ROW).where(_c.member_id == _B("mid"))
 PEER_BY_MEMBER = _peers(*_SCORE_ROW).order_by(_c.member_id).limit(1).offset(_B("index"))
 
 
+# The ranking rule, records.rank_key (higher fitness first, ties by the lower member id; a
+# missing or non-finite score is fitness -inf, the worst), written in SQL below for the peers
+# and for the best checkpoint; tests/storage/test_contract.py checks that they agree with it.
+
+
 def _peer_best(mode: Mode) -> Any:
-    """The ``:index``-th best candidate: finite scores first, best first, then by member id."""
+    """The ``:index``-th best candidate by ``rank_key``: finite scores first, best first, then
+    by member id (the non-finite ones, all fitness ``-inf``, by member id alone)."""
     key = sa.case((_FINITE, _c.score), else_=0.0)
     return (
         _peers(*_SCORE_ROW)
@@ -301,7 +307,8 @@ def _peer_counts(above: Any) -> Any:
 
 
 _TIE = sa.and_(_c.score == _B("score"), _c.member_id < _B("mid"))
-#: keyed by the mode, or ``None`` for a member whose fitness is -inf (everyone finite is above)
+#: keyed by the mode, or ``None`` for a member whose fitness is -inf (everyone finite is above);
+#: "above" is ``rank_key(candidate) < rank_key(member)``, as :func:`records.count_peers` counts
 PEER_COUNTS: dict[Mode | None, Any] = {
     Mode.MAX: _peer_counts(sa.and_(_FINITE, sa.or_(_c.score > _B("score"), _TIE))),
     Mode.MIN: _peer_counts(sa.and_(_FINITE, sa.or_(_c.score < _B("score"), _TIE))),
@@ -319,7 +326,8 @@ _GC_DELETE = checkpoints.delete().where(
 
 def _best(order: Any) -> Any:
     # The best *finite* score, as Mode.fitness ranks: an infinity is a diverged run, and
-    # keeping its checkpoint instead would let the best one before the divergence go.
+    # keeping its checkpoint instead would let the best one before the divergence go. Ties as
+    # rank_key breaks them (the lower member), then the earlier step.
     return (
         sa.select(_i.member_id, _i.step)
         .where(_i.population_id == _B("pid"), _i.score.between(-FINITE, FINITE))

@@ -24,26 +24,42 @@ from ..records import Candidate
 if TYPE_CHECKING:
     from ..space import Space
 
-__all__ = ["Exploit", "Explore", "NotRecordable", "Ready", "describe", "rebuild"]
+__all__ = [
+    "DeclaredExploit",
+    "DeclaredExplore",
+    "DeclaredStop",
+    "Exploit",
+    "Explore",
+    "NotRecordable",
+    "Ready",
+    "describe",
+    "rebuild",
+]
 
 
 @runtime_checkable
 class Exploit(Protocol):
-    """Pick a donor for ``member`` among ``population``, or ``None`` to keep training as it is.
+    """Pick a donor for ``member`` among ``peers``, or ``None`` to keep training as it is.
 
-    ``population`` holds the interval every healthy member recorded at ``member.step``
-    (``member`` included), so members are compared at equal training. Only candidates with a
-    complete checkpoint are ever offered, so any returned candidate can be copied. The worker
-    passes a :class:`~poptune.peers.Peers`: a read-only sequence in member-id order that reads
-    everyone only when iterated, and answers ``len``, ``rank``, ``best(k)``, ``finite`` and
-    ``peers[i]`` with a few rows whatever the population's size (the built-in strategies ask
-    only these; ``as_peers(population, member)`` gives the same view of a plain list).
-    Candidates carry their scores, not their hparams (the chosen donor's are read after the
-    choice); a strategy that needs every candidate's hparams sets ``needs_hparams = True``.
+    ``peers`` holds the interval every healthy member recorded at ``member.step`` (``member``
+    included), so members are compared at equal training. Only candidates with a complete
+    checkpoint are ever offered, so any returned candidate can be copied. The worker passes a
+    :class:`~poptune.peers.Peers`: a read-only sequence in member-id order that reads everyone
+    only when iterated, and answers ``len``, ``rank``, ``best(k)``, ``finite`` and ``peers[i]``
+    with a few rows whatever the population's size (the built-in strategies ask only these;
+    ``as_peers(candidates, member)`` gives the same view of a plain list). Candidates carry
+    their scores, not their hparams (the chosen donor's are read after the choice).
+
+    Optional capabilities, declared as attributes (see :class:`DeclaredExploit`; a plain
+    function declares none and gets the default):
+
+    - ``needs_hparams: bool`` (default ``False``): the worker reads every candidate's hparams;
+    - ``history: int`` (default ``0``): each candidate carries its last ``history`` scores in
+      ``Candidate.history`` (as ``pt.TTest`` compares them).
     """
 
     def __call__(
-        self, member: Candidate, population: Sequence[Candidate], rng: np.random.Generator
+        self, member: Candidate, peers: Sequence[Candidate], rng: np.random.Generator
     ) -> Candidate | None: ...
 
 
@@ -51,10 +67,15 @@ class Exploit(Protocol):
 class Explore(Protocol):
     """Return new hyperparameters explored from ``hparams`` (copied from a donor) in ``space``.
 
-    A strategy that learns from the population (e.g. ``PB2``) declares a positive ``window``
-    attribute; the worker then also passes ``data=`` an :class:`~poptune.records.ExploreData`:
-    the copied weights' step and fitness, and the population's intervals of the last
-    ``window`` steps.
+    Optional capabilities, declared as attributes (see :class:`DeclaredExplore`; a plain
+    function declares none and gets the default):
+
+    - ``window: int`` (default ``0``): a strategy that learns from the population (e.g.
+      ``PB2``) declares a positive ``window``; the worker then also passes ``data=`` an
+      :class:`~poptune.records.ExploreData`: the copied weights' step and fitness, and the
+      population's intervals of the last ``window`` steps;
+    - ``check_space(space) -> None`` (default: every space is accepted): raises for a space it
+      cannot explore, called by ``pt.run`` before anything trains.
     """
 
     def __call__(
@@ -67,6 +88,62 @@ class Ready(Protocol):
     """Is ``member`` (its interval ``member.step`` just recorded) due to exploit and explore?"""
 
     def __call__(self, member: Candidate) -> bool: ...
+
+
+class DeclaredExploit(Exploit, Protocol):
+    """An :class:`Exploit` that declares its capabilities, as the built-in ones do (the types
+    for your own class; :mod:`poptune.strategies._capabilities` is the one place they are read)."""
+
+    @property
+    def needs_hparams(self) -> bool:
+        """Whether the worker reads every candidate's hparams, not only the donor's."""
+        ...
+
+    @property
+    def history(self) -> int:
+        """How many recent scores each candidate carries (0: only its latest)."""
+        ...
+
+
+class DeclaredExplore(Explore, Protocol):
+    """An :class:`Explore` that declares its capabilities, as the built-in ones do."""
+
+    @property
+    def window(self) -> int:
+        """How many recent steps of the population's intervals it learns from (0: none)."""
+        ...
+
+    def check_space(self, space: Space) -> None:
+        """Raise for a space it cannot explore (``ValueError``); return otherwise."""
+        ...
+
+
+class DeclaredStop(Protocol):
+    """A stop criterion (``Progress -> reason or None``) that declares the metric it watches
+    (``None``: the optimised one); a plain function watches the optimised metric."""
+
+    @property
+    def metric(self) -> str | None:
+        """The metric it watches, which must be the one the population optimises."""
+        ...
+
+    def __call__(self, progress: Any) -> str | None: ...
+
+
+class Builtin:
+    """Base of the built-in strategies, frozen dataclasses whose fields are their parameters:
+    ``repr``, ``==`` and the recorded description come from the fields."""
+
+    def to_config(self) -> dict[str, Any]:
+        """Parameters to store with the population: the fields that rebuild it, as JSON."""
+        fields = dataclasses.fields(self)  # type: ignore[arg-type]
+        return {f.name: jsonable(getattr(self, f.name)) for f in fields if f.init}
+
+
+def settle(strategy: Any, **values: Any) -> None:
+    """Set validated fields of a frozen dataclass from its ``__post_init__``."""
+    for name, value in values.items():
+        object.__setattr__(strategy, name, value)
 
 
 _REGISTRY: dict[str, type] = {}
@@ -167,8 +244,12 @@ def rebuild(description: Mapping[str, Any] | None, role: str) -> Any:
         return obj
     if kind not in _REGISTRY:
         raise ValueError(f"Unknown {role} strategy type {kind!r} in the stored population.")
-    params = {k: v for k, v in description.items() if k != "type"}
-    return _REGISTRY[kind](**params)
+    cls = _REGISTRY[kind]
+    # A description recorded before a parameter was renamed uses its old name: the same
+    # parameter, so rebuilt without the deprecation warning a user's call gets.
+    new_names: Mapping[str, str] = getattr(cls, "__renamed__", {})
+    params = {new_names.get(k, k): v for k, v in description.items() if k != "type"}
+    return cls(**params)
 
 
 def _parameters(strategy: Any, role: str) -> dict[str, Any]:

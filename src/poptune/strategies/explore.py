@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from numbers import Real
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from .._validation import check_float, invalid, plain
 from ..space import Distribution
 from . import _capabilities as capabilities
-from ._base import describe, rebuild, register
+from ._base import Builtin, describe, rebuild, register, settle
 
 if TYPE_CHECKING:
     from ..space import Space
@@ -24,22 +25,23 @@ def _check_probability(owner: str, name: str, value: float) -> float:
     return check_float(name, value, 0.0, 1.0, owner=owner)
 
 
-def _current(hparams: Mapping[str, Any], space: Space, name: str) -> Any:
+def _current(hparams: Mapping[str, Any], space: Space, name: str, owner: str) -> Any:
+    """The value of ``name`` in ``hparams``, the mapping an explore strategy was called with."""
     if not isinstance(hparams, Mapping):
-        raise TypeError(
-            f"Explore: `hparams` must be a dict of name -> value (got {type(hparams).__name__}: "
-            f"{hparams!r})."
-        )
+        raise invalid("hparams", "a dict of name -> value", hparams, owner)
     if name not in hparams:
-        raise ValueError(
-            f"Explore: the hparams lack {name!r} (got names {list(hparams)}); pass a value for "
-            f"every name of the space {list(space)}."
+        raise invalid(
+            "hparams",
+            f"a dict with a value for every name of the space {list(space)} (it lacks {name!r})",
+            hparams,
+            owner,
         )
     return hparams[name]
 
 
 @register
-class Perturb:
+@dataclass(frozen=True)
+class Perturb(Builtin):
     """Multiply each hyperparameter by a factor drawn from ``factors`` (the paper's 0.8 / 1.2).
 
     Numeric values are clipped to their bounds, integers stay integers, ordered choices move to a
@@ -51,9 +53,12 @@ class Perturb:
         >>> explore = pt.Perturb((0.8, 1.2), resample_probability=0.25)
     """
 
-    def __init__(
-        self, factors: Sequence[float] = (0.8, 1.2), resample_probability: float = 0.0
-    ) -> None:
+    factors: Sequence[float] = (0.8, 1.2)
+    resample_probability: float = 0.0
+    window: ClassVar[int] = 0
+
+    def __post_init__(self) -> None:
+        factors: Any = self.factors
         expected = "a non-empty sequence of positive finite numbers such as (0.8, 1.2)"
         if isinstance(factors, str | bytes) or not isinstance(factors, Sequence) or not factors:
             raise invalid("factors", expected, factors, "Perturb")
@@ -63,9 +68,12 @@ class Perturb:
             for f in numbers
         ):
             raise invalid("factors", expected, factors, "Perturb")
-        self.factors = tuple(float(f) for f in numbers)
-        self.resample_probability = _check_probability(
-            "Perturb", "resample_probability", resample_probability
+        settle(
+            self,
+            factors=tuple(float(f) for f in numbers),
+            resample_probability=_check_probability(
+                "Perturb", "resample_probability", self.resample_probability
+            ),
         )
 
     def __call__(
@@ -93,22 +101,13 @@ class Perturb:
                 result[name] = value.sample(rng)
             else:
                 factor = self.factors[int(rng.integers(len(self.factors)))]
-                result[name] = value.perturb(_current(hparams, space, name), factor, rng)
+                result[name] = value.perturb(_current(hparams, space, name, "Perturb"), factor, rng)
         return result
-
-    def to_config(self) -> dict[str, Any]:
-        """Parameters to store with the population."""
-        return {"factors": list(self.factors), "resample_probability": self.resample_probability}
-
-    def __repr__(self) -> str:
-        return f"Perturb(factors={self.factors}, resample_probability={self.resample_probability})"
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Perturb) and other.to_config() == self.to_config()
 
 
 @register
-class Resample:
+@dataclass(frozen=True)
+class Resample(Builtin):
     """Resample each hyperparameter from its prior with ``probability`` (default: all of them).
 
     Example:
@@ -116,8 +115,11 @@ class Resample:
         >>> explore = pt.Resample()
     """
 
-    def __init__(self, probability: float = 1.0) -> None:
-        self.probability = _check_probability("Resample", "probability", probability)
+    probability: float = 1.0
+    window: ClassVar[int] = 0
+
+    def __post_init__(self) -> None:
+        settle(self, probability=_check_probability("Resample", "probability", self.probability))
 
     def __call__(
         self, hparams: Mapping[str, Any], space: Space, rng: np.random.Generator
@@ -131,22 +133,13 @@ class Resample:
             elif self.probability >= 1.0 or rng.random() < self.probability:
                 result[name] = value.sample(rng)
             else:
-                result[name] = _current(hparams, space, name)
+                result[name] = _current(hparams, space, name, "Resample")
         return result
-
-    def to_config(self) -> dict[str, Any]:
-        """Parameters to store with the population."""
-        return {"probability": self.probability}
-
-    def __repr__(self) -> str:
-        return f"Resample(probability={self.probability})"
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Resample) and other.probability == self.probability
 
 
 @register
-class Chain:
+@dataclass(frozen=True)
+class Chain(Builtin):
     """Explore steps applied in order, each to the previous one's output (as ``optax.chain``).
 
     Example:
@@ -154,20 +147,19 @@ class Chain:
         >>> explore = pt.chain(pt.Perturb((0.8, 1.2)), pt.Resample(probability=0.25))
     """
 
-    def __init__(self, steps: Sequence[Any]) -> None:
+    steps: Sequence[Any]
+
+    def __post_init__(self) -> None:
+        steps: Any = self.steps
         if isinstance(steps, str | bytes | Mapping) or not isinstance(steps, Sequence) or not steps:
-            raise ValueError(
-                "The 'steps' parameter of Chain must be a non-empty list of explore strategies. "
-                f"Got {steps!r} instead."
-            )
+            raise invalid("steps", "a non-empty list of explore strategies", steps, "Chain")
         built = [rebuild(step, "explore") if isinstance(step, Mapping) else step for step in steps]
         for index, step in enumerate(built):
             if not callable(step):
-                raise TypeError(
-                    f"Step {index} of Chain must be an explore strategy such as pt.Perturb(). "
-                    f"Got {step!r} instead."
+                raise invalid(
+                    f"steps[{index}]", "an explore strategy such as pt.Perturb()", step, "Chain"
                 )
-        self.steps = tuple(built)
+        settle(self, steps=tuple(built))
 
     @property
     def window(self) -> int:
@@ -197,14 +189,9 @@ class Chain:
             capabilities.check_space(step, space)
 
     def to_config(self) -> dict[str, Any]:
-        """Parameters to store with the population: each step's own description."""
+        """Parameters to store with the population: each step's own description (its field
+        holds the steps themselves, which a description stores by their own descriptions)."""
         return {"steps": [describe(step, "explore") for step in self.steps]}
-
-    def __repr__(self) -> str:
-        return f"chain({', '.join(repr(step) for step in self.steps)})"
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Chain) and other.steps == self.steps
 
 
 def chain(*steps: Any) -> Chain:

@@ -30,7 +30,7 @@ import numpy as np
 from .._validation import check_int
 from ..records import ExploreData, IntervalChange
 from ..space import Choice, IntUniform, LogUniform, Uniform
-from ._base import register
+from ._base import Builtin, register, settle
 
 if TYPE_CHECKING:
     from ..space import Space
@@ -329,7 +329,8 @@ def _encoding(space: Space) -> tuple[list[_Numeric], list[_Categorical]]:
 
 
 @register
-class PB2:
+@dataclass(frozen=True)
+class PB2(Builtin):
     """Explore by GP-UCB on the population's recent improvements (Population Based Bandits).
 
     After an exploit, the copied hyperparameters are replaced by those that maximise an upper
@@ -354,9 +355,15 @@ class PB2:
         >>> explore = pt.PB2(window=10)
     """
 
-    def __init__(self, window: int = 10, max_points: int = 200) -> None:
-        self.window = check_int("window", window, 1, owner="PB2")
-        self.max_points = check_int("max_points", max_points, MIN_POINTS, owner="PB2")
+    window: int = 10
+    max_points: int = 200
+
+    def __post_init__(self) -> None:
+        settle(
+            self,
+            window=check_int("window", self.window, 1, owner="PB2"),
+            max_points=check_int("max_points", self.max_points, MIN_POINTS, owner="PB2"),
+        )
 
     def check_space(self, space: Space) -> None:
         """Raise a ``ValueError`` if PB2 cannot tune ``space`` (nothing tuned, or a distribution
@@ -496,13 +503,3 @@ class PB2:
             best[better], best_values[better] = moved[better], moved_values[better]
         winner = best[int(np.argmax(best_values))]
         return {d.name: d.decode(float(winner[i])) for i, d in enumerate(numeric)}
-
-    def to_config(self) -> dict[str, Any]:
-        """Parameters to store with the population."""
-        return {"window": self.window, "max_points": self.max_points}
-
-    def __repr__(self) -> str:
-        return f"PB2(window={self.window}, max_points={self.max_points})"
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, PB2) and other.to_config() == self.to_config()

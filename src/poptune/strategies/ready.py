@@ -2,42 +2,42 @@
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
 
-from .._validation import check_int
+from .._validation import check_int, renamed
 from ..records import Candidate
-from ._base import register
+from ._base import Builtin, register, settle
 
 __all__ = ["Every"]
 
 
 @register
-class Every:
-    """Ready after every ``intervals``-th interval, once ``burn_in`` intervals have been trained.
+@renamed("Every", intervals="period")
+@dataclass(frozen=True)
+class Every(Builtin):
+    """Ready every ``period`` intervals, once ``burn_in`` intervals have been trained.
 
-    A member is ready at step ``t`` when ``t >= burn_in`` and ``t % intervals == 0``. The check
+    A member is ready at step ``t`` when ``t >= burn_in`` and ``t % period == 0``. The check
     uses only the step, so in synchronous mode every member is ready at the same generations.
+    (``period`` was called ``intervals`` before, which is also ``pt.run``'s budget;
+    ``Every(intervals=...)`` still works, with a ``DeprecationWarning``.)
 
     Example:
         >>> import poptune as pt
-        >>> ready = pt.Every(intervals=2, burn_in=4)   # exploit at steps 4, 6, 8, ...
+        >>> ready = pt.Every(period=2, burn_in=4)   # exploit at steps 4, 6, 8, ...
     """
 
-    def __init__(self, intervals: int = 1, burn_in: int = 0) -> None:
-        self.intervals = check_int("intervals", intervals, 1, owner="Every")
-        self.burn_in = check_int("burn_in", burn_in, 0, owner="Every")
+    period: int = 1
+    burn_in: int = 0
+
+    def __post_init__(self) -> None:
+        settle(
+            self,
+            period=check_int("period", self.period, 1, owner="Every"),
+            burn_in=check_int("burn_in", self.burn_in, 0, owner="Every"),
+        )
 
     def __call__(self, member: Candidate) -> bool:
         """Is ``member`` due to exploit after its interval ``member.step``?"""
         step = member.step
-        return step > 0 and step >= self.burn_in and step % self.intervals == 0
-
-    def to_config(self) -> dict[str, Any]:
-        """Parameters to store with the population."""
-        return {"intervals": self.intervals, "burn_in": self.burn_in}
-
-    def __repr__(self) -> str:
-        return f"Every(intervals={self.intervals}, burn_in={self.burn_in})"
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Every) and other.to_config() == self.to_config()
+        return step > 0 and step >= self.burn_in and step % self.period == 0

@@ -10,14 +10,15 @@ intervals they are training.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
-from .._validation import check_float, check_int, invalid
+from .._validation import check_float, check_int, invalid, renamed
 from ..records import Mode
 from . import _capabilities as capabilities
-from ._base import register
+from ._base import Builtin, register, settle
 
 __all__ = ["Plateau", "Progress", "Stop", "Target", "WallClock", "check_stop"]
 
@@ -82,7 +83,8 @@ class Progress:
 
 
 @register
-class Target:
+@dataclass(frozen=True)
+class Target(Builtin):
     """Stop once the best score reaches ``score`` (at least it for ``max``, at most for ``min``).
 
     ``metric`` names the metric it watches, to be explicit; it must be the one the population
@@ -93,69 +95,82 @@ class Target:
         >>> stop = pt.Target(0.98, metric="accuracy")
     """
 
-    def __init__(self, score: float, metric: str | None = None) -> None:
-        self.target = check_float("score", score, owner="Target")
-        self.metric = _check_metric("Target", metric)
+    score: float
+    metric: str | None = None
+
+    def __post_init__(self) -> None:
+        settle(
+            self,
+            score=check_float("score", self.score, owner="Target"),
+            metric=_check_metric("Target", self.metric),
+        )
+
+    @property
+    def target(self) -> float:
+        """Deprecated: the ``score`` to reach (the same parameter, by its constructor name)."""
+        warnings.warn(
+            "Target.target is deprecated: read Target.score (the same value).",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.score
 
     def __call__(self, progress: Progress) -> str | None:
         """The reason to stop, once the target is reached."""
         best = progress.best_until(len(progress.best_by_step))
-        if best >= progress.mode.fitness(self.target):
+        if best >= progress.mode.fitness(self.score):
             return (
                 f"target reached: the best {progress.metric} is {progress.score(best):.6g} "
-                f"({'>=' if progress.mode is Mode.MAX else '<='} {self.target:.6g})"
+                f"({'>=' if progress.mode is Mode.MAX else '<='} {self.score:.6g})"
             )
         return None
 
-    def to_config(self) -> dict[str, Any]:
-        """Parameters to store with the population."""
-        return {"score": self.target, "metric": self.metric}
-
-    def __repr__(self) -> str:
-        watched = "" if self.metric is None else f", metric={self.metric!r}"
-        return f"Target({self.target!r}{watched})"
-
 
 @register
-class Plateau:
+@renamed("Plateau", intervals="patience")
+@dataclass(frozen=True)
+class Plateau(Builtin):
     """Stop when the best score has not improved by more than ``min_delta`` over the last
-    ``intervals`` steps (compared with the best before them).
+    ``patience`` steps (compared with the best before them).
+
+    (``patience`` was called ``intervals`` before, which is also ``pt.run``'s budget;
+    ``Plateau(intervals=...)`` still works, with a ``DeprecationWarning``.)
 
     Example:
         >>> import poptune as pt
-        >>> stop = pt.Plateau(intervals=5, min_delta=1e-3)
+        >>> stop = pt.Plateau(patience=5, min_delta=1e-3)
     """
 
-    def __init__(self, intervals: int, min_delta: float = 0.0, metric: str | None = None) -> None:
-        self.metric = _check_metric("Plateau", metric)
-        self.intervals = check_int("intervals", intervals, 1, owner="Plateau")
-        self.min_delta = check_float("min_delta", min_delta, 0.0, owner="Plateau")
+    patience: int
+    min_delta: float = 0.0
+    metric: str | None = None
+
+    def __post_init__(self) -> None:
+        settle(
+            self,
+            metric=_check_metric("Plateau", self.metric),
+            patience=check_int("patience", self.patience, 1, owner="Plateau"),
+            min_delta=check_float("min_delta", self.min_delta, 0.0, owner="Plateau"),
+        )
 
     def __call__(self, progress: Progress) -> str | None:
-        """The reason to stop, once the best has stalled for ``intervals`` steps."""
+        """The reason to stop, once the best has stalled for ``patience`` steps."""
         last = len(progress.best_by_step)
-        if last <= self.intervals:
+        if last <= self.patience:
             return None
-        before = progress.best_until(last - self.intervals)
+        before = progress.best_until(last - self.patience)
         now = progress.best_until(last)
         if not math.isfinite(before) or now - before > self.min_delta:
             return None
         return (
             f"plateau: the best {progress.metric} ({progress.score(now):.6g}) improved by no "
-            f"more than {self.min_delta:g} over the last {self.intervals} steps"
+            f"more than {self.min_delta:g} over the last {self.patience} steps"
         )
-
-    def to_config(self) -> dict[str, Any]:
-        """Parameters to store with the population."""
-        return {"intervals": self.intervals, "min_delta": self.min_delta, "metric": self.metric}
-
-    def __repr__(self) -> str:
-        watched = "" if self.metric is None else f", metric={self.metric!r}"
-        return f"Plateau(intervals={self.intervals}, min_delta={self.min_delta!r}{watched})"
 
 
 @register
-class WallClock:
+@dataclass(frozen=True)
+class WallClock(Builtin):
     """Stop once the run (``pt.run`` or ``resume``) has taken ``seconds`` of wall-clock time;
     the intervals in progress then finish.
 
@@ -164,8 +179,14 @@ class WallClock:
         >>> stop = pt.WallClock(3600)      # one hour
     """
 
-    def __init__(self, seconds: float) -> None:
-        self.seconds = check_float("seconds", seconds, 0.0, low_open=True, owner="WallClock")
+    seconds: float
+    metric: ClassVar[str | None] = None  # watches no metric
+
+    def __post_init__(self) -> None:
+        settle(
+            self,
+            seconds=check_float("seconds", self.seconds, 0.0, low_open=True, owner="WallClock"),
+        )
 
     def __call__(self, progress: Progress) -> str | None:
         """The reason to stop, once the time is up."""
@@ -175,13 +196,6 @@ class WallClock:
                 f"(limit {self.seconds:g} s)"
             )
         return None
-
-    def to_config(self) -> dict[str, Any]:
-        """Parameters to store with the population."""
-        return {"seconds": self.seconds}
-
-    def __repr__(self) -> str:
-        return f"WallClock({self.seconds!r})"
 
 
 def check_stop(criteria: Sequence[Stop], progress: Progress) -> str | None:
@@ -208,24 +222,28 @@ def stop_list(stop: Stop | Sequence[Stop] | None, metric: str | None = None) -> 
     best score of the optimised metric.
 
     Raises:
-        TypeError: for something that is not a criterion.
-        ValueError: for a criterion watching a metric the population does not optimise.
+        InvalidParameterError: for something that is not a criterion, or a criterion watching
+            a metric the population does not optimise.
     """
     if stop is None:
         return []
     criteria = list(stop) if isinstance(stop, Sequence) and not isinstance(stop, str) else [stop]
     for criterion in criteria:
         if not callable(criterion):
-            raise TypeError(
-                "The 'stop' parameter must be a criterion such as pt.Target(0.95), "
-                f"pt.Plateau(5) or pt.WallClock(3600), or a list of them. Got {criterion!r}."
+            raise invalid(
+                "stop",
+                "a criterion such as pt.Target(0.95), pt.Plateau(5) or pt.WallClock(3600), or a "
+                "list of them",
+                criterion,
             )
         watched = capabilities.watched_metric(criterion)
         if metric is not None and watched is not None and watched != metric:
-            raise ValueError(
-                f"The stop criterion {criterion!r} watches the metric {watched!r}, but the "
-                f"population optimises {metric!r}: stop criteria watch the optimised metric. "
-                f"Use metric={metric!r} (or leave it out), or optimise {watched!r}."
+            raise invalid(
+                "stop",
+                f"criteria that watch the optimised metric {metric!r}",
+                criterion,
+                hint=f"It watches the metric {watched!r}, but the population optimises "
+                f"{metric!r}: use metric={metric!r} (or leave it out), or optimise {watched!r}.",
             )
     return criteria
 
