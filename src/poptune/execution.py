@@ -19,8 +19,8 @@ from .progress import ProgressWatcher
 from .reconcile import check_continuable, reopen
 from .records import PopulationRecord, PopulationStatus
 from .results import Result
-from .runners import Runner, WorkerTarget
-from .runspec import RunSpec
+from .runners import Runner
+from .runspec import RunSpec, WorkerTarget
 from .storage import PopulationNotFound, Storage, storage_option
 from .trackers import BackgroundExport, Tracker
 

@@ -28,8 +28,8 @@ from .preparation import prepare_resume, prepare_run, recorded_trainable
 from .reconcile import check_continuable, continue_stored, reconcile, reconcile_replay
 from .report import build_model, plot, write_report
 from .results import Result
-from .runners import InProcessRunner, Runner, WorkerTarget
-from .runspec import KEEP, RunSpec
+from .runners import InProcessRunner, Runner
+from .runspec import KEEP, RunSpec, WorkerTarget
 from .space import Space
 from .storage import Storage, open_storage
 from .strategies.stop import Stop
