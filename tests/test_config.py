@@ -46,6 +46,25 @@ def test_config_round_trips_through_its_stored_form():
     assert again.mode is pt.Mode.MAX and isinstance(again.space, pt.Space)
 
 
+def test_a_population_recorded_before_a_rename_is_the_same_algorithm(tmp_path, quick_run):
+    """A population stored with ``Every(intervals=2)``/``Plateau(intervals=3)`` (the names before
+    issue 22) is the same algorithm as today's ``Every(period=2)``/``Plateau(patience=3)``:
+    running it again under its name continues it instead of refusing "a different
+    configuration"."""
+    old = _config(
+        ready={"type": "Every", "intervals": 2, "burn_in": 0},
+        stop=[{"type": "Plateau", "intervals": 3, "min_delta": 0.0, "metric": None}],
+    )
+    new = _config(ready=describe(pt.Every(period=2)), stop=[describe(pt.Plateau(patience=3))])
+    assert old.differences(new) == [] and old == new
+    assert old.to_dict()["ready"] == {"type": "Every", "period": 2, "burn_in": 0}
+    chained = {"type": "Chain", "steps": [{"type": "Every", "intervals": 2, "burn_in": 0}]}
+    assert PopulationConfig.from_dict({**new.to_dict(), "ready": chained}).ready == {
+        "type": "Chain",
+        "steps": [{"type": "Every", "period": 2, "burn_in": 0}],
+    }
+
+
 def test_numpy_scalars_are_normalised_at_the_boundary():
     config = _config(
         population=np.int64(4), intervals=np.int32(3), seed=np.uint32(7), sync=np.bool_(True)

@@ -25,6 +25,7 @@ from ._validation import (
 )
 from .records import Mode, PopulationRecord
 from .space import Space, space_from_dict
+from .strategies._base import canonical
 
 __all__ = ["PopulationConfig", "StrategyDescription"]
 
@@ -238,7 +239,7 @@ def _description(role: str, value: Any) -> StrategyDescription | None:
         return None
     if not isinstance(value, Mapping) or not isinstance(value.get("type"), str):
         raise invalid(role, "a strategy description with a 'type' (strategies.describe)", value)
-    return jsonable(value)
+    return canonical(jsonable(value))  # a description recorded before a rename: today's names
 
 
 def _hparams_list(name: str, values: Sequence[Any]) -> tuple[dict[str, Any], ...]:

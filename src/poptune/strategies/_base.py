@@ -252,6 +252,25 @@ def rebuild(description: Mapping[str, Any] | None, role: str) -> Any:
     return cls(**params)
 
 
+def canonical(description: Any) -> Any:
+    """``description`` with the parameters of built-in strategies under their current names
+    (``{"type": "Every", "intervals": 4}`` -> ``{"type": "Every", "period": 4}``), nested
+    descriptions (a chain's steps) included; anything else unchanged. A population recorded
+    before a rename then compares equal to the same strategy described today.
+
+    Example:
+        >>> canonical({"type": "Every", "intervals": 4, "burn_in": 0})
+        {'type': 'Every', 'period': 4, 'burn_in': 0}
+    """
+    if isinstance(description, list | tuple):
+        return [canonical(item) for item in description]
+    if not isinstance(description, Mapping):
+        return description
+    cls = _REGISTRY.get(description.get("type"))  # type: ignore[arg-type]
+    new_names: Mapping[str, str] = getattr(cls, "__renamed__", {}) if cls is not None else {}
+    return {new_names.get(k, k): canonical(v) for k, v in description.items()}
+
+
 def _parameters(strategy: Any, role: str) -> dict[str, Any]:
     """The keyword arguments that rebuild ``strategy``."""
     to_config = getattr(strategy, "to_config", None)
