@@ -77,9 +77,7 @@ def parse_devices(devices: object) -> tuple[str, ...]:
             devices,
             hint=f"Pass a list: [{devices!r}]." if isinstance(devices, str) else None,
         )
-    return tuple(
-        parse_device(device, f"devices[{index}]") for index, device in enumerate(devices)
-    )
+    return tuple(parse_device(device, f"devices[{index}]") for index, device in enumerate(devices))
 
 
 def device_environment(

@@ -313,7 +313,8 @@ def choose_runner(
                 "devices",
                 "None when 'runner' is given (it applies to the worker processes pt.run starts)",
                 devices,
-                hint="Give the devices to the runner, e.g. pt.LocalProcessRunner(2, devices=[...]).",
+                hint="Give the devices to the runner, e.g. "
+                "pt.LocalProcessRunner(2, devices=[...]).",
             )
         return LocalProcessRunner(min(workers, members), devices=devices)
     if runner is not None:
