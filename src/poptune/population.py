@@ -145,7 +145,7 @@ def run(
             included) between intervals; default: its share of the population plus one. A
             member a worker holds continues without rebuild or reload; lower it when memory is
             short (1 keeps only the member in training).
-        stop: stop before the budget: ``pt.Target(score)``, ``pt.Plateau(intervals)``,
+        stop: stop before the budget: ``pt.Target(score)``, ``pt.Plateau(patience)``,
             ``pt.WallClock(seconds)``, any callable taking a :class:`poptune.strategies.Progress`
             and returning a reason (or ``None``), or a list of them (the first that gives a
             reason stops the population: its status becomes ``stopped``, with the reason).
