@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ._imports import import_object
-from ._validation import invalid
 from .checkpoints import CheckpointStore, confined, population_folders
 from .config import PopulationConfig
 from .errors import NoBestMember
@@ -306,7 +305,9 @@ class Result:
         try:
             scope = Scope(scope)
         except ValueError:
-            raise invalid("scope", "'all' or 'last'", scope, "best_member") from None
+            raise ValueError(
+                f"The 'scope' parameter of best_member must be 'all' or 'last'. Got {scope!r}."
+            ) from None
         if scope is Scope.ALL:
             interval, checkpoint = self._best_interval()
         else:
@@ -436,11 +437,9 @@ class Result:
         else:
             known = {m.id: m for m in self.members}
             if member not in known:
-                raise invalid(
-                    "member",
-                    f"a member of population {self.name!r} (0..{len(known) - 1})",
-                    member,
-                    "schedule",
+                raise ValueError(
+                    f"Population {self.name!r} has no member {member}; members are "
+                    f"0..{len(known) - 1}."
                 )
             holds = known[member].restore  # the weights it holds (a donor's, if copied)
             if holds is None:

@@ -13,8 +13,6 @@ from typing import Any
 
 import numpy as np
 
-from ._validation import invalid
-
 __all__ = ["Trainable", "check_trainable", "metrics_of", "seed_globals"]
 
 
@@ -100,26 +98,22 @@ _REQUIRED = ("train", "evaluate", "state_dict", "load_state_dict")
 
 
 def check_trainable(trainable: Any) -> None:
-    """Raise :class:`~poptune.errors.InvalidParameterError` (a ``TypeError``) unless
-    ``trainable`` is a class with the Trainable methods or a training function taking one
-    argument (see :mod:`poptune.loop`)."""
+    """Raise ``TypeError`` unless ``trainable`` is a class with the Trainable methods or a
+    training function taking one argument (see :mod:`poptune.loop`)."""
     if not isinstance(trainable, type):
         if inspect.isfunction(trainable) or inspect.ismethod(trainable):
             _check_training_function(trainable)
             return
-        raise invalid(
-            "trainable",
-            "a class (not an instance) with __init__(hparams, seed), train, evaluate, "
-            "state_dict and load_state_dict, or a training function (def train(ctx))",
-            trainable,
+        raise TypeError(
+            f"The trainable must be a class (not an instance) with __init__(hparams, seed), "
+            f"train, evaluate, state_dict and load_state_dict, or a training function "
+            f"def train(ctx): ... Got {trainable!r}."
         )
     missing = [name for name in _REQUIRED if not callable(getattr(trainable, name, None))]
     if missing:
-        raise invalid(
-            "trainable",
-            "a class with train, evaluate, state_dict and load_state_dict",
-            trainable,
-            hint=f"It lacks {', '.join(missing)}: subclass poptune.Trainable or define them.",
+        raise TypeError(
+            f"The trainable {trainable.__qualname__} lacks {', '.join(missing)}. Subclass "
+            "poptune.Trainable or define train, evaluate, state_dict and load_state_dict."
         )
 
 
@@ -127,10 +121,9 @@ def _check_training_function(function: Any) -> None:
     try:
         inspect.signature(function).bind(object())
     except TypeError:
-        raise invalid(
-            "trainable",
-            "a training function that takes one argument, the context (def train(ctx))",
-            f"{function.__qualname__}{inspect.signature(function)}",
+        raise TypeError(
+            "A training function must take one argument, the context: def train(ctx): ... "
+            f"Got {function.__qualname__}{inspect.signature(function)}."
         ) from None
 
 

@@ -243,11 +243,9 @@ class PBTCallback(pl.Callback):
             settings.update(optimizer.defaults)
         wrong = {k: v for k, v in self.mapping.items() if v not in settings}
         if wrong:
-            raise invalid(
-                "mapping",
-                f"hyperparameter -> a setting the optimizers have ({sorted(settings)})",
-                wrong,
-                "PBTCallback",
+            raise ValueError(
+                f"PBTCallback: mapping={wrong} names settings that no optimizer has; the "
+                f"optimizers' settings are {sorted(settings)}."
             )
         refused = []
         for name in self.ctx.hparams:
