@@ -88,7 +88,9 @@ def test_unsupported_state_names_the_path(tmp_path: Path):
 
 def test_open_checkpoints(tmp_path: Path):
     assert open_checkpoints(f"file://{tmp_path}").root == tmp_path.resolve()
-    with pytest.raises(ValueError, match=r"Cannot open the checkpoint location 'nosuch://x'"):
+    with pytest.raises(
+        ValueError, match=r"'url' parameter of FsspecCheckpoints .* Got 'nosuch://x'"
+    ):
         open_checkpoints("nosuch://x")
 
 

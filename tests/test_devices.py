@@ -77,13 +77,13 @@ def test_parse_devices_accepts_cuda_n_and_cpu(devices):
         ([], "non-empty list"),
         ((), "non-empty list"),
         (None, "non-empty list"),
-        ("cuda:0", "(a list: ['cuda:0'])"),
+        ("cuda:0", "Pass a list: ['cuda:0']"),
         ({"cuda:0"}, "non-empty list"),
         ([0], "Got 0 instead"),
-        ([1], "write 'cuda:1'"),
-        (["cuda"], "write 'cuda:0'"),
-        (["gpu0"], "entry 0 of the 'devices' parameter must be 'cuda:N' (N >= 0) or 'cpu'"),
-        (["cuda:0", "cuda:-1"], "entry 1 of the 'devices' parameter"),
+        ([1], "Write 'cuda:1'"),
+        (["cuda"], "Write 'cuda:0'"),
+        (["gpu0"], "'devices[0]' parameter must be 'cuda:N' (N >= 0) or 'cpu'"),
+        (["cuda:0", "cuda:-1"], "'devices[1]' parameter"),
         (["cuda:x"], "Got 'cuda:x' instead"),
         (["cuda:01"], "Got 'cuda:01' instead"),
         (["cuda:1.0"], "Got 'cuda:1.0' instead"),
@@ -95,14 +95,14 @@ def test_parse_devices_accepts_cuda_n_and_cpu(devices):
     ],
 )
 def test_parse_devices_refuses_anything_else_clearly(devices, expected):
-    with pytest.raises(ValueError, match="'devices' parameter") as error:
+    with pytest.raises(ValueError, match=r"'devices(\[\d+\])?' parameter") as error:
         parse_devices(devices)
     assert expected in str(error.value)
 
 
 def test_parse_device_names_the_cli_option():
     assert parse_device("cpu") == "cpu"
-    with pytest.raises(ValueError, match=r"The '--device' option must be .*Got 'gpu1' instead"):
+    with pytest.raises(ValueError, match=r"The '--device' parameter must be .*Got 'gpu1' instead"):
         parse_device("gpu1")
 
 
@@ -135,7 +135,7 @@ def test_cuda_n_indexes_the_gpus_this_process_already_sees():
 
 
 def test_device_environment_validates_its_input():
-    with pytest.raises(ValueError, match="'devices' parameter"):
+    with pytest.raises(ValueError, match=r"'devices\[0\]' parameter"):
         device_environment(["gpu"], 0)
     with pytest.raises(ValueError, match="worker_index"):
         device_environment(["cuda:0"], -1)
@@ -153,11 +153,11 @@ def test_idle_devices():
 @pytest.mark.parametrize(
     ("devices", "runner", "message"),
     [
-        (["gpu0"], None, "entry 0 of the 'devices' parameter"),
+        (["gpu0"], None, r"'devices\[0\]' parameter"),
         ([], None, "non-empty list"),
-        (["cuda:0"], pt.RayRunner(workers=2), "cannot be used with a RayRunner"),
-        (["cuda:0"], pt.InProcessRunner(), "give the devices to the runner"),
-        (["cuda:0"], CreateOnlyRunner(), "give the devices to the runner"),
+        (["cuda:0"], pt.RayRunner(workers=2), "None with a RayRunner"),
+        (["cuda:0"], pt.InProcessRunner(), "Give the devices to the runner"),
+        (["cuda:0"], CreateOnlyRunner(), "Give the devices to the runner"),
     ],
 )
 def test_run_refuses_bad_devices_before_it_stores_anything(
@@ -290,7 +290,7 @@ def test_cli_refuses_a_bad_device(tmp_path: Path, url: str, device: str, quick_r
         before = dict(os.environ)
         out = CliRunner().invoke(main, [command, "cli", "--storage", url, "--device", device])
         assert out.exit_code == 1, out.output
-        assert "The '--device' option must be 'cuda:N' (N >= 0) or 'cpu'" in out.output
+        assert "The '--device' parameter must be 'cuda:N' (N >= 0) or 'cpu'" in out.output
         assert f"Got {device!r} instead" in out.output
         assert dict(os.environ) == before
     assert pt.load(url, "cli").intervals() == []  # nothing trained

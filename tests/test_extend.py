@@ -42,3 +42,22 @@ def test_a_budget_only_grows(quick_run):
     )
     assert out.exit_code == 0, out.output
     assert [m.step for m in pt.load(url, "more").members] == [4] * 4
+
+
+@pytest.mark.parametrize(
+    "bad", [{"trackers": "runs/tb"}, {"checkpoints": "nosuch://x"}], ids=["trackers", "checkpoints"]
+)
+def test_a_bad_parameter_leaves_the_stored_population_as_it_was(bad, quick_run):
+    """Every argument is checked before anything stored changes: a refused resume neither
+    grows the budget, nor rewrites the configuration, nor reopens the members."""
+    url = quick_run.storage
+    result = quick_run(**MORE)
+    before = pt.load(url, "more")
+    with pytest.raises(pt.InvalidParameterError):
+        result.resume(intervals=6, stop=pt.Target(1e9), progress=False, **bad)
+    after = pt.load(url, "more")
+    assert after.config == before.config and after.config.intervals == 3
+    assert after.status == before.status == "finished"
+    assert [(m.status, m.step) for m in after.members] == [
+        (m.status, m.step) for m in before.members
+    ]

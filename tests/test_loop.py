@@ -130,7 +130,7 @@ def test_a_broken_loop_gets_a_clear_error_and_loses_nothing(
 def test_a_function_with_the_wrong_signature_is_refused(quick_run):
     def two(ctx: Any, extra: Any) -> None: ...
 
-    with pytest.raises(TypeError, match=r"must take one argument, the context.*two\(ctx"):
+    with pytest.raises(TypeError, match=r"takes one argument, the context.*two\(ctx"):
         quick_run(two, **SIZE)
 
 

@@ -15,16 +15,31 @@ import pytest
 import poptune as pt
 from poptune._validation import renamed
 from poptune.checkpoints import FsspecCheckpoints, LocalCheckpoints, population_folder
+from poptune.devices import device_environment, parse_device, parse_devices
 from poptune.live import LiveMembers
 from poptune.space import space_from_dict
 from poptune.strategies import Chain
 from poptune.strategies.stop import stop_list
+from poptune.testing import MemoryStorage, Quadratic, quadratic_space
 from poptune.trackers import check_trackers
+
+from ._helpers import QUICK_OPTIONS
 
 #: "The 'x' parameter [of Owner] must be <what>. Got <value> instead.[ <what to do>]"
 FORM = re.compile(
     r"The '.+?' parameter( of [\w.]+)? must be .+\. Got .+ instead\.( .+)?", re.DOTALL
 )
+
+
+def run_quick(**bad: Any) -> pt.Population:
+    """``pt.run`` with the suite's usual options, in memory, and ``bad`` among them."""
+    options = {**QUICK_OPTIONS, "space": quadratic_space(), "storage": MemoryStorage()}
+    return pt.run(**{"trainable": Quadratic, **options, **bad})
+
+
+def two_arguments(ctx: Any, extra: Any) -> None:
+    """A training function with one argument too many."""
+
 
 #: (callable, bad keyword arguments): every public entry point of space, strategies, runners,
 #: live, checkpoints and trackers, with one bad parameter each.
@@ -71,6 +86,22 @@ BAD: list[tuple[Callable[..., Any], dict[str, Any]]] = [
     (pt.WandB, {"project": "p", "id": "x"}),
     (check_trackers, {"trackers": "runs/tb"}),
     (check_trackers, {"trackers": [object()]}),
+    (FsspecCheckpoints, {"url": "nosuch://x"}),
+    (parse_device, {"device": "gpu1"}),
+    (parse_devices, {"devices": "cuda:0"}),
+    (parse_devices, {"devices": ["cuda:0", "cuda:-1"]}),
+    (device_environment, {"devices": ["cuda:0"], "worker_index": -1}),
+    (run_quick, {"trainable": Quadratic({"h0": 0.5, "h1": 0.5}, 0)}),
+    (run_quick, {"trainable": object}),
+    (run_quick, {"trainable": two_arguments}),
+    (run_quick, {"space": [("x", 0.5)]}),
+    (run_quick, {"exploit": "truncation"}),
+    (run_quick, {"initial": [1]}),
+    (run_quick, {"initial": [{"nope": 0.5}]}),
+    (run_quick, {"population": 2, "initial": [{}, {}, {}]}),
+    (run_quick, {"devices": ["gpu0"]}),
+    (run_quick, {"devices": ["cuda:0"], "runner": pt.RayRunner(workers=2)}),
+    (run_quick, {"devices": ["cuda:0"], "runner": pt.InProcessRunner()}),
 ]
 
 
@@ -85,6 +116,19 @@ def test_a_bad_parameter_raises_invalid_parameter_error_in_the_one_form(make, kw
     assert isinstance(raised.value, ValueError) and isinstance(raised.value, TypeError)
     assert FORM.fullmatch(str(raised.value)), str(raised.value)
     assert "PLANTED-PASSWORD" not in str(raised.value)
+
+
+def test_calls_on_a_stored_population_refuse_a_bad_parameter_in_the_one_form(quick_run):
+    result = quick_run(name="toy", intervals=2)
+    calls: list[Callable[[], Any]] = [
+        lambda: result.best_member("best"),
+        lambda: result.schedule(member=99),
+        lambda: pt.replay(quick_run.storage, "toy", replay_name="toy", progress=False),
+    ]
+    for call in calls:
+        with pytest.raises(pt.InvalidParameterError) as raised:
+            call()
+        assert FORM.fullmatch(str(raised.value)), str(raised.value)
 
 
 def test_renamed_keeps_the_old_keyword_working_with_a_warning():

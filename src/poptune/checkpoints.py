@@ -507,7 +507,15 @@ class FsspecCheckpoints:
         self.url = url.rstrip("/")
         try:
             self.fs, self.root = fsspec.core.url_to_fs(self.url, **storage_options)
-        except (ValueError, ImportError) as error:
+        except ValueError as error:  # e.g. an unknown protocol
+            raise invalid(
+                "url",
+                "a URL fsspec can open",
+                redact_url(url),
+                "FsspecCheckpoints",
+                hint=f"{redact_text(str(error), url)}. Check the URL.",
+            ) from error
+        except ImportError as error:  # a known protocol whose library is missing: setup
             raise ValueError(
                 f"Cannot open the checkpoint location {redact_url(url)!r}: "
                 f"{redact_text(str(error), url)}. Check the URL, and "

@@ -22,6 +22,8 @@ import re
 import sys
 from collections.abc import Mapping, Sequence
 
+from ._validation import invalid
+
 __all__ = [
     "CUDA_VISIBLE_DEVICES",
     "POPTUNE_DEVICE",
@@ -40,10 +42,11 @@ _CUDA = re.compile(r"cuda:(0|[1-9][0-9]*)")
 _FORMAT = "'cuda:N' (N >= 0) or 'cpu'"
 
 
-def parse_device(device: object, name: str = "'--device' option") -> str:
-    """Return ``device`` if it is ``"cuda:N"`` (N >= 0) or ``"cpu"``, else raise ``ValueError``.
+def parse_device(device: object, name: str = "--device") -> str:
+    """Return ``device`` if it is ``"cuda:N"`` (N >= 0) or ``"cpu"``, else raise
+    :class:`~poptune.errors.InvalidParameterError` (a ``ValueError``).
 
-    ``name`` is how the message refers to where the value came from.
+    ``name`` is the parameter (or command-line option) the message names.
 
     Example:
         >>> parse_device("cuda:1")
@@ -51,7 +54,7 @@ def parse_device(device: object, name: str = "'--device' option") -> str:
     """
     if isinstance(device, str) and (device == "cpu" or _CUDA.fullmatch(device)):
         return device
-    raise ValueError(f"The {name} must be {_FORMAT}{_hint(device)}. Got {device!r} instead.")
+    raise invalid(name, _FORMAT, device, hint=_hint(device))
 
 
 def parse_devices(devices: object) -> tuple[str, ...]:
@@ -60,22 +63,21 @@ def parse_devices(devices: object) -> tuple[str, ...]:
     Duplicates are allowed (``["cuda:0", "cuda:0"]`` puts two workers on one GPU).
 
     Raises:
-        ValueError: naming the parameter, the value and the expected form.
+        InvalidParameterError: (a ``ValueError``) naming the parameter, the value and the
+            expected form.
 
     Example:
         >>> parse_devices(["cuda:0", "cuda:1", "cpu"])
         ('cuda:0', 'cuda:1', 'cpu')
     """
     if isinstance(devices, str | bytes) or not isinstance(devices, Sequence) or not devices:
-        hint = f" (a list: [{devices!r}])" if isinstance(devices, str) else ""
-        raise ValueError(
-            "The 'devices' parameter must be a non-empty list of devices, each "
-            f"{_FORMAT}, e.g. ['cuda:0', 'cuda:1']{hint}. Got {devices!r} instead."
+        raise invalid(
+            "devices",
+            f"a non-empty list of devices, each {_FORMAT}, e.g. ['cuda:0', 'cuda:1']",
+            devices,
+            hint=f"Pass a list: [{devices!r}]." if isinstance(devices, str) else None,
         )
-    return tuple(
-        parse_device(device, f"entry {index} of the 'devices' parameter")
-        for index, device in enumerate(devices)
-    )
+    return tuple(parse_device(device, f"devices[{index}]") for index, device in enumerate(devices))
 
 
 def device_environment(
@@ -99,7 +101,7 @@ def device_environment(
     """
     devices = parse_devices(devices)
     if isinstance(worker_index, bool) or not isinstance(worker_index, int) or worker_index < 0:
-        raise ValueError(f"worker_index must be an int >= 0. Got {worker_index!r} instead.")
+        raise invalid("worker_index", "an int >= 0", worker_index, "device_environment")
     device = devices[worker_index % len(devices)]
     if device == "cpu":
         return {CUDA_VISIBLE_DEVICES: "", POPTUNE_DEVICE: "cpu"}
@@ -152,10 +154,10 @@ def cuda_initialised() -> bool:
         return False
 
 
-def _hint(device: object) -> str:
+def _hint(device: object) -> str | None:
     """A suggestion for near misses: ``"cuda"`` and plain ints."""
     if device == "cuda":
-        return " (write 'cuda:0' for the first GPU)"
+        return "Write 'cuda:0' for the first GPU."
     if isinstance(device, int) and not isinstance(device, bool) and device >= 0:
-        return f" (write 'cuda:{device}')"
-    return ""
+        return f"Write 'cuda:{device}'."
+    return None

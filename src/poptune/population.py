@@ -262,11 +262,13 @@ def resume(
         intervals=intervals,
         stop=stop,
     )
+    exporters = check_trackers(trackers)
+    given = open_checkpoints(checkpoints) if checkpoints is not None else None
     # Everything is checked and imported: only now change what is stored (a resume that fails
     # before this point, e.g. on a training script that is gone, leaves the population as it was).
     record = continue_stored(result.storage, plan.record, plan.intervals, plan.changes)
-    given = open_checkpoints(checkpoints) if checkpoints is not None else result.checkpoint_store
-    return _train(plan.execution(result.storage, record, given, progress, check_trackers(trackers)))
+    given = given if given is not None else result.checkpoint_store
+    return _train(plan.execution(result.storage, record, given, progress, exporters))
 
 
 def replay(

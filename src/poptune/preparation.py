@@ -280,10 +280,12 @@ def recorded_trainable(record: PopulationRecord) -> type:
     """Import the trainable by the reference recorded with the population."""
     reference = PopulationConfig.of(record).trainable
     if not reference:
-        raise ValueError(
-            f"Population {record.name!r} was made with a trainable that cannot be imported by "
-            "reference (defined interactively?). Pass it: resume(trainable=MyClass) or "
-            "join(result, trainable=MyClass)."
+        raise invalid(
+            "trainable",
+            f"given: population {record.name!r} was made with a trainable that cannot be "
+            "imported by reference (defined interactively?)",
+            None,
+            hint="Pass it: resume(trainable=MyClass) or join(result, trainable=MyClass).",
         )
     return import_object(reference)
 
@@ -300,15 +302,19 @@ def choose_runner(
     """
     if devices is not None:
         if isinstance(runner, RayRunner):
-            raise ValueError(
-                "The 'devices' parameter cannot be used with a RayRunner: Ray assigns GPUs to "
-                f"its workers. Pass RayRunner(num_gpus=1) instead. Got devices={devices!r}."
+            raise invalid(
+                "devices",
+                "None with a RayRunner (Ray assigns GPUs to its workers)",
+                devices,
+                hint="Pass RayRunner(num_gpus=1) to give each worker a GPU.",
             )
         if runner is not None:
-            raise ValueError(
-                "The 'devices' parameter applies to the worker processes pt.run starts; with "
-                "runner= give the devices to the runner, e.g. "
-                f"pt.LocalProcessRunner(2, devices=[...]). Got devices={devices!r}."
+            raise invalid(
+                "devices",
+                "None when 'runner' is given (it applies to the worker processes pt.run starts)",
+                devices,
+                hint="Give the devices to the runner, e.g. "
+                "pt.LocalProcessRunner(2, devices=[...]).",
             )
         return LocalProcessRunner(min(workers, members), devices=devices)
     if runner is not None:
@@ -332,10 +338,7 @@ def _strategies(
     ready = Every() if ready is None else ready
     for role, strategy in (("exploit", exploit), ("explore", explore), ("ready", ready)):
         if strategy is not None and not callable(strategy):
-            raise TypeError(
-                f"The '{role}' parameter must be a strategy such as pt.Truncation() or a "
-                f"callable. Got {strategy!r}."
-            )
+            raise invalid(role, "a strategy such as pt.Truncation() or a callable", strategy)
     capabilities.check_space(explore, space)  # e.g. PB2 cannot tune a space of constants
     return exploit, explore, ready
 
@@ -346,18 +349,22 @@ def _initial(
     """The first hparams of every member: the given ones, then samples from the prior."""
     given = list(initial or [])
     if len(given) > population:
-        raise ValueError(
-            f"The 'initial' parameter has {len(given)} entries but the population has only "
-            f"{population} members. Pass at most {population}, or raise 'population'."
+        raise invalid(
+            "initial",
+            f"at most {population} dicts of hparams (one per member)",
+            given,
+            hint=f"It has {len(given)}: pass at most {population}, or raise 'population'.",
         )
     start = []
     for index, hparams in enumerate(given):
         if not isinstance(hparams, Mapping):
-            raise TypeError(f"initial[{index}] must be a dict of hparams. Got {hparams!r}.")
+            raise invalid(f"initial[{index}]", "a dict of hparams", hparams)
         try:
             start.append(space.validate(hparams))
-        except ValueError as error:
-            raise ValueError(f"initial[{index}] is not in the space: {error}") from None
+        except ValueError as error:  # Space.validate's InvalidParameterError, said for initial
+            raise invalid(
+                f"initial[{index}]", "hparams inside the space", dict(hparams), hint=str(error)
+            ) from None
     start += [space.sample(initial_rng(seed, i)) for i in range(len(given), population)]
     return start
 
@@ -366,8 +373,10 @@ def _space(space: Any) -> Space:
     if isinstance(space, Space):
         return space
     if not isinstance(space, Mapping):
-        raise TypeError(
-            f"The 'space' parameter must be a dict of hyperparameter name -> distribution "
-            f"(e.g. {{'lr': pt.LogUniform(1e-4, 1e-1)}}). Got {type(space).__name__}."
+        raise invalid(
+            "space",
+            "a dict of hyperparameter name -> distribution "
+            "(e.g. {'lr': pt.LogUniform(1e-4, 1e-1)})",
+            space,
         )
     return Space(space)

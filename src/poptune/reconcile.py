@@ -15,6 +15,7 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ._validation import invalid
 from .checkpoints import CheckpointStore
 from .config import PopulationConfig
 from .deletion import delete_population
@@ -98,9 +99,13 @@ def reconcile_replay(
         except PopulationExists:
             record = storage.population(name)
     if PopulationConfig.of(record).schedule != config.schedule:
-        raise ValueError(
-            f"A population named {name!r} already exists in {redact_url(storage.url)} and is "
-            f"not a replay of this schedule. Pass replay_name= another name."
+        raise invalid(
+            "replay_name",
+            "the name of a replay of this schedule, or of no population",
+            name,
+            "replay",
+            hint=f"A population of that name, not a replay of this schedule, is in "
+            f"{redact_url(storage.url)}: pass replay_name= another name.",
         )
     return record
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ._imports import import_object
+from ._validation import invalid
 from .checkpoints import CheckpointStore, confined, population_folders
 from .config import PopulationConfig
 from .errors import NoBestMember
@@ -305,9 +306,7 @@ class Result:
         try:
             scope = Scope(scope)
         except ValueError:
-            raise ValueError(
-                f"The 'scope' parameter of best_member must be 'all' or 'last'. Got {scope!r}."
-            ) from None
+            raise invalid("scope", "'all' or 'last'", scope, "best_member") from None
         if scope is Scope.ALL:
             interval, checkpoint = self._best_interval()
         else:
@@ -437,9 +436,11 @@ class Result:
         else:
             known = {m.id: m for m in self.members}
             if member not in known:
-                raise ValueError(
-                    f"Population {self.name!r} has no member {member}; members are "
-                    f"0..{len(known) - 1}."
+                raise invalid(
+                    "member",
+                    f"a member of population {self.name!r} (0..{len(known) - 1})",
+                    member,
+                    "schedule",
                 )
             holds = known[member].restore  # the weights it holds (a donor's, if copied)
             if holds is None:

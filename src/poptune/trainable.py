@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from ._validation import invalid
+
 __all__ = ["Trainable", "check_trainable", "metrics_of", "seed_globals"]
 
 
@@ -98,22 +100,26 @@ _REQUIRED = ("train", "evaluate", "state_dict", "load_state_dict")
 
 
 def check_trainable(trainable: Any) -> None:
-    """Raise ``TypeError`` unless ``trainable`` is a class with the Trainable methods or a
-    training function taking one argument (see :mod:`poptune.loop`)."""
+    """Raise :class:`~poptune.errors.InvalidParameterError` (a ``TypeError``) unless
+    ``trainable`` is a class with the Trainable methods or a training function taking one
+    argument (see :mod:`poptune.loop`)."""
     if not isinstance(trainable, type):
         if inspect.isfunction(trainable) or inspect.ismethod(trainable):
             _check_training_function(trainable)
             return
-        raise TypeError(
-            f"The trainable must be a class (not an instance) with __init__(hparams, seed), "
-            f"train, evaluate, state_dict and load_state_dict, or a training function "
-            f"def train(ctx): ... Got {trainable!r}."
+        raise invalid(
+            "trainable",
+            "a class (not an instance) with __init__(hparams, seed), train, evaluate, "
+            "state_dict and load_state_dict, or a training function (def train(ctx))",
+            trainable,
         )
     missing = [name for name in _REQUIRED if not callable(getattr(trainable, name, None))]
     if missing:
-        raise TypeError(
-            f"The trainable {trainable.__qualname__} lacks {', '.join(missing)}. Subclass "
-            "poptune.Trainable or define train, evaluate, state_dict and load_state_dict."
+        raise invalid(
+            "trainable",
+            "a class with train, evaluate, state_dict and load_state_dict",
+            trainable,
+            hint=f"It lacks {', '.join(missing)}: subclass poptune.Trainable or define them.",
         )
 
 
@@ -121,9 +127,10 @@ def _check_training_function(function: Any) -> None:
     try:
         inspect.signature(function).bind(object())
     except TypeError:
-        raise TypeError(
-            "A training function must take one argument, the context: def train(ctx): ... "
-            f"Got {function.__qualname__}{inspect.signature(function)}."
+        raise invalid(
+            "trainable",
+            "a training function that takes one argument, the context (def train(ctx))",
+            f"{function.__qualname__}{inspect.signature(function)}",
         ) from None
 
 

@@ -239,10 +239,21 @@ def test_every_mapping_and_module_attributes(quick_run):
             r"cannot apply the hyperparameters \['hidden'\]: they are neither settings of the "
             r"optimizers \(SGD",
         ),
+        (
+            {"fit": {"mapping": {"lr": "learning_rate"}}},
+            r"The 'mapping' parameter of PBTCallback must be .*\['dampening'.*"
+            r"Got \{'lr': 'learning_rate'\} instead",
+        ),
         ({"scheduler": True}, r"'lr' sets the learning rate, but .* \['StepLR'\]"),
         ({"fit": {"max_epochs": 1}}, r"trainer.fit\(\) ended while poptune still had intervals"),
     ],
-    ids=["metric-not-logged", "hparam-not-applicable", "lr-and-scheduler", "fit-ended-early"],
+    ids=[
+        "metric-not-logged",
+        "hparam-not-applicable",
+        "mapping-names-no-setting",
+        "lr-and-scheduler",
+        "fit-ended-early",
+    ],
 )
 def test_bad_input_is_refused_with_a_clear_message(
     tmp_path: Path, options: dict[str, Any], message: str, quick_run

@@ -243,9 +243,11 @@ class PBTCallback(pl.Callback):
             settings.update(optimizer.defaults)
         wrong = {k: v for k, v in self.mapping.items() if v not in settings}
         if wrong:
-            raise ValueError(
-                f"PBTCallback: mapping={wrong} names settings that no optimizer has; the "
-                f"optimizers' settings are {sorted(settings)}."
+            raise invalid(
+                "mapping",
+                f"hyperparameter -> a setting the optimizers have ({sorted(settings)})",
+                wrong,
+                "PBTCallback",
             )
         refused = []
         for name in self.ctx.hparams:
