@@ -263,11 +263,10 @@ def resume(
         stop=stop,
     )
     exporters = check_trackers(trackers)
-    given = open_checkpoints(checkpoints) if checkpoints is not None else None
+    given = open_checkpoints(checkpoints) if checkpoints is not None else result.checkpoint_store
     # Everything is checked and imported: only now change what is stored (a resume that fails
     # before this point, e.g. on a training script that is gone, leaves the population as it was).
     record = continue_stored(result.storage, plan.record, plan.intervals, plan.changes)
-    given = given if given is not None else result.checkpoint_store
     return _train(plan.execution(result.storage, record, given, progress, exporters))
 
 
