@@ -5,10 +5,14 @@
   builds a worker on a population a test created without training.
 - ``make``, ``interval``, ``ckpt``, ``train``: a population written straight into a storage,
   one record at a time, for the storage contract and the tests that read what it stores.
+- :func:`wait_for_intervals`: wait until a run in another process has recorded some
+  intervals, before a test interrupts it (progress, not wall time: machines here are loaded).
 """
 
 from __future__ import annotations
 
+import subprocess
+import time
 from typing import Any
 
 import poptune as pt
@@ -104,3 +108,31 @@ def train(
         done=step >= budget,
     )
     return claim.member.id, step
+
+
+def wait_for_intervals(
+    process: subprocess.Popen[Any], url: str, name: str, count: int, timeout: float = 120.0
+) -> int:
+    """Wait until the run ``name`` that ``process`` trains has recorded at least ``count``
+    intervals in ``url``; return how many it had. Fails the test, saying why, if the process
+    ends first or the time runs out (with the last error reading the storage, if any)."""
+    deadline = time.monotonic() + timeout
+    error: Exception | None = None
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(
+                f"The run {name!r} ended (exit code {process.returncode}) before it recorded "
+                f"{count} intervals; last error reading it: {error!r}"
+            )
+        try:
+            done = len(pt.load(url, name).intervals())
+        except (pt.StorageError, pt.PopulationNotFound) as read_error:  # not there yet
+            error = read_error
+        else:
+            if done >= count:
+                return done
+        time.sleep(0.1)
+    raise AssertionError(
+        f"The run {name!r} did not record {count} intervals within {timeout} s; last error "
+        f"reading it: {error!r}"
+    )

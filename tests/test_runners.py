@@ -7,13 +7,13 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
 
 import poptune as pt
 from poptune.records import MemberStatus
+from tests._helpers import wait_for_intervals
 
 SCRIPT = textwrap.dedent(
     """
@@ -38,15 +38,7 @@ def test_ctrl_c_stops_cleanly_and_resume_finishes(tmp_path: Path, workers: int):
         start_new_session=True,  # its own process group, like a job in a terminal
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        time.sleep(0.2)
-        try:
-            done = len(pt.load(url, "cut").intervals())
-        except Exception:
-            continue
-        if done >= 12:
-            break
+    wait_for_intervals(process, url, "cut", 12)
     os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
     assert process.wait(timeout=60) == 130
     interrupted = pt.load(url, "cut")
@@ -67,7 +59,7 @@ def test_ctrl_c_stops_cleanly_and_resume_finishes(tmp_path: Path, workers: int):
 def test_cli_resume_after_interrupt(tmp_path: Path):
     url = f"sqlite:///{tmp_path / 'poptune.db'}"
     process = subprocess.Popen([sys.executable, "-c", SCRIPT, url, "2"], start_new_session=True)
-    time.sleep(3.0)
+    wait_for_intervals(process, url, "cut", 12)
     os.killpg(process.pid, signal.SIGINT)
     process.wait(timeout=60)
     out = subprocess.run(

@@ -10,9 +10,11 @@ transaction.
 from __future__ import annotations
 
 import math
+import os
 import sqlite3
 import time
 import warnings
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -181,6 +183,25 @@ OPEN_MODES: tuple[OpenMode, ...] = ("read", "write", "create")
 _SQLITE_HEADER = b"SQLite format 3\x00"
 
 
+# Every SQLite engine of this process. SQLite forbids carrying an open connection across
+# fork(): the child copies the parent's belief that it holds the WAL's locks, which the kernel
+# does not pass on, so when the parent later closes that connection (a Result going out of use,
+# a garbage collection) it resets the WAL under the workers still writing to it, losing their
+# commits ("disk I/O error", rows vanishing). Before any fork, their pooled connections close;
+# an engine opens a new one when next used.
+_SQLITE_ENGINES: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+
+def _close_sqlite_connections() -> None:
+    """Close the pooled connections of every SQLite engine (a fork is about to happen)."""
+    for engine in list(_SQLITE_ENGINES):
+        engine.dispose()
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork
+    os.register_at_fork(before=_close_sqlite_connections)
+
+
 class SQLStorage(Storage):
     """Population storage in any SQL database SQLAlchemy reaches (SQLite, PostgreSQL).
 
@@ -285,6 +306,7 @@ class SQLStorage(Storage):
                 pool_timeout=CONNECT_TIMEOUT,
             )
         engine = sa.create_engine(url, connect_args={"timeout": 60.0})
+        _SQLITE_ENGINES.add(engine)
 
         @sa.event.listens_for(engine, "connect")
         def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -1216,7 +1238,10 @@ def _check_sqlite_file(path: Path, mode: OpenMode, allow_other_tables: bool) -> 
     """Refuse, before SQLite touches it, what is not a poptune database ``mode`` may open.
 
     Connecting in poptune's way changes a file (WAL mode), so an existing file is first looked
-    at read-only: whether it is a SQLite database at all, and whose tables it holds.
+    at read-only: whether it is a SQLite database at all, and whose tables it holds. Only SQLite
+    opens it: closing any other descriptor of a file drops every POSIX lock this process holds
+    on it, so a connection already open here would lose its lock and another process could
+    then reset the WAL under it (SQLite's "How To Corrupt", section 2.2).
 
     Raises:
         StorageError: one line naming the path, what it is, and what to do.
@@ -1234,20 +1259,6 @@ def _check_sqlite_file(path: Path, mode: OpenMode, allow_other_tables: bool) -> 
         raise StorageError(
             f"No poptune database at {shown_path}: the file does not exist. {check}; "
             f"{'reading' if mode == 'read' else 'this command'} creates nothing (pt.run does)."
-        )
-    try:
-        with path.open("rb") as file:
-            header = file.read(len(_SQLITE_HEADER))
-    except OSError as error:
-        raise StorageError(
-            f"Cannot read the storage {shown_path}: {error.strerror}. Check that it is the "
-            "database file and that you may read it."
-        ) from None
-    if header and header != _SQLITE_HEADER:
-        raise StorageError(
-            f"The storage {shown_path} is not a SQLite database (its first bytes are "
-            f"{shown(header[:8])}): not a poptune storage, and poptune will not write over it. "
-            f"{check}: poptune's default is 'sqlite:///runs/poptune.db'."
         )
     tables, version = _sqlite_contents(path, shown_path)
     if version is not None:
@@ -1282,6 +1293,14 @@ def _sqlite_contents(path: Path, shown_path: Path) -> tuple[list[str], int | Non
             tables = sa.inspect(connection).get_table_names()
             return tables, stored_version(connection, str(shown_path))
     except DBAPIError as error:
+        reason = getattr(error.orig, "sqlite_errorname", None)
+        if reason == "SQLITE_NOTADB":
+            _refuse_other_file(path, shown_path)
+        if reason == "SQLITE_CANTOPEN" and not os.access(path, os.R_OK):
+            raise StorageError(
+                f"Cannot read the storage {shown_path}: permission denied. Check that it is the "
+                "database file and that you may read it."
+            ) from None
         raise StorageError(
             f"The storage {shown_path} is not a usable SQLite database: {_one_line(error)} "
             "If it is poptune's, restore it from a backup; otherwise check the storage URL "
@@ -1289,6 +1308,25 @@ def _sqlite_contents(path: Path, shown_path: Path) -> tuple[list[str], int | Non
         ) from None
     finally:
         engine.dispose()
+
+
+def _refuse_other_file(path: Path, shown_path: Path) -> None:
+    """Refuse a file SQLite says is not a database and whose first bytes are not SQLite's,
+    naming them (a damaged SQLite file is left to the caller's message). Reading them is safe
+    only now: no connection of this process can have a file that is not a database open."""
+    try:
+        with path.open("rb") as file:
+            header = file.read(len(_SQLITE_HEADER))
+    except OSError:
+        return
+    if header == _SQLITE_HEADER:
+        return
+    raise StorageError(
+        f"The storage {shown_path} is not a SQLite database (its first bytes are "
+        f"{shown(header[:8])}): not a poptune storage, and poptune will not write over it. "
+        "Check the storage URL (--storage, $POPTUNE_STORAGE): poptune's default is "
+        "'sqlite:///runs/poptune.db'."
+    )
 
 
 def _names(tables: Sequence[str], most: int = 5) -> str:
