@@ -243,6 +243,43 @@ def test_buffers_are_stacked_and_batchnorm_statistics_kept_per_member():
     assert torch.equal(stack.state(0)["model"]["1.running_mean"], before)
 
 
+class Tied(torch.nn.Module):
+    """An encoder and decoder sharing one weight, scaled by a buffer state_dict leaves out."""
+
+    def __init__(self):
+        super().__init__()
+        self.encode, self.decode = torch.nn.Linear(4, 4), torch.nn.Linear(4, 4)
+        self.decode.weight = self.encode.weight
+        self.register_buffer("scale", torch.full((4,), 2.0), persistent=False)
+
+    def forward(self, x):
+        return self.decode(torch.tanh(self.encode(x))) * self.scale
+
+
+def test_tied_weights_train_as_one_and_states_have_state_dicts_keys():
+    stack = Stack(Tied, SEEDS, optimizer="adam", lr=0.01)
+    x, _ = data(2)
+    plains = []
+    for k in range(N):
+        seed_everything(SEEDS[k])
+        model = Tied()
+        plains.append((model, torch.optim.Adam(model.parameters(), lr=0.01)))
+    for s in range(2):
+        stack.zero_grad()
+        stack(x[s]).pow(2).mean(dim=(1, 2)).sum().backward()
+        stack.step()
+        for k, (model, opt) in enumerate(plains):
+            opt.zero_grad()
+            model(x[s, k]).pow(2).mean().backward()
+            opt.step()
+    for k, (model, opt) in enumerate(plains):
+        state = stack.state(k)
+        assert list(state["model"]) == ["encode.weight", "encode.bias", "decode.weight",
+                                        "decode.bias"]  # fmt: skip
+        assert_close_states(state, save_state(model, opt))
+        Tied().load_state_dict(state["model"])
+
+
 def test_hyperparameters_from_the_members_hparams():
     stack = Stack(build, SEEDS, optimizer="adam")
     hparams = [{"lr": 0.1 * (k + 1), "betas": [0.9, 0.99], "units": 8} for k in range(N)]

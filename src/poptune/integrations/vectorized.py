@@ -156,6 +156,7 @@ class Stack:
         # The module's code, run by functional_call with the stacked tensors; it holds no data.
         self._template = copy.deepcopy(modules[0]).to("meta")
         self._keys = _state_keys(modules[0], params, buffers)
+        self._aliases = _aliases(modules[0])
         self._metadata = getattr(modules[0].state_dict(), "_metadata", None)
         self._size = len(seeds)
         self._optimizer = _OPTIMIZER_CLASSES[name](name, list(params.values()), self._size)
@@ -184,6 +185,9 @@ class Stack:
         return batched(self.params, self.buffers, *inputs)
 
     def _forward(self, params: Any, buffers: Any, *inputs: Any) -> Any:
+        if self._aliases:  # tied weights: each name the module uses gets the one tensor
+            params = {**params, **{a: params[n] for a, n in self._aliases if n in params}}
+            buffers = {**buffers, **{a: buffers[n] for a, n in self._aliases if n in buffers}}
         return functional_call(self._template, (params, buffers), inputs)
 
     def parameters(self) -> Iterator[torch.Tensor]:
@@ -911,6 +915,16 @@ def _state_keys(
             )
         keys.append((key, name))
     return keys
+
+
+def _aliases(module: torch.nn.Module) -> list[tuple[str, str]]:
+    """``(alias, name)`` for each parameter or buffer that ``module`` reaches under a second
+    name (tied weights), ``name`` being the one ``stack_module_state`` stacks it under."""
+    found = []
+    for named in (module.named_parameters, module.named_buffers):
+        first = {id(t): n for n, t in named()}
+        found += [(n, first[id(t)]) for n, t in named(remove_duplicate=False) if first[id(t)] != n]
+    return found
 
 
 def _per_member(name: str, value: Any, size: int, kind: type) -> list[Any]:
