@@ -440,6 +440,7 @@ class _Optimizer:
         self.defaults = _SETTINGS[name]
         self.device = params[0].device if params else torch.device("cpu")
         self.values: dict[str, list[Any]] = {}
+        self.stale = False  # are the device tensors behind self.values
         # torch.optim's own param group for this optimizer, so that state() writes the keys
         # the installed torch writes (foreach, fused, decoupled_weight_decay...).
         torch_class = getattr(torch.optim, _TORCH_CLASS[name])
@@ -466,9 +467,12 @@ class _Optimizer:
         self._check_together({**self.values, **checked})
         self.values.update(checked)
         self._tensors()
+        self.stale = False
         return {k: list(v) for k, v in checked.items()}
 
-    def _checked(self, name: str, value: Any) -> list[Any]:
+    def _checked(self, name: str, value: Any, size: int | None = None) -> list[Any]:
+        """``value`` as one value per member (``size`` of them: N by default), checked."""
+        size = self.size if size is None else size
         if name == "betas":
             if isinstance(value, torch.Tensor | str) or not (
                 isinstance(value, Sequence) and len(value) == 2
@@ -479,15 +483,15 @@ class _Optimizer:
                     value,
                     "Stack",
                 )
-            first = _per_member("betas[0]", value[0], self.size, float)
-            second = _per_member("betas[1]", value[1], self.size, float)
+            first = _per_member("betas[0]", value[0], size, float)
+            second = _per_member("betas[1]", value[1], size, float)
             for beta in (*first, *second):
                 if not 0.0 <= beta < 1.0:
                     raise invalid("betas", "two numbers in [0, 1)", value, "Stack")
             return list(zip(first, second, strict=True))
         if name == "nesterov":
-            return _per_member(name, value, self.size, bool)
-        values = _per_member(name, value, self.size, float)
+            return _per_member(name, value, size, bool)
+        values = _per_member(name, value, size, float)
         for number in values:
             if not math.isfinite(number) or (name != "dampening" and number < 0.0):
                 raise invalid(
@@ -594,7 +598,7 @@ class _Optimizer:
             ) from None
         # Checked as set_hparams checks them: a member slice takes no value a Stack refuses.
         for name, setting in settings.items():
-            self._checked(name, [setting] * self.size if name != "betas" else setting)
+            self._checked(name, setting, size=1)
         per_param = state["state"]
         if not isinstance(per_param, Mapping) or any(k not in indices for k in per_param):
             raise ValueError(
@@ -621,7 +625,13 @@ class _Optimizer:
     def _write_settings(self, i: int, settings: Mapping[str, Any]) -> None:
         for name, value in settings.items():
             self.values[name][i] = value
-        self._tensors()
+        # Rebuilt at the next step, not once per loaded member (a block loads many at once).
+        self.stale = True
+
+    def _refresh(self) -> None:
+        if self.stale:
+            self._tensors()
+            self.stale = False
 
 
 class _SGD(_Optimizer):
@@ -672,6 +682,7 @@ class _SGD(_Optimizer):
         return self.views[key]
 
     def step(self) -> None:
+        self._refresh()
         any_active = any(self.active)
         all_buffered = all(b or not a for a, b in zip(self.active, self.buffered, strict=True))
         fresh = [a and not b for a, b in zip(self.active, self.buffered, strict=True)]
@@ -789,6 +800,7 @@ class _Adam(_Optimizer):
     def step(self) -> None:
         if all(p.grad is None for p in self.params):
             return
+        self._refresh()
         self.steps += 1
         self.counts = [c + 1 for c in self.counts]
         # As torch.optim computes them with Python floats: in float64, then cast once.
