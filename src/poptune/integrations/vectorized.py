@@ -102,7 +102,7 @@ class Stack:
             setting, a setting with a number of values other than N, a value torch.optim
             refuses, seeds that are not ints, or a ``build`` that returns no ``nn.Module``.
 
-    Example:
+    Examples:
         >>> stack = Stack(lambda: torch.nn.Linear(3, 1), seeds=[0, 1], optimizer="sgd",
         ...               lr=[0.1, 0.01], momentum=0.9)
         >>> stack(torch.randn(2, 5, 3)).shape
@@ -250,7 +250,7 @@ class Stack:
         :func:`~poptune.integrations.torch.apply_hparams` does. Settings given by name win. The
         values are all checked before any is set. Returns the settings applied, by name.
 
-        Example:
+        Examples:
             >>> stack = Stack(lambda: torch.nn.Linear(3, 1), seeds=[0, 1], optimizer="adam")
             >>> stack.set_hparams(lr=[0.1, 0.01], betas=(0.9, [0.99, 0.999]))
             {'lr': [0.1, 0.01], 'betas': [(0.9, 0.99), (0.9, 0.999)]}
