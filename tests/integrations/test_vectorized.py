@@ -345,6 +345,8 @@ def _mangled(state, change):
          r"unexpected keys \['extra'\]"),
         (lambda s: s["model"].update({"0.weight": torch.zeros(8, 5)}), ValueError,
          r"0.weight: \(8, 5\) vs \(8, 4\)"),
+        (lambda s: s["model"].update({"2.bias": [0.0] * 3}), ValueError,
+         r"2.bias: \[0.0, 0.0, 0.0\] vs \(3,\)"),
         (lambda s: s.pop("optimizer"), KeyError, r"no 'optimizer' entry"),
         (lambda s: s["optimizer"]["param_groups"][0].update(decoupled_weight_decay=True),
          ValueError, r"an AdamW state and this stack trains with Adam.*optimizer='adamw'"),

@@ -392,15 +392,14 @@ class Stack:
         expected = [key for key, _ in self._keys]
         missing = [key for key in expected if key not in model]
         unexpected = [key for key in model if key not in dict(self._keys)]
-        wrong = {
-            key: (tuple(model[key].shape), tuple(self._tensor(name).shape[1:]))
-            for key, name in self._keys
-            if key in model
-            and not (
-                isinstance(model[key], torch.Tensor)
-                and model[key].shape == self._tensor(name).shape[1:]
-            )
-        }
+        wrong: dict[str, tuple[Any, tuple[int, ...]]] = {}
+        for key, name in self._keys:
+            want = tuple(self._tensor(name).shape[1:])
+            value = model.get(key)
+            if key in model and not isinstance(value, torch.Tensor):
+                wrong[key] = (_describe(value), want)
+            elif isinstance(value, torch.Tensor) and tuple(value.shape) != want:
+                wrong[key] = (tuple(value.shape), want)
         if missing or unexpected or wrong:
             problems = []
             if missing:
@@ -409,7 +408,7 @@ class Stack:
                 problems.append(f"unexpected keys {unexpected}")
             if wrong:
                 problems.append(
-                    "shapes (state's, stack's) that differ "
+                    "values (state's, stack's shape) that differ "
                     + ", ".join(f"{k}: {got} vs {want}" for k, (got, want) in wrong.items())
                 )
             raise ValueError(
