@@ -30,6 +30,7 @@ _EXTRAS = {
     "poptune/integrations/lightning.py": ("lightning",),
     "poptune/integrations/torch.py": ("torch",),
     "poptune/integrations/transformers.py": ("transformers",),
+    "poptune/integrations/vectorized.py": ("torch",),
     "poptune/trackers.py": ("tensorboard",),
 }
 

@@ -42,7 +42,10 @@ except ImportError as error:  # pragma: no cover - exercised only without torch
         "pip install 'poptune[torch]'."
     ) from error
 
-__all__ = ["apply_hparams", "load_state", "save_state", "seed_everything"]
+# The vectorised population lives in its own module; its public names are torch helpers too.
+from .vectorized import OPTIMIZERS, Stack, _detached
+
+__all__ = ["OPTIMIZERS", "Stack", "apply_hparams", "load_state", "save_state", "seed_everything"]
 
 # Settings that PyTorch's optimizers refuse to be negative when they are constructed.
 _NON_NEGATIVE = ("lr", "momentum", "weight_decay", "eps", "dampening", "lr_decay", "alpha")
@@ -63,21 +66,6 @@ def seed_everything(seed: int) -> torch.Generator:
     """
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
-
-
-def _detached(value: Any) -> Any:
-    """``value`` with every tensor copied to the CPU and detached; containers rebuilt."""
-    if isinstance(value, torch.Tensor):
-        tensor = value.detach()
-        # One copy: .cpu() of a GPU tensor is already one, clone() only for CPU tensors.
-        return tensor.clone() if tensor.device.type == "cpu" else tensor.cpu()
-    if isinstance(value, Mapping):
-        return {k: _detached(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_detached(v) for v in value]
-    if isinstance(value, tuple):
-        return tuple(_detached(v) for v in value)
-    return value
 
 
 def save_state(
