@@ -199,6 +199,8 @@ class SimulationResult:
     steps: int = 0
     status: str = ""
     violations: list[Violation] = field(default_factory=list)
+    #: every step the scheduler took, and what it injected: the same for the same seed
+    trace: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -678,7 +680,7 @@ class _Simulation:
         slot.worker = worker
         slot.actor = _Actor(self, slot, f"w{index}", worker.run)
         self.slots.append(slot)
-        self.note(f"{self.step_no:5d} t={self.now - START:7.1f} spawn w{index} ({worker.owner})")
+        self.note(f"{self.step_no:5d} t={self.now - START:7.1f} spawn w{index}")
         return slot
 
     def resume(self) -> None:
@@ -786,7 +788,8 @@ class _Simulation:
             else:
                 path.unlink()
                 self.removed.add(ref.path)
-            self.note(f"{self.step_no:5d} t={self.now - START:7.1f} {kind} ckpt {ref}")
+            where = f"{self.step_no:5d} t={self.now - START:7.1f}"
+            self.note(f"{where} {kind} ckpt ({ref.member}, {ref.step})")
         elif not alive:
             return
         else:
@@ -835,7 +838,7 @@ class _Simulation:
             runnable = [a for a in self.actors if a.slot.paused_until is None and a.runnable()]
             paused = any(s.paused_until is not None and s.alive for s in self.slots)
             if not any(s.alive for s in self.slots):
-                if self.status() is not PopulationStatus.RUNNING or resumes >= 3:
+                if self.status() is not PopulationStatus.RUNNING or resumes > s["faults"] + 2:
                     break
                 resumes += 1
                 self.resume()
@@ -861,7 +864,7 @@ class _Simulation:
                     self.note(f"{self.step_no:5d} t={self.now - START:7.1f} w{slot.index}: gc")
                     slot.worker.housekeeper.tidy()
                 continue
-            if faults_left and r < 0.08 + 0.04:
+            if faults_left and r < 0.08 + 0.015:
                 faults_left -= 1
                 self.fault()
                 continue
@@ -871,6 +874,7 @@ class _Simulation:
             if actor.done and actor is actor.slot.actor:
                 self._ended(actor.slot)
         self.result.steps = self.step_no
+        self.result.trace = self.trace
         self._shutdown()
         self._final_checks()
         if self.kind != "memory":
@@ -977,6 +981,9 @@ def _unfence(storage: MemoryStorage) -> None:
     storage._held = unfenced  # type: ignore[method-assign]
 
 
+# Checkpoints are small and short-lived: in memory (tmpfs) where there is one, as fast as files go.
+_SCRATCH = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
+
 _REFERENCES: dict[tuple[Any, ...], Any] = {}
 
 
@@ -1003,7 +1010,7 @@ def _reference(seed: int, settings: Mapping[str, Any]) -> Any:
     """The fingerprint of the same run with one worker and no fault (memory storage)."""
     key = (seed, tuple(sorted((k, v) for k, v in settings.items() if k != "faults")))
     if key not in _REFERENCES:
-        with tempfile.TemporaryDirectory(prefix="poptune-sim-ref-") as folder:
+        with tempfile.TemporaryDirectory(prefix="poptune-sim-ref-", dir=_SCRATCH) as folder:
             reference = {**settings, "workers": 1, "faults": 0}
             sim = _Simulation(seed, 1, "memory", Path(folder), reference, False, None)
             sim.run()
@@ -1054,7 +1061,7 @@ def simulate_one(
         raise ValueError(
             "storage='postgres' needs $POPTUNE_TEST_POSTGRES (a PostgreSQL URL): set it."
         )
-    folder = Path(tempfile.mkdtemp(prefix="poptune-sim-"))
+    folder = Path(tempfile.mkdtemp(prefix="poptune-sim-", dir=_SCRATCH))
     try:
         with _quiet():
             return _Simulation(
