@@ -12,8 +12,8 @@ import pytest
 
 from poptune.housekeeping import Housekeeper
 from poptune.records import Mode
-from poptune.simulation import FAULTS, SimulationResult, simulate, simulate_one
-from poptune.testing import MemoryStorage
+from poptune.simulation import FAULTS, SimulationResult
+from poptune.testing import MemoryStorage, simulate, simulate_one
 from tests._helpers import ckpt, make
 
 SMOKE_SEEDS = 200
