@@ -194,6 +194,22 @@ def test_a_member_that_fails_while_peers_are_read_is_reported(storage):
         peers[2]  # answered from that read, which is still one short of the count
 
 
+def test_peers_whose_every_candidate_is_gone_are_reported_not_counted_below_zero(storage):
+    # Simulation seed 677: a worker paused past its lease while reading its peers; the others
+    # finished and collected the step. Tournament then drew among "-1 others" and crashed.
+    pid = make(storage, n=2)
+    for score in (0.1, 0.2):
+        train(storage, pid, score)
+    peers = StoredPeers.open(storage, pid, 0, 1, Mode.MAX)
+    assert peers is not None
+    for member in (0, 1):
+        storage.discard_checkpoint(pid, ckpt(member, 1))
+    with pytest.raises(PeersChanged, match="no longer a candidate at step 1"):
+        peers.others()
+    with pytest.raises(PeersChanged):
+        pt.Tournament()(peers.me, peers, np.random.default_rng(0))
+
+
 def test_strategies_called_with_a_list_get_list_peers():
     me = Candidate(1, 1, 0.2, 0.2)
     population = [Candidate(0, 1, 0.9, 0.9), me]

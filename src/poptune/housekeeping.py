@@ -52,13 +52,19 @@ class Housekeeper:
         self.folders = folders
         self.lease_seconds = lease_seconds
         self._held = held
+        #: whether :meth:`start` runs the two threads; off, the caller runs their passes itself
+        #: (:meth:`renew_leases`, :meth:`tidy`): the simulator (:mod:`poptune.simulation`)
+        #: schedules them on its own thread so that a run is the same for the same seed.
+        self.threaded = True
         self._closed = threading.Event()
         self._doomed: queue.SimpleQueue[CheckpointRef | None] = queue.SimpleQueue()
         self._recorded_since_gc = threading.Event()
         self._deleter: threading.Thread | None = None
 
     def start(self) -> None:
-        """Start renewing leases and collecting garbage."""
+        """Start renewing leases and collecting garbage (nothing, unless :attr:`threaded`)."""
+        if not self.threaded:
+            return
         heartbeat = threading.Thread(target=self._heartbeat, name="poptune-lease", daemon=True)
         heartbeat.start()
         # Garbage collection and deleting files are housekeeping: off the per-interval path.
@@ -71,6 +77,9 @@ class Housekeeper:
         """Stop renewing leases; run a last collection, delete the queued files, and return
         once that is done."""
         self._closed.set()
+        if not self.threaded:
+            self.tidy(final=True)
+            return
         self._doomed.put(None)
         if self._deleter is not None:
             self._deleter.join()
@@ -92,6 +101,30 @@ class Housekeeper:
             return
         if found is None or found.path != checkpoint.path:
             self._doomed.put(checkpoint)
+
+    def renew_leases(self) -> None:
+        """Renew the lease of every member held: one beat of ``poptune-lease``."""
+        for claim in list(self._held.values()):
+            try:
+                self.storage.renew(claim, self.lease_seconds)
+            except LeaseLost:
+                pass
+            except Exception:
+                log.debug("Lease renewal failed", exc_info=True)
+
+    def tidy(self, final: bool = False) -> None:
+        """Delete the queued files, then collect garbage if intervals were recorded since the
+        last collection (always when ``final``): one pass of ``poptune-gc``, unspaced, in the
+        caller's thread (for a housekeeper that is not :attr:`threaded`)."""
+        while True:
+            try:
+                ref = self._doomed.get_nowait()
+            except queue.Empty:
+                break
+            if ref is not None:
+                self._delete_file(ref)
+        if final or self._recorded_since_gc.is_set():
+            self._collect(final)
 
     def _collect_now_and_then(self) -> None:
         """Collect garbage now and then, and delete the files nothing refers to any more.
@@ -150,10 +183,4 @@ class Housekeeper:
     def _heartbeat(self) -> None:
         interval = max(self.lease_seconds / 3.0, 0.05)
         while not self._closed.wait(interval):
-            for claim in list(self._held.values()):
-                try:
-                    self.storage.renew(claim, self.lease_seconds)
-                except LeaseLost:
-                    pass
-                except Exception:
-                    log.debug("Lease renewal failed", exc_info=True)
+            self.renew_leases()

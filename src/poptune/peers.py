@@ -231,7 +231,15 @@ class StoredPeers(Peers):
     def counts(self) -> PeerCounts:
         """Where ``me`` stands (one count query, made on first use)."""
         if self._counts is None:
-            self._counts = self._count(self.me)
+            counts = self._count(self.me)
+            if counts.size == 0:  # ``me`` was a candidate when opened: it is gone, with all
+                # the others (a worker paused past its lease while the rest moved on and
+                # collected the step): no count may say -1 others (simulation seed 677)
+                raise PeersChanged(
+                    f"Member {self.me.member} is no longer a candidate at step {self.step}: "
+                    "the population changed while its peers were read."
+                )
+            self._counts = counts
         return self._counts
 
     def _count(self, member: Candidate) -> PeerCounts:

@@ -1,7 +1,8 @@
 """Small trainables for tests, examples and benchmarks (no deep-learning framework needed).
 
 They live in the package, not in ``tests/``, so that worker processes and ``poptune resume`` can
-import them by reference (``poptune.testing:Quadratic``).
+import them by reference (``poptune.testing:Quadratic``). Also the deterministic simulation's
+entry points, :func:`simulate` and :func:`simulate_one` (see :mod:`poptune.simulation`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from .simulation import simulate, simulate_one
 from .storage._memory import MemoryStorage
 from .trainable import Trainable
 
@@ -34,6 +36,8 @@ __all__ = [
     "check_steps",
     "quadratic_loop",
     "quadratic_space",
+    "simulate",
+    "simulate_one",
     "synthetic_report_model",
     "xss_population",
 ]

@@ -20,6 +20,7 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from . import serialization
@@ -88,6 +89,8 @@ class Worker:
         self.live = LiveMembers(resident if resident is not None else spec.config.population)
         self._held: dict[int, Claim] = {}  # member -> claim, while trained or being written
         self._writer: BackgroundWriter | None = None
+        #: makes the writer on first use (the simulator swaps in one it schedules itself)
+        self.new_writer: Callable[[], BackgroundWriter] = BackgroundWriter
         self._background_bytes = int(os.environ.get("POPTUNE_BACKGROUND_BYTES", BACKGROUND_BYTES))
         self.decider = Decider(spec, storage, population_id)
         self.housekeeper = Housekeeper(
@@ -217,7 +220,7 @@ class Worker:
     def writer(self) -> BackgroundWriter:
         """The background thread that saves checkpoints and records intervals."""
         if self._writer is None:
-            self._writer = BackgroundWriter()
+            self._writer = self.new_writer()
         return self._writer
 
     # --- the paper's steps ---------------------------------------------------------------
