@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -33,7 +33,7 @@ from .records import (
 )
 from .runspec import RunSpec
 from .seeding import EXPLOIT, RESEED, rng_for
-from .storage import Claim, Storage
+from .storage import Claim, Copy, Storage
 from .strategies import _capabilities as capabilities
 
 __all__ = ["Decider"]
@@ -95,6 +95,56 @@ class Decider:
         if copied is None:  # the donor's checkpoint was collected meanwhile
             return unchanged
         return _after_copy(member, event), copied
+
+    def exploit_block(
+        self, claims: Sequence[Claim]
+    ) -> list[tuple[MemberRecord, CheckpointRef | None]]:
+        """:meth:`exploit_and_explore` for each member of a block that is due, in a few storage
+        round trips whatever the block's size: the candidates at each of the block's steps are
+        read once (with their hparams), and every copy is recorded in one call
+        (``Storage.record_exploits``). The decisions are the same (same generators, the peers
+        read as one snapshot). Returns each member as it now is and the checkpoint its next
+        interval starts from, in the order of ``claims``.
+        """
+        spec = self.spec
+        decided = [(replace(c.member, exploit_pending=False), c.checkpoint) for c in claims]
+        if spec.exploit is None:
+            return decided
+        steps: dict[int, list[Candidate]] = {}
+        copies: list[tuple[int, Copy]] = []
+        for index, claim in enumerate(claims):
+            member = claim.member
+            if not member.exploit_pending:
+                continue
+            if member.step not in steps:
+                steps[member.step] = self._step_candidates(member.step)
+            population = steps[member.step]
+            me = next((c for c in population if c.member == member.id), None)
+            if me is None:  # not a candidate there (its checkpoint was dropped)
+                continue
+            rng = rng_for(spec.config.seed, EXPLOIT, member.id, member.step)
+            donor = spec.exploit(me, ListPeers(population, me), rng)
+            if donor is None:
+                continue
+            hparams = self._explore(donor, rng)
+            event = _copy_event(member, donor, hparams, me.score)
+            done = donor.step >= spec.config.intervals
+            copies.append((index, Copy(claim, event, hparams, done)))
+        refs = self.storage.record_exploits([copy for _, copy in copies]) if copies else []
+        for (index, copy), ref in zip(copies, refs, strict=True):
+            if ref is not None:  # else: the donor's checkpoint went, or the claim was lost
+                decided[index] = (_after_copy(copy.claim.member, copy.event), ref)
+        return decided
+
+    def _step_candidates(self, step: int) -> list[Candidate]:
+        """Every candidate at ``step``, with its hparams (and history, if the strategy asks)."""
+        return with_history(
+            [self.candidate(i) for i in self.storage.candidates(self.population_id, step)],
+            self.storage,
+            self.population_id,
+            self.spec.config.mode,
+            capabilities.history(self.spec.exploit),
+        )
 
     def fallback(
         self, claim: Claim, member: MemberRecord, damaged: tuple[int, int]
