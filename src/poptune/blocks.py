@@ -8,7 +8,7 @@ block interval is the paper's loop for every member at once:
 1. **claim** up to N members (``Storage.claim_block``: least advanced first, the block this
    worker holds preferred on ties);
 2. **exploit and explore** the members that are due (:meth:`~poptune.decisions.Decider.
-   exploit_block`: the peers at each step read once, every copy recorded in one call);
+   block_copies`: the peers at each step read once; every copy recorded in one call);
 3. **restore**: a member whose weights the running call holds continues in memory; a donor
    inside the block is handed over as the very state it reported (no disk read); anything else
    is read from its checkpoint (:meth:`~poptune.restore.Restorer.read`);
@@ -27,12 +27,13 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from . import serialization
 from ._validation import check_int, invalid
 from .checkpoints import CheckpointStore
+from .decisions import after_copy
 from .failures import _UserCodeFailed, user_code
 from .loop import BlockSession, IntervalSpec
 from .records import CheckpointRef, IntervalRecord, MemberRecord
@@ -43,9 +44,17 @@ from .storage import Claim, Recording, Storage
 from .trainable import metrics_of
 from .worker import Worker
 
-__all__ = ["BlockWorker", "check_block"]
+__all__ = ["BlockWorker", "build_worker", "check_block"]
 
 log = logging.getLogger("poptune")
+
+
+def build_worker(target: WorkerTarget, storage: Storage, checkpoints: CheckpointStore) -> Worker:
+    """The worker a runner starts on ``target``'s population: a :class:`BlockWorker` if it
+    trains in blocks (``block`` recorded in its configuration), else a
+    :class:`~poptune.worker.Worker`."""
+    kind = BlockWorker if target.spec.config.block is not None else Worker
+    return kind.from_target(target, storage, checkpoints)
 
 
 def check_block(block: Any, trainable: Any) -> int | None:
@@ -154,7 +163,7 @@ class BlockWorker(Worker):
         that copied weights at the budget are done, and one whose checkpoint cannot be
         restored fails alone."""
         slots = []
-        for claim, (member, ref) in zip(claims, self.decider.exploit_block(claims), strict=True):
+        for claim, (member, ref) in zip(claims, self.exploit_and_explore(claims), strict=True):
             if member.step >= self.spec.config.intervals:
                 self._forget(claim)  # released as done with the copy
             else:
@@ -179,6 +188,20 @@ class BlockWorker(Worker):
         if not running:
             self._close_session()
         return kept
+
+    def exploit_and_explore(
+        self, claims: list[Claim]
+    ) -> list[tuple[MemberRecord, CheckpointRef | None]]:
+        """Decide the copies of the members that are due (:meth:`~poptune.decisions.Decider.
+        block_copies`) and record them in one call; each member as it now is, with the
+        checkpoint its next interval starts from, in the order of ``claims``."""
+        decided = [(replace(c.member, exploit_pending=False), c.checkpoint) for c in claims]
+        copies = self.decider.block_copies(claims)
+        refs = self.storage.record_exploits([copy for _, copy in copies]) if copies else []
+        for (index, copy), ref in zip(copies, refs, strict=True):
+            if ref is not None:  # else: the donor's checkpoint went, or the claim was lost
+                decided[index] = (after_copy(copy.claim.member, copy.event), ref)
+        return decided
 
     def _restore(self, slot: _Slot, running: bool) -> None:
         """Set ``slot.state``: ``None`` if the running call holds exactly its weights (or they

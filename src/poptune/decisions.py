@@ -36,7 +36,7 @@ from .seeding import EXPLOIT, RESEED, rng_for
 from .storage import Claim, Copy, Storage
 from .strategies import _capabilities as capabilities
 
-__all__ = ["Decider"]
+__all__ = ["Decider", "after_copy"]
 
 
 class Decider:
@@ -94,22 +94,18 @@ class Decider:
         )
         if copied is None:  # the donor's checkpoint was collected meanwhile
             return unchanged
-        return _after_copy(member, event), copied
+        return after_copy(member, event), copied
 
-    def exploit_block(
-        self, claims: Sequence[Claim]
-    ) -> list[tuple[MemberRecord, CheckpointRef | None]]:
-        """:meth:`exploit_and_explore` for each member of a block that is due, in a few storage
-        round trips whatever the block's size: the candidates at each of the block's steps are
-        read once (with their hparams), and every copy is recorded in one call
-        (``Storage.record_exploits``). The decisions are the same (same generators, the peers
-        read as one snapshot). Returns each member as it now is and the checkpoint its next
-        interval starts from, in the order of ``claims``.
+    def block_copies(self, claims: Sequence[Claim]) -> list[tuple[int, Copy]]:
+        """The copies :meth:`exploit_and_explore` would make for the members of a block that
+        are due (same generators; the peers at each of the block's steps read once, with their
+        hparams, as one snapshot), with the index of each one's claim. Nothing is recorded:
+        the block worker records them together (``Storage.record_exploits``) and applies each
+        committed one with :func:`after_copy`.
         """
         spec = self.spec
-        decided = [(replace(c.member, exploit_pending=False), c.checkpoint) for c in claims]
         if spec.exploit is None:
-            return decided
+            return []
         steps: dict[int, list[Candidate]] = {}
         copies: list[tuple[int, Copy]] = []
         for index, claim in enumerate(claims):
@@ -130,11 +126,7 @@ class Decider:
             event = _copy_event(member, donor, hparams, me.score)
             done = donor.step >= spec.config.intervals
             copies.append((index, Copy(claim, event, hparams, done)))
-        refs = self.storage.record_exploits([copy for _, copy in copies]) if copies else []
-        for (index, copy), ref in zip(copies, refs, strict=True):
-            if ref is not None:  # else: the donor's checkpoint went, or the claim was lost
-                decided[index] = (_after_copy(copy.claim.member, copy.event), ref)
-        return decided
+        return copies
 
     def _step_candidates(self, step: int) -> list[Candidate]:
         """Every candidate at ``step``, with its hparams (and history, if the strategy asks)."""
@@ -166,7 +158,7 @@ class Decider:
             event = _copy_event(member, donor, donor.hparams, member.score, CopyReason.FALLBACK)
             ref = self.storage.record_exploit(claim, event, donor.hparams)
             if ref is not None:
-                return _after_copy(member, event), ref
+                return after_copy(member, event), ref
         return None
 
     def reseed(self, member: MemberRecord) -> tuple[ExploitEvent, dict[str, Any]] | None:
@@ -304,7 +296,7 @@ def _copy_event(
     )
 
 
-def _after_copy(member: MemberRecord, event: ExploitEvent) -> MemberRecord:
+def after_copy(member: MemberRecord, event: ExploitEvent) -> MemberRecord:
     """The member as it is once ``event`` is recorded: the donor's weights and step (the
     intervals behind those weights), the new hparams."""
     return replace(

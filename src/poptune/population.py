@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ._validation import check_int
-from .blocks import check_block
+from .blocks import build_worker, check_block
 from .checkpoints import CheckpointStore, open_checkpoints
 from .config import PopulationConfig
 from .deletion import check_deletable as check_deletable
@@ -36,7 +36,6 @@ from .storage import Storage, open_storage
 from .strategies.stop import Stop
 from .trackers import Tracker, check_trackers
 from .trainable import check_trainable
-from .worker import Worker
 
 __all__ = ["Population", "delete", "join", "load", "replay", "resume", "run"]
 
@@ -372,7 +371,7 @@ def join(
         config.lease_seconds,
         resident,
     )
-    return Worker.from_target(target, result.storage, checkpoint_store).run()
+    return build_worker(target, result.storage, checkpoint_store).run()
 
 
 def delete(

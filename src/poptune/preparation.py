@@ -260,9 +260,10 @@ def prepare_resume(
                 "resume",
             )
     changes: dict[str, Any] = {"started_at": time.time()}
+    if stop is not KEEP:
+        changes["stop"] = describe_stop(stop_list(stop, config.metric))
     if block is not KEEP:
         changes["block"] = block
-        changes["stop"] = describe_stop(stop_list(stop, config.metric))
     runner = choose_runner(runner, workers, config.population, devices)
     trainable = trainable if trainable is not None else recorded_trainable(record)
     check_trainable(trainable)

@@ -115,14 +115,9 @@ class Worker:
         cls, target: WorkerTarget, storage: Storage, checkpoints: CheckpointStore
     ) -> Worker:
         """A worker on the population of ``target`` (what every runner hands its workers),
-        with the storage and checkpoint store the caller opened at its URLs; a
-        :class:`~poptune.blocks.BlockWorker` if the population trains in blocks."""
-        kind: type[Worker] = cls
-        if cls is Worker and target.spec.config.block is not None:
-            from .blocks import BlockWorker  # it builds on this module
-
-            kind = BlockWorker
-        return kind(
+        with the storage and checkpoint store the caller opened at its URLs (see
+        :func:`poptune.blocks.build_worker` for one that may train blocks)."""
+        return cls(
             target.spec,
             storage,
             checkpoints,
