@@ -115,8 +115,7 @@ class Worker:
         cls, target: WorkerTarget, storage: Storage, checkpoints: CheckpointStore
     ) -> Worker:
         """A worker on the population of ``target`` (what every runner hands its workers),
-        with the storage and checkpoint store the caller opened at its URLs (see
-        :func:`poptune.blocks.build_worker` for one that may train blocks)."""
+        with the storage and checkpoint store the caller opened at its URLs."""
         return cls(
             target.spec,
             storage,
