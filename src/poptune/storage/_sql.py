@@ -89,6 +89,7 @@ from ._statements import (
     INTERVAL,
     LATEST,
     LATEST_SCORES,
+    LOGGED_COPIES,
     PEER,
     PEER_BEST,
     PEER_BY_MEMBER,
@@ -885,32 +886,60 @@ class SQLStorage(Storage):
 
     @retrying
     def record_exploits(self, copies: Sequence[Copy]) -> list[CheckpointRef | None]:
-        """Record every copy as :meth:`record_exploit` does, in one transaction."""
+        """Record every copy as :meth:`record_exploit` does, in one transaction of a few
+        statements whatever the block's size.
+
+        Idempotent as :meth:`record_exploit`: a retry finds its events recorded.
+        """
         if not copies:
             return []
-        refs: list[CheckpointRef | None] = []
+        pid = copies[0].claim.population_id
         with self._write() as connection:
-            lock_population(connection, copies[0].claim.population_id, shared=True)
+            lock_population(connection, pid, shared=True)
+            pairs = sorted({(c.event.donor, c.event.donor_step) for c in copies})
+            donors = {
+                (row.member_id, row.step): checkpoint_ref(row)
+                for row in connection.execute(RESTORE_MANY, {"pid": pid, "pairs": pairs})
+            }
+            mids = [c.claim.member.id for c in copies]
+            holders = {
+                r.member_id: r for r in connection.execute(HOLDERS, {"pid": pid, "mids": mids})
+            }
+            logged = {
+                tuple(row)
+                for row in connection.execute(
+                    LOGGED_COPIES,
+                    {"pid": pid, "mids": mids, "steps": [c.event.step for c in copies]},
+                )
+            }
+            refs: list[CheckpointRef | None] = []
+            writes: dict[bool, list[Copy]] = {False: [], True: []}
             for c in copies:
-                row = connection.execute(
-                    CHECKPOINT,
-                    {
-                        "pid": c.claim.population_id,
-                        "mid": c.event.donor,
-                        "step": c.event.donor_step,
-                    },
-                ).first()
-                if row is None:
-                    refs.append(None)
-                    continue
-                if not exploit_recorded(connection, c.claim.population_id, c.event):
-                    statement = EXPLOIT_DONE if c.done else EXPLOIT
-                    try:
-                        self._copy(connection, statement, c.claim, c.event, c.hparams)
-                    except LeaseLost:  # refused alone: its fenced update changed nothing
-                        refs.append(None)
-                        continue
-                refs.append(checkpoint_ref(row))
+                e, ref, holder = (
+                    c.event,
+                    donors.get((c.event.donor, c.event.donor_step)),
+                    holders.get(c.claim.member.id),
+                )
+                if ref is not None and (e.member, e.step, e.donor, e.donor_step, e.time) in logged:
+                    refs.append(ref)  # the retry of a call that committed
+                elif (
+                    ref is None
+                    or holder is None
+                    or holder.token != c.claim.token
+                    or holder.status != MemberStatus.RUNNING.value
+                ):
+                    refs.append(None)  # the donor's checkpoint is gone, or the claim was lost
+                else:
+                    refs.append(ref)
+                    writes[c.done].append(c)
+            for done, batch in writes.items():
+                if batch:
+                    connection.execute(
+                        EXPLOIT_DONE if done else EXPLOIT, [_copy_values(c) for c in batch]
+                    )
+                    connection.execute(
+                        exploits.insert(), [exploit_row(pid, c.event) for c in batch]
+                    )
         return refs
 
     @retrying
@@ -1496,3 +1525,19 @@ def _recording_rows(r: Recording) -> tuple[dict[str, Any], dict[str, Any], dict[
         "score": score,
     }
     return member, row, ckpt
+
+
+def _copy_values(c: Copy) -> dict[str, Any]:
+    """The fenced member update of one block copy (what :meth:`SQLStorage._copy` writes)."""
+    event = c.event
+    return {
+        "f_pid": c.claim.population_id,
+        "f_mid": c.claim.member.id,
+        "f_token": c.claim.token,
+        "v_hparams": dumps(dict(c.hparams)),
+        "v_parent": event.donor,
+        "v_rm": event.donor,
+        "v_rs": event.donor_step,
+        "v_step": event.donor_step,
+        "v_score": score_value(event.donor_score),
+    }

@@ -160,6 +160,18 @@ HOLDERS = (
     .where(_m.population_id == _B("pid"), _m.member_id.in_(_B("mids", expanding=True)))
     .with_for_update()
 )
+#: the copies of a block's members already logged (how a retried batch finds what committed)
+LOGGED_COPIES = sa.select(
+    exploits.c.member_id,
+    exploits.c.step,
+    exploits.c.donor_id,
+    exploits.c.donor_step,
+    exploits.c.time,
+).where(
+    exploits.c.population_id == _B("pid"),
+    exploits.c.member_id.in_(_B("mids", expanding=True)),
+    exploits.c.step.in_(_B("steps", expanding=True)),
+)
 RESTORE = sa.select(_c.path, _c.size, _c.checksum).where(
     _c.population_id == _B("pid"), _c.member_id == _B("mid"), _c.step == _B("step")
 )
