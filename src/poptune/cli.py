@@ -512,6 +512,13 @@ def schedule(
     help="How many members this worker keeps in memory between intervals (default: all it "
     "trains). Lower it when memory is short.",
 )
+@click.option(
+    "--block",
+    type=click.IntRange(min=1),
+    default=None,
+    help="How many members this worker trains per call of the training function (default: "
+    "the population's recorded block; see docs/blocks.md).",
+)
 @_errors
 def worker(
     name: str,
@@ -519,6 +526,7 @@ def worker(
     checkpoints: str | None,
     device: str | None,
     resident: int | None,
+    block: int | None,
 ) -> None:
     """Join population NAME as one more worker, until its budget is spent.
 
@@ -535,7 +543,7 @@ def worker(
         apply_environment(device_environment([parse_device(device)], 0, visible))
     try:
         population = load(open_storage(storage, mode="write"), name, checkpoints)
-        trained = join(population, checkpoints=checkpoints, resident=resident)
+        trained = join(population, checkpoints=checkpoints, resident=resident, block=block)
     except KeyboardInterrupt:
         click.echo("Interrupted; the member in progress was given back.", err=True)
         sys.exit(130)

@@ -80,6 +80,8 @@ class PopulationConfig:
             absolute folder or a URL.
         schedule: for a replay, the hparams of each interval.
         replay_of: for a replay, ``{"population": name, "member": id}`` of what it replays.
+        block: how many members one call of the training function trains together
+            (``None``: one member per call); how workers schedule, not the algorithm.
         legacy_steps: recorded by a release whose steps counted a member's own intervals, and
             not rewritten to the new meaning by the upgrade (why, or ``True``): read-only.
         extra: stored keys this release does not know (kept, so nothing is lost on a rewrite).
@@ -104,6 +106,7 @@ class PopulationConfig:
     checkpoints: str | None = None
     schedule: tuple[Mapping[str, Any], ...] = ()
     replay_of: Mapping[str, Any] | None = None
+    block: int | None = None
     legacy_steps: bool | str = False
     extra: Mapping[str, Any] = field(default_factory=dict)
 
@@ -141,6 +144,8 @@ class PopulationConfig:
         put("schedule", _hparams_list("schedule", self.schedule or ()))
         if self.replay_of is not None:
             put("replay_of", dict(self.replay_of))
+        if self.block is not None:
+            put("block", check_int("block", self.block, 1))
         if not isinstance(self.legacy_steps, str):
             put("legacy_steps", check_bool("legacy_steps", self.legacy_steps))
         put("extra", dict(self.extra))
@@ -175,6 +180,8 @@ class PopulationConfig:
             data["schedule"] = [dict(h) for h in self.schedule]
         if self.replay_of is not None:
             data["replay_of"] = dict(self.replay_of)
+        if self.block is not None:
+            data["block"] = self.block
         if self.legacy_steps:
             data["legacy_steps"] = self.legacy_steps
         return data

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -33,10 +33,10 @@ from .records import (
 )
 from .runspec import RunSpec
 from .seeding import EXPLOIT, RESEED, rng_for
-from .storage import Claim, Storage
+from .storage import Claim, Copy, Storage
 from .strategies import _capabilities as capabilities
 
-__all__ = ["Decider"]
+__all__ = ["Decider", "after_copy"]
 
 
 class Decider:
@@ -94,7 +94,49 @@ class Decider:
         )
         if copied is None:  # the donor's checkpoint was collected meanwhile
             return unchanged
-        return _after_copy(member, event), copied
+        return after_copy(member, event), copied
+
+    def block_copies(self, claims: Sequence[Claim]) -> list[tuple[int, Copy]]:
+        """The copies :meth:`exploit_and_explore` would make for the members of a block that
+        are due (same generators; the peers at each of the block's steps read once, with their
+        hparams, as one snapshot), with the index of each one's claim. Nothing is recorded:
+        the block worker records them together (``Storage.record_exploits``) and applies each
+        committed one with :func:`after_copy`.
+        """
+        spec = self.spec
+        if spec.exploit is None:
+            return []
+        steps: dict[int, list[Candidate]] = {}
+        copies: list[tuple[int, Copy]] = []
+        for index, claim in enumerate(claims):
+            member = claim.member
+            if not member.exploit_pending:
+                continue
+            if member.step not in steps:
+                steps[member.step] = self._step_candidates(member.step)
+            population = steps[member.step]
+            me = next((c for c in population if c.member == member.id), None)
+            if me is None:  # not a candidate there (its checkpoint was dropped)
+                continue
+            rng = rng_for(spec.config.seed, EXPLOIT, member.id, member.step)
+            donor = spec.exploit(me, ListPeers(population, me), rng)
+            if donor is None:
+                continue
+            hparams = self._explore(donor, rng)
+            event = _copy_event(member, donor, hparams, me.score)
+            done = donor.step >= spec.config.intervals
+            copies.append((index, Copy(claim, event, hparams, done)))
+        return copies
+
+    def _step_candidates(self, step: int) -> list[Candidate]:
+        """Every candidate at ``step``, with its hparams (and history, if the strategy asks)."""
+        return with_history(
+            [self.candidate(i) for i in self.storage.candidates(self.population_id, step)],
+            self.storage,
+            self.population_id,
+            self.spec.config.mode,
+            capabilities.history(self.spec.exploit),
+        )
 
     def fallback(
         self, claim: Claim, member: MemberRecord, damaged: tuple[int, int]
@@ -116,7 +158,7 @@ class Decider:
             event = _copy_event(member, donor, donor.hparams, member.score, CopyReason.FALLBACK)
             ref = self.storage.record_exploit(claim, event, donor.hparams)
             if ref is not None:
-                return _after_copy(member, event), ref
+                return after_copy(member, event), ref
         return None
 
     def reseed(self, member: MemberRecord) -> tuple[ExploitEvent, dict[str, Any]] | None:
@@ -254,7 +296,7 @@ def _copy_event(
     )
 
 
-def _after_copy(member: MemberRecord, event: ExploitEvent) -> MemberRecord:
+def after_copy(member: MemberRecord, event: ExploitEvent) -> MemberRecord:
     """The member as it is once ``event`` is recorded: the donor's weights and step (the
     intervals behind those weights), the new hparams."""
     return replace(

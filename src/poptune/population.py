@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ._validation import check_int
+from .blocks import build_worker, check_block
 from .checkpoints import CheckpointStore, open_checkpoints
 from .config import PopulationConfig
 from .deletion import check_deletable as check_deletable
@@ -35,7 +36,6 @@ from .storage import Storage, open_storage
 from .strategies.stop import Stop
 from .trackers import Tracker, check_trackers
 from .trainable import check_trainable
-from .worker import Worker
 
 __all__ = ["Population", "delete", "join", "load", "replay", "resume", "run"]
 
@@ -104,6 +104,7 @@ def run(
     resident: int | None = None,
     stop: Stop | Sequence[Stop] | None = None,
     trackers: Sequence[Tracker] | None = None,
+    block: int | None = None,
 ) -> Population:
     """Train a population with Population Based Training and return its results.
 
@@ -153,6 +154,12 @@ def run(
             ``[pt.TensorBoard("runs/tb"), pt.MLflow("sqlite:///runs/mlflow.db")]``: a thread
             beside the workers exports what the storage holds, and the rest once they stop. A
             failing tracker is a warning, never a stopped run. See docs/trackers.md.
+        block: train up to this many members in one call of a training function (``def
+            train(ctx)`` over ``ctx.members``, see :mod:`poptune.loop` and docs/blocks.md):
+            each worker claims a block of members at once and the function trains them
+            together (stacked weights, ``vmap``). Recorded with the population, so ``resume``
+            and ``poptune worker`` train it in blocks too. ``None`` (default): one member
+            per call. A Trainable class cannot train blocks.
 
     Raises:
         ValueError / TypeError: for invalid arguments, naming the parameter and the value.
@@ -188,6 +195,7 @@ def run(
         resident=resident,
         stop=stop,
         trackers=trackers,
+        block=block,
     )
     storage = open_storage(storage)
     record = reconcile(storage, plan.name, plan.config, plan.start, checkpoints)
@@ -232,6 +240,7 @@ def resume(
     intervals: int | None = None,
     stop: Stop | Sequence[Stop] | None = _DEFAULT,
     trackers: Sequence[Tracker] | None = None,
+    block: int | None = _DEFAULT,
 ) -> Population:
     """Continue a stored population to its full budget with its stored configuration.
 
@@ -243,7 +252,8 @@ def resume(
     not) a larger budget: its members train on from where they are, to that many intervals.
     ``stop`` replaces the stored stop criteria (``None`` or ``[]``: none); by default they are
     kept (a wall-clock limit counts from this call). ``trackers`` export while it trains, as
-    in :func:`run`.
+    in :func:`run`. ``block`` replaces the recorded block size (see :func:`run`; ``None``:
+    one member per call); by default it is kept.
 
     Raises:
         ValueError: if ``intervals`` is less than the population's budget.
@@ -261,6 +271,7 @@ def resume(
         devices=devices,
         intervals=intervals,
         stop=stop,
+        block=block,
     )
     exporters = check_trackers(trackers)
     given = open_checkpoints(checkpoints) if checkpoints is not None else result.checkpoint_store
@@ -311,6 +322,7 @@ def replay(
         stop=(),
         schedule=schedule,
         replay_of={"population": name, "member": entries[-1].member},
+        block=None if stored.block is None else 1,  # a block's function replays a block of one
     )
     record = reconcile_replay(storage, target, config, [schedule[0]])
     execution = Execution(
@@ -330,12 +342,14 @@ def join(
     checkpoints: str | os.PathLike[str] | None = None,
     trainable: type | None = None,
     resident: int | None = None,
+    block: int | None = None,
 ) -> int:
     """Run one worker on a stored population in this process until the budget is spent.
 
     This is what ``poptune worker`` runs on every machine that joins. ``resident`` bounds the
-    members it keeps in memory (default: the whole population). Returns the number of
-    intervals this worker trained.
+    members it keeps in memory (default: the whole population); ``block`` is how many members
+    it trains per call of a training function (default: the population's recorded block, see
+    :func:`run`). Returns the number of intervals this worker trained.
     """
     if resident is not None:
         resident = check_int("resident", resident, 1)
@@ -344,6 +358,10 @@ def join(
     config = PopulationConfig.of(record)
     trainable = trainable if trainable is not None else recorded_trainable(record)
     check_trainable(trainable)
+    if block is not None:  # this worker's own: the recorded one is left as it is
+        config = config.replace(block=check_block(block, trainable))
+    else:
+        check_block(config.block, trainable)
     checkpoint_store = open_checkpoint_store(result.storage, record, checkpoints)
     spec = RunSpec.build(config, trainable)
     target = WorkerTarget(
@@ -354,7 +372,7 @@ def join(
         config.lease_seconds,
         resident,
     )
-    return Worker.from_target(target, result.storage, checkpoint_store).run()
+    return build_worker(target, result.storage, checkpoint_store).run()
 
 
 def delete(

@@ -19,6 +19,7 @@ import numpy as np
 
 from ._imports import import_object, reference_of
 from ._validation import check_int, check_name, invalid
+from .blocks import check_block
 from .checkpoints import CheckpointStore
 from .config import PopulationConfig
 from .execution import Execution
@@ -118,6 +119,7 @@ def prepare_run(
     resident: int | None,
     stop: Stop | Sequence[Stop] | None,
     trackers: Sequence[Tracker] | None,
+    block: int | None = None,
 ) -> RunPlan:
     """Check ``pt.run``'s arguments (see :func:`poptune.run`) in their fixed order and build
     the plan; ``exploit`` or ``explore`` equal to :data:`~poptune.runspec.KEEP`, and ``explore``
@@ -137,6 +139,7 @@ def prepare_run(
     workers = check_int("workers", workers, 1)
     if resident is not None:
         resident = check_int("resident", resident, 1)
+    block = check_block(block, trainable)
     runner = choose_runner(runner, workers, population, devices)
     trackers = check_trackers(trackers)
     exploit, explore, ready = _strategies(exploit, explore, ready, space)
@@ -160,6 +163,7 @@ def prepare_run(
         lease_seconds=lease_seconds,
         stop=tuple(describe_stop(criteria)),
         started_at=started_at,
+        block=block,
     )
     start = _initial(space, population, seed, initial)
     if initial is not None:
@@ -231,6 +235,7 @@ def prepare_resume(
     devices: Sequence[str] | None,
     intervals: int | None,
     stop: Stop | Sequence[Stop] | None,
+    block: int | None = KEEP,
 ) -> ResumePlan:
     """Check ``pt.resume``'s arguments (see :func:`poptune.resume`) against the stored
     population and import what it trains with; ``stop`` equal to
@@ -257,9 +262,15 @@ def prepare_resume(
     changes: dict[str, Any] = {"started_at": time.time()}
     if stop is not KEEP:
         changes["stop"] = describe_stop(stop_list(stop, config.metric))
+    if block is not KEEP:
+        changes["block"] = block
     runner = choose_runner(runner, workers, config.population, devices)
     trainable = trainable if trainable is not None else recorded_trainable(record)
     check_trainable(trainable)
+    if "block" in changes:
+        changes["block"] = check_block(changes["block"], trainable)
+    else:
+        check_block(config.block, trainable)
     planned = config.replace(stop=tuple(changes["stop"])) if "stop" in changes else config
     explore = None if explore is KEEP else explore  # RunSpec.build keeps the recorded one
     RunSpec.build(planned, trainable, exploit, explore, ready)  # its strategies import, too

@@ -67,7 +67,12 @@ def reconcile(
             return record
     check_same(record, config, storage)
     storage.update_config(
-        record.id, {"stop": [dict(d) for d in config.stop], "started_at": config.started_at}
+        record.id,
+        {
+            "stop": [dict(d) for d in config.stop],
+            "started_at": config.started_at,
+            "block": config.block,  # how to schedule, not the algorithm: this run's
+        },
     )
     log.warning(
         "Population %r already exists in %s with this configuration; continuing it%s. "

@@ -81,6 +81,18 @@ class Restorer:
             return member, self.build(member)
         if live is not None and ref is not None and live.holds == ref:
             return member, live
+        member, ref, state = self.read(claim, member, ref)
+        live = live if live is not None else self.build(member)
+        user_code(live.session.load, state)
+        live.holds = ref
+        return member, live
+
+    def read(
+        self, claim: Claim, member: MemberRecord, ref: CheckpointRef | None
+    ) -> tuple[MemberRecord, CheckpointRef, Any]:
+        """The state ``member`` restores from (checkpoint ``ref``, or a fallback's: see
+        :meth:`restore`), with the member and checkpoint as they then are."""
+        assert member.restore is not None  # its first interval restores nothing
         while True:
             if ref is not None:
                 try:
@@ -96,10 +108,7 @@ class Restorer:
                     self.housekeeper.delete(ref)
                     damaged = (ref.member, ref.step)
                 else:
-                    live = live if live is not None else self.build(member)
-                    user_code(live.session.load, state)
-                    live.holds = ref
-                    return member, live
+                    return member, ref, state
             else:
                 log.warning(
                     "Checkpoint %s of member %d is not in the storage; falling back.",

@@ -1,6 +1,7 @@
 """Runners start workers: in this process, or as local processes.
 
-Every runner runs the same :class:`~poptune.worker.Worker` loop; they differ only in where.
+Every runner runs the same worker loop (:func:`~poptune.blocks.build_worker`); they differ only
+in where.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from ._validation import check_float, check_int
+from .blocks import build_worker
 from .checkpoints import open_checkpoints
 from .devices import (
     CUDA_VISIBLE_DEVICES,
@@ -25,7 +27,7 @@ from .devices import (
 )
 from .runspec import WorkerTarget
 from .storage import check_shareable, open_storage
-from .worker import PopulationError, Worker
+from .worker import PopulationError
 
 __all__ = ["InProcessRunner", "LocalProcessRunner", "RayRunner", "Runner", "WorkerTarget"]
 
@@ -41,7 +43,7 @@ def run_target(target: WorkerTarget, stop: Any = None) -> int:
     of a worker process or a Ray actor). Returns the intervals it trained."""
     storage = open_storage(target.storage_url, mode="write")
     try:
-        worker = Worker.from_target(target, storage, open_checkpoints(target.checkpoints_url))
+        worker = build_worker(target, storage, open_checkpoints(target.checkpoints_url))
         return worker.run(stop)
     finally:
         storage.close()
@@ -76,7 +78,7 @@ class InProcessRunner:
     ) -> None:
         """Run one worker here until the budget is spent."""
         on_started()
-        Worker.from_target(target, storage, checkpoints).run()
+        build_worker(target, storage, checkpoints).run()
 
 
 def _worker_main(target: WorkerTarget, stop: Any, environment: Mapping[str, str]) -> None:

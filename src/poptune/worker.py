@@ -137,23 +137,14 @@ class Worker:
         try:
             while stop is None or not stop.is_set():
                 self.writer.check()  # a checkpoint that could not be written stops the worker
-                claim = self.storage.claim(
-                    self.population_id,
-                    self.owner,
-                    self.spec.config.intervals,
-                    self.lease_seconds,
-                    self.spec.config.sync,
-                    prefer=self.live.preferred(),
-                )
-                if claim is None:
-                    if not self.writer.idle():  # recording our own interval may free a member
-                        self.writer.flush()
-                        continue
-                    if finished(self.storage, self.population_id, self.spec.config):
-                        break
-                    time.sleep(self.poll_seconds)
+                if self.work_once():
                     continue
-                self.work_on(claim)
+                if not self.writer.idle():  # recording our own interval may free a member
+                    self.writer.flush()
+                    continue
+                if finished(self.storage, self.population_id, self.spec.config):
+                    break
+                time.sleep(self.poll_seconds)
             interrupted = False
         except PopulationNotFound:
             raise PopulationError(
@@ -171,10 +162,29 @@ class Worker:
                     self._abandon(claim)
                 if interrupted:  # Ctrl-C can land between a claim's commit and its return
                     self._release_all()
-                self.live.close()
+                self.close_members()
                 self.housekeeper.stop()
                 self.checkpoints.close()
         return self.trained
+
+    def work_once(self) -> bool:
+        """Claim the member furthest behind and work on it; ``False`` if none is claimable."""
+        claim = self.storage.claim(
+            self.population_id,
+            self.owner,
+            self.spec.config.intervals,
+            self.lease_seconds,
+            self.spec.config.sync,
+            prefer=self.live.preferred(),
+        )
+        if claim is None:
+            return False
+        self.work_on(claim)
+        return True
+
+    def close_members(self) -> None:
+        """Let go of every member kept in memory (the worker is stopping)."""
+        self.live.close()
 
     def work_on(self, claim: Claim) -> None:
         """One member, one interval: exploit if due, restore, train and evaluate; the checkpoint

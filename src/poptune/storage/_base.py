@@ -19,6 +19,10 @@ Contract (every implementation must keep it):
   ``step`` becomes the donor's: a member's step is always the number of intervals behind the
   weights it holds (the paper's t), so a member's steps only grow and no model trains more
   than the budget.
+- ``claim_block``, ``record_intervals`` and ``record_exploits`` do for many members what
+  ``claim``, ``record_interval`` and ``record_exploit`` do for one, each member's write fenced
+  by its own claim: a member whose claim was lost is refused alone (the others are recorded).
+  A backend makes each batch one transaction; the defaults make one per member.
 - Reads (``members``, ``intervals``, ``candidates``, ``summary``...) see committed data only; they
   may be stale by the time the caller acts on them, which is why ``record_exploit`` re-checks.
 - A checkpoint row is deleted only by ``collect_garbage``, under the documented keep rule, and
@@ -73,10 +77,12 @@ from ..records import (
 
 __all__ = [
     "Claim",
+    "Copy",
     "LeaseLost",
     "PopulationBusy",
     "PopulationExists",
     "PopulationNotFound",
+    "Recording",
     "Storage",
     "StorageError",
     "Summary",
@@ -173,6 +179,29 @@ class Summary:
     status: PopulationStatus
     recoveries: int = 0  # copies that recovered a member (re-seeds, fallbacks): not exploits
     best_step: int | None = None  # the step of the best kept checkpoint, with ``best_member``
+
+
+@dataclass(frozen=True)
+class Recording:
+    """One member's interval to record with :meth:`Storage.record_intervals`: the arguments
+    of :meth:`Storage.record_interval`."""
+
+    claim: Claim
+    interval: IntervalRecord
+    checkpoint: CheckpointRef
+    exploit_pending: bool
+    done: bool
+
+
+@dataclass(frozen=True)
+class Copy:
+    """One member's exploit to record with :meth:`Storage.record_exploits`: the arguments of
+    :meth:`Storage.record_exploit`."""
+
+    claim: Claim
+    event: ExploitEvent
+    hparams: Mapping[str, Any]
+    done: bool = False
 
 
 class Storage(ABC):
@@ -490,6 +519,65 @@ class Storage(ABC):
         if mode is not None:
             rows = sorted(rows, key=lambda row: rank_key(mode.fitness(row[2]), row[0]))
         return rows[index] if 0 <= index < len(rows) else None
+
+    # --- batches: a block of members (see :mod:`poptune.blocks`). The defaults call the
+    # single-member method once per member, so each member's write is its own transaction and
+    # keeps that method's contract; a backend overrides them to make a batch one transaction.
+
+    def claim_block(
+        self,
+        population_id: int,
+        owner: str,
+        budget: int,
+        lease_seconds: float,
+        sync: bool,
+        count: int,
+        prefer: Sequence[int] = (),
+    ) -> list[Claim]:
+        """Claim up to ``count`` members, each as :meth:`claim` would choose it (least advanced
+        first, ``prefer`` on ties), by member id; ``[]`` when nothing is claimable.
+
+        The default calls :meth:`claim` up to ``count`` times; override for speed (one
+        transaction).
+        """
+        claims: list[Claim] = []
+        for _ in range(count):
+            claim = self.claim(population_id, owner, budget, lease_seconds, sync, prefer)
+            if claim is None:
+                break
+            claims.append(claim)
+        return sorted(claims, key=lambda c: c.member.id)
+
+    def record_intervals(self, recordings: Sequence[Recording]) -> list[int]:
+        """Record each interval as :meth:`record_interval` does; return the members whose
+        write was refused (their claim was lost: nothing of theirs is recorded), by id.
+
+        The default calls :meth:`record_interval` once per member; override for speed (one
+        transaction: a refused member changes nothing, the others are recorded).
+        """
+        refused = []
+        for r in recordings:
+            try:
+                self.record_interval(r.claim, r.interval, r.checkpoint, r.exploit_pending, r.done)
+            except LeaseLost:
+                refused.append(r.claim.member.id)
+        return sorted(refused)
+
+    def record_exploits(self, copies: Sequence[Copy]) -> list[CheckpointRef | None]:
+        """Record each copy as :meth:`record_exploit` does; return, in order, the donor's
+        checkpoint, or ``None`` where nothing changed: the donor's checkpoint is no longer
+        committed, or the claim was lost (the member's next write under it is refused too).
+
+        The default calls :meth:`record_exploit` once per copy; override for speed (one
+        transaction).
+        """
+        refs: list[CheckpointRef | None] = []
+        for c in copies:
+            try:
+                refs.append(self.record_exploit(c.claim, c.event, c.hparams, c.done))
+            except LeaseLost:
+                refs.append(None)
+        return refs
 
     def close(self) -> None:
         """Release connections. The default has none to release."""

@@ -41,9 +41,11 @@ from ..records import (
 )
 from ._base import (
     Claim,
+    Copy,
     LeaseLost,
     PopulationExists,
     PopulationNotFound,
+    Recording,
     Storage,
     StorageError,
     Summary,
@@ -78,14 +80,18 @@ from ._statements import (
     CHECKPOINT,
     CLAIM_ANY,
     CLAIM_FIRST,
+    CLAIM_MANY,
+    CLAIM_MANY_AT_STEP,
     CLAIM_PREFERRED,
     CLAIM_SYNC_STEP,
     EXPLOIT,
     EXPLOIT_DONE,
     FAIL,
+    HOLDERS,
     INTERVAL,
     LATEST,
     LATEST_SCORES,
+    LOGGED_COPIES,
     PEER,
     PEER_BEST,
     PEER_BY_MEMBER,
@@ -95,6 +101,7 @@ from ._statements import (
     RENEW,
     RESEED,
     RESTORE,
+    RESTORE_MANY,
     RETRY,
     SCORES_AT_STEP,
     STEP_BEST,
@@ -781,6 +788,182 @@ class SQLStorage(Storage):
         )
         connection.execute(exploits.insert(), exploit_row(claim.population_id, event))
 
+    # --- blocks: many members in one transaction ---------------------------------------
+
+    @retrying
+    def claim_block(
+        self,
+        population_id: int,
+        owner: str,
+        budget: int,
+        lease_seconds: float,
+        sync: bool,
+        count: int,
+        prefer: Sequence[int] = (),
+    ) -> list[Claim]:
+        """Claim up to ``count`` members as :meth:`claim` would, one after another, in one
+        transaction of three statements (four in sync mode)."""
+        with self._write() as connection:
+            params: dict[str, Any] = {"pid": population_id, "budget": budget}
+            statement = CLAIM_MANY
+            if sync:
+                lowest = connection.execute(CLAIM_SYNC_STEP, params).first()
+                if lowest is None:
+                    return []
+                params["step"], statement = lowest[0], CLAIM_MANY_AT_STEP
+            rows = connection.execute(
+                statement, {**params, "prefer": list(prefer), "count": count}
+            ).all()
+            if not rows:
+                return []
+            taken = [
+                {
+                    "pid": population_id,
+                    "mid": row.member_id,
+                    "v_owner": owner,
+                    "v_token": int(row.token) + 1,
+                    "v_lease": lease_seconds,
+                }
+                for row in rows
+            ]
+            connection.execute(TAKE, taken)
+            pairs = [
+                (r.restore_member, r.restore_step) for r in rows if r.restore_member is not None
+            ]
+            found = {}
+            if pairs:
+                for ref in connection.execute(RESTORE_MANY, {"pid": population_id, "pairs": pairs}):
+                    found[ref.member_id, ref.step] = checkpoint_ref(ref)
+        claims = [
+            Claim(
+                population_id,
+                member_record(row),
+                owner,
+                int(row.token) + 1,
+                found.get((row.restore_member, row.restore_step)),
+            )
+            for row in rows
+        ]
+        return sorted(claims, key=lambda c: c.member.id)
+
+    @retrying
+    def record_intervals(self, recordings: Sequence[Recording]) -> list[int]:
+        """Record every interval whose claim still holds, in one transaction of a few
+        statements whatever the block's size; return the members refused.
+
+        Idempotent as :meth:`record_interval`: a retry finds the checkpoints it recorded.
+        """
+        if not recordings:
+            return []
+        population_id = recordings[0].claim.population_id
+        with self._write() as connection:
+            holders = {
+                row.member_id: row
+                for row in connection.execute(
+                    HOLDERS, {"pid": population_id, "mids": [r.claim.member.id for r in recordings]}
+                )
+            }
+            held, refused = [], []
+            for r in recordings:
+                row = holders.get(r.claim.member.id)
+                if (
+                    row is not None
+                    and row.token == r.claim.token
+                    and row.status == MemberStatus.RUNNING.value
+                ):
+                    held.append(r)
+                elif not exists(
+                    connection,
+                    checkpoints,
+                    population_id=population_id,
+                    member_id=r.checkpoint.member,
+                    step=r.checkpoint.step,
+                    path=r.checkpoint.path,
+                ):  # else: the retry of a call that committed, which released the member
+                    refused.append(r.claim.member.id)
+            if held:
+                self._record_held(connection, population_id, held)
+        return sorted(refused)
+
+    @staticmethod
+    def _record_held(connection: Connection, population_id: int, held: Sequence[Recording]) -> None:
+        """Write the intervals of ``held`` (claims checked in the caller's transaction)."""
+        rows = [_recording_rows(r) for r in held]
+        connection.execute(RECORD, [member for member, _, _ in rows])
+        connection.execute(intervals.insert(), [interval for _, interval, _ in rows])
+        connection.execute(checkpoints.insert(), [ckpt for _, _, ckpt in rows])
+        best = [
+            {
+                "population_id": population_id,
+                "step": c["step"],
+                "high": c["score"],
+                "low": c["score"],
+            }
+            for _, _, c in rows
+            if c["score"] is not None and math.isfinite(c["score"])
+        ]
+        if best:
+            connection.execute(STEP_BEST[connection.dialect.name], best)
+        connection.execute(STREAK_RESET, {"pid": population_id})
+
+    @retrying
+    def record_exploits(self, copies: Sequence[Copy]) -> list[CheckpointRef | None]:
+        """Record every copy as :meth:`record_exploit` does, in one transaction of a few
+        statements whatever the block's size.
+
+        Idempotent as :meth:`record_exploit`: a retry finds its events recorded.
+        """
+        if not copies:
+            return []
+        pid = copies[0].claim.population_id
+        with self._write() as connection:
+            lock_population(connection, pid, shared=True)
+            pairs = sorted({(c.event.donor, c.event.donor_step) for c in copies})
+            donors = {
+                (row.member_id, row.step): checkpoint_ref(row)
+                for row in connection.execute(RESTORE_MANY, {"pid": pid, "pairs": pairs})
+            }
+            mids = [c.claim.member.id for c in copies]
+            holders = {
+                r.member_id: r for r in connection.execute(HOLDERS, {"pid": pid, "mids": mids})
+            }
+            logged = {
+                tuple(row)
+                for row in connection.execute(
+                    LOGGED_COPIES,
+                    {"pid": pid, "mids": mids, "steps": [c.event.step for c in copies]},
+                )
+            }
+            refs: list[CheckpointRef | None] = []
+            writes: dict[bool, list[Copy]] = {False: [], True: []}
+            for c in copies:
+                e, ref, holder = (
+                    c.event,
+                    donors.get((c.event.donor, c.event.donor_step)),
+                    holders.get(c.claim.member.id),
+                )
+                if ref is not None and (e.member, e.step, e.donor, e.donor_step, e.time) in logged:
+                    refs.append(ref)  # the retry of a call that committed
+                elif (
+                    ref is None
+                    or holder is None
+                    or holder.token != c.claim.token
+                    or holder.status != MemberStatus.RUNNING.value
+                ):
+                    refs.append(None)  # the donor's checkpoint is gone, or the claim was lost
+                else:
+                    refs.append(ref)
+                    writes[c.done].append(c)
+            for done, batch in writes.items():
+                if batch:
+                    connection.execute(
+                        EXPLOIT_DONE if done else EXPLOIT, [_copy_values(c) for c in batch]
+                    )
+                    connection.execute(
+                        exploits.insert(), [exploit_row(pid, c.event) for c in batch]
+                    )
+        return refs
+
     @retrying
     def record_failure(
         self,
@@ -1336,3 +1519,63 @@ def _names(tables: Sequence[str], most: int = 5) -> str:
 
 def _copy_event(row: Any) -> str:
     return f"the copy by member {row.member_id} at step {row.step}"
+
+
+def _recording_rows(r: Recording) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """The member update, interval row and checkpoint row :meth:`SQLStorage.record_intervals`
+    writes for ``r`` (what :meth:`SQLStorage.record_interval` writes for one member)."""
+    interval, checkpoint, claim = r.interval, r.checkpoint, r.claim
+    score = score_value(interval.score)
+    hparams = dumps(dict(interval.hparams))
+    origin = interval.origin
+    status = MemberStatus.DONE if r.done else MemberStatus.IDLE
+    member = {
+        "f_pid": claim.population_id,
+        "f_mid": claim.member.id,
+        "f_token": claim.token,
+        "v_step": interval.step,
+        "v_score": score,
+        "v_hparams": hparams,
+        "v_rm": checkpoint.member,
+        "v_rs": checkpoint.step,
+        "v_pending": r.exploit_pending,
+        "v_status": status.value,
+    }
+    row = {
+        "population_id": claim.population_id,
+        "member_id": interval.member,
+        "step": interval.step,
+        "hparams": hparams,
+        "score": score,
+        "metrics": dumps(dict(interval.metrics)),
+        "wall_time": interval.wall_time,
+        "finished_at": interval.finished_at,
+        "origin_member": None if origin is None else origin[0],
+        "origin_step": None if origin is None else origin[1],
+    }
+    ckpt = {
+        "population_id": claim.population_id,
+        "member_id": checkpoint.member,
+        "step": checkpoint.step,
+        "path": checkpoint.path,
+        "size": checkpoint.size,
+        "checksum": checkpoint.checksum,
+        "score": score,
+    }
+    return member, row, ckpt
+
+
+def _copy_values(c: Copy) -> dict[str, Any]:
+    """The fenced member update of one block copy (what :meth:`SQLStorage._copy` writes)."""
+    event = c.event
+    return {
+        "f_pid": c.claim.population_id,
+        "f_mid": c.claim.member.id,
+        "f_token": c.claim.token,
+        "v_hparams": dumps(dict(c.hparams)),
+        "v_parent": event.donor,
+        "v_rm": event.donor,
+        "v_rs": event.donor_step,
+        "v_step": event.donor_step,
+        "v_score": score_value(event.donor_score),
+    }

@@ -132,6 +132,46 @@ def _claim_at_step(*where: Any) -> Any:
 
 CLAIM_PREFERRED = _claim_at_step(_m.member_id.in_(_B("prefer", expanding=True)))
 CLAIM_FIRST = _claim_at_step()
+
+
+def _claim_many(*where: Any) -> Any:
+    """Up to ``:count`` claimable members, as one claim after another would take them: least
+    advanced first, the caller's preferred ones on ties, then by id (a block's claim)."""
+    preferred = sa.case((_m.member_id.in_(_B("prefer", expanding=True)), 0), else_=1)
+    return (
+        sa.select(members)
+        .where(*_CLAIMABLE, _RUNNING_POPULATION, *where)
+        .order_by(_m.step, preferred, _m.member_id)
+        .limit(_B("count"))
+        .with_for_update(skip_locked=True)
+    )
+
+
+CLAIM_MANY = _claim_many()
+CLAIM_MANY_AT_STEP = _claim_many(_m.step == _B("step"))
+#: the checkpoints a block's members restore from, in one read
+RESTORE_MANY = sa.select(_c.member_id, _c.step, _c.path, _c.size, _c.checksum).where(
+    _c.population_id == _B("pid"),
+    sa.tuple_(_c.member_id, _c.step).in_(_B("pairs", expanding=True)),
+)
+#: the fencing state of a block's members, locked for the transaction (PostgreSQL)
+HOLDERS = (
+    sa.select(_m.member_id, _m.token, _m.status)
+    .where(_m.population_id == _B("pid"), _m.member_id.in_(_B("mids", expanding=True)))
+    .with_for_update()
+)
+#: the copies of a block's members already logged (how a retried batch finds what committed)
+LOGGED_COPIES = sa.select(
+    exploits.c.member_id,
+    exploits.c.step,
+    exploits.c.donor_id,
+    exploits.c.donor_step,
+    exploits.c.time,
+).where(
+    exploits.c.population_id == _B("pid"),
+    exploits.c.member_id.in_(_B("mids", expanding=True)),
+    exploits.c.step.in_(_B("steps", expanding=True)),
+)
 RESTORE = sa.select(_c.path, _c.size, _c.checksum).where(
     _c.population_id == _B("pid"), _c.member_id == _B("mid"), _c.step == _B("step")
 )
