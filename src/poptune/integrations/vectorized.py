@@ -598,7 +598,12 @@ class _Optimizer:
         # Checked as set_hparams checks them: a member slice takes no value a Stack refuses.
         for name, setting in settings.items():
             self._checked(name, setting, size=1)
-        per_param = state["state"]
+        return settings, self._checked_entries(state["state"], entries, kind)
+
+    def _checked_entries(self, per_param: Any, entries: tuple[str, ...], kind: str) -> dict:
+        """The per-parameter state of an optimizer state_dict, checked: every entry of every
+        parameter present, step counts and tensors of the parameter's (member) shape."""
+        indices = list(range(len(self.params)))
         if not isinstance(per_param, Mapping) or any(k not in indices for k in per_param):
             raise ValueError(
                 f"Stack.load: state['optimizer']['state'] must map parameter indices "
@@ -619,7 +624,7 @@ class _Optimizer:
                         + ("a step count" if key == "step" else f"a tensor of shape {shape}")
                         + f"; got {_describe(found)}. Is it a {kind} state of this module?"
                     )
-        return settings, dict(per_param)
+        return dict(per_param)
 
     def _write_settings(self, i: int, settings: Mapping[str, Any]) -> None:
         for name, value in settings.items():
