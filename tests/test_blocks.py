@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -296,3 +297,18 @@ def test_an_interval_of_a_block_is_reported_with_the_block(quick_run):
 
     with pytest.raises(PopulationError, match=r"Report the block's intervals together"):
         quick_run(per_interval, population=2, intervals=1, block=2, max_failures=0)
+
+
+ENDED: list[tuple[int, ...]] = []  # the members of calls that ran their code after the loop
+
+
+def _block_with_a_tail(ctx: Any) -> None:
+    quadratic_block(ctx)
+    time.sleep(0.2)  # a final save, closing environments...
+    ENDED.append(tuple(ctx.members))
+
+
+def test_code_after_a_block_functions_loop_runs_before_run_returns(quick_run):
+    ENDED.clear()
+    quick_run(_block_with_a_tail, name="tail", population=4, intervals=3, block=4)
+    assert ENDED == [(0, 1, 2, 3)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -156,3 +157,26 @@ def test_a_state_that_cannot_be_checkpointed_names_the_offending_key(tmp_path: P
     assert failures
     assert all("cannot be checkpointed" in f.traceback for f in failures)
     assert all("state['sampler']" in f.traceback for f in failures)
+
+
+ENDED: list[tuple[int, int]] = []  # (member, last step) of calls that ran their code after the loop
+
+
+def _loop_with_a_tail(ctx: Any) -> None:
+    x, step = np.zeros(2), 0
+    for interval in ctx.intervals():
+        step = interval.step
+        if interval.state is not None:
+            x = np.array(interval.state)
+        x = x + float(interval.hparams["h0"])
+        interval.report({"q": -float(np.sum((x - 1.0) ** 2))}, state=x.tolist())
+    time.sleep(0.2)  # a final save, closing environments...
+    ENDED.append((ctx.member, step))
+
+
+@pytest.mark.parametrize("resident", [None, 1])  # all kept, or each let go at the next claim
+def test_code_after_the_loop_runs_before_run_returns(quick_run, resident):
+    ENDED.clear()
+    options = {} if resident is None else {"resident": resident}
+    quick_run(_loop_with_a_tail, name="tail", population=3, intervals=3, **options)
+    assert {(member, 3) for member in range(3)} <= set(ENDED)  # after each member's last interval

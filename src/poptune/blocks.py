@@ -42,7 +42,7 @@ from .seeding import TRAIN, derive_seed
 from .status import apply_stop_criteria, stop_population
 from .storage import Claim, Recording, Storage
 from .trainable import metrics_of
-from .worker import Worker
+from .worker import FUNCTION_EXIT_SECONDS, Worker
 
 __all__ = ["BlockWorker", "build_worker", "check_block"]
 
@@ -102,6 +102,7 @@ class BlockWorker(Worker):
         assert block is not None  # checked where it entered (pt.run, resume, the CLI)
         self.block = block
         self._session: BlockSession | None = None
+        self._ending: list[BlockSession] = []  # closed calls that may still run their tail
         # The states the last block interval reported and recorded, by member (with their
         # checkpoint): valid until the block trains again, which may change them in place.
         self._memory: dict[int, tuple[CheckpointRef, Any]] = {}
@@ -150,11 +151,22 @@ class BlockWorker(Worker):
             raise
         return True
 
-    def close_members(self) -> None:
-        """End the running call of the training function and forget the states held."""
+    def close_members(self, wait: bool = False) -> None:
+        """End the running call of the training function and forget the states held; with
+        ``wait``, give the calls ended :data:`~poptune.worker.FUNCTION_EXIT_SECONDS` in all to
+        return first (their code after the loop)."""
         self._close_session()
+        ending, self._ending = self._ending, []
+        deadline = time.monotonic() + FUNCTION_EXIT_SECONDS
+        for session in ending if wait else ():
+            if not session.wait_closed(max(0.0, deadline - time.monotonic())):
+                log.warning(
+                    "A block's training function had not returned %.0f s after its last "
+                    "interval; the worker stops without waiting for it.",
+                    FUNCTION_EXIT_SECONDS,
+                )
         self._memory.clear()
-        super().close_members()
+        super().close_members(wait)
 
     # --- the paper's steps, for a block ----------------------------------------------------
 
@@ -302,6 +314,8 @@ class BlockWorker(Worker):
     def _close_session(self) -> None:
         if self._session is not None:
             self._session.close()
+            self._ending = [s for s in self._ending if not s.wait_closed(0.0)]
+            self._ending.append(self._session)
             self._session = None
 
     def _interval(

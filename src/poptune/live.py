@@ -12,7 +12,9 @@ first (its weights are safe in its checkpoint).
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -24,6 +26,9 @@ from .records import CheckpointRef
 from .trainable import seed_globals
 
 __all__ = ["ClassSession", "LiveMember", "LiveMembers", "Session", "open_session"]
+
+
+log = logging.getLogger("poptune")
 
 
 class Session(Protocol):
@@ -43,6 +48,11 @@ class Session(Protocol):
 
     def close(self) -> None:
         """Release what the session holds (threads, devices); it is not used again."""
+        ...
+
+    def wait_closed(self, timeout: float) -> bool:
+        """After :meth:`close`, wait up to ``timeout`` seconds for the member's code to end;
+        whether it did."""
         ...
 
 
@@ -79,6 +89,10 @@ class ClassSession:
         """Drop the instance."""
         self.instance = None
 
+    def wait_closed(self, timeout: float) -> bool:
+        """Nothing runs once the instance is dropped."""
+        return True
+
 
 def open_session(trainable: Any, hparams: Mapping[str, Any], seed: int, member: int) -> Session:
     """Start a member's session: build the instance of a Trainable class, or start a training
@@ -114,6 +128,8 @@ class LiveMembers:
         self.resident = check_int("resident", resident, 1, owner="LiveMembers")
         self._members: OrderedDict[int, LiveMember] = OrderedDict()
         self._lock = threading.Lock()
+        # Members let go whose training function may still be running its code after the loop.
+        self._ending: list[LiveMember] = []
 
     def get(self, member: int) -> LiveMember | None:
         """The live member, marked as most recently used, or ``None``."""
@@ -140,14 +156,14 @@ class LiveMembers:
             while len(self._members) > self.resident:
                 closing.append(self._members.popitem(last=False)[1])
         for old in closing:
-            old.session.close()
+            self._close(old)
 
     def drop(self, member: int) -> None:
         """Forget a member (after a failure, or when it is no longer trusted)."""
         with self._lock:
             live = self._members.pop(member, None)
         if live is not None:
-            live.session.close()
+            self._close(live)
 
     def ids(self) -> list[int]:
         """The members held."""
@@ -165,7 +181,26 @@ class LiveMembers:
         lowest = min(steps.values())
         return sorted(m for m, step in steps.items() if step == lowest)[:limit]
 
-    def close(self) -> None:
-        """Drop every member."""
+    def _close(self, live: LiveMember) -> None:
+        live.session.close()
+        with self._lock:
+            self._ending = [e for e in self._ending if not e.session.wait_closed(0.0)]
+            self._ending.append(live)
+
+    def close(self, wait: float = 0.0) -> None:
+        """Drop every member. With ``wait``, give the training functions of every member let
+        go up to that many seconds in all to return, so that code after a function's loop runs
+        before the worker stops (its thread would otherwise end with the process)."""
         for member in self.ids():
             self.drop(member)
+        with self._lock:
+            ending, self._ending = self._ending, []
+        deadline = time.monotonic() + wait
+        for live in ending if wait > 0 else ():
+            if not live.session.wait_closed(max(0.0, deadline - time.monotonic())):
+                log.warning(
+                    "The training function of member %d had not returned %.0f s after its last "
+                    "interval; the worker stops without waiting for it.",
+                    live.member,
+                    wait,
+                )

@@ -318,6 +318,12 @@ class _FunctionSession:
             self._closing = True
             self._condition.notify_all()
 
+    def wait_closed(self, timeout: float) -> bool:
+        """After :meth:`close`, wait up to ``timeout`` seconds for the function to return (its
+        code after the loop: a final save, closing environments); whether it did."""
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
     # --- the function's side -------------------------------------------------------------
 
     def _main(self) -> None:

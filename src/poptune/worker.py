@@ -53,6 +53,9 @@ log = logging.getLogger("poptune")
 #: costs less than handing them to a thread that must share the interpreter with training.
 #: ``$POPTUNE_BACKGROUND_BYTES`` overrides it (0: always in the background).
 BACKGROUND_BYTES = 16 * 2**20
+#: How long a stopping worker waits for training functions to return (their code after the
+#: loop, e.g. a final save), in all; then it stops without them, with a warning.
+FUNCTION_EXIT_SECONDS = 60.0
 
 
 class Worker:
@@ -162,7 +165,7 @@ class Worker:
                     self._abandon(claim)
                 if interrupted:  # Ctrl-C can land between a claim's commit and its return
                     self._release_all()
-                self.close_members()
+                self.close_members(wait=not interrupted)
                 self.housekeeper.stop()
                 self.checkpoints.close()
         return self.trained
@@ -182,9 +185,10 @@ class Worker:
         self.work_on(claim)
         return True
 
-    def close_members(self) -> None:
-        """Let go of every member kept in memory (the worker is stopping)."""
-        self.live.close()
+    def close_members(self, wait: bool = False) -> None:
+        """Let go of every member kept in memory (the worker is stopping); with ``wait``, give
+        their training functions :data:`FUNCTION_EXIT_SECONDS` to return first."""
+        self.live.close(wait=FUNCTION_EXIT_SECONDS if wait else 0.0)
 
     def work_on(self, claim: Claim) -> None:
         """One member, one interval: exploit if due, restore, train and evaluate; the checkpoint
