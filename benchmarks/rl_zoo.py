@@ -164,13 +164,13 @@ def member(ctx: Any) -> None:
     task = TASK_BY_ID[h["task"]]
     begun = time.perf_counter()
     model = build(task, h, ctx.seed)
-    eval_env = _envs(task, zoo(task.env_id), min(task.eval_episodes, 5), ctx.seed, train=False)
     started = time.perf_counter()
+    # the id: one copy per evaluation episode, normalized like the training env (Acrobot)
     callback = pt_sb3.learn(
         ctx,
         model,
         task.interval_timesteps,
-        eval_env=eval_env,
+        eval_env=task.env_id,
         eval_episodes=task.eval_episodes,
         total_timesteps=task.timesteps,
         static=["task", "run"],
