@@ -196,9 +196,11 @@ class PBTCallback(BaseCallback):
         self.eval_episodes = eval_episodes
         self.deterministic = deterministic
         self.total_timesteps = total_timesteps
-        # built here (from an id, a function or one gym.Env): closed at the end, and given
-        # the training environment's VecNormalize if it has one
+        # a VecEnv built here (from an id, a function or one gym.Env) gets the training
+        # environment's VecNormalize if it has one; environments made here (from an id or a
+        # function) are closed at the end, the user's own are not
         self._built = eval_env is not None and not isinstance(eval_env, VecEnv)
+        self._made = _makes_envs(eval_env)
         self.eval_env: VecEnv | None = _eval_vec_env(eval_env, eval_episodes, "learn")
         self.interval: Interval | None = None
         self.timings = {"evaluate": 0.0, "report": 0.0, "apply": 0.0}
@@ -248,7 +250,7 @@ class PBTCallback(BaseCallback):
     def _on_training_end(self) -> None:
         if self.interval is not None and self.model.num_timesteps >= self._end():
             self._boundary()
-        if self._built and self.eval_env is not None:
+        if self._made and self.eval_env is not None:
             self.eval_env.close()
         if self._intervals is not None and not self._finished:
             step = self.interval.step if self.interval is not None else "?"
@@ -484,14 +486,13 @@ def evaluate(
     """
     _check_model(model, "evaluate")
     check_int("episodes", episodes, 1, owner="evaluate")
-    built = not isinstance(env, VecEnv)
     venv = _eval_vec_env(env, episodes, "evaluate")
     assert venv is not None  # env is not None (typed)
     try:
-        venv = _normalized_like(model, venv, built)
+        venv = _normalized_like(model, venv, built=not isinstance(env, VecEnv))
         return _play(model, venv, episodes, seed, deterministic)
     finally:
-        if built:
+        if _makes_envs(env):
             venv.close()
 
 
@@ -810,6 +811,11 @@ def _eval_vec_env(env: EvalEnv | None, episodes: int, owner: str) -> VecEnv | No
 
 def _returning(env: gym.Env) -> Callable[[], gym.Env]:
     return lambda: env
+
+
+def _makes_envs(env: EvalEnv | None) -> bool:
+    """Whether :func:`_eval_vec_env` makes the environments (from an id or a function)."""
+    return env is not None and not isinstance(env, VecEnv | gym.Env)
 
 
 def _monitored(env: gym.Env) -> gym.Env:
