@@ -75,7 +75,7 @@ def train(ctx: Any) -> None:
         ctx,
         model,
         interval_timesteps=hparams["interval_timesteps"],
-        eval_env=gym.make(hparams["env_id"]),
+        eval_env=hparams["env_id"],  # one copy per evaluation episode, played at once
         eval_episodes=hparams["eval_episodes"],
         total_timesteps=hparams["total_timesteps"],
         static=STATIC,

@@ -3,6 +3,7 @@ short rollout per interval; seconds on one core) runs in CI and writes its secti
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -43,3 +44,27 @@ def test_smoke_run_writes_its_section_and_keeps_the_rest_of_the_file(tmp_path: P
     rewrite = [*command, "--from-log", str(log), "--output", str(again)]
     subprocess.run(rewrite, capture_output=True, text=True, timeout=120, check=True)
     assert again.read_text().strip() == text[text.index(heading) : text.index("## next")].strip()
+
+
+def test_overhead_only_prints_the_costs_of_cartpoles_pbt_run_and_writes_nothing(tmp_path: Path):
+    pytest.importorskip("stable_baselines3")
+    pytest.importorskip("rl_zoo3")
+    output = tmp_path / "results.md"
+    command = [sys.executable, str(ROOT / "benchmarks" / "rl_zoo.py"), "--smoke"]
+    run = subprocess.run(
+        [*command, "--overhead-only", "--output", str(output)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    shares = r"evaluate (\d+\.\d\d)%  report\+exploit (\d+\.\d\d)%  together (\d+\.\d\d)%"
+    line = re.fullmatch(
+        rf"CartPole-v1 PBT seed 0: wall \d+\.\ds  {shares}  \(per member and interval: "
+        r"training \d+\.\d\ds, evaluation \d+ms\)",
+        run.stdout.strip(),
+    )
+    assert line is not None, run.stdout
+    evaluate, rest, together = (float(x) for x in line.groups())
+    assert evaluate > 0 and abs(evaluate + rest - together) <= 0.02
+    assert not output.exists()

@@ -21,7 +21,9 @@ pytest.importorskip("stable_baselines3")
 import gymnasium as gym  # noqa: E402
 from stable_baselines3 import A2C, DQN, PPO, SAC, TD3  # noqa: E402
 from stable_baselines3.common.env_util import make_vec_env  # noqa: E402
-from stable_baselines3.common.vec_env import VecNormalize  # noqa: E402
+from stable_baselines3.common.evaluation import evaluate_policy  # noqa: E402
+from stable_baselines3.common.monitor import Monitor  # noqa: E402
+from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize  # noqa: E402
 
 import poptune as pt  # noqa: E402
 from poptune import serialization  # noqa: E402
@@ -273,9 +275,34 @@ def test_off_policy_rollouts_are_cut_at_the_interval_whatever_train_freq(quick_r
             {"algorithm": "DQN", "learn": {"total_timesteps": None}},
             r"DQN anneals its exploration rate over the budget, so pass total_timesteps",
         ),
+        (
+            {"learn": {"eval_env": 42}},
+            r"'eval_env' parameter of learn must be an environment id \(str\), a function that "
+            r"builds a gymnasium\.Env, a gymnasium\.Env or an SB3 VecEnv\. Got 42 instead\. It "
+            r"is a builtins\.int\. Pass e\.g\. eval_env='CartPole-v1'",
+        ),
+        (
+            {"learn": {"eval_env": "NoSuchEnv-v0"}},
+            r"'eval_env' parameter of learn must be a registered Gymnasium environment id\. Got "
+            r"'NoSuchEnv-v0' instead\. .*NoSuchEnv",
+        ),
+        (
+            {"learn": {"eval_env": lambda: "CartPole-v1"}},
+            r"'eval_env' parameter of learn must be a function that returns a gymnasium\.Env\. "
+            r"Got <function .*> instead\. It returned a builtins\.str\.",
+        ),
+        (
+            {"build": lambda h, seed: PPO(
+                "MlpPolicy", VecNormalize(make_vec_env("CartPole-v1", n_envs=1, seed=seed)),
+                n_steps=32, batch_size=32, seed=seed, device="cpu"),
+             "learn": {"eval_env": make_vec_env("CartPole-v1", n_envs=2)}},
+            r"normalizes observations \(VecNormalize\), but the eval_env VecEnv does not; pass "
+            r"the environment's id",
+        ),
     ],
     ids=["not-an-algorithm", "off-rollout-boundary", "not-tunable", "metric-not-reported",
-         "dqn-without-budget"],
+         "dqn-without-budget", "eval-env-not-an-env", "eval-env-unknown-id",
+         "eval-env-function-builds-no-env", "eval-env-vec-env-not-normalized"],
 )  # fmt: skip
 def test_bad_input_is_refused_with_a_clear_message(
     tmp_path: Path, options: dict[str, Any], message: str, quick_run
@@ -299,6 +326,72 @@ def test_bad_input_is_refused_with_a_clear_message(
         assert re.search(message, text), text
     if metric == "mean_reward":
         assert not SEEN  # refused before any update
+
+
+def _agent(env: Any = "CartPole-v1", steps: int = 64) -> PPO:
+    """A PPO agent that has learned a little (so its episodes differ by seed)."""
+    model = PPO("MlpPolicy", env, n_steps=32, batch_size=32, seed=0, device="cpu")
+    model.learn(steps)
+    return model
+
+
+def _sb3_returns(model: Any, venv: Any, episodes: int, seed: int) -> list[float]:
+    """SB3's own evaluation, for reference: deterministic, on a seeded VecEnv."""
+    venv.seed(seed)
+    returns, _ = evaluate_policy(model, venv, n_eval_episodes=episodes, return_episode_rewards=True)
+    return [float(r) for r in returns]
+
+
+def _one(env: Any) -> DummyVecEnv:
+    return DummyVecEnv([lambda: Monitor(env)])
+
+
+def test_an_evaluation_on_copies_plays_the_episodes_seeded_single_environments_would():
+    model = _agent()
+    one_by_one = [
+        _sb3_returns(model, _one(gym.make("CartPole-v1")), 1, 10 + i)[0] for i in range(4)
+    ]
+    assert len(set(one_by_one)) > 1  # the seeds give different episodes
+    by_id = pt_sb3.evaluate(model, "CartPole-v1", 4, seed=10)
+    by_function = pt_sb3.evaluate(model, lambda: gym.make("CartPole-v1"), 4, seed=10)
+    assert sorted(by_id) == sorted(by_function) == sorted(one_by_one)
+    # more episodes than copies: EVAL_ENVS copies, each with its share, all counted
+    many = pt_sb3.evaluate(model, "CartPole-v1", pt_sb3.EVAL_ENVS + 4, seed=10)
+    assert len(many) == pt_sb3.EVAL_ENVS + 4
+    assert set(one_by_one) <= set(many)
+    # one gym.Env (as before): the episodes one after the other, as SB3 plays them
+    single = pt_sb3.evaluate(model, gym.make("CartPole-v1"), 4, seed=10)
+    assert single == _sb3_returns(model, _one(gym.make("CartPole-v1")), 4, 10)
+    assert single[0] == one_by_one[0]
+    # the policy is back to its own set_training_mode, in eval mode as SB3's predict leaves it
+    assert "set_training_mode" not in model.policy.__dict__ and not model.policy.training
+
+
+def test_an_evaluation_built_from_an_id_is_normalized_like_the_training_environment():
+    model = _agent(VecNormalize(make_vec_env("CartPole-v1", n_envs=2, seed=0)), steps=128)
+    training = model.get_vec_normalize_env()
+    assert training is not None
+    count, mean = training.obs_rms.count, training.obs_rms.mean.copy()
+    reference = VecNormalize(make_vec_env("CartPole-v1", n_envs=3), norm_reward=False)
+    reference.training = False
+    reference.obs_rms = training.obs_rms.copy()
+    expected = _sb3_returns(model, reference, 3, 7)
+    assert pt_sb3.evaluate(model, "CartPole-v1", 3, seed=7) == expected
+    assert training.obs_rms.count == count and (training.obs_rms.mean == mean).all()
+    with pytest.raises(ValueError, match=r"but the eval_env VecEnv does not"):
+        pt_sb3.evaluate(model, make_vec_env("CartPole-v1", n_envs=3), 3)
+
+
+def test_learn_takes_an_id_with_a_normalized_training_environment(quick_run):
+    OPTIONS["build"] = lambda h, seed: _probe(PPO)(
+        "MlpPolicy", VecNormalize(make_vec_env("CartPole-v1", n_envs=2, seed=seed)),
+        n_steps=16, batch_size=32, learning_rate=h["learning_rate"], seed=seed, device="cpu",
+    )  # fmt: skip
+    OPTIONS["learn"] = {"eval_env": "CartPole-v1", "eval_episodes": 3}
+    space = {"learning_rate": pt.LogUniform(1e-4, 1e-2)}
+    result = run(quick_run, "PPO", space=space, population=2, intervals=2)
+    assert result.status == "finished"
+    assert all(i.metrics["mean_reward"] > 0 for i in result.intervals())
 
 
 def test_names_that_only_build_the_agent_are_accepted_as_static(quick_run):

@@ -11,14 +11,16 @@ hyperparameters and hand it to :func:`learn`::
     def train(ctx):
         model = PPO("MlpPolicy", "CartPole-v1", learning_rate=ctx.hparams["learning_rate"],
                     ent_coef=ctx.hparams["ent_coef"], seed=ctx.seed, device="cpu")
-        pt_sb3.learn(ctx, model, interval_timesteps=10_000, eval_env=gym.make("CartPole-v1"))
+        pt_sb3.learn(ctx, model, interval_timesteps=10_000, eval_env="CartPole-v1")
 
     pt.run(train, space={"learning_rate": pt.LogUniform(1e-4, 3e-3),
                          "ent_coef": pt.LogUniform(1e-4, 0.05)},
            metric="mean_reward", population=8, intervals=10)
 
 ``model.learn`` runs once for the member's whole budget; a :class:`PBTCallback` ends an interval
-every ``interval_timesteps`` environment steps. There it evaluates the policy, reports
+every ``interval_timesteps`` environment steps. There it evaluates the policy (given an
+environment id or a function that builds the environment, on one copy per evaluation episode
+at once: see :func:`evaluate`), reports
 ``{"mean_reward", "std_reward", "timesteps"}`` with the member's state (the policy's and every
 optimizer's ``state_dict``, SAC's entropy coefficient, the update counters and the
 ``VecNormalize`` statistics), and waits for the worker. After an exploit it loads the donor's
@@ -32,9 +34,10 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from copy import deepcopy
-from typing import Any
+from typing import Any, TypeAlias
 
 try:
     import gymnasium as gym
@@ -47,10 +50,16 @@ try:
     from stable_baselines3.common.monitor import Monitor
     from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
     from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
+    from stable_baselines3.common.policies import BasePolicy
     from stable_baselines3.common.running_mean_std import RunningMeanStd
     from stable_baselines3.common.type_aliases import TrainFreq, TrainFrequencyUnit
     from stable_baselines3.common.utils import FloatSchedule, LinearSchedule
-    from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, unwrap_vec_normalize
+    from stable_baselines3.common.vec_env import (
+        DummyVecEnv,
+        VecEnv,
+        VecNormalize,
+        unwrap_vec_normalize,
+    )
 except ImportError as error:  # pragma: no cover - exercised only without stable-baselines3
     raise ImportError(
         "poptune.integrations.sb3 needs Stable-Baselines3 and Gymnasium: pip install "
@@ -61,11 +70,34 @@ from .._validation import check_int, invalid
 from ..loop import Context, Interval, LoopError
 from .torch import _detached
 
-__all__ = ["METRICS", "PBTCallback", "apply", "check", "learn", "load", "save", "tunable"]
+__all__ = [
+    "EVAL_ENVS",
+    "METRICS",
+    "EvalEnv",
+    "PBTCallback",
+    "apply",
+    "check",
+    "evaluate",
+    "learn",
+    "load",
+    "save",
+    "tunable",
+]
 
 #: What every interval reports: the evaluation's mean and standard deviation of the episode
 #: return, and the environment steps behind the weights.
 METRICS: tuple[str, ...] = ("mean_reward", "std_reward", "timesteps")
+
+#: What ``eval_env`` may be: a Gymnasium environment id (``"CartPole-v1"``), a function that
+#: builds the environment (for options: ``lambda: gym.make("CartPole-v1", max_episode_steps=
+#: 200)``), one ``gymnasium.Env``, or an SB3 ``VecEnv`` used as it is.
+EvalEnv: TypeAlias = "str | Callable[[], gym.Env] | gym.Env | VecEnv"
+
+#: An evaluation built from an id or a function plays on ``min(eval_episodes, EVAL_ENVS)``
+#: copies of the environment at once: one policy forward serves them all, and SB3's
+#: ``evaluate_policy`` gives every copy the same number of episodes (so short episodes are not
+#: favoured).
+EVAL_ENVS = 16
 
 # Which hyperparameters each algorithm takes while it learns (the names of its constructor's
 # arguments). They are read at every update, or re-applied by the callback where SB3 caches them
@@ -151,7 +183,7 @@ class PBTCallback(BaseCallback):
         self,
         ctx: Context,
         interval_timesteps: int,
-        eval_env: gym.Env | VecEnv | None = None,
+        eval_env: EvalEnv | None = None,
         eval_episodes: int = 10,
         deterministic: bool = True,
         total_timesteps: int | None = None,
@@ -164,7 +196,12 @@ class PBTCallback(BaseCallback):
         self.eval_episodes = eval_episodes
         self.deterministic = deterministic
         self.total_timesteps = total_timesteps
-        self.eval_env: VecEnv | None = _vectorized(eval_env)
+        # a VecEnv built here (from an id, a function or one gym.Env) gets the training
+        # environment's VecNormalize if it has one; environments made here (from an id or a
+        # function) are closed at the end, the user's own are not
+        self._built = eval_env is not None and not isinstance(eval_env, VecEnv)
+        self._made = _makes_envs(eval_env)
+        self.eval_env: VecEnv | None = _eval_vec_env(eval_env, eval_episodes, "learn")
         self.interval: Interval | None = None
         self.timings = {"evaluate": 0.0, "report": 0.0, "apply": 0.0}
         self._intervals: Iterator[Interval] | None = None
@@ -175,6 +212,12 @@ class PBTCallback(BaseCallback):
         self._train_freq = 1
 
     @property
+    def _given(self) -> VecEnv | None:
+        """The VecEnv the user passed as eval_env, which check() holds to the training env's
+        VecNormalize (one built here gets it)."""
+        return None if self._built else self.eval_env
+
+    @property
     def finished(self) -> bool:
         """Whether poptune has ended the member's training (its intervals ran out)."""
         return self._finished
@@ -182,7 +225,7 @@ class PBTCallback(BaseCallback):
     # --- SB3's events ----------------------------------------------------------------------
 
     def _on_training_start(self) -> None:
-        check(self.model, self.interval_timesteps, self.ctx.hparams, self.eval_env, self.static)
+        check(self.model, self.interval_timesteps, self.ctx.hparams, self._given, self.static)
         if isinstance(self.model, OffPolicyAlgorithm):
             self._learning_starts = int(self.model.learning_starts)
         self._intervals = self.ctx.intervals()
@@ -207,6 +250,8 @@ class PBTCallback(BaseCallback):
     def _on_training_end(self) -> None:
         if self.interval is not None and self.model.num_timesteps >= self._end():
             self._boundary()
+        if self._made and self.eval_env is not None:
+            self.eval_env.close()
         if self._intervals is not None and not self._finished:
             step = self.interval.step if self.interval is not None else "?"
             raise LoopError(
@@ -288,22 +333,11 @@ class PBTCallback(BaseCallback):
     def _evaluate(self, interval: Interval) -> dict[str, float]:
         model = self.model
         if self.eval_env is not None:
-            training = model.get_vec_normalize_env()
-            if training is not None:
-                evaluating = unwrap_vec_normalize(self.eval_env)
-                assert evaluating is not None  # check() refused an eval_env without one
-                evaluating.obs_rms = deepcopy(training.obs_rms)
-                evaluating.training = False
-                evaluating.norm_reward = False
-            self.eval_env.seed(interval.seed)
-            result = evaluate_policy(
-                model,
-                self.eval_env,
-                n_eval_episodes=self.eval_episodes,
-                deterministic=self.deterministic,
-                warn=False,
+            self.eval_env = _normalized_like(model, self.eval_env, self._built)
+            returns = _play(
+                model, self.eval_env, self.eval_episodes, interval.seed, self.deterministic
             )
-            mean, std = float(result[0]), float(result[1])  # type: ignore[arg-type]
+            mean, std = float(np.mean(returns)), float(np.std(returns))
         else:
             if not self._returns:
                 raise LoopError(
@@ -345,7 +379,7 @@ def learn(
     ctx: Context,
     model: BaseAlgorithm,
     interval_timesteps: int,
-    eval_env: gym.Env | VecEnv | None = None,
+    eval_env: EvalEnv | None = None,
     eval_episodes: int = 10,
     deterministic: bool = True,
     *,
@@ -357,11 +391,18 @@ def learn(
 
     Every ``interval_timesteps`` environment steps (a multiple of ``n_steps x n_envs`` for PPO
     and A2C, of ``n_envs`` for off-policy algorithms) is one interval. At its end the policy
-    plays ``eval_episodes`` episodes on ``eval_env`` (``evaluate_policy``, seeded with the
-    interval's seed; ``deterministic`` actions by default), or, without ``eval_env``, the
+    plays ``eval_episodes`` episodes on ``eval_env`` (see :func:`evaluate`: seeded with the
+    interval's seed, ``deterministic`` actions by default), or, without ``eval_env``, the
     returns of the training episodes that ended during the interval are used; the interval
     reports :data:`METRICS` (use ``metric="mean_reward"``). Then the agent continues with what
     poptune brings: the donor's state after an exploit, the explored hyperparameters.
+
+    Pass ``eval_env`` as an environment id (``"CartPole-v1"``) or a function that builds one:
+    :func:`learn` then makes ``min(eval_episodes, EVAL_ENVS)`` copies that play the episodes at
+    once, normalized like the training environment if that is a ``VecNormalize``, and closes
+    them at the end. One ``gymnasium.Env`` plays the episodes one after the other; a ``VecEnv``
+    is used as it is (it must have the training environment's ``VecNormalize``, whose
+    statistics are copied before each evaluation).
 
     ``total_timesteps`` is the member's budget (the run's ``intervals x interval_timesteps``),
     over which SB3's schedules of progress run (DQN's exploration rate, ``lin_`` learning rates
@@ -373,11 +414,14 @@ def learn(
     went.
 
     Raises:
-        TypeError: if ``model`` is not a Stable-Baselines3 on- or off-policy algorithm.
+        TypeError: if ``model`` is not a Stable-Baselines3 on- or off-policy algorithm, or
+            ``eval_env`` is none of the forms above (or its function builds no
+            ``gymnasium.Env``).
         ValueError: before training, if ``interval_timesteps`` is not on a rollout boundary
             (the message gives the nearest valid values), a hyperparameter cannot be changed
-            while the agent learns (the message lists those that can), or ``eval_env`` lacks
-            the ``VecNormalize`` wrapper the training environment has.
+            while the agent learns (the message lists those that can), ``eval_env`` is an id
+            Gymnasium does not know, or a ``VecEnv`` that lacks the ``VecNormalize`` wrapper
+            the training environment has.
     """
     _check_model(model, "learn")
     check_int("interval_timesteps", interval_timesteps, 1, owner="learn")
@@ -404,7 +448,7 @@ def learn(
     pbt = PBTCallback(
         ctx, interval_timesteps, eval_env, eval_episodes, deterministic, total_timesteps, static
     )
-    check(model, interval_timesteps, ctx.hparams, pbt.eval_env, pbt.static)  # before any step
+    check(model, interval_timesteps, ctx.hparams, pbt._given, pbt.static)  # before any step
     callbacks = [pbt] + (list(callback) if isinstance(callback, list | tuple) else [callback])
     model.learn(
         total_timesteps=total_timesteps or _OPEN_ENDED,
@@ -412,6 +456,44 @@ def learn(
         reset_num_timesteps=True,
     )
     return pbt
+
+
+def evaluate(
+    model: BaseAlgorithm,
+    env: EvalEnv,
+    episodes: int = 10,
+    *,
+    seed: int | None = None,
+    deterministic: bool = True,
+) -> list[float]:
+    """The return of each of ``episodes`` episodes the policy of ``model`` plays on ``env``, in
+    the order they end: :func:`learn`'s evaluation.
+
+    SB3's ``evaluate_policy`` plays them, on ``env`` as :func:`learn` takes ``eval_env`` (an
+    id or a function: ``min(episodes, EVAL_ENVS)`` copies at once, each with the same number
+    of episodes; one ``gymnasium.Env``: one episode after the other; a ``VecEnv``: as it is),
+    with returns counted by SB3's ``Monitor`` (added when the environment has none) and the
+    policy in eval mode. ``seed`` seeds copy ``i`` with ``seed + i`` (``VecEnv.seed``), so
+    ``episodes`` copies play the episodes a single environment reset with seeds ``seed``,
+    ``seed + 1``... would. When ``model`` trains on a ``VecNormalize``, the observations are
+    normalized with its current statistics (not updated), the rewards are left as they are.
+
+    Raises:
+        TypeError: if ``env`` is none of those forms, or its function builds no
+            ``gymnasium.Env``.
+        ValueError: if ``env`` is an id Gymnasium does not know, ``episodes`` is not an int
+            >= 1, or ``env`` is a ``VecEnv`` without the ``VecNormalize`` ``model`` trains on.
+    """
+    _check_model(model, "evaluate")
+    check_int("episodes", episodes, 1, owner="evaluate")
+    venv = _eval_vec_env(env, episodes, "evaluate")
+    assert venv is not None  # env is not None (typed)
+    try:
+        venv = _normalized_like(model, venv, built=not isinstance(env, VecEnv))
+        return _play(model, venv, episodes, seed, deterministic)
+    finally:
+        if _makes_envs(env):
+            venv.close()
 
 
 # --- checks --------------------------------------------------------------------------------
@@ -474,15 +556,18 @@ def check(
         )
     normalized = model.get_vec_normalize_env() is not None
     if eval_env is not None and normalized and unwrap_vec_normalize(eval_env) is None:
-        raise ValueError(
-            "The training environment normalizes observations (VecNormalize), but eval_env "
-            "does not; wrap it the same way, e.g. VecNormalize(DummyVecEnv([make]), "
-            "training=False, norm_reward=False): poptune copies the statistics before "
-            "each evaluation."
-        )
+        raise ValueError(_UNNORMALIZED)
     for name in names:
         if name in hparams and name not in static:
             _value(name, hparams[name], model)
+
+
+_UNNORMALIZED = (
+    "The training environment normalizes observations (VecNormalize), but the eval_env "
+    "VecEnv does not; pass the environment's id (or a function that builds it) and poptune "
+    "normalizes it the same way, or wrap it yourself, e.g. VecNormalize(DummyVecEnv([make]), "
+    "training=False, norm_reward=False): poptune copies the statistics before each evaluation."
+)
 
 
 def _check_model(model: Any, owner: str) -> None:
@@ -680,17 +765,127 @@ def _rms(saved: Mapping[str, Any]) -> Any:
 # --- helpers -------------------------------------------------------------------------------
 
 
-def _vectorized(env: gym.Env | VecEnv | None) -> VecEnv | None:
+def _eval_vec_env(env: EvalEnv | None, episodes: int, owner: str) -> VecEnv | None:
+    """``env`` as a VecEnv to evaluate on (see :data:`EvalEnv`), or None."""
     if env is None or isinstance(env, VecEnv):
         return env
-    if not isinstance(env, gym.Env):
-        raise TypeError(
-            f"learn: eval_env must be a gymnasium.Env or an SB3 VecEnv; got "
-            f"{type(env).__name__}. Pass e.g. gym.make('CartPole-v1')."
+    if isinstance(env, gym.Env):
+        # Monitor records whole episodes, so evaluate_policy counts returns as the env
+        # defines them.
+        return DummyVecEnv([_returning(_monitored(env))])
+    if isinstance(env, str):
+        try:
+            gym.spec(env)
+        except gym.error.Error as error:
+            raise invalid(
+                "eval_env", "a registered Gymnasium environment id", env, owner, hint=str(error)
+            ) from None
+        name = env
+        factory: Callable[[], Any] = lambda: gym.make(name)  # noqa: E731
+    elif callable(env):
+        factory = env
+    else:
+        raise invalid(
+            "eval_env",
+            "an environment id (str), a function that builds a gymnasium.Env, a gymnasium.Env "
+            "or an SB3 VecEnv",
+            env,
+            owner,
+            hint=f"It is a {type(env).__module__}.{type(env).__qualname__}. Pass e.g. "
+            "eval_env='CartPole-v1'.",
         )
-    # Monitor records whole episodes, so evaluate_policy counts returns as the env defines them.
-    monitored = env if _is_monitored(env) else Monitor(env)
-    return DummyVecEnv([lambda: monitored])
+    envs = []
+    for _ in range(min(episodes, EVAL_ENVS)):
+        made = factory()
+        if not isinstance(made, gym.Env):
+            raise invalid(
+                "eval_env",
+                "a function that returns a gymnasium.Env",
+                env,
+                owner,
+                hint=f"It returned a {type(made).__module__}.{type(made).__qualname__}.",
+            )
+        envs.append(_monitored(made))
+    return DummyVecEnv([_returning(made) for made in envs])
+
+
+def _returning(env: gym.Env) -> Callable[[], gym.Env]:
+    return lambda: env
+
+
+def _makes_envs(env: EvalEnv | None) -> bool:
+    """Whether :func:`_eval_vec_env` makes the environments (from an id or a function)."""
+    return env is not None and not isinstance(env, VecEnv | gym.Env)
+
+
+def _monitored(env: gym.Env) -> gym.Env:
+    return env if _is_monitored(env) else Monitor(env)
+
+
+def _normalized_like(model: BaseAlgorithm, venv: VecEnv, built: bool) -> VecEnv:
+    """``venv`` observing as ``model``'s training environment: with its ``VecNormalize``
+    statistics, frozen, when it has them (``built``: ``venv`` was made here, and gets a
+    ``VecNormalize`` with the training one's settings if it has none)."""
+    training = model.get_vec_normalize_env()
+    if training is None:
+        return venv
+    evaluating = unwrap_vec_normalize(venv)
+    if evaluating is None:
+        if not built:
+            raise ValueError(_UNNORMALIZED)
+        evaluating = venv = VecNormalize(
+            venv,
+            training=False,
+            norm_obs=training.norm_obs,
+            norm_reward=False,
+            clip_obs=training.clip_obs,
+            epsilon=training.epsilon,
+            norm_obs_keys=training.norm_obs_keys,
+        )
+    evaluating.obs_rms = deepcopy(training.obs_rms)
+    evaluating.training = False
+    evaluating.norm_reward = False
+    return venv
+
+
+def _play(
+    model: BaseAlgorithm, venv: VecEnv, episodes: int, seed: int | None, deterministic: bool
+) -> list[float]:
+    """Each episode's return (``evaluate_policy``), ``venv`` seeded with ``seed``."""
+    if seed is not None:
+        venv.seed(seed)
+    with _predicting(model.policy):
+        returns, _ = evaluate_policy(  # type: ignore[misc]
+            model,
+            venv,
+            n_eval_episodes=episodes,
+            deterministic=deterministic,
+            return_episode_rewards=True,
+            warn=False,
+        )
+    return [float(r) for r in returns]  # type: ignore[union-attr]
+
+
+def _unchanged(mode: bool) -> None:
+    """What ``set_training_mode`` does while :func:`_predicting`: nothing."""
+
+
+@contextmanager
+def _predicting(policy: BasePolicy) -> Iterator[None]:
+    """The policy in eval mode once for a whole evaluation. SB3's ``predict`` switches it at
+    every call (``set_training_mode(False)``, a walk over all the policy's modules that costs
+    about a third of a small MLP's forward pass); nothing switches it back during the episodes,
+    so doing it once changes no action. The training loop sets its own mode afterwards."""
+    policy.set_training_mode(False)
+    previous = policy.__dict__.get("set_training_mode")
+    policy.__dict__["set_training_mode"] = _unchanged  # shadows the method on this instance
+    try:
+        yield
+    finally:
+        if previous is None:
+            del policy.__dict__["set_training_mode"]
+        else:
+            policy.__dict__["set_training_mode"] = previous
 
 
 def _is_monitored(env: gym.Env) -> bool:
