@@ -66,6 +66,9 @@ def test_live_members_drop_the_least_recently_used():
         def close(self) -> None:
             Session.closed += 1
 
+        def wait_closed(self, timeout: float) -> bool:
+            return True
+
     live = LiveMembers(2)
     for member in (0, 1):
         live.add(LiveMember(member, Session()))
@@ -110,6 +113,9 @@ def test_preferred_members_are_those_held_at_the_lowest_step():
     class Session:
         def close(self) -> None:
             pass
+
+        def wait_closed(self, timeout: float) -> bool:
+            return True
 
     live = LiveMembers(10)
     for member, step in ((0, 3), (1, 2), (2, 2), (3, None)):
