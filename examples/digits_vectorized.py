@@ -36,7 +36,8 @@ def build() -> nn.Module:
 
 def train(ctx: Any) -> None:
     """A block of members: built once, then one epoch of each per block interval."""
-    torch.set_num_threads(2)  # one process holds the whole population: give it the cores
+    # No torch.set_num_threads(1) as in the other examples: this one process holds the whole
+    # population, so torch's default (a thread per core) is what it should use.
     members = len(ctx.members)
     # Member m starts from the weights seed_everything(ctx.seed + m); build() would give.
     stack = Stack(
