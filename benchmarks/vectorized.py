@@ -36,7 +36,7 @@ wall time and at least 5x more member-intervals per CPU-second; the framework's 
 block interval under 10%. Each is printed against its target, met or NOT met; the exit code is
 0 whatever they are (nonzero only on errors).
 
-Run:  python benchmarks/vectorized.py [--populations 64,256] [--intervals 10] [--steps 100]
+Run:  python benchmarks/vectorized.py [--populations 64,256] [--intervals 20] [--steps 100]
                                       [--block 64] [--smoke]
 """
 
@@ -69,7 +69,7 @@ EVALUATION = 1024
 SPACE = {"lr": pt.LogUniform(1e-4, 3e-2)}
 TARGETS = {"wall": 3.0, "throughput": 5.0, "share": 0.10}
 # (populations, intervals, steps, block) of the full run and of --smoke.
-DEFAULT = ("64,256", 10, 100, 64)
+DEFAULT = ("64,256", 20, 100, 64)
 SMOKE = ("8", 2, 5, 4)
 _TIMINGS = "POPTUNE_BENCH_TIMINGS"  # the folder each process appends its timings to
 _THREADS = "POPTUNE_BENCH_THREADS"  # the block side's torch threads
