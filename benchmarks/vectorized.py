@@ -13,7 +13,10 @@ budget are trained twice, each time as a subprocess of this script:
 - **block**: ``block=64`` in one worker (this subprocess), the members of a block stacked with
   ``poptune.integrations.torch.Stack`` and trained together with ``vmap``, 2 torch threads.
 
-Both sides use both cores. What is measured, and how:
+Both sides use both cores. Both run with ``OMP_WAIT_POLICY=PASSIVE`` (unless it is set): idle
+OpenMP threads then sleep instead of spinning, which on a busy machine made 2 torch threads 10x
+slower here; it changes nothing for one torch thread. ``--threads`` sets the block side's.
+What is measured, and how:
 
 - wall: ``time.perf_counter()`` around the subprocess, Python's and torch's start-up included;
 - CPU: user + system time of the subprocess and every process it started and waited for
@@ -37,7 +40,7 @@ block interval under 10%. Each is printed against its target, met or NOT met; th
 0 whatever they are (nonzero only on errors).
 
 Run:  python benchmarks/vectorized.py [--populations 64,256] [--intervals 20] [--steps 100]
-                                      [--block 64] [--smoke]
+                                      [--block 64] [--threads 2] [--smoke]
 """
 
 from __future__ import annotations
