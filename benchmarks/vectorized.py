@@ -390,13 +390,13 @@ def compare(population: int, block: int, one: Side, stacked: Side) -> dict[str, 
         ("peak RSS, sum over processes (MB)", lambda s: f"{s.rss_sum() / 1e6:.0f}"),
         ("processes", lambda s: str(s.data["processes"])),
         ("exploits", lambda s: str(s.data["exploits"])),
-        ("final mse: median [IQR]", lambda s: "{1:.4g} [{0:.4g}-{2:.4g}]".format(*s.scores())),
+        ("final mse: median [IQR]", lambda s: "{1:.3g} [{0:.3g} to {2:.3g}]".format(*s.scores())),
     ]
     rows = [(title, show(one), show(stacked)) for title, show in figures]
     size = min(block, population)
-    print(f"\n{'population ' + str(population):<58}{'one at a time':>26}{f'block of {size}':>26}")
+    print(f"\n{'population ' + str(population):<58}{'one at a time':>28}{f'block of {size}':>28}")
     for title, a, b in rows:
-        print(f"{title:<58}{a:>26}{b:>26}")
+        print(f"{title:<58}{a:>28}{b:>28}")
     wall = one.wall / stacked.wall
     throughput = stacked.throughput / one.throughput
     share = stacked.share()
