@@ -226,7 +226,14 @@ def train_block(ctx: Any) -> None:
 
 def run_side(side: str, population: int, intervals: int, steps: int, block: int, seed: int) -> None:
     """Train the population on one side and print what it measured as one JSON line."""
-    folder = Path(tempfile.mkdtemp(prefix=f"poptune-vectorized-{side}-"))
+    with tempfile.TemporaryDirectory(prefix=f"poptune-vectorized-{side}-") as name:
+        print(json.dumps(_train_side(Path(name), side, population, intervals, steps, block, seed)))
+
+
+def _train_side(
+    folder: Path, side: str, population: int, intervals: int, steps: int, block: int, seed: int
+) -> dict[str, Any]:
+    """Train the population in ``folder`` (its storage, checkpoints and timings); its figures."""
     timings = folder / "timings"
     timings.mkdir()
     os.environ[_TIMINGS] = str(timings)
@@ -253,23 +260,19 @@ def run_side(side: str, population: int, intervals: int, steps: int, block: int,
         for path in timings.glob("*.txt")
         for line in path.read_text().splitlines()
     ]
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     workers = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
-    processes = 1 + len(list(timings.glob("*.txt"))) if side == "one" else 1
-    print(
-        json.dumps(
-            {
-                "intervals": len(result.intervals()),
-                "exploits": len(result.exploits()),
-                "status": result.status,
-                "scores": [m.score for m in result.members if m.score is not None],
-                "timings": rows,  # (gap seconds, user seconds, members) per (block) interval
-                "rss_self": own,
-                "rss_workers": workers if side == "one" else 0,
-                "processes": processes,
-            }
-        )
-    )
+    figures = {
+        "intervals": len(result.intervals()),
+        "exploits": len(result.exploits()),
+        "status": result.status,
+        "scores": [m.score for m in result.members if m.score is not None],
+        "timings": rows,  # (gap seconds, user seconds, members) per (block) interval
+        "rss_self": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "rss_workers": workers if side == "one" else 0,
+        "processes": 1 + len(list(timings.glob("*.txt"))) if side == "one" else 1,
+    }
+    result.storage.close()
+    return figures
 
 
 # --- the comparison -------------------------------------------------------------------------------
