@@ -63,6 +63,38 @@ def test_examples_explore_with_pb2_on_request(tmp_path: Path):
     assert len(result.exploits()) == 3  # the worst member copies the best, each generation
 
 
+def test_digits_vectorized_trains_blocks_and_its_best_member_is_a_plain_module(
+    tmp_path: Path, capsys
+):
+    pytest.importorskip("torch")
+    pytest.importorskip("sklearn")
+    vectorized = load_example("digits_vectorized")
+    storage = f"sqlite:///{tmp_path / 'vectorized.db'}"
+    options = ["--population", "8", "--block", "4", "--intervals", "3", "--sync"]
+    result = vectorized.main([*options, "--no-progress", "--storage", storage])
+    assert result.record.config["block"] == 4
+    assert len(result.intervals()) == 8 * 3  # every member recorded on its own
+    assert len(result.exploits()) > 0
+    assert result.best.score > 0.5  # an untrained MLP scores about 0.1
+    out = capsys.readouterr().out
+    assert "as a plain nn.Module" in out and "schedule of the winning lineage" in out
+    assert f"poptune status digits-vectorized --storage '{storage}'" in out
+    # The best stacked member is an ordinary module (and the plain example's trainable) again,
+    # scoring what it scored in the stack, to a float rounding on a near tie.
+    model = vectorized.best_model(result)
+    assert isinstance(model, vectorized.nn.Sequential)
+    _, _, _, y_val = vectorized.dataset()
+    assert abs(vectorized.accuracy(model) - result.best.score) <= 1.5 / len(y_val)
+    plain = result.best.load(load_example("digits").Digits)
+    assert all(
+        vectorized.torch.equal(a, b)
+        for a, b in zip(plain.model.state_dict().values(), model.state_dict().values(), strict=True)
+    )
+    assert plain.optimizer.param_groups[0]["lr"] == result.best.hparams["lr"]
+    with pytest.raises(TypeError, match=r"load best.state\(\) into your model"):
+        result.best.load()  # a training function has no instance to build: says what to do
+
+
 @pytest.mark.parametrize("example", ["digits", "digits_loop", "lightning_digits"])
 def test_digits_in_sync_is_the_same_for_one_and_two_workers(tmp_path: Path, example: str):
     """Members kept in memory or rebuilt elsewhere: every interval draws from its own seed."""
@@ -159,6 +191,10 @@ def test_bad_arguments_are_one_clear_line(tmp_path: Path):
     clash = _script("cartpole", "--intervals", "2", "--steps", "20", "--name", "mine", *options)
     assert clash.returncode == 1 and "Traceback" not in clash.stderr
     assert "different configuration" in clash.stderr and "pass --name" in clash.stderr
+    pytest.importorskip("sklearn")
+    block = _script("digits_vectorized", "--block", "0", *options)
+    assert block.returncode == 1 and "Traceback" not in block.stderr
+    assert block.stderr == "error: The 'block' parameter must be an int >= 1. Got 0 instead.\n"
 
 
 def test_sb3_ppo_trains_a_population_on_any_classic_control_env(tmp_path: Path, capsys):
