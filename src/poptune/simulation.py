@@ -40,6 +40,7 @@ import shutil
 import tempfile
 import threading
 import time
+import weakref
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -48,14 +49,17 @@ from typing import Any, cast
 
 import numpy as np
 
+from . import loop
+from .blocks import BlockWorker
 from .checkpoints import CheckpointStore, open_checkpoints
 from .errors import PopulationError
+from .loop import BlockContext, Context
 from .population import load, run
 from .records import CheckpointRef, IntervalRecord, PopulationStatus
 from .runspec import WorkerTarget
 from .seeding import TRAIN, derive_seed
 from .space import Choice, Uniform
-from .storage import SQLStorage, Storage, StorageError
+from .storage import Copy, Recording, SQLStorage, Storage, StorageError
 from .storage._memory import MemoryStorage
 from .strategies.exploit import Tournament, Truncation, TTest
 from .strategies.explore import Perturb, Resample
@@ -72,6 +76,8 @@ __all__ = [
     "SimulationReport",
     "SimulationResult",
     "Violation",
+    "sim_block_function",
+    "sim_function",
     "simulate",
     "simulate_one",
 ]
@@ -94,9 +100,12 @@ FAULTS = (
 WRITES = frozenset(
     {
         "claim",
+        "claim_block",
         "release",
         "record_interval",
+        "record_intervals",
         "record_exploit",
+        "record_exploits",
         "record_failure",
         "discard_checkpoint",
         "set_status",
@@ -104,6 +113,10 @@ WRITES = frozenset(
         "release_claims",
     }
 )
+#: What a seed's members are, by ``seed % 5``: a Trainable class (``member``), a block of a
+#: training function (``block``, see :mod:`poptune.blocks`), or one member's training function
+#: (``function``, see :mod:`poptune.loop`).
+KINDS = ("block", "member", "member", "function", "block")
 LEASE_SECONDS = 30.0  # virtual seconds
 START = 1_000_000_000.0  # the virtual clock's start (seconds since the epoch, as for a real one)
 
@@ -156,6 +169,69 @@ class SimTrainable(Trainable):
 def sim_space() -> dict[str, Any]:
     """The simulated member's space: a rate and a categorical choice."""
     return {"lr": Uniform(0.05, 0.9), "shape": Choice(["round", "flat"])}
+
+
+def sim_function(ctx: Context) -> None:
+    """The simulated member as a training function (:mod:`poptune.loop`): the same weights
+    and trail as :class:`SimTrainable`, kept in memory by its own loop."""
+    member = SimTrainable(ctx.hparams, ctx.seed)
+    for interval in ctx.intervals():
+        _stop_here(f"member {interval.member} step {interval.step} trains")
+        if interval.state is not None:
+            _check_handed(interval.member, interval.step, interval.state)
+            member.load_state_dict(interval.state)
+        member.reseed(interval.seed)
+        member.train(interval.hparams)
+        interval.report(member.evaluate(), state=member.state_dict())
+    _stop_here("code after the loop")
+
+
+def sim_block_function(ctx: BlockContext) -> None:
+    """The simulated members as a block's training function (``block=N``, see
+    :mod:`poptune.blocks`): one :class:`SimTrainable` per member of the block, trained
+    together one block interval at a time."""
+    members = [SimTrainable(hparams, ctx.seed) for hparams in ctx.hparams]
+    for block in ctx.intervals():
+        _stop_here(f"block {list(ctx.members)} step {block[0].step} trains")
+        for member, interval in zip(members, block, strict=True):
+            if interval.state is not None:
+                _check_handed(interval.member, interval.step, interval.state)
+                member.load_state_dict(interval.state)
+            member.reseed(interval.seed)
+            member.train(interval.hparams)
+        block.report(
+            [member.evaluate() for member in members],
+            states=[member.state_dict() for member in members],
+        )
+    _stop_here("code after the loop")
+
+
+def _digest(state: Mapping[str, Any]) -> int:
+    """What identifies a simulated state's content: its weights and what they trained."""
+    return hash((np.asarray(state["w"], dtype=float).tobytes(), int(state["trained"]),
+                 tuple(int(s) for s in state["trail"])))  # fmt: skip
+
+
+def _stop_here(what: str) -> None:
+    """On a training function's thread in a simulation: let the scheduler pick who runs next."""
+    actor = _ACTORS.get(threading.current_thread())
+    if actor is not None:
+        actor.park(f"{actor.name}: {what}")
+
+
+def _check_handed(member: int, step: int, state: Mapping[str, Any]) -> None:
+    """A state handed to a training function (a checkpoint read back, or a donor's state
+    handed over from memory) must equal a checkpoint that was saved with the same trail."""
+    actor = _ACTORS.get(threading.current_thread())
+    if actor is None:
+        return
+    trail = tuple(int(s) for s in state["trail"])
+    if _digest(state) not in actor.sim.digests.get(trail, ()):
+        actor.sim.violate(
+            "handover",
+            f"member {member} at step {step} was handed a state (trained {state['trained']}) "
+            "that equals no checkpoint saved with its trail",
+        )
 
 
 # --- results --------------------------------------------------------------------------------
@@ -232,21 +308,30 @@ class _Crashed(BaseException):
 
 
 class _Actor:
-    """One thread of a simulated worker (its loop, or its checkpoint writer) that runs only
-    between two of the scheduler's :meth:`step` calls."""
+    """One thread of a simulated worker (its loop, its checkpoint writer, or a training
+    function's) that runs only between two of the scheduler's :meth:`step` calls."""
 
-    def __init__(self, sim: _Simulation, slot: _Slot, name: str, body: Callable[[], Any]) -> None:
+    def __init__(
+        self,
+        sim: _Simulation,
+        slot: _Slot,
+        name: str,
+        body: Callable[[], Any],
+        function: bool = False,
+    ) -> None:
         self.sim, self.slot, self.name, self.body = sim, slot, name, body
+        self.function = function
         self.go = threading.Event()
         self.parked = threading.Event()
         self.done = False
         self.error: BaseException | None = None
         self.crashed = False
         self.until: Callable[[], bool] | None = None
-        self.pending = "start"
+        self.pending = f"{name}: start"
         self.thread = threading.Thread(target=self._main, name=f"sim-{name}", daemon=True)
         sim.actors.append(self)
         sim.by_thread[self.thread] = self
+        _ACTORS[self.thread] = self
         self.thread.start()
 
     def _main(self) -> None:
@@ -284,6 +369,87 @@ class _Actor:
         self.go.set()
         if not self.parked.wait(60.0):
             raise RuntimeError(f"simulated thread {self.name} did not stop within 60 s")
+
+
+#: every simulated thread's actor (a training function finds its simulation here)
+_ACTORS: weakref.WeakKeyDictionary[threading.Thread, _Actor] = weakref.WeakKeyDictionary()
+
+
+class _SimCondition:
+    """A training function's condition, for threads only one of which runs at a time: a wait
+    stops the thread until the scheduler picks it after a notification."""
+
+    def __init__(self, sim: _Simulation, name: str) -> None:
+        self.sim, self.name = sim, name
+        self.notified = 0
+
+    def __enter__(self) -> _SimCondition:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def notify_all(self) -> None:
+        self.notified += 1
+
+    def wait(self, timeout: float | None = None) -> bool:
+        seen = self.notified
+        self.sim.wait(f"{self.name} waits", lambda: self.notified != seen)
+        return True
+
+
+class _SimThread:
+    """A training function's thread, as a simulated one (an :class:`_Actor` once started)."""
+
+    def __init__(self, sim: _Simulation, slot: _Slot, name: str, target: Callable[[], None]):
+        self.sim, self.slot, self.name, self.target = sim, slot, name, target
+        self.actor: _Actor | None = None
+
+    def start(self) -> None:
+        self.actor = _Actor(self.sim, self.slot, self.name, self.target, function=True)
+
+    def is_alive(self) -> bool:
+        return self.actor is not None and not self.actor.done
+
+    def join(self, timeout: float | None = None) -> None:
+        actor = self.actor
+        if actor is None or (timeout is not None and timeout <= 0):
+            return
+        if self.sim.current() is not None:  # a worker's thread waits for the function to end
+            self.sim.wait(f"waits for {self.name} to return", lambda: actor.done)
+
+
+class _SimThreads(loop.Threads):
+    """The threads of the training functions a simulated worker starts are simulated ones;
+    any other thread's are real (see :class:`poptune.loop.Threads`)."""
+
+    def condition(self) -> threading.Condition:
+        actor = _ACTORS.get(threading.current_thread())
+        if actor is None:
+            return super().condition()
+        return cast(threading.Condition, _SimCondition(actor.sim, f"w{actor.slot.index}.fn"))
+
+    def thread(self, target: Callable[[], None], name: str) -> threading.Thread:
+        actor = _ACTORS.get(threading.current_thread())
+        if actor is None:
+            return super().thread(target, name)
+        short = name.removeprefix("poptune-")
+        return cast(
+            threading.Thread,
+            _SimThread(actor.sim, actor.slot, f"w{actor.slot.index}.{short}", target),
+        )
+
+
+@contextlib.contextmanager
+def _simulated_functions() -> Iterator[None]:
+    """While simulating: training functions started by simulated workers run on simulated
+    threads."""
+    real = loop.threads
+    loop.threads = _SimThreads()
+    try:
+        yield
+    finally:
+        loop.threads = real
 
 
 class _SimWriter(BackgroundWriter):
@@ -349,6 +515,13 @@ def _describe(name: str, args: tuple[Any, ...]) -> str:
             shown.append(repr(arg))
         elif hasattr(arg, "donor"):
             shown.append(f"copy ({arg.member}, {arg.step}) <- ({arg.donor}, {arg.donor_step})")
+        elif isinstance(arg, list) and arg and isinstance(arg[0], Recording):
+            shown.append(f"intervals {[(r.interval.member, r.interval.step) for r in arg]}")
+        elif isinstance(arg, list) and arg and isinstance(arg[0], Copy):
+            copies = [
+                (c.event.member, c.event.step, c.event.donor, c.event.donor_step) for c in arg
+            ]
+            shown.append(f"copies (member, step, donor, donor step) {copies}")
     return f"{name}({', '.join(shown)})"
 
 
@@ -399,7 +572,9 @@ class _CheckpointProxy:
     def save(self, folder: str, member: int, step: int, state: Any) -> CheckpointRef:
         self._park("save", member, step)
         ref = self._inner.save(folder, member, step, state)
-        self._sim.saved[ref.path] = (int(state["trained"]), tuple(state["trail"]))
+        trail = tuple(int(s) for s in state["trail"])
+        self._sim.saved[ref.path] = (int(state["trained"]), trail)
+        self._sim.digests.setdefault(trail, set()).add(_digest(state))
         return ref
 
     def load(self, ref: CheckpointRef) -> Any:
@@ -474,6 +649,7 @@ class _Simulation:
         self.slots: list[_Slot] = []
         self.trace: list[str] = []
         self.saved: dict[str, tuple[int, tuple[int, ...]]] = {}  # path -> (trained, trail)
+        self.digests: dict[tuple[int, ...], set[int]] = {}  # trail -> the states saved with it
         self.committed: dict[tuple[int, int], tuple[int, ...]] = {}  # (member, step) -> trail
         self.removed: set[str] = set()
         self.corrupted: set[str] = set()
@@ -487,7 +663,7 @@ class _Simulation:
 
     def _draw(self, workers: int) -> dict[str, Any]:
         rng = self.rng
-        return {
+        settings: dict[str, Any] = {
             "workers": rng.randint(1, workers),
             "population": rng.randint(2, 5),
             "intervals": rng.randint(2, 5),
@@ -501,6 +677,11 @@ class _Simulation:
             "background": rng.random() < 0.5,
             "faults": rng.randint(0, 4),
         }
+        # Drawn apart, so that the seeds of Trainable classes replay as they did before blocks
+        # and functions were simulated.
+        kind = KINDS[self.seed % len(KINDS)]
+        size = random.Random(f"poptune-sim-block-{self.seed}").randint(2, settings["population"])
+        return {**settings, "kind": kind, "block": size if kind == "block" else None}
 
     # --- the actors' side ---------------------------------------------------------------
 
@@ -528,6 +709,9 @@ class _Simulation:
         if name == "record_exploit":
             event = args[1]
             return self._inner.checkpoint(self.pid, event.donor, event.donor_step)
+        if name == "record_exploits":
+            return [self._inner.checkpoint(self.pid, c.event.donor, c.event.donor_step)
+                    for c in args[0]]  # fmt: skip
         return None
 
     def observe(self, name: str, args: tuple[Any, ...], result: Any, before: Any) -> None:
@@ -538,12 +722,34 @@ class _Simulation:
                 with contextlib.suppress(OSError):
                     (Path(self._checkpoint_root()) / args[2].path).unlink()
         elif name == "record_exploit" and result is not None:
-            event = args[1]
-            key = (event.donor, event.donor_step)
-            if before is None or key not in self.committed:
-                self.violate(
-                    "donor", f"copy {event} returned {result} but the donor had no checkpoint"
-                )
+            self._check_copy(args[1], result, before)
+        elif name == "record_intervals":
+            self._check_block(args[0], result)
+        elif name == "record_exploits":
+            for copy, ref, row in zip(args[0], result, before, strict=True):
+                if ref is not None:
+                    self._check_copy(copy.event, ref, row)
+
+    def _check_copy(self, event: Any, result: Any, before: Any) -> None:
+        key = (event.donor, event.donor_step)
+        if before is None or key not in self.committed:
+            self.violate("donor", f"copy {event} returned {result} but the donor had no checkpoint")
+
+    def _check_block(self, recordings: list[Recording], refused: list[int]) -> None:
+        """A block's intervals, recorded in one call: each member's is checked as one
+        member's; a member refused (its claim lost) must have had nothing recorded."""
+        for recording in recordings:
+            interval, ref = recording.interval, recording.checkpoint
+            key = (interval.member, interval.step)
+            if interval.member not in refused:
+                self._check_interval(interval, ref)
+                if self.break_guarantee == "delete_after_commit":
+                    with contextlib.suppress(OSError):
+                        (Path(self._checkpoint_root()) / ref.path).unlink()
+                continue
+            row = self._inner.checkpoint(self.pid, *key)
+            if row is not None and row.path == ref.path and key not in self.committed:
+                self.violate("refused", f"interval {key} was refused, yet it was recorded")
 
     def _check_interval(self, interval: IntervalRecord, ref: CheckpointRef) -> None:
         key = (interval.member, interval.step)
@@ -634,8 +840,14 @@ class _Simulation:
                 raise ValueError("break_guarantee='fencing' needs storage='memory'")
             _unfence(self._inner)
         capture = _Capture()
+        kind = s.get("kind", "member")
+        trainable: Any = {
+            "member": SimTrainable,
+            "function": sim_function,
+            "block": sim_block_function,
+        }[kind]
         run(
-            SimTrainable,
+            trainable,
             space=sim_space(),
             metric="score",
             population=s["population"],
@@ -649,6 +861,7 @@ class _Simulation:
             progress=False,
             lease_seconds=LEASE_SECONDS,
             resident=s["resident"],
+            block=s.get("block"),
             **self._strategies(),
         )
         self.target = capture.target
@@ -665,7 +878,8 @@ class _Simulation:
         index = len(self.slots)
         slot = _Slot(index, cast(Worker, None), storage)
         checkpoints = open_checkpoints(str(self.folder / "checkpoints"))
-        worker = Worker(
+        kind = BlockWorker if target.spec.config.block is not None else Worker
+        worker = kind(
             target.spec,
             cast(Storage, _StorageProxy(self, slot, storage)),
             cast(CheckpointStore, _CheckpointProxy(self, slot, checkpoints)),
@@ -889,6 +1103,10 @@ class _Simulation:
         assert slot.actor is not None
         error = slot.actor.error
         self.note(f"      w{slot.index} ended: {error!r}")
+        if error is None:
+            running = [a.name for a in self.actors if a.slot is slot and a.function and not a.done]
+            if running:  # a worker that stops lets the code after the functions' loops run
+                self.violate("tail", f"w{slot.index} stopped before {running} returned")
         for actor in self.actors:  # its writer, left waiting for jobs
             if actor.slot is slot and not actor.done:
                 actor.crashed = True
@@ -1063,7 +1281,7 @@ def simulate_one(
         )
     folder = Path(tempfile.mkdtemp(prefix="poptune-sim-", dir=_SCRATCH))
     try:
-        with _quiet():
+        with _quiet(), _simulated_functions():
             return _Simulation(
                 seed, workers, storage, folder, settings, faults, break_guarantee
             ).run()
