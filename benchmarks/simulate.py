@@ -47,6 +47,12 @@ def main(argv: list[str] | None = None) -> int:
         f"seeds run: {report.seeds} ({args.start}..{args.start + args.seeds - 1}), "
         f"storage {args.storage}, up to {args.workers} workers"
     )
+    described = {"member": "Trainable class", "block": "blocks", "function": "training function"}
+    kinds = ", ".join(
+        f"{kind} {count} ({described.get(kind, kind)})"
+        for kind, count in sorted(report.kinds.items())
+    )
+    print(f"by kind: {kinds}")
     faults = ", ".join(f"{kind} {count}" for kind, count in sorted(report.faults.items()))
     print(f"faults injected: {sum(report.faults.values())} ({faults})")
     ended = ", ".join(f"{status} {count}" for status, count in sorted(report.statuses.items()))

@@ -12,7 +12,7 @@ import pytest
 
 from poptune.housekeeping import Housekeeper
 from poptune.records import Mode
-from poptune.simulation import FAULTS, SimulationResult
+from poptune.simulation import FAULTS, KINDS, SimulationResult
 from poptune.testing import MemoryStorage, simulate, simulate_one
 from tests._helpers import ckpt, make
 
@@ -47,6 +47,8 @@ def test_a_few_hundred_seeds_keep_every_invariant_and_cover_every_fault_and_sett
     assert set(settings["resident"]) == {None, 1, 2}
     assert set(settings["background"]) == {True, False}
     assert set(settings["workers"]) == {1, 2, 3}
+    assert set(settings["kind"]) == {"member", "block", "function"}
+    assert set(settings["block"]) == {None, 2, 3, 4, 5}
 
 
 def test_a_few_seeds_keep_every_invariant_on_sqlite():
@@ -63,15 +65,27 @@ def test_a_few_seeds_keep_every_invariant_on_postgresql():
     assert report.violations == [], "\n\n".join(str(v) for v in report.violations[:3])
 
 
+FENCED = {"worker", "trained", "origin", "duplicate", "sync", "donor", "checkpoint"}
+
+
 @pytest.mark.parametrize(
-    ("guarantee", "noticed"),
+    ("guarantee", "kind", "noticed"),
     [
-        ("fencing", {"worker", "trained", "origin", "duplicate", "sync"}),
-        ("delete_after_commit", {"missing", "ended"}),
+        ("fencing", "member", FENCED),
+        ("fencing", "block", FENCED),
+        ("fencing", "function", FENCED),
+        ("delete_after_commit", "member", {"missing", "ended"}),
+        ("delete_after_commit", "block", {"missing", "ended"}),
+        ("drifted_handover", "block", {"handover"}),
+        ("no_tail_wait", "function", {"tail"}),
+        ("no_tail_wait", "block", {"tail"}),
     ],
 )
-def test_the_simulator_reports_a_guarantee_broken_on_purpose(guarantee: str, noticed: set[str]):
-    for seed in range(60):
+def test_the_simulator_reports_a_guarantee_broken_on_purpose(
+    guarantee: str, kind: str, noticed: set[str]
+):
+    seeds = [seed for seed in range(300) if KINDS[seed % len(KINDS)] == kind][:60]
+    for seed in seeds:
         result = simulate_one(seed, break_guarantee=guarantee)
         if result.violations:
             break

@@ -281,9 +281,11 @@ class SimulationResult:
 
 @dataclass
 class SimulationReport:
-    """Many seeds' runs: how many, the faults injected by kind, the violations, the time."""
+    """Many seeds' runs: how many (by kind of member), the faults injected by kind, the
+    violations, the time."""
 
     seeds: int = 0
+    kinds: Counter[str] = field(default_factory=Counter)
     faults: Counter[str] = field(default_factory=Counter)
     statuses: Counter[str] = field(default_factory=Counter)
     violations: list[Violation] = field(default_factory=list)
@@ -293,6 +295,7 @@ class SimulationReport:
     def add(self, result: SimulationResult) -> None:
         """Count one seed's run."""
         self.seeds += 1
+        self.kinds[result.settings.get("kind", "member")] += 1
         self.faults.update(result.faults)
         self.statuses[result.status] += 1
         self.violations.extend(result.violations)
@@ -889,6 +892,7 @@ class _Simulation:
             resident=target.resident,
         )
         worker.housekeeper.threaded = False
+        _break(worker, self.break_guarantee)
         worker.new_writer = lambda: _SimWriter(self, slot)
         worker._background_bytes = 0 if self.settings["background"] else 1 << 62
         slot.worker = worker
@@ -1199,6 +1203,27 @@ def _unfence(storage: MemoryStorage) -> None:
     storage._held = unfenced  # type: ignore[method-assign]
 
 
+class _Drifted(dict[int, tuple[CheckpointRef, Any]]):
+    """A block worker's states in memory that drifted from their checkpoints after being saved
+    (as if training had changed them in place): what it hands over is not what was saved."""
+
+    def get(self, member: int, default: Any = None) -> Any:
+        held = super().get(member)
+        if held is None:
+            return default
+        ref, state = held
+        return ref, {**state, "w": np.asarray(state["w"]) + 1e-6}
+
+
+def _break(worker: Worker, guarantee: str | None) -> None:
+    """Break one of the worker's guarantees on purpose (see :func:`simulate_one`)."""
+    if guarantee == "drifted_handover" and isinstance(worker, BlockWorker):
+        worker._memory = _Drifted()
+    elif guarantee == "no_tail_wait":
+        close = worker.close_members
+        worker.close_members = lambda wait=False: close(False)  # type: ignore[method-assign]
+
+
 # Checkpoints are small and short-lived: in memory (tmpfs) where there is one, as fast as files go.
 _SCRATCH = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
 
@@ -1266,7 +1291,9 @@ def simulate_one(
     ``"postgres"`` (at ``$POPTUNE_TEST_POSTGRES``); ``settings`` replaces the drawn ones;
     ``faults=False`` injects none. ``break_guarantee`` breaks one guarantee on purpose, to show
     that the simulator notices: ``"fencing"`` (memory storage only) takes writes under lost
-    claims, ``"delete_after_commit"`` deletes every checkpoint's file once it is committed.
+    claims, ``"delete_after_commit"`` deletes every checkpoint's file once it is committed,
+    ``"drifted_handover"`` makes a block worker hand over donors' states that differ from their
+    checkpoints, ``"no_tail_wait"`` lets a stopping worker leave its training functions running.
 
     Raises:
         ValueError: if ``storage`` is none of those.
