@@ -19,8 +19,10 @@ from tests._helpers import ckpt, make
 SMOKE_SEEDS = 200
 
 
-def test_a_seed_replays_step_for_step():
-    first, again = simulate_one(12), simulate_one(12)
+@pytest.mark.parametrize(("seed", "kind"), [(12, "member"), (10, "block"), (13, "function")])
+def test_a_seed_replays_step_for_step(seed: int, kind: str):
+    first, again = simulate_one(seed), simulate_one(seed)
+    assert first.settings["kind"] == kind
     assert first.trace == again.trace and len(first.trace) > 50
     assert first.faults == again.faults and first.status == again.status
 
@@ -36,7 +38,7 @@ def test_a_few_hundred_seeds_keep_every_invariant_and_cover_every_fault_and_sett
     assert report.violations == [], "\n\n".join(str(v) for v in report.violations[:3])
     assert report.seeds == SMOKE_SEEDS
     assert set(report.faults) >= set(FAULTS)  # every kind injected, and resumes
-    assert report.faults["resume"] > 0
+    assert report.faults["resume"] > 0 and report.faults["steal"] > 0
     assert set(report.statuses) >= {"finished", "stopped"}
     assert set(settings["sync"]) == {True, False}
     assert set(settings["exploit"]) == {
@@ -49,6 +51,7 @@ def test_a_few_hundred_seeds_keep_every_invariant_and_cover_every_fault_and_sett
     assert set(settings["workers"]) == {1, 2, 3}
     assert set(settings["kind"]) == {"member", "block", "function"}
     assert set(settings["block"]) == {None, 2, 3, 4, 5}
+    assert set(settings["own_blocks"]) == {None, True, False}
 
 
 def test_a_few_seeds_keep_every_invariant_on_sqlite():

@@ -96,6 +96,10 @@ FAULTS = (
     "skew",
     "restart",
 )
+#: Faults injected into block populations only: ``steal`` pauses a worker that holds a block
+#: past its lease and starts one that claims a member at a time, so that a part of the block
+#: moves and the stale worker's block write must be refused for those members only.
+BLOCK_FAULTS = ("steal",)
 #: Storage calls that write: the ones a storage fault lands on.
 WRITES = frozenset(
     {
@@ -683,8 +687,15 @@ class _Simulation:
         # Drawn apart, so that the seeds of Trainable classes replay as they did before blocks
         # and functions were simulated.
         kind = KINDS[self.seed % len(KINDS)]
-        size = random.Random(f"poptune-sim-block-{self.seed}").randint(2, settings["population"])
-        return {**settings, "kind": kind, "block": size if kind == "block" else None}
+        apart = random.Random(f"poptune-sim-block-{self.seed}")
+        size = apart.randint(2, settings["population"])
+        own = apart.random() < 0.5  # each worker draws its own block size
+        return {
+            **settings,
+            "kind": kind,
+            "block": size if kind == "block" else None,
+            "own_blocks": own if kind == "block" else None,
+        }
 
     # --- the actors' side ---------------------------------------------------------------
 
@@ -874,13 +885,21 @@ class _Simulation:
 
             self._engine = sa.create_engine(self.url)
 
-    def spawn(self, target: WorkerTarget | None = None) -> _Slot:
-        """A fresh worker process joining the population."""
+    def spawn(self, target: WorkerTarget | None = None, block: int | None = None) -> _Slot:
+        """A fresh worker process joining the population (``block``: its own block size)."""
         target = target or self.target
         storage = self.open_storage()
         index = len(self.slots)
         slot = _Slot(index, cast(Worker, None), storage)
         checkpoints = open_checkpoints(str(self.folder / "checkpoints"))
+        options: dict[str, Any] = {} if block is None else {"block": block}
+        own = self.settings.get("own_blocks") and self.inject and not options
+        if target.spec.config.block is not None and own:
+            # poptune worker --block N: a worker's own block size, so that one worker's claim
+            # may take part of another's block (the reference run keeps the recorded one)
+            options["block"] = self.rng.choice(
+                [1, self.rng.randint(1, self.settings["population"])]
+            )
         kind = BlockWorker if target.spec.config.block is not None else Worker
         worker = kind(
             target.spec,
@@ -890,6 +909,7 @@ class _Simulation:
             lease_seconds=target.lease_seconds,
             poll_seconds=0.0,
             resident=target.resident,
+            **options,
         )
         worker.housekeeper.threaded = False
         _break(worker, self.break_guarantee)
@@ -898,7 +918,8 @@ class _Simulation:
         slot.worker = worker
         slot.actor = _Actor(self, slot, f"w{index}", worker.run)
         self.slots.append(slot)
-        self.note(f"{self.step_no:5d} t={self.now - START:7.1f} spawn w{index}")
+        size = f" (block {options['block']})" if options else ""
+        self.note(f"{self.step_no:5d} t={self.now - START:7.1f} spawn w{index}{size}")
         return slot
 
     def resume(self) -> None:
@@ -988,7 +1009,7 @@ class _Simulation:
 
     def fault(self) -> None:
         rng = self.rng
-        kind = rng.choice(FAULTS)
+        kind = rng.choice(FAULTS + BLOCK_FAULTS if self.settings.get("block") else FAULTS)
         alive = [s for s in self.slots if s.alive]
         rows = self._inner.checkpoints(self.pid)
         if kind in ("corrupt", "remove"):
@@ -1018,6 +1039,15 @@ class _Simulation:
             elif kind == "restart":
                 self.crash(slot, "is killed; a fresh worker joins")
                 self.spawn()
+            elif kind == "steal":
+                holders = [s for s in alive if len(s.worker._held) >= 2]
+                if not holders:
+                    return
+                slot = rng.choice(holders)
+                slot.paused_until = self.now + LEASE_SECONDS * rng.uniform(1.1, 2.0)
+                where = f"{self.step_no:5d} t={self.now - START:7.1f} w{slot.index}"
+                self.note(f"{where} pauses until t={slot.paused_until - START:.1f}; a thief joins")
+                self.spawn(block=1)
             elif kind == "pause":
                 slot.paused_until = self.now + LEASE_SECONDS * rng.uniform(1.1, 2.0)
                 self.note(f"{here} pauses until t={slot.paused_until - START:.1f}")
