@@ -38,7 +38,7 @@ def test_a_few_hundred_seeds_keep_every_invariant_and_cover_every_fault_and_sett
     assert report.violations == [], "\n\n".join(str(v) for v in report.violations[:3])
     assert report.seeds == SMOKE_SEEDS
     assert set(report.faults) >= set(FAULTS)  # every kind injected, and resumes
-    assert report.faults["resume"] > 0 and report.faults["steal"] > 0
+    assert report.faults["resume"] > 0 and report.faults["steal"] > 0 and report.faults["raise"] > 0
     assert set(report.statuses) >= {"finished", "stopped"}
     assert set(settings["sync"]) == {True, False}
     assert set(settings["exploit"]) == {

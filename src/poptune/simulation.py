@@ -100,6 +100,10 @@ FAULTS = (
 #: past its lease and starts one that claims a member at a time, so that a part of the block
 #: moves and the stale worker's block write must be refused for those members only.
 BLOCK_FAULTS = ("steal",)
+#: Faults injected where members are training functions (blocks, and one member's function):
+#: ``raise`` makes the function raise in its next interval (the worker records the failure of
+#: every member it was training and retries them from their checkpoints).
+FUNCTION_FAULTS = ("raise",)
 #: Storage calls that write: the ones a storage fault lands on.
 WRITES = frozenset(
     {
@@ -217,10 +221,16 @@ def _digest(state: Mapping[str, Any]) -> int:
 
 
 def _stop_here(what: str) -> None:
-    """On a training function's thread in a simulation: let the scheduler pick who runs next."""
+    """On a training function's thread in a simulation: let the scheduler pick who runs next
+    (and raise, if the scheduler armed a ``raise`` fault)."""
     actor = _ACTORS.get(threading.current_thread())
-    if actor is not None:
-        actor.park(f"{actor.name}: {what}")
+    if actor is None:
+        return
+    actor.park(f"{actor.name}: {what}")
+    if actor.slot.raise_next and what.endswith("trains"):
+        actor.slot.raise_next = False
+        actor.sim.note(f"  fault raise in {actor.name}")
+        raise RuntimeError(f"simulated: the training function raised ({what})")
 
 
 def _check_handed(member: int, step: int, state: Mapping[str, Any]) -> None:
@@ -617,6 +627,7 @@ class _Slot:
     dead: bool = False
     died_at: float | None = None
     expect_error: bool = False
+    raise_next: bool = False  # its training function raises in its next interval
 
     @property
     def alive(self) -> bool:
@@ -1009,7 +1020,10 @@ class _Simulation:
 
     def fault(self) -> None:
         rng = self.rng
-        kind = rng.choice(FAULTS + BLOCK_FAULTS if self.settings.get("block") else FAULTS)
+        kinds = FAULTS
+        if self.settings.get("kind", "member") != "member":
+            kinds += FUNCTION_FAULTS + (BLOCK_FAULTS if self.settings.get("block") else ())
+        kind = rng.choice(kinds)
         alive = [s for s in self.slots if s.alive]
         rows = self._inner.checkpoints(self.pid)
         if kind in ("corrupt", "remove"):
@@ -1039,6 +1053,9 @@ class _Simulation:
             elif kind == "restart":
                 self.crash(slot, "is killed; a fresh worker joins")
                 self.spawn()
+            elif kind == "raise":
+                slot.raise_next = True
+                self.note(f"{here} armed a raise in its training function's next interval")
             elif kind == "steal":
                 holders = [s for s in alive if len(s.worker._held) >= 2]
                 if not holders:
