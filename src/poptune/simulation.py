@@ -1020,7 +1020,7 @@ class _Simulation:
 
     def fault(self) -> None:
         rng = self.rng
-        kinds = FAULTS
+        kinds: tuple[str, ...] = FAULTS
         if self.settings.get("kind", "member") != "member":
             kinds += FUNCTION_FAULTS + (BLOCK_FAULTS if self.settings.get("block") else ())
         kind = rng.choice(kinds)
