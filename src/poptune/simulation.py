@@ -938,7 +938,11 @@ class _Simulation:
         capture = _Capture()
         storage = self.open_storage()
         population = load(storage, self.name, checkpoints=str(self.folder / "checkpoints"))
-        population.resume(progress=False, runner=capture)
+        options: dict[str, Any] = {}
+        if self.settings.get("own_blocks"):  # resume(block=N) records a new block size
+            options["block"] = self.rng.randint(1, self.settings["population"])
+            self.note(f"      resumed with block={options['block']}")
+        population.resume(progress=False, runner=capture, **options)
         if storage is not self._inner:
             storage.close()
         self.result.faults["resume"] += 1
