@@ -132,9 +132,10 @@ START = 1_000_000_000.0  # the virtual clock's start (seconds since the epoch, a
 class SimTrainable(Trainable):
     """The simulated member: a small vector pulled towards a target, and what it trained.
 
-    Its state holds ``trained``, the number of intervals behind its weights, and ``trail``, the
-    seed of every interval they trained (a seed names one member's one step): the simulator
-    checks that every checkpoint continues exactly the checkpoint its interval started from.
+    Its state holds ``trained``, the number of intervals behind its weights, ``trail``, the
+    seed of every interval they trained (a seed names one member's one step), and ``parent``,
+    a digest of the weights the last interval started from: the simulator checks that every
+    checkpoint continues exactly the checkpoint its interval started from.
     """
 
     def __init__(self, hparams: Mapping[str, Any], seed: int) -> None:
@@ -142,6 +143,7 @@ class SimTrainable(Trainable):
         self.trained = 0
         self.trail: list[int] = []
         self.seed = seed
+        self.parent = 0
 
     def reseed(self, seed: int) -> None:
         """Remember the interval's seed (its noise, and its entry in the trail)."""
@@ -149,6 +151,7 @@ class SimTrainable(Trainable):
 
     def train(self, hparams: Mapping[str, Any]) -> None:
         """One step towards the target, at rate ``lr``, with a little seeded noise."""
+        self.parent = _digest(self.state_dict())
         noise = np.random.default_rng(self.seed).normal(0.0, 0.05, size=3)
         scale = 1.0 if hparams["shape"] == "round" else 0.5
         self.w = self.w + float(hparams["lr"]) * scale * (np.array([0.2, 0.1, -0.3]) - self.w)
@@ -165,13 +168,19 @@ class SimTrainable(Trainable):
 
     def state_dict(self) -> dict[str, Any]:
         """The weights, and what they trained."""
-        return {"w": self.w.copy(), "trained": self.trained, "trail": list(self.trail)}
+        return {
+            "w": self.w.copy(),
+            "trained": self.trained,
+            "trail": list(self.trail),
+            "parent": self.parent,
+        }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Continue from ``state``."""
         self.w = np.array(state["w"], dtype=float)
         self.trained = int(state["trained"])
         self.trail = [int(s) for s in state["trail"]]
+        self.parent = int(state.get("parent", 0))
 
 
 def sim_space() -> dict[str, Any]:
@@ -591,7 +600,9 @@ class _CheckpointProxy:
         ref = self._inner.save(folder, member, step, state)
         trail = tuple(int(s) for s in state["trail"])
         self._sim.saved[ref.path] = (int(state["trained"]), trail)
-        self._sim.digests.setdefault(trail, set()).add(_digest(state))
+        digest = _digest(state)
+        self._sim.digests.setdefault(trail, set()).add(digest)
+        self._sim.weights[ref.path] = (digest, int(state["parent"]))
         return ref
 
     def load(self, ref: CheckpointRef) -> Any:
@@ -668,6 +679,8 @@ class _Simulation:
         self.trace: list[str] = []
         self.saved: dict[str, tuple[int, tuple[int, ...]]] = {}  # path -> (trained, trail)
         self.digests: dict[tuple[int, ...], set[int]] = {}  # trail -> the states saved with it
+        self.weights: dict[str, tuple[int, int]] = {}  # path -> (digest, its parent's digest)
+        self.paths: dict[tuple[int, int], str] = {}  # (member, step) -> the committed path
         self.committed: dict[tuple[int, int], tuple[int, ...]] = {}  # (member, step) -> trail
         self.removed: set[str] = set()
         self.corrupted: set[str] = set()
@@ -805,7 +818,12 @@ class _Simulation:
             self.violate("origin", f"{where} does not continue a committed checkpoint at step-1")
         elif trail != (*expected, seed):
             self.violate("origin", f"{where}: its weights' trail {trail} != {(*expected, seed)}")
+        elif interval.origin is not None:
+            origin = self.weights[self.paths[tuple(interval.origin)]][0]  # type: ignore[index]
+            if self.weights[ref.path][1] != origin:
+                self.violate("origin", f"{where}: its weights did not start from the origin's")
         self.committed[key] = trail
+        self.paths[key] = ref.path
 
     def violate(self, invariant: str, message: str) -> None:
         self.note(f"  VIOLATION {invariant}: {message}")
