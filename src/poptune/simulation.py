@@ -1,10 +1,12 @@
 """Deterministic simulation: many real workers, one seeded scheduler, a virtual clock, faults.
 
 :func:`simulate` runs one population per seed. Every worker is the real
-:class:`~poptune.worker.Worker` over a real storage (a :class:`~poptune.testing.MemoryStorage`,
-SQLite, or PostgreSQL), but no two of its pieces ever run at once: each worker's loop (and its
-checkpoint writer) runs on a thread that stops before every storage and checkpoint call until
-the scheduler, drawing from ``random.Random(seed)``, picks it again. Leases, heartbeats and
+:class:`~poptune.worker.Worker` (a :class:`~poptune.blocks.BlockWorker` for a block population)
+over a real storage (a :class:`~poptune.testing.MemoryStorage`, SQLite, or PostgreSQL), but no
+two of its pieces ever run at once: each worker's loop, its checkpoint writer and its training
+functions' threads (see :data:`KINDS`) run on threads that stop before every storage and
+checkpoint call (a function: when it waits for its next interval, and before it trains) until
+the scheduler, drawing from ``random.Random(seed)``, picks one again. Leases, heartbeats and
 garbage collection run on the scheduler's own thread, against a virtual clock. So one seed is
 one interleaving, replayed exactly, and between two steps the scheduler may inject a fault:
 
@@ -18,7 +20,10 @@ one interleaving, replayed exactly, and between two steps the scheduler may inje
 - ``corrupt``, ``remove``: a committed checkpoint's file is damaged or deleted;
 - ``skew``: a worker's clock runs slow or fast, so its heartbeats come late or early;
 - ``restart``: a worker is killed and a fresh one (new objects, new storage connection) joins;
-  when every worker is gone, the population is resumed (:func:`poptune.resume`) by a fresh one.
+  when every worker is gone, the population is resumed (:func:`poptune.resume`) by a fresh one;
+- ``raise`` (training functions only): the function raises in its next interval;
+- ``steal`` (blocks only): a worker holding a block pauses past its lease while a worker that
+  claims one member at a time joins, so that part of the block moves.
 
 After every recorded interval, and once the run is over, the invariants of
 :class:`SimulationResult` are checked; a violation carries the seed and the steps that led to it.
