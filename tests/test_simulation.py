@@ -126,6 +126,29 @@ def test_seed_980_the_same_with_resident_members_and_a_background_writer():
     assert result.violations == [], str(result.violations[0])
 
 
+def test_seed_4135_a_member_whose_donor_is_damaged_falls_back_on_its_own_checkpoint():
+    # A block: member 0 copied member 1 at step 1, whose checkpoint was then corrupted. The
+    # fallback skipped member 0's own intact checkpoint at that step, found nothing, and the
+    # member failed three times and ended failed, the population "finished" short of the
+    # budget. Now the member's own checkpoint at its step counts (tests/test_decisions.py).
+    for seed in (4135, 5919):  # the same, without the lost commit
+        result = simulate_one(seed)
+        assert result.settings["kind"] == "block" and result.faults["corrupt"] == 1
+        assert result.violations == [], str(result.violations[0])
+        assert result.status == "finished"
+
+
+def test_seed_4615_a_block_member_whose_claim_is_lost_in_a_fallback_leaves_the_block_alone():
+    # A block worker paused past its lease ('steal'); one of its members moved on and its
+    # checkpoint was collected. Back, the worker fell back on another member's checkpoint for
+    # it, the copy was refused, and LeaseLost killed the worker. Now that member leaves the
+    # block alone, as a member's worker drops it (tests/test_blocks.py).
+    for seed in (4615, 10954):
+        result = simulate_one(seed)
+        assert result.settings["kind"] == "block" and result.faults["steal"] == 1
+        assert result.violations == [], str(result.violations[0])
+
+
 # --- the seams the simulator runs the worker's threads through ----------------------------------
 
 
