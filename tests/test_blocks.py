@@ -256,9 +256,7 @@ def test_a_stale_block_write_is_refused_for_that_member_alone(quick_run, caplog)
     assert sorted(keys) == [(0, 1), (0, 2), (1, 1), (1, 2)]  # member 0's step 1 once, later
 
 
-def test_a_member_whose_claim_is_lost_while_it_falls_back_leaves_the_block_alone(
-    quick_run, caplog
-):
+def test_a_member_whose_claim_is_lost_while_it_falls_back_leaves_the_block_alone(quick_run, caplog):
     # Simulation seeds 4615 and 10954: a block worker paused past its lease; meanwhile one of
     # its members moved on and its checkpoint was collected. Back, the worker fell back to
     # another member's checkpoint for it, the copy was refused (LeaseLost), and the whole
