@@ -131,9 +131,9 @@ def test_seed_4135_a_member_whose_donor_is_damaged_falls_back_on_its_own_checkpo
     # fallback skipped member 0's own intact checkpoint at that step, found nothing, and the
     # member failed three times and ended failed, the population "finished" short of the
     # budget. Now the member's own checkpoint at its step counts (tests/test_decisions.py).
-    for seed in (4135, 5919):  # the same, without the lost commit
+    for seed in (4135, 5919, 3653):  # the same without the lost commit; with functions
         result = simulate_one(seed)
-        assert result.settings["kind"] == "block" and result.faults["corrupt"] == 1
+        assert result.faults["corrupt"] == 1
         assert result.violations == [], str(result.violations[0])
         assert result.status == "finished"
 
