@@ -230,8 +230,8 @@ def sim_block_function(ctx: BlockContext) -> None:
 
 def _digest(state: Mapping[str, Any]) -> int:
     """What identifies a simulated state's content: its weights and what they trained."""
-    return hash((np.asarray(state["w"], dtype=float).tobytes(), int(state["trained"]),
-                 tuple(int(s) for s in state["trail"])))  # fmt: skip
+    weights = np.asarray(state["w"], dtype=float).tobytes()
+    return hash((weights, int(state["trained"]), tuple(int(s) for s in state["trail"])))
 
 
 def _stop_here(what: str) -> None:
@@ -753,8 +753,8 @@ class _Simulation:
             event = args[1]
             return self._inner.checkpoint(self.pid, event.donor, event.donor_step)
         if name == "record_exploits":
-            return [self._inner.checkpoint(self.pid, c.event.donor, c.event.donor_step)
-                    for c in args[0]]  # fmt: skip
+            donors = [(c.event.donor, c.event.donor_step) for c in args[0]]
+            return [self._inner.checkpoint(self.pid, *donor) for donor in donors]
         return None
 
     def observe(self, name: str, args: tuple[Any, ...], result: Any, before: Any) -> None:
