@@ -256,6 +256,30 @@ def test_a_stale_block_write_is_refused_for_that_member_alone(quick_run, caplog)
     assert sorted(keys) == [(0, 1), (0, 2), (1, 1), (1, 2)]  # member 0's step 1 once, later
 
 
+def test_a_member_whose_claim_is_lost_while_it_falls_back_leaves_the_block_alone(quick_run, caplog):
+    # Simulation seeds 4615 and 10954: a block worker paused past its lease; meanwhile one of
+    # its members moved on and its checkpoint was collected. Back, the worker fell back to
+    # another member's checkpoint for it, the copy was refused (LeaseLost), and the whole
+    # worker died with it instead of dropping that member as a member's worker does.
+    runner = quick_run.created(quadratic_block, name="moved", population=2, intervals=3, block=2)
+    storage, population_id = runner.storage, runner.target.population_id
+    worker = BlockWorker.from_target(runner.target, storage, runner.checkpoints)
+    assert worker.work_once()  # both members' first interval
+    storage.discard_checkpoint(population_id, storage.checkpoint(population_id, 0, 1))
+    claims = storage.claim_block(population_id, worker.owner, 3, 30.0, False, 2)
+    assert [c.member.id for c in claims] == [0, 1] and claims[0].checkpoint is None
+    storage.release(claims[0])  # member 0 moves to another worker
+    assert storage.claim(population_id, "thief", 3, 30.0, False).member.id == 0
+    for claim in claims:
+        worker._held[claim.member.id] = claim
+    with caplog.at_level(logging.WARNING, logger="poptune"):
+        slots = worker.prepare(claims)
+    assert [slot.member.id for slot in slots] == [1]
+    assert "Lost the lease on member 0" in caplog.text
+    assert 0 not in worker._held
+    worker.close_members()
+
+
 @pytest.mark.parametrize("block", [0, -2, 1.5, True, "4"])
 def test_a_block_that_is_not_a_positive_int_is_refused(quick_run, block):
     with pytest.raises(InvalidParameterError, match=r"The 'block' parameter must be an int"):

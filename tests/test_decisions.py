@@ -13,6 +13,9 @@ from pathlib import Path
 import poptune.decisions
 import poptune.storage._base
 import poptune.storage._sql
+from poptune.decisions import Decider
+from poptune.records import CopyReason
+from tests._helpers import ckpt, train
 
 
 def _class(path: Path, name: str) -> ast.ClassDef:
@@ -71,3 +74,23 @@ def test_the_only_storage_write_of_the_decisions_is_record_exploit():
     # too); the decisions must still make the one write they exist for.
     called = _calls(Path(poptune.decisions.__file__))
     assert called & _write_methods() == {"record_exploit"}
+
+
+def test_a_member_whose_donor_is_damaged_falls_back_on_its_own_checkpoint_at_its_step(quick_run):
+    # Simulation seed 4135: member 0 copied member 1 at step 1, whose checkpoint was then found
+    # corrupt. Its own checkpoint at step 1 was intact, but the fallback skipped the member
+    # itself, found nothing, and the member failed three times and ended failed, short of the
+    # budget, without its code ever raising.
+    runner = quick_run.created(population=2, intervals=4)
+    storage, pid = runner.storage, runner.target.population_id
+    assert train(storage, pid, 1.0, budget=4) == (0, 1)
+    assert train(storage, pid, 2.0, budget=4) == (1, 1)
+    storage.discard_checkpoint(pid, ckpt(1, 1))  # the donor's file failed its checksum
+    claim = storage.claim(pid, "w", 4, 30.0, sync=False)
+    assert claim is not None and claim.member.id == 0
+    decider = Decider(runner.target.spec, storage, pid)
+    fallback = decider.fallback(claim, claim.member, damaged=(1, 1))
+    assert fallback is not None
+    member, ref = fallback
+    assert (ref.member, ref.step) == (0, 1) and member.step == 1
+    assert [e.reason for e in storage.exploits(pid)] == [CopyReason.FALLBACK]

@@ -12,15 +12,17 @@ import pytest
 
 from poptune.housekeeping import Housekeeper
 from poptune.records import Mode
-from poptune.simulation import FAULTS, SimulationResult
+from poptune.simulation import FAULTS, KINDS, SimulationResult
 from poptune.testing import MemoryStorage, simulate, simulate_one
 from tests._helpers import ckpt, make
 
 SMOKE_SEEDS = 200
 
 
-def test_a_seed_replays_step_for_step():
-    first, again = simulate_one(12), simulate_one(12)
+@pytest.mark.parametrize(("seed", "kind"), [(12, "member"), (10, "block"), (13, "function")])
+def test_a_seed_replays_step_for_step(seed: int, kind: str):
+    first, again = simulate_one(seed), simulate_one(seed)
+    assert first.settings["kind"] == kind
     assert first.trace == again.trace and len(first.trace) > 50
     assert first.faults == again.faults and first.status == again.status
 
@@ -36,7 +38,7 @@ def test_a_few_hundred_seeds_keep_every_invariant_and_cover_every_fault_and_sett
     assert report.violations == [], "\n\n".join(str(v) for v in report.violations[:3])
     assert report.seeds == SMOKE_SEEDS
     assert set(report.faults) >= set(FAULTS)  # every kind injected, and resumes
-    assert report.faults["resume"] > 0
+    assert report.faults["resume"] > 0 and report.faults["steal"] > 0 and report.faults["raise"] > 0
     assert set(report.statuses) >= {"finished", "stopped"}
     assert set(settings["sync"]) == {True, False}
     assert set(settings["exploit"]) == {
@@ -47,6 +49,9 @@ def test_a_few_hundred_seeds_keep_every_invariant_and_cover_every_fault_and_sett
     assert set(settings["resident"]) == {None, 1, 2}
     assert set(settings["background"]) == {True, False}
     assert set(settings["workers"]) == {1, 2, 3}
+    assert set(settings["kind"]) == {"member", "block", "function"}
+    assert set(settings["block"]) == {None, 2, 3, 4, 5}
+    assert set(settings["own_blocks"]) == {None, True, False}
 
 
 def test_a_few_seeds_keep_every_invariant_on_sqlite():
@@ -63,15 +68,27 @@ def test_a_few_seeds_keep_every_invariant_on_postgresql():
     assert report.violations == [], "\n\n".join(str(v) for v in report.violations[:3])
 
 
+FENCED = {"worker", "trained", "origin", "duplicate", "sync", "donor", "checkpoint"}
+
+
 @pytest.mark.parametrize(
-    ("guarantee", "noticed"),
+    ("guarantee", "kind", "noticed"),
     [
-        ("fencing", {"worker", "trained", "origin", "duplicate", "sync"}),
-        ("delete_after_commit", {"missing", "ended"}),
+        ("fencing", "member", FENCED),
+        ("fencing", "block", FENCED),
+        ("fencing", "function", FENCED),
+        ("delete_after_commit", "member", {"missing", "ended"}),
+        ("delete_after_commit", "block", {"missing", "ended"}),
+        ("drifted_handover", "block", {"handover"}),
+        ("no_tail_wait", "function", {"tail"}),
+        ("no_tail_wait", "block", {"tail"}),
     ],
 )
-def test_the_simulator_reports_a_guarantee_broken_on_purpose(guarantee: str, noticed: set[str]):
-    for seed in range(60):
+def test_the_simulator_reports_a_guarantee_broken_on_purpose(
+    guarantee: str, kind: str, noticed: set[str]
+):
+    seeds = [seed for seed in range(300) if KINDS[seed % len(KINDS)] == kind][:60]
+    for seed in seeds:
         result = simulate_one(seed, break_guarantee=guarantee)
         if result.violations:
             break
@@ -107,6 +124,29 @@ def test_seed_980_the_same_with_resident_members_and_a_background_writer():
     result = simulate_one(980)
     assert result.settings["resident"] == 1 and result.settings["background"]
     assert result.violations == [], str(result.violations[0])
+
+
+def test_seed_4135_a_member_whose_donor_is_damaged_falls_back_on_its_own_checkpoint():
+    # A block: member 0 copied member 1 at step 1, whose checkpoint was then corrupted. The
+    # fallback skipped member 0's own intact checkpoint at that step, found nothing, and the
+    # member failed three times and ended failed, the population "finished" short of the
+    # budget. Now the member's own checkpoint at its step counts (tests/test_decisions.py).
+    for seed in (4135, 5919, 3653):  # the same without the lost commit; with functions
+        result = simulate_one(seed)
+        assert result.faults["corrupt"] == 1
+        assert result.violations == [], str(result.violations[0])
+        assert result.status == "finished"
+
+
+def test_seed_4615_a_block_member_whose_claim_is_lost_in_a_fallback_leaves_the_block_alone():
+    # A block worker paused past its lease ('steal'); one of its members moved on and its
+    # checkpoint was collected. Back, the worker fell back on another member's checkpoint for
+    # it, the copy was refused, and LeaseLost killed the worker. Now that member leaves the
+    # block alone, as a member's worker drops it (tests/test_blocks.py).
+    for seed in (4615, 10954):
+        result = simulate_one(seed)
+        assert result.settings["kind"] == "block" and result.faults["steal"] == 1
+        assert result.violations == [], str(result.violations[0])
 
 
 # --- the seams the simulator runs the worker's threads through ----------------------------------

@@ -40,7 +40,7 @@ from .records import CheckpointRef, IntervalRecord, MemberRecord
 from .runspec import WorkerTarget
 from .seeding import TRAIN, derive_seed
 from .status import apply_stop_criteria, stop_population
-from .storage import Claim, Recording, Storage
+from .storage import Claim, LeaseLost, Recording, Storage
 from .trainable import metrics_of
 from .worker import FUNCTION_EXIT_SECONDS, Worker
 
@@ -190,6 +190,12 @@ class BlockWorker(Worker):
                 self._restore(slot, running)
             except _UserCodeFailed as failure:
                 self._record_failure(slot.claim, failure)
+                continue
+            except LeaseLost:  # a fallback's copy was refused: the member moved meanwhile
+                log.warning(
+                    "Lost the lease on member %d; its interval was discarded.", slot.member.id
+                )
+                self._forget(slot.claim)
                 continue
             kept.append(slot)
         if [slot.member.id for slot in kept] != list(members):

@@ -143,13 +143,15 @@ class Decider:
     ) -> tuple[MemberRecord, CheckpointRef] | None:
         """Point ``member``, whose checkpoint ``damaged`` (member, step) cannot be restored, at
         the best healthy member's latest checkpoint at its step or later (recorded as a copy
-        without explore). ``None`` if there is none yet."""
+        without explore). ``None`` if there is none yet.
+
+        The member's own latest checkpoint counts too, when it is at that step: a member that
+        had just copied a donor whose checkpoint turned out damaged still has its own weights
+        at that step (its older checkpoints are below its step, so never chosen)."""
         population = [
             c
             for c in self._candidates()
-            if (c.member, c.step) != damaged
-            and c.member != member.id
-            and member.step <= c.step < self.spec.config.intervals
+            if (c.member, c.step) != damaged and member.step <= c.step < self.spec.config.intervals
         ]
         for candidate in sorted(population, key=lambda c: rank_key(c.fitness, c.member)):
             donor = self._with_hparams(candidate)

@@ -60,6 +60,7 @@ __all__ = [
     "IntervalSpec",
     "LoopError",
     "LoopSession",
+    "Threads",
 ]
 
 
@@ -255,6 +256,27 @@ class IntervalSpec:
         )
 
 
+class Threads:
+    """Where a training function runs: its thread, and the condition the worker steps it by.
+
+    Real threads here; the simulator (:mod:`poptune.simulation`) swaps in its own for the
+    sessions its workers start, so that its scheduler steps the function like every other
+    thread of a worker.
+    """
+
+    def condition(self) -> threading.Condition:
+        """The condition the worker and the function hand intervals over by."""
+        return threading.Condition()
+
+    def thread(self, target: Callable[[], None], name: str) -> threading.Thread:
+        """The function's thread (a daemon: a stopping process does not wait for it)."""
+        return threading.Thread(target=target, name=name, daemon=True)
+
+
+#: What every session makes its thread and condition with (see :class:`Threads`).
+threads = Threads()
+
+
 class _FunctionSession:
     """A training function alive on its own thread, stepped by the worker one request (an
     :class:`Interval`, or a :class:`Block`) at a time."""
@@ -263,7 +285,7 @@ class _FunctionSession:
 
     def __init__(self, function: Callable[[Any], Any], name: str) -> None:
         self._function = function
-        self._condition = threading.Condition()
+        self._condition = threads.condition()
         self._request: Any = None  # the interval (or block) the worker wants trained
         self._result: tuple[Any, Any] | None = None  # (metrics, state) of the last report
         self._closing = False
@@ -271,7 +293,7 @@ class _FunctionSession:
         self._finished = False  # the function returned or raised
         self._error: BaseException | None = None
         self._context: Any = None
-        self._thread = threading.Thread(target=self._main, name=name, daemon=True)
+        self._thread = threads.thread(self._main, name)
 
     # --- the worker's side ---------------------------------------------------------------
 

@@ -1,10 +1,12 @@
 """Deterministic simulation: many real workers, one seeded scheduler, a virtual clock, faults.
 
 :func:`simulate` runs one population per seed. Every worker is the real
-:class:`~poptune.worker.Worker` over a real storage (a :class:`~poptune.testing.MemoryStorage`,
-SQLite, or PostgreSQL), but no two of its pieces ever run at once: each worker's loop (and its
-checkpoint writer) runs on a thread that stops before every storage and checkpoint call until
-the scheduler, drawing from ``random.Random(seed)``, picks it again. Leases, heartbeats and
+:class:`~poptune.worker.Worker` (a :class:`~poptune.blocks.BlockWorker` for a block population)
+over a real storage (a :class:`~poptune.testing.MemoryStorage`, SQLite, or PostgreSQL), but no
+two of its pieces ever run at once: each worker's loop, its checkpoint writer and its training
+functions' threads (see :data:`KINDS`) run on threads that stop before every storage and
+checkpoint call (a function: when it waits for its next interval, and before it trains) until
+the scheduler, drawing from ``random.Random(seed)``, picks one again. Leases, heartbeats and
 garbage collection run on the scheduler's own thread, against a virtual clock. So one seed is
 one interleaving, replayed exactly, and between two steps the scheduler may inject a fault:
 
@@ -18,7 +20,10 @@ one interleaving, replayed exactly, and between two steps the scheduler may inje
 - ``corrupt``, ``remove``: a committed checkpoint's file is damaged or deleted;
 - ``skew``: a worker's clock runs slow or fast, so its heartbeats come late or early;
 - ``restart``: a worker is killed and a fresh one (new objects, new storage connection) joins;
-  when every worker is gone, the population is resumed (:func:`poptune.resume`) by a fresh one.
+  when every worker is gone, the population is resumed (:func:`poptune.resume`) by a fresh one;
+- ``raise`` (training functions only): the function raises in its next interval;
+- ``steal`` (blocks only): a worker holding a block pauses past its lease while a worker that
+  claims one member at a time joins, so that part of the block moves.
 
 After every recorded interval, and once the run is over, the invariants of
 :class:`SimulationResult` are checked; a violation carries the seed and the steps that led to it.
@@ -40,6 +45,7 @@ import shutil
 import tempfile
 import threading
 import time
+import weakref
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -48,14 +54,17 @@ from typing import Any, cast
 
 import numpy as np
 
+from . import loop
+from .blocks import BlockWorker
 from .checkpoints import CheckpointStore, open_checkpoints
 from .errors import PopulationError
+from .loop import BlockContext, Context
 from .population import load, run
 from .records import CheckpointRef, IntervalRecord, PopulationStatus
 from .runspec import WorkerTarget
 from .seeding import TRAIN, derive_seed
 from .space import Choice, Uniform
-from .storage import SQLStorage, Storage, StorageError
+from .storage import Copy, Recording, SQLStorage, Storage, StorageError
 from .storage._memory import MemoryStorage
 from .strategies.exploit import Tournament, Truncation, TTest
 from .strategies.explore import Perturb, Resample
@@ -72,6 +81,8 @@ __all__ = [
     "SimulationReport",
     "SimulationResult",
     "Violation",
+    "sim_block_function",
+    "sim_function",
     "simulate",
     "simulate_one",
 ]
@@ -90,13 +101,24 @@ FAULTS = (
     "skew",
     "restart",
 )
+#: Faults injected into block populations only: ``steal`` pauses a worker that holds a block
+#: past its lease and starts one that claims a member at a time, so that a part of the block
+#: moves and the stale worker's block write must be refused for those members only.
+BLOCK_FAULTS = ("steal",)
+#: Faults injected where members are training functions (blocks, and one member's function):
+#: ``raise`` makes the function raise in its next interval (the worker records the failure of
+#: every member it was training and retries them from their checkpoints).
+FUNCTION_FAULTS = ("raise",)
 #: Storage calls that write: the ones a storage fault lands on.
 WRITES = frozenset(
     {
         "claim",
+        "claim_block",
         "release",
         "record_interval",
+        "record_intervals",
         "record_exploit",
+        "record_exploits",
         "record_failure",
         "discard_checkpoint",
         "set_status",
@@ -104,6 +126,10 @@ WRITES = frozenset(
         "release_claims",
     }
 )
+#: What a seed's members are, by ``seed % 5``: a Trainable class (``member``), a block of a
+#: training function (``block``, see :mod:`poptune.blocks`), or one member's training function
+#: (``function``, see :mod:`poptune.loop`).
+KINDS = ("block", "member", "member", "function", "block")
 LEASE_SECONDS = 30.0  # virtual seconds
 START = 1_000_000_000.0  # the virtual clock's start (seconds since the epoch, as for a real one)
 
@@ -111,9 +137,10 @@ START = 1_000_000_000.0  # the virtual clock's start (seconds since the epoch, a
 class SimTrainable(Trainable):
     """The simulated member: a small vector pulled towards a target, and what it trained.
 
-    Its state holds ``trained``, the number of intervals behind its weights, and ``trail``, the
-    seed of every interval they trained (a seed names one member's one step): the simulator
-    checks that every checkpoint continues exactly the checkpoint its interval started from.
+    Its state holds ``trained``, the number of intervals behind its weights, ``trail``, the
+    seed of every interval they trained (a seed names one member's one step), and ``parent``,
+    a digest of the weights the last interval started from: the simulator checks that every
+    checkpoint continues exactly the checkpoint its interval started from.
     """
 
     def __init__(self, hparams: Mapping[str, Any], seed: int) -> None:
@@ -121,6 +148,7 @@ class SimTrainable(Trainable):
         self.trained = 0
         self.trail: list[int] = []
         self.seed = seed
+        self.parent = 0
 
     def reseed(self, seed: int) -> None:
         """Remember the interval's seed (its noise, and its entry in the trail)."""
@@ -128,6 +156,7 @@ class SimTrainable(Trainable):
 
     def train(self, hparams: Mapping[str, Any]) -> None:
         """One step towards the target, at rate ``lr``, with a little seeded noise."""
+        self.parent = _digest(self.state_dict())
         noise = np.random.default_rng(self.seed).normal(0.0, 0.05, size=3)
         scale = 1.0 if hparams["shape"] == "round" else 0.5
         self.w = self.w + float(hparams["lr"]) * scale * (np.array([0.2, 0.1, -0.3]) - self.w)
@@ -144,18 +173,93 @@ class SimTrainable(Trainable):
 
     def state_dict(self) -> dict[str, Any]:
         """The weights, and what they trained."""
-        return {"w": self.w.copy(), "trained": self.trained, "trail": list(self.trail)}
+        return {
+            "w": self.w.copy(),
+            "trained": self.trained,
+            "trail": list(self.trail),
+            "parent": self.parent,
+        }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Continue from ``state``."""
         self.w = np.array(state["w"], dtype=float)
         self.trained = int(state["trained"])
         self.trail = [int(s) for s in state["trail"]]
+        self.parent = int(state.get("parent", 0))
 
 
 def sim_space() -> dict[str, Any]:
     """The simulated member's space: a rate and a categorical choice."""
     return {"lr": Uniform(0.05, 0.9), "shape": Choice(["round", "flat"])}
+
+
+def sim_function(ctx: Context) -> None:
+    """The simulated member as a training function (:mod:`poptune.loop`): the same weights
+    and trail as :class:`SimTrainable`, kept in memory by its own loop."""
+    member = SimTrainable(ctx.hparams, ctx.seed)
+    for interval in ctx.intervals():
+        _stop_here(f"member {interval.member} step {interval.step} trains")
+        if interval.state is not None:
+            _check_handed(interval.member, interval.step, interval.state)
+            member.load_state_dict(interval.state)
+        member.reseed(interval.seed)
+        member.train(interval.hparams)
+        interval.report(member.evaluate(), state=member.state_dict())
+    _stop_here("code after the loop")
+
+
+def sim_block_function(ctx: BlockContext) -> None:
+    """The simulated members as a block's training function (``block=N``, see
+    :mod:`poptune.blocks`): one :class:`SimTrainable` per member of the block, trained
+    together one block interval at a time."""
+    members = [SimTrainable(hparams, ctx.seed) for hparams in ctx.hparams]
+    for block in ctx.intervals():
+        _stop_here(f"block {list(ctx.members)} step {block[0].step} trains")
+        for member, interval in zip(members, block, strict=True):
+            if interval.state is not None:
+                _check_handed(interval.member, interval.step, interval.state)
+                member.load_state_dict(interval.state)
+            member.reseed(interval.seed)
+            member.train(interval.hparams)
+        block.report(
+            [member.evaluate() for member in members],
+            states=[member.state_dict() for member in members],
+        )
+    _stop_here("code after the loop")
+
+
+def _digest(state: Mapping[str, Any]) -> int:
+    """What identifies a simulated state's content: its weights and what they trained."""
+    weights = np.asarray(state["w"], dtype=float).tobytes()
+    return hash((weights, int(state["trained"]), tuple(int(s) for s in state["trail"])))
+
+
+def _stop_here(what: str) -> None:
+    """On a training function's thread in a simulation: let the scheduler pick who runs next
+    (and raise, if the scheduler armed a ``raise`` fault)."""
+    actor = _ACTORS.get(threading.current_thread())
+    if actor is None:
+        return
+    actor.park(f"{actor.name}: {what}")
+    if actor.slot.raise_next and what.endswith("trains"):
+        actor.slot.raise_next = False
+        actor.sim.note(f"  fault raise in {actor.name}")
+        raise RuntimeError(f"simulated: the training function raised ({what})")
+
+
+def _check_handed(member: int, step: int, state: Mapping[str, Any]) -> None:
+    """A state handed to a training function (a checkpoint read back, or a donor's state
+    handed over from memory) must equal a checkpoint that was saved with the same trail."""
+    actor = _ACTORS.get(threading.current_thread())
+    if actor is None:
+        return
+    trail = tuple(int(s) for s in state["trail"])
+    if _digest(state) not in actor.sim.digests.get(trail, ()):
+        actor.sim.violate(
+            "handover",
+            f"member {member} at step {step} was handed a state (trained {state['trained']}) "
+            "that equals no checkpoint saved with its trail",
+        )
 
 
 # --- results --------------------------------------------------------------------------------
@@ -205,9 +309,11 @@ class SimulationResult:
 
 @dataclass
 class SimulationReport:
-    """Many seeds' runs: how many, the faults injected by kind, the violations, the time."""
+    """Many seeds' runs: how many (by kind of member), the faults injected by kind, the
+    violations, the time."""
 
     seeds: int = 0
+    kinds: Counter[str] = field(default_factory=Counter)
     faults: Counter[str] = field(default_factory=Counter)
     statuses: Counter[str] = field(default_factory=Counter)
     violations: list[Violation] = field(default_factory=list)
@@ -217,6 +323,7 @@ class SimulationReport:
     def add(self, result: SimulationResult) -> None:
         """Count one seed's run."""
         self.seeds += 1
+        self.kinds[result.settings.get("kind", "member")] += 1
         self.faults.update(result.faults)
         self.statuses[result.status] += 1
         self.violations.extend(result.violations)
@@ -232,21 +339,30 @@ class _Crashed(BaseException):
 
 
 class _Actor:
-    """One thread of a simulated worker (its loop, or its checkpoint writer) that runs only
-    between two of the scheduler's :meth:`step` calls."""
+    """One thread of a simulated worker (its loop, its checkpoint writer, or a training
+    function's) that runs only between two of the scheduler's :meth:`step` calls."""
 
-    def __init__(self, sim: _Simulation, slot: _Slot, name: str, body: Callable[[], Any]) -> None:
+    def __init__(
+        self,
+        sim: _Simulation,
+        slot: _Slot,
+        name: str,
+        body: Callable[[], Any],
+        function: bool = False,
+    ) -> None:
         self.sim, self.slot, self.name, self.body = sim, slot, name, body
+        self.function = function
         self.go = threading.Event()
         self.parked = threading.Event()
         self.done = False
         self.error: BaseException | None = None
         self.crashed = False
         self.until: Callable[[], bool] | None = None
-        self.pending = "start"
+        self.pending = f"{name}: start"
         self.thread = threading.Thread(target=self._main, name=f"sim-{name}", daemon=True)
         sim.actors.append(self)
         sim.by_thread[self.thread] = self
+        _ACTORS[self.thread] = self
         self.thread.start()
 
     def _main(self) -> None:
@@ -284,6 +400,87 @@ class _Actor:
         self.go.set()
         if not self.parked.wait(60.0):
             raise RuntimeError(f"simulated thread {self.name} did not stop within 60 s")
+
+
+#: every simulated thread's actor (a training function finds its simulation here)
+_ACTORS: weakref.WeakKeyDictionary[threading.Thread, _Actor] = weakref.WeakKeyDictionary()
+
+
+class _SimCondition:
+    """A training function's condition, for threads only one of which runs at a time: a wait
+    stops the thread until the scheduler picks it after a notification."""
+
+    def __init__(self, sim: _Simulation, name: str) -> None:
+        self.sim, self.name = sim, name
+        self.notified = 0
+
+    def __enter__(self) -> _SimCondition:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def notify_all(self) -> None:
+        self.notified += 1
+
+    def wait(self, timeout: float | None = None) -> bool:
+        seen = self.notified
+        self.sim.wait(f"{self.name} waits", lambda: self.notified != seen)
+        return True
+
+
+class _SimThread:
+    """A training function's thread, as a simulated one (an :class:`_Actor` once started)."""
+
+    def __init__(self, sim: _Simulation, slot: _Slot, name: str, target: Callable[[], None]):
+        self.sim, self.slot, self.name, self.target = sim, slot, name, target
+        self.actor: _Actor | None = None
+
+    def start(self) -> None:
+        self.actor = _Actor(self.sim, self.slot, self.name, self.target, function=True)
+
+    def is_alive(self) -> bool:
+        return self.actor is not None and not self.actor.done
+
+    def join(self, timeout: float | None = None) -> None:
+        actor = self.actor
+        if actor is None or (timeout is not None and timeout <= 0):
+            return
+        if self.sim.current() is not None:  # a worker's thread waits for the function to end
+            self.sim.wait(f"waits for {self.name} to return", lambda: actor.done)
+
+
+class _SimThreads(loop.Threads):
+    """The threads of the training functions a simulated worker starts are simulated ones;
+    any other thread's are real (see :class:`poptune.loop.Threads`)."""
+
+    def condition(self) -> threading.Condition:
+        actor = _ACTORS.get(threading.current_thread())
+        if actor is None:
+            return super().condition()
+        return cast(threading.Condition, _SimCondition(actor.sim, f"w{actor.slot.index}.fn"))
+
+    def thread(self, target: Callable[[], None], name: str) -> threading.Thread:
+        actor = _ACTORS.get(threading.current_thread())
+        if actor is None:
+            return super().thread(target, name)
+        short = name.removeprefix("poptune-")
+        return cast(
+            threading.Thread,
+            _SimThread(actor.sim, actor.slot, f"w{actor.slot.index}.{short}", target),
+        )
+
+
+@contextlib.contextmanager
+def _simulated_functions() -> Iterator[None]:
+    """While simulating: training functions started by simulated workers run on simulated
+    threads."""
+    real = loop.threads
+    loop.threads = _SimThreads()
+    try:
+        yield
+    finally:
+        loop.threads = real
 
 
 class _SimWriter(BackgroundWriter):
@@ -349,6 +546,13 @@ def _describe(name: str, args: tuple[Any, ...]) -> str:
             shown.append(repr(arg))
         elif hasattr(arg, "donor"):
             shown.append(f"copy ({arg.member}, {arg.step}) <- ({arg.donor}, {arg.donor_step})")
+        elif isinstance(arg, list) and arg and isinstance(arg[0], Recording):
+            shown.append(f"intervals {[(r.interval.member, r.interval.step) for r in arg]}")
+        elif isinstance(arg, list) and arg and isinstance(arg[0], Copy):
+            copies = [
+                (c.event.member, c.event.step, c.event.donor, c.event.donor_step) for c in arg
+            ]
+            shown.append(f"copies (member, step, donor, donor step) {copies}")
     return f"{name}({', '.join(shown)})"
 
 
@@ -399,7 +603,11 @@ class _CheckpointProxy:
     def save(self, folder: str, member: int, step: int, state: Any) -> CheckpointRef:
         self._park("save", member, step)
         ref = self._inner.save(folder, member, step, state)
-        self._sim.saved[ref.path] = (int(state["trained"]), tuple(state["trail"]))
+        trail = tuple(int(s) for s in state["trail"])
+        self._sim.saved[ref.path] = (int(state["trained"]), trail)
+        digest = _digest(state)
+        self._sim.digests.setdefault(trail, set()).add(digest)
+        self._sim.weights[ref.path] = (digest, int(state["parent"]))
         return ref
 
     def load(self, ref: CheckpointRef) -> Any:
@@ -435,6 +643,7 @@ class _Slot:
     dead: bool = False
     died_at: float | None = None
     expect_error: bool = False
+    raise_next: bool = False  # its training function raises in its next interval
 
     @property
     def alive(self) -> bool:
@@ -474,6 +683,9 @@ class _Simulation:
         self.slots: list[_Slot] = []
         self.trace: list[str] = []
         self.saved: dict[str, tuple[int, tuple[int, ...]]] = {}  # path -> (trained, trail)
+        self.digests: dict[tuple[int, ...], set[int]] = {}  # trail -> the states saved with it
+        self.weights: dict[str, tuple[int, int]] = {}  # path -> (digest, its parent's digest)
+        self.paths: dict[tuple[int, int], str] = {}  # (member, step) -> the committed path
         self.committed: dict[tuple[int, int], tuple[int, ...]] = {}  # (member, step) -> trail
         self.removed: set[str] = set()
         self.corrupted: set[str] = set()
@@ -487,7 +699,7 @@ class _Simulation:
 
     def _draw(self, workers: int) -> dict[str, Any]:
         rng = self.rng
-        return {
+        settings: dict[str, Any] = {
             "workers": rng.randint(1, workers),
             "population": rng.randint(2, 5),
             "intervals": rng.randint(2, 5),
@@ -500,6 +712,18 @@ class _Simulation:
             "resident": rng.choice([None, None, 1, 2]),
             "background": rng.random() < 0.5,
             "faults": rng.randint(0, 4),
+        }
+        # Drawn apart, so that the seeds of Trainable classes replay as they did before blocks
+        # and functions were simulated.
+        kind = KINDS[self.seed % len(KINDS)]
+        apart = random.Random(f"poptune-sim-block-{self.seed}")
+        size = apart.randint(2, settings["population"])
+        own = apart.random() < 0.5  # each worker draws its own block size
+        return {
+            **settings,
+            "kind": kind,
+            "block": size if kind == "block" else None,
+            "own_blocks": own if kind == "block" else None,
         }
 
     # --- the actors' side ---------------------------------------------------------------
@@ -528,6 +752,9 @@ class _Simulation:
         if name == "record_exploit":
             event = args[1]
             return self._inner.checkpoint(self.pid, event.donor, event.donor_step)
+        if name == "record_exploits":
+            donors = [(c.event.donor, c.event.donor_step) for c in args[0]]
+            return [self._inner.checkpoint(self.pid, *donor) for donor in donors]
         return None
 
     def observe(self, name: str, args: tuple[Any, ...], result: Any, before: Any) -> None:
@@ -538,12 +765,34 @@ class _Simulation:
                 with contextlib.suppress(OSError):
                     (Path(self._checkpoint_root()) / args[2].path).unlink()
         elif name == "record_exploit" and result is not None:
-            event = args[1]
-            key = (event.donor, event.donor_step)
-            if before is None or key not in self.committed:
-                self.violate(
-                    "donor", f"copy {event} returned {result} but the donor had no checkpoint"
-                )
+            self._check_copy(args[1], result, before)
+        elif name == "record_intervals":
+            self._check_block(args[0], result)
+        elif name == "record_exploits":
+            for copy, ref, row in zip(args[0], result, before, strict=True):
+                if ref is not None:
+                    self._check_copy(copy.event, ref, row)
+
+    def _check_copy(self, event: Any, result: Any, before: Any) -> None:
+        key = (event.donor, event.donor_step)
+        if before is None or key not in self.committed:
+            self.violate("donor", f"copy {event} returned {result} but the donor had no checkpoint")
+
+    def _check_block(self, recordings: list[Recording], refused: list[int]) -> None:
+        """A block's intervals, recorded in one call: each member's is checked as one
+        member's; a member refused (its claim lost) must have had nothing recorded."""
+        for recording in recordings:
+            interval, ref = recording.interval, recording.checkpoint
+            key = (interval.member, interval.step)
+            if interval.member not in refused:
+                self._check_interval(interval, ref)
+                if self.break_guarantee == "delete_after_commit":
+                    with contextlib.suppress(OSError):
+                        (Path(self._checkpoint_root()) / ref.path).unlink()
+                continue
+            row = self._inner.checkpoint(self.pid, *key)
+            if row is not None and row.path == ref.path and key not in self.committed:
+                self.violate("refused", f"interval {key} was refused, yet it was recorded")
 
     def _check_interval(self, interval: IntervalRecord, ref: CheckpointRef) -> None:
         key = (interval.member, interval.step)
@@ -574,7 +823,12 @@ class _Simulation:
             self.violate("origin", f"{where} does not continue a committed checkpoint at step-1")
         elif trail != (*expected, seed):
             self.violate("origin", f"{where}: its weights' trail {trail} != {(*expected, seed)}")
+        elif interval.origin is not None:
+            origin = self.weights[self.paths[tuple(interval.origin)]][0]  # type: ignore[index]
+            if self.weights[ref.path][1] != origin:
+                self.violate("origin", f"{where}: its weights did not start from the origin's")
         self.committed[key] = trail
+        self.paths[key] = ref.path
 
     def violate(self, invariant: str, message: str) -> None:
         self.note(f"  VIOLATION {invariant}: {message}")
@@ -634,8 +888,14 @@ class _Simulation:
                 raise ValueError("break_guarantee='fencing' needs storage='memory'")
             _unfence(self._inner)
         capture = _Capture()
+        kind = s.get("kind", "member")
+        trainable: Any = {
+            "member": SimTrainable,
+            "function": sim_function,
+            "block": sim_block_function,
+        }[kind]
         run(
-            SimTrainable,
+            trainable,
             space=sim_space(),
             metric="score",
             population=s["population"],
@@ -649,6 +909,7 @@ class _Simulation:
             progress=False,
             lease_seconds=LEASE_SECONDS,
             resident=s["resident"],
+            block=s.get("block"),
             **self._strategies(),
         )
         self.target = capture.target
@@ -658,14 +919,23 @@ class _Simulation:
 
             self._engine = sa.create_engine(self.url)
 
-    def spawn(self, target: WorkerTarget | None = None) -> _Slot:
-        """A fresh worker process joining the population."""
+    def spawn(self, target: WorkerTarget | None = None, block: int | None = None) -> _Slot:
+        """A fresh worker process joining the population (``block``: its own block size)."""
         target = target or self.target
         storage = self.open_storage()
         index = len(self.slots)
         slot = _Slot(index, cast(Worker, None), storage)
         checkpoints = open_checkpoints(str(self.folder / "checkpoints"))
-        worker = Worker(
+        options: dict[str, Any] = {} if block is None else {"block": block}
+        own = self.settings.get("own_blocks") and self.inject and not options
+        if target.spec.config.block is not None and own:
+            # poptune worker --block N: a worker's own block size, so that one worker's claim
+            # may take part of another's block (the reference run keeps the recorded one)
+            options["block"] = self.rng.choice(
+                [1, self.rng.randint(1, self.settings["population"])]
+            )
+        kind = BlockWorker if target.spec.config.block is not None else Worker
+        worker = kind(
             target.spec,
             cast(Storage, _StorageProxy(self, slot, storage)),
             cast(CheckpointStore, _CheckpointProxy(self, slot, checkpoints)),
@@ -673,14 +943,17 @@ class _Simulation:
             lease_seconds=target.lease_seconds,
             poll_seconds=0.0,
             resident=target.resident,
+            **options,
         )
         worker.housekeeper.threaded = False
+        _break(worker, self.break_guarantee)
         worker.new_writer = lambda: _SimWriter(self, slot)
         worker._background_bytes = 0 if self.settings["background"] else 1 << 62
         slot.worker = worker
         slot.actor = _Actor(self, slot, f"w{index}", worker.run)
         self.slots.append(slot)
-        self.note(f"{self.step_no:5d} t={self.now - START:7.1f} spawn w{index}")
+        size = f" (block {options['block']})" if options else ""
+        self.note(f"{self.step_no:5d} t={self.now - START:7.1f} spawn w{index}{size}")
         return slot
 
     def resume(self) -> None:
@@ -688,7 +961,11 @@ class _Simulation:
         capture = _Capture()
         storage = self.open_storage()
         population = load(storage, self.name, checkpoints=str(self.folder / "checkpoints"))
-        population.resume(progress=False, runner=capture)
+        options: dict[str, Any] = {}
+        if self.settings.get("own_blocks"):  # resume(block=N) records a new block size
+            options["block"] = self.rng.randint(1, self.settings["population"])
+            self.note(f"      resumed with block={options['block']}")
+        population.resume(progress=False, runner=capture, **options)
         if storage is not self._inner:
             storage.close()
         self.result.faults["resume"] += 1
@@ -770,7 +1047,10 @@ class _Simulation:
 
     def fault(self) -> None:
         rng = self.rng
-        kind = rng.choice(FAULTS)
+        kinds: tuple[str, ...] = FAULTS
+        if self.settings.get("kind", "member") != "member":
+            kinds += FUNCTION_FAULTS + (BLOCK_FAULTS if self.settings.get("block") else ())
+        kind = rng.choice(kinds)
         alive = [s for s in self.slots if s.alive]
         rows = self._inner.checkpoints(self.pid)
         if kind in ("corrupt", "remove"):
@@ -800,6 +1080,18 @@ class _Simulation:
             elif kind == "restart":
                 self.crash(slot, "is killed; a fresh worker joins")
                 self.spawn()
+            elif kind == "raise":
+                slot.raise_next = True
+                self.note(f"{here} armed a raise in its training function's next interval")
+            elif kind == "steal":
+                holders = [s for s in alive if len(s.worker._held) >= 2]
+                if not holders:
+                    return
+                slot = rng.choice(holders)
+                slot.paused_until = self.now + LEASE_SECONDS * rng.uniform(1.1, 2.0)
+                where = f"{self.step_no:5d} t={self.now - START:7.1f} w{slot.index}"
+                self.note(f"{where} pauses until t={slot.paused_until - START:.1f}; a thief joins")
+                self.spawn(block=1)
             elif kind == "pause":
                 slot.paused_until = self.now + LEASE_SECONDS * rng.uniform(1.1, 2.0)
                 self.note(f"{here} pauses until t={slot.paused_until - START:.1f}")
@@ -889,6 +1181,10 @@ class _Simulation:
         assert slot.actor is not None
         error = slot.actor.error
         self.note(f"      w{slot.index} ended: {error!r}")
+        if error is None:
+            running = [a.name for a in self.actors if a.slot is slot and a.function and not a.done]
+            if running:  # a worker that stops lets the code after the functions' loops run
+                self.violate("tail", f"w{slot.index} stopped before {running} returned")
         for actor in self.actors:  # its writer, left waiting for jobs
             if actor.slot is slot and not actor.done:
                 actor.crashed = True
@@ -981,6 +1277,27 @@ def _unfence(storage: MemoryStorage) -> None:
     storage._held = unfenced  # type: ignore[method-assign]
 
 
+class _Drifted(dict[int, tuple[CheckpointRef, Any]]):
+    """A block worker's states in memory that drifted from their checkpoints after being saved
+    (as if training had changed them in place): what it hands over is not what was saved."""
+
+    def get(self, member: int, default: Any = None) -> Any:
+        held = super().get(member)
+        if held is None:
+            return default
+        ref, state = held
+        return ref, {**state, "w": np.asarray(state["w"]) + 1e-6}
+
+
+def _break(worker: Worker, guarantee: str | None) -> None:
+    """Break one of the worker's guarantees on purpose (see :func:`simulate_one`)."""
+    if guarantee == "drifted_handover" and isinstance(worker, BlockWorker):
+        worker._memory = _Drifted()
+    elif guarantee == "no_tail_wait":
+        close = worker.close_members
+        worker.close_members = lambda wait=False: close(False)  # type: ignore[method-assign]
+
+
 # Checkpoints are small and short-lived: in memory (tmpfs) where there is one, as fast as files go.
 _SCRATCH = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
 
@@ -1048,7 +1365,9 @@ def simulate_one(
     ``"postgres"`` (at ``$POPTUNE_TEST_POSTGRES``); ``settings`` replaces the drawn ones;
     ``faults=False`` injects none. ``break_guarantee`` breaks one guarantee on purpose, to show
     that the simulator notices: ``"fencing"`` (memory storage only) takes writes under lost
-    claims, ``"delete_after_commit"`` deletes every checkpoint's file once it is committed.
+    claims, ``"delete_after_commit"`` deletes every checkpoint's file once it is committed,
+    ``"drifted_handover"`` makes a block worker hand over donors' states that differ from their
+    checkpoints, ``"no_tail_wait"`` lets a stopping worker leave its training functions running.
 
     Raises:
         ValueError: if ``storage`` is none of those.
@@ -1063,7 +1382,7 @@ def simulate_one(
         )
     folder = Path(tempfile.mkdtemp(prefix="poptune-sim-", dir=_SCRATCH))
     try:
-        with _quiet():
+        with _quiet(), _simulated_functions():
             return _Simulation(
                 seed, workers, storage, folder, settings, faults, break_guarantee
             ).run()
