@@ -47,6 +47,7 @@ def test_a_few_hundred_seeds_keep_every_invariant_and_cover_every_fault_and_sett
     assert set(settings["resident"]) == {None, 1, 2}
     assert set(settings["background"]) == {True, False}
     assert set(settings["workers"]) == {1, 2, 3}
+    assert set(settings["checkpoint_every"]) == {None, 2, 3}
 
 
 def test_a_few_seeds_keep_every_invariant_on_sqlite():
