@@ -44,8 +44,8 @@ class TimedWorker(Worker):
         super().work_on(claim)
         self.framework.append(time.perf_counter() - started - self._user)
 
-    def train_one_interval(self, live, member):  # type: ignore[no-untyped-def]
-        interval, state = super().train_one_interval(live, member)
+    def train_one_interval(self, live, member, **options):  # type: ignore[no-untyped-def]
+        interval, state = super().train_one_interval(live, member, **options)
         self._user += interval.wall_time
         return interval, state
 
