@@ -49,9 +49,9 @@ class TimedWorker(Worker):
         self._user += interval.wall_time
         return interval, state
 
-    def save_and_record(self, claim, live, interval, state):  # type: ignore[no-untyped-def]
+    def save_and_record(self, claim, live, interval, state, *rest):  # type: ignore[no-untyped-def]
         started = time.perf_counter()
-        super().save_and_record(claim, live, interval, state)
+        super().save_and_record(claim, live, interval, state, *rest)
         if threading.current_thread() is not threading.main_thread():  # not in work_on's time
             self.background.append(time.perf_counter() - started)
 
