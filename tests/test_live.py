@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 
 import poptune as pt
+from poptune import serialization
+from poptune.checkpoints import LocalCheckpoints
 from poptune.live import LiveMember, LiveMembers
 from poptune.testing import CountingQuadratic, check_steps
 
@@ -123,3 +125,55 @@ def test_preferred_members_are_those_held_at_the_lowest_step():
         live.add(LiveMember(member, Session(), holds))
     assert live.preferred() == [1, 2]
     assert live.preferred(limit=1) == [1]
+
+
+class Received(CountingQuadratic):
+    """Keeps every state it was handed (a copy), in order, in this process."""
+
+    states: list[dict] = []  # noqa: RUF012 - per-process test record, reset by the test
+
+    def load_state_dict(self, state):
+        type(self).states.append({"theta": state["theta"].copy()})
+        super().load_state_dict(state)
+
+
+class Recorded(LocalCheckpoints):
+    """A local store that keeps each state it saved and counts what it loaded."""
+
+    def __init__(self, root):
+        super().__init__(root)
+        self.saved, self.loaded = {}, []
+
+    def save(self, folder, member, step, state):
+        self.saved[(member, step)] = serialization.copy(state)
+        return super().save(folder, member, step, state)
+
+    def load(self, ref):
+        self.loaded.append((ref.member, ref.step))
+        return super().load(ref)
+
+
+@pytest.mark.parametrize("checkpoint_every", [None, 2])
+@pytest.mark.parametrize("better", [1, 0])
+def test_a_donor_held_unchanged_is_handed_over_from_memory_as_its_checkpoint(
+    tmp_path, quick_run, writes, checkpoint_every, better
+):
+    """In generations with one worker, members are claimed by id: a donor with a higher id than
+    the member has not trained on since its checkpoint (handed over from memory, no read); one
+    with a lower id has (read from its checkpoint). Either way the member gets exactly the
+    state the checkpoint holds."""
+    Received.states = []
+    slow, fast = {"h0": 0.1, "h1": 0.1}, {"h0": 1.0, "h1": 1.0}
+    store = Recorded(tmp_path / "checkpoints")
+    result = quick_run(
+        Received, checkpoints=store, population=2, intervals=6, sync=True, seed=1,
+        exploit=pt.Truncation(0.5), ready=pt.Every(2), checkpoint_every=checkpoint_every,
+        initial=[slow, fast] if better == 1 else [fast, slow],
+    )  # fmt: skip
+    exploits = result.exploits()
+    assert exploits and all(e.donor == better for e in exploits)
+    assert store.loaded == [(e.donor, e.donor_step) for e in exploits if e.donor < e.member]
+    assert len(Received.states) == len(exploits)
+    for event, state in zip(exploits, Received.states, strict=True):
+        saved = store.saved[(event.donor, event.donor_step)]["theta"]
+        assert state["theta"].tobytes() == saved.tobytes()

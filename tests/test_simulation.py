@@ -52,6 +52,7 @@ def test_a_few_hundred_seeds_keep_every_invariant_and_cover_every_fault_and_sett
     assert set(settings["kind"]) == {"member", "block", "function"}
     assert set(settings["block"]) == {None, 2, 3, 4, 5}
     assert set(settings["own_blocks"]) == {None, True, False}
+    assert set(settings["checkpoint_every"]) == {None, 2, 3}
 
 
 def test_a_few_seeds_keep_every_invariant_on_sqlite():

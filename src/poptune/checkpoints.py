@@ -315,20 +315,21 @@ class LocalCheckpoints:
         size and checksum."""
         recycled = self._take_spare(temporary) or temporary.exists()
         if direct:
-            with self._staging() as staging, _DirectFile(temporary, staging) as file:
-                writer = _HashingWriter(file)  # type: ignore[arg-type]
-                serialization.dump(state, writer)  # type: ignore[arg-type]
-                file.finish()  # the last partial block, and the exact size
+            # The file checksums what it copies into its staging buffer, from there: the
+            # state's memory is read once, not once to hash and once to copy.
+            with self._staging() as staging, _DirectFile(temporary, staging) as direct_file:
+                serialization.dump(state, direct_file)  # type: ignore[arg-type]
+                direct_file.finish()  # the last partial block, and the exact size
                 if self.fsync:
-                    os.fsync(file.fileno())
-        else:
-            with open(temporary, "r+b" if recycled else "wb") as file:
-                writer = _HashingWriter(file)
-                serialization.dump(state, writer)  # type: ignore[arg-type]
-                file.truncate()  # a recycled file may have been longer
-                file.flush()
-                if self.fsync:
-                    os.fsync(file.fileno())
+                    os.fsync(direct_file.fileno())
+            return direct_file.size, direct_file.checksum
+        with open(temporary, "r+b" if recycled else "wb") as file:
+            writer = _HashingWriter(file)
+            serialization.dump(state, writer)  # type: ignore[arg-type]
+            file.truncate()  # a recycled file may have been longer
+            file.flush()
+            if self.fsync:
+                os.fsync(file.fileno())
         return writer.size, writer.checksum
 
     @contextlib.contextmanager
@@ -584,7 +585,9 @@ class _DirectRefused(Exception):
 
 class _DirectFile:
     """A file written with ``O_DIRECT``: the bytes are gathered in an aligned staging buffer
-    and go from there to the disk in aligned blocks, around the page cache."""
+    and go from there to the disk in aligned blocks, around the page cache. What it received
+    is checksummed as it leaves the staging buffer (:attr:`checksum`), while it is in the
+    CPU's cache."""
 
     def __init__(self, path: Path, staging: mmap.mmap) -> None:
         self._fd = _open_direct(path, os.O_WRONLY | os.O_CREAT)
@@ -593,6 +596,12 @@ class _DirectFile:
         self._filled = 0  # bytes waiting in the staging buffer
         self._written = 0  # bytes written to the file
         self.size = 0  # bytes received
+        self._digest = xxhash.xxh3_128()
+
+    @property
+    def checksum(self) -> str:
+        """The checksum of every byte received (:func:`checksum`'s form), once finished."""
+        return f"{CHECKSUM}:{self._digest.hexdigest()}"
 
     def write(self, data: Any) -> int:
         """Take ``data``; full staging buffers go to the disk."""
@@ -604,6 +613,7 @@ class _DirectFile:
             self._filled += take
             position += take
             if self._filled == len(self._view):
+                self._digest.update(self._view[: self._filled])
                 self._drain(self._filled)
         self.size += len(view)
         return len(view)
@@ -612,6 +622,7 @@ class _DirectFile:
         """Write what waits in the staging buffer (zero-padded to a block), then cut the file
         to the exact size (a recycled file may also have been longer)."""
         if self._filled:
+            self._digest.update(self._view[: self._filled])  # the padding is not the file's
             padded = -(-self._filled // _ALIGN) * _ALIGN
             self._view[self._filled : padded] = bytes(padded - self._filled)
             self._drain(padded)

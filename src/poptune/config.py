@@ -82,6 +82,9 @@ class PopulationConfig:
         replay_of: for a replay, ``{"population": name, "member": id}`` of what it replays.
         block: how many members one call of the training function trains together
             (``None``: one member per call); how workers schedule, not the algorithm.
+        checkpoint_every: a member's weights are checkpointed every this many intervals (at
+            the steps that are multiples of it, and at the budget) instead of after every one
+            (``None``); see :func:`poptune.run`.
         legacy_steps: recorded by a release whose steps counted a member's own intervals, and
             not rewritten to the new meaning by the upgrade (why, or ``True``): read-only.
         extra: stored keys this release does not know (kept, so nothing is lost on a rewrite).
@@ -107,6 +110,7 @@ class PopulationConfig:
     schedule: tuple[Mapping[str, Any], ...] = ()
     replay_of: Mapping[str, Any] | None = None
     block: int | None = None
+    checkpoint_every: int | None = None
     legacy_steps: bool | str = False
     extra: Mapping[str, Any] = field(default_factory=dict)
 
@@ -146,6 +150,8 @@ class PopulationConfig:
             put("replay_of", dict(self.replay_of))
         if self.block is not None:
             put("block", check_int("block", self.block, 1))
+        if self.checkpoint_every is not None:
+            put("checkpoint_every", check_int("checkpoint_every", self.checkpoint_every, 1))
         if not isinstance(self.legacy_steps, str):
             put("legacy_steps", check_bool("legacy_steps", self.legacy_steps))
         put("extra", dict(self.extra))
@@ -182,6 +188,8 @@ class PopulationConfig:
             data["replay_of"] = dict(self.replay_of)
         if self.block is not None:
             data["block"] = self.block
+        if self.checkpoint_every is not None:
+            data["checkpoint_every"] = self.checkpoint_every
         if self.legacy_steps:
             data["legacy_steps"] = self.legacy_steps
         return data

@@ -105,6 +105,7 @@ def run(
     stop: Stop | Sequence[Stop] | None = None,
     trackers: Sequence[Tracker] | None = None,
     block: int | None = None,
+    checkpoint_every: int | None = None,
 ) -> Population:
     """Train a population with Population Based Training and return its results.
 
@@ -160,6 +161,17 @@ def run(
             together (stacked weights, ``vmap``). Recorded with the population, so ``resume``
             and ``poptune worker`` train it in blocks too. ``None`` (default): one member
             per call. A Trainable class cannot train blocks.
+        checkpoint_every: checkpoint a member every this many intervals (at the steps that
+            are multiples of it, and at the budget) instead of after every interval (``None``,
+            the default, like 1), for states so large that writing them costs training time.
+            A worker then trains a member that many intervals under one claim, in memory, and
+            records their scores with the checkpoint that follows them. What it guarantees: a
+            crash loses at most ``checkpoint_every`` intervals of a member's training (and
+            never a recorded score: nothing is recorded before its checkpoint); exploits
+            happen only at checkpointed steps, so every donor is on disk (or handed over from
+            memory in the same worker) when it is copied; leases, ``resume`` and ``poptune
+            worker`` work as before. Recorded with the population (``resume`` may change it).
+            Not with ``block``. See docs/overhead.md.
 
     Raises:
         ValueError / TypeError: for invalid arguments, naming the parameter and the value.
@@ -196,6 +208,7 @@ def run(
         stop=stop,
         trackers=trackers,
         block=block,
+        checkpoint_every=checkpoint_every,
     )
     storage = open_storage(storage)
     record = reconcile(storage, plan.name, plan.config, plan.start, checkpoints)
@@ -241,6 +254,7 @@ def resume(
     stop: Stop | Sequence[Stop] | None = _DEFAULT,
     trackers: Sequence[Tracker] | None = None,
     block: int | None = _DEFAULT,
+    checkpoint_every: int | None = _DEFAULT,
 ) -> Population:
     """Continue a stored population to its full budget with its stored configuration.
 
@@ -253,7 +267,8 @@ def resume(
     ``stop`` replaces the stored stop criteria (``None`` or ``[]``: none); by default they are
     kept (a wall-clock limit counts from this call). ``trackers`` export while it trains, as
     in :func:`run`. ``block`` replaces the recorded block size (see :func:`run`; ``None``:
-    one member per call); by default it is kept.
+    one member per call); by default it is kept, and so is ``checkpoint_every`` (see
+    :func:`run`; ``None``: a checkpoint after every interval).
 
     Raises:
         ValueError: if ``intervals`` is less than the population's budget.
@@ -272,6 +287,7 @@ def resume(
         intervals=intervals,
         stop=stop,
         block=block,
+        checkpoint_every=checkpoint_every,
     )
     exporters = check_trackers(trackers)
     given = open_checkpoints(checkpoints) if checkpoints is not None else result.checkpoint_store

@@ -120,6 +120,7 @@ def prepare_run(
     stop: Stop | Sequence[Stop] | None,
     trackers: Sequence[Tracker] | None,
     block: int | None = None,
+    checkpoint_every: int | None = None,
 ) -> RunPlan:
     """Check ``pt.run``'s arguments (see :func:`poptune.run`) in their fixed order and build
     the plan; ``exploit`` or ``explore`` equal to :data:`~poptune.runspec.KEEP`, and ``explore``
@@ -140,6 +141,7 @@ def prepare_run(
     if resident is not None:
         resident = check_int("resident", resident, 1)
     block = check_block(block, trainable)
+    checkpoint_every = check_checkpoint_every(checkpoint_every, block)
     runner = choose_runner(runner, workers, population, devices)
     trackers = check_trackers(trackers)
     exploit, explore, ready = _strategies(exploit, explore, ready, space)
@@ -164,6 +166,7 @@ def prepare_run(
         stop=tuple(describe_stop(criteria)),
         started_at=started_at,
         block=block,
+        checkpoint_every=checkpoint_every,
     )
     start = _initial(space, population, seed, initial)
     if initial is not None:
@@ -236,6 +239,7 @@ def prepare_resume(
     intervals: int | None,
     stop: Stop | Sequence[Stop] | None,
     block: int | None = KEEP,
+    checkpoint_every: int | None = KEEP,
 ) -> ResumePlan:
     """Check ``pt.resume``'s arguments (see :func:`poptune.resume`) against the stored
     population and import what it trains with; ``stop`` equal to
@@ -264,6 +268,8 @@ def prepare_resume(
         changes["stop"] = describe_stop(stop_list(stop, config.metric))
     if block is not KEEP:
         changes["block"] = block
+    if checkpoint_every is not KEEP:
+        changes["checkpoint_every"] = checkpoint_every
     runner = choose_runner(runner, workers, config.population, devices)
     trainable = trainable if trainable is not None else recorded_trainable(record)
     check_trainable(trainable)
@@ -271,6 +277,12 @@ def prepare_resume(
         changes["block"] = check_block(changes["block"], trainable)
     else:
         check_block(config.block, trainable)
+    checked = check_checkpoint_every(
+        changes.get("checkpoint_every", config.checkpoint_every),
+        changes.get("block", config.block),
+    )
+    if "checkpoint_every" in changes:
+        changes["checkpoint_every"] = checked
     planned = config.replace(stop=tuple(changes["stop"])) if "stop" in changes else config
     explore = None if explore is KEEP else explore  # RunSpec.build keeps the recorded one
     RunSpec.build(planned, trainable, exploit, explore, ready)  # its strategies import, too
@@ -285,6 +297,27 @@ def prepare_resume(
         runner=runner,
         resident=default_resident(config.population, workers),
     )
+
+
+def check_checkpoint_every(checkpoint_every: Any, block: int | None) -> int | None:
+    """``checkpoint_every`` checked: ``None`` (a checkpoint after every interval) or a positive
+    int, which blocks do not support yet.
+
+    Raises:
+        InvalidParameterError: naming the value and the fix.
+    """
+    if checkpoint_every is None:
+        return None
+    checkpoint_every = check_int("checkpoint_every", checkpoint_every, 1)
+    if block is not None and checkpoint_every > 1:
+        raise invalid(
+            "checkpoint_every",
+            "left out (or 1) with block=",
+            checkpoint_every,
+            hint="A block checkpoints every member after every interval; leave "
+            "checkpoint_every out, or train without block=.",
+        )
+    return checkpoint_every
 
 
 def recorded_trainable(record: PopulationRecord) -> type:

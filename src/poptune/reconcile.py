@@ -72,6 +72,7 @@ def reconcile(
             "stop": [dict(d) for d in config.stop],
             "started_at": config.started_at,
             "block": config.block,  # how to schedule, not the algorithm: this run's
+            "checkpoint_every": config.checkpoint_every,  # likewise how to persist
         },
     )
     log.warning(

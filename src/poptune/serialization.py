@@ -263,6 +263,7 @@ class _Encoder:
     def __init__(self) -> None:
         self.buffers: list[memoryview] = []
         self.version = 1  # raised to the version of the newest node written
+        self.tree: Any = None  # what encode() gave for the whole state
 
     def buffer(self, data: Any) -> int:
         self.buffers.append(memoryview(data).cast("B"))
@@ -399,11 +400,12 @@ class _Encoder:
         return node
 
 
-def _encode(state: Any) -> tuple[bytes, list[memoryview]]:
-    """The prefix and header of ``state``'s file, and the buffers that follow them."""
+def _tree(state: Any) -> _Encoder:
+    """The encoder that encoded ``state``; ``.tree`` is its header's tree, ``.buffers`` views
+    of the memory of its arrays and tensors (no copy)."""
     encoder = _Encoder()
     try:
-        tree = encoder.encode(state)
+        encoder.tree = encoder.encode(state)
     except _Refused as refused:
         raise refused.error() from None
     except RecursionError:
@@ -411,6 +413,13 @@ def _encode(state: Any) -> tuple[bytes, list[memoryview]]:
             "state is nested too deeply, or a list or dict in it contains itself; poptune stores "
             "trees of values, so break the cycle or flatten the state."
         ) from None
+    return encoder
+
+
+def _encode(state: Any) -> tuple[bytes, list[memoryview]]:
+    """The prefix and header of ``state``'s file, and the buffers that follow them."""
+    encoder = _tree(state)
+    tree = encoder.tree
     sizes = [buffer.nbytes for buffer in encoder.buffers]
     header = json.dumps({"tree": tree, "sizes": sizes}, allow_nan=True, separators=(",", ":"))
     # ensure_ascii (the default) makes the header's length in characters its length in bytes.
@@ -497,13 +506,15 @@ def array_bytes(state: Any) -> int:
 
 def copy(state: Any) -> Any:
     """A deep copy of ``state`` through poptune's format: what saving and loading it would
-    give, without a file or a checksum (arrays and tensors are copied once, into one buffer).
+    give, without a file or a checksum. Each array and tensor is copied once, straight from
+    its memory into its own (no buffer laid out in between, which would be written twice).
 
     Example:
         >>> copy({"w": np.ones(2)})
         {'w': array([1., 1.])}
     """
-    return load(_pack(state), copy=False)
+    encoder = _tree(state)
+    return _Decoder(encoder.buffers, copy=True, version=encoder.version).decode(encoder.tree)
 
 
 def load(data: bytes | bytearray | memoryview, *, copy: bool = True) -> Any:

@@ -38,6 +38,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import random
@@ -47,7 +48,7 @@ import threading
 import time
 import weakref
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -289,12 +290,17 @@ class SimulationResult:
     The invariants: every member reaches the budget or the population stops with a recorded
     reason (``ended``); no (member, step) is recorded twice (``duplicate``); every interval's
     weights trained exactly ``step`` intervals (``trained``); every interval continues the
-    checkpoint at ``step - 1`` that its origin names (``origin``); no exploit copies a donor
-    without a committed checkpoint (``donor``); no score without its checkpoint
-    (``checkpoint``); no file the storage refers to is missing, unless the simulator removed it
-    (``missing``); no dead worker's lease outlives ``lease_seconds`` (``lease``); a synchronous
-    run equals the uninterrupted run (``sync``); a worker ends only as documented (``worker``);
-    nothing hangs (``hang``).
+    checkpoint at ``step - 1`` that its origin names (``origin``), or, with
+    ``checkpoint_every=k``, the interval at ``step - 1`` recorded with it: a member's intervals
+    since its last checkpoint (fewer than k) are recorded together with the checkpoint that
+    follows them, the first continuing a committed checkpoint at its ``step - 1`` and each
+    other the one before it, and that checkpoint's weights trained exactly the whole chain; no
+    exploit copies a donor without a committed checkpoint (``donor``); no score without its
+    checkpoint, or (``checkpoint_every``) without the checkpoint recorded in the same
+    transaction that persists its training (``checkpoint``); no file the storage refers to is
+    missing, unless the simulator removed it (``missing``); no dead worker's lease outlives
+    ``lease_seconds`` (``lease``); a synchronous run equals the uninterrupted run (``sync``); a
+    worker ends only as documented (``worker``); nothing hangs (``hang``).
     """
 
     seed: int
@@ -584,7 +590,7 @@ class _StorageProxy:
             result = method(*args, **kwargs)
             if fault == "lost_reply":  # committed; the reply is lost and the call retried
                 result = method(*args, **kwargs)
-            sim.observe(name, args, result, before)
+            sim.observe(name, args, result, before, kwargs)
             if fault == "error_after":
                 raise StorageError(f"simulated: {name} committed, then its reply was lost")
             return result
@@ -687,6 +693,9 @@ class _Simulation:
         self.weights: dict[str, tuple[int, int]] = {}  # path -> (digest, its parent's digest)
         self.paths: dict[tuple[int, int], str] = {}  # (member, step) -> the committed path
         self.committed: dict[tuple[int, int], tuple[int, ...]] = {}  # (member, step) -> trail
+        # (member, step) of an interval recorded without a checkpoint of its own -> the
+        # checkpoint recorded with it, which persists its training (checkpoint_every)
+        self.persisted_by: dict[tuple[int, int], tuple[int, int]] = {}
         self.removed: set[str] = set()
         self.corrupted: set[str] = set()
         self.break_guarantee = break_guarantee
@@ -712,6 +721,11 @@ class _Simulation:
             "resident": rng.choice([None, None, 1, 2]),
             "background": rng.random() < 0.5,
             "faults": rng.randint(0, 4),
+            # from a generator of its own, so that the draws above and the schedule that
+            # follows are those the seed gave before checkpoint_every existed
+            "checkpoint_every": random.Random(f"{self.seed}:checkpoint_every").choice(
+                [None, None, 2, 3]
+            ),
         }
         # Drawn apart, so that the seeds of Trainable classes replay as they did before blocks
         # and functions were simulated.
@@ -724,6 +738,8 @@ class _Simulation:
             "kind": kind,
             "block": size if kind == "block" else None,
             "own_blocks": own if kind == "block" else None,
+            # a block checkpoints every interval (pt.run refuses checkpoint_every with block=)
+            "checkpoint_every": None if kind == "block" else settings["checkpoint_every"],
         }
 
     # --- the actors' side ---------------------------------------------------------------
@@ -757,10 +773,17 @@ class _Simulation:
             return [self._inner.checkpoint(self.pid, *donor) for donor in donors]
         return None
 
-    def observe(self, name: str, args: tuple[Any, ...], result: Any, before: Any) -> None:
+    def observe(
+        self,
+        name: str,
+        args: tuple[Any, ...],
+        result: Any,
+        before: Any,
+        kwargs: Mapping[str, Any] | None = None,
+    ) -> None:
         """Check what a storage call that returned just committed."""
         if name == "record_interval":
-            self._check_interval(args[1], args[2])
+            self._check_interval(args[1], args[2], (kwargs or {}).get("earlier", ()))
             if self.break_guarantee == "delete_after_commit":  # on purpose: see simulate_one
                 with contextlib.suppress(OSError):
                     (Path(self._checkpoint_root()) / args[2].path).unlink()
@@ -794,7 +817,12 @@ class _Simulation:
             if row is not None and row.path == ref.path and key not in self.committed:
                 self.violate("refused", f"interval {key} was refused, yet it was recorded")
 
-    def _check_interval(self, interval: IntervalRecord, ref: CheckpointRef) -> None:
+    def _check_interval(
+        self,
+        interval: IntervalRecord,
+        ref: CheckpointRef,
+        earlier: Sequence[IntervalRecord] = (),
+    ) -> None:
         key = (interval.member, interval.step)
         row = self._inner.checkpoint(self.pid, *key)
         if row is None or row.path != ref.path:
@@ -805,30 +833,52 @@ class _Simulation:
         if key in self.committed:
             return  # the retry of a call that committed (same path): recorded once
         trained, trail = self.saved.get(ref.path, (-1, ()))
-        where = f"interval {key} (from {interval.origin})"
-        if interval.metrics.get("trained") != interval.step or trained != interval.step:
-            self.violate(
-                "trained",
-                f"{where}: its weights trained {trained} intervals "
-                f"(metrics say {interval.metrics.get('trained')}), not {interval.step}",
-            )
-        seed = derive_seed(self.settings_seed, TRAIN, interval.member, interval.step)
-        if interval.step == 1:
-            expected: tuple[int, ...] | None = () if interval.origin is None else None
-        elif interval.origin is None or interval.origin[1] != interval.step - 1:
+        chain = [*earlier, interval]
+        where = f"interval {key} (from {chain[0].origin})"
+        for i in chain:
+            if i.metrics.get("trained") != i.step:
+                self.violate(
+                    "trained",
+                    f"interval {(i.member, i.step)} trained {i.metrics.get('trained')} "
+                    f"intervals, not {i.step}",
+                )
+        if trained != interval.step:
+            self.violate("trained", f"{where}: its weights trained {trained}, not {interval.step}")
+        # Every interval but the first of the chain continues the one before it, in memory
+        # under the same claim (checkpoint_every); the first continues a committed checkpoint.
+        for before, after in itertools.pairwise(chain):
+            if after.origin != (before.member, before.step) or after.step != before.step + 1:
+                self.violate(
+                    "origin",
+                    f"interval {(after.member, after.step)} does not "
+                    f"continue {(before.member, before.step)}, recorded with it",
+                )
+        first = chain[0]
+        seeds = tuple(derive_seed(self.settings_seed, TRAIN, i.member, i.step) for i in chain)
+        if first.step == 1:
+            expected: tuple[int, ...] | None = () if first.origin is None else None
+        elif first.origin is None or first.origin[1] != first.step - 1:
             expected = None
         else:
-            expected = self.committed.get(tuple(interval.origin))  # type: ignore[arg-type]
+            expected = self.committed.get(tuple(first.origin))  # type: ignore[arg-type]
         if expected is None:
             self.violate("origin", f"{where} does not continue a committed checkpoint at step-1")
-        elif trail != (*expected, seed):
-            self.violate("origin", f"{where}: its weights' trail {trail} != {(*expected, seed)}")
-        elif interval.origin is not None:
-            origin = self.weights[self.paths[tuple(interval.origin)]][0]  # type: ignore[index]
+        elif trail != (*expected, *seeds):
+            self.violate("origin", f"{where}: its weights' trail {trail} != {(*expected, *seeds)}")
+        elif not earlier and first.origin is not None:
+            # (a chain's checkpoint started from the state in memory before it, never saved)
+            origin = self.weights[self.paths[tuple(first.origin)]][0]  # type: ignore[index]
             if self.weights[ref.path][1] != origin:
                 self.violate("origin", f"{where}: its weights did not start from the origin's")
+        if len(earlier) >= (self.settings.get("checkpoint_every") or 1):
+            self.violate(
+                "checkpoint",
+                f"{where}: {len(earlier)} intervals recorded before it "
+                "without a checkpoint of their own",
+            )
         self.committed[key] = trail
         self.paths[key] = ref.path
+        self.persisted_by.update({(i.member, i.step): key for i in earlier})
 
     def violate(self, invariant: str, message: str) -> None:
         self.note(f"  VIOLATION {invariant}: {message}")
@@ -910,6 +960,7 @@ class _Simulation:
             lease_seconds=LEASE_SECONDS,
             resident=s["resident"],
             block=s.get("block"),
+            checkpoint_every=s.get("checkpoint_every"),
             **self._strategies(),
         )
         self.target = capture.target
@@ -1231,7 +1282,7 @@ class _Simulation:
             self.violate("duplicate", "a (member, step) was recorded twice")
         for interval in intervals:
             key = (interval.member, interval.step)
-            if key not in self.committed:
+            if key not in self.committed and key not in self.persisted_by:
                 self.violate("checkpoint", f"interval {key} was never seen committed")
         gained = Counter[int]()
         for event in storage.exploits(pid):

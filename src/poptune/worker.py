@@ -20,7 +20,8 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 from . import serialization
@@ -44,7 +45,7 @@ from .storage import Claim, LeaseLost, PopulationNotFound, Storage
 from .trainable import metrics_of
 from .writer import BackgroundWriter
 
-__all__ = ["PopulationError", "RunSpec", "Worker", "derive_seed"]
+__all__ = ["PopulationError", "RunSpec", "Worker", "continued", "derive_seed"]
 
 log = logging.getLogger("poptune")
 
@@ -92,6 +93,7 @@ class Worker:
         self.live = LiveMembers(resident if resident is not None else spec.config.population)
         self._held: dict[int, Claim] = {}  # member -> claim, while trained or being written
         self._writer: BackgroundWriter | None = None
+        self._stop: threading.Event | None = None  # run()'s, read between intervals
         #: makes the writer on first use (the simulator swaps in one it schedules itself)
         self.new_writer: Callable[[], BackgroundWriter] = BackgroundWriter
         self._background_bytes = int(os.environ.get("POPTUNE_BACKGROUND_BYTES", BACKGROUND_BYTES))
@@ -135,6 +137,7 @@ class Worker:
 
     def run(self, stop: threading.Event | None = None) -> int:
         """Work until the budget is spent (or ``stop`` is set); return the intervals trained."""
+        self._stop = stop
         self.housekeeper.start()
         interrupted = True
         try:
@@ -192,8 +195,14 @@ class Worker:
 
     def work_on(self, claim: Claim) -> None:
         """One member, one interval: exploit if due, restore, train and evaluate; the checkpoint
-        is saved and the interval recorded in the background (:meth:`flush` waits for it)."""
+        is saved and the interval recorded in the background (:meth:`flush` waits for it).
+
+        With ``checkpoint_every`` (see :meth:`checkpoints_at`) the member trains on, under the
+        same claim and in memory, until a step it checkpoints; the intervals before it are
+        recorded with that checkpoint, so a crash loses them all and records none of them.
+        """
         self._held[claim.member.id] = claim
+        earlier: list[IntervalRecord] = []
         try:
             member, restore = claim.member, claim.checkpoint
             if member.exploit_pending:
@@ -202,9 +211,13 @@ class Worker:
                     self._forget(claim)
                     return  # it copied weights that are at the budget: the member is done
             member, live = self.restore(claim, member, restore)
+            while not self.checkpoints_at(member.step + 1):
+                interval, _ = self.train_one_interval(live, member, state=False)
+                earlier.append(interval)
+                member = continued(member, interval)
             interval, state = self.train_one_interval(live, member)
         except _UserCodeFailed as failure:
-            self._record_failure(claim, failure)
+            self._record_failure(claim, failure)  # intervals not checkpointed yet are lost
             return
         except LeaseLost:
             log.warning("Lost the lease on member %d; its interval was discarded.", claim.member.id)
@@ -213,12 +226,24 @@ class Worker:
         except BaseException:
             self._abandon(claim)
             raise
-        job = functools.partial(self.save_and_record, claim, live, interval, state)
+        job = functools.partial(self.save_and_record, claim, live, interval, state, earlier)
         if serialization.array_bytes(state) >= self._background_bytes:
             self.writer.submit(job)
         else:  # a small state is written faster than a thread would take over
             self.writer.flush()
             job()
+
+    def checkpoints_at(self, step: int) -> bool:
+        """Whether the interval that reaches ``step`` is checkpointed: every one by default;
+        with ``checkpoint_every=k`` those at the multiples of k and at the budget, and any once
+        the worker is asked to stop (so that stopping loses nothing trained)."""
+        every = self.spec.config.checkpoint_every
+        return (
+            every is None
+            or step % every == 0
+            or step >= self.spec.config.intervals
+            or (self._stop is not None and self._stop.is_set())
+        )
 
     def flush(self, timeout: float | None = None) -> None:
         """Wait until every trained interval is saved and recorded (re-raising a failure); with
@@ -247,10 +272,10 @@ class Worker:
         return self.restorer.restore(claim, member, ref)
 
     def train_one_interval(
-        self, live: LiveMember, member: MemberRecord
+        self, live: LiveMember, member: MemberRecord, state: bool = True
     ) -> tuple[IntervalRecord, Any]:
         """Train and evaluate the member for one interval (user code); return the record and the
-        state to checkpoint."""
+        state to checkpoint (``None`` without ``state``: an interval not checkpointed)."""
         spec = self.spec
         step = member.step + 1
         hparams = dict(spec.config.schedule[step - 1] if spec.config.schedule else member.hparams)
@@ -274,13 +299,19 @@ class Worker:
             finished_at=time.time(),
             origin=member.restore,
         )
-        return interval, user_code(live.session.state)
+        return interval, user_code(live.session.state) if state else None
 
     def save_and_record(
-        self, claim: Claim, live: LiveMember, interval: IntervalRecord, state: Any
+        self,
+        claim: Claim,
+        live: LiveMember,
+        interval: IntervalRecord,
+        state: Any,
+        earlier: Sequence[IntervalRecord] = (),
     ) -> None:
-        """Write the interval's checkpoint, then record both and release the member, atomically
-        (on the background writer: the member stays claimed until this is done)."""
+        """Write the interval's checkpoint, then record both (after ``earlier``, the intervals
+        trained since the member's last checkpoint) and release the member, atomically (on the
+        background writer: the member stays claimed until this is done)."""
         checkpoint = None
         try:
             checkpoint = self.save(claim.member.id, interval.step, state)
@@ -289,9 +320,11 @@ class Worker:
                 claim,
                 interval,
                 checkpoint,
-                exploit_pending=interval.step < self.spec.config.intervals
-                and bool(self.spec.ready(self.decider.candidate(interval))),
+                exploit_pending=self._exploits_after(interval),
                 done=interval.step >= self.spec.config.intervals,
+                # passed only when there are any: a storage written before checkpoint_every
+                # (a subclass of Storage elsewhere) then keeps working by default
+                **({"earlier": earlier} if earlier else {}),
             )
         except _UserCodeFailed as failure:
             self._record_failure(claim, failure)
@@ -306,10 +339,21 @@ class Worker:
             self._abandon(claim)
             raise
         self._held.pop(claim.member.id, None)
-        self.trained += 1
+        self.trained += 1 + len(earlier)
         self.housekeeper.recorded()
         if self.spec.stop:
             apply_stop_criteria(self.storage, self.population_id, self.spec.config, self.spec.stop)
+
+    def _exploits_after(self, interval: IntervalRecord) -> bool:
+        """Whether the member is due to exploit after ``interval`` (checkpointed): it is ready,
+        below the budget, and, with ``checkpoint_every=k``, at a multiple of k, where every
+        member checkpoints, so that its peers at that step are all there to copy."""
+        every = self.spec.config.checkpoint_every
+        return (
+            interval.step < self.spec.config.intervals
+            and (every is None or interval.step % every == 0)
+            and bool(self.spec.ready(self.decider.candidate(interval)))
+        )
 
     def save(self, member: int, step: int, state: Any) -> CheckpointRef:
         """Write the member's new checkpoint; a full disk stops the population clearly."""
@@ -361,3 +405,15 @@ class Worker:
             self.writer.flush()  # this worker's own intervals in flight may be the donors
         reseed = None if retry else self.decider.reseed(member)
         record_failure(self.storage, self.population_id, claim, record, retry, reseed, config)
+
+
+def continued(member: MemberRecord, interval: IntervalRecord) -> MemberRecord:
+    """``member`` after ``interval``, trained in memory and not checkpointed: its next interval
+    continues this one (its origin), under the same claim."""
+    return replace(
+        member,
+        step=interval.step,
+        score=interval.score,
+        restore=(member.id, interval.step),
+        exploit_pending=False,
+    )

@@ -38,5 +38,5 @@ def test_quick_run_prints_the_figures() -> None:
     ):
         assert re.search(rf"{re.escape(row)}\s+[\d.]+\s+[\d.]+\n", out), (row, out)
     assert re.search(r"intervals trained\s+12\s+12\n", out), out  # 4 members x 3 intervals
-    assert re.search(r"ratio poptune / plain wall: [\d.]+ \(target <= 1\.15: (met|NOT met)", out)
+    assert re.search(r"ratio poptune / plain wall: [\d.]+ \(target <= 1\.05: (met|NOT met)", out)
     assert "status finished" in out

@@ -158,3 +158,47 @@ def test_ctrl_c_between_a_claims_commit_and_its_return_gives_the_member_back(qui
     members = storage.members(target.population_id)
     assert sorted(m.step for m in members) == [0, 0, 1, 1]
     assert {m.status for m in members} == {pt.MemberStatus.IDLE}
+
+
+CRASHES_BETWEEN_CHECKPOINTS = textwrap.dedent(
+    """
+    import os, sys
+    import poptune as pt
+    from poptune.testing import Quadratic, quadratic_space
+
+    class CrashesAtItsEighthInterval(Quadratic):
+        calls = 0
+
+        def train(self, hparams):
+            type(self).calls += 1
+            if type(self).calls == 8:  # member 0's step 5: step 4 trained, not checkpointed
+                os._exit(9)  # the process dies: nothing is released, nothing flushed
+            super().train(hparams)
+
+    pt.run(CrashesAtItsEighthInterval, space=quadratic_space(), metric="q", population=2,
+           intervals=6, checkpoint_every=3, storage=sys.argv[1], name="crashed", seed=0,
+           progress=False)
+    """
+)
+
+
+def test_a_crash_between_checkpoints_loses_at_most_checkpoint_every_intervals(tmp_path: Path):
+    url = f"sqlite:///{tmp_path / 'p.db'}"
+    crashed = subprocess.run(
+        [sys.executable, "-c", CRASHES_BETWEEN_CHECKPOINTS, url], timeout=120, check=False
+    )
+    assert crashed.returncode == 9
+    before = pt.load(url, "crashed")
+    assert before.status == "running"
+    # Member 0 trained steps 1-3 (checkpointed at 3), member 1 too, then member 0 trained step
+    # 4 in memory and died in step 5: step 4 is lost, and was never recorded.
+    assert sorted((i.member, i.step) for i in before.intervals()) == [
+        (m, s) for m in range(2) for s in (1, 2, 3)
+    ]
+    for member in before.members:  # nothing recorded ahead of the checkpoint it restores from
+        assert member.step == 3 and member.restore is not None and member.restore[1] == 3
+    result = before.resume(trainable=Quadratic, progress=False)
+    assert result.status == "finished"
+    keys = [(i.member, i.step) for i in result.intervals()]
+    assert sorted(keys) == [(m, s) for m in range(2) for s in range(1, 7)]  # each once
+    assert [m.step for m in result.members] == [6, 6]

@@ -13,7 +13,11 @@ Contract (every implementation must keep it):
   ``record_exploit``, ``release``, ``renew``, ``record_failure``) is refused with
   :class:`LeaseLost` once the claim was released or taken over after its lease expired.
 - ``record_interval`` writes the interval, its checkpoint row and the member's new state
-  together: there is never a score without its checkpoint, nor a step counted twice.
+  together: there is never a score without its checkpoint, nor a step counted twice. With
+  ``checkpoint_every`` > 1 a worker trains a member several intervals under one claim and
+  checkpoints only the last: the intervals before it (``earlier``) are written in the same
+  transaction, so every recorded score is of training that a committed checkpoint at its step
+  or after it (the member's own, under the same claim) persists.
 - ``record_exploit`` succeeds only if the donor's checkpoint is still committed; the member then
   restores from exactly that (donor, step) checkpoint and the hparams recorded with it, and its
   ``step`` becomes the donor's: a member's step is always the number of intervals behind the
@@ -297,8 +301,14 @@ class Storage(ABC):
         checkpoint: CheckpointRef,
         exploit_pending: bool,
         done: bool,
+        earlier: Sequence[IntervalRecord] = (),
     ) -> None:
         """Record an interval with its checkpoint and release the member, atomically.
+
+        ``earlier`` are the member's intervals trained under the same claim since its last
+        checkpoint, which were not checkpointed (``checkpoint_every`` > 1): recorded in the
+        same transaction, before ``interval``, so none of them is ever recorded without the
+        checkpoint that follows them.
 
         Garbage collection is not part of it (it reads the whole population): workers call
         :meth:`collect_garbage` now and then, off the per-interval path.

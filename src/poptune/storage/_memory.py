@@ -345,8 +345,10 @@ class MemoryStorage(Storage):
         checkpoint: CheckpointRef,
         exploit_pending: bool,
         done: bool,
+        earlier: Sequence[IntervalRecord] = (),
     ) -> None:
-        """Record the interval, its checkpoint and the member's new state; release the member.
+        """Record the interval (after ``earlier``, the member's intervals since its last
+        checkpoint), its checkpoint and the member's new state; release the member.
         Idempotent, as in the SQL storage."""
         with self._transaction():
             population = self._get(claim.population_id)
@@ -357,20 +359,21 @@ class MemoryStorage(Storage):
                 if kept is not None and kept.path == checkpoint.path:
                     return  # the retry of a call that committed (a unique path)
                 raise
-            for key, table in (
-                ((interval.member, interval.step), population.intervals),
-                ((checkpoint.member, checkpoint.step), population.checkpoints),
-            ):
-                if key in table:
-                    raise StorageError(
-                        f"Member {key[0]} already recorded step {key[1]} of population "
-                        f"{claim.population_id}; a step is recorded once."
-                    )
-            score = _score(interval.score)
-            hparams = _json(dict(interval.hparams))
-            population.intervals[(interval.member, interval.step)] = replace(
-                interval, hparams=hparams, score=score, metrics=_json(dict(interval.metrics))
-            )
+            taken = [(i.member, i.step) for i in (*earlier, interval)]
+            taken = [key for key in taken if key in population.intervals]
+            if (checkpoint.member, checkpoint.step) in population.checkpoints:
+                taken.append((checkpoint.member, checkpoint.step))
+            if taken:
+                raise StorageError(
+                    f"Member {taken[0][0]} already recorded step {taken[0][1]} of population "
+                    f"{claim.population_id}; a step is recorded once."
+                )
+            for recorded in (*earlier, interval):
+                score = _score(recorded.score)
+                hparams = _json(dict(recorded.hparams))
+                population.intervals[(recorded.member, recorded.step)] = replace(
+                    recorded, hparams=hparams, score=score, metrics=_json(dict(recorded.metrics))
+                )
             population.checkpoints[(checkpoint.member, checkpoint.step)] = checkpoint
             member.step, member.score, member.hparams = interval.step, score, hparams
             member.restore = (checkpoint.member, checkpoint.step)

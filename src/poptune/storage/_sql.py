@@ -659,8 +659,10 @@ class SQLStorage(Storage):
         checkpoint: CheckpointRef,
         exploit_pending: bool,
         done: bool,
+        earlier: Sequence[IntervalRecord] = (),
     ) -> None:
-        """Record the interval, its checkpoint and the member's new state; release the member.
+        """Record the interval (after ``earlier``, the member's intervals since its last
+        checkpoint), its checkpoint and the member's new state; release the member.
 
         Idempotent: a retry of a call that did commit (its reply was lost with the connection)
         finds its own checkpoint (a unique path) recorded, and succeeds without writing again.
@@ -668,7 +670,6 @@ class SQLStorage(Storage):
         status = MemberStatus.DONE if done else MemberStatus.IDLE
         score = score_value(interval.score)
         hparams = dumps(dict(interval.hparams))
-        origin = interval.origin
         with self._write() as connection:
             try:
                 self._fenced(
@@ -697,21 +698,8 @@ class SQLStorage(Storage):
                 ):
                     return
                 raise
-            connection.execute(
-                intervals.insert(),
-                {
-                    "population_id": claim.population_id,
-                    "member_id": interval.member,
-                    "step": interval.step,
-                    "hparams": hparams,
-                    "score": score,
-                    "metrics": dumps(dict(interval.metrics)),
-                    "wall_time": interval.wall_time,
-                    "finished_at": interval.finished_at,
-                    "origin_member": None if origin is None else origin[0],
-                    "origin_step": None if origin is None else origin[1],
-                },
-            )
+            rows = [_interval_row(claim.population_id, i) for i in (*earlier, interval)]
+            connection.execute(intervals.insert(), rows)
             connection.execute(
                 checkpoints.insert(),
                 {
@@ -724,16 +712,18 @@ class SQLStorage(Storage):
                     "score": score,
                 },
             )
-            if score is not None and math.isfinite(score):
-                connection.execute(
-                    STEP_BEST[connection.dialect.name],
-                    {
-                        "population_id": claim.population_id,
-                        "step": interval.step,
-                        "high": score,
-                        "low": score,
-                    },
-                )
+            best = [
+                {
+                    "population_id": claim.population_id,
+                    "step": row["step"],
+                    "high": row["score"],
+                    "low": row["score"],
+                }
+                for row in rows
+                if row["score"] is not None and math.isfinite(row["score"])
+            ]
+            if best:
+                connection.execute(STEP_BEST[connection.dialect.name], best)
             connection.execute(STREAK_RESET, {"pid": claim.population_id})
 
     @retrying
@@ -1521,13 +1511,35 @@ def _copy_event(row: Any) -> str:
     return f"the copy by member {row.member_id} at step {row.step}"
 
 
+def _interval_row(
+    population_id: int,
+    interval: IntervalRecord,
+    score: float | None = None,
+    hparams: str | None = None,
+) -> dict[str, Any]:
+    """The row of ``interval`` in the intervals table (``score`` and ``hparams``: as already
+    converted by the caller, if it has them)."""
+    origin = interval.origin
+    return {
+        "population_id": population_id,
+        "member_id": interval.member,
+        "step": interval.step,
+        "hparams": dumps(dict(interval.hparams)) if hparams is None else hparams,
+        "score": score_value(interval.score) if score is None else score,
+        "metrics": dumps(dict(interval.metrics)),
+        "wall_time": interval.wall_time,
+        "finished_at": interval.finished_at,
+        "origin_member": None if origin is None else origin[0],
+        "origin_step": None if origin is None else origin[1],
+    }
+
+
 def _recording_rows(r: Recording) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     """The member update, interval row and checkpoint row :meth:`SQLStorage.record_intervals`
     writes for ``r`` (what :meth:`SQLStorage.record_interval` writes for one member)."""
     interval, checkpoint, claim = r.interval, r.checkpoint, r.claim
     score = score_value(interval.score)
     hparams = dumps(dict(interval.hparams))
-    origin = interval.origin
     status = MemberStatus.DONE if r.done else MemberStatus.IDLE
     member = {
         "f_pid": claim.population_id,
@@ -1541,18 +1553,7 @@ def _recording_rows(r: Recording) -> tuple[dict[str, Any], dict[str, Any], dict[
         "v_pending": r.exploit_pending,
         "v_status": status.value,
     }
-    row = {
-        "population_id": claim.population_id,
-        "member_id": interval.member,
-        "step": interval.step,
-        "hparams": hparams,
-        "score": score,
-        "metrics": dumps(dict(interval.metrics)),
-        "wall_time": interval.wall_time,
-        "finished_at": interval.finished_at,
-        "origin_member": None if origin is None else origin[0],
-        "origin_step": None if origin is None else origin[1],
-    }
+    row = _interval_row(claim.population_id, interval, score, hparams)
     ckpt = {
         "population_id": claim.population_id,
         "member_id": checkpoint.member,
