@@ -30,6 +30,10 @@ __all__ = ["ClassSession", "LiveMember", "LiveMembers", "Session", "open_session
 
 log = logging.getLogger("poptune")
 
+#: How long a stopping worker waits for training functions to return (their code after the
+#: loop, e.g. a final save), in all; then it stops without them, with a warning.
+FUNCTION_EXIT_SECONDS = 60.0
+
 
 class Session(Protocol):
     """One member's training, alive in a worker: what the worker calls between intervals."""

@@ -21,42 +21,35 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from typing import Any
 
 from . import serialization
 from .checkpoints import CheckpointStore, population_folder, population_folders
 from .decisions import Decider
 from .errors import PopulationError
-from .failures import _UserCodeFailed, record_failure, user_code
+from .failures import _UserCodeFailed, record_failure
 from .housekeeping import GC_MIN_SECONDS as GC_MIN_SECONDS
 from .housekeeping import GC_SPACING as GC_SPACING
 from .housekeeping import Housekeeper
+from .live import FUNCTION_EXIT_SECONDS as FUNCTION_EXIT_SECONDS
 from .live import LiveMember, LiveMembers
+from .persistence import checkpointed, continued, exploit_step, save_checkpoint
 from .records import CheckpointRef, IntervalRecord, MemberRecord
 from .restore import Restorer
 from .runspec import KEEP as KEEP
 from .runspec import RunSpec, WorkerTarget
-from .seeding import TRAIN, derive_seed
+from .seeding import derive_seed
 from .seeding import initial_rng as initial_rng
 from .seeding import rng_for as rng_for
-from .status import apply_stop_criteria, finished, stop_population
+from .status import apply_stop_criteria, finished
 from .storage import Claim, LeaseLost, PopulationNotFound, Storage
-from .trainable import metrics_of
+from .training import train_interval
+from .writer import BACKGROUND_BYTES as BACKGROUND_BYTES
 from .writer import BackgroundWriter
 
 __all__ = ["PopulationError", "RunSpec", "Worker", "continued", "derive_seed"]
 
 log = logging.getLogger("poptune")
-
-#: States at least this large (their arrays and tensors) are checkpointed on the
-#: background writer while the next interval trains; smaller ones are written in line, which
-#: costs less than handing them to a thread that must share the interpreter with training.
-#: ``$POPTUNE_BACKGROUND_BYTES`` overrides it (0: always in the background).
-BACKGROUND_BYTES = 16 * 2**20
-#: How long a stopping worker waits for training functions to return (their code after the
-#: loop, e.g. a final save), in all; then it stops without them, with a warning.
-FUNCTION_EXIT_SECONDS = 60.0
 
 
 class Worker:
@@ -210,7 +203,7 @@ class Worker:
                 if member.step >= self.spec.config.intervals:
                     self._forget(claim)
                     return  # it copied weights that are at the budget: the member is done
-            member, live = self.restore(claim, member, restore)
+            member, live = self.restorer.restore(claim, member, restore)
             while not self.checkpoints_at(member.step + 1):
                 interval, _ = self.train_one_interval(live, member, state=False)
                 earlier.append(interval)
@@ -234,16 +227,10 @@ class Worker:
             job()
 
     def checkpoints_at(self, step: int) -> bool:
-        """Whether the interval that reaches ``step`` is checkpointed: every one by default;
-        with ``checkpoint_every=k`` those at the multiples of k and at the budget, and any once
-        the worker is asked to stop (so that stopping loses nothing trained)."""
-        every = self.spec.config.checkpoint_every
-        return (
-            every is None
-            or step % every == 0
-            or step >= self.spec.config.intervals
-            or (self._stop is not None and self._stop.is_set())
-        )
+        """Whether the interval that reaches ``step`` is checkpointed (see
+        :func:`poptune.persistence.checkpointed`; a worker asked to stop checkpoints)."""
+        stopping = self._stop is not None and self._stop.is_set()
+        return checkpointed(self.spec.config, step, stopping)
 
     def flush(self, timeout: float | None = None) -> None:
         """Wait until every trained interval is saved and recorded (re-raising a failure); with
@@ -264,42 +251,13 @@ class Worker:
 
     # --- the paper's steps ---------------------------------------------------------------
 
-    def restore(
-        self, claim: Claim, member: MemberRecord, ref: CheckpointRef | None
-    ) -> tuple[MemberRecord, LiveMember]:
-        """The member's live trainable, holding the weights it restores from (see
-        :meth:`poptune.restore.Restorer.restore`: in memory, from a checkpoint, or a fallback)."""
-        return self.restorer.restore(claim, member, ref)
-
     def train_one_interval(
         self, live: LiveMember, member: MemberRecord, state: bool = True
     ) -> tuple[IntervalRecord, Any]:
-        """Train and evaluate the member for one interval (user code); return the record and the
-        state to checkpoint (``None`` without ``state``: an interval not checkpointed)."""
-        spec = self.spec
-        step = member.step + 1
-        hparams = dict(spec.config.schedule[step - 1] if spec.config.schedule else member.hparams)
-        seed = derive_seed(spec.config.seed, TRAIN, member.id, step)
-        live.holds = None  # from here on its weights are ahead of every checkpoint
-        started = time.perf_counter()
-        result = user_code(live.session.step, hparams, seed, step)
-        wall_time = time.perf_counter() - started
-        try:
-            score, metrics = metrics_of(result, spec.config.metric)
-        except (KeyError, TypeError) as error:
-            message = error.args[0] if error.args else str(error)
-            raise stop_population(self.storage, self.population_id, message) from None
-        interval = IntervalRecord(
-            member=member.id,
-            step=step,
-            hparams=hparams,
-            score=score,
-            metrics=metrics,
-            wall_time=wall_time,
-            finished_at=time.time(),
-            origin=member.restore,
-        )
-        return interval, user_code(live.session.state) if state else None
+        """Train and evaluate the member for one interval (:func:`poptune.training.
+        train_interval`); return the record and the state to checkpoint (``None`` without
+        ``state``: an interval not checkpointed)."""
+        return train_interval(self.spec, self.storage, self.population_id, live, member, state)
 
     def save_and_record(
         self,
@@ -346,31 +304,16 @@ class Worker:
 
     def _exploits_after(self, interval: IntervalRecord) -> bool:
         """Whether the member is due to exploit after ``interval`` (checkpointed): it is ready,
-        below the budget, and, with ``checkpoint_every=k``, at a multiple of k, where every
-        member checkpoints, so that its peers at that step are all there to copy."""
-        every = self.spec.config.checkpoint_every
-        return (
-            interval.step < self.spec.config.intervals
-            and (every is None or interval.step % every == 0)
-            and bool(self.spec.ready(self.decider.candidate(interval)))
+        at a step where exploits happen (:func:`poptune.persistence.exploit_step`)."""
+        return exploit_step(self.spec.config, interval.step) and bool(
+            self.spec.ready(self.decider.candidate(interval))
         )
 
     def save(self, member: int, step: int, state: Any) -> CheckpointRef:
-        """Write the member's new checkpoint; a full disk stops the population clearly."""
-        try:
-            return self.checkpoints.save(self.folder, member, step, state)
-        except OSError as error:
-            message = (
-                f"Could not write the checkpoint of member {member} at step {step}: {error}. "
-                "No partial checkpoint was left behind. Free space (or point checkpoints= "
-                "elsewhere), then resume the population."
-            )
-            raise stop_population(self.storage, self.population_id, message) from error
-        except TypeError as error:  # the state holds something that cannot be stored safely
-            raise _UserCodeFailed(
-                f"The state of member {member} at step {step} (from state_dict(), or "
-                f"interval.report(state=...)) cannot be checkpointed: {error}"
-            ) from error
+        """Write the member's new checkpoint (:func:`poptune.persistence.save_checkpoint`)."""
+        return save_checkpoint(
+            self.checkpoints, self.folder, self.storage, self.population_id, member, step, state
+        )
 
     def _forget(self, claim: Claim) -> None:
         """Stop holding ``claim``; its live weights (if any) are no longer trusted."""
@@ -405,15 +348,3 @@ class Worker:
             self.writer.flush()  # this worker's own intervals in flight may be the donors
         reseed = None if retry else self.decider.reseed(member)
         record_failure(self.storage, self.population_id, claim, record, retry, reseed, config)
-
-
-def continued(member: MemberRecord, interval: IntervalRecord) -> MemberRecord:
-    """``member`` after ``interval``, trained in memory and not checkpointed: its next interval
-    continues this one (its origin), under the same claim."""
-    return replace(
-        member,
-        step=interval.step,
-        score=interval.score,
-        restore=(member.id, interval.step),
-        exploit_pending=False,
-    )

@@ -18,6 +18,13 @@ from collections.abc import Callable
 __all__ = ["BackgroundWriter"]
 
 
+#: States at least this large (their arrays and tensors) are checkpointed on the
+#: background writer while the next interval trains; smaller ones are written in line, which
+#: costs less than handing them to a thread that must share the interpreter with training.
+#: ``$POPTUNE_BACKGROUND_BYTES`` overrides it (0: always in the background).
+BACKGROUND_BYTES = 16 * 2**20
+
+
 class BackgroundWriter:
     """Runs jobs one at a time, in order, on a daemon thread.
 
