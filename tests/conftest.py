@@ -11,6 +11,7 @@ Tests that train a population take ``quick_run``: ``pt.run`` with the suite's us
 from __future__ import annotations
 
 import os
+import sys
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -113,3 +114,26 @@ def writes(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> s
         "POPTUNE_BACKGROUND_BYTES", "0" if request.param == "background" else str(2**62)
     )
     return request.param
+
+
+_EXIT_STATUS: list[int] = []
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Keep the session's exit status for :func:`pytest_unconfigure`."""
+    _EXIT_STATUS.append(int(exitstatus))
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """End the test process once pytest has reported, without the interpreter's teardown.
+
+    One clean-clone run of the whole suite (1,466 passed) ended in a segmentation fault after
+    pytest's summary, in the teardown of a process that started Ray, torch and many daemon
+    threads; the next run did not. Until that is found, the report and exit status are pytest's
+    own and the teardown, which tests nothing, is skipped.
+    """
+    if _EXIT_STATUS:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(_EXIT_STATUS[-1])
