@@ -107,20 +107,6 @@ class BlockWorker(Worker):
         # checkpoint): valid until the block trains again, which may change them in place.
         self._memory: dict[int, tuple[CheckpointRef, Any]] = {}
 
-    @classmethod
-    def from_target(
-        cls, target: WorkerTarget, storage: Storage, checkpoints: CheckpointStore
-    ) -> BlockWorker:
-        """A block worker on the population of ``target``."""
-        return cls(
-            target.spec,
-            storage,
-            checkpoints,
-            target.population_id,
-            lease_seconds=target.lease_seconds,
-            resident=target.resident,
-        )
-
     # --- the loop ------------------------------------------------------------------------
 
     def work_once(self) -> bool:
