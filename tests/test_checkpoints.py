@@ -9,9 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from poptune import checkpoints
+from poptune import checkpoints, serialization
 from poptune.checkpoints import (
     DIRECT_BYTES,
+    PACKED_BYTES,
     CheckpointCorrupt,
     CheckpointError,
     LocalCheckpoints,
@@ -114,18 +115,23 @@ def test_sweep_removes_only_old_uncommitted_files(tmp_path: Path):
     }  # a fresh file may be about to commit
 
 
+# Only checkpoints of PACKED_BYTES and more are recycled: these are just over it.
+_BIG = PACKED_BYTES // 8 + 4000
+_SMALLER = PACKED_BYTES // 8 + 100
+
+
 def test_a_collected_file_is_overwritten_by_the_next_save_not_reallocated(tmp_path: Path):
-    store = LocalCheckpoints(tmp_path, spares=1)
-    big = store.save("population-1", 0, 1, {"w": np.arange(1000.0)})
+    store = LocalCheckpoints(tmp_path, spares=1, direct=False)
+    big = store.save("population-1", 0, 1, {"w": np.arange(float(_BIG))})
     inode = (tmp_path / big.path).stat().st_ino
     store.delete(big)  # kept as a spare, under a name nobody looks up
     assert not (tmp_path / big.path).exists()
-    small = store.save("population-1", 0, 2, {"w": np.arange(3.0)})
-    assert (tmp_path / small.path).stat().st_ino == inode  # the same file, overwritten
-    assert (tmp_path / small.path).stat().st_size == small.size  # and cut to its new size
-    np.testing.assert_array_equal(store.load(small)["w"], np.arange(3.0))
-    other = store.save("population-1", 1, 1, {"w": np.zeros(2)})
-    store.delete(small)
+    smaller = store.save("population-1", 0, 2, {"w": np.arange(float(_SMALLER))})
+    assert (tmp_path / smaller.path).stat().st_ino == inode  # the same file, overwritten
+    assert (tmp_path / smaller.path).stat().st_size == smaller.size  # and cut to its new size
+    np.testing.assert_array_equal(store.load(smaller)["w"], np.arange(float(_SMALLER)))
+    other = store.save("population-1", 1, 1, {"w": np.zeros(_SMALLER)})
+    store.delete(smaller)
     store.delete(other)  # the pool is full: deleted
     files = [p for p in (tmp_path / "population-1").rglob("*") if p.is_file()]
     assert len(files) == 1  # the pool is full: deleted
@@ -133,18 +139,35 @@ def test_a_collected_file_is_overwritten_by_the_next_save_not_reallocated(tmp_pa
     assert [p for p in (tmp_path / "population-1").rglob("*") if p.is_file()] == []
 
 
+def test_small_checkpoints_are_written_whole_and_deleted_not_recycled(tmp_path: Path):
+    store = LocalCheckpoints(tmp_path, spares=4)
+    state = {"w": np.arange(1000.0), "b": np.float32(2.5), "step": 7}
+    ref = store.save("population-1", 0, 1, state)
+    path = tmp_path / ref.path
+    assert path.stat().st_size == ref.size
+    assert path.read_bytes() == serialization.dumps(state)  # the format, byte for byte
+    assert checkpoints.checksum(path.read_bytes()) == ref.checksum
+    store.delete(ref)
+    assert [p for p in (tmp_path / "population-1").rglob("*") if p.is_file()] == []
+    big = store.save("population-1", 0, 2, {"w": np.zeros(_BIG)})
+    fresh = store.save("population-1", 1, 1, state)  # a small save takes no spare
+    store.delete(big)
+    assert len(list((tmp_path / "population-1" / ".spares").iterdir())) == 1
+    np.testing.assert_array_equal(store.load(fresh)["w"], state["w"])
+
+
 def test_workers_share_one_pool_of_spares_per_population(tmp_path: Path):
     collector, writer = LocalCheckpoints(tmp_path), LocalCheckpoints(tmp_path)  # two workers
-    old = collector.save("population-1", 0, 1, {"w": np.arange(1000.0)})
+    old = collector.save("population-1", 0, 1, {"w": np.arange(float(_BIG))})
     inode = (tmp_path / old.path).stat().st_ino
-    other_population = collector.save("population-2", 0, 1, {"w": np.arange(1000.0)})
+    other_population = collector.save("population-2", 0, 1, {"w": np.arange(float(_BIG))})
     collector.delete(old)
     collector.delete(other_population)
     new = writer.save(
-        "population-1", 3, 2, {"w": np.ones(5)}
+        "population-1", 3, 2, {"w": np.ones(_SMALLER)}
     )  # the other worker's save reuses the file
     assert (tmp_path / new.path).stat().st_ino == inode
-    np.testing.assert_array_equal(writer.load(new)["w"], np.ones(5))
+    np.testing.assert_array_equal(writer.load(new)["w"], np.ones(_SMALLER))
     collector.close()  # removes its spare that nobody took, not files now in use
     assert [p.name for p in (tmp_path / "population-1").rglob("*") if p.is_file()] == [
         Path(new.path).name

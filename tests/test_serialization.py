@@ -362,6 +362,29 @@ def test_array_bytes_is_the_size_of_the_arrays_and_tensors_in_a_state():
     assert len(dumps(state)) >= array_bytes(state)
 
 
+def test_array_bytes_counts_subclasses_and_parameters_like_their_bases():
+    torch = pytest.importorskip("torch")
+    weight = torch.nn.Parameter(torch.zeros(4, 4))
+    state = OrderedDict(w=weight, moments=(np.zeros(2, dtype=np.float32), [np.float64(1.0)]))
+    assert array_bytes(state) == 64 + 8 + 8
+    assert array_bytes([None, 3, 2.0, "x", True]) == 0
+
+
+def test_contiguous_cpu_tensors_encode_to_the_bytes_of_the_general_path():
+    """The fast path for plain CPU tensors writes what the general one (non-contiguous,
+    conjugate-resolved...) writes for the same values."""
+    torch = pytest.importorskip("torch")
+    values = torch.arange(12.0).reshape(3, 4)
+    strided = values.t().contiguous().t()  # the same values, not contiguous
+    assert not strided.is_contiguous()
+    assert dumps({"w": values}) == dumps({"w": strided})
+    parameter = torch.nn.Parameter(values.clone())
+    loaded = load(dumps({"p": parameter, "h": values.half(), "b": values.bfloat16()}))
+    assert isinstance(loaded["p"], torch.nn.Parameter) and loaded["p"].requires_grad
+    assert torch.equal(loaded["h"], values.half()) and loaded["b"].dtype == torch.bfloat16
+    assert torch.equal(loaded["b"], values.bfloat16())
+
+
 def test_copy_is_what_saving_and_loading_gives_and_shares_nothing():
     torch = pytest.importorskip("torch")
     state = {"w": np.arange(4.0), "t": torch.ones(2, 2), "nested": [1, ("x", np.float32(2))]}

@@ -47,6 +47,11 @@ log = logging.getLogger(__name__)
 DIRECT_BYTES = 16 * 2**20
 _ALIGN = 4096  # offsets, lengths and addresses of direct I/O: a multiple of any block size
 _STAGING = 1 * 2**20  # the aligned buffer that direct writes go through
+#: Checkpoints under this size are laid out in memory and written in one call, and are not
+#: recycled as spares: for them a file's Python overhead (a write or two per array) and the
+#: spare pool's directory listing cost more than the bytes (a block of 64 small policies
+#: spent most of its framework time there).
+PACKED_BYTES = 1 * 2**20
 
 __all__ = [
     "CheckpointCorrupt",
@@ -247,9 +252,10 @@ class LocalCheckpoints:
     Checkpoints of :data:`DIRECT_BYTES` (16 MB) and more are written and read with direct I/O
     (``O_DIRECT``), around the page cache, where the filesystem allows it (else the store falls
     back to ordinary I/O by itself); ``direct=False`` (or ``POPTUNE_DIRECT_IO=0``) turns it off.
-    The files of collected checkpoints go to a pool of up to ``spares`` files per population,
-    shared by every worker writing to the folder, and later saves overwrite them instead of
-    allocating new files.
+    The files of collected checkpoints of :data:`PACKED_BYTES` (1 MB) and more go to a pool of up
+    to ``spares`` files per population, shared by every worker writing to the folder, and later
+    saves overwrite them instead of allocating new files; smaller ones are laid out in memory,
+    written in one call and deleted when collected.
 
     Example:
         >>> store = LocalCheckpoints("runs/checkpoints")
@@ -292,10 +298,11 @@ class LocalCheckpoints:
         final = self._resolve(relative)
         final.parent.mkdir(parents=True, exist_ok=True)
         temporary = final.with_name(f".{final.name}.tmp")
-        direct = self.direct and serialization.array_bytes(state) >= DIRECT_BYTES
+        encoded = serialization.encode(state)
+        direct = self.direct and encoded.size >= DIRECT_BYTES
         try:
             try:
-                size, digest = self._write(temporary, state, direct)
+                digest = self._write(temporary, encoded, direct)
             except _DirectRefused as refused:
                 log.info(
                     "Direct I/O refused in %s (%s); writing through the page cache.",
@@ -303,34 +310,42 @@ class LocalCheckpoints:
                     refused.__cause__,
                 )
                 self.direct = False
-                size, digest = self._write(temporary, state, direct=False)
+                digest = self._write(temporary, encoded, direct=False)
             os.replace(temporary, final)
         except BaseException:
             temporary.unlink(missing_ok=True)
             raise
-        return CheckpointRef(member, step, relative, size, digest)
+        return CheckpointRef(member, step, relative, encoded.size, digest)
 
-    def _write(self, temporary: Path, state: Any, direct: bool) -> tuple[int, str]:
-        """Encode ``state`` into ``temporary`` (a recycled spare if there is one); return its
-        size and checksum."""
+    def _write(self, temporary: Path, encoded: serialization.Encoded, direct: bool) -> str:
+        """Write ``encoded`` into ``temporary`` (a recycled spare if there is one, for a large
+        state); return its checksum."""
+        if encoded.size < PACKED_BYTES:
+            data = encoded.pack()
+            with open(temporary, "wb") as file:
+                file.write(data)
+                file.flush()
+                if self.fsync:
+                    os.fsync(file.fileno())
+            return checksum(data)
         recycled = self._take_spare(temporary) or temporary.exists()
         if direct:
             # The file checksums what it copies into its staging buffer, from there: the
             # state's memory is read once, not once to hash and once to copy.
             with self._staging() as staging, _DirectFile(temporary, staging) as direct_file:
-                serialization.dump(state, direct_file)  # type: ignore[arg-type]
+                encoded.write(direct_file)  # type: ignore[arg-type]
                 direct_file.finish()  # the last partial block, and the exact size
                 if self.fsync:
                     os.fsync(direct_file.fileno())
-            return direct_file.size, direct_file.checksum
+            return direct_file.checksum
         with open(temporary, "r+b" if recycled else "wb") as file:
             writer = _HashingWriter(file)
-            serialization.dump(state, writer)  # type: ignore[arg-type]
+            encoded.write(writer)  # type: ignore[arg-type]
             file.truncate()  # a recycled file may have been longer
             file.flush()
             if self.fsync:
                 os.fsync(file.fileno())
-        return writer.size, writer.checksum
+        return writer.checksum
 
     @contextlib.contextmanager
     def _staging(self) -> Iterator[mmap.mmap]:
@@ -396,8 +411,11 @@ class LocalCheckpoints:
     def delete(self, ref: CheckpointRef) -> None:
         """Take the file of ``ref`` away (if it is still there): moved into the population's
         pool of spares, to be overwritten by a later save, while the pool holds fewer than
-        ``spares`` files; else deleted."""
+        ``spares`` files and it is of :data:`PACKED_BYTES` or more; else deleted."""
         path = self._resolve(ref.path)
+        if ref.size < PACKED_BYTES:  # not worth recycling: a new small file costs no more
+            path.unlink(missing_ok=True)
+            return
         pool = self._pool(path)
         try:
             keep = sum(1 for _ in pool.iterdir()) < self.spares
