@@ -262,3 +262,21 @@ def test_a_change_while_the_strategy_reads_is_decided_again_on_a_snapshot(tmp_pa
     assert key == [
         (e.member, e.step, e.donor, e.donor_step, e.hparams_after) for e in glitched.exploits()
     ]
+
+
+def test_list_peers_rank_is_the_count_of_better_peers():
+    """ListPeers ranks by a search in its ranking: the same as counting (records.count_peers)
+    over ties, -inf scores, and candidates of a member whose listed score differs."""
+    from poptune.records import count_peers
+
+    rng = random.Random(0)
+    for _ in range(300):
+        size = rng.randint(1, 12)
+        scores = [rng.choice([0.1, 0.5, 0.9, -math.inf, rng.random()]) for _ in range(size)]
+        population = [Candidate(m, 1, s, s) for m, s in enumerate(scores)]
+        me = rng.choice(population)
+        peers = ListPeers(population, me)
+        asked = [*population, *(Candidate(rng.randint(0, size), 1, s, s) for s in (0.5, -1.0))]
+        for c in asked:
+            others = [p for p in population if p.member != me.member] + [me]
+            assert peers.rank(c) == count_peers(others, c.member, c.fitness).better

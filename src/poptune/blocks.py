@@ -44,9 +44,14 @@ from .storage import Claim, LeaseLost, Recording, Storage
 from .trainable import metrics_of
 from .worker import FUNCTION_EXIT_SECONDS, Worker
 
-__all__ = ["BlockWorker", "build_worker", "check_block"]
+__all__ = ["MEMORY_BYTES", "BlockWorker", "build_worker", "check_block"]
 
 log = logging.getLogger("poptune")
+
+#: The states of members outside the running block that a block worker keeps in memory, to
+#: hand back without a checkpoint read when their block comes round again (a population of
+#: 256 in blocks of 64 rotates through four); beyond it the oldest are dropped.
+MEMORY_BYTES = 512 * 2**20
 
 
 def build_worker(target: WorkerTarget, storage: Storage, checkpoints: CheckpointStore) -> Worker:
@@ -103,8 +108,10 @@ class BlockWorker(Worker):
         self.block = block
         self._session: BlockSession | None = None
         self._ending: list[BlockSession] = []  # closed calls that may still run their tail
-        # The states the last block interval reported and recorded, by member (with their
-        # checkpoint): valid until the block trains again, which may change them in place.
+        # The states block intervals reported and recorded, by member (with their checkpoint),
+        # oldest first: the running call's until it trains again (which may change them in
+        # place), a closed call's until handed in to another call or over MEMORY_BYTES. A
+        # worker rotating through more members than one block reads none of them back.
         self._memory: dict[int, tuple[CheckpointRef, Any]] = {}
 
     # --- the loop ------------------------------------------------------------------------
@@ -120,7 +127,7 @@ class BlockWorker(Worker):
             self.lease_seconds,
             config.sync,
             self.block,
-            prefer=sorted(self._memory),
+            prefer=self._session.members if self._session is not None else sorted(self._memory),
         )
         if not claims:
             return False
@@ -233,7 +240,7 @@ class BlockWorker(Worker):
             seed = derive_seed(config.seed, TRAIN, member.id, step)
             specs.append(IntervalSpec(member.id, dict(hparams), seed, step, slot.state))
             slot.state = None  # the function holds it now
-        self._memory.clear()  # training may change the reported states in place
+        self._forget_states({slot.member.id for slot in slots}, {id(spec.state) for spec in specs})
         try:
             session = self._open_session(slots, specs)
             started = time.perf_counter()
@@ -291,6 +298,19 @@ class BlockWorker(Worker):
             apply_stop_criteria(self.storage, self.population_id, self.spec.config, self.spec.stop)
 
     # --- helpers -------------------------------------------------------------------------
+
+    def _forget_states(self, training: set[int], handed: set[int]) -> None:
+        """Forget the states that training may change in place (those of the ``training``
+        members, which the call holds, and those ``handed`` in to it, by ``id``), then the
+        oldest beyond :data:`MEMORY_BYTES`."""
+        memory = self._memory
+        for member in [m for m, (_, s) in memory.items() if m in training or id(s) in handed]:
+            del memory[member]
+        total = 0
+        for member in reversed(list(memory)):  # newest first
+            total += memory[member][0].size  # its checkpoint's: the state's size, known
+            if total > MEMORY_BYTES:
+                del memory[member]
 
     def _open_session(self, slots: list[_Slot], specs: list[IntervalSpec]) -> BlockSession:
         """The running call of the training function, started for this block if there is

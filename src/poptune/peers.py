@@ -20,6 +20,7 @@ has fitness ``-inf`` and ranks last. (``count_peers``, that rule as counts, live
 
 from __future__ import annotations
 
+import bisect
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
@@ -138,6 +139,8 @@ class ListPeers(Peers):
         self.me = me
         self._members = sorted([*others, me], key=lambda c: c.member)
         self._ranked: list[Candidate] | None = None
+        self._keys: list[tuple[float, int]] = []  # rank keys of _ranked, for bisect
+        self._key_of: dict[int, tuple[float, int]] = {}
 
     def __len__(self) -> int:
         """How many candidates there are."""
@@ -149,8 +152,13 @@ class ListPeers(Peers):
         return sum(c.fitness > -math.inf for c in self._members)
 
     def rank(self, member: Candidate) -> int:
-        """How many other candidates rank above ``member``."""
-        return count_peers(self._members, member.member, member.fitness).better
+        """How many other candidates rank above ``member`` (a search in the ranking, sorted
+        once: a block asks this of every member it holds)."""
+        self._ranking()
+        key = rank_key(member.fitness, member.member)
+        above = bisect.bisect_left(self._keys, key)
+        own = self._key_of.get(member.member)  # the member's own entry is not another
+        return above - (own is not None and own < key)
 
     def position(self, member: int) -> int:
         """How many other candidates have a lower member id than ``member``."""
@@ -158,11 +166,18 @@ class ListPeers(Peers):
 
     def best(self, k: int) -> Candidate:
         """The ``k``-th best candidate."""
+        ranked = self._ranking()
+        if not 0 <= k < len(ranked):
+            raise IndexError(f"There is no candidate ranked {k}: {len(ranked)} in all.")
+        return ranked[k]
+
+    def _ranking(self) -> list[Candidate]:
+        """The candidates best first (:func:`rank_key`), with their keys, sorted once."""
         if self._ranked is None:
             self._ranked = sorted(self._members, key=lambda c: rank_key(c.fitness, c.member))
-        if not 0 <= k < len(self._ranked):
-            raise IndexError(f"There is no candidate ranked {k}: {len(self._ranked)} in all.")
-        return self._ranked[k]
+            self._keys = [rank_key(c.fitness, c.member) for c in self._ranked]
+            self._key_of = {c.member: rank_key(c.fitness, c.member) for c in self._members}
+        return self._ranked
 
     def _at(self, index: int) -> Candidate:
         return self._members[index]
