@@ -106,20 +106,22 @@ class Decider:
         spec = self.spec
         if spec.exploit is None:
             return []
-        steps: dict[int, list[Candidate]] = {}
+        steps: dict[int, tuple[dict[int, Candidate], ListPeers | None]] = {}
         copies: list[tuple[int, Copy]] = []
         for index, claim in enumerate(claims):
             member = claim.member
             if not member.exploit_pending:
                 continue
             if member.step not in steps:
-                steps[member.step] = self._step_candidates(member.step)
-            population = steps[member.step]
-            me = next((c for c in population if c.member == member.id), None)
-            if me is None:  # not a candidate there (its checkpoint was dropped)
+                population = self._step_candidates(member.step)
+                peers = ListPeers(population, population[0]) if population else None
+                steps[member.step] = {c.member: c for c in population}, peers
+            candidates, peers = steps[member.step]
+            me = candidates.get(member.id)
+            if me is None or peers is None:  # not a candidate there (its checkpoint was dropped)
                 continue
             rng = rng_for(spec.config.seed, EXPLOIT, member.id, member.step)
-            donor = spec.exploit(me, ListPeers(population, me), rng)
+            donor = spec.exploit(me, peers.seen_by(me), rng)  # one sorting for the block
             if donor is None:
                 continue
             hparams = self._explore(donor, rng)

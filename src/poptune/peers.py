@@ -21,6 +21,7 @@ has fitness ``-inf`` and ranks last. (``count_peers``, that rule as counts, live
 from __future__ import annotations
 
 import bisect
+import copy
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
@@ -141,6 +142,17 @@ class ListPeers(Peers):
         self._ranked: list[Candidate] | None = None
         self._keys: list[tuple[float, int]] = []  # rank keys of _ranked, for bisect
         self._key_of: dict[int, tuple[float, int]] = {}
+
+    def seen_by(self, me: Candidate) -> ListPeers:
+        """The same peers as ``me`` sees them, sharing the sorting done so far (a block asks
+        for every member it holds); ``me`` must be one of the candidates, else the peers are
+        built anew as ``ListPeers(self, me)`` would be."""
+        if not any(c is me for c in self._members):
+            return ListPeers(self._members, me)
+        self._ranking()  # sorted once, here, for every copy
+        peers = copy.copy(self)
+        peers.me = me
+        return peers
 
     def __len__(self) -> int:
         """How many candidates there are."""
