@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import importlib
 import json
@@ -74,6 +75,55 @@ def test_resume_finishes_an_interrupted_population(storage_url, quick_run):
     assert result.status == "finished"
     out = invoke("resume", "cut", "--storage", storage_url, "--no-progress")
     assert out.exit_code == 0 and "finished" in out.output
+
+
+@pytest.mark.parametrize(
+    ("given", "recorded"),
+    [
+        ("3", 3),
+        ("1", 1),
+        ("600s", datetime.timedelta(minutes=10)),
+        ("10m", datetime.timedelta(minutes=10)),
+        ("1.5h", datetime.timedelta(minutes=90)),
+    ],
+)
+def test_resume_records_checkpoint_every_in_intervals_or_a_duration(
+    storage_url, quick_run, given, recorded
+):
+    quick_run(storage=storage_url, name="p", intervals=2, checkpoint_every=2, ready=pt.Every(2))
+    out = invoke(
+        "resume", "p", "--storage", storage_url, "--no-progress", "--intervals", "4",
+        "--checkpoint-every", given,
+    )  # fmt: skip
+    assert out.exit_code == 0, out.output
+    result = pt.load(storage_url, "p")
+    assert result.config.checkpoint_every == recorded
+    assert result.status == "finished" and [m.step for m in result.members] == [4, 4, 4]
+    out = invoke("resume", "p", "--storage", storage_url, "--no-progress", "--intervals", "5")
+    assert out.exit_code == 0
+    assert pt.load(storage_url, "p").config.checkpoint_every == recorded  # kept when left out
+
+
+@pytest.mark.parametrize("given", ["0", "-3", "10x", "10 m", "1e3s", "0s", "5.5", "m", "", "٣"])
+def test_resume_refuses_a_checkpoint_every_it_cannot_read(storage_url, quick_run, given):
+    quick_run(storage=storage_url, name="p", intervals=2)
+    out = CliRunner().invoke(
+        main, ["resume", "p", "--storage", storage_url, f"--checkpoint-every={given}"]
+    )
+    assert out.exit_code == 2  # a usage error: nothing was trained, nothing changed
+    assert "--checkpoint-every" in out.output and repr(given) in out.output
+    assert "e.g." in out.output  # what to give instead
+    assert pt.load(storage_url, "p").config.checkpoint_every is None
+
+
+def test_resume_refuses_a_duration_for_a_population_in_generations(storage_url, quick_run):
+    quick_run(storage=storage_url, name="sync", intervals=2, sync=True)
+    out = CliRunner().invoke(
+        main, ["resume", "sync", "--storage", storage_url, "--checkpoint-every", "10m"]
+    )
+    assert out.exit_code == 1
+    assert "sync=True" in out.output and "timedelta(seconds=600)" in out.output
+    assert pt.load(storage_url, "sync").config.checkpoint_every is None
 
 
 def test_workers_join_a_stored_population_from_the_command_line(storage_url, tmp_path, quick_run):

@@ -3,9 +3,11 @@ that never import the user's training code."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -89,6 +91,44 @@ def test_numpy_scalars_are_normalised_at_the_boundary():
 def test_invalid_fields_are_refused_with_one_message_template(change, message):
     with pytest.raises(pt.InvalidParameterError, match=message):
         _config(**change)
+
+
+@pytest.mark.parametrize(
+    ("every", "stored"),
+    [
+        (None, {}),
+        (3, {"checkpoint_every": 3}),
+        (timedelta(minutes=10), {"checkpoint_seconds": 600.0}),
+        (timedelta(milliseconds=1500), {"checkpoint_seconds": 1.5}),
+    ],
+)
+def test_checkpoint_every_round_trips_in_its_stored_form(every, stored):
+    config = _config(checkpoint_every=every)
+    data = config.to_dict()
+    assert {k: v for k, v in data.items() if k.startswith("checkpoint_")} == stored
+    json.dumps(data)  # what the storage keeps
+    assert PopulationConfig.from_dict(json.loads(json.dumps(data))) == config
+
+
+def test_checkpoint_every_recorded_by_older_releases_still_loads():
+    before = {k: v for k, v in _config().to_dict().items() if not k.startswith("checkpoint_")}
+    assert PopulationConfig.from_dict(before).checkpoint_every is None  # before issue 26
+    assert PopulationConfig.from_dict({**before, "checkpoint_every": 2}).checkpoint_every == 2
+    # a duration is kept under a key of its own, which an older release keeps without reading
+    # it (and checkpoints after every interval): it never sees a value it cannot read
+    assert "checkpoint_every" not in _config(checkpoint_every=timedelta(seconds=5)).to_dict()
+    both = {**before, "checkpoint_seconds": 60.0, "checkpoint_every": 4}  # set by one later
+    assert PopulationConfig.from_dict(both).checkpoint_every == 4
+    replaced = {**before, "checkpoint_seconds": None, "checkpoint_every": None}  # by resume
+    config = PopulationConfig.from_dict(replaced)
+    assert config.checkpoint_every is None and config.extra == {}
+
+
+@pytest.mark.parametrize("seconds", [0, -5.0, "600", float("nan")])
+def test_a_stored_duration_that_is_not_positive_is_refused(seconds):
+    data = {**_config().to_dict(), "checkpoint_seconds": seconds}
+    with pytest.raises(ValueError, match=r"'checkpoint_seconds' parameter must be a number > 0"):
+        PopulationConfig.from_dict(data)
 
 
 def test_unknown_stored_keys_are_kept():

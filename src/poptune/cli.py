@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import os
+import re
 import sys
 import time
 import traceback
@@ -62,6 +63,48 @@ _checkpoints_option = click.option(
     help="Where this machine finds the population's checkpoints, if not where they were "
     "recorded (the default folder next to a SQLite file moves with it).",
 )
+
+
+class CheckpointEvery(click.ParamType):
+    """``--checkpoint-every``: a number of intervals (``5``) or a duration of a member's
+    training (``600s``, ``10m``, ``1.5h``), read strictly."""
+
+    name = "K|DURATION"
+    _UNITS: Mapping[str, float] = {"s": 1.0, "m": 60.0, "h": 3600.0}
+    _FORMS = (
+        "a number of intervals (a whole number >= 1, e.g. 5) nor a duration of training (a "
+        "number and s, m or h, e.g. 600s, 10m, 1.5h)"
+    )
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> int | datetime.timedelta:
+        """``value`` as ``pt.run``'s ``checkpoint_every``: an int or a ``timedelta``."""
+        if isinstance(value, int | datetime.timedelta):
+            return value
+        text = str(value)
+        if re.fullmatch(r"[0-9]+", text):
+            if int(text) >= 1:
+                return int(text)
+            self.fail(
+                f"{text!r} intervals: give at least 1, e.g. 5 (1: after every interval), or a "
+                "duration such as 10m.",
+                param,
+                ctx,
+            )
+        found = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)([smh])", text)
+        if found is None:
+            self.fail(f"{text!r} is neither {self._FORMS}.", param, ctx)
+        seconds = float(found[1]) * self._UNITS[found[2]]
+        try:
+            duration = datetime.timedelta(seconds=seconds)
+        except OverflowError:
+            duration = datetime.timedelta(0)
+        if duration <= datetime.timedelta(0) or duration >= datetime.timedelta(days=10**6):
+            self.fail(
+                f"{text!r}: give a duration above 0 and below a million days, e.g. 10m.", param, ctx
+            )
+        return duration
 
 
 #: The options whose values are URLs that may carry a password or token.
@@ -592,6 +635,14 @@ def replay_command(
     default=None,
     help="A larger budget: members train on to this many intervals (default: the stored one).",
 )
+@click.option(
+    "--checkpoint-every",
+    type=CheckpointEvery(),
+    default=None,
+    help="Checkpoint a member every K intervals (1: after every one), or once a duration of "
+    "its training has passed (600s, 10m, 1.5h) and where it exploits; recorded with the "
+    "population (default: the recorded one). See docs/overhead.md.",
+)
 @_errors
 def resume(
     name: str,
@@ -601,14 +652,21 @@ def resume(
     progress: bool,
     devices: tuple[str, ...],
     intervals: int | None,
+    checkpoint_every: int | datetime.timedelta | None,
 ) -> None:
     """Continue population NAME to its full budget (after Ctrl-C, a crash or a failure), or
     to a larger one with --intervals."""
     devices = tuple(parse_device(device) for device in devices)
     result: Population = load(open_storage(storage, mode="write"), name, checkpoints)
+    # given only when given: resume keeps the recorded policy by default
+    options = {} if checkpoint_every is None else {"checkpoint_every": checkpoint_every}
     try:
         result = result.resume(
-            workers=workers, progress=progress, devices=devices or None, intervals=intervals
+            workers=workers,
+            progress=progress,
+            devices=devices or None,
+            intervals=intervals,
+            **options,
         )
     except KeyboardInterrupt:
         url = storage or default_storage_url()

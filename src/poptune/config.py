@@ -12,6 +12,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
+from numbers import Integral
 from typing import Any
 
 from ._validation import (
@@ -22,12 +24,18 @@ from ._validation import (
     check_str,
     invalid,
     jsonable,
+    plain,
 )
 from .records import Mode, PopulationRecord
 from .space import Space, space_from_dict
 from .strategies._base import canonical
 
-__all__ = ["PopulationConfig", "StrategyDescription"]
+__all__ = [
+    "PopulationConfig",
+    "StrategyDescription",
+    "check_checkpoint_every",
+    "stored_checkpoint_every",
+]
 
 #: A strategy as recorded: ``{"type": <name>, **parameters}`` (see ``strategies.describe``).
 StrategyDescription = Mapping[str, Any]
@@ -82,9 +90,11 @@ class PopulationConfig:
         replay_of: for a replay, ``{"population": name, "member": id}`` of what it replays.
         block: how many members one call of the training function trains together
             (``None``: one member per call); how workers schedule, not the algorithm.
-        checkpoint_every: a member's weights are checkpointed every this many intervals (at
-            the steps that are multiples of it, and at the budget) instead of after every one
-            (``None``); see :func:`poptune.run`.
+        checkpoint_every: when a member's weights are checkpointed instead of after every
+            interval (``None``): an int k, at the steps that are multiples of k (and at the
+            budget); a ``timedelta``, once that much of its training has passed since its last
+            checkpoint (and where it exploits, and at the budget). See :func:`poptune.run`.
+            Stored as ``checkpoint_every`` (intervals) or ``checkpoint_seconds`` (a number).
         legacy_steps: recorded by a release whose steps counted a member's own intervals, and
             not rewritten to the new meaning by the upgrade (why, or ``True``): read-only.
         extra: stored keys this release does not know (kept, so nothing is lost on a rewrite).
@@ -110,7 +120,7 @@ class PopulationConfig:
     schedule: tuple[Mapping[str, Any], ...] = ()
     replay_of: Mapping[str, Any] | None = None
     block: int | None = None
-    checkpoint_every: int | None = None
+    checkpoint_every: int | timedelta | None = None
     legacy_steps: bool | str = False
     extra: Mapping[str, Any] = field(default_factory=dict)
 
@@ -150,8 +160,7 @@ class PopulationConfig:
             put("replay_of", dict(self.replay_of))
         if self.block is not None:
             put("block", check_int("block", self.block, 1))
-        if self.checkpoint_every is not None:
-            put("checkpoint_every", check_int("checkpoint_every", self.checkpoint_every, 1))
+        put("checkpoint_every", check_checkpoint_every(self.checkpoint_every))
         if not isinstance(self.legacy_steps, str):
             put("legacy_steps", check_bool("legacy_steps", self.legacy_steps))
         put("extra", dict(self.extra))
@@ -188,8 +197,8 @@ class PopulationConfig:
             data["replay_of"] = dict(self.replay_of)
         if self.block is not None:
             data["block"] = self.block
-        if self.checkpoint_every is not None:
-            data["checkpoint_every"] = self.checkpoint_every
+        stored = stored_checkpoint_every(self.checkpoint_every)
+        data.update({key: value for key, value in stored.items() if value is not None})
         if self.legacy_steps:
             data["legacy_steps"] = self.legacy_steps
         return data
@@ -201,7 +210,8 @@ class PopulationConfig:
         Raises:
             ValueError: if a field is missing or invalid (the storage was edited by hand?).
         """
-        known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        # checkpoint_seconds is checkpoint_every's other stored form, not a field of its own
+        known = {f.name for f in dataclasses.fields(cls)} - {"extra"} | {_SECONDS}
         missing = [
             name
             for name in ("space", "metric", "mode", "population", "intervals", "seed")
@@ -222,6 +232,13 @@ class PopulationConfig:
             values["schedule"] = ()
         if values.get("started_at") is None:
             values["started_at"] = 0.0
+        seconds = values.pop(_SECONDS, None)
+        # Both are stored only if an older release, which keeps checkpoint_seconds without
+        # reading it, set intervals since: that is the later choice.
+        if seconds is not None and values.get("checkpoint_every") is None:
+            values["checkpoint_every"] = timedelta(
+                seconds=check_float(_SECONDS, seconds, 0, low_open=True)
+            )
         return cls(**values, extra={k: v for k, v in data.items() if k not in known})
 
     @classmethod
@@ -243,6 +260,52 @@ class PopulationConfig:
     def replace(self, **changes: Any) -> PopulationConfig:
         """A copy with ``changes`` applied (and validated)."""
         return dataclasses.replace(self, **changes)
+
+
+#: The stored key of a ``checkpoint_every`` given as a duration. A key of its own, so that a
+#: release before it keeps it (in ``extra``) and checkpoints after every interval, which is
+#: always sound, rather than failing to read the population.
+_SECONDS = "checkpoint_seconds"
+
+
+def check_checkpoint_every(value: Any) -> int | timedelta | None:
+    """``checkpoint_every`` checked: ``None``, an int >= 1 (intervals) or a positive
+    ``datetime.timedelta`` (of a member's training).
+
+    Raises:
+        InvalidParameterError: naming the value and the two forms.
+    """
+    if value is None:
+        return None
+    if isinstance(value, timedelta):
+        if value <= timedelta(0):
+            raise invalid(
+                "checkpoint_every",
+                "a positive duration when it is a timedelta",
+                value,
+                hint="Give the seconds of a member's training between its checkpoints, e.g. "
+                "timedelta(minutes=10).",
+            )
+        return value
+    number = plain(value)
+    if isinstance(number, bool) or not isinstance(number, Integral) or number < 1:
+        raise invalid(
+            "checkpoint_every",
+            "an int >= 1 (intervals) or a datetime.timedelta (of training), or None",
+            value,
+            hint="For seconds, pass e.g. timedelta(seconds=600).",
+        )
+    return int(number)
+
+
+def stored_checkpoint_every(value: int | timedelta | None) -> dict[str, Any]:
+    """``checkpoint_every`` as the storage keeps it: under ``checkpoint_every`` (intervals)
+    or ``checkpoint_seconds`` (a float), the other ``None`` (and both for ``None``), so that
+    updating both keys replaces any earlier form."""
+    return {
+        "checkpoint_every": value if isinstance(value, int) else None,
+        _SECONDS: value.total_seconds() if isinstance(value, timedelta) else None,
+    }
 
 
 def _mode_value(mode: Any) -> Any:

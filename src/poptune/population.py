@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Callable, Mapping, Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -105,7 +106,7 @@ def run(
     stop: Stop | Sequence[Stop] | None = None,
     trackers: Sequence[Tracker] | None = None,
     block: int | None = None,
-    checkpoint_every: int | None = None,
+    checkpoint_every: int | timedelta | None = None,
 ) -> Population:
     """Train a population with Population Based Training and return its results.
 
@@ -161,17 +162,25 @@ def run(
             together (stacked weights, ``vmap``). Recorded with the population, so ``resume``
             and ``poptune worker`` train it in blocks too. ``None`` (default): one member
             per call. A Trainable class cannot train blocks.
-        checkpoint_every: checkpoint a member every this many intervals (at the steps that
-            are multiples of it, and at the budget) instead of after every interval (``None``,
-            the default, like 1), for states so large that writing them costs training time.
-            A worker then trains a member that many intervals under one claim, in memory, and
-            records their scores with the checkpoint that follows them. What it guarantees: a
-            crash loses at most ``checkpoint_every`` intervals of a member's training (and
-            never a recorded score: nothing is recorded before its checkpoint); exploits
-            happen only at checkpointed steps, so every donor is on disk (or handed over from
-            memory in the same worker) when it is copied; leases, ``resume`` and ``poptune
-            worker`` work as before. Recorded with the population (``resume`` may change it).
-            Not with ``block``. See docs/overhead.md.
+        checkpoint_every: for states so large that writing them costs training time,
+            checkpoint a member less often than after every interval (``None``, the default,
+            like 1). A worker then trains a member on under one claim, in memory, and records
+            the scores of those intervals with the checkpoint that follows them (never before:
+            a crash loses no recorded score). Either a number of intervals, ``k``: at the
+            steps that are multiples of k; exploits happen only there, so choose
+            ``ready=pt.Every(k)`` (or a multiple). Or a ``datetime.timedelta`` of a member's
+            training (its train and evaluate, wall time, measured by the worker): at the first
+            interval boundary at which that much has passed since its last checkpoint, and at
+            every step where it is ready to exploit (``ready=pt.Every(n)`` sets how often:
+            with the default ``pt.Every(1)`` that is every step, and a warning says so);
+            exploits happen where they would without ``checkpoint_every``. Both also at the
+            budget and when a worker stops. What they guarantee: a crash loses at most ``k``
+            intervals, or that duration plus one interval, of a member's training; a donor is
+            always a committed checkpoint (or handed over from memory by the worker holding
+            it) when it is copied; leases, ``resume`` and ``poptune worker`` work as before.
+            Recorded with the population (``resume`` may change it). Not with ``block``; a
+            duration not with ``sync=True`` (which steps it checkpoints depends on timing).
+            See docs/overhead.md.
 
     Raises:
         ValueError / TypeError: for invalid arguments, naming the parameter and the value.
@@ -254,7 +263,7 @@ def resume(
     stop: Stop | Sequence[Stop] | None = _DEFAULT,
     trackers: Sequence[Tracker] | None = None,
     block: int | None = _DEFAULT,
-    checkpoint_every: int | None = _DEFAULT,
+    checkpoint_every: int | timedelta | None = _DEFAULT,
 ) -> Population:
     """Continue a stored population to its full budget with its stored configuration.
 
@@ -268,7 +277,7 @@ def resume(
     kept (a wall-clock limit counts from this call). ``trackers`` export while it trains, as
     in :func:`run`. ``block`` replaces the recorded block size (see :func:`run`; ``None``:
     one member per call); by default it is kept, and so is ``checkpoint_every`` (see
-    :func:`run`; ``None``: a checkpoint after every interval).
+    :func:`run`: intervals or a ``timedelta``; ``None``: a checkpoint after every interval).
 
     Raises:
         ValueError: if ``intervals`` is less than the population's budget.

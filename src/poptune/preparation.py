@@ -11,17 +11,20 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import numpy as np
 
 from ._imports import import_object, reference_of
-from ._validation import check_int, check_name, invalid
+from ._validation import check_int, check_name, invalid, plain
 from .blocks import check_block
 from .checkpoints import CheckpointStore
-from .config import PopulationConfig
+from .config import PopulationConfig, stored_checkpoint_every
+from .config import check_checkpoint_every as checked_checkpoint_every
 from .execution import Execution
 from .locations import open_checkpoint_store
 from .reconcile import check_continuable
@@ -41,11 +44,13 @@ from .trainable import check_trainable
 __all__ = [
     "ResumePlan",
     "RunPlan",
+    "check_checkpoint_every",
     "choose_runner",
     "default_resident",
     "prepare_resume",
     "prepare_run",
     "recorded_trainable",
+    "warn_every_interval",
 ]
 
 
@@ -120,7 +125,7 @@ def prepare_run(
     stop: Stop | Sequence[Stop] | None,
     trackers: Sequence[Tracker] | None,
     block: int | None = None,
-    checkpoint_every: int | None = None,
+    checkpoint_every: int | timedelta | None = None,
 ) -> RunPlan:
     """Check ``pt.run``'s arguments (see :func:`poptune.run`) in their fixed order and build
     the plan; ``exploit`` or ``explore`` equal to :data:`~poptune.runspec.KEEP`, and ``explore``
@@ -141,10 +146,11 @@ def prepare_run(
     if resident is not None:
         resident = check_int("resident", resident, 1)
     block = check_block(block, trainable)
-    checkpoint_every = check_checkpoint_every(checkpoint_every, block)
+    checkpoint_every = check_checkpoint_every(checkpoint_every, block, sync)
     runner = choose_runner(runner, workers, population, devices)
     trackers = check_trackers(trackers)
     exploit, explore, ready = _strategies(exploit, explore, ready, space)
+    warn_every_interval(checkpoint_every, exploit, ready)
     if seed is None:
         seed = int(np.random.SeedSequence().generate_state(1)[0])
     seed = check_int("seed", seed, 0)
@@ -239,7 +245,7 @@ def prepare_resume(
     intervals: int | None,
     stop: Stop | Sequence[Stop] | None,
     block: int | None = KEEP,
-    checkpoint_every: int | None = KEEP,
+    checkpoint_every: int | timedelta | None = KEEP,
 ) -> ResumePlan:
     """Check ``pt.resume``'s arguments (see :func:`poptune.resume`) against the stored
     population and import what it trains with; ``stop`` equal to
@@ -280,12 +286,15 @@ def prepare_resume(
     checked = check_checkpoint_every(
         changes.get("checkpoint_every", config.checkpoint_every),
         changes.get("block", config.block),
+        config.sync,
     )
-    if "checkpoint_every" in changes:
-        changes["checkpoint_every"] = checked
+    if "checkpoint_every" in changes:  # stored in its own form: see stored_checkpoint_every
+        del changes["checkpoint_every"]
+        changes.update(stored_checkpoint_every(checked))
     planned = config.replace(stop=tuple(changes["stop"])) if "stop" in changes else config
     explore = None if explore is KEEP else explore  # RunSpec.build keeps the recorded one
-    RunSpec.build(planned, trainable, exploit, explore, ready)  # its strategies import, too
+    spec = RunSpec.build(planned, trainable, exploit, explore, ready)  # its strategies import
+    warn_every_interval(checked, spec.exploit, spec.ready)
     return ResumePlan(
         record=record,
         intervals=intervals,
@@ -299,17 +308,20 @@ def prepare_resume(
     )
 
 
-def check_checkpoint_every(checkpoint_every: Any, block: int | None) -> int | None:
-    """``checkpoint_every`` checked: ``None`` (a checkpoint after every interval) or a positive
-    int, which blocks do not support yet.
+def check_checkpoint_every(
+    checkpoint_every: Any, block: int | None, sync: Any = False
+) -> int | timedelta | None:
+    """``checkpoint_every`` checked: ``None`` (a checkpoint after every interval), a positive
+    int (intervals) or a positive ``timedelta`` (of a member's training); blocks take neither,
+    and a synchronous run takes no duration.
 
     Raises:
         InvalidParameterError: naming the value and the fix.
     """
+    checkpoint_every = checked_checkpoint_every(checkpoint_every)
     if checkpoint_every is None:
         return None
-    checkpoint_every = check_int("checkpoint_every", checkpoint_every, 1)
-    if block is not None and checkpoint_every > 1:
+    if block is not None and checkpoint_every != 1:
         raise invalid(
             "checkpoint_every",
             "left out (or 1) with block=",
@@ -317,7 +329,39 @@ def check_checkpoint_every(checkpoint_every: Any, block: int | None) -> int | No
             hint="A block checkpoints every member after every interval; leave "
             "checkpoint_every out, or train without block=.",
         )
+    if isinstance(checkpoint_every, timedelta) and plain(sync) is True:
+        # Which steps a duration checkpoints depends on how fast each interval ran, and with
+        # them the donors and the loadable best: a synchronous run would no longer be the same
+        # for any number of workers.
+        raise invalid(
+            "checkpoint_every",
+            "an int (intervals) with sync=True, not a duration",
+            checkpoint_every,
+            hint="A synchronous run checkpoints the same steps on every run; give a number of "
+            "intervals (e.g. checkpoint_every=5 with ready=pt.Every(5)), or train with "
+            "sync=False.",
+        )
     return checkpoint_every
+
+
+def warn_every_interval(
+    checkpoint_every: int | timedelta | None,
+    exploit: Callable[..., Any] | None,
+    ready: Callable[..., Any] | None,
+) -> None:
+    """Warn when ``checkpoint_every`` is a duration that cannot save a write: a member
+    checkpoints wherever it exploits, and ``pt.Every(1)`` exploits after every interval."""
+    if not isinstance(checkpoint_every, timedelta) or exploit is None:
+        return
+    if isinstance(ready, Every) and ready.period == 1:
+        warnings.warn(
+            f"checkpoint_every={checkpoint_every!r} with ready={ready!r}: a member is "
+            f"checkpointed at every step where it may exploit (a donor must be on disk), here "
+            f"every step from {max(ready.burn_in, 1)} on, so the duration saves no write there. "
+            "Pass ready=pt.Every(n) to exploit, and so checkpoint, every n intervals.",
+            UserWarning,
+            stacklevel=4,  # the caller of pt.run / resume
+        )
 
 
 def recorded_trainable(record: PopulationRecord) -> type:

@@ -17,7 +17,7 @@ from typing import Any
 
 from ._validation import invalid
 from .checkpoints import CheckpointStore
-from .config import PopulationConfig
+from .config import PopulationConfig, stored_checkpoint_every
 from .deletion import delete_population
 from .errors import PopulationError
 from .liveness import expire_dead_local_claims
@@ -72,7 +72,7 @@ def reconcile(
             "stop": [dict(d) for d in config.stop],
             "started_at": config.started_at,
             "block": config.block,  # how to schedule, not the algorithm: this run's
-            "checkpoint_every": config.checkpoint_every,  # likewise how to persist
+            **stored_checkpoint_every(config.checkpoint_every),  # likewise how to persist
         },
     )
     log.warning(

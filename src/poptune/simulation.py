@@ -50,6 +50,7 @@ import weakref
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, cast
 
@@ -61,7 +62,7 @@ from .checkpoints import CheckpointStore, open_checkpoints
 from .errors import PopulationError
 from .loop import BlockContext, Context
 from .population import load, run
-from .records import CheckpointRef, IntervalRecord, PopulationStatus
+from .records import Candidate, CheckpointRef, IntervalRecord, PopulationStatus
 from .runspec import WorkerTarget
 from .seeding import TRAIN, derive_seed
 from .space import Choice, Uniform
@@ -164,6 +165,9 @@ class SimTrainable(Trainable):
         self.w = self.w + noise
         self.trained += 1
         self.trail.append(self.seed)
+        actor = _ACTORS.get(threading.current_thread())
+        if actor is not None:  # the interval's training time, on its worker's training clock
+            actor.slot.trained_seconds += interval_seconds(self.seed)
 
     def evaluate(self) -> dict[str, float]:
         """``score`` (higher is better) and ``trained``."""
@@ -187,6 +191,12 @@ class SimTrainable(Trainable):
         self.trained = int(state["trained"])
         self.trail = [int(s) for s in state["trail"]]
         self.parent = int(state.get("parent", 0))
+
+
+def interval_seconds(seed: int) -> float:
+    """How long the simulated interval of ``seed`` trains, in virtual seconds: 0.5 to 2.0,
+    drawn from the seed alone, so that the simulator knows every interval's time."""
+    return random.Random(seed).uniform(0.5, 2.0)
 
 
 def sim_space() -> dict[str, Any]:
@@ -297,7 +307,8 @@ class SimulationResult:
     other the one before it, and that checkpoint's weights trained exactly the whole chain; no
     exploit copies a donor without a committed checkpoint (``donor``); no score without its
     checkpoint, or (``checkpoint_every``) without the checkpoint recorded in the same
-    transaction that persists its training (``checkpoint``); no file the storage refers to is
+    transaction that persists its training, and (a duration) less than it trained before that
+    checkpoint, which was due (``checkpoint``); no file the storage refers to is
     missing, unless the simulator removed it (``missing``); no dead worker's lease outlives
     ``lease_seconds`` (``lease``); a synchronous run equals the uninterrupted run (``sync``); a
     worker ends only as documented (``worker``); nothing hangs (``hang``).
@@ -650,6 +661,8 @@ class _Slot:
     died_at: float | None = None
     expect_error: bool = False
     raise_next: bool = False  # its training function raises in its next interval
+    #: virtual seconds its members have trained: the clock of its checkpoint policy
+    trained_seconds: float = 0.0
 
     @property
     def alive(self) -> bool:
@@ -730,6 +743,14 @@ class _Simulation:
         # Drawn apart, so that the seeds of Trainable classes replay as they did before blocks
         # and functions were simulated.
         kind = KINDS[self.seed % len(KINDS)]
+        # A duration (of the virtual seconds of interval_seconds) for half the asynchronous
+        # members and functions that drew none, from a generator of its own; with a period of
+        # 2 or 3, so that time, not readiness, checkpoints some of their steps.
+        timed = random.Random(f"{self.seed}:checkpoint_seconds")
+        untimed = settings["checkpoint_every"] is None and not settings["sync"]
+        if kind != "block" and untimed and timed.random() < 0.5:
+            settings["checkpoint_every"] = timedelta(seconds=timed.choice([1.5, 2.5, 4.0]))
+            settings["period"] = timed.choice([2, 3])
         apart = random.Random(f"poptune-sim-block-{self.seed}")
         size = apart.randint(2, settings["population"])
         own = apart.random() < 0.5  # each worker draws its own block size
@@ -870,7 +891,10 @@ class _Simulation:
             origin = self.weights[self.paths[tuple(first.origin)]][0]  # type: ignore[index]
             if self.weights[ref.path][1] != origin:
                 self.violate("origin", f"{where}: its weights did not start from the origin's")
-        if len(earlier) >= (self.settings.get("checkpoint_every") or 1):
+        every = self.settings.get("checkpoint_every")
+        if isinstance(every, timedelta):
+            self._check_timed(chain, seeds, every.total_seconds(), where)
+        elif len(earlier) >= (every or 1):
             self.violate(
                 "checkpoint",
                 f"{where}: {len(earlier)} intervals recorded before it "
@@ -879,6 +903,37 @@ class _Simulation:
         self.committed[key] = trail
         self.paths[key] = ref.path
         self.persisted_by.update({(i.member, i.step): key for i in earlier})
+
+    def _check_timed(
+        self, chain: Sequence[IntervalRecord], seeds: Sequence[int], limit: float, where: str
+    ) -> None:
+        """``checkpoint_every`` a duration: the chain's intervals before its last trained less
+        than ``limit`` seconds, and none of them was ready to exploit; its last was due (it
+        reached the limit, its member may exploit there, or it is the budget)."""
+        seconds = [interval_seconds(seed) for seed in seeds]
+        before, last = sum(seconds[:-1]), chain[-1]
+        if before >= limit + 1e-9:
+            self.violate(
+                "checkpoint",
+                f"{where}: {before:.2f} s of training recorded before it without a checkpoint "
+                f"(checkpoint_every {limit} s)",
+            )
+        ready = [i.step for i in chain[:-1] if self._exploits_at(i.step)]
+        if ready:
+            self.violate("checkpoint", f"{where}: ready at steps {ready}, yet not checkpointed")
+        due = last.step >= self.settings["intervals"] or self._exploits_at(last.step)
+        if not due and before + seconds[-1] < limit - 1e-9:
+            self.violate(
+                "checkpoint",
+                f"{where}: checkpointed after {before + seconds[-1]:.2f} s of training, before "
+                f"it was due (checkpoint_every {limit} s)",
+            )
+
+    def _exploits_at(self, step: int) -> bool:
+        """Whether a member may copy a donor after ``step`` (where a duration checkpoints)."""
+        s = self.settings
+        ready = Every(s["period"], s["burn_in"])
+        return s["exploit"] is not None and ready(Candidate(0, step, None, 0.0))
 
     def violate(self, invariant: str, message: str) -> None:
         self.note(f"  VIOLATION {invariant}: {message}")
@@ -997,6 +1052,7 @@ class _Simulation:
             **options,
         )
         worker.housekeeper.threaded = False
+        worker.persistence.clock = lambda: slot.trained_seconds
         _break(worker, self.break_guarantee)
         worker.new_writer = lambda: _SimWriter(self, slot)
         worker._background_bytes = 0 if self.settings["background"] else 1 << 62
@@ -1344,6 +1400,8 @@ def _break(worker: Worker, guarantee: str | None) -> None:
     """Break one of the worker's guarantees on purpose (see :func:`simulate_one`)."""
     if guarantee == "drifted_handover" and isinstance(worker, BlockWorker):
         worker._memory = _Drifted()
+    elif guarantee == "timeless":
+        worker.persistence.clock = lambda: 0.0
     elif guarantee == "no_tail_wait":
         close = worker.close_members
         worker.close_members = lambda wait=False: close(False)  # type: ignore[method-assign]
@@ -1418,7 +1476,8 @@ def simulate_one(
     that the simulator notices: ``"fencing"`` (memory storage only) takes writes under lost
     claims, ``"delete_after_commit"`` deletes every checkpoint's file once it is committed,
     ``"drifted_handover"`` makes a block worker hand over donors' states that differ from their
-    checkpoints, ``"no_tail_wait"`` lets a stopping worker leave its training functions running.
+    checkpoints, ``"no_tail_wait"`` lets a stopping worker leave its training functions running,
+    ``"timeless"`` stops the clock of the workers' checkpoint policy (a duration never passes).
 
     Raises:
         ValueError: if ``storage`` is none of those.

@@ -27,13 +27,13 @@ from . import serialization
 from .checkpoints import CheckpointStore, population_folder, population_folders
 from .decisions import Decider
 from .errors import PopulationError
-from .failures import _UserCodeFailed, record_failure
+from .failures import _UserCodeFailed, record_failure, user_code
 from .housekeeping import GC_MIN_SECONDS as GC_MIN_SECONDS
 from .housekeeping import GC_SPACING as GC_SPACING
 from .housekeeping import Housekeeper
 from .live import FUNCTION_EXIT_SECONDS as FUNCTION_EXIT_SECONDS
 from .live import LiveMember, LiveMembers
-from .persistence import checkpointed, continued, exploit_step, save_checkpoint
+from .persistence import CheckpointPolicy, continued, save_checkpoint
 from .records import CheckpointRef, IntervalRecord, MemberRecord
 from .restore import Restorer
 from .runspec import KEEP as KEEP
@@ -91,6 +91,8 @@ class Worker:
         self.new_writer: Callable[[], BackgroundWriter] = BackgroundWriter
         self._background_bytes = int(os.environ.get("POPTUNE_BACKGROUND_BYTES", BACKGROUND_BYTES))
         self.decider = Decider(spec, storage, population_id)
+        #: when members are checkpointed (its clock may be swapped, as the simulator does)
+        self.persistence = CheckpointPolicy(spec.config)
         self.housekeeper = Housekeeper(
             storage,
             checkpoints,
@@ -190,9 +192,9 @@ class Worker:
         """One member, one interval: exploit if due, restore, train and evaluate; the checkpoint
         is saved and the interval recorded in the background (:meth:`flush` waits for it).
 
-        With ``checkpoint_every`` (see :meth:`checkpoints_at`) the member trains on, under the
-        same claim and in memory, until a step it checkpoints; the intervals before it are
-        recorded with that checkpoint, so a crash loses them all and records none of them.
+        With ``checkpoint_every`` (see :meth:`checkpoints_after`) the member trains on, under
+        the same claim and in memory, until an interval it checkpoints; the intervals before it
+        are recorded with that checkpoint, so a crash loses them all and records none of them.
         """
         self._held[claim.member.id] = claim
         earlier: list[IntervalRecord] = []
@@ -204,11 +206,13 @@ class Worker:
                     self._forget(claim)
                     return  # it copied weights that are at the budget: the member is done
             member, live = self.restorer.restore(claim, member, restore)
-            while not self.checkpoints_at(member.step + 1):
-                interval, _ = self.train_one_interval(live, member, state=False)
+            started = self.persistence.start()
+            interval, _ = self.train_one_interval(live, member, state=False)
+            while not self.checkpoints_after(interval, started):
                 earlier.append(interval)
                 member = continued(member, interval)
-            interval, state = self.train_one_interval(live, member)
+                interval, _ = self.train_one_interval(live, member, state=False)
+            state = user_code(live.session.state)
         except _UserCodeFailed as failure:
             self._record_failure(claim, failure)  # intervals not checkpointed yet are lost
             return
@@ -226,11 +230,13 @@ class Worker:
             self.writer.flush()
             job()
 
-    def checkpoints_at(self, step: int) -> bool:
-        """Whether the interval that reaches ``step`` is checkpointed (see
-        :func:`poptune.persistence.checkpointed`; a worker asked to stop checkpoints)."""
+    def checkpoints_after(self, interval: IntervalRecord, started: float) -> bool:
+        """Whether ``interval``, of a member restored at ``started``, is checkpointed (see
+        :class:`poptune.persistence.CheckpointPolicy`; a worker asked to stop checkpoints)."""
         stopping = self._stop is not None and self._stop.is_set()
-        return checkpointed(self.spec.config, step, stopping)
+        return self.persistence.checkpoints(
+            interval.step, started, stopping, ready=lambda: self._ready(interval)
+        )
 
     def flush(self, timeout: float | None = None) -> None:
         """Wait until every trained interval is saved and recorded (re-raising a failure); with
@@ -305,7 +311,14 @@ class Worker:
     def _exploits_after(self, interval: IntervalRecord) -> bool:
         """Whether the member is due to exploit after ``interval`` (checkpointed): it is ready,
         at a step where exploits happen (:func:`poptune.persistence.exploit_step`)."""
-        return exploit_step(self.spec.config, interval.step) and bool(
+        return self.persistence.exploits(interval.step) and bool(
+            self.spec.ready(self.decider.candidate(interval))
+        )
+
+    def _ready(self, interval: IntervalRecord) -> bool:
+        """Whether the member would copy a donor after ``interval`` (a member checkpoints
+        there, with ``checkpoint_every`` a duration, so that it exploits at a checkpoint)."""
+        return self.spec.exploit is not None and bool(
             self.spec.ready(self.decider.candidate(interval))
         )
 
