@@ -54,7 +54,17 @@ import numpy as np
 
 from .errors import SerializationError
 
-__all__ = ["Directory", "SerializationError", "array_bytes", "copy", "dump", "dumps", "load"]
+__all__ = [
+    "Directory",
+    "Encoded",
+    "SerializationError",
+    "array_bytes",
+    "copy",
+    "dump",
+    "dumps",
+    "encode",
+    "load",
+]
 
 MAGIC = b"POPTUNE\x00CKPT"
 #: The newest format version this poptune reads and writes (2: directories); a file without a
@@ -416,8 +426,44 @@ def _tree(state: Any) -> _Encoder:
     return encoder
 
 
-def _encode(state: Any) -> tuple[bytes, list[memoryview]]:
-    """The prefix and header of ``state``'s file, and the buffers that follow them."""
+class Encoded:
+    """A state laid out in poptune's format without a copy: its prefix and header, then views
+    of the memory of its arrays and tensors. It knows the file's :attr:`size` before a byte is
+    written, so the bytes can go into a buffer of that size (a shared-memory segment).
+
+    Example:
+        >>> encoded = encode({"w": np.zeros(2)})
+        >>> b"".join(encoded.parts()) == dumps({"w": np.zeros(2)})
+        True
+    """
+
+    __slots__ = ("buffers", "head")
+
+    def __init__(self, head: bytes, buffers: list[memoryview]) -> None:
+        self.head = head
+        self.buffers = buffers
+
+    @property
+    def size(self) -> int:
+        """The number of bytes of the file: what :func:`dump` writes."""
+        return len(self.head) + sum(_align(buffer.nbytes) for buffer in self.buffers)
+
+    def parts(self) -> Iterator[memoryview]:
+        """The file's bytes, in order: the head, then each buffer followed by its padding."""
+        yield memoryview(self.head)
+        for buffer in self.buffers:
+            yield buffer
+            padding = _align(buffer.nbytes) - buffer.nbytes
+            if padding:
+                yield memoryview(_ZEROS)[:padding]
+
+
+def encode(state: Any) -> Encoded:
+    """``state`` in poptune's format, its arrays not copied (see :class:`Encoded`).
+
+    Raises:
+        TypeError, ValueError: as :func:`dump`.
+    """
     encoder = _tree(state)
     tree = encoder.tree
     sizes = [buffer.nbytes for buffer in encoder.buffers]
@@ -427,7 +473,7 @@ def _encode(state: Any) -> tuple[bytes, list[memoryview]]:
     length = _align(_PREFIX + len(header)) - _PREFIX
     version = bytes([encoder.version])
     head = MAGIC + version + struct.pack("<Q", length) + header.ljust(length).encode()
-    return head, encoder.buffers
+    return Encoded(head, encoder.buffers)
 
 
 def _align(size: int) -> int:
@@ -444,16 +490,10 @@ def dump(state: Any, file: BinaryIO) -> int:
             ``state['optimizer']['state'][0]['foo']``, and its type.
         ValueError: if the state contains itself.
     """
-    head, buffers = _encode(state)
-    file.write(head)
-    total = len(head)
-    for buffer in buffers:
-        file.write(buffer)
-        padding = _align(buffer.nbytes) - buffer.nbytes
-        if padding:
-            file.write(_ZEROS[:padding])
-        total += buffer.nbytes + padding
-    return total
+    encoded = encode(state)
+    for part in encoded.parts():
+        file.write(part)
+    return encoded.size
 
 
 def dumps(state: Any) -> bytes:
@@ -468,14 +508,13 @@ def dumps(state: Any) -> bytes:
 
 def _pack(state: Any) -> bytearray:
     """``state`` in poptune's format, laid out in one new buffer (every array copied once)."""
-    head, buffers = _encode(state)
-    data = bytearray(len(head) + sum(_align(buffer.nbytes) for buffer in buffers))
+    encoded = encode(state)
+    data = bytearray(encoded.size)
     view = memoryview(data)
-    view[: len(head)] = head
-    position = len(head)
-    for buffer in buffers:
-        view[position : position + buffer.nbytes] = memoryview(buffer).cast("B")
-        position += _align(buffer.nbytes)
+    position = 0
+    for part in encoded.parts():
+        view[position : position + part.nbytes] = part.cast("B")
+        position += part.nbytes
     return data
 
 
