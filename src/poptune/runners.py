@@ -85,15 +85,17 @@ class InProcessRunner:
         build_worker(target, storage, checkpoints).run()
 
 
-def _worker_main(target: WorkerTarget, stop: Any, environment: Mapping[str, str]) -> None:
-    """Entry point of a worker process: set its environment (its device), then run a worker."""
+def _worker_main(
+    target: WorkerTarget, stop: Any, environment: Mapping[str, str], shared_memory: bool = False
+) -> None:
+    """Entry point of a worker process: set its environment (its device), then run a worker
+    (handing large checkpoints to the other workers through ``shared_memory``)."""
     # First of all: CUDA reads CUDA_VISIBLE_DEVICES once, when user code initialises it.
     apply_environment(environment)
     # A child that sees Ctrl-C (the terminal sends it to the whole process group) releases its
     # member and exits quietly; one that does not stops after its interval when ``stop`` is set.
     try:
-        # Every worker runs on this machine: large donors go through shared memory.
-        run_target(target, stop, shared_memory=True)
+        run_target(target, stop, shared_memory=shared_memory)
     except KeyboardInterrupt:
         sys.exit(130)
     except PopulationError as error:
@@ -107,11 +109,11 @@ class LocalProcessRunner:
     Processes are forked on Linux (fast start, the trainable class is inherited) and spawned
     elsewhere (the trainable must then be importable, e.g. defined at module level).
 
-    On Linux, a worker hands the large checkpoints it saves in a local folder to the other
-    workers through shared memory (``/dev/shm``), so that an exploit of a donor saved by
-    another worker does not read its file (see :mod:`poptune.handover`;
-    ``POPTUNE_SHARED_MEMORY=0`` turns it off). The segments left by a killed worker are removed
-    when the run ends, or when the population runs again.
+    On Linux, with two workers or more, each hands the large checkpoints (16 MB and more) it
+    saves in a local folder to the others through shared memory (``/dev/shm``), so that an
+    exploit of a donor saved by another worker does not read its file (see
+    :mod:`poptune.handover`; ``POPTUNE_SHARED_MEMORY=0`` turns it off). The segments left by a
+    killed worker are removed when the run ends, or when the population runs again.
 
     ``devices`` (e.g. ``["cuda:0", "cuda:1"]``) gives worker ``i`` the device
     ``devices[i % len(devices)]``: its process sees only that GPU, as ``cuda:0``, and finds its
@@ -179,7 +181,9 @@ class LocalProcessRunner:
         processes = [
             context.Process(
                 target=_worker_main,
-                args=(target, stop, environment),
+                # Every worker runs on this machine: with two or more, large donors go from
+                # one to another through shared memory.
+                args=(target, stop, environment, self.workers > 1),
                 name=f"poptune-worker-{index}",
                 daemon=False,
             )
