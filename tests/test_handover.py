@@ -176,15 +176,17 @@ def test_a_segment_someone_maps_is_never_rewritten(tmp_path: Path, database: str
     writer.close()
 
 
-def test_segments_stay_bounded_and_go_with_their_checkpoints(tmp_path: Path, database: str):
+def test_segments_stay_bounded_and_are_reused(tmp_path: Path, database: str):
     store = LocalCheckpoints(tmp_path, shared_memory=True)
     folder = population_folder(database, 1)
     refs = [store.save(folder, member, 1, large(member)) for member in range(SEGMENTS + 2)]
     kept = [segment_name(ref) for ref in refs[-SEGMENTS:]]
     assert segments(database) == sorted(kept), "the latest SEGMENTS, oldest dropped first"
     assert same(store.load(refs[0]), large(0)), "an older one is read from its file"
-    store.delete(refs[-1])  # collected: its segment goes with its file
-    assert segment_name(refs[-1]) not in segments(database)
+    store.delete(refs[-1])  # collected: the next save overwrites its segment
+    new = store.save(folder, 99, 1, large(9))
+    assert segments(database) == sorted([*kept[:-1], segment_name(new)])
+    assert same(store.load(new), large(9))
     store.close()
     assert segments(database) == []
 

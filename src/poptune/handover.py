@@ -23,9 +23,9 @@ What makes a segment safe to use:
   segment's pages only under an exclusive lock, which it cannot get while a reader maps it.
 
 Memory stays bounded: a worker keeps at most :data:`SEGMENTS` segments (the latest checkpoint
-of each member it saved last, oldest dropped first), replaces a member's segment when it saves
-the member again, deletes the segment of a checkpoint whose file is deleted, leaves half of
-``/dev/shm`` and a quarter of the memory free, and deletes its segments when it stops. The
+of each member it saved last, oldest dropped first), overwrites a member's segment when it saves
+the member again (or one whose checkpoint was collected), leaves half of ``/dev/shm`` and a
+quarter of the memory free, and deletes its segments when it stops. The
 segments of a killed worker are removed by :func:`sweep_segments`, which the local-process
 runner calls before it starts its workers and after they stopped: it removes only segments
 that are provably the population's own (their name, and their owner) and whose writing
@@ -170,7 +170,7 @@ class Segment:
 @dataclass
 class _Published:
     fd: int  # kept open: the writer locks it exclusively before reusing the segment
-    member: int
+    member: int | None  # None: its checkpoint was collected, its pages wait to be reused
     length: int
 
 
@@ -182,8 +182,8 @@ class Segments:
     housekeeping thread discards.
     """
 
-    def __init__(self, keep: int = SEGMENTS) -> None:
-        self.keep = keep
+    def __init__(self, keep: int | None = None) -> None:
+        self.keep = SEGMENTS if keep is None else keep
         self._published: OrderedDict[str, _Published] = OrderedDict()
         self._reserved: set[str] = set()
         self._lock = threading.Lock()
@@ -193,14 +193,17 @@ class Segments:
 
     def reserve(self, folder: str, member: int, size: int) -> Segment | None:
         """A segment for a new checkpoint of ``member`` in ``folder`` of ``size`` bytes; the
-        member's previous segment (or, with :data:`SEGMENTS` kept, the oldest) is reused when
-        no reader maps it. ``None`` if the folder is not handed over or memory is short."""
+        member's previous segment (else one whose checkpoint was collected, else, with
+        :attr:`keep` segments, the oldest) is reused when no reader maps it. ``None`` if the
+        folder is not handed over or memory is short."""
         prefix = _folder_prefix(folder)
         if prefix is None:
             return None
         length = _HEADER + _padded(size)
         with self._lock:
             old = next((n for n, p in self._published.items() if p.member == member), None)
+            if old is None:  # one whose checkpoint was collected
+                old = next((n for n, p in self._published.items() if p.member is None), None)
             if old is None and len(self._published) >= self.keep:
                 old = next(iter(self._published))
             published = self._published.pop(old) if old is not None else None
@@ -381,18 +384,18 @@ class Segments:
     # --- cleaning up -----------------------------------------------------------------------
 
     def discard(self, ref: CheckpointRef) -> None:
-        """Delete the segment of checkpoint ``ref`` (its file is being deleted), whichever
-        worker of the population wrote it."""
+        """Checkpoint ``ref`` was collected (its file is being deleted): if this process wrote
+        its segment, the next save reuses the segment's pages (new pages cost more to
+        allocate than to overwrite). The segment of another process stays its writer's, within
+        its bound, until it reuses or deletes it."""
         name = segment_name(ref)
         if name is None:
             return
         with self._lock:
-            published = self._published.pop(name, None)
-        if published is not None:
-            _unlink(name)
-            os.close(published.fd)
-        elif _ours(name):
-            _unlink(name)
+            published = self._published.get(name)
+            if published is not None:
+                published.member = None
+                self._published.move_to_end(name, last=False)
 
     def close(self) -> None:
         """Delete every segment this process published or reserved (the worker stops)."""
