@@ -276,17 +276,18 @@ class Segments:
         """Make a filled segment findable as checkpoint ``ref`` (whose bytes it holds)."""
         name = segment_name(ref)
         checksum = ref.checksum.encode()
-        if name is None or len(checksum) > _CHECKSUM_MAX or ref.size != segment.size:
-            self.abort(segment)
-            return
-        fields = _FIELDS.pack(_MAGIC, os.getpid(), _own_start(), ref.size, len(checksum))
-        segment.mapping[: len(fields) + len(checksum)] = fields + checksum
-        segment.view.release()
-        segment.mapping.close()
-        try:
+        try:  # never raises: the checkpoint is written, the segment is only an optimisation
+            if name is None or len(checksum) > _CHECKSUM_MAX or ref.size != segment.size:
+                raise ValueError(f"it does not hold checkpoint {ref.path!r:.200}")
+            fields = _FIELDS.pack(_MAGIC, os.getpid(), _own_start(), ref.size, len(checksum))
+            segment.mapping[: len(fields) + len(checksum)] = fields + checksum
+            segment.view.release()
+            segment.mapping.close()
+            # A name another user planted is not replaced (EPERM in /dev/shm, which is sticky).
             os.rename(_path(segment.name), _path(name))
-        except OSError:
-            self._drop(segment.name, segment.fd)
+        except (OSError, ValueError, BufferError) as error:
+            log.debug("Shared-memory segment %s not published: %s", segment.name, error)
+            self.abort(segment)
             return
         fcntl.flock(segment.fd, fcntl.LOCK_UN)  # readers may lock it now
         with self._lock:
@@ -302,9 +303,9 @@ class Segments:
 
     def abort(self, segment: Segment) -> None:
         """Give up a reserved segment (its checkpoint was not written)."""
-        with contextlib.suppress(ValueError):
-            segment.view.release()
-        segment.mapping.close()
+        segment.view.release()
+        with contextlib.suppress(BufferError):  # a view still held: closed when it goes
+            segment.mapping.close()
         self._drop(segment.name, segment.fd)
 
     def _drop(self, name: str, fd: int) -> None:
