@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 import pickle
+import uuid
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from poptune import checkpoints, serialization
+from poptune import checkpoints, handover, serialization
 from poptune.checkpoints import (
     DIRECT_BYTES,
     PACKED_BYTES,
@@ -17,6 +18,7 @@ from poptune.checkpoints import (
     CheckpointError,
     LocalCheckpoints,
     open_checkpoints,
+    population_folder,
 )
 
 
@@ -225,6 +227,33 @@ def test_a_direct_save_into_a_longer_spare_is_cut_to_size(tmp_path: Path):
     assert (tmp_path / ref.path).stat().st_ino == inode
     assert (tmp_path / ref.path).stat().st_size == ref.size
     np.testing.assert_array_equal(store.load(ref)["w"], _large_state()["w"])
+
+
+@pytest.mark.skipif(not handover.available(), reason="needs a tmpfs /dev/shm")
+@pytest.mark.parametrize("write", ["direct", "buffered", "direct refused"])
+def test_a_checkpoint_written_from_shared_memory_has_the_same_bytes(
+    tmp_path: Path, write: str, monkeypatch: pytest.MonkeyPatch
+):
+    if write == "direct refused":
+
+        def refuse(path: Path, flags: int) -> int:
+            raise checkpoints._DirectRefused("Invalid argument")
+
+        monkeypatch.setattr(checkpoints, "_open_direct", refuse)
+    folder = population_folder(uuid.uuid4().hex[:16], 1)
+    store = LocalCheckpoints(tmp_path / "a", direct=write != "buffered", shared_memory=True)
+    ref = store.save(folder, 0, 1, _large_state())
+    try:
+        assert handover.segment_name(ref) in os.listdir("/dev/shm")  # the file came from there
+        plain = LocalCheckpoints(tmp_path / "b", direct=False).save(folder, 0, 1, _large_state())
+        assert (ref.size, ref.checksum) == (plain.size, plain.checksum)
+        assert (tmp_path / "a" / ref.path).read_bytes() == (
+            tmp_path / "b" / plain.path
+        ).read_bytes()
+        assert store.direct is (write == "direct")
+    finally:
+        store.close()
+    assert handover.segment_name(ref) not in os.listdir("/dev/shm")
 
 
 def test_a_filesystem_without_direct_io_falls_back_to_the_page_cache(tmp_path: Path, monkeypatch):

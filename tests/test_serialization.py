@@ -30,6 +30,7 @@ from poptune.serialization import (
     copy,
     dump,
     dumps,
+    encode,
     load,
 )
 
@@ -121,6 +122,22 @@ def test_round_trip_is_exact(value):
 )
 def test_documented_conversions(value, expected):
     assert same(expected, load(dumps(value)))
+
+
+@pytest.mark.parametrize(
+    "state",
+    [
+        {"w": np.arange(13, dtype=np.float32), "b": b"xyz", "n": None},
+        [np.zeros((3, 5)), bytearray(65), (1, 2.5)],
+        {"model": Directory({"config.json": b"{}"}), "step": 3},
+        {},
+    ],
+)
+def test_encode_lays_out_exactly_what_dump_writes(state):
+    encoded = encode(state)
+    data = dumps(state)
+    assert b"".join(encoded.parts()) == data
+    assert encoded.size == len(data)
 
 
 def test_subclasses_of_scalars_come_back_as_the_base_type():

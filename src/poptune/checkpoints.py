@@ -30,7 +30,7 @@ from typing import Any, BinaryIO, Protocol
 
 import xxhash
 
-from . import serialization
+from . import handover, serialization
 from ._redact import redact_text, redact_url
 from ._validation import check_int, invalid
 from .errors import CheckpointCorrupt, CheckpointError, CheckpointMissing, UnsafeCheckpointPath
@@ -258,6 +258,13 @@ class LocalCheckpoints:
     later saves overwrite them instead of allocating new files; smaller ones are laid out in
     memory, written in one call and deleted when collected.
 
+    With ``shared_memory=True`` (what the workers of :class:`~poptune.LocalProcessRunner` use),
+    a checkpoint of :data:`~poptune.handover.SHARED_BYTES` (16 MB) or more is laid out in a
+    shared-memory segment and its file written from there, and a checkpoint is read from its
+    segment, verified by its checksum, when one is on this machine: worker processes hand large
+    donors over through memory (see :mod:`poptune.handover`). It is on only on Linux with a
+    tmpfs ``/dev/shm``, and ``POPTUNE_SHARED_MEMORY=0`` turns it off.
+
     Example:
         >>> store = LocalCheckpoints("runs/checkpoints")
         >>> ref = store.save("population-1", member=0, step=1, state={"w": [1.0]})
@@ -271,6 +278,7 @@ class LocalCheckpoints:
         fsync: bool | None = None,
         spares: int = 4,
         direct: bool | None = None,
+        shared_memory: bool = False,
     ) -> None:
         self.root = Path(root).expanduser().resolve()
         self.url = str(self.root)
@@ -291,6 +299,8 @@ class LocalCheckpoints:
         self.spares = check_int("spares", spares, 0, owner="LocalCheckpoints")
         self._mine: set[Path] = set()  # spares this store put in a pool, removed by close()
         self._lock = threading.Lock()
+        #: this process's shared-memory segments, if large checkpoints are handed over
+        self.segments = handover.Segments() if shared_memory and handover.available() else None
 
     def save(self, folder: str, member: int, step: int, state: Any) -> CheckpointRef:
         """Write ``state`` to a unique file in ``folder``, renamed into place only once
@@ -301,22 +311,63 @@ class LocalCheckpoints:
         temporary = final.with_name(f".{final.name}.tmp")
         encoded = serialization.encode(state)
         direct = self.direct and encoded.size >= DIRECT_BYTES
+        segment = None
+        if self.segments is not None and encoded.size >= handover.SHARED_BYTES:
+            segment = self.segments.reserve(folder, member, encoded.size)
         try:
-            try:
-                digest = self._write(temporary, encoded, direct)
-            except _DirectRefused as refused:
-                log.info(
-                    "Direct I/O refused in %s (%s); writing through the page cache.",
-                    self.root,
-                    refused.__cause__,
-                )
-                self.direct = False
-                digest = self._write(temporary, encoded, direct=False)
+            if segment is not None:
+                digest = self._write_from_segment(temporary, encoded, segment, direct)
+            else:
+                try:
+                    digest = self._write(temporary, encoded, direct)
+                except _DirectRefused as refused:
+                    self._refused(refused)
+                    digest = self._write(temporary, encoded, direct=False)
             os.replace(temporary, final)
         except BaseException:
             temporary.unlink(missing_ok=True)
+            if segment is not None and self.segments is not None:
+                self.segments.abort(segment)
             raise
-        return CheckpointRef(member, step, relative, encoded.size, digest)
+        ref = CheckpointRef(member, step, relative, encoded.size, digest)
+        if segment is not None and self.segments is not None:
+            self.segments.publish(segment, ref)
+        return ref
+
+    def _refused(self, refused: _DirectRefused) -> None:
+        log.info(
+            "Direct I/O refused in %s (%s); writing through the page cache.",
+            self.root,
+            refused.__cause__,
+        )
+        self.direct = False
+
+    def _write_from_segment(
+        self,
+        temporary: Path,
+        encoded: serialization.Encoded,
+        segment: handover.Segment,
+        direct: bool,
+    ) -> str:
+        """Lay ``encoded`` out in the shared-memory ``segment``, checksumming each piece while
+        it is in the CPU's cache, then write ``temporary`` from there; return its checksum.
+        The segment is the staging buffer: the state's memory is read once."""
+        digest = _fill(segment.view, encoded)
+        size = encoded.size
+        recycled = self._take_spare(temporary) or temporary.exists()
+        if direct:
+            try:
+                _write_direct(temporary, segment.view, size, self.fsync)
+                return digest
+            except _DirectRefused as refused:
+                self._refused(refused)
+        with open(temporary, "r+b" if recycled else "wb") as file:
+            file.write(segment.view[:size])
+            file.truncate()
+            file.flush()
+            if self.fsync:
+                os.fsync(file.fileno())
+        return digest
 
     def _write(self, temporary: Path, encoded: serialization.Encoded, direct: bool) -> str:
         """Write ``encoded`` into ``temporary`` (a recycled spare if there is one, for a large
@@ -392,8 +443,16 @@ class LocalCheckpoints:
         return path
 
     def load(self, ref: CheckpointRef) -> Any:
-        """Read the file, check its size and checksum, then decode it."""
+        """Read the file (or its shared-memory segment, see ``shared_memory``), check its size
+        and checksum, then decode it."""
         path = self._resolve(ref.path)
+        if self.segments is not None and ref.size >= handover.SHARED_BYTES:
+            shared = self.segments.open(ref)
+            if shared is not None:
+                try:
+                    return _verified(shared, ref, f"in shared memory for {path}")
+                except CheckpointCorrupt as error:  # never trusted: the file decides
+                    log.warning("%s Reading its file instead.", error)
         try:
             if self.direct and ref.size >= DIRECT_BYTES:
                 try:
@@ -414,6 +473,8 @@ class LocalCheckpoints:
         pool of spares, to be overwritten by a later save, while the pool holds fewer than
         ``spares`` files and it is of :data:`PACKED_BYTES` or more; else deleted."""
         path = self._resolve(ref.path)
+        if self.segments is not None and ref.size >= handover.SHARED_BYTES:
+            self.segments.discard(ref)
         if ref.size < PACKED_BYTES:  # not worth recycling: a new small file costs no more
             path.unlink(missing_ok=True)
             return
@@ -435,8 +496,10 @@ class LocalCheckpoints:
         path.unlink(missing_ok=True)
 
     def close(self) -> None:
-        """Delete the spares this store added that no writer has taken since, and free its
-        buffers."""
+        """Delete the spares this store added that no writer has taken since, and its
+        shared-memory segments, and free its buffers."""
+        if self.segments is not None:
+            self.segments.close()
         with self._lock:
             spares, self._mine = self._mine, set()
             self._stagings.clear()
@@ -680,6 +743,43 @@ def _open_direct(path: Path, flags: int) -> int:
         raise
 
 
+def _fill(view: memoryview, encoded: serialization.Encoded) -> str:
+    """Copy ``encoded`` into ``view`` in pieces of at most a staging buffer, checksumming each
+    piece right after its copy (from the cache); return the checksum."""
+    digest = xxhash.xxh3_128()
+    position = 0
+    for part in encoded.parts():
+        for start in range(0, part.nbytes, _STAGING):
+            piece = part[start : start + _STAGING]
+            end = position + piece.nbytes
+            view[position:end] = piece
+            digest.update(view[position:end])
+            position = end
+    return f"{CHECKSUM}:{digest.hexdigest()}"
+
+
+def _write_direct(path: Path, view: memoryview, size: int, fsync: bool) -> None:
+    """Write the first ``size`` bytes of ``view`` (page-aligned memory, at least ``size``
+    rounded up to a block long) to ``path`` with direct I/O, straight from that memory."""
+    padded = -(-size // _ALIGN) * _ALIGN
+    view[size:padded] = bytes(padded - size)  # the last block's tail, cut off below
+    fd = _open_direct(path, os.O_WRONLY | os.O_CREAT)
+    try:
+        done = 0
+        while done < padded:
+            try:
+                done += os.write(fd, view[done : min(padded, done + 16 * _STAGING)])
+            except OSError as error:
+                if error.errno == errno.EINVAL and done == 0:
+                    raise _DirectRefused(str(error)) from error
+                raise
+        os.ftruncate(fd, size)
+        if fsync:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _read(path: Path) -> bytearray:
     """The whole file, through the page cache."""
     with open(path, "rb") as file:
@@ -733,14 +833,17 @@ def _verified(data: bytearray | memoryview, ref: CheckpointRef, where: str) -> A
         raise CheckpointCorrupt(f"Checkpoint {where} cannot be decoded: {error}") from error
 
 
-def open_checkpoints(url: str | os.PathLike[str] | CheckpointStore) -> CheckpointStore:
-    """Open a checkpoint store: a folder path or ``file://`` URL gives :class:`LocalCheckpoints`,
-    any other URL (``s3://...``) :class:`FsspecCheckpoints`; a store passes through."""
+def open_checkpoints(
+    url: str | os.PathLike[str] | CheckpointStore, shared_memory: bool = False
+) -> CheckpointStore:
+    """Open a checkpoint store: a folder path or ``file://`` URL gives :class:`LocalCheckpoints`
+    (handing large checkpoints over through shared memory with ``shared_memory``), any other URL
+    (``s3://...``) :class:`FsspecCheckpoints`; a store passes through."""
     if not isinstance(url, str | os.PathLike):
         return url
     text = os.fspath(url)
     if text.startswith("file://"):
-        return LocalCheckpoints(text[len("file://") :])
+        return LocalCheckpoints(text[len("file://") :], shared_memory=shared_memory)
     if "://" in text:
         return FsspecCheckpoints(text)
-    return LocalCheckpoints(text)
+    return LocalCheckpoints(text, shared_memory=shared_memory)

@@ -25,6 +25,7 @@ from .devices import (
     idle_devices,
     parse_devices,
 )
+from .handover import sweep_segments
 from .runspec import WorkerTarget
 from .storage import check_shareable, open_storage
 from .worker import PopulationError
@@ -38,12 +39,15 @@ def _nothing() -> None:
     pass
 
 
-def run_target(target: WorkerTarget, stop: Any = None) -> int:
+def run_target(target: WorkerTarget, stop: Any = None, shared_memory: bool = False) -> int:
     """Open the storage and checkpoints named by ``target`` and run one worker on them (the body
-    of a worker process or a Ray actor). Returns the intervals it trained."""
+    of a worker process or a Ray actor). Returns the intervals it trained. With
+    ``shared_memory``, large checkpoints in a local folder are handed over through shared
+    memory (see :mod:`poptune.handover`)."""
     storage = open_storage(target.storage_url, mode="write")
     try:
-        worker = build_worker(target, storage, open_checkpoints(target.checkpoints_url))
+        checkpoints = open_checkpoints(target.checkpoints_url, shared_memory=shared_memory)
+        worker = build_worker(target, storage, checkpoints)
         return worker.run(stop)
     finally:
         storage.close()
@@ -81,14 +85,17 @@ class InProcessRunner:
         build_worker(target, storage, checkpoints).run()
 
 
-def _worker_main(target: WorkerTarget, stop: Any, environment: Mapping[str, str]) -> None:
-    """Entry point of a worker process: set its environment (its device), then run a worker."""
+def _worker_main(
+    target: WorkerTarget, stop: Any, environment: Mapping[str, str], shared_memory: bool = False
+) -> None:
+    """Entry point of a worker process: set its environment (its device), then run a worker
+    (handing large checkpoints to the other workers through ``shared_memory``)."""
     # First of all: CUDA reads CUDA_VISIBLE_DEVICES once, when user code initialises it.
     apply_environment(environment)
     # A child that sees Ctrl-C (the terminal sends it to the whole process group) releases its
     # member and exits quietly; one that does not stops after its interval when ``stop`` is set.
     try:
-        run_target(target, stop)
+        run_target(target, stop, shared_memory=shared_memory)
     except KeyboardInterrupt:
         sys.exit(130)
     except PopulationError as error:
@@ -101,6 +108,12 @@ class LocalProcessRunner:
 
     Processes are forked on Linux (fast start, the trainable class is inherited) and spawned
     elsewhere (the trainable must then be importable, e.g. defined at module level).
+
+    On Linux, with two workers or more, each hands the large checkpoints (16 MB and more) it
+    saves in a local folder to the others through shared memory (``/dev/shm``), so that an
+    exploit of a donor saved by another worker does not read its file (see
+    :mod:`poptune.handover`; ``POPTUNE_SHARED_MEMORY=0`` turns it off). The segments left by a
+    killed worker are removed when the run ends, or when the population runs again.
 
     ``devices`` (e.g. ``["cuda:0", "cuda:1"]``) gives worker ``i`` the device
     ``devices[i % len(devices)]``: its process sees only that GPU, as ``cuda:0``, and finds its
@@ -161,12 +174,16 @@ class LocalProcessRunner:
         environments = self._environments()
         context: Any = multiprocessing.get_context(self.start_method)
         stop = context.Event()
+        database = storage.database_id(create=False)
+        _sweep_leftovers(database, target.population_id)  # of workers killed in an earlier run
         # Never carry open database connections into a child.
         storage.close()
         processes = [
             context.Process(
                 target=_worker_main,
-                args=(target, stop, environment),
+                # Every worker runs on this machine: with two or more, large donors go from
+                # one to another through shared memory.
+                args=(target, stop, environment, self.workers > 1),
                 name=f"poptune-worker-{index}",
                 daemon=False,
             )
@@ -188,10 +205,21 @@ class LocalProcessRunner:
                     process.terminate()
                     process.join()
             raise
+        finally:
+            if not any(process.is_alive() for process in processes):
+                _sweep_leftovers(database, target.population_id)  # of workers that were killed
         failed = [p for p in processes if p.exitcode not in (0, 3)]
         if failed:
             codes = ", ".join(f"{p.name}: {p.exitcode}" for p in failed)
             log.warning("Worker processes exited abnormally (%s).", codes)
+
+
+def _sweep_leftovers(database_id: str | None, population_id: int) -> None:
+    """Remove the shared-memory segments that killed worker processes of the population left
+    (:func:`poptune.handover.sweep_segments`)."""
+    removed = sweep_segments(database_id, population_id)
+    if removed:
+        log.info("Removed %d shared-memory segment(s) left by killed workers.", len(removed))
 
 
 class _RayWorker:

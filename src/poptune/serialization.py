@@ -487,6 +487,21 @@ class Encoded:
                 file.write(_ZEROS[:padding])
         return self.size
 
+    def parts(self) -> Iterator[memoryview]:
+        """The file's bytes, in order: the head, then each buffer followed by its padding.
+
+        Example:
+            >>> encoded = encode({"w": np.zeros(2)})
+            >>> b"".join(encoded.parts()) == dumps({"w": np.zeros(2)})
+            True
+        """
+        yield memoryview(self.head)
+        for buffer in self.buffers:
+            yield buffer
+            padding = _align(buffer.nbytes) - buffer.nbytes
+            if padding:
+                yield memoryview(_ZEROS)[:padding]
+
     def pack(self) -> bytearray:
         """The file in one new buffer (every array copied once): one write instead of two or
         more per array, which is what a small state's save spends most of its time on."""

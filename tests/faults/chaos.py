@@ -26,7 +26,6 @@ from typing import Any
 
 import numpy as np
 
-from poptune import checkpoints as checkpoints_module
 from poptune.checkpoints import LocalCheckpoints
 from poptune.population import load
 from poptune.storage import SQLStorage
@@ -74,17 +73,13 @@ class Chaotic(Quadratic):
 class ChaosCheckpoints(LocalCheckpoints):
     """Dies half-way through writing a checkpoint."""
 
-    def save(self, folder: str, member: int, step: int, state: Any) -> Any:
+    def _write(self, temporary: Any, encoded: Any, direct: bool) -> str:
         if RNG.random() < CHAOS.get("kill_write", 0.0):
-            real_dump = checkpoints_module.serialization.dump
-
-            def dump_then_die(value: Any, file: Any) -> int:
+            with open(temporary, "wb") as file:
                 file.write(b"POPTUNE\x00CKPT half a file")
-                os.kill(os.getpid(), signal.SIGKILL)
-                return real_dump(value, file)
-
-            checkpoints_module.serialization.dump = dump_then_die  # type: ignore[assignment]
-        return super().save(folder, member, step, state)
+                file.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
+        return super()._write(temporary, encoded, direct)
 
 
 AUDIT = os.environ.get("POPTUNE_AUDIT")

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import errno
+import io
 import logging
 from pathlib import Path
 
 import pytest
 
 import poptune as pt
-from poptune import serialization
+from poptune import checkpoints
 from poptune.runners import InProcessRunner
 from poptune.worker import Worker
 
@@ -81,17 +82,23 @@ def test_a_missing_checkpoint_file_stops_the_run_and_drops_nothing(quick_run):
 def test_a_full_disk_stops_the_run_clearly_and_leaves_no_partial_file(
     tmp_path: Path, monkeypatch, quick_run
 ):
-    real_dump = serialization.dump
     calls = {"n": 0}
 
-    def dump(state, file):
-        calls["n"] += 1
-        if calls["n"] == 5:
-            file.write(b"partial")
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return real_dump(state, file)
+    class FullDisk(io.FileIO):
+        """The fifth checkpoint file written fills the disk after a few bytes."""
 
-    monkeypatch.setattr(serialization, "dump", dump)
+        def write(self, data: object) -> int:
+            super().write(b"partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    def full_open(path: object, mode: str = "r", *args: object, **kwargs: object) -> object:
+        if "w" in mode or "+" in mode:
+            calls["n"] += 1
+            if calls["n"] == 5:
+                return FullDisk(path, mode.replace("b", "") or "w")
+        return open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoints, "open", full_open, raising=False)
     with pytest.raises(pt.PopulationError, match=r"No space left on device.*resume"):
         quick_run(name="full", intervals=4)  # checkpoints next to the database, in tmp_path
     files = list((tmp_path / "checkpoints").rglob("*"))
@@ -101,6 +108,6 @@ def test_a_full_disk_stops_the_run_clearly_and_leaves_no_partial_file(
     on_disk = {str(f.relative_to(tmp_path / "checkpoints")) for f in files if f.is_file()}
     assert on_disk == committed  # nothing half-written is visible
     assert len(result.intervals()) == 4
-    monkeypatch.setattr(serialization, "dump", real_dump)  # "free some space"
+    monkeypatch.delattr(checkpoints, "open")  # "free some space"
     resumed = result.resume(progress=False)
     assert [m.step for m in resumed.members] == [4, 4, 4]
