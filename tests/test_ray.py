@@ -61,6 +61,22 @@ def test_ray_runner_trains_the_population_on_two_nodes(ray_cluster: str, quick_r
     assert not ray.is_initialized()  # the runner disconnected its driver
 
 
+def test_ray_actors_train_blocks_of_members(ray_cluster: str, quick_run):
+    """block=N on Ray: each actor claims blocks and one call of the function trains them."""
+    from poptune.testing import quadratic_block_loop
+
+    runner = pt.RayRunner(address=ray_cluster, workers=2, num_cpus=1)
+    result = quick_run(
+        quadratic_block_loop, name="ray-blocks", population=4, intervals=4, block=2, runner=runner
+    )
+    assert result.status == "finished"
+    assert [m.step for m in result.members] == [4] * 4
+    intervals = result.intervals()
+    assert len(intervals) == 16
+    assert {i.metrics["members"] for i in intervals} == {2.0}  # every call trained a block of 2
+    assert len(result.exploits()) > 0
+
+
 def test_ray_runner_validates_its_parameters():
     with pytest.raises(ValueError, match="'workers'"):
         pt.RayRunner(workers=0)

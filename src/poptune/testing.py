@@ -34,6 +34,7 @@ __all__ = [
     "Sleepy",
     "SlowQuadratic",
     "check_steps",
+    "quadratic_block_loop",
     "quadratic_loop",
     "quadratic_space",
     "simulate",
@@ -388,6 +389,29 @@ def quadratic_loop(ctx: Any) -> None:
 
 
 quadratic_loop.starts = _LOOP_STARTS  # type: ignore[attr-defined]
+
+
+def quadratic_block_loop(ctx: Any) -> None:
+    """The paper's toy problem (:class:`Quadratic`) for a block of members (``block=N``): row
+    i of one array is ``ctx.members[i]``'s θ, trained together; a state handed in replaces its
+    row. It reports ``q``, the surrogate and ``members``: how many members the call trains."""
+    theta = np.tile([0.9, 0.9], (len(ctx.members), 1))
+    for block in ctx.intervals():
+        for i, interval in enumerate(block):
+            if interval.state is not None:
+                theta[i] = np.asarray(interval.state["theta"], dtype=float)
+        h = np.array([[i.hparams["h0"], i.hparams["h1"]] for i in block], dtype=float)
+        for _ in range(Quadratic.steps):
+            theta = theta + Quadratic.lr * (-2.0 * h * theta)
+        q = 1.2 - np.sum(theta**2, axis=1)
+        surrogate = 1.2 - np.sum(h * theta**2, axis=1)
+        block.report(
+            [
+                {"q": float(a), "surrogate": float(b), "members": float(len(ctx.members))}
+                for a, b in zip(q, surrogate, strict=True)
+            ],
+            states=[{"theta": row.copy()} for row in theta],
+        )
 
 
 #: Strings that run script, add markup or navigate if a page writes them unescaped in any
