@@ -19,6 +19,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("stable_baselines3")
 
 import gymnasium as gym  # noqa: E402
+import numpy as np  # noqa: E402
 from stable_baselines3 import A2C, DQN, PPO, SAC, TD3  # noqa: E402
 from stable_baselines3.common.env_util import make_vec_env  # noqa: E402
 from stable_baselines3.common.evaluation import evaluate_policy  # noqa: E402
@@ -380,6 +381,104 @@ def test_an_evaluation_built_from_an_id_is_normalized_like_the_training_environm
     assert training.obs_rms.count == count and (training.obs_rms.mean == mean).all()
     with pytest.raises(ValueError, match=r"but the eval_env VecEnv does not"):
         pt_sb3.evaluate(model, make_vec_env("CartPole-v1", n_envs=3), 3)
+
+
+def _reference(model: Any, make: Any, episodes: int, seed: int, deterministic: bool) -> list[float]:
+    """SB3's evaluate_policy on the copies evaluate() makes (Monitor-wrapped, copy i seeded
+    with seed + i), normalized with the model's statistics when it trains on a VecNormalize."""
+    venv: Any = DummyVecEnv(
+        [lambda: Monitor(make()) for _ in range(min(episodes, pt_sb3.EVAL_ENVS))]
+    )
+    training = model.get_vec_normalize_env()
+    if training is not None:
+        venv = VecNormalize(venv, training=False, norm_reward=False, clip_obs=training.clip_obs)
+        venv.obs_rms = training.obs_rms.copy()
+    venv.seed(seed)
+    returns, _ = evaluate_policy(
+        model, venv, n_eval_episodes=episodes, deterministic=deterministic,
+        return_episode_rewards=True,
+    )  # fmt: skip
+    return [float(r) for r in returns]
+
+
+def _cartpole() -> gym.Env:
+    return gym.make("CartPole-v1")
+
+
+def _normalized_ppo() -> PPO:
+    env = VecNormalize(make_vec_env("CartPole-v1", n_envs=2, seed=0))
+    return _agent(env, steps=128)
+
+
+def _sac() -> SAC:
+    model = SAC("MlpPolicy", _pendulum(), learning_starts=10, batch_size=16, buffer_size=1000,
+                seed=0, device="cpu", policy_kwargs={"net_arch": [16]})  # fmt: skip
+    model.learn(60)
+    return model
+
+
+def _dqn() -> DQN:
+    model = DQN("MlpPolicy", "CartPole-v1", learning_starts=10, batch_size=16, buffer_size=1000,
+                seed=0, device="cpu", policy_kwargs={"net_arch": [16]})  # fmt: skip
+    model.learn(60)
+    return model
+
+
+# name -> (the agent, a function building its evaluation environment)
+EVALUATED: dict[str, Any] = {
+    "ppo-discrete": (_agent, _cartpole),
+    "ppo-continuous": (lambda: _agent(_pendulum()), _pendulum),  # Gaussian actions, clipped
+    "sac": (_sac, _pendulum),  # squashed actions, unscaled to the action space
+    "ppo-vec-normalize": (_normalized_ppo, _cartpole),
+    "dqn": (_dqn, _cartpole),
+}
+
+
+def _seed_draws(model: Any) -> None:
+    """Seed what stochastic actions draw from: torch, and numpy and the action space (DQN)."""
+    torch.manual_seed(1)
+    np.random.seed(1)
+    model.action_space.seed(1)
+
+
+@pytest.mark.parametrize("deterministic", [True, False], ids=["deterministic", "stochastic"])
+@pytest.mark.parametrize("name", list(EVALUATED))
+def test_an_evaluation_plays_exactly_the_episodes_of_sb3s_evaluate_policy(
+    name: str, deterministic: bool
+):
+    """poptune steps the environments itself (one forward for all copies per step, no VecEnv,
+    no predict): every return, in order, is evaluate_policy's on the same seeds, with as many
+    episodes as copies and with more (an uneven share per copy)."""
+    model = EVALUATED[name][0]()
+    make = EVALUATED[name][1]
+    # DQN's own predict draws exploring actions when not deterministic: SB3 plays those
+    assert pt_sb3._plays_directly(model, make(), deterministic) == (name != "dqn" or deterministic)
+    for episodes, seed in ((3, 5), (pt_sb3.EVAL_ENVS + 3, 11)):
+        _seed_draws(model)  # stochastic actions: the same draws
+        expected = _reference(model, make, episodes, seed, deterministic)
+        _seed_draws(model)
+        returns = pt_sb3.evaluate(model, make, episodes, seed=seed, deterministic=deterministic)
+        assert returns == expected
+        assert len(set(returns)) > 1  # the episodes differ: the actions and seeds matter
+
+
+def test_a_near_tie_between_logits_gets_sb3s_action_not_the_largest_logit():
+    """PPO's deterministic discrete action is SB3's argmax of the softmax: where two logits are
+    a rounding apart their probabilities tie and SB3 takes the first, though the second logit
+    is the larger."""
+    policy = _agent().policy
+    low = np.float32(0.1)
+    high = np.nextafter(low, np.float32(1.0))
+    observations = np.zeros((3, 4), dtype=np.float32)
+    with torch.no_grad():
+        policy.action_net.weight.zero_()
+        policy.action_net.bias.copy_(torch.tensor([low, high]))
+    assert policy.predict(observations, deterministic=True)[0].tolist() == [0, 0, 0]
+    assert pt_sb3._actor(policy, True)(observations).tolist() == [0, 0, 0]
+    with torch.no_grad():  # a clear lead
+        policy.action_net.bias.copy_(torch.tensor([0.1, 0.2]))
+    assert policy.predict(observations, deterministic=True)[0].tolist() == [1, 1, 1]
+    assert pt_sb3._actor(policy, True)(observations).tolist() == [1, 1, 1]
 
 
 def test_learn_takes_an_id_with_a_normalized_training_environment(quick_run):

@@ -43,16 +43,19 @@ try:
     import gymnasium as gym
     import numpy as np
     import torch
+    from gymnasium import spaces
     from stable_baselines3 import DQN, PPO, SAC, TD3
     from stable_baselines3.common.base_class import BaseAlgorithm
     from stable_baselines3.common.callbacks import BaseCallback
+    from stable_baselines3.common.distributions import CategoricalDistribution
     from stable_baselines3.common.evaluation import evaluate_policy
     from stable_baselines3.common.monitor import Monitor
     from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
     from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
-    from stable_baselines3.common.policies import BasePolicy
+    from stable_baselines3.common.policies import ActorCriticPolicy, BaseModel, BasePolicy
+    from stable_baselines3.common.preprocessing import is_image_space
     from stable_baselines3.common.running_mean_std import RunningMeanStd
-    from stable_baselines3.common.type_aliases import TrainFreq, TrainFrequencyUnit
+    from stable_baselines3.common.type_aliases import PyTorchObs, TrainFreq, TrainFrequencyUnit
     from stable_baselines3.common.utils import FloatSchedule, LinearSchedule
     from stable_baselines3.common.vec_env import (
         DummyVecEnv,
@@ -199,9 +202,9 @@ class PBTCallback(BaseCallback):
         # a VecEnv built here (from an id, a function or one gym.Env) gets the training
         # environment's VecNormalize if it has one; environments made here (from an id or a
         # function) are closed at the end, the user's own are not
-        self._built = eval_env is not None and not isinstance(eval_env, VecEnv)
-        self._made = _makes_envs(eval_env)
-        self.eval_env: VecEnv | None = _eval_vec_env(eval_env, eval_episodes, "learn")
+        self._evaluation = (
+            None if eval_env is None else _Evaluation(eval_env, eval_episodes, "learn")
+        )
         self.interval: Interval | None = None
         self.timings = {"evaluate": 0.0, "report": 0.0, "apply": 0.0}
         self._intervals: Iterator[Interval] | None = None
@@ -212,10 +215,18 @@ class PBTCallback(BaseCallback):
         self._train_freq = 1
 
     @property
+    def eval_env(self) -> VecEnv | None:
+        """The ``VecEnv`` evaluations play on (SB3's ``evaluate_policy``): the one passed as
+        ``eval_env``, or the one built from it (whose environments :func:`evaluate` steps
+        directly where it can), or ``None``."""
+        return None if self._evaluation is None else self._evaluation.venv
+
+    @property
     def _given(self) -> VecEnv | None:
         """The VecEnv the user passed as eval_env, which check() holds to the training env's
         VecNormalize (one built here gets it)."""
-        return None if self._built else self.eval_env
+        evaluation = self._evaluation
+        return None if evaluation is None or evaluation.built else evaluation.venv
 
     @property
     def finished(self) -> bool:
@@ -250,8 +261,8 @@ class PBTCallback(BaseCallback):
     def _on_training_end(self) -> None:
         if self.interval is not None and self.model.num_timesteps >= self._end():
             self._boundary()
-        if self._made and self.eval_env is not None:
-            self.eval_env.close()
+        if self._evaluation is not None:
+            self._evaluation.close()
         if self._intervals is not None and not self._finished:
             step = self.interval.step if self.interval is not None else "?"
             raise LoopError(
@@ -332,10 +343,9 @@ class PBTCallback(BaseCallback):
 
     def _evaluate(self, interval: Interval) -> dict[str, float]:
         model = self.model
-        if self.eval_env is not None:
-            self.eval_env = _normalized_like(model, self.eval_env, self._built)
-            returns = _play(
-                model, self.eval_env, self.eval_episodes, interval.seed, self.deterministic
+        if self._evaluation is not None:
+            returns = self._evaluation.play(
+                model, self.eval_episodes, interval.seed, self.deterministic
             )
             mean, std = float(np.mean(returns)), float(np.std(returns))
         else:
@@ -486,14 +496,11 @@ def evaluate(
     """
     _check_model(model, "evaluate")
     check_int("episodes", episodes, 1, owner="evaluate")
-    venv = _eval_vec_env(env, episodes, "evaluate")
-    assert venv is not None  # env is not None (typed)
+    evaluation = _Evaluation(env, episodes, "evaluate")
     try:
-        venv = _normalized_like(model, venv, built=not isinstance(env, VecEnv))
-        return _play(model, venv, episodes, seed, deterministic)
+        return evaluation.play(model, episodes, seed, deterministic)
     finally:
-        if _makes_envs(env):
-            venv.close()
+        evaluation.close()
 
 
 # --- checks --------------------------------------------------------------------------------
@@ -765,14 +772,49 @@ def _rms(saved: Mapping[str, Any]) -> Any:
 # --- helpers -------------------------------------------------------------------------------
 
 
-def _eval_vec_env(env: EvalEnv | None, episodes: int, owner: str) -> VecEnv | None:
-    """``env`` as a VecEnv to evaluate on (see :data:`EvalEnv`), or None."""
-    if env is None or isinstance(env, VecEnv):
-        return env
+class _Evaluation:
+    """Where evaluations play (see :data:`EvalEnv`), built once: the ``VecEnv`` SB3's
+    ``evaluate_policy`` steps and, when the environments are built here (from an id, a function
+    or one ``gymnasium.Env``), those environments, ``Monitor``-wrapped, which
+    :func:`_play_directly` steps itself."""
+
+    def __init__(self, env: EvalEnv, episodes: int, owner: str) -> None:
+        self.made = _makes_envs(env)  # made here from an id or a function: closed at the end
+        self.envs: list[gym.Env] | None = None
+        if isinstance(env, VecEnv):
+            self.venv: VecEnv = env
+        else:
+            self.envs = _eval_envs(env, episodes, owner)
+            self.venv = DummyVecEnv([_returning(made) for made in self.envs])
+
+    @property
+    def built(self) -> bool:
+        """Whether the ``VecEnv`` was built here (else it is the user's, used as it is)."""
+        return self.envs is not None
+
+    def play(
+        self, model: BaseAlgorithm, episodes: int, seed: int | None, deterministic: bool
+    ) -> list[float]:
+        """Each episode's return, in the order the episodes end (``evaluate_policy``'s)."""
+        self.venv = _normalized_like(model, self.venv, self.built)
+        if self.envs is not None and _plays_directly(model, self.envs[0], deterministic):
+            normalize = self.venv if isinstance(self.venv, VecNormalize) else None
+            return _play_directly(model.policy, self.envs, episodes, seed, deterministic, normalize)
+        return _play(model, self.venv, episodes, seed, deterministic)
+
+    def close(self) -> None:
+        """Close the environments made here (not the user's own)."""
+        if self.made:
+            self.venv.close()
+
+
+def _eval_envs(env: EvalEnv, episodes: int, owner: str) -> list[gym.Env]:
+    """``env`` (an id, a function or one gym.Env) as the ``Monitor``-wrapped environments to
+    evaluate on: ``min(episodes, EVAL_ENVS)`` copies, or the one given."""
     if isinstance(env, gym.Env):
         # Monitor records whole episodes, so evaluate_policy counts returns as the env
         # defines them.
-        return DummyVecEnv([_returning(_monitored(env))])
+        return [_monitored(env)]
     if isinstance(env, str):
         try:
             gym.spec(env)
@@ -806,7 +848,7 @@ def _eval_vec_env(env: EvalEnv | None, episodes: int, owner: str) -> VecEnv | No
                 hint=f"It returned a {type(made).__module__}.{type(made).__qualname__}.",
             )
         envs.append(_monitored(made))
-    return DummyVecEnv([_returning(made) for made in envs])
+    return envs
 
 
 def _returning(env: gym.Env) -> Callable[[], gym.Env]:
@@ -814,7 +856,7 @@ def _returning(env: gym.Env) -> Callable[[], gym.Env]:
 
 
 def _makes_envs(env: EvalEnv | None) -> bool:
-    """Whether :func:`_eval_vec_env` makes the environments (from an id or a function)."""
+    """Whether :func:`_eval_envs` makes the environments (from an id or a function)."""
     return env is not None and not isinstance(env, VecEnv | gym.Env)
 
 
@@ -886,6 +928,165 @@ def _predicting(policy: BasePolicy) -> Iterator[None]:
             del policy.__dict__["set_training_mode"]
         else:
             policy.__dict__["set_training_mode"] = previous
+
+
+# Observation spaces whose batch is one array, as DummyVecEnv stacks it.
+_ARRAY_SPACES = (spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary)
+
+
+def _plays_directly(model: BaseAlgorithm, env: gym.Env, deterministic: bool) -> bool:
+    """Whether :func:`_play_directly` plays exactly ``evaluate_policy``'s episodes for ``model``
+    on ``env``: its actions come from SB3's ``BasePolicy.predict`` (not a ``predict`` of the
+    algorithm's or the policy's own: recurrent policies, DQN's exploring actions when not
+    ``deterministic``), and its observations stack into one array of the policy's shape."""
+    algorithm = type(model).predict
+    if algorithm is not BaseAlgorithm.predict and not (
+        algorithm is DQN.predict and deterministic  # DQN explores only when not deterministic
+    ):
+        return False
+    policy = model.policy
+    space = env.observation_space
+    return (
+        type(policy).predict is BasePolicy.predict
+        and isinstance(space, _ARRAY_SPACES)
+        and space.shape == policy.observation_space.shape
+    )
+
+
+def _play_directly(
+    policy: BasePolicy,
+    envs: list[gym.Env],
+    episodes: int,
+    seed: int | None,
+    deterministic: bool,
+    normalize: VecNormalize | None,
+) -> list[float]:
+    """What ``evaluate_policy`` returns on ``DummyVecEnv(envs)`` seeded with ``seed``, without
+    it: the same batches of observations, one policy forward per step for all the
+    environments, the same calls to each environment in the same order (step; reset when an
+    episode ends; copy ``i`` first reset with ``seed + i``), and each copy's share of the
+    episodes counted from its ``Monitor`` as ``evaluate_policy`` counts them. What is left out
+    is SB3's machinery around those calls: ``predict``'s checks and conversions at every step,
+    the VecEnv's buffers and the deep copy of every step's infos."""
+    count = len(envs)
+    targets = [(episodes + i) // count for i in range(count)]  # evaluate_policy's split
+    played = [0] * count
+    space = envs[0].observation_space
+    # DummyVecEnv's buffer: observations stored in the space's dtype
+    observations = np.zeros((count, *(space.shape or ())), dtype=space.dtype)
+    for i, env in enumerate(envs):
+        observation, _ = env.reset(seed=None if seed is None else seed + i)
+        observations[i] = observation
+    act = _actor(policy, deterministic)
+    policy.set_training_mode(False)  # what predict does at every step
+    returns: list[float] = []
+    while any(n < target for n, target in zip(played, targets, strict=True)):
+        # Every copy steps until the last has played its share, as in evaluate_policy: the
+        # batch, and so every action, is the same.
+        batch = observations.copy() if normalize is None else normalize.normalize_obs(observations)
+        actions = act(batch)
+        for i, env in enumerate(envs):
+            observation, _, terminated, truncated, info = env.step(actions[i])
+            if terminated or truncated:
+                if played[i] < targets[i] and "episode" in info:  # Monitor's whole episode
+                    returns.append(float(info["episode"]["r"]))
+                    played[i] += 1
+                observation, _ = env.reset()
+            observations[i] = observation
+    return returns
+
+
+def _actor(policy: BasePolicy, deterministic: bool) -> Callable[[Any], np.ndarray]:
+    """The batch of observations -> the actions ``policy.predict`` gives for it: its
+    conversion to a tensor, its forward under ``torch.no_grad()`` and its post-processing
+    (reshaped; Box actions unscaled when the policy squashes them, else clipped)."""
+    space = policy.observation_space
+    plain = (
+        type(policy).obs_to_tensor is BaseModel.obs_to_tensor
+        and isinstance(space, spaces.Box)
+        and not is_image_space(space)
+    )
+    device = policy.device
+    argmax = _argmax_forward(policy) if deterministic else None
+    action_space = policy.action_space
+    shape = (-1, *(action_space.shape or ()))
+    box = action_space if isinstance(action_space, spaces.Box) else None
+    squash = policy.squash_output
+
+    def act(observations: np.ndarray) -> np.ndarray:
+        # a plain Box's batch is the tensor obs_to_tensor makes of it (copied, same shape)
+        tensor = (
+            torch.as_tensor(observations, device=device)
+            if plain
+            else policy.obs_to_tensor(observations)[0]
+        )
+        with torch.no_grad():
+            if argmax is not None:
+                actions = argmax(tensor)
+            else:
+                actions = policy._predict(tensor, deterministic=deterministic).cpu().numpy()
+        actions = actions.reshape(shape)
+        if box is not None:
+            actions = (
+                policy.unscale_action(actions) if squash else np.clip(actions, box.low, box.high)
+            )
+        return actions
+
+    return act
+
+
+def _argmax_forward(policy: BasePolicy) -> Callable[[PyTorchObs], np.ndarray] | None:
+    """For an actor-critic policy with discrete actions (SB3's own ``_predict``): the tensor
+    -> the deterministic actions, from the actor's logits without building SB3's
+    ``Categorical`` distribution at every step, which costs more than the network. None for
+    any other policy."""
+    if not isinstance(policy, ActorCriticPolicy):
+        return None
+    kind = type(policy)
+    if not (
+        type(policy.action_dist) is CategoricalDistribution
+        and kind._predict is ActorCriticPolicy._predict
+        and kind.get_distribution is ActorCriticPolicy.get_distribution
+        and kind._get_action_dist_from_latent is ActorCriticPolicy._get_action_dist_from_latent
+    ):
+        return None
+    features = super(ActorCriticPolicy, policy).extract_features  # as get_distribution calls it
+    extractor = policy.pi_features_extractor
+    forward_actor = policy.mlp_extractor.forward_actor
+    action_net = policy.action_net
+    distribution = policy.action_dist
+
+    def forward(observations: PyTorchObs) -> np.ndarray:
+        logits = action_net(forward_actor(features(observations, extractor)))
+        chosen = _clear_argmax(logits)
+        if chosen is None:  # a near tie (or no finite logits): SB3's own distribution decides
+            mode = distribution.proba_distribution(action_logits=logits).get_actions(True)
+            chosen = mode.cpu().numpy()
+        return chosen
+
+    return forward
+
+
+# SB3's deterministic discrete action is argmax(softmax(logits - logsumexp(logits))). In float32
+# (unit roundoff u = 2**-24) those roundings move the difference of two logits by less than
+# u * (8L + 2 log k) (L the largest |logit|, k the number of actions), and exp and the division
+# can only reorder values a few ulps (about 2e-6) apart. So where the largest logit leads every
+# other by more than _TIE * (1 + L + log k), 50 times that bound, its argmax is SB3's action.
+_TIE = 1e-4
+
+
+def _clear_argmax(logits: torch.Tensor) -> np.ndarray | None:
+    """Each row's argmax, when every row's largest logit clearly leads (see ``_TIE``); else
+    None."""
+    if logits.dtype not in (torch.float32, torch.float64) or logits.shape[-1] < 2:
+        return None
+    values = logits.cpu().numpy()
+    top = np.sort(values, axis=-1)
+    leads = top[:, -1] - top[:, -2]
+    margin = _TIE * (1.0 + float(np.abs(values).max()) + math.log(values.shape[-1]))
+    if not bool((leads > margin).all()):  # also False for NaN, and for infinite logits
+        return None
+    return np.asarray(values.argmax(axis=-1))
 
 
 def _is_monitored(env: gym.Env) -> bool:
