@@ -481,6 +481,21 @@ def test_a_near_tie_between_logits_gets_sb3s_action_not_the_largest_logit():
     assert pt_sb3._actor(policy, True)(observations).tolist() == [1, 1, 1]
 
 
+def test_a_hook_on_a_layer_runs_as_it_does_in_predict():
+    """poptune calls the actor's layers' forward directly only where no hook would run."""
+    policy = _agent().policy
+    observations = np.random.default_rng(0).normal(size=(6, 4)).astype(np.float32)
+    plain = pt_sb3._actor(policy, True)(observations)
+    assert plain.tolist() == policy.predict(observations, deterministic=True)[0].tolist()
+    handle = policy.action_net.register_forward_hook(lambda module, args, out: -out)
+    try:
+        flipped = policy.predict(observations, deterministic=True)[0]
+        assert flipped.tolist() == (1 - plain).tolist()  # the hook changes every action
+        assert pt_sb3._actor(policy, True)(observations).tolist() == flipped.tolist()
+    finally:
+        handle.remove()
+
+
 def test_learn_takes_an_id_with_a_normalized_training_environment(quick_run):
     OPTIONS["build"] = lambda h, seed: _probe(PPO)(
         "MlpPolicy", VecNormalize(make_vec_env("CartPole-v1", n_envs=2, seed=seed)),

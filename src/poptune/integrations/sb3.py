@@ -53,8 +53,9 @@ try:
     from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
     from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
     from stable_baselines3.common.policies import ActorCriticPolicy, BaseModel, BasePolicy
-    from stable_baselines3.common.preprocessing import is_image_space
+    from stable_baselines3.common.preprocessing import is_image_space, preprocess_obs
     from stable_baselines3.common.running_mean_std import RunningMeanStd
+    from stable_baselines3.common.torch_layers import FlattenExtractor, MlpExtractor
     from stable_baselines3.common.type_aliases import PyTorchObs, TrainFreq, TrainFrequencyUnit
     from stable_baselines3.common.utils import FloatSchedule, LinearSchedule
     from stable_baselines3.common.vec_env import (
@@ -980,7 +981,7 @@ def _play_directly(
     act = _actor(policy, deterministic)
     policy.set_training_mode(False)  # what predict does at every step
     returns: list[float] = []
-    while any(n < target for n, target in zip(played, targets, strict=True)):
+    while len(returns) < episodes:
         # Every copy steps until the last has played its share, as in evaluate_policy: the
         # batch, and so every action, is the same.
         batch = observations.copy() if normalize is None else normalize.normalize_obs(observations)
@@ -1050,14 +1051,13 @@ def _argmax_forward(policy: BasePolicy) -> Callable[[PyTorchObs], np.ndarray] | 
         and kind._get_action_dist_from_latent is ActorCriticPolicy._get_action_dist_from_latent
     ):
         return None
-    features = super(ActorCriticPolicy, policy).extract_features  # as get_distribution calls it
-    extractor = policy.pi_features_extractor
-    forward_actor = policy.mlp_extractor.forward_actor
-    action_net = policy.action_net
+    calls = _logit_calls(policy)
     distribution = policy.action_dist
 
     def forward(observations: PyTorchObs) -> np.ndarray:
-        logits = action_net(forward_actor(features(observations, extractor)))
+        logits: Any = observations
+        for call in calls:
+            logits = call(logits)
         chosen = _clear_argmax(logits)
         if chosen is None:  # a near tie (or no finite logits): SB3's own distribution decides
             mode = distribution.proba_distribution(action_logits=logits).get_actions(True)
@@ -1065,6 +1065,57 @@ def _argmax_forward(policy: BasePolicy) -> Callable[[PyTorchObs], np.ndarray] | 
         return chosen
 
     return forward
+
+
+def _logit_calls(policy: ActorCriticPolicy) -> list[Callable[[Any], Any]]:
+    """The calls ``get_distribution`` makes from the observations to the actor's logits
+    (features, ``forward_actor``, ``action_net``), where SB3's own classes make them down to
+    each layer's ``forward`` (see :func:`_direct_calls`)."""
+    calls: list[Callable[[Any], Any]] = []
+    extract = super(ActorCriticPolicy, policy).extract_features  # as get_distribution calls it
+    extractor = policy.pi_features_extractor
+    if getattr(extract, "__func__", None) is BaseModel.extract_features:
+        space, images = policy.observation_space, policy.normalize_images
+        calls.append(lambda obs: preprocess_obs(obs, space, normalize_images=images))
+        calls += _direct_calls(extractor)
+    else:
+        calls.append(lambda obs: extract(obs, extractor))
+    mlp = policy.mlp_extractor
+    calls += _direct_calls(mlp.policy_net) if type(mlp) is MlpExtractor else [mlp.forward_actor]
+    return calls + _direct_calls(policy.action_net)
+
+
+# Where torch keeps the hooks every module runs; one it no longer has counts as hooked.
+_GLOBAL_HOOKS = (
+    "_global_forward_hooks",
+    "_global_forward_pre_hooks",
+    "_global_backward_hooks",
+    "_global_backward_pre_hooks",
+)
+
+
+def _direct_calls(module: torch.nn.Module) -> list[Callable[[Any], Any]]:
+    """``module``'s forward as a list of calls to apply in turn: a ``Sequential`` (or SB3's
+    ``FlattenExtractor``) as its layers' calls, a layer without children as its own
+    ``forward``. ``module(x)`` runs exactly ``module.forward(x)`` when no hook is registered
+    (on the module or globally) and the module is not compiled; skipping ``nn.Module``'s call
+    machinery saves more than half of a small MLP's forward. Otherwise ``[module]``."""
+    if (
+        any(getattr(torch.nn.modules.module, name, True) for name in _GLOBAL_HOOKS)
+        or module._forward_hooks
+        or module._forward_pre_hooks
+        or module._backward_hooks
+        or module._backward_pre_hooks
+        or getattr(module, "_compiled_call_impl", None) is not None
+    ):
+        return [module]
+    if type(module) is torch.nn.Sequential:  # its forward calls each layer in turn
+        return [call for layer in module for call in _direct_calls(layer)]
+    if type(module) is FlattenExtractor:  # its forward is self.flatten(observations)
+        return _direct_calls(module.flatten)
+    if next(module.children(), None) is None:
+        return [module.forward]
+    return [module]
 
 
 # SB3's deterministic discrete action is argmax(softmax(logits - logsumexp(logits))). In float32
