@@ -466,10 +466,10 @@ def summary(tasks: list[Task], results: dict[str, dict[str, list[Outcome]]]) -> 
                 "so the two together stay under 2%."
                 if rest + evaluate < 2
                 else "so the two together are **over** 2%. Evaluation is the cost: its episodes "
-                "already run at once, one environment each, so it lasts as long as the longest "
-                "episode (500 steps of SB3's `predict` and the environments' `step` on "
-                "CartPole); under 2% takes fewer or shorter episodes, or an evaluation every "
-                "few intervals."
+                "run at once, one environment each, with one policy forward per step for all of "
+                "them, so it lasts as long as the longest episode (on CartPole 500 forwards and "
+                "2,500 environment steps, whose own cost is most of it: see docs/sb3.md); under "
+                "2% takes fewer or shorter episodes, or an evaluation every few intervals."
             ),
         ]
     return [*lines, ""]
