@@ -1109,10 +1109,14 @@ def _direct_calls(module: torch.nn.Module) -> list[Callable[[Any], Any]]:
     """``module``'s forward as a list of calls to apply in turn: a ``Sequential`` (or SB3's
     ``FlattenExtractor``) as its layers' calls, a layer without children as its own
     ``forward``. ``module(x)`` runs exactly ``module.forward(x)`` when no hook is registered
-    (on the module or globally) and the module is not compiled; skipping ``nn.Module``'s call
-    machinery saves more than half of a small MLP's forward. Otherwise ``[module]``."""
+    (on the module or globally), the module is not compiled and its class keeps
+    ``nn.Module``'s call; skipping that call's machinery saves more than half of a small MLP's
+    forward. Otherwise ``[module]``."""
+    kind = type(module)
     if (
-        any(getattr(torch.nn.modules.module, name, True) for name in _GLOBAL_HOOKS)
+        kind.__call__ is not torch.nn.Module.__call__
+        or kind._call_impl is not torch.nn.Module._call_impl
+        or any(getattr(torch.nn.modules.module, name, True) for name in _GLOBAL_HOOKS)
         or module._forward_hooks
         or module._forward_pre_hooks
         or module._backward_hooks
