@@ -1137,7 +1137,7 @@ def _direct_calls(module: torch.nn.Module) -> list[Callable[[Any], Any]]:
 # (unit roundoff u = 2**-24) those roundings move the difference of two logits by less than
 # u * (8L + 2 log k) (L the largest |logit|, k the number of actions), and exp and the division
 # can only reorder values a few ulps (about 2e-6) apart. So where the largest logit leads every
-# other by more than _TIE * (1 + L + log k), 50 times that bound, its argmax is SB3's action.
+# other by more than _TIE * (1 + L + log k), over 50 times that bound, its argmax is SB3's action.
 _TIE = 1e-4
 
 
