@@ -11,11 +11,15 @@ budget are trained twice, each time as a subprocess of this script:
 - **one at a time**: a training function per member (``def train(ctx)``, ``torch.optim.Adam``)
   on 2 worker processes, one torch thread each;
 - **block**: ``block=64`` in one worker (this subprocess), the members of a block stacked with
-  ``poptune.integrations.torch.Stack`` and trained together with ``vmap``, 2 torch threads.
+  ``poptune.integrations.torch.Stack`` and trained together with ``vmap``, one torch thread.
 
-Both sides use both cores. Both run with ``OMP_WAIT_POLICY=PASSIVE`` (unless it is set): idle
-OpenMP threads then sleep instead of spinning, which on a busy machine made 2 torch threads 10x
-slower here; it changes nothing for one torch thread. ``--threads`` sets the block side's.
+The one-at-a-time side uses both cores; the block side may use two torch threads
+(``--threads 2``) but by default uses one, because two made its block interval slower on the
+2-core development machine (580 ms instead of 484 for 100 steps of 64 members, back to back in
+one quiet process): the ops of policy-sized members are too small to split, and waking the
+second thread costs more than it saves. Both run with ``OMP_WAIT_POLICY=PASSIVE`` (unless it is
+set): idle OpenMP threads then sleep instead of spinning, which on a busy machine made 2 torch
+threads 10x slower here; it changes nothing for one torch thread.
 What is measured, and how:
 
 - wall: ``time.perf_counter()`` around the subprocess, Python's and torch's start-up included;
@@ -40,7 +44,7 @@ block interval under 10%. Each is printed against its target, met or NOT met; th
 0 whatever they are (nonzero only on errors).
 
 Run:  python benchmarks/vectorized.py [--populations 64,256] [--intervals 20] [--steps 100]
-                                      [--block 64] [--threads 2] [--smoke]
+                                      [--block 64] [--threads 1] [--smoke]
 """
 
 from __future__ import annotations
@@ -186,9 +190,9 @@ def train_one(ctx: Any) -> None:
 
 
 def train_block(ctx: Any) -> None:
-    """A block of members stacked and trained together (two torch threads)."""
+    """A block of members stacked and trained together (one torch thread, see --threads)."""
     started = time.perf_counter()
-    torch.set_num_threads(int(os.environ.get(_THREADS, "2")))
+    torch.set_num_threads(int(os.environ.get(_THREADS, "1")))
     first = ctx.hparams[0]
     steps, base = int(first["steps"]), int(first["init"])
     size = len(ctx.members)
@@ -434,7 +438,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--block", type=int, default=None, help=f"default {DEFAULT[3]}")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2, help="torch threads of the block side")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of the block side")
     parser.add_argument(
         "--smoke",
         action="store_true",
