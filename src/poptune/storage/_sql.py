@@ -667,23 +667,12 @@ class SQLStorage(Storage):
         Idempotent: a retry of a call that did commit (its reply was lost with the connection)
         finds its own checkpoint (a unique path) recorded, and succeeds without writing again.
         """
-        status = MemberStatus.DONE if done else MemberStatus.IDLE
-        score = score_value(interval.score)
-        hparams = dumps(dict(interval.hparams))
+        member, row, checkpoint_row = _recording_rows(
+            Recording(claim, interval, checkpoint, exploit_pending, done)
+        )
         with self._write() as connection:
             try:
-                self._fenced(
-                    connection,
-                    RECORD,
-                    claim,
-                    v_step=interval.step,
-                    v_score=score,
-                    v_hparams=hparams,
-                    v_rm=checkpoint.member,
-                    v_rs=checkpoint.step,
-                    v_pending=exploit_pending,
-                    v_status=status.value,
-                )
+                self._fenced(connection, RECORD, claim, **member)
             except LeaseLost:
                 # Refused: either the claim was taken over, or this is the retry of a call
                 # that committed (it released the member). Only the latter finds its own
@@ -698,29 +687,18 @@ class SQLStorage(Storage):
                 ):
                     return
                 raise
-            rows = [_interval_row(claim.population_id, i) for i in (*earlier, interval)]
+            rows = [*(_interval_row(claim.population_id, i) for i in earlier), row]
             connection.execute(intervals.insert(), rows)
-            connection.execute(
-                checkpoints.insert(),
-                {
-                    "population_id": claim.population_id,
-                    "member_id": checkpoint.member,
-                    "step": checkpoint.step,
-                    "path": checkpoint.path,
-                    "size": checkpoint.size,
-                    "checksum": checkpoint.checksum,
-                    "score": score,
-                },
-            )
+            connection.execute(checkpoints.insert(), checkpoint_row)
             best = [
                 {
                     "population_id": claim.population_id,
-                    "step": row["step"],
-                    "high": row["score"],
-                    "low": row["score"],
+                    "step": r["step"],
+                    "high": r["score"],
+                    "low": r["score"],
                 }
-                for row in rows
-                if row["score"] is not None and math.isfinite(row["score"])
+                for r in rows
+                if r["score"] is not None and math.isfinite(r["score"])
             ]
             if best:
                 connection.execute(STEP_BEST[connection.dialect.name], best)
@@ -1535,8 +1513,8 @@ def _interval_row(
 
 
 def _recording_rows(r: Recording) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-    """The member update, interval row and checkpoint row :meth:`SQLStorage.record_intervals`
-    writes for ``r`` (what :meth:`SQLStorage.record_interval` writes for one member)."""
+    """The member update, interval row and checkpoint row that :meth:`SQLStorage.record_interval`
+    writes for ``r`` (and :meth:`SQLStorage.record_intervals` for each member of a block)."""
     interval, checkpoint, claim = r.interval, r.checkpoint, r.claim
     score = score_value(interval.score)
     hparams = dumps(dict(interval.hparams))
