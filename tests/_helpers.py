@@ -7,12 +7,17 @@
   one record at a time, for the storage contract and the tests that read what it stores.
 - :func:`wait_for_intervals`: wait until a run in another process has recorded some
   intervals, before a test interrupts it (progress, not wall time: machines here are loaded).
+- :func:`run_benchmark`: a script of ``benchmarks/`` run on this checkout's code, for the
+  smoke tests that keep every benchmark runnable.
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import poptune as pt
@@ -136,3 +141,21 @@ def wait_for_intervals(
         f"The run {name!r} did not record {count} intervals within {timeout} s; last error "
         f"reading it: {error!r}"
     )
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_benchmark(script: str, *arguments: str, timeout: float = 300.0) -> str:
+    """Run ``benchmarks/<script>`` with ``arguments`` on this checkout's poptune (its ``src``
+    first on the path, whatever is installed); its standard output, once it exited 0."""
+    path = os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / script), *arguments],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHONPATH": path},
+    )
+    assert run.returncode == 0, run.stderr[-3000:] + run.stdout[-3000:]
+    return run.stdout

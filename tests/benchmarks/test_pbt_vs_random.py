@@ -3,13 +3,11 @@ budgets; well under a minute on 2 cores) runs in CI and writes every section and
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent.parent
+from tests._helpers import run_benchmark
 
 
 def test_smoke_run_writes_every_section_and_row(tmp_path: Path):
@@ -18,21 +16,7 @@ def test_smoke_run_writes_every_section_and_row(tmp_path: Path):
     pytest.importorskip("gymnasium")
     pytest.importorskip("sacrebleu")
     output = tmp_path / "results.md"
-    run = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "pbt_vs_random.py"),
-            "--smoke",
-            "--workers",
-            "1",
-            "--output",
-            str(output),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
+    run_benchmark("pbt_vs_random.py", "--smoke", "--workers", "1", "--output", str(output))
     text = output.read_text()
     headings = ("## toy", "## digits", "## GAN", "## translation", "## cartpole", "ablation")
     for heading in headings:

@@ -6,30 +6,16 @@ No timing is asserted: machines are noisy, and the verdict is a measurement, not
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent.parent
+from tests._helpers import run_benchmark
 
 
 def test_smoke_run_prints_every_figure_against_its_target() -> None:
     pytest.importorskip("torch")
-    # Measure this checkout's poptune, whatever is installed.
-    path = os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))
-    run = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "vectorized.py"), "--smoke"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "PYTHONPATH": path},
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
-    out = run.stdout
+    out = run_benchmark("vectorized.py", "--smoke")
     number = r"[\d.]+"
     for row in (
         r"wall, start-up included \(s\)",
