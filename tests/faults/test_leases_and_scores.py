@@ -161,103 +161,84 @@ def test_ctrl_c_between_a_claims_commit_and_its_return_gives_the_member_back(qui
     assert {m.status for m in members} == {pt.MemberStatus.IDLE}
 
 
-CRASHES_BETWEEN_CHECKPOINTS = textwrap.dedent(
-    """
-    import os, sys
-    import poptune as pt
-    from poptune.testing import Quadratic, quadratic_space
+# A worker process that dies in its eighth interval: member 0's step 5, after steps 1-3 of both
+# members were checkpointed at step 3 and member 0's step 4 was trained in memory only.
+_CRASHES = """
+import os, sys
+from datetime import timedelta
+import poptune as pt
+from poptune.testing import CreateOnlyRunner, Quadratic, quadratic_space
 
-    class CrashesAtItsEighthInterval(Quadratic):
-        calls = 0
+class Clock:  # seconds of training, moved by train() only: the same on every run
+    now = 0.0
 
-        def train(self, hparams):
-            type(self).calls += 1
-            if type(self).calls == 8:  # member 0's step 5: step 4 trained, not checkpointed
-                os._exit(9)  # the process dies: nothing is released, nothing flushed
-            super().train(hparams)
+class CrashesAtItsEighthInterval(Quadratic):
+    calls = 0
 
-    pt.run(CrashesAtItsEighthInterval, space=quadratic_space(), metric="q", population=2,
-           intervals=6, checkpoint_every=3, storage=sys.argv[1], name="crashed", seed=0,
-           progress=False)
-    """
+    def train(self, hparams):
+        type(self).calls += 1
+        if type(self).calls == 8:
+            os._exit(9)  # the process dies: nothing is released, nothing flushed
+        super().train(hparams)
+        Clock.now += 1.0
+"""
+CRASHES_BETWEEN_CHECKPOINTS = (
+    _CRASHES
+    + """
+pt.run(CrashesAtItsEighthInterval, space=quadratic_space(), metric="q", population=2,
+       intervals=6, checkpoint_every=3, storage=sys.argv[1], name="crashed", seed=0,
+       progress=False)
+"""
+)
+CRASHES_BETWEEN_TIMED_CHECKPOINTS = (
+    _CRASHES
+    + """
+runner = CreateOnlyRunner()
+pt.run(CrashesAtItsEighthInterval, space=quadratic_space(), metric="q", population=2,
+       intervals=6, checkpoint_every=timedelta(seconds=2.5), ready=pt.Every(5),
+       storage=sys.argv[1], name="crashed", seed=0, progress=False, runner=runner)
+worker = pt.Worker.from_target(runner.target, runner.storage, runner.checkpoints)
+worker.persistence.clock = lambda: Clock.now
+worker.run()
+"""
 )
 
 
-def test_a_crash_between_checkpoints_loses_at_most_checkpoint_every_intervals(tmp_path: Path):
-    url = f"sqlite:///{tmp_path / 'p.db'}"
-    crashed = subprocess.run(
-        [sys.executable, "-c", CRASHES_BETWEEN_CHECKPOINTS, url], timeout=120, check=False
-    )
+def _crash_then_resume(url: str, script: str) -> tuple[pt.Result, pt.Result]:
+    """Run ``script`` until its worker dies; check that only the training since the
+    checkpoints at step 3 was lost, and none of it recorded; resume it to the budget and check
+    that every interval was trained once. The population before the resume, and after."""
+    crashed = subprocess.run([sys.executable, "-c", script, url], timeout=120, check=False)
     assert crashed.returncode == 9
     before = pt.load(url, "crashed")
     assert before.status == "running"
-    # Member 0 trained steps 1-3 (checkpointed at 3), member 1 too, then member 0 trained step
-    # 4 in memory and died in step 5: step 4 is lost, and was never recorded.
     assert sorted((i.member, i.step) for i in before.intervals()) == [
         (m, s) for m in range(2) for s in (1, 2, 3)
     ]
     for member in before.members:  # nothing recorded ahead of the checkpoint it restores from
         assert member.step == 3 and member.restore is not None and member.restore[1] == 3
-    result = before.resume(trainable=Quadratic, progress=False)
+    checkpoints = sorted((c.member, c.step) for c in before.storage.checkpoints(before.record.id))
+    result = pt.load(url, "crashed").resume(trainable=Quadratic, progress=False)
     assert result.status == "finished"
     keys = [(i.member, i.step) for i in result.intervals()]
     assert sorted(keys) == [(m, s) for m in range(2) for s in range(1, 7)]  # each once
     assert [m.step for m in result.members] == [6, 6]
+    assert checkpoints == [(0, 3), (1, 3)]
+    return before, result
 
 
-CRASHES_BETWEEN_TIMED_CHECKPOINTS = textwrap.dedent(
-    """
-    import os, sys
-    from datetime import timedelta
-    import poptune as pt
-    from poptune.testing import CreateOnlyRunner, Quadratic, quadratic_space
-
-    class Clock:  # seconds of training, moved by train() only: the same on every run
-        now = 0.0
-
-    class CrashesAtItsEighthInterval(Quadratic):
-        calls = 0
-
-        def train(self, hparams):
-            type(self).calls += 1
-            if type(self).calls == 8:  # member 0's step 5: step 4 trained, not checkpointed
-                os._exit(9)  # the process dies: nothing is released, nothing flushed
-            super().train(hparams)
-            Clock.now += 1.0
-
-    runner = CreateOnlyRunner()
-    pt.run(CrashesAtItsEighthInterval, space=quadratic_space(), metric="q", population=2,
-           intervals=6, checkpoint_every=timedelta(seconds=2.5), ready=pt.Every(5),
-           storage=sys.argv[1], name="crashed", seed=0, progress=False, runner=runner)
-    worker = pt.Worker.from_target(runner.target, runner.storage, runner.checkpoints)
-    worker.persistence.clock = lambda: Clock.now
-    worker.run()
-    """
-)
+def test_a_crash_between_checkpoints_loses_at_most_checkpoint_every_intervals(tmp_path: Path):
+    """Checkpoints every 3 intervals: member 0's step 4, trained in memory, is lost."""
+    before, _ = _crash_then_resume(f"sqlite:///{tmp_path / 'p.db'}", CRASHES_BETWEEN_CHECKPOINTS)
+    assert before.config.checkpoint_every == 3
 
 
 def test_a_crash_between_timed_checkpoints_loses_at_most_that_much_training(tmp_path: Path):
     """Intervals of one (fake) second, a checkpoint every 2.5 s of a member's training: it
-    checkpoints at step 3 for the time alone (it is ready to exploit at step 5)."""
-    url = f"sqlite:///{tmp_path / 'p.db'}"
-    crashed = subprocess.run(
-        [sys.executable, "-c", CRASHES_BETWEEN_TIMED_CHECKPOINTS, url], timeout=120, check=False
+    checkpoints at step 3 for the time alone (it is ready to exploit at step 5); member 0 then
+    trained step 4 in memory (1 s, under the 2.5 s) and died in step 5: all it lost."""
+    before, result = _crash_then_resume(
+        f"sqlite:///{tmp_path / 'p.db'}", CRASHES_BETWEEN_TIMED_CHECKPOINTS
     )
-    assert crashed.returncode == 9
-    before = pt.load(url, "crashed")
     assert before.config.checkpoint_every == datetime.timedelta(seconds=2.5)
-    # Each member trained 3 s and checkpointed at step 3; member 0 then trained step 4 in
-    # memory (1 s, under the 2.5 s) and died in step 5: that is all it lost, none of it recorded.
-    assert sorted((i.member, i.step) for i in before.intervals()) == [
-        (m, s) for m in range(2) for s in (1, 2, 3)
-    ]
-    for member in before.members:
-        assert member.step == 3 and member.restore is not None and member.restore[1] == 3
-    checkpoints = before.storage.checkpoints(before.record.id)
-    assert sorted((c.member, c.step) for c in checkpoints) == [(0, 3), (1, 3)]
-    result = before.resume(trainable=Quadratic, progress=False)
-    assert result.status == "finished"
-    keys = [(i.member, i.step) for i in result.intervals()]
-    assert sorted(keys) == [(m, s) for m in range(2) for s in range(1, 7)]  # each once
-    assert [m.step for m in result.members] == [6, 6]
     assert result.exploits() and all(e.step == 5 for e in result.exploits())
