@@ -389,16 +389,25 @@ class _Encoder:
             and tensor.is_contiguous()
             and (name := _numpy_name(tensor.dtype, torch)) is not None
         ):
-            node = {
-                "t": "tensor",
-                "dtype": name,
-                "shape": list(tensor.shape),
-                "rg": bool(value.requires_grad),
-                "b": self.buffer(tensor.numpy()),
-            }
-            if type(value) is not torch.Tensor and isinstance(value, torch.nn.Parameter):
-                node["p"] = True
-            return node
+            data: Any = tensor.numpy()
+        else:
+            tensor, data = self._tensor_bytes(tensor, torch)
+            name = str(tensor.dtype).removeprefix("torch.")
+        node = {
+            "t": "tensor",
+            "dtype": name,
+            "shape": list(tensor.shape),
+            "rg": bool(value.requires_grad),
+            "b": self.buffer(data),
+        }
+        if type(value) is not torch.Tensor and isinstance(value, torch.nn.Parameter):
+            node["p"] = True
+        return node
+
+    @staticmethod
+    def _tensor_bytes(tensor: Any, torch: Any) -> tuple[Any, np.ndarray]:
+        """Any other tensor: refused with the reason, or brought to the CPU, resolved and made
+        contiguous; with its bytes (a dtype numpy lacks stored as an integer of its width)."""
         if tensor.layout != torch.strided or tensor.is_nested:
             raise _Refused(
                 f"is a tensor with layout {tensor.layout}, which poptune cannot store; convert "
@@ -418,16 +427,7 @@ class _Encoder:
                     f"is a tensor of dtype {tensor.dtype}, which poptune cannot store."
                 ) from None
             array = tensor.view(getattr(torch, _INTEGER_OF_WIDTH[width])).numpy()
-        node = {
-            "t": "tensor",
-            "dtype": str(tensor.dtype).removeprefix("torch."),
-            "shape": list(tensor.shape),
-            "rg": bool(value.requires_grad),
-            "b": self.buffer(array.reshape(-1).view(np.uint8)),
-        }
-        if type(value) is not torch.Tensor and isinstance(value, torch.nn.Parameter):
-            node["p"] = True
-        return node
+        return tensor, array.reshape(-1).view(np.uint8)
 
 
 _TORCH_NAMES: dict[Any, str | None] = {}  # torch dtype -> its name here; None: numpy lacks it
@@ -479,12 +479,8 @@ class Encoded:
 
     def write(self, file: BinaryIO) -> int:
         """Write the file to ``file``, each buffer straight from its memory; its size."""
-        file.write(self.head)
-        for buffer in self.buffers:
-            file.write(buffer)
-            padding = _align(buffer.nbytes) - buffer.nbytes
-            if padding:
-                file.write(_ZEROS[:padding])
+        for part in self.parts():
+            file.write(part)
         return self.size
 
     def parts(self) -> Iterator[memoryview]:
