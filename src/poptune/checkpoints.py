@@ -361,12 +361,8 @@ class LocalCheckpoints:
                 return digest
             except _DirectRefused as refused:
                 self._refused(refused)
-        with open(temporary, "r+b" if recycled else "wb") as file:
+        with self._buffered(temporary, recycled) as file:
             file.write(segment.view[:size])
-            file.truncate()
-            file.flush()
-            if self.fsync:
-                os.fsync(file.fileno())
         return digest
 
     def _write(self, temporary: Path, encoded: serialization.Encoded, direct: bool) -> str:
@@ -374,11 +370,8 @@ class LocalCheckpoints:
         state); return its checksum."""
         if encoded.size < PACKED_BYTES:
             data = encoded.pack()
-            with open(temporary, "wb") as file:
+            with self._buffered(temporary, recycled=False) as file:
                 file.write(data)
-                file.flush()
-                if self.fsync:
-                    os.fsync(file.fileno())
             return checksum(data)
         recycled = self._take_spare(temporary) or temporary.exists()
         if direct:
@@ -390,14 +383,22 @@ class LocalCheckpoints:
                 if self.fsync:
                     os.fsync(direct_file.fileno())
             return direct_file.checksum
-        with open(temporary, "r+b" if recycled else "wb") as file:
+        with self._buffered(temporary, recycled) as file:
             writer = _HashingWriter(file)
             encoded.write(writer)  # type: ignore[arg-type]
-            file.truncate()  # a recycled file may have been longer
+        return writer.checksum
+
+    @contextlib.contextmanager
+    def _buffered(self, temporary: Path, recycled: bool) -> Iterator[BinaryIO]:
+        """``temporary`` open for writing through the page cache (a recycled spare is
+        overwritten in place); once written, cut to what was written (a spare may have been
+        longer) and flushed, to the disk too with ``fsync``."""
+        with open(temporary, "r+b" if recycled else "wb") as file:
+            yield file
+            file.truncate()
             file.flush()
             if self.fsync:
                 os.fsync(file.fileno())
-        return writer.checksum
 
     @contextlib.contextmanager
     def _staging(self) -> Iterator[mmap.mmap]:
