@@ -353,9 +353,8 @@ class BlockWorker(Worker):
     def _recording(
         self, claim: Claim, interval: IntervalRecord, checkpoint: CheckpointRef
     ) -> Recording:
-        budget = self.spec.config.intervals
-        pending = interval.step < budget and bool(self.spec.ready(self.decider.candidate(interval)))
-        return Recording(claim, interval, checkpoint, pending, interval.step >= budget)
+        done = interval.step >= self.spec.config.intervals
+        return Recording(claim, interval, checkpoint, self._exploits_after(interval), done)
 
     def _forget(self, claim: Claim) -> None:
         """Stop holding ``claim``; its state in memory (if any) is no longer trusted."""

@@ -75,12 +75,12 @@ class CheckpointPolicy:
         """Whether the interval that just reached ``step`` is checkpointed, for a member that
         started training at ``started`` (:meth:`start`); ``ready`` says whether the member is
         due to exploit after it (asked only for a duration, see the module's docstring)."""
-        every = self.config.checkpoint_every
-        if not isinstance(every, timedelta):
-            return checkpointed(self.config, step, stopping)
-        if step >= self.config.intervals or stopping:
+        if checkpointed(self.config, step, stopping):
             return True
-        return self.clock() - started >= every.total_seconds() or ready()
+        every = self.config.checkpoint_every
+        return isinstance(every, timedelta) and (
+            self.clock() - started >= every.total_seconds() or ready()
+        )
 
     def exploits(self, step: int) -> bool:
         """Whether a member may exploit after its checkpointed ``step``

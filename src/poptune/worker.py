@@ -311,16 +311,16 @@ class Worker:
     def _exploits_after(self, interval: IntervalRecord) -> bool:
         """Whether the member is due to exploit after ``interval`` (checkpointed): it is ready,
         at a step where exploits happen (:func:`poptune.persistence.exploit_step`)."""
-        return self.persistence.exploits(interval.step) and bool(
-            self.spec.ready(self.decider.candidate(interval))
-        )
+        return self.persistence.exploits(interval.step) and self._ready_after(interval)
 
     def _ready(self, interval: IntervalRecord) -> bool:
         """Whether the member would copy a donor after ``interval`` (a member checkpoints
         there, with ``checkpoint_every`` a duration, so that it exploits at a checkpoint)."""
-        return self.spec.exploit is not None and bool(
-            self.spec.ready(self.decider.candidate(interval))
-        )
+        return self.spec.exploit is not None and self._ready_after(interval)
+
+    def _ready_after(self, interval: IntervalRecord) -> bool:
+        """The ready strategy's answer for the member after ``interval``."""
+        return bool(self.spec.ready(self.decider.candidate(interval)))
 
     def save(self, member: int, step: int, state: Any) -> CheckpointRef:
         """Write the member's new checkpoint (:func:`poptune.persistence.save_checkpoint`)."""
