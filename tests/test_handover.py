@@ -81,6 +81,18 @@ def _save_then_hang(root: str, folder: str, refs: Any) -> None:
     signal.pause()
 
 
+def _killed_writers_segment(root: Path, folder: str) -> str:
+    """The segment a worker process left: it saved a large checkpoint in ``folder`` and was
+    SIGKILLed before it could clean up."""
+    refs = FORK.Queue()
+    killed = FORK.Process(target=_save_then_hang, args=(str(root), folder, refs))
+    killed.start()
+    left = segment_name(refs.get(timeout=60))
+    os.kill(killed.pid, signal.SIGKILL)
+    killed.join(60)
+    return left
+
+
 def test_another_process_restores_the_donor_from_shared_memory(tmp_path: Path, database: str):
     folder = population_folder(database, 1)
     refs, done = FORK.Queue(), FORK.Event()
@@ -207,12 +219,7 @@ def test_small_states_remote_stores_and_the_switch_keep_the_file_path(
 
 def test_segments_of_killed_workers_are_swept_and_nothing_else(tmp_path: Path, database: str):
     folder = population_folder(database, 1)
-    refs = FORK.Queue()
-    killed = FORK.Process(target=_save_then_hang, args=(str(tmp_path), folder, refs))
-    killed.start()
-    dead = segment_name(refs.get(timeout=60))
-    os.kill(killed.pid, signal.SIGKILL)
-    killed.join(60)
+    dead = _killed_writers_segment(tmp_path, folder)
     live = LocalCheckpoints(tmp_path, shared_memory=True)  # a worker of this process, alive
     alive = segment_name(live.save(folder, 1, 1, large(2)))
     other = segment_name(live.save(population_folder(database, 2), 0, 1, large(3)))
@@ -346,12 +353,7 @@ def test_local_workers_sweep_what_killed_workers_left(
     _run(tmp_path, "resumed", runner=created)
     database = _database(tmp_path)
     folder = population_folder(database, created.target.population_id)
-    refs = FORK.Queue()
-    killed = FORK.Process(target=_save_then_hang, args=(str(tmp_path), folder, refs))
-    killed.start()
-    left = segment_name(refs.get(timeout=60))
-    os.kill(killed.pid, signal.SIGKILL)
-    killed.join(60)
+    left = _killed_writers_segment(tmp_path, folder)
     assert segments(database) == [left]
     with caplog.at_level(logging.INFO, logger="poptune"):
         pt.LocalProcessRunner(2).run(created.target, created.storage, created.checkpoints)
