@@ -40,11 +40,11 @@ What is measured, and how (nothing relies on the worker's internals):
 - peak memory: every process's ``ru_maxrss`` (its own peak RSS, read at exit; it includes pages
   shared with the parent, such as torch's libraries), max and sum over the variant's processes;
   the parent's is shown on its own line.
-- shared memory: poptune's worker processes hand states of 16 MB and more to each other
-  through segments in ``/dev/shm`` (see ``poptune.handover``); their bytes are written
-  through ``mmap``, so they are not in the bytes written, and a segment's pages count in the
-  RSS of a process only while it maps them. The segments left at the end are counted (0
-  expected); ``--no-shared-memory`` runs poptune with ``POPTUNE_SHARED_MEMORY=0``.
+- shared memory: with ``--shared-memory`` (``POPTUNE_SHARED_MEMORY=1``; off by default),
+  poptune's worker processes hand states of 16 MB and more to each other through segments in
+  ``/dev/shm`` (see ``poptune.handover``); their bytes are written through ``mmap``, so they
+  are not in the bytes written, and a segment's pages count in the RSS of a process only while
+  it maps them. The segments left at the end are counted (0 expected).
 
 Before either variant, the parent builds a tiny MLP and takes one SGD step, so that torch's
 lazy imports (constructing the first optimizer imports ``torch._dynamo``: 2-4 s) are inherited
@@ -569,9 +569,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--repeat", type=int, default=1, help="rounds of plain + every variant, for a spread"
     )
     parser.add_argument(
-        "--no-shared-memory",
+        "--shared-memory",
         action="store_true",
-        help="run poptune with POPTUNE_SHARED_MEMORY=0: donors between workers from their files",
+        help="run poptune with POPTUNE_SHARED_MEMORY=1: donors between workers through /dev/shm",
     )
     parser.add_argument(
         "--quick",
@@ -585,8 +585,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     intervals = args.intervals if args.intervals is not None else intervals
     if args.population < 2 or args.workers < 1 or intervals < 1 or params <= 0:
         parser.error("need --population >= 2, --workers >= 1, --intervals >= 1, --params > 0")
-    if args.no_shared_memory:
-        os.environ["POPTUNE_SHARED_MEMORY"] = "0"  # inherited by the worker processes
+    if args.shared_memory:
+        os.environ["POPTUNE_SHARED_MEMORY"] = "1"  # inherited by the worker processes
     single_thread()
     warm_up()
     width = mlp_width(params * 1e6)

@@ -229,11 +229,12 @@ def test_a_direct_save_into_a_longer_spare_is_cut_to_size(tmp_path: Path):
     np.testing.assert_array_equal(store.load(ref)["w"], _large_state()["w"])
 
 
-@pytest.mark.skipif(not handover.available(), reason="needs a tmpfs /dev/shm")
+@pytest.mark.skipif(not handover._tmpfs(), reason="needs a tmpfs /dev/shm")
 @pytest.mark.parametrize("write", ["direct", "buffered", "direct refused"])
 def test_a_checkpoint_written_from_shared_memory_has_the_same_bytes(
     tmp_path: Path, write: str, monkeypatch: pytest.MonkeyPatch
 ):
+    monkeypatch.setenv("POPTUNE_SHARED_MEMORY", "1")  # the handover is opt-in
     if write == "direct refused":
 
         def refuse(path: Path, flags: int) -> int:

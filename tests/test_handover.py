@@ -29,9 +29,15 @@ from poptune.handover import SEGMENTS, SHARED_BYTES, segment_name, sweep_segment
 from poptune.records import CheckpointRef
 from poptune.testing import CreateOnlyRunner
 
-pytestmark = pytest.mark.skipif(not handover.available(), reason="needs a tmpfs /dev/shm")
+pytestmark = pytest.mark.skipif(not handover._tmpfs(), reason="needs a tmpfs /dev/shm")
 
 FORK = multiprocessing.get_context("fork")
+
+
+@pytest.fixture(autouse=True)
+def _asked_for(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The handover is opt-in: these tests ask for it (worker processes inherit it)."""
+    monkeypatch.setenv("POPTUNE_SHARED_MEMORY", "1")
 
 
 @pytest.fixture
@@ -215,6 +221,8 @@ def test_small_states_remote_stores_and_the_switch_keep_the_file_path(
     assert not hasattr(open_checkpoints("memory://handover", shared_memory=True), "segments")
     monkeypatch.setenv("POPTUNE_SHARED_MEMORY", "0")
     assert LocalCheckpoints(tmp_path, shared_memory=True).segments is None
+    monkeypatch.delenv("POPTUNE_SHARED_MEMORY")
+    assert LocalCheckpoints(tmp_path, shared_memory=True).segments is None, "off by default"
 
 
 def test_segments_of_killed_workers_are_swept_and_nothing_else(tmp_path: Path, database: str):

@@ -262,8 +262,8 @@ class LocalCheckpoints:
     a checkpoint of :data:`~poptune.handover.SHARED_BYTES` (16 MB) or more is laid out in a
     shared-memory segment and its file written from there, and a checkpoint is read from its
     segment, verified by its checksum, when one is on this machine: worker processes hand large
-    donors over through memory (see :mod:`poptune.handover`). It is on only on Linux with a
-    tmpfs ``/dev/shm``, and ``POPTUNE_SHARED_MEMORY=0`` turns it off.
+    donors over through memory (see :mod:`poptune.handover`). It takes ``POPTUNE_SHARED_MEMORY=1``
+    as well, on Linux with a tmpfs ``/dev/shm``: off by default.
 
     Example:
         >>> store = LocalCheckpoints("runs/checkpoints")

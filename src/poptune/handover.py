@@ -36,8 +36,9 @@ before Python 3.13 every process that attaches a ``SharedMemory`` registers it w
 resource tracker, which unlinks it (with a "leaked shared_memory objects" warning) when that
 process exits, taking the segment from under the others (CPython issues 82300 and 116849).
 
-``POPTUNE_SHARED_MEMORY=0`` turns the handover off; it is off anyway on other platforms and
-where ``/dev/shm`` is not a tmpfs.
+The handover is off unless ``POPTUNE_SHARED_MEMORY=1`` asks for it (see :func:`available`:
+measured, it did not pay in ``benchmarks/large_state.py``); it is off anyway on other
+platforms and where ``/dev/shm`` is not a tmpfs.
 """
 
 from __future__ import annotations
@@ -82,9 +83,14 @@ _PATH = re.compile(r"(db-[0-9a-f]{16}/population-[0-9]+)/member-[0-9]+/step-[0-9
 
 
 def available() -> bool:
-    """Whether this process can hand checkpoints over through shared memory: Linux, with a
-    writable tmpfs at ``/dev/shm``, and ``POPTUNE_SHARED_MEMORY`` not ``0``."""
-    if os.environ.get("POPTUNE_SHARED_MEMORY", "1").lower() in ("0", "false", "no"):
+    """Whether this process hands checkpoints over through shared memory: asked for with
+    ``POPTUNE_SHARED_MEMORY=1``, on Linux with a writable tmpfs at ``/dev/shm``.
+
+    Off by default: in ``benchmarks/large_state.py`` it cost more than it saved (each save
+    copies the state into shared memory, and a new segment's pages are slow to allocate on the
+    development machine), so it pays only where exploits between worker processes are many
+    against the saves (see docs/overhead.md)."""
+    if os.environ.get("POPTUNE_SHARED_MEMORY", "0").lower() not in ("1", "true", "yes"):
         return False
     return _tmpfs()
 

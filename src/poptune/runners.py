@@ -106,24 +106,25 @@ def _worker_main(
 class LocalProcessRunner:
     """``workers`` local processes, each running the worker loop on the shared storage.
 
-    Processes are forked on Linux (fast start, the trainable class is inherited) and spawned
-    elsewhere (the trainable must then be importable, e.g. defined at module level).
+        Processes are forked on Linux (fast start, the trainable class is inherited) and spawned
+        elsewhere (the trainable must then be importable, e.g. defined at module level).
 
-    On Linux, with two workers or more, each hands the large checkpoints (16 MB and more) it
-    saves in a local folder to the others through shared memory (``/dev/shm``), so that an
-    exploit of a donor saved by another worker does not read its file (see
-    :mod:`poptune.handover`; ``POPTUNE_SHARED_MEMORY=0`` turns it off). The segments left by a
-    killed worker are removed when the run ends, or when the population runs again.
+    With ``POPTUNE_SHARED_MEMORY=1`` (Linux, two workers or more), each hands the large
+        checkpoints (16 MB and more) it saves in a local folder to the others through shared memory
+        (``/dev/shm``), so that an exploit of a donor saved by another worker does not read its file
+        (see :mod:`poptune.handover`; off by default, as it did not pay in the large-state
+        benchmark). The segments left by a killed worker are removed when the run ends, or when the
+        population runs again.
 
-    ``devices`` (e.g. ``["cuda:0", "cuda:1"]``) gives worker ``i`` the device
-    ``devices[i % len(devices)]``: its process sees only that GPU, as ``cuda:0``, and finds its
-    name in ``$POPTUNE_DEVICE`` (see :mod:`poptune.devices`). The environment is set when the
-    process starts, before the worker loop builds a trainable; a spawned process imports the
-    trainable's module before that, so module-level code must not initialise CUDA (importing
-    torch is fine).
+        ``devices`` (e.g. ``["cuda:0", "cuda:1"]``) gives worker ``i`` the device
+        ``devices[i % len(devices)]``: its process sees only that GPU, as ``cuda:0``, and finds its
+        name in ``$POPTUNE_DEVICE`` (see :mod:`poptune.devices`). The environment is set when the
+        process starts, before the worker loop builds a trainable; a spawned process imports the
+        trainable's module before that, so module-level code must not initialise CUDA (importing
+        torch is fine).
 
-    Example:
-        >>> runner = pt.LocalProcessRunner(4, devices=["cuda:0", "cuda:1"])
+        Example:
+            >>> runner = pt.LocalProcessRunner(4, devices=["cuda:0", "cuda:1"])
     """
 
     def __init__(
