@@ -395,6 +395,9 @@ def test_contiguous_cpu_tensors_encode_to_the_bytes_of_the_general_path():
     strided = values.t().contiguous().t()  # the same values, not contiguous
     assert not strided.is_contiguous()
     assert dumps({"w": values}) == dumps({"w": strided})
+    scalar = torch.tensor(3.5)  # 0-d, as an optimizer's step is: the fast path takes it too
+    assert dumps({"w": -scalar}) == dumps({"w": scalar._neg_view()})  # the general path
+    assert dumps({"w": -values}) == dumps({"w": values._neg_view()})  # a negative bit resolved
     parameter = torch.nn.Parameter(values.clone())
     loaded = load(dumps({"p": parameter, "h": values.half(), "b": values.bfloat16()}))
     assert isinstance(loaded["p"], torch.nn.Parameter) and loaded["p"].requires_grad

@@ -274,6 +274,10 @@ class _Encoder:
         self.buffers: list[memoryview] = []
         self.version = 1  # raised to the version of the newest node written
         self.tree: Any = None  # what encode() gave for the whole state
+        torch = sys.modules.get("torch")  # a tensor exists only if torch was imported
+        self._torch = torch
+        #: the exact type met most after dict (a block saves thousands of tensors)
+        self._tensor = getattr(torch, "Tensor", None)
 
     def buffer(self, data: Any) -> int:
         self.buffers.append(memoryview(data).cast("B"))
@@ -288,6 +292,8 @@ class _Encoder:
             return self.integer(value)
         if kind is dict:
             return self.mapping(value)
+        if kind is self._tensor:
+            return self.tensor(value, self._torch)
         if kind is list:
             return self.sequence(value)
         if kind is tuple:
@@ -338,7 +344,7 @@ class _Encoder:
         values: list[Any] = []
         for index, (key, item) in enumerate(value.items()):
             try:
-                keys.append(self.encode(key))
+                keys.append(key if type(key) is str else self.encode(key))
             except _Refused as refused:
                 refused.path.append(index)  # written list(state[...])[index]: the key itself
                 raise
@@ -378,27 +384,33 @@ class _Encoder:
         return {"t": "torch_dtype", "v": str(value).removeprefix("torch.")}
 
     def tensor(self, value: Any, torch: Any) -> dict[str, Any]:
-        tensor = value.detach()
+        grad = value.requires_grad
+        tensor = value.detach() if grad else value
+        name = _TORCH_NAMES.get(tensor.dtype, "")
+        if name == "":
+            name = _numpy_name(tensor.dtype, torch)
         if (  # the common case, a third of the general path's time (a block saves thousands)
-            tensor.is_cpu
+            name is not None
+            and tensor.is_cpu
             and tensor.layout is torch.strided
-            and tensor.numel() > 0  # no bytes, or 0-d: memoryview.cast refuses them
-            and tensor.dim() > 0
+            and tensor.numel() > 0  # no bytes: memoryview.cast refuses them
             and not (tensor.is_nested or tensor.is_quantized or tensor.is_conj())
             and not tensor.is_neg()
             and tensor.is_contiguous()
-            and (name := _numpy_name(tensor.dtype, torch)) is not None
         ):
             data: Any = tensor.numpy()
+            if not data.ndim:
+                data = data.reshape(1)  # a 0-d array: memoryview.cast needs a dimension
         else:
             tensor, data = self._tensor_bytes(tensor, torch)
             name = str(tensor.dtype).removeprefix("torch.")
+        self.buffers.append(memoryview(data).cast("B"))
         node = {
             "t": "tensor",
             "dtype": name,
             "shape": list(tensor.shape),
-            "rg": bool(value.requires_grad),
-            "b": self.buffer(data),
+            "rg": grad,
+            "b": len(self.buffers) - 1,
         }
         if type(value) is not torch.Tensor and isinstance(value, torch.nn.Parameter):
             node["p"] = True
