@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import shutil
 import uuid
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from poptune.checkpoints import (
     CheckpointCorrupt,
     CheckpointError,
     LocalCheckpoints,
+    UnsafeCheckpointPath,
     open_checkpoints,
     population_folder,
 )
@@ -41,6 +43,22 @@ def test_every_attempt_gets_its_own_file(tmp_path: Path):
     second = store.save("population-1", 0, 1, {"x": 2})  # a late writer for the same (member, step)
     assert first.path != second.path
     assert store.load(first) == {"x": 1}
+
+
+def test_a_member_folder_is_checked_and_made_once_and_again_if_it_went(tmp_path: Path):
+    """The store remembers the member folders it made (a block saves 64 states at once); one
+    that went meanwhile is made again, and one that leads out of the root is refused."""
+    store = LocalCheckpoints(tmp_path / "root")
+    first = store.save("population-1", 0, 1, {"x": 1})
+    shutil.rmtree(tmp_path / "root" / "population-1" / "member-0000")
+    second = store.save("population-1", 0, 2, {"x": 2})
+    assert store.load(second) == {"x": 2} and not (tmp_path / "root" / first.path).exists()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (tmp_path / "root" / "population-1" / "member-0001").symlink_to(outside)
+    with pytest.raises(UnsafeCheckpointPath, match="symbolic link"):
+        store.save("population-1", 1, 1, {"x": 3})
+    assert list(outside.iterdir()) == []
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip", "delete", "replace"])
@@ -294,7 +312,7 @@ def test_direct_io_can_be_turned_off_from_the_environment(tmp_path: Path, monkey
     ],
 )
 def test_a_path_outside_the_populations_folder_is_refused(path):
-    from poptune.checkpoints import UnsafeCheckpointPath, confined, population_folders
+    from poptune.checkpoints import confined, population_folders
 
     with pytest.raises(UnsafeCheckpointPath, match="refusing to read or delete"):
         confined(path, population_folders("0123456789abcdef", 1))

@@ -298,6 +298,9 @@ class LocalCheckpoints:
         # worker that collects a file is often not the one that writes next.
         self.spares = check_int("spares", spares, 0, owner="LocalCheckpoints")
         self._mine: set[Path] = set()  # spares this store put in a pool, removed by close()
+        # The member folders this store made and found inside the root, by relative path: a
+        # block's save then costs no mkdir and no symbolic-link walk per member.
+        self._folders: dict[str, Path] = {}
         self._lock = threading.Lock()
         #: this process's shared-memory segments, if large checkpoints are handed over
         self.segments = handover.Segments() if shared_memory and handover.available() else None
@@ -306,8 +309,28 @@ class LocalCheckpoints:
         """Write ``state`` to a unique file in ``folder``, renamed into place only once
         complete."""
         relative = _new_path(folder, member, step)
-        final = self._resolve(relative)
-        final.parent.mkdir(parents=True, exist_ok=True)
+        parent, _, name = relative.rpartition("/")
+        made = self._folders.get(parent)
+        try:
+            final = (made or self._made(relative)) / name
+            return self._save(folder, member, step, state, relative, final)
+        except FileNotFoundError:
+            if made is None or self._folders.pop(parent, None) is None:
+                raise
+            final = self._made(relative) / name  # the folder went meanwhile: made again
+            return self._save(folder, member, step, state, relative, final)
+
+    def _made(self, relative: str) -> Path:
+        """The folder of the new file ``relative``: checked to resolve inside the root (symbolic
+        links followed), made, and remembered."""
+        directory = self._resolve(relative).parent
+        directory.mkdir(parents=True, exist_ok=True)
+        self._folders[relative.rpartition("/")[0]] = directory
+        return directory
+
+    def _save(
+        self, folder: str, member: int, step: int, state: Any, relative: str, final: Path
+    ) -> CheckpointRef:
         temporary = final.with_name(f".{final.name}.tmp")
         encoded = serialization.encode(state)
         direct = self.direct and encoded.size >= DIRECT_BYTES
