@@ -328,3 +328,17 @@ def test_the_populations_own_and_legacy_paths_are_accepted():
         "population-1/member-0003/step-000002-def.ckpt",  # written before databases had ids
     ):
         assert confined(path, folders) == path
+
+
+def test_a_member_folder_swapped_for_a_link_after_a_save_is_refused(tmp_path: Path):
+    """The folders a store remembers are checked for a symbolic link at every save."""
+    store = LocalCheckpoints(tmp_path / "root")
+    store.save("population-1", 0, 1, {"x": 1})
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    member = tmp_path / "root" / "population-1" / "member-0000"
+    shutil.rmtree(member)
+    member.symlink_to(outside)
+    with pytest.raises(UnsafeCheckpointPath, match="symbolic link"):
+        store.save("population-1", 0, 2, {"x": 2})
+    assert list(outside.iterdir()) == []
