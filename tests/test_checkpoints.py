@@ -159,7 +159,13 @@ def test_a_collected_file_is_overwritten_by_the_next_save_not_reallocated(tmp_pa
     assert [p for p in (tmp_path / "population-1").rglob("*") if p.is_file()] == []
 
 
-def test_small_checkpoints_are_written_whole_and_deleted_not_recycled(tmp_path: Path):
+def test_small_checkpoints_are_written_whole_and_recycled_by_their_store(
+    tmp_path: Path, monkeypatch
+):
+    """A small state is written in one call; its file, once collected, is kept by the store
+    for its own next small save (up to SMALL_SPARES, none with spares=0), never through a
+    symbolic link, and deleted by close()."""
+    monkeypatch.setattr(checkpoints, "SMALL_SPARES", 2)
     store = LocalCheckpoints(tmp_path, spares=4)
     state = {"w": np.arange(1000.0), "b": np.float32(2.5), "step": 7}
     ref = store.save("population-1", 0, 1, state)
@@ -167,13 +173,33 @@ def test_small_checkpoints_are_written_whole_and_deleted_not_recycled(tmp_path: 
     assert path.stat().st_size == ref.size
     assert path.read_bytes() == serialization.dumps(state)  # the format, byte for byte
     assert checkpoints.checksum(path.read_bytes()) == ref.checksum
+    inode = path.stat().st_ino
     store.delete(ref)
-    assert [p for p in (tmp_path / "population-1").rglob("*") if p.is_file()] == []
-    big = store.save("population-1", 0, 2, {"w": np.zeros(_BIG)})
-    fresh = store.save("population-1", 1, 1, state)  # a small save takes no spare
-    store.delete(big)
-    assert len(list((tmp_path / "population-1" / ".spares").iterdir())) == 1
-    np.testing.assert_array_equal(store.load(fresh)["w"], state["w"])
+    assert not path.exists()
+    again = store.save("population-1", 1, 1, {"w": np.arange(10.0)})  # shorter: cut to size
+    assert (tmp_path / again.path).stat().st_ino == inode  # the same file, overwritten
+    assert (tmp_path / again.path).stat().st_size == again.size
+    np.testing.assert_array_equal(store.load(again)["w"], np.arange(10.0))
+    refs = [store.save("population-1", m, 2, state) for m in range(3)]
+    for r in [again, *refs]:
+        store.delete(r)
+    pool = tmp_path / "population-1" / ".spares"
+    assert len(list(pool.iterdir())) == 2  # SMALL_SPARES: the others deleted
+    outside = tmp_path / "outside.txt"
+    outside.write_text("not poptune's")
+    for spare in pool.iterdir():  # someone who can write to the folder plants links
+        spare.unlink()
+        spare.symlink_to(outside)
+    planted = store.save("population-1", 0, 3, state)
+    assert outside.read_text() == "not poptune's"
+    assert not (tmp_path / planted.path).is_symlink()
+    assert store.load(planted)["step"] == 7
+    store.close()
+    assert list(pool.iterdir()) == [] and outside.read_text() == "not poptune's"
+    unkept = LocalCheckpoints(tmp_path / "none", spares=0)
+    ref = unkept.save("population-1", 0, 1, state)
+    unkept.delete(ref)
+    assert [p for p in (tmp_path / "none").rglob("*") if p.is_file()] == []
 
 
 def test_workers_share_one_pool_of_spares_per_population(tmp_path: Path):
