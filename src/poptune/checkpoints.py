@@ -47,11 +47,12 @@ log = logging.getLogger(__name__)
 DIRECT_BYTES = 16 * 2**20
 _ALIGN = 4096  # offsets, lengths and addresses of direct I/O: a multiple of any block size
 _STAGING = 1 * 2**20  # the aligned buffer that direct writes go through
-#: Checkpoints under this size are laid out in memory and written in one call, and are not
-#: recycled as spares: for them a file's Python overhead (a write or two per array) and the
-#: spare pool's directory listing cost more than the bytes (a block of 64 small policies
-#: spent most of its framework time there). Above it, overwriting a spare pays: a new 1 MB
-#: file costs 0.4 ms of CPU here, an overwritten one 0.1 ms.
+#: Checkpoints under this size are laid out in memory and written in one call: for them a
+#: file's Python overhead (a write or two per array) costs more than the bytes. Their files
+#: are recycled by the store that collected them (:data:`SMALL_SPARES`), from its own list:
+#: the shared pool's directory listing would cost more than the file. Above it, the pool is
+#: shared by the population's workers: a new 1 MB file costs 0.4 ms of CPU here, an
+#: overwritten one 0.1 ms.
 PACKED_BYTES = 256 * 2**10
 
 __all__ = [
@@ -491,20 +492,11 @@ class LocalCheckpoints:
         if full:
             path.unlink(missing_ok=True)
             return
-        spare = pool / uuid.uuid4().hex
-        try:
-            os.replace(path, spare)
-        except FileNotFoundError:
-            if not path.exists():
-                return  # already gone
-            pool.mkdir(exist_ok=True)
-            try:
-                os.replace(path, spare)
-            except FileNotFoundError:
-                return
-        with self._lock:
-            kept.append(spare)
-            self._mine.add(spare)
+        spare = _into_pool(path, pool)
+        if spare is not None:
+            with self._lock:
+                kept.append(spare)
+                self._mine.add(spare)
 
     def _collected(self, relative: str) -> Path:
         """The file at ``relative`` (read from the storage) to delete: as :meth:`_resolve` finds
@@ -578,14 +570,10 @@ class LocalCheckpoints:
         except FileNotFoundError:
             keep = self.spares > 0
         if keep:
-            spare = pool / uuid.uuid4().hex
-            pool.mkdir(exist_ok=True)
-            try:
-                os.replace(path, spare)
-            except FileNotFoundError:
-                return
-            with self._lock:
-                self._mine.add(spare)
+            spare = _into_pool(path, pool)
+            if spare is not None:
+                with self._lock:
+                    self._mine.add(spare)
             return
         path.unlink(missing_ok=True)
 
@@ -620,6 +608,23 @@ class LocalCheckpoints:
     def remove(self, path: str) -> None:
         """Delete a file by its path relative to the store."""
         self._resolve(path).unlink(missing_ok=True)
+
+
+def _into_pool(path: Path, pool: Path) -> Path | None:
+    """Move the file ``path`` into ``pool`` (made if need be) under a name nobody looks up;
+    the spare's path, or ``None`` if the file was already gone."""
+    spare = pool / uuid.uuid4().hex
+    try:
+        os.replace(path, spare)
+    except FileNotFoundError:
+        if not path.exists():
+            return None
+        pool.mkdir(exist_ok=True)
+        try:
+            os.replace(path, spare)
+        except FileNotFoundError:
+            return None
+    return spare
 
 
 def _fresh(taken: Path) -> bool:
