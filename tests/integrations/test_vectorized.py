@@ -398,3 +398,41 @@ def test_on_a_gpu_members_train_as_on_the_cpu_and_states_come_back_on_the_cpu(op
         assert_close_states(
             gpu.state(k), cpu.state(2 if k == 0 else k), {"rtol": 1e-3, "atol": 1e-4}
         )
+
+
+def test_a_stack_builds_no_torch_optimizer_and_imports_no_dynamo():
+    # Building torch's first optimizer imports torch._dynamo (a second of start-up): a Stack
+    # reads the param group torch would write without building one.
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torch\n"
+        "from poptune.integrations.torch import Stack\n"
+        "for name in ('sgd', 'adam', 'adamw'):\n"
+        "    Stack(lambda: torch.nn.Linear(2, 1), seeds=[0, 1], optimizer=name).state(0)\n"
+        "print('torch._dynamo' in sys.modules)\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert run.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("kind", ["SGD", "Adam", "AdamW"])
+def test_the_param_group_read_without_an_optimizer_is_torchs_own(kind):
+    from poptune.integrations.vectorized import _torch_group
+
+    group = TORCH[kind.lower()]([torch.zeros(1, requires_grad=True)]).param_groups[0]
+    want = {k: v for k, v in group.items() if k != "params"}
+    assert _torch_group(kind) == want
+    assert list(_torch_group(kind)) == list(want)
+
+
+def test_a_torch_class_that_hands_no_defaults_over_is_asked_the_plain_way(monkeypatch):
+    from poptune.integrations import vectorized
+
+    class Direct(torch.optim.SGD):  # calls Optimizer.__init__ by name, past any class between
+        def __init__(self, params, lr=0.5):
+            torch.optim.Optimizer.__init__(self, params, {"lr": lr, "odd": 3})
+
+    monkeypatch.setattr(torch.optim, "Direct", Direct, raising=False)
+    assert vectorized._torch_group.__wrapped__("Direct") == {"lr": 0.5, "odd": 3}

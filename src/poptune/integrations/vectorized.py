@@ -35,7 +35,9 @@ member and a ``pt.Trainable`` built on the plain helpers.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import functools
 import math
 import operator
 from collections import OrderedDict
@@ -442,9 +444,7 @@ class _Optimizer:
         self.stale = False  # are the device tensors behind self.values
         # torch.optim's own param group for this optimizer, so that state() writes the keys
         # the installed torch writes (foreach, fused, decoupled_weight_decay...).
-        torch_class = getattr(torch.optim, _TORCH_CLASS[name])
-        group = torch_class([torch.zeros(1, requires_grad=True)]).param_groups[0]
-        self.group = {k: v for k, v in group.items() if k != "params"}
+        self.group = dict(_torch_group(_TORCH_CLASS[name]))
         self.set({k: v for k, v in self.defaults.items()})
 
     # settings
@@ -890,6 +890,33 @@ _OPTIMIZER_CLASSES: dict[str, type[_Optimizer]] = {"sgd": _SGD, "adam": _Adam, "
 
 
 # -- helpers ---------------------------------------------------------------------------------
+
+
+@functools.cache
+def _torch_group(kind: str) -> dict[str, Any]:
+    """The param group, without its params, that ``torch.optim.<kind>`` gives a parameter
+    passed without settings: the defaults the class hands to ``Optimizer.__init__``.
+
+    They are caught by a class placed between the two in the method resolution order, so no
+    optimizer is built: building torch's first optimizer imports ``torch._dynamo`` (about 1 s,
+    and 0.3 s more at exit, on the development machine), which nothing else in a Stack needs.
+    A torch whose class does not pass them that way is asked the plain way.
+    """
+    torch_class = getattr(torch.optim, kind)
+    caught: dict[str, Any] = {}
+
+    class Catch(torch.optim.Optimizer):
+        def __init__(self, params: Any, defaults: dict[str, Any]) -> None:
+            caught.update(defaults)
+
+    probe = type(f"_{kind}Probe", (torch_class, Catch), {})
+    # Code after super().__init__ may need what Catch skips: what was caught is enough.
+    with contextlib.suppress(Exception):
+        probe([torch.zeros(1, requires_grad=True)])
+    if caught:
+        return caught
+    group = torch_class([torch.zeros(1, requires_grad=True)]).param_groups[0]
+    return {k: v for k, v in group.items() if k != "params"}
 
 
 def _built(
