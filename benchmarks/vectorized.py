@@ -401,9 +401,12 @@ def compare(population: int, block: int, one: Side, stacked: Side) -> dict[str, 
     ]
     rows = [(title, show(one), show(stacked)) for title, show in figures]
     size = min(block, population)
-    print(f"\n{'population ' + str(population):<58}{'one at a time':>28}{f'block of {size}':>28}")
-    for title, a, b in rows:
-        print(f"{title:<58}{a:>28}{b:>28}")
+    header = (f"population {population}", "one at a time", f"block of {size}")
+    # Each column is as wide as its widest cell plus two spaces, so cells never run together.
+    width = [max(len(row[k]) for row in [header, *rows]) + 2 for k in range(3)]
+    print()
+    for title, a, b in [header, *rows]:
+        print(f"{title:<{width[0]}}{a:>{width[1]}}{b:>{width[2]}}")
     wall = one.wall / stacked.wall
     throughput = stacked.throughput / one.throughput
     share = stacked.share()
