@@ -356,7 +356,9 @@ class _Encoder:
         return {"t": "dict", "k": keys, "v": values}
 
     def array(self, value: np.ndarray | np.generic) -> dict[str, Any]:
-        if isinstance(value, np.ma.MaskedArray):
+        # ``np.ma`` is imported on first use (tens of ms): a masked array exists only if it was.
+        masked = sys.modules.get("numpy.ma")
+        if masked is not None and isinstance(value, masked.MaskedArray):
             raise _Refused(
                 "is a numpy masked array, whose mask poptune would lose; store its .data and "
                 ".mask as two arrays."
