@@ -120,7 +120,7 @@ TASKS = [
         6,
         8,
         "lr",
-        smoke_work={"updates": 3},
+        smoke_work={"updates": 3, "held_out": 20},
     ),
     Task(
         "cartpole (mean return of the last 10 episodes)",
@@ -132,7 +132,7 @@ TASKS = [
         8,
         "lr",
         work={"steps": 1500},
-        smoke_work={"steps": 200},
+        smoke_work={"steps": 100},
         others=(
             ("PBT, tournament", pt.Tournament),
             ("PBT, t-test", lambda: pt.TTest(window=4, alpha=0.1)),
