@@ -364,14 +364,13 @@ def test_garbage_after_a_valid_prefix_gives_an_error_or_a_value(garbage):
 
 
 def test_saving_and_loading_arrays_import_neither_torch_nor_numpy_ma():
-    """Nor does a forked worker pay for ``numpy.random`` at its first draw: poptune imports it."""
     code = (
-        "import sys, numpy as np, poptune, poptune.serialization as s; "
+        "import sys, numpy as np, poptune.serialization as s; "
         "s.load(s.dumps({'a': np.ones(2), 'b': (1, 2.0)})); "
-        "print(*(m in sys.modules for m in ('torch', 'numpy.ma', 'numpy.random')))"
+        "print(*(m in sys.modules for m in ('torch', 'numpy.ma')))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.split() == ["False", "False", "True"]
+    assert out.stdout.split() == ["False", "False"]
 
 
 def test_array_bytes_is_the_size_of_the_arrays_and_tensors_in_a_state():
