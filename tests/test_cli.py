@@ -169,7 +169,9 @@ def test_report_default_output_is_a_safe_file_in_this_folder(
 
 
 def test_report_to_a_path_that_cannot_be_written_is_one_line(population, storage_url, tmp_path):
-    for target in (str(tmp_path), str(tmp_path / "no" / "such" / "x.html"), "/proc/x.html"):
+    # the path the user gave is shown whole, however long (a cut one hides which file it was)
+    unwritable = tmp_path / "no" / ("such-a-long-folder-name-" * 5) / "x.html"
+    for target in (str(tmp_path), str(unwritable), "/proc/x.html"):
         if target.startswith(str(tmp_path / "no")):
             (tmp_path / "no").write_text("a file where a folder should be")
         out = CliRunner().invoke(main, ["report", "toy", "--storage", storage_url, "-o", target])

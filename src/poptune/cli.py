@@ -161,8 +161,8 @@ def _console() -> Console:
 
 def _write_error(path: str | Path, error: OSError) -> click.ClickException:
     return click.ClickException(
-        f"Cannot write {printable(str(path))}: {error.strerror or error}. Pass -o a file in a "
-        "folder you can write, e.g. -o report.html."
+        f"Cannot write {printable(str(path), limit=None)}: {error.strerror or error}. Pass -o a "
+        "file in a folder you can write, e.g. -o report.html."
     )
 
 
