@@ -546,8 +546,7 @@ def main() -> None:
                 f"sync {schedules[SYNC]}; async {schedules[ASYNC]}.",
                 "",
             ]
-        ablation_lines = ablation(mode, seeds)
-        lines += ablation_lines
+        lines += ablation(mode, seeds, f"sqlite:///{Path(folder) / 'toy.db'}")
         # its own database: in --smoke every population is 3 members, and names would clash
         lines += pb2_section(tasks, command, args.workers, f"sqlite:///{Path(folder) / 'pb2.db'}")
     args.output.parent.mkdir(parents=True, exist_ok=True)
@@ -555,12 +554,13 @@ def main() -> None:
     print(f"wrote {args.output}")
 
 
-def ablation(mode: str, seeds: int) -> list[str]:
-    """The toy problem's figure 2 ablation (examples/toy.py)."""
+def ablation(mode: str, seeds: int, storage: str) -> list[str]:
+    """The toy problem's figure 2 ablation (examples/toy.py), trained afresh in ``storage``
+    (the example reads back a run its storage already holds: the default one, in the current
+    folder, may hold an older run's)."""
     toy = _example("toy")
-    ablation = toy.main(
-        ["--seeds", str(seeds), "--intervals", {"smoke": "2", "quick": "5"}.get(mode, "10")]
-    )
+    intervals = {"smoke": "2", "quick": "5"}.get(mode, "10")
+    ablation = toy.main(["--seeds", str(seeds), "--intervals", intervals, "--storage", storage])
     pbt = ablation["PBT"]
     alone = all(pbt["best Q"] > row["best Q"] for name, row in ablation.items() if name != "PBT")
     return [

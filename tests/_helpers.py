@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -148,14 +149,20 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def run_benchmark(script: str, *arguments: str, timeout: float = 300.0) -> str:
     """Run ``benchmarks/<script>`` with ``arguments`` on this checkout's poptune (its ``src``
-    first on the path, whatever is installed); its standard output, once it exited 0."""
+    first on the path, whatever is installed); its standard output, once it exited 0. It runs
+    in an empty folder, which must stay empty: a benchmark writes only where it is told (a
+    default storage in the current folder would read back an older run's populations)."""
     path = os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))
-    run = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / script), *arguments],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, "PYTHONPATH": path},
-    )
-    assert run.returncode == 0, run.stderr[-3000:] + run.stdout[-3000:]
+    with tempfile.TemporaryDirectory() as folder:
+        run = subprocess.run(
+            [sys.executable, str(ROOT / "benchmarks" / script), *arguments],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env={**os.environ, "PYTHONPATH": path},
+            cwd=folder,
+        )
+        assert run.returncode == 0, run.stderr[-3000:] + run.stdout[-3000:]
+        left = sorted(os.listdir(folder))
+        assert not left, f"benchmarks/{script} wrote {left} into the folder it ran in"
     return run.stdout
