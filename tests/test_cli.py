@@ -6,6 +6,7 @@ import datetime
 import hashlib
 import importlib
 import json
+import shlex
 import sqlite3
 import sys
 from pathlib import Path
@@ -371,6 +372,13 @@ class _CtrlC(Quadratic):
         return super().train(hparams)
 
 
+def _hinted_command(output: str, start: str) -> list[str]:
+    """The words of the command a message tells the user to type, from ``start`` to the end of
+    its line or its closing backtick, read as a POSIX shell reads them."""
+    line = output[output.index(start) :].splitlines()[0]
+    return shlex.split(line.split("`")[0])
+
+
 def test_status_says_interrupted_after_a_clean_ctrl_c(quick_run):
     url = quick_run.storage
     with pytest.raises(KeyboardInterrupt):
@@ -386,6 +394,21 @@ def test_status_says_interrupted_after_a_clean_ctrl_c(quick_run):
     resumed = invoke("resume", "cut", "--storage", url, "--no-progress")
     assert resumed.exit_code == 0
     assert "finished" in invoke("status", "cut", "--storage", url).output
+
+
+def test_resume_hints_are_commands_a_shell_reads_back(quick_run):
+    """A name with a space, a quote and a $ is shown quoted, whole, in every resume hint."""
+    url, name = quick_run.storage, "cut it's $HOME " + "x" * 100
+    _CtrlC.trained = 0
+    with pytest.raises(KeyboardInterrupt):
+        quick_run(_CtrlC, name=name, population=2, intervals=4)
+    expected = ["poptune", "resume", name, "--storage", url]
+    status = invoke("status", name, "--storage", url)
+    assert _hinted_command(status.output, "poptune resume") == expected
+    _CtrlC.trained = 0  # the resumed run is interrupted again
+    resumed = CliRunner().invoke(main, ["resume", name, "--storage", url, "--no-progress"])
+    assert resumed.exit_code == 130, resumed.output
+    assert _hinted_command(resumed.output, "poptune resume") == expected
 
 
 def test_status_and_list_fit_an_80_column_terminal(quick_run, monkeypatch):

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import shlex
+
 import pytest
 
-from poptune._text import printable, unsafe_character
+from poptune._text import printable, shell_word, unsafe_character
 from poptune._validation import InvalidParameterError, check_name
 
 
@@ -40,3 +42,15 @@ def test_check_name_refuses_exactly_the_unsafe_characters():
     with pytest.raises(InvalidParameterError) as error:
         check_name("name", "\x00" * 10_000)
     assert len(str(error.value)) < 400  # the value is shown, not repeated in full
+
+
+@pytest.mark.parametrize(
+    "name", ["digits", "my run", "it's", "$(touch x) `y` ; z", "x" * 200]
+)
+def test_shell_word_is_read_back_by_a_shell_as_the_name(name):
+    assert shlex.split(f"poptune resume {shell_word(name)}") == ["poptune", "resume", name]
+
+
+def test_shell_word_escapes_what_a_terminal_would_obey():
+    word = shell_word("evil\x1b[2J name")
+    assert "\x1b" not in word and shlex.split(word) == ["evil\\x1b[2J name"]

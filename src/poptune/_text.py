@@ -12,9 +12,10 @@ This module imports nothing of poptune's, so every layer may use it.
 
 from __future__ import annotations
 
+import shlex
 import unicodedata
 
-__all__ = ["NAME_LIMIT", "printable", "unsafe_character"]
+__all__ = ["NAME_LIMIT", "printable", "shell_word", "unsafe_character"]
 
 #: How many characters of a name a message shows before it cuts it with an ellipsis.
 NAME_LIMIT = 80
@@ -51,3 +52,17 @@ def printable(text: object, limit: int | None = NAME_LIMIT) -> str:
     if limit is not None and len(shown) > limit:
         return f"{shown[: max(limit - 1, 0)]}…"
     return shown
+
+
+def shell_word(text: object) -> str:
+    """``text`` as one word of a command to copy into a POSIX shell: :func:`printable`, never
+    cut, and quoted when it holds anything but letters, digits and ``@%+=:,./-_`` (a space, a
+    quote, ``$``...), so the shell reads back the name that was shown.
+
+    Example:
+        >>> shell_word("digits-pbt")
+        'digits-pbt'
+        >>> print(shell_word("my run's name"))
+        'my run'"'"'s name'
+    """
+    return shlex.quote(printable(text, limit=None))

@@ -22,7 +22,7 @@ from rich.table import Table
 
 from ._filenames import safe_path
 from ._redact import redact_text
-from ._text import printable
+from ._text import printable, shell_word
 from .config import PopulationConfig
 from .deletion import check_deletable
 from .devices import CUDA_VISIBLE_DEVICES, apply_environment, device_environment, parse_device
@@ -338,7 +338,7 @@ def status(
     if _shown_status(summary) == "interrupted":
         click.echo(
             "Interrupted: no worker holds a member. Continue it with "
-            f"`poptune resume {printable(result.name)}{storage_option(result.storage.url)}`.",
+            f"`poptune resume {shell_word(result.name)}{storage_option(result.storage.url)}`.",
             err=True,
         )
     if record.status.value == "stopped":
@@ -671,8 +671,7 @@ def resume(
     except KeyboardInterrupt:
         url = storage or default_storage_url()
         click.echo(
-            f"Interrupted; continue with: poptune resume '{printable(name, limit=None)}' "
-            f"--storage '{redact_url(url)}'",
+            f"Interrupted; continue with: poptune resume {shell_word(name)}{storage_option(url)}",
             err=True,
         )
         sys.exit(130)

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ._text import shell_word
 from .checkpoints import CheckpointStore, population_folder, sweep_orphans
 from .errors import PopulationError
 from .progress import ProgressWatcher
@@ -117,7 +118,7 @@ def _run_watched(execution: Execution, target: WorkerTarget) -> None:
             "Interrupted: population %r stopped cleanly; continue it with "
             "`poptune resume %s%s` or pt.load(...).resume().",
             record.name,
-            record.name,
+            shell_word(record.name),
             storage_option(storage.url),
         )
         raise

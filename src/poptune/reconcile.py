@@ -15,6 +15,7 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ._text import shell_word
 from ._validation import invalid
 from .checkpoints import CheckpointStore
 from .config import PopulationConfig, stored_checkpoint_every
@@ -147,8 +148,8 @@ def check_same(record: PopulationRecord, config: PopulationConfig, storage: Stor
             f"A population named {record.name!r} already exists in {redact_url(storage.url)} "
             f"with a different configuration ({'; '.join(differing)}). Choose another name, "
             f"continue the stored one with pt.load(storage, {record.name!r}).resume() / "
-            f"`poptune resume {record.name}{option}`, or delete it with "
-            f"`poptune delete {record.name}{option}`."
+            f"`poptune resume {shell_word(record.name)}{option}`, or delete it with "
+            f"`poptune delete {shell_word(record.name)}{option}`."
         )
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ._imports import import_object
+from ._text import shell_word
 from ._validation import invalid
 from .checkpoints import CheckpointStore, confined, population_folders
 from .config import PopulationConfig
@@ -364,7 +365,8 @@ class Result:
         if not intervals:
             raise NoBestMember(
                 f"Population {self.name!r} has no recorded interval yet: wait for its workers "
-                f"(poptune status {self.name}), or resume it (poptune resume {self.name})."
+                f"(poptune status {shell_word(self.name)}), or resume it "
+                f"(poptune resume {shell_word(self.name)})."
             )
         fitness = self.mode.fitness
         finite = [item for item in scored if math.isfinite(fitness(item[2]))]
@@ -401,7 +403,7 @@ class Result:
         if not held:
             raise NoBestMember(
                 f"Population {self.name!r} has no healthy member holding trained weights yet: "
-                f"wait for its workers, or resume it (poptune resume {self.name})."
+                f"wait for its workers, or resume it (poptune resume {shell_word(self.name)})."
             )
         raise NoBestMember(
             f"No healthy member of population {self.name!r} holds weights with a finite "

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 
+from .._text import shell_word
 from ._base import (
     Claim,
     Copy,
@@ -60,10 +61,12 @@ def default_storage_url() -> str:
 
 def storage_option(url: str) -> str:
     """What a command hint needs to reach the storage at ``url``: nothing for the default,
-    else `` --storage 'URL'`` (redacted: a hint never prints a password)."""
+    else `` --storage 'URL'`` (redacted: a hint never prints a password; quoted for a shell)."""
     if url == default_storage_url():
         return ""
-    return f" --storage '{redact_url(url)}'"
+    word = shell_word(redact_url(url))
+    quoted = word if word.startswith("'") else f"'{word}'"  # quoted always, as the docs show
+    return f" --storage {quoted}"
 
 
 def open_storage(
