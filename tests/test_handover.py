@@ -367,3 +367,21 @@ def test_local_workers_sweep_what_killed_workers_left(
         pt.LocalProcessRunner(2).run(created.target, created.storage, created.checkpoints)
     assert "Removed 1 shared-memory segment(s) left by killed workers" in caplog.text
     assert segments(database) == []
+
+
+def test_deleting_a_population_removes_the_segments_its_killed_workers_left(tmp_path: Path):
+    """The whole run was killed and never resumed: `poptune delete` removes its segments,
+    and only its own (not a neighbouring population's of the same database)."""
+    created = {name: CreateOnlyRunner() for name in ("gone", "kept")}
+    for name, runner in created.items():
+        _run(tmp_path, name, runner=runner)
+    database = _database(tmp_path)
+    left = {
+        name: _killed_writers_segment(tmp_path, population_folder(database, r.target.population_id))
+        for name, r in created.items()
+    }
+    assert segments(database) == sorted(left.values())
+    pt.delete(f"sqlite:///{tmp_path / 'poptune.db'}", "gone")
+    assert segments(database) == [left["kept"]]
+    pt.delete(f"sqlite:///{tmp_path / 'poptune.db'}", "kept")
+    assert segments(database) == []

@@ -20,6 +20,7 @@ from .checkpoints import (
 )
 from .config import PopulationConfig
 from .errors import PopulationError
+from .handover import sweep_segments
 from .liveness import expire_dead_local_claims
 from .locations import checkpoints_location
 from .records import CheckpointRef, PopulationRecord
@@ -43,18 +44,22 @@ def delete_population(
 ) -> None:
     """Delete the population's rows unless it is being trained (checked in the same
     transaction), then the files it owns (nothing refers to them any more), found where they
-    were recorded or at ``checkpoints``.
+    were recorded or at ``checkpoints``, and the shared-memory segments its killed workers left
+    on this machine (:func:`poptune.handover.sweep_segments`).
 
     Raises:
         PopulationError: if it is being trained; nothing is deleted then.
     """
     refs = _delete_rows(storage, record)
+    database = storage.database_id(create=False)
+    swept = sweep_segments(database, record.id)
+    if swept:
+        log.info("Removed %d shared-memory segment(s) left by killed workers.", len(swept))
     if checkpoints is None and not PopulationConfig.of(record).checkpoints:
         return
     if checkpoints is None:
         checkpoints = checkpoints_location(storage, record)
     files = open_checkpoints(checkpoints)
-    database = storage.database_id(create=False)
     folders = population_folders(database, record.id)
     paths = set()
     for ref in refs:
