@@ -9,11 +9,14 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import re
+import socket
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
+from ._text import printable
 from ._validation import check_float, check_int
 from .blocks import build_worker
 from .checkpoints import open_checkpoints
@@ -223,6 +226,33 @@ def _sweep_leftovers(database_id: str | None, population_id: int) -> None:
         log.info("Removed %d shared-memory segment(s) left by killed workers.", len(removed))
 
 
+#: A cluster's address as ``host:port`` (``[v6]:port``), as ``ray start`` prints it: not
+#: ``auto``, ``local`` or a ``ray://`` client address, which Ray resolves itself.
+_HOST_PORT = re.compile(r"(?P<host>\[[0-9A-Fa-f:.]+\]|[^\s:/\[\]]+):(?P<port>[0-9]{1,5})")
+
+#: How long :func:`_check_answers` waits for a cluster's head to accept a connection.
+CONNECT_SECONDS = 10.0
+
+
+def _check_answers(address: str | None) -> None:
+    """Raise ``ConnectionError`` unless the head of the Ray cluster at ``address`` (``host:port``)
+    accepts a connection: ``ray.init`` retries an address where nothing answers for minutes,
+    printing a warning every few seconds, before it gives up."""
+    match = _HOST_PORT.fullmatch(address or "")
+    if match is None:
+        return
+    host, port = match["host"].strip("[]"), int(match["port"])
+    try:
+        socket.create_connection((host, port), timeout=CONNECT_SECONDS).close()
+    except OSError as error:
+        raise ConnectionError(
+            f"RayRunner: no Ray cluster answers at {printable(address, limit=None)} "
+            f"({error.strerror or error}). Start one there (`ray start --head "
+            f"--port={port}`), or pass the address `ray start` printed (address='auto' joins "
+            "the cluster started on this machine)."
+        ) from None
+
+
 class _RayWorker:
     """The body of one Ray actor: the ordinary worker loop against the shared storage."""
 
@@ -278,6 +308,7 @@ class RayRunner:
             raise ImportError("RayRunner needs Ray: pip install 'poptune[ray]'.") from None
         started_here = not ray.is_initialized()
         if started_here:
+            _check_answers(self.address)
             ray.init(
                 address=self.address,
                 runtime_env=self.runtime_env,
