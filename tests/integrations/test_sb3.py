@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -597,3 +598,29 @@ def test_a_member_rebuilt_from_its_checkpoint_continues_at_its_step(algorithm: s
     assert rebuilt
     if algorithm == "DQN":  # an empty buffer refills batch_size (16) steps before updating
         assert all(t > (t - 1) // interval * interval + 16 for t in rebuilt), rebuilt
+
+
+def _verbose_ppo(h: dict[str, Any], seed: int) -> Any:
+    model = ALGORITHMS["PPO"][0](h, seed)
+    model.verbose = 1
+    return model
+
+
+def test_learning_leaves_no_log_folder_and_prints_what_sb3_prints(
+    quick_run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+):
+    """SB3 makes an empty SB3-<date> folder in the temporary directory at every learn() without
+    a log folder of the user's: one per member trained. poptune's learn makes none, and the
+    agent still prints its progress table as verbose=1 asks."""
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temporary))
+    monkeypatch.delenv("SB3_LOGDIR", raising=False)
+    OPTIONS["build"] = _verbose_ppo
+    result = run(quick_run, "PPO", population=2, intervals=2)
+    assert result.status == "finished"
+    assert list(temporary.glob("SB3-*")) == []
+    assert "total_timesteps" in capsys.readouterr().out
+    model = _verbose_ppo(dict(result.members[0].hparams), 0)
+    model.learn(64)  # the user's own learn() afterwards configures as SB3 does
+    assert len(list(temporary.glob("SB3-*"))) == 1

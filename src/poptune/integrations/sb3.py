@@ -33,6 +33,8 @@ exploit copies and what happens to an off-policy replay buffer.
 from __future__ import annotations
 
 import math
+import os
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -49,6 +51,7 @@ try:
     from stable_baselines3.common.callbacks import BaseCallback
     from stable_baselines3.common.distributions import CategoricalDistribution
     from stable_baselines3.common.evaluation import evaluate_policy
+    from stable_baselines3.common.logger import HumanOutputFormat, Logger
     from stable_baselines3.common.monitor import Monitor
     from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
     from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
@@ -461,12 +464,31 @@ def learn(
     )
     check(model, interval_timesteps, ctx.hparams, pbt._given, pbt.static)  # before any step
     callbacks = [pbt] + (list(callback) if isinstance(callback, list | tuple) else [callback])
-    model.learn(
-        total_timesteps=total_timesteps or _OPEN_ENDED,
-        callback=[c for c in callbacks if c is not None],
-        reset_num_timesteps=True,
-    )
+    with _no_log_folder(model):
+        model.learn(
+            total_timesteps=total_timesteps or _OPEN_ENDED,
+            callback=[c for c in callbacks if c is not None],
+            reset_num_timesteps=True,
+        )
     return pbt
+
+
+@contextmanager
+def _no_log_folder(model: BaseAlgorithm) -> Iterator[None]:
+    """Let ``model`` learn with the logger SB3 would configure, without the empty folder SB3
+    creates for it in the temporary directory (``SB3-<date and time>``, one per ``learn``: one
+    per member a worker trains) when nothing is written there: no ``tensorboard_log``, no
+    ``$SB3_LOGDIR``, no logger of the user's (``set_logger``). Its output is the same: the
+    standard output when ``verbose >= 1``, else none."""
+    if model._custom_logger or model.tensorboard_log is not None or os.getenv("SB3_LOGDIR"):
+        yield
+        return
+    formats = [HumanOutputFormat(sys.stdout)] if model.verbose >= 1 else []  # SB3's "stdout"
+    model.set_logger(Logger(folder=None, output_formats=formats))
+    try:
+        yield
+    finally:
+        model._custom_logger = False  # a later learn() of the user's configures as SB3 does
 
 
 def evaluate(
