@@ -300,7 +300,11 @@ class RayRunner:
         checkpoints: Any,
         on_started: Callable[[], None] = _nothing,
     ) -> None:
-        """Start the actors, wait for them, and shut them down on Ctrl-C."""
+        """Start the actors, wait for them, and shut them down on Ctrl-C.
+
+        Raises:
+            ConnectionError: if ``address`` is a ``host:port`` where no Ray cluster answers.
+        """
         check_shareable(target.storage_url)
         try:
             import ray
