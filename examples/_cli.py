@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from collections.abc import Callable
 from typing import Any, NoReturn
@@ -91,8 +92,9 @@ def where(result: pt.Result) -> None:
     option = storage_option(result.storage.url)
     print(f"\nexploits: {len(result.exploits())}")
     print(f"stored as {result.name!r} in {pt.storage.redact_url(result.storage.url)}; look at it:")
-    print(f"  poptune status {result.name}{option}")
-    print(f"  poptune report {result.name}{option}     (an HTML report)")
+    name = shlex.quote(result.name)  # a command to copy: quoted for the shell
+    print(f"  poptune status {name}{option}")
+    print(f"  poptune report {name}{option}     (an HTML report)")
     print(f"  poptune dashboard{option}     (live, in a browser; pip install 'poptune[dashboard]')")
 
 

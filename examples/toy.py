@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import shlex
 import statistics
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -156,7 +157,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
         print(f"{variant:<14} {row['best Q']:>8.4f} {shown:>24}")
     option = storage_option(args.storage)
     first = population_name(args.name, "PBT", args.population, args.intervals, 0)
-    print(f"\nLook at one: poptune status {first}{option}")
+    print(f"\nLook at one: poptune status {shlex.quote(first)}{option}")
     return table
 
 

@@ -185,10 +185,10 @@ def test_bad_arguments_are_one_clear_line(tmp_path: Path):
     pytest.importorskip("torch")
     pytest.importorskip("gymnasium")
     options = ["--population", "2", "--workers", "1", "--no-progress", "--storage", storage]
-    first = _script("cartpole", "--intervals", "1", "--steps", "20", "--name", "mine", *options)
+    first = _script("cartpole", "--intervals", "1", "--steps", "20", "--name", "my run", *options)
     assert first.returncode == 0, first.stderr
-    assert f"poptune status mine --storage '{storage}'" in first.stdout  # a hint that works
-    clash = _script("cartpole", "--intervals", "2", "--steps", "20", "--name", "mine", *options)
+    assert f"poptune status 'my run' --storage '{storage}'" in first.stdout  # a hint that works
+    clash = _script("cartpole", "--intervals", "2", "--steps", "20", "--name", "my run", *options)
     assert clash.returncode == 1 and "Traceback" not in clash.stderr
     assert "different configuration" in clash.stderr and "pass --name" in clash.stderr
     pytest.importorskip("sklearn")
