@@ -51,7 +51,7 @@ try:
     from stable_baselines3.common.callbacks import BaseCallback
     from stable_baselines3.common.distributions import CategoricalDistribution
     from stable_baselines3.common.evaluation import evaluate_policy
-    from stable_baselines3.common.logger import HumanOutputFormat, Logger
+    from stable_baselines3.common.logger import HumanOutputFormat, KVWriter, Logger
     from stable_baselines3.common.monitor import Monitor
     from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
     from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
@@ -483,7 +483,7 @@ def _no_log_folder(model: BaseAlgorithm) -> Iterator[None]:
     if model._custom_logger or model.tensorboard_log is not None or os.getenv("SB3_LOGDIR"):
         yield
         return
-    formats = [HumanOutputFormat(sys.stdout)] if model.verbose >= 1 else []  # SB3's "stdout"
+    formats: list[KVWriter] = [HumanOutputFormat(sys.stdout)] if model.verbose >= 1 else []
     model.set_logger(Logger(folder=None, output_formats=formats))
     try:
         yield
