@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -134,6 +135,21 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     own and the teardown, which tests nothing, is skipped.
     """
     if _EXIT_STATUS:
+        _remove_temporary_directories()
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(_EXIT_STATUS[-1])
+
+
+def _remove_temporary_directories() -> None:
+    """Remove what the skipped teardown would have: the temporary directories that W&B makes
+    when it is imported (``tmp*wandb-media``, ``tmp*wandb-artifacts``; their finalizers run at
+    a normal exit), so test runs do not leave them behind."""
+    media = sys.modules.get("wandb.sdk.data_types._private")
+    artifact = sys.modules.get("wandb.sdk.artifacts.artifact")
+    for directory in (
+        getattr(media, "MEDIA_TMP", None),
+        getattr(getattr(artifact, "Artifact", None), "_TMP_DIR", None),
+    ):
+        if isinstance(directory, tempfile.TemporaryDirectory):
+            directory.cleanup()
