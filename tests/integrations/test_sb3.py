@@ -157,6 +157,15 @@ def member(ctx: Any) -> None:
 
 
 @pytest.fixture(autouse=True)
+def _temporary_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The temporary directory inside the test's folder: SB3 makes an empty SB3-<date> folder
+    there at every learn() of its own (the tests call some directly)."""
+    temporary = tmp_path / "tempdir"
+    temporary.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temporary))
+
+
+@pytest.fixture(autouse=True)
 def _fresh() -> None:
     SEEN.clear()
     OPTIONS.clear()
