@@ -7,7 +7,6 @@ import re
 import shutil
 import socket
 import subprocess
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -80,15 +79,13 @@ def test_ray_actors_train_blocks_of_members(ray_cluster: str, quick_run):
 
 
 def test_an_address_where_no_cluster_answers_is_refused_at_once(quick_run):
-    """ray.init would retry it for minutes; the runner says what is wrong in seconds."""
+    """ray.init would retry it for minutes; the runner says what is wrong before calling it."""
     pytest.importorskip("ray")
     import ray
 
     address = f"127.0.0.1:{free_port()}"  # nothing listens there
-    started = time.monotonic()
     with pytest.raises(ConnectionError, match=re.escape(f"no Ray cluster answers at {address} (")):
         quick_run(name="nowhere", population=2, intervals=2, runner=pt.RayRunner(address))
-    assert time.monotonic() - started < 60
     assert not ray.is_initialized()
     unknown = "no-such-host.invalid:1"
     with pytest.raises(ConnectionError, match=re.escape(f"no Ray cluster answers at {unknown} (")):
