@@ -10,12 +10,12 @@ import logging
 import multiprocessing
 import os
 import re
-import socket
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
+from ._net import unreachable
 from ._text import printable
 from ._validation import check_float, check_int
 from .blocks import build_worker
@@ -242,15 +242,14 @@ def _check_answers(address: str | None) -> None:
     if match is None:
         return
     host, port = match["host"].strip("[]"), int(match["port"])
-    try:
-        socket.create_connection((host, port), timeout=CONNECT_SECONDS).close()
-    except OSError as error:
+    reason = unreachable(host, port, CONNECT_SECONDS)
+    if reason is not None:
         raise ConnectionError(
             f"RayRunner: no Ray cluster answers at {printable(address, limit=None)} "
-            f"({error.strerror or error}). Start one there (`ray start --head "
+            f"({reason}). Start one there (`ray start --head "
             f"--port={port}`), or pass the address `ray start` printed (address='auto' joins "
             "the cluster started on this machine)."
-        ) from None
+        )
 
 
 class _RayWorker:

@@ -28,7 +28,6 @@ import importlib.util
 import json
 import logging
 import os
-import socket
 import threading
 import urllib.parse
 import urllib.request
@@ -38,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from ._filenames import safe_path
+from ._net import unreachable
 from ._redact import redact_text, redact_url
 from ._text import printable
 from ._validation import check_str, invalid
@@ -864,14 +864,12 @@ def _check_reachable(tracking_uri: str) -> None:
         ) from None
     if not host or (urllib.request.getproxies() and not urllib.request.proxy_bypass(host)):
         return
-    try:
-        socket.create_connection((host, port), timeout=REACHABLE_SECONDS).close()
-    except OSError as error:
+    reason = unreachable(host, port, REACHABLE_SECONDS)
+    if reason is not None:
         raise TrackerError(
             f"The MLflow tracking server {redact_url(tracking_uri)!r} is not reachable at "
-            f"{host}:{port} ({error.strerror or type(error).__name__}). Start it, or check the "
-            "URI and the network."
-        ) from None
+            f"{host}:{port} ({reason}). Start it, or check the URI and the network."
+        )
 
 
 def _population_params(config: Mapping[str, Any]) -> dict[str, str]:
