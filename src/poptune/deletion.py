@@ -52,9 +52,7 @@ def delete_population(
     """
     refs = _delete_rows(storage, record)
     database = storage.database_id(create=False)
-    swept = sweep_segments(database, record.id)
-    if swept:
-        log.info("Removed %d shared-memory segment(s) left by killed workers.", len(swept))
+    sweep_segments(database, record.id)
     if checkpoints is None and not PopulationConfig.of(record).checkpoints:
         return
     if checkpoints is None:

@@ -458,7 +458,7 @@ def _meminfo() -> tuple[int, int] | None:
 
 def sweep_segments(database_id: str | None, population_id: int) -> list[str]:
     """Delete the population's segments left by worker processes that are gone (killed
-    before they could delete them); return their names.
+    before they could delete them), saying how many in the log; return their names.
 
     Only segments that are provably the population's own are touched: named for its database
     and population, regular files of this user, and either torn or written by a process that
@@ -478,6 +478,8 @@ def sweep_segments(database_id: str | None, population_id: int) -> list[str]:
             continue
         _unlink(name)
         removed.append(name)
+    if removed:
+        log.info("Removed %d shared-memory segment(s) left by killed workers.", len(removed))
     return removed
 
 

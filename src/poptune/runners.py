@@ -179,7 +179,7 @@ class LocalProcessRunner:
         context: Any = multiprocessing.get_context(self.start_method)
         stop = context.Event()
         database = storage.database_id(create=False)
-        _sweep_leftovers(database, target.population_id)  # of workers killed in an earlier run
+        sweep_segments(database, target.population_id)  # of workers killed in an earlier run
         # Never carry open database connections into a child.
         storage.close()
         processes = [
@@ -211,19 +211,11 @@ class LocalProcessRunner:
             raise
         finally:
             if not any(process.is_alive() for process in processes):
-                _sweep_leftovers(database, target.population_id)  # of workers that were killed
+                sweep_segments(database, target.population_id)  # of workers that were killed
         failed = [p for p in processes if p.exitcode not in (0, 3)]
         if failed:
             codes = ", ".join(f"{p.name}: {p.exitcode}" for p in failed)
             log.warning("Worker processes exited abnormally (%s).", codes)
-
-
-def _sweep_leftovers(database_id: str | None, population_id: int) -> None:
-    """Remove the shared-memory segments that killed worker processes of the population left
-    (:func:`poptune.handover.sweep_segments`)."""
-    removed = sweep_segments(database_id, population_id)
-    if removed:
-        log.info("Removed %d shared-memory segment(s) left by killed workers.", len(removed))
 
 
 #: A cluster's address as ``host:port`` (``[v6]:port``), as ``ray start`` prints it: not
