@@ -616,14 +616,12 @@ def _verbose_ppo(h: dict[str, Any], seed: int) -> Any:
 
 
 def test_learning_leaves_no_log_folder_and_prints_what_sb3_prints(
-    quick_run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+    quick_run, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ):
     """SB3 makes an empty SB3-<date> folder in the temporary directory at every learn() without
     a log folder of the user's: one per member trained. poptune's learn makes none, and the
     agent still prints its progress table as verbose=1 asks."""
-    temporary = tmp_path / "tmp"
-    temporary.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(temporary))
+    temporary = Path(tempfile.gettempdir())  # the test's own (_temporary_directory)
     monkeypatch.delenv("SB3_LOGDIR", raising=False)
     OPTIONS["build"] = _verbose_ppo
     result = run(quick_run, "PPO", population=2, intervals=2)
