@@ -27,7 +27,8 @@ of each member it saved last, oldest dropped first), overwrites a member's segme
 the member again (or one whose checkpoint was collected), leaves half of ``/dev/shm`` and a
 quarter of the memory free, and deletes its segments when it stops. The
 segments of a killed worker are removed by :func:`sweep_segments`, which the local-process
-runner calls before it starts its workers and after they stopped: it removes only segments
+runner calls before it starts its workers and after they stopped, and ``poptune delete``
+calls for the population it deletes: it removes only segments
 that are provably the population's own (their name, and their owner) and whose writing
 process is gone.
 
