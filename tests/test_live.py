@@ -9,6 +9,7 @@ from poptune import serialization
 from poptune.checkpoints import LocalCheckpoints
 from poptune.live import LiveMember, LiveMembers
 from poptune.testing import CountingQuadratic, check_steps
+from tests._helpers import worker_for
 
 # The population most of these tests train: 4 members, 8 intervals each.
 SIZE = {"population": 4, "intervals": 8}
@@ -109,7 +110,7 @@ def test_a_donor_held_here_is_copied_from_memory_not_read_from_disk(writes, monk
     assert [(i.member, i.step, i.score) for i in two.intervals()] == memory  # same copies
 
 
-def test_preferred_members_are_those_held_at_the_lowest_step():
+def test_preferred_members_are_those_held_with_their_step_least_advanced_first():
     from poptune.records import CheckpointRef
 
     class Session:
@@ -120,11 +121,14 @@ def test_preferred_members_are_those_held_at_the_lowest_step():
             return True
 
     live = LiveMembers(10)
-    for member, step in ((0, 3), (1, 2), (2, 2), (3, None)):
-        holds = None if step is None else CheckpointRef(member, step, "p", 1, "x")
+    # member 3 is ahead of every checkpoint; member 4 holds member 1's weights (a donor's)
+    for member, held in ((0, (0, 3)), (1, (1, 2)), (2, (2, 2)), (3, None), (4, (1, 2))):
+        holds = None if held is None else CheckpointRef(*held, "p", 1, "x")
         live.add(LiveMember(member, Session(), holds))
-    assert live.preferred() == [1, 2]
-    assert live.preferred(limit=1) == [1]
+    # every member held at a checkpoint of its own, with its step: the storage prefers one
+    # only at that step (member 0 may be at step 3 when 1 and 2 were trained past step 2)
+    assert live.preferred() == [(1, 2), (2, 2), (0, 3)]
+    assert live.preferred(limit=1) == [(1, 2)]
 
 
 class Received(CountingQuadratic):
@@ -177,3 +181,37 @@ def test_a_donor_held_unchanged_is_handed_over_from_memory_as_its_checkpoint(
     for event, state in zip(exploits, Received.states, strict=True):
         saved = store.saved[(event.donor, event.donor_step)]["theta"]
         assert state["theta"].tobytes() == saved.tobytes()
+
+
+def test_a_worker_prefers_the_members_it_holds_current_to_a_stale_copy(quick_run):
+    # Two workers, four members. When a worker takes a member another worker held (it had
+    # none of its own left at the lowest step), the other keeps a stale copy of it. Claims
+    # must then prefer the members a worker holds at the step they are at: preferring the
+    # stale copy sent members from worker to worker, reloaded at almost every interval.
+    runner = quick_run.created(
+        CountingQuadratic, name="keep", population=4, intervals=6, exploit=None
+    )
+    storage, pid = runner.storage, runner.target.population_id
+    a, b = worker_for(runner), worker_for(runner)
+
+    def trains(worker: pt.Worker) -> int:
+        """One interval on ``worker``, recorded; the member it trained."""
+        before = {m.id: m.step for m in storage.members(pid)}
+        assert worker.work_once()
+        worker.flush()
+        after = {m.id: m.step for m in storage.members(pid)}
+        (member,) = [m for m in after if after[m] != before[m]]
+        return member
+
+    try:
+        assert [trains(a), trains(a), trains(b), trains(b)] == [0, 1, 2, 3]  # all at step 1
+        assert [trains(a), trains(a)] == [0, 1]  # a's own, at step 2
+        assert trains(a) == 2  # at step 1, only b's are left: member 2 moves to a
+        assert trains(b) == 3  # the last at step 1; b's copy of member 2 is stale now
+        loads = CountingQuadratic.loads
+        assert trains(b) == 3  # every member at step 2: b continues the one it holds current
+        assert trains(a) == 0
+        assert CountingQuadratic.loads == loads  # nothing read back from a checkpoint
+    finally:
+        a.close_members()
+        b.close_members()

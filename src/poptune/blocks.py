@@ -6,7 +6,7 @@ them together (stacked parameters, ``vmap``) and reports one interval of each at
 block interval is the paper's loop for every member at once:
 
 1. **claim** up to N members (``Storage.claim_block``: least advanced first, the block this
-   worker holds preferred on ties);
+   worker holds preferred on ties, at the step it holds them);
 2. **exploit and explore** the members that are due (:meth:`~poptune.decisions.Decider.
    block_copies`: the peers at each step read once; every copy recorded in one call);
 3. **restore**: a member whose weights the running call holds continues in memory; a donor
@@ -127,7 +127,7 @@ class BlockWorker(Worker):
             self.lease_seconds,
             config.sync,
             self.block,
-            prefer=self._session.members if self._session is not None else sorted(self._memory),
+            prefer=self._preferred(),
         )
         if not claims:
             return False
@@ -298,6 +298,18 @@ class BlockWorker(Worker):
             apply_stop_criteria(self.storage, self.population_id, self.spec.config, self.spec.stop)
 
     # --- helpers -------------------------------------------------------------------------
+
+    def _preferred(self) -> list[tuple[int, int]]:
+        """The ``(member, step)`` pairs a block claim prefers: the running call's members (or,
+        between calls, every member whose recorded state this worker keeps), at the step of the
+        state kept. A member another worker has trained since is at a later step, so it is not
+        preferred: its state here is stale."""
+        members = self._session.members if self._session is not None else sorted(self._memory)
+        return [
+            (m, self._memory[m][0].step)
+            for m in members
+            if m in self._memory and self._memory[m][0].member == m
+        ]
 
     def _forget_states(self, training: set[int], handed: set[int]) -> None:
         """Forget the states that training may change in place (those of the ``training``

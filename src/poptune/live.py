@@ -174,16 +174,22 @@ class LiveMembers:
         with self._lock:
             return list(self._members)
 
-    def preferred(self, limit: int = 64) -> list[int]:
-        """The members to prefer when claiming: those held at the lowest step among them (a
-        claim takes the least-advanced member, so others could not be chosen first), at most
-        ``limit`` of them, so that a claim's cost does not grow with what a worker holds."""
+    def preferred(self, limit: int = 512) -> list[tuple[int, int]]:
+        """The members to prefer when claiming, as ``(member, step)`` pairs: each member held,
+        with the step of the committed checkpoint its weights equal, least advanced first, at
+        most ``limit`` of them (so that a claim's cost stays bounded whatever a worker holds).
+
+        The storage prefers a member only at the step held, so a copy that another worker has
+        trained past since is not preferred (it would be reloaded anyway). Were the held members
+        preferred by id alone, such stale copies would win ties against the members a worker
+        holds current, and members would change workers at almost every interval."""
         with self._lock:
-            steps = {m: live.holds.step for m, live in self._members.items() if live.holds}
-        if not steps:
-            return []
-        lowest = min(steps.values())
-        return sorted(m for m, step in steps.items() if step == lowest)[:limit]
+            held = [
+                (m, live.holds.step)
+                for m, live in self._members.items()
+                if live.holds is not None and live.holds.member == m
+            ]
+        return sorted(held, key=lambda pair: (pair[1], pair[0]))[:limit]
 
     def _close(self, live: LiveMember) -> None:
         live.session.close()

@@ -37,9 +37,12 @@ def test_a_block_claim_prefers_the_members_held_on_ties_and_reads_their_checkpoi
     storage.record_intervals(
         _recordings(storage.claim_block(pid, "w", 5, 30.0, False, 4), [0.1] * 4)
     )
-    claims = storage.claim_block(pid, "w", 5, 30.0, False, 2, prefer=[3, 2])
+    claims = storage.claim_block(pid, "w", 5, 30.0, False, 2, prefer=[(3, 1), (2, 1)])
     assert [c.member.id for c in claims] == [2, 3]
     assert [c.checkpoint for c in claims] == [ckpt(2, 1), ckpt(3, 1)]
+    # member 0 held at step 0 is stale (it is at step 1): not preferred over member 1
+    claims = storage.claim_block(pid, "w", 5, 30.0, False, 1, prefer=[(1, 1), (0, 0)])
+    assert [c.member.id for c in claims] == [1]
 
 
 def test_a_sync_block_claim_waits_for_the_generation(storage):

@@ -360,14 +360,27 @@ def test_candidate_scores_are_the_candidates_without_their_hparams(storage):
 def test_a_claim_takes_the_least_advanced_member_preferring_the_callers(storage):
     pid = make(storage, n=4)
     train(storage, pid, 0.5)  # member 0 at step 1; members 1, 2, 3 at step 0
-    first = storage.claim(pid, "w", 5, 30.0, sync=False, prefer=[0, 2])
-    assert (first.member.id, first.member.step) == (2, 0)  # preferred, at the lowest step
-    second = storage.claim(pid, "w", 5, 30.0, sync=False, prefer=[0])  # 0 is ahead: ignored
+    first = storage.claim(pid, "w", 5, 30.0, sync=False, prefer=[(0, 1), (2, 0)])
+    assert (first.member.id, first.member.step) == (2, 0)  # held, at the lowest step
+    second = storage.claim(pid, "w", 5, 30.0, sync=False, prefer=[(0, 1)])  # 0 is ahead
     assert second.member.id == 1
     third = storage.claim(pid, "w", 5, 30.0, sync=False)
     assert third.member.id == 3
-    fourth = storage.claim(pid, "w", 5, 30.0, sync=False, prefer=[3])
+    fourth = storage.claim(pid, "w", 5, 30.0, sync=False, prefer=[(3, 0)])
     assert fourth.member.id == 0 and storage.claim(pid, "w", 5, 30.0, sync=False) is None
+
+
+@pytest.mark.parametrize("sync", [False, True])
+def test_a_claim_does_not_prefer_a_copy_trained_past_since(storage, sync):
+    pid = make(storage, n=3)
+    for score in (0.1, 0.2, 0.3):  # members 0, 1 and 2 at step 1
+        train(storage, pid, score)
+    # The caller holds member 0 as it was at step 0 (another worker trained it since) and
+    # member 2 at step 1, where it is: only member 2 continues without a reload.
+    claim = storage.claim(pid, "w", 5, 30.0, sync=sync, prefer=[(0, 0), (2, 1)])
+    assert (claim.member.id, claim.member.step) == (2, 1)
+    # member 1 was never held, member 0 is stale: the lowest id, as without a preference
+    assert storage.claim(pid, "v", 5, 30.0, sync=sync, prefer=[(0, 0)]).member.id == 0
 
 
 def test_intervals_between_two_steps(storage):

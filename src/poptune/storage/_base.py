@@ -273,12 +273,15 @@ class Storage(ABC):
         budget: int,
         lease_seconds: float,
         sync: bool,
-        prefer: Sequence[int] = (),
+        prefer: Sequence[tuple[int, int]] = (),
     ) -> Claim | None:
         """Atomically claim the least-advanced idle member with ``step < budget``.
 
-        Among members at the same step, those in ``prefer`` (the members this worker keeps in
-        memory) come first, then the lowest id.
+        ``prefer`` holds ``(member, step)`` pairs: the members this worker keeps in memory, at
+        the step their weights there are. Among members at the same step, one whose step is the
+        one held comes first (the worker continues it without a reload), then the lowest id. A
+        member held at an earlier step than it is at (another worker trained it since) is not
+        preferred: the worker would have to reload it like any other.
 
         In ``sync`` mode only members at the population's lowest step are claimable, so every
         member finishes interval k before any member trains k + 1. A member whose lease expired
@@ -542,10 +545,11 @@ class Storage(ABC):
         lease_seconds: float,
         sync: bool,
         count: int,
-        prefer: Sequence[int] = (),
+        prefer: Sequence[tuple[int, int]] = (),
     ) -> list[Claim]:
         """Claim up to ``count`` members, each as :meth:`claim` would choose it (least advanced
-        first, ``prefer`` on ties), by member id; ``[]`` when nothing is claimable.
+        first, the ``(member, step)`` pairs of ``prefer`` on ties), by member id; ``[]`` when
+        nothing is claimable.
 
         The default calls :meth:`claim` up to ``count`` times; override for speed (one
         transaction).

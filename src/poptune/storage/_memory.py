@@ -290,9 +290,10 @@ class MemoryStorage(Storage):
         budget: int,
         lease_seconds: float,
         sync: bool,
-        prefer: Sequence[int] = (),
+        prefer: Sequence[tuple[int, int]] = (),
     ) -> Claim | None:
-        """Claim the least-advanced claimable member, preferring ``prefer`` on ties."""
+        """Claim the least-advanced claimable member, preferring the ``(member, step)`` pairs
+        of ``prefer`` on ties."""
         with self._transaction():
             population = self._get(population_id)
             if population.record.status is not PopulationStatus.RUNNING:
@@ -317,7 +318,8 @@ class MemoryStorage(Storage):
                 claimable = [m for m in claimable if steps and m.step == min(steps)]
             if not claimable:
                 return None
-            chosen = min(claimable, key=lambda m: (m.step, m.id not in prefer, m.id))
+            held = {(int(m), int(step)) for m, step in prefer}
+            chosen = min(claimable, key=lambda m: (m.step, (m.id, m.step) not in held, m.id))
             before = chosen.record()  # as the SQL storage reads it, before taking it
             chosen.status, chosen.owner = MemberStatus.RUNNING, owner
             chosen.token += 1

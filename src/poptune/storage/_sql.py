@@ -577,9 +577,10 @@ class SQLStorage(Storage):
         budget: int,
         lease_seconds: float,
         sync: bool,
-        prefer: Sequence[int] = (),
+        prefer: Sequence[tuple[int, int]] = (),
     ) -> Claim | None:
-        """Claim the least-advanced claimable member, atomically, preferring ``prefer`` on ties."""
+        """Claim the least-advanced claimable member, atomically, preferring the ``(member,
+        step)`` pairs of ``prefer`` on ties."""
         with self._write() as connection:
             params: dict[str, Any] = {"pid": population_id, "budget": budget}
             if sync:
@@ -594,10 +595,9 @@ class SQLStorage(Storage):
                     params["step"] = row.step
             if row is None:  # nothing claimable (sync: its generation trains elsewhere)
                 return None
-            if prefer and row.member_id not in prefer:
-                preferred = connection.execute(
-                    CLAIM_PREFERRED, {**params, "prefer": list(prefer)}
-                ).first()
+            held = _pairs(prefer)
+            if held and (row.member_id, row.step) not in held:
+                preferred = connection.execute(CLAIM_PREFERRED, {**params, "prefer": held}).first()
                 row = preferred if preferred is not None else row
             token = int(row.token) + 1
             connection.execute(
@@ -767,7 +767,7 @@ class SQLStorage(Storage):
         lease_seconds: float,
         sync: bool,
         count: int,
-        prefer: Sequence[int] = (),
+        prefer: Sequence[tuple[int, int]] = (),
     ) -> list[Claim]:
         """Claim up to ``count`` members as :meth:`claim` would, one after another, in one
         transaction of three statements (four in sync mode)."""
@@ -780,7 +780,7 @@ class SQLStorage(Storage):
                     return []
                 params["step"], statement = lowest[0], CLAIM_MANY_AT_STEP
             rows = connection.execute(
-                statement, {**params, "prefer": list(prefer), "count": count}
+                statement, {**params, "prefer": _pairs(prefer), "count": count}
             ).all()
             if not rows:
                 return []
@@ -1483,6 +1483,11 @@ def _refuse_other_file(path: Path, shown_path: Path) -> None:
 def _names(tables: Sequence[str], most: int = 5) -> str:
     listed = ", ".join(shown(name, 40) for name in tables[:most])
     return listed + (f" and {len(tables) - most} more" if len(tables) > most else "")
+
+
+def _pairs(prefer: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """``prefer``'s ``(member, step)`` pairs as the statements bind them."""
+    return [(int(member), int(step)) for member, step in prefer]
 
 
 def _copy_event(row: Any) -> str:

@@ -79,7 +79,8 @@ _B = sa.bindparam
 _m, _i, _c = members.c, intervals.c, checkpoints.c
 _RUNNING = MemberStatus.RUNNING.value
 
-# A claim takes the least-advanced claimable member, preferring the caller's on ties. It is
+# A claim takes the least-advanced claimable member, preferring on ties one the caller holds
+# in memory at the step it is at (``:prefer``, (member_id, step) pairs). It is
 # two or three index-driven reads instead of one sort of every member, so it costs the same
 # whatever the population's size (members stay within a step or two of each other, so "every
 # claimable member at the lowest step" can be most of the population):
@@ -87,7 +88,7 @@ _RUNNING = MemberStatus.RUNNING.value
 #    in order, skipping rows other workers are claiming); in sync mode CLAIM_SYNC_STEP, the
 #    lowest step of any healthy member (a generation is claimable only when nobody is behind
 #    it), then CLAIM_FIRST at that step;
-# 2. CLAIM_PREFERRED: one of the caller's preferred members at that same step, if claimable.
+# 2. CLAIM_PREFERRED: one of the caller's held members at that same step, if claimable.
 _CLAIMABLE = (
     _m.population_id == _B("pid"),
     _m.step < _B("budget"),
@@ -130,14 +131,17 @@ def _claim_at_step(*where: Any) -> Any:
     )
 
 
-CLAIM_PREFERRED = _claim_at_step(_m.member_id.in_(_B("prefer", expanding=True)))
+#: the members the caller holds at the step they are at: ``:prefer`` is (member_id, step) pairs
+_HELD = sa.tuple_(_m.member_id, _m.step).in_(_B("prefer", expanding=True))
+CLAIM_PREFERRED = _claim_at_step(_HELD)
 CLAIM_FIRST = _claim_at_step()
 
 
 def _claim_many(*where: Any) -> Any:
     """Up to ``:count`` claimable members, as one claim after another would take them: least
-    advanced first, the caller's preferred ones on ties, then by id (a block's claim)."""
-    preferred = sa.case((_m.member_id.in_(_B("prefer", expanding=True)), 0), else_=1)
+    advanced first, those the caller holds at their step on ties, then by id (a block's
+    claim)."""
+    preferred = sa.case((_HELD, 0), else_=1)
     return (
         sa.select(members)
         .where(*_CLAIMABLE, _RUNNING_POPULATION, *where)
