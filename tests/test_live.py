@@ -129,6 +129,8 @@ def test_preferred_members_are_those_held_with_their_step_least_advanced_first()
     # only at that step (member 0 may be at step 3 when 1 and 2 were trained past step 2)
     assert live.preferred() == [(1, 2), (2, 2), (0, 3)]
     assert live.preferred(limit=1) == [(1, 2)]
+    # the worker last claimed a member at step 3: those held at step 2 were training elsewhere
+    assert live.preferred(floor=3) == [(0, 3)]
 
 
 class Received(CountingQuadratic):

@@ -174,20 +174,24 @@ class LiveMembers:
         with self._lock:
             return list(self._members)
 
-    def preferred(self, limit: int = 512) -> list[tuple[int, int]]:
-        """The members to prefer when claiming, as ``(member, step)`` pairs: each member held,
-        with the step of the committed checkpoint its weights equal, least advanced first, at
-        most ``limit`` of them (so that a claim's cost stays bounded whatever a worker holds).
+    def preferred(self, floor: int = 0, limit: int = 64) -> list[tuple[int, int]]:
+        """The members to prefer when claiming, as ``(member, step)`` pairs: each member held
+        at a committed checkpoint of its own at step ``floor`` or later, with that step, least
+        advanced first, at most ``limit`` of them (so that a claim's cost stays bounded
+        whatever a worker holds).
 
         The storage prefers a member only at the step held, so a copy that another worker has
         trained past since is not preferred (it would be reloaded anyway). Were the held members
         preferred by id alone, such stale copies would win ties against the members a worker
-        holds current, and members would change workers at almost every interval."""
+        holds current, and members would change workers at almost every interval. ``floor`` is
+        the step of the member the worker claimed last: a member held below it was training
+        elsewhere then, so its copy here is stale or soon will be, and leaving such copies out
+        keeps them from filling the ``limit``."""
         with self._lock:
             held = [
                 (m, live.holds.step)
                 for m, live in self._members.items()
-                if live.holds is not None and live.holds.member == m
+                if live.holds is not None and live.holds.member == m and live.holds.step >= floor
             ]
         return sorted(held, key=lambda pair: (pair[1], pair[0]))[:limit]
 

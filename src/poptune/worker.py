@@ -85,6 +85,10 @@ class Worker:
         self.trained = 0
         self.live = LiveMembers(resident if resident is not None else spec.config.population)
         self._held: dict[int, Claim] = {}  # member -> claim, while trained or being written
+        # The step of the member this worker claimed last: a claim takes the least-advanced
+        # claimable member, so a member held here at an earlier step was training elsewhere
+        # then (or finished), and its copy here is stale or soon will be.
+        self._claimed_step = 0
         self._writer: BackgroundWriter | None = None
         self._stop: threading.Event | None = None  # run()'s, read between intervals
         #: makes the writer on first use (the simulator swaps in one it schedules itself)
@@ -176,10 +180,11 @@ class Worker:
             self.spec.config.intervals,
             self.lease_seconds,
             self.spec.config.sync,
-            prefer=self.live.preferred(),
+            prefer=self.live.preferred(floor=self._claimed_step),
         )
         if claim is None:
             return False
+        self._claimed_step = claim.member.step
         self.work_on(claim)
         return True
 
