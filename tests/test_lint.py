@@ -1,5 +1,5 @@
-"""The code base stays ruff-clean and type-checks with mypy (part of the test command, so CI
-checks both)."""
+"""The code base stays ruff-clean and ruff-formatted and type-checks with mypy (part of the
+test command, so CI checks all three)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_ruff_check_is_clean():
+def _ruff(*arguments: str) -> subprocess.CompletedProcess[str]:
+    """``ruff`` run on every folder of Python code, or a skip when it is not installed."""
     if (
         shutil.which("ruff") is None
         and subprocess.run(
@@ -21,12 +22,22 @@ def test_ruff_check_is_clean():
         ).returncode
     ):
         pytest.skip("ruff is not installed (pip install -e '.[dev]')")
-    out = subprocess.run(
-        [sys.executable, "-m", "ruff", "check", "src", "tests", "examples", "benchmarks"],
+    return subprocess.run(
+        [sys.executable, "-m", "ruff", *arguments, "src", "tests", "examples", "benchmarks"],
         cwd=ROOT,
         capture_output=True,
         text=True,
     )
+
+
+def test_ruff_check_is_clean():
+    out = _ruff("check")
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_ruff_format_is_clean():
+    """Every file is as ``ruff format`` writes it, so a reformat never hides a change."""
+    out = _ruff("format", "--check")
     assert out.returncode == 0, out.stdout + out.stderr
 
 

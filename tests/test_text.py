@@ -44,9 +44,7 @@ def test_check_name_refuses_exactly_the_unsafe_characters():
     assert len(str(error.value)) < 400  # the value is shown, not repeated in full
 
 
-@pytest.mark.parametrize(
-    "name", ["digits", "my run", "it's", "$(touch x) `y` ; z", "x" * 200]
-)
+@pytest.mark.parametrize("name", ["digits", "my run", "it's", "$(touch x) `y` ; z", "x" * 200])
 def test_shell_word_is_read_back_by_a_shell_as_the_name(name):
     assert shlex.split(f"poptune resume {shell_word(name)}") == ["poptune", "resume", name]
 
