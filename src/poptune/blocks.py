@@ -302,14 +302,10 @@ class BlockWorker(Worker):
     def _preferred(self) -> list[tuple[int, int]]:
         """The ``(member, step)`` pairs a block claim prefers: the running call's members (or,
         between calls, every member whose recorded state this worker keeps), at the step of the
-        state kept. A member another worker has trained since is at a later step, so it is not
-        preferred: its state here is stale."""
+        state kept (its own checkpoint's). A member another worker has trained since is at a
+        later step, so it is not preferred: its state here is stale."""
         members = self._session.members if self._session is not None else sorted(self._memory)
-        return [
-            (m, self._memory[m][0].step)
-            for m in members
-            if m in self._memory and self._memory[m][0].member == m
-        ]
+        return [(m, self._memory[m][0].step) for m in members if m in self._memory]
 
     def _forget_states(self, training: set[int], handed: set[int]) -> None:
         """Forget the states that training may change in place (those of the ``training``

@@ -183,10 +183,13 @@ class LiveMembers:
         The storage prefers a member only at the step held, so a copy that another worker has
         trained past since is not preferred (it would be reloaded anyway). Were the held members
         preferred by id alone, such stale copies would win ties against the members a worker
-        holds current, and members would change workers at almost every interval. ``floor`` is
-        the step of the member the worker claimed last: a member held below it was training
-        elsewhere then, so its copy here is stale or soon will be, and leaving such copies out
-        keeps them from filling the ``limit``."""
+        holds current, and members would change workers at almost every interval.
+
+        ``floor`` is the step of the member the worker claimed last. A claim takes the
+        least-advanced claimable member, so a member below that step was not claimable then:
+        nearly always training elsewhere, so that its copy here is stale or soon will be (else
+        finished, or still being recorded by this worker's writer: then only a tie's preference
+        is lost). Leaving those out keeps stale copies from filling the ``limit``."""
         with self._lock:
             held = [
                 (m, live.holds.step)

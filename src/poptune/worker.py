@@ -85,10 +85,7 @@ class Worker:
         self.trained = 0
         self.live = LiveMembers(resident if resident is not None else spec.config.population)
         self._held: dict[int, Claim] = {}  # member -> claim, while trained or being written
-        # The step of the member this worker claimed last: a claim takes the least-advanced
-        # claimable member, so a member held here at an earlier step was training elsewhere
-        # then (or finished), and its copy here is stale or soon will be.
-        self._claimed_step = 0
+        self._claimed_step = 0  # of the member claimed last: the floor of live.preferred()
         self._writer: BackgroundWriter | None = None
         self._stop: threading.Event | None = None  # run()'s, read between intervals
         #: makes the writer on first use (the simulator swaps in one it schedules itself)
