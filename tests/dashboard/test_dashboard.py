@@ -393,6 +393,43 @@ def _highlights(page: Any) -> bool:
     return False
 
 
+def test_hovering_a_member_again_after_an_update_highlights_it_again(tmp_path, quick_run):
+    # The highlight remembered the member hovered last and ignored a second hover of it; the
+    # live part swapped in meanwhile had no highlight, so the same line stayed plain.
+    playwright = pytest.importorskip("playwright.sync_api")
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"no Chromium at {CHROMIUM}: apt-get install chromium (or POPTUNE_CHROMIUM)")
+    storage = f"sqlite:///{tmp_path / 'p.db'}"
+    quick_run(storage=storage, name="hover", population=3, intervals=3)
+    base, server, thread = _serve_in_thread(create_app(storage, poll_seconds=0.2))
+    line = "#scores polyline[data-member='1']"
+    highlighted = "() => document.querySelectorAll('.hl').length"
+    try:
+        with playwright.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+            page, errors = _open_after_an_update(browser, f"{base}/population?name=hover", False)
+            page.dispatch_event(line, "mouseover")
+            assert page.evaluate(highlighted) > 1
+            # what the page's script does with an update: the live part replaced by the
+            # server's HTML, which carries no highlight
+            page.evaluate(
+                """() => {
+                    const live = document.getElementById('live');
+                    const fresh = live.cloneNode(true);
+                    fresh.querySelectorAll('.hl').forEach((e) => e.classList.remove('hl'));
+                    live.innerHTML = fresh.innerHTML;
+                }"""
+            )
+            assert page.evaluate(highlighted) == 0
+            page.dispatch_event(line, "mouseover")
+            assert page.evaluate(highlighted) > 1
+            assert errors == []
+            browser.close()
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
 def test_no_stored_string_runs_script_in_the_dashboard(tmp_path):
     """A population whose every stored string is an XSS payload, on the dashboard's pages in
     Chromium, with their Content-Security-Policy bypassed (escaping alone) and obeyed: nothing

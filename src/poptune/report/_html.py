@@ -463,7 +463,9 @@ HIGHLIGHT_JS = """
   document.addEventListener('mouseover',function(event){
     var el=event.target.closest('[data-member]');
     var member=el?el.getAttribute('data-member'):null;
-    if(member===active)return;
+    // the same member again: nothing to do, unless the dashboard swapped in fresh figures
+    // since (they carry no highlight yet)
+    if(member===active&&(el===null||el.classList.contains('hl')))return;
     if(active!==null)mark(active,false);
     active=member;
     if(member!==null)mark(member,true);
