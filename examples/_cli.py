@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 from collections.abc import Callable
 from typing import Any, NoReturn
@@ -12,6 +11,7 @@ import poptune as pt
 from poptune.storage import (
     PopulationExists,
     PopulationNotFound,
+    command_hint,
     default_storage_url,
     storage_option,
 )
@@ -92,9 +92,9 @@ def where(result: pt.Result) -> None:
     option = storage_option(result.storage.url)
     print(f"\nexploits: {len(result.exploits())}")
     print(f"stored as {result.name!r} in {pt.storage.redact_url(result.storage.url)}; look at it:")
-    name = shlex.quote(result.name)  # a command to copy: quoted for the shell
-    print(f"  poptune status {name}{option}")
-    print(f"  poptune report {name}{option}     (an HTML report)")
+    url = result.storage.url  # commands to copy: the name quoted for the shell
+    print(f"  {command_hint('status', result.name, url)}")
+    print(f"  {command_hint('report', result.name, url)}     (an HTML report)")
     print(f"  poptune dashboard{option}     (live, in a browser; pip install 'poptune[dashboard]')")
 
 

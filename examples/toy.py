@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import shlex
 import statistics
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -32,7 +31,7 @@ import numpy as np
 from _cli import guard
 
 import poptune as pt
-from poptune.storage import default_storage_url, storage_option
+from poptune.storage import command_hint, default_storage_url
 from poptune.testing import Quadratic, quadratic_space
 
 
@@ -155,9 +154,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
         steps = row["intervals to target"]
         shown = "not reached" if math.isinf(steps) else f"{steps:g}"
         print(f"{variant:<14} {row['best Q']:>8.4f} {shown:>24}")
-    option = storage_option(args.storage)
     first = population_name(args.name, "PBT", args.population, args.intervals, 0)
-    print(f"\nLook at one: poptune status {shlex.quote(first)}{option}")
+    print(f"\nLook at one: {command_hint('status', first, args.storage)}")
     return table
 
 

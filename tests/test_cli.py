@@ -411,6 +411,26 @@ def test_resume_hints_are_commands_a_shell_reads_back(quick_run):
     assert _hinted_command(resumed.output, "poptune resume") == expected
 
 
+def test_hints_for_a_name_that_starts_with_a_dash_are_commands_that_work(quick_run):
+    """A name read as an option (``--help ...``) comes after ``--`` in a hint, the options
+    before it: the hinted commands find the population and resume or delete it."""
+    url, name = quick_run.storage, "--help it's"
+    _CtrlC.trained = 0
+    with pytest.raises(KeyboardInterrupt):
+        quick_run(_CtrlC, name=name, population=2, intervals=4)
+    status = invoke("status", "--storage", url, "--", name)
+    hinted = _hinted_command(status.output, "poptune resume")
+    assert hinted == ["poptune", "resume", "--storage", url, "--", name]
+    resumed = invoke(hinted[1], "--no-progress", *hinted[2:])
+    assert resumed.exit_code == 0, resumed.output
+    with pytest.raises(pt.PopulationExists) as exists:  # another configuration, the same name
+        quick_run(name=name, population=3, intervals=4)
+    deleted = _hinted_command(str(exists.value), "poptune delete")
+    assert deleted == ["poptune", "delete", "--storage", url, "--", name]
+    assert invoke(deleted[1], "--yes", *deleted[2:]).exit_code == 0
+    assert name not in invoke("list", "--storage", url).output
+
+
 def test_status_and_list_fit_an_80_column_terminal(quick_run, monkeypatch):
     url = quick_run.storage
     quick_run(name="digits-v2")

@@ -22,7 +22,7 @@ from rich.table import Table
 
 from ._filenames import safe_path
 from ._redact import redact_text
-from ._text import printable, shell_word
+from ._text import printable
 from .config import PopulationConfig
 from .deletion import check_deletable
 from .devices import CUDA_VISIBLE_DEVICES, apply_environment, device_environment, parse_device
@@ -37,10 +37,10 @@ from .storage import (
     SQLStorage,
     StorageError,
     Summary,
+    command_hint,
     default_storage_url,
     open_storage,
     redact_url,
-    storage_option,
 )
 from .trackers import MLflow, TensorBoard, Tracker, TrackerError, TrackerExporter, WandB
 from .worker import PopulationError
@@ -338,7 +338,7 @@ def status(
     if _shown_status(summary) == "interrupted":
         click.echo(
             "Interrupted: no worker holds a member. Continue it with "
-            f"`poptune resume {shell_word(result.name)}{storage_option(result.storage.url)}`.",
+            f"`{command_hint('resume', result.name, result.storage.url)}`.",
             err=True,
         )
     if record.status.value == "stopped":
@@ -671,7 +671,7 @@ def resume(
     except KeyboardInterrupt:
         url = storage or default_storage_url()
         click.echo(
-            f"Interrupted; continue with: poptune resume {shell_word(name)}{storage_option(url)}",
+            f"Interrupted; continue with: {command_hint('resume', name, url)}",
             err=True,
         )
         sys.exit(130)

@@ -13,7 +13,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ._text import shell_word
 from .checkpoints import CheckpointStore, population_folder, sweep_orphans
 from .errors import PopulationError
 from .progress import ProgressWatcher
@@ -22,7 +21,7 @@ from .records import PopulationRecord, PopulationStatus
 from .results import Result
 from .runners import Runner
 from .runspec import RunSpec, WorkerTarget
-from .storage import PopulationNotFound, Storage, storage_option
+from .storage import PopulationNotFound, Storage, command_hint
 from .trackers import BackgroundExport, Tracker
 
 __all__ = ["Execution", "execute"]
@@ -116,10 +115,9 @@ def _run_watched(execution: Execution, target: WorkerTarget) -> None:
         watcher.stop()
         log.warning(
             "Interrupted: population %r stopped cleanly; continue it with "
-            "`poptune resume %s%s` or pt.load(...).resume().",
+            "`%s` or pt.load(...).resume().",
             record.name,
-            shell_word(record.name),
-            storage_option(storage.url),
+            command_hint("resume", record.name, storage.url),
         )
         raise
     finally:

@@ -15,7 +15,6 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ._text import shell_word
 from ._validation import invalid
 from .checkpoints import CheckpointStore
 from .config import PopulationConfig, stored_checkpoint_every
@@ -24,7 +23,7 @@ from .errors import PopulationError
 from .liveness import expire_dead_local_claims
 from .locations import recorded_location
 from .records import PopulationRecord, PopulationStatus
-from .storage import PopulationExists, PopulationNotFound, Storage, redact_url, storage_option
+from .storage import PopulationExists, PopulationNotFound, Storage, command_hint, redact_url
 
 __all__ = [
     "check_continuable",
@@ -143,13 +142,12 @@ def check_same(record: PopulationRecord, config: PopulationConfig, storage: Stor
     """
     differing = PopulationConfig.of(record).differences(config)
     if differing:
-        option = storage_option(storage.url)
         raise PopulationExists(
             f"A population named {record.name!r} already exists in {redact_url(storage.url)} "
             f"with a different configuration ({'; '.join(differing)}). Choose another name, "
             f"continue the stored one with pt.load(storage, {record.name!r}).resume() / "
-            f"`poptune resume {shell_word(record.name)}{option}`, or delete it with "
-            f"`poptune delete {shell_word(record.name)}{option}`."
+            f"`{command_hint('resume', record.name, storage.url)}`, or delete it with "
+            f"`{command_hint('delete', record.name, storage.url)}`."
         )
 
 

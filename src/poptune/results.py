@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ._imports import import_object
-from ._text import shell_word
 from ._validation import invalid
 from .checkpoints import CheckpointStore, confined, population_folders
 from .config import PopulationConfig
@@ -33,7 +32,7 @@ from .records import (
     PopulationRecord,
     rank_key,
 )
-from .storage import Storage, Summary
+from .storage import Storage, Summary, command_hint
 
 if TYPE_CHECKING:
     import pandas
@@ -365,8 +364,8 @@ class Result:
         if not intervals:
             raise NoBestMember(
                 f"Population {self.name!r} has no recorded interval yet: wait for its workers "
-                f"(poptune status {shell_word(self.name)}), or resume it "
-                f"(poptune resume {shell_word(self.name)})."
+                f"({command_hint('status', self.name, self.storage.url)}), or resume it "
+                f"({command_hint('resume', self.name, self.storage.url)})."
             )
         fitness = self.mode.fitness
         finite = [item for item in scored if math.isfinite(fitness(item[2]))]
@@ -403,7 +402,8 @@ class Result:
         if not held:
             raise NoBestMember(
                 f"Population {self.name!r} has no healthy member holding trained weights yet: "
-                f"wait for its workers, or resume it (poptune resume {shell_word(self.name)})."
+                "wait for its workers, or resume it "
+                f"({command_hint('resume', self.name, self.storage.url)})."
             )
         raise NoBestMember(
             f"No healthy member of population {self.name!r} holds weights with a finite "

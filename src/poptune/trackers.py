@@ -44,6 +44,7 @@ from ._validation import check_str, invalid
 from .errors import TrackerError
 from .records import ExploitEvent, IntervalRecord, PopulationStatus
 from .results import Result
+from .storage import command_hint
 
 __all__ = [
     "BackgroundExport",
@@ -988,12 +989,12 @@ class TrackerExporter:
             ) from None
         log.warning(
             "Tracker %r failed to %s population '%s' and is left out of this run (%s). "
-            "Training goes on; export later with `poptune export %s ...`.",
+            "Training goes on; export later with `%s ...`.",
             tracker,
             stage,
             name,
             cause,
-            name,
+            command_hint("export", self.result.name, self.result.storage.url),
         )
 
 

@@ -45,6 +45,7 @@ __all__ = [
     "StorageError",
     "Summary",
     "check_shareable",
+    "command_hint",
     "default_storage_url",
     "open_storage",
     "redact_url",
@@ -67,6 +68,26 @@ def storage_option(url: str) -> str:
     word = shell_word(redact_url(url))
     quoted = word if word.startswith("'") else f"'{word}'"  # quoted always, as the docs show
     return f" --storage {quoted}"
+
+
+def command_hint(verb: str, name: str, url: str | None = None) -> str:
+    """The ``poptune VERB NAME`` command a message tells a user to copy into a shell, with the
+    :func:`storage_option` ``url`` needs (none for the default; ``None``: none either).
+
+    The name is one quoted shell word; a name that starts with ``-`` comes after ``--``, the
+    options before it, so that it is not read as an option.
+
+    Example:
+        >>> command_hint("resume", "my run")
+        "poptune resume 'my run'"
+        >>> command_hint("status", "-x", "sqlite:///other.db")
+        "poptune status --storage 'sqlite:///other.db' -- -x"
+    """
+    option = "" if url is None else storage_option(url)
+    word = shell_word(name)
+    if str(name).startswith("-"):  # quoted or not, the shell passes on a word that starts with -
+        return f"poptune {verb}{option} -- {word}"
+    return f"poptune {verb} {word}{option}"
 
 
 def open_storage(
