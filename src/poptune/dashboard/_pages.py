@@ -83,14 +83,19 @@ _LIVE_JS = """
 """
 
 
-def version_of(status: str, steps_done: int, exploits: int, failures: int) -> str:
+def version_of(status: str, steps_done: int, copies: int, failures: int) -> str:
     """What must change for a population's figures to change: its status and how many
-    intervals, exploits and failures it recorded (an interval always advances ``steps_done``)."""
-    return f"{status}-{steps_done}-{exploits}-{failures}"
+    intervals, copies (exploits and recoveries: each is drawn) and failures it recorded (an
+    interval always advances ``steps_done``)."""
+    return f"{status}-{steps_done}-{copies}-{failures}"
 
 
 def _summary_version(record: PopulationRecord, summary: Summary) -> str:
-    return version_of(record.status.value, summary.steps_done, summary.exploits, summary.failures)
+    # Summary counts recoveries apart from exploits; the report's model has them all as copies:
+    # both sides must count the same, or the page would never be up to date (a full read and
+    # render at every poll, the live part swapped each time).
+    copies = summary.exploits + summary.recoveries
+    return version_of(record.status.value, summary.steps_done, copies, summary.failures)
 
 
 def _model_version(model: ReportModel) -> str:
