@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import bisect
+import contextlib
 import dataclasses
 import math
 import os
 import re
 import shutil
+import signal
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +21,7 @@ import poptune as pt
 from poptune._text import unsafe_character
 from poptune.cli import main
 from poptune.report import build_model, render_html
-from poptune.report._html import _VIRIDIS, FigureCache, _rank_colours, figure_sections
+from poptune.report._html import _VIRIDIS, FigureCache, _Axis, _rank_colours, figure_sections
 from poptune.testing import (
     XSS_PAYLOADS,
     XSS_PROBE,
@@ -354,6 +357,61 @@ def test_recoveries_are_drawn_and_counted_apart_from_exploits(tmp_path, monkeypa
     assert '<span class="muted">recoveries</span><b>1</b>' in page
     assert page.count('class="recovery"') == 1 and 'class="exploit"' not in page
     assert "re-seeded after failing: a recovery, not an exploit" in page
+
+
+class _RoundingApart(Quadratic):
+    """Scores a rounding error apart: 0.3 or 0.1 + 0.2, by the member's h0."""
+
+    def evaluate(self):
+        return {"q": 0.3 if self.h[0] < 0.5 else 0.1 + 0.2, "surrogate": 0.0}
+
+
+@contextlib.contextmanager
+def _deadline(seconds: int) -> Iterator[None]:
+    """Fail instead of hanging (and growing a list until memory runs out) past ``seconds``."""
+
+    def expire(*_: object) -> None:
+        raise TimeoutError(f"still running after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.mark.parametrize(
+    ("low", "high"),
+    [
+        (0.3, 0.1 + 0.2),  # a rounding error apart: the tick step stopped moving the value
+        (1e20, math.nextafter(1e20, math.inf)),
+        (1e20, 1e20),  # equal and large: +-0.5 left the span at 0
+        (-1e308, 1e308),  # the span overflowed
+        (0.0, 0.0),
+        (-5.0, 7.0),
+    ],
+)
+def test_an_axis_has_a_few_ticks_whatever_its_values(low, high):
+    with _deadline(2):
+        axis = _Axis(low, high, 300.0, 0.0)
+        ticks = axis.ticks(5)
+        steps = axis.ticks(10, integer=True)
+    assert 1 <= len(ticks) <= 6 and len(steps) <= 11
+    assert all(axis.low <= t <= axis.high for t in ticks), (axis.low, axis.high, ticks)
+    for value in (low, high):  # drawn inside the figure, as a number
+        assert 0.0 <= axis(value) <= 300.0 and 0.0 <= float(axis.text()(value)) <= 300.0
+
+
+def test_a_report_of_scores_a_rounding_error_apart_is_written(tmp_path, quick_run):
+    """0.3 and 0.1 + 0.2: the report and the dashboard's figures drew ticks until memory ran
+    out."""
+    result = quick_run(_RoundingApart, population=4, intervals=2)
+    assert {i.score for i in result.intervals()} == {0.3, 0.1 + 0.2}
+    with _deadline(30):
+        page = result.report(tmp_path / "r.html").read_text()
+    assert page.count("<svg") >= 2 and not re.search(r'="-?(nan|inf)', page)  # coordinates
 
 
 def test_step_axes_have_whole_number_ticks(

@@ -56,6 +56,12 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+#: Values at most this far apart, relative to their size, are drawn as one (a flat line).
+_FLAT = 1e-12
+#: The largest value an axis spans to: two of them apart is still a finite float.
+_HUGE = 8e307
+
+
 class _Axis:
     """Maps data to pixels, linearly or logarithmically."""
 
@@ -63,13 +69,23 @@ class _Axis:
         self.log = log and low > 0
         if self.log:
             low, high = math.log10(low), math.log10(high)
-        if high <= low:
-            low, high = low - 0.5, high + 0.5
+        # finite values ~1e308 apart: a finite span, and the values beyond it drawn at its ends
+        self.clip = not math.isfinite(high - low)
+        if self.clip:
+            low, high = max(low, -_HUGE), min(high, _HUGE)
+        if not high - low > _FLAT * max(abs(low), abs(high)):
+            # equal, or a rounding error apart (0.3 and 0.1 + 0.2): a flat line in the middle,
+            # never a span too small for a tick to move the value it is added to
+            middle = low / 2 + high / 2
+            pad = max(0.5, abs(middle) * 1e-3)
+            low, high = middle - pad, middle + pad
         self.low, self.high, self.start, self.end = low, high, start, end
 
     def __call__(self, value: float) -> float:
         if self.log:
             value = math.log10(max(value, 1e-300))
+        if self.clip:
+            value = min(max(value, self.low), self.high)
         return self.start + (value - self.low) / (self.high - self.low) * (self.end - self.start)
 
     def text(self) -> Callable[[float], str]:
@@ -79,6 +95,8 @@ class _Axis:
         if self.log:
             log10 = math.log10
             return lambda value: f"{start + (log10(max(value, 1e-300)) - low) / span * width:.1f}"
+        if self.clip:
+            return lambda value: f"{self(value):.1f}"
         return lambda value: f"{start + (value - low) / span * width:.1f}"
 
     def ticks(self, count: int = 5, integer: bool = False) -> list[float]:
@@ -96,12 +114,13 @@ class _Axis:
         step = min((m * magnitude for m in (1, 2, 5, 10) if m * magnitude >= raw), default=raw)
         if integer:
             step = max(1.0, float(round(step)))
-        first = float(math.ceil(self.low / step) * step)
+        first = math.ceil(self.low / step)
         ticks: list[float] = []
-        value = first
-        while value <= self.high + 1e-12 * span:
+        for index in range(first, first + count + 2):  # at most count + 1 fit: step >= span/count
+            value = float(index * step)
+            if value > self.high + 1e-12 * span:
+                break
             ticks.append(value)
-            value += step
         return ticks
 
 
