@@ -15,21 +15,21 @@ from __future__ import annotations
 import shlex
 import unicodedata
 
-__all__ = ["NAME_LIMIT", "printable", "shell_word", "unsafe_character"]
+__all__ = ["BIDI", "NAME_LIMIT", "printable", "shell_word", "unsafe_character"]
 
 #: How many characters of a name a message shows before it cuts it with an ellipsis.
 NAME_LIMIT = 80
 
 #: Format characters that change how the text around them is displayed (bidirectional
 #: overrides and isolates, the Arabic letter mark): the "Trojan source" characters.
-_BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
 
 def unsafe_character(character: str) -> bool:
     """Whether ``character`` must not reach a terminal as it is: a control character (escape,
     newline, delete...), a lone surrogate, a line or paragraph separator, or a bidirectional
     override."""
-    return character in _BIDI or unicodedata.category(character) in ("Cc", "Cs", "Zl", "Zp")
+    return character in BIDI or unicodedata.category(character) in ("Cc", "Cs", "Zl", "Zp")
 
 
 def printable(text: object, limit: int | None = NAME_LIMIT) -> str:

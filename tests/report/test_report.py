@@ -26,6 +26,7 @@ from poptune.testing import (
     XSS_PAYLOADS,
     XSS_PROBE,
     Quadratic,
+    quadratic_space,
     synthetic_report_model,
     xss_population,
 )
@@ -117,6 +118,33 @@ def test_report_in_chromium_draws_everything_and_escapes_user_strings(hostile, t
     assert page["highlighted"] > 1  # hovering a member highlights it across figures
     assert shot.stat().st_size > 10_000 and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "diverged" in text  # the failure is listed, escaped
+
+
+def test_long_names_wrap_and_values_show_their_control_characters(tmp_path, quick_run):
+    """A 3,000-character name does not make the page 40,000 pixels wide; a value with a
+    right-to-left override or an escape code shows them as escapes (not read backwards, not
+    obeyed by a terminal that prints the saved page)."""
+    spoof, escape = "\u202eexe.txt", "\x1b[31mred"
+    long = "x" * 300
+    space = {**quadratic_space(), "optimizer": pt.Choice([spoof, escape]), long: "fixed"}
+    start = [
+        {"h0": 0.5, "h1": 0.5, "optimizer": value, long: "fixed"}
+        for value in space["optimizer"].options
+    ]
+    result = quick_run(space=space, name="L" * 3000, population=2, intervals=2, initial=start)
+    path = result.report(tmp_path / "r.html")
+    raw = path.read_text()
+    assert "\x1b" not in raw and "\u202e" not in raw
+    with browser_page() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1100, "height": 900})
+        page.goto(path.as_uri())
+        page.wait_for_function("window.poptuneReportReady === true")
+        width = page.evaluate("document.documentElement.scrollWidth")
+        shown = page.evaluate("document.body.textContent")
+        browser.close()
+    assert width <= 1100
+    assert "\\u202eexe.txt" in shown and "\\x1b[31mred" in shown
 
 
 def visit(url: str, bypass_csp: bool = False, ready: str = "poptuneReportReady") -> dict:

@@ -22,19 +22,34 @@ import hashlib
 import html
 import re
 
+from .._text import BIDI
+
 __all__ = ["element_id", "policy", "source_hash", "text"]
 
 _TOKEN = re.compile(r"[a-z][a-z0-9-]*")
 
 
+#: Characters a page shows as their Python escape (``\\x1b``, ``\\u202e``), as a terminal does:
+#: control characters but tab and line ends (a saved page is text someone may ``cat``), and
+#: bidirectional overrides, which would make a value read backwards.
+_SHOWN_ESCAPED = {
+    code: chr(code).encode("unicode_escape").decode("ascii")
+    for code in [*range(0x20), 0x7F, *range(0x80, 0xA0), *map(ord, BIDI)]
+    if chr(code) not in "\t\n\r"
+}
+
+
 def text(value: object) -> str:
-    """``value`` as HTML text or a quoted attribute value: ``& < > " '`` escaped.
+    """``value`` as HTML text or a quoted attribute value: ``& < > " '`` escaped, control
+    characters (but tab and line ends) and bidirectional overrides shown as escapes.
 
     Example:
         >>> text('k"><svg/onload=alert(1)>')
         'k&quot;&gt;&lt;svg/onload=alert(1)&gt;'
+        >>> print(text(chr(0x202E) + "evil" + chr(0x1B) + "[2J"))
+        \\u202eevil\\x1b[2J
     """
-    return html.escape(str(value), quote=True)
+    return html.escape(str(value).translate(_SHOWN_ESCAPED), quote=True)
 
 
 def element_id(kind: str, index: int | None = None) -> str:

@@ -469,7 +469,7 @@ stroke-width:1;opacity:.6}.edge.win{stroke:#111;stroke-width:2.5;opacity:1}
 circle.hl{stroke:#111}table{border-collapse:collapse;width:100%;font-size:13px}
 th,td{text-align:left;padding:4px 8px;border-bottom:1px solid #eaeef2}th{background:#f6f8fa}
 pre{white-space:pre-wrap;font-size:12px;background:#f6f8fa;padding:8px;border-radius:6px}
-.legend{font-size:12px;color:#57606a}
+.legend{font-size:12px;color:#57606a}h1,h2,td,th,.card,p{overflow-wrap:anywhere}
 """
 
 HIGHLIGHT_JS = """
