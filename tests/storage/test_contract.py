@@ -276,8 +276,25 @@ def test_best_by_step_keeps_the_best_of_every_step_and_goes_with_its_population(
     assert storage.best_by_step(pid, Mode.MAX) == [(1, 0.5), (2, 3.0), (3, 0.1)]
     assert storage.best_by_step(pid, Mode.MIN) == [(1, -2.0), (2, 0.7), (3, 0.1)]
     storage.delete_population(pid)
-    again = make(storage)  # SQLite may give it the deleted population's id
-    assert storage.best_by_step(again, Mode.MAX) == []
+    again = make(storage)
+    assert again != pid and storage.best_by_step(again, Mode.MAX) == []
+
+
+def test_a_deleted_populations_id_is_never_given_again(storage):
+    """A worker that outlived a deleted population claims by its id: were the id given to the
+    next population (SQLite gives the highest id present plus one), it would train that one's
+    members, past its budget, and take its checkpoint folder."""
+    first, last = make(storage, name="first"), make(storage, name="last")
+    storage.delete_population(last)
+    created = [make(storage, name="new")]
+    storage.delete_population(created[0])
+    created.append(make(storage, name="newer"))
+    assert len({first, last, *created}) == 4 and min(created) > last
+    try:  # nothing to claim under the deleted id (memory says so, SQL finds no member)
+        claimed = storage.claim(last, "outlived", 5, 30.0, sync=False)
+    except PopulationNotFound:
+        claimed = None
+    assert claimed is None
 
 
 def test_a_retried_write_that_committed_writes_nothing_twice(storage):

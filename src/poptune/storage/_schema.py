@@ -35,6 +35,7 @@ __all__ = [
     "members",
     "meta_table",
     "metadata",
+    "next_population_id",
     "populations",
     "read_database_id",
     "shown",
@@ -745,3 +746,36 @@ def create_database_id(connection: Connection, where: str) -> str:
     created = uuid.uuid4().hex[:16]
     connection.execute(meta_table.insert().values(key=_DATABASE_ID, value=created))
     return created
+
+
+#: The meta key of the highest population id SQLite ever gave in this database.
+_LAST_POPULATION_ID = "last_population_id"
+
+
+def next_population_id(connection: Connection) -> int:
+    """The id for a population created now in a SQLite database (in the caller's write
+    transaction, which records it): above every id the database ever gave, never one that a
+    deleted population had.
+
+    SQLite gives a table without ``AUTOINCREMENT`` the highest id present plus one, so it
+    would give a deleted population's id (the last one created) to the next, and a worker
+    that outlived the deleted population, or a checkpoint left in its folder, would be taken
+    for the new one's. The table cannot be changed to ``AUTOINCREMENT`` in place; the highest
+    id given is kept in ``poptune_meta`` instead (a database written before it had this key
+    starts from its highest id present). PostgreSQL's sequences never give an id twice.
+    """
+    row = connection.execute(
+        sa.select(meta_table.c.value).where(meta_table.c.key == _LAST_POPULATION_ID)
+    ).first()
+    present = connection.execute(sa.select(sa.func.max(populations.c.id))).scalar()
+    given = int(row.value) if row is not None and row.value.isdigit() else 0
+    chosen = max(given, int(present or 0)) + 1
+    if row is None:
+        connection.execute(meta_table.insert().values(key=_LAST_POPULATION_ID, value=str(chosen)))
+    else:
+        connection.execute(
+            meta_table.update()
+            .where(meta_table.c.key == _LAST_POPULATION_ID)
+            .values(value=str(chosen))
+        )
+    return chosen

@@ -68,6 +68,7 @@ from ._schema import (
     intervals,
     loads,
     members,
+    next_population_id,
     populations,
     read_database_id,
     shown,
@@ -408,8 +409,11 @@ class SQLStorage(Storage):
         now = time.time()
         try:
             with self._write() as connection:
+                # SQLite would give a deleted population's id again: see next_population_id
+                chosen = {"id": next_population_id(connection)} if self._sqlite else {}
                 result = connection.execute(
                     populations.insert().values(
+                        **chosen,
                         name=name,
                         config=dumps(config),
                         status=PopulationStatus.RUNNING.value,
