@@ -9,6 +9,7 @@ import json
 import shlex
 import sqlite3
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ import sqlalchemy as sa
 from click.testing import CliRunner
 
 import poptune as pt
+from poptune import cli
 from poptune._filenames import safe_filename
 from poptune.cli import main
 from poptune.storage import SQLStorage
@@ -429,6 +431,31 @@ def test_hints_for_a_name_that_starts_with_a_dash_are_commands_that_work(quick_r
     assert deleted == ["poptune", "delete", "--storage", url, "--", name]
     assert invoke(deleted[1], "--yes", *deleted[2:]).exit_code == 0
     assert name not in invoke("list", "--storage", url).output
+
+
+def test_a_crashed_run_reads_as_interrupted_once_its_leases_ran_out(quick_run, monkeypatch):
+    """A worker killed while it held members (SIGKILL, an out-of-memory kill) leaves them
+    marked running: once their leases ran out they are claimable again, and status, list and
+    --watch say interrupted, with the command to resume, instead of "running" for ever."""
+    url = quick_run.storage
+    quick_run.created(name="crashed", population=2, intervals=4)
+    storage = pt.open_storage(url)
+    population = storage.population("crashed").id
+    claim = storage.claim(population, "killed", 5, 0.3, sync=False)  # its worker dies now
+    assert claim is not None
+    held = invoke("status", "crashed", "--storage", url)
+    assert "crashed · running ·" in held.output and "Interrupted" not in held.output
+    time.sleep(0.4)
+    out = invoke("status", "crashed", "--storage", url)
+    assert out.exit_code == 0 and "crashed · interrupted ·" in out.output, out.output
+    assert _hinted_command(out.output, "poptune resume") == [
+        "poptune", "resume", "crashed", "--storage", url,
+    ]  # fmt: skip
+    assert "interrupted" in invoke("list", "--storage", url).output
+    monkeypatch.setattr(cli, "_INTERRUPTED_AFTER", 0.5)
+    watched = invoke("status", "crashed", "--storage", url, "--watch", "--every", "0.2")
+    assert watched.exit_code == 0 and "poptune resume crashed" in watched.output
+    storage.close()
 
 
 def test_status_and_list_fit_an_80_column_terminal(quick_run, monkeypatch):

@@ -310,7 +310,8 @@ def status(
     """Show every member of population NAME: step, score, hparams, parent."""
     result = load(storage, name, checkpoints)
     if watch:
-        _watch(result, every)
+        if _watch(result, every):
+            _status_notes(result, result.summary())
         return
     members = result.members
     summary = result.summary()
@@ -333,6 +334,12 @@ def status(
         click.echo(json.dumps(payload, indent=2))
         return
     _console().print(_status_table(result, members, summary))
+    _status_notes(result, summary)
+
+
+def _status_notes(result: Result, summary: Summary) -> None:
+    """What the status table does not say: how to continue an interrupted population, why it
+    stopped."""
     record = result.record
     error = printable(record.error, limit=_ERROR_LIMIT)
     if _shown_status(summary) == "interrupted":
@@ -382,21 +389,37 @@ def _status_table(result: Result, members: list[MemberRecord], summary: Any) -> 
     return table
 
 
-def _watch(result: Result, every: float) -> None:
-    """Redraw the member table until the population stops running."""
+#: How long ``status --watch`` sees a running population with no member held before it takes
+#: it as interrupted and stops (a worker lets go of a member between two claims).
+_INTERRUPTED_AFTER = 5.0
+
+
+def _watch(result: Result, every: float) -> bool:
+    """Redraw the member table until the population stops running, or no worker has held a
+    member of it for a while (a crash, Ctrl-C: it waits for ``poptune resume``); whether it
+    ended so (``False``: the user pressed Ctrl-C)."""
     from rich.live import Live
 
-    def table() -> Table:
-        return _status_table(result, result.members, result.summary())
+    def table(summary: Summary) -> Table:
+        return _status_table(result, result.members, summary)
 
+    summary = result.summary()
+    idle_since: float | None = None
     try:
-        with Live(table(), refresh_per_second=4, console=_console()) as live:
-            while result.summary().status.value == "running":
+        with Live(table(summary), refresh_per_second=4, console=_console()) as live:
+            while summary.status is PopulationStatus.RUNNING:
+                if _shown_status(summary) != "interrupted":
+                    idle_since = None
+                elif idle_since is None:
+                    idle_since = time.monotonic()
+                elif time.monotonic() - idle_since >= max(_INTERRUPTED_AFTER, 2 * every):
+                    break
                 time.sleep(every)
-                live.update(table())
-            live.update(table())
+                summary = result.summary()
+                live.update(table(summary))
     except KeyboardInterrupt:
-        pass
+        return False
+    return True
 
 
 @main.command()

@@ -253,6 +253,15 @@ def test_summary_counts(storage):
     assert summary.status is PopulationStatus.RUNNING
 
 
+def test_summary_counts_as_running_only_members_under_a_live_lease(storage):
+    pid = make(storage, n=2)
+    assert storage.claim(pid, "alive", 5, 30.0, sync=False) is not None
+    assert storage.claim(pid, "killed", 5, 0.05, sync=False) is not None  # its worker died
+    time.sleep(0.1)
+    summary = storage.summary(pid, 5, Mode.MIN)
+    assert summary.running == 1 and summary.status is PopulationStatus.RUNNING
+
+
 def test_nan_scores_are_stored_as_missing(storage):
     pid = make(storage, n=2)
     train(storage, pid, float("nan"))

@@ -172,6 +172,8 @@ class Summary:
     members: int
     steps_done: int
     steps_total: int
+    #: members held under a live lease: one whose worker died holding it counts no more once
+    #: its lease ran out (it is claimable again), so a crashed run reads as interrupted
     running: int
     done: int
     failed: int

@@ -606,6 +606,7 @@ class MemoryStorage(Storage):
     def summary(self, population_id: int, budget: int, mode: Mode) -> Summary:
         """Counts for a progress display."""
         with self._transaction():
+            now = self._clock()
             population = self._get(population_id)
             members = list(population.members.values())
             kept = [
@@ -618,7 +619,10 @@ class MemoryStorage(Storage):
                 members=len(members),
                 steps_done=sum(m.step for m in members),
                 steps_total=budget * len(members),
-                running=sum(m.status == MemberStatus.RUNNING for m in members),
+                running=sum(
+                    m.status == MemberStatus.RUNNING and (m.lease_until or 0.0) > now
+                    for m in members
+                ),
                 done=sum(m.status == MemberStatus.DONE for m in members),
                 failed=sum(m.status == MemberStatus.FAILED for m in members),
                 exploits=sum(e.is_exploit for e in population.exploits),

@@ -1225,9 +1225,10 @@ class SQLStorage(Storage):
     def summary(self, population_id: int, budget: int, mode: Mode) -> Summary:
         """Counts for a progress display."""
         m = members.c
+        now = time.time()
         with self._read() as connection:
             rows = connection.execute(
-                sa.select(m.member_id, m.step, m.score, m.status).where(
+                sa.select(m.member_id, m.step, m.score, m.status, m.lease_until).where(
                     m.population_id == population_id
                 )
             ).all()
@@ -1261,7 +1262,10 @@ class SQLStorage(Storage):
             members=len(rows),
             steps_done=sum(r.step for r in rows),
             steps_total=budget * len(rows),
-            running=sum(r.status == MemberStatus.RUNNING.value for r in rows),
+            running=sum(
+                r.status == MemberStatus.RUNNING.value and (r.lease_until or 0.0) > now
+                for r in rows
+            ),
             done=sum(r.status == MemberStatus.DONE.value for r in rows),
             failed=sum(r.status == MemberStatus.FAILED.value for r in rows),
             exploits=int(n_exploits),
