@@ -21,12 +21,14 @@ from ._text import unsafe_character
 from .errors import InvalidParameterError
 
 __all__ = [
+    "POPULATION_NAME_LENGTH",
     "InvalidParameterError",
     "check_bool",
     "check_choice",
     "check_float",
     "check_int",
     "check_name",
+    "check_population_name",
     "check_str",
     "invalid",
     "jsonable",
@@ -132,6 +134,25 @@ def check_name(name: str, value: Any, owner: str | None = None, kind: str = "a n
             name,
             f"{kind} without control characters, lone surrogates or bidirectional overrides "
             "(rename it)",
+            value,
+            owner,
+        )
+    return text
+
+
+#: The longest population name the storage keeps (``VARCHAR(255)``: PostgreSQL refuses more).
+POPULATION_NAME_LENGTH = 255
+
+
+def check_population_name(name: str, value: Any, owner: str | None = None) -> str:
+    """``value`` as a population's name: :func:`check_name`, at most
+    :data:`POPULATION_NAME_LENGTH` characters."""
+    text = check_name(name, value, owner)
+    if len(text) > POPULATION_NAME_LENGTH:
+        raise invalid(
+            name,
+            f"a population name of at most {POPULATION_NAME_LENGTH} characters (this one has "
+            f"{len(text)}; shorten it)",
             value,
             owner,
         )

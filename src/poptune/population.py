@@ -17,7 +17,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from ._validation import check_int
+from ._validation import check_int, check_population_name
 from .blocks import build_worker, check_block
 from .checkpoints import CheckpointStore, open_checkpoints
 from .config import PopulationConfig
@@ -336,7 +336,9 @@ def replay(
     trainable = trainable if trainable is not None else recorded_trainable(source.record)
     check_trainable(trainable)
     storage = source.storage
-    target = replay_name or f"{name}-replay"
+    target = check_population_name(
+        "replay_name", f"{name}-replay" if replay_name is None else replay_name
+    )
     schedule = tuple(dict(entry.hparams) for entry in entries)
     config = stored.replace(
         population=1,

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from ._imports import import_object, reference_of
-from ._validation import check_int, check_name, invalid, plain
+from ._validation import check_int, check_name, check_population_name, invalid, plain
 from .blocks import check_block
 from .checkpoints import CheckpointStore
 from .config import PopulationConfig, stored_checkpoint_every
@@ -154,7 +154,7 @@ def prepare_run(
     if seed is None:
         seed = int(np.random.SeedSequence().generate_state(1)[0])
     seed = check_int("seed", seed, 0)
-    name = check_name("name", trainable.__name__ if name is None else name)
+    name = check_population_name("name", trainable.__name__ if name is None else name)
     config = PopulationConfig(
         trainable=reference_of(trainable),
         space=space,

@@ -111,7 +111,7 @@ def reconcile_replay(
             name,
             "replay",
             hint=f"A population of that name, not a replay of this schedule, is in "
-            f"{redact_url(storage.url)}: pass replay_name= another name.",
+            f"{redact_url(storage.url)}: pass replay_name= (poptune replay --as) another name.",
         )
     return record
 

@@ -534,6 +534,7 @@ def xss_population(storage: Any, population: int = 3, intervals: int = 4) -> Any
     values, a fixed value, its strategies' descriptions and its failures' messages; every member
     fails at its third interval, so the population also stops with an error. Returns it."""
     from ._text import unsafe_character
+    from ._validation import POPULATION_NAME_LENGTH
     from .population import load, run
     from .space import Choice, Uniform
     from .worker import PopulationError
@@ -547,7 +548,7 @@ def xss_population(storage: Any, population: int = 3, intervals: int = 4) -> Any
     for i, payload in enumerate(XSS_PAYLOADS[:-1]):
         space[as_name(payload)] = Choice([XSS_PAYLOADS[(i + 1) % n], XSS_PAYLOADS[(i + 2) % n]])
     space[as_name(XSS_PAYLOADS[-1])] = XSS_PAYLOADS[0]  # a fixed value
-    name = as_name(" ".join(XSS_PAYLOADS))
+    name = as_name(" ".join(XSS_PAYLOADS))[:POPULATION_NAME_LENGTH]  # what storages keep
     # Every member fails, as intended: the population is stored all the same.
     with contextlib.suppress(PopulationError):
         run(

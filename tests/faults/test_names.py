@@ -129,3 +129,31 @@ def test_a_population_deleted_under_its_worker_stops_it_clearly(
     assert not thread.is_alive()
     assert len(errors) == 1 and isinstance(errors[0], pt.PopulationError), errors
     assert "was deleted from the storage while" in str(errors[0])
+
+
+def test_a_name_the_storage_cannot_keep_is_refused_before_anything_is_stored(
+    storage_url: str, quick_run
+):
+    """PostgreSQL keeps at most 255 characters of a name: a longer one stopped the run with a
+    database error after it started; it is refused where it is given, on every storage."""
+    with pytest.raises(pt.InvalidParameterError, match=r"at most 255 characters.*has 256"):
+        quick_run(storage=storage_url, name="x" * 256)
+    assert quick_run(storage=storage_url, name="x" * 255).status == "finished"
+    assert [r.name for r in pt.open_storage(storage_url).populations()] == ["x" * 255]
+
+
+@pytest.mark.parametrize(
+    ("given", "said"),
+    [
+        ("bad\x1bname", "without control characters"),
+        ("", "non-empty"),
+        ("y" * 256, "at most 255 characters"),
+    ],
+)
+def test_a_replays_name_is_checked_like_any_population_name(quick_run, given, said):
+    quick_run(name="p")
+    out = CliRunner().invoke(
+        main, ["replay", "p", "--as", given, "--no-progress", "--storage", quick_run.storage]
+    )
+    assert out.exit_code != 0 and said in out.output and "Traceback" not in out.output
+    assert [r.name for r in pt.open_storage(quick_run.storage).populations()] == ["p"]
