@@ -70,3 +70,43 @@ def test_resume_with_an_unimportable_trainable_says_so(storage_url, tmp_path: Pa
     )
     assert out.returncode == 1
     assert "Cannot import" in out.stderr and "gone.py" in out.stderr
+
+
+def test_poptune_resume_finds_a_trainable_next_to_the_training_script(tmp_path: Path):
+    """``train.py`` imports its trainable from ``model.py`` beside it, recorded as
+    ``model:Net``: the ``poptune`` command, which unlike ``python`` does not search the folder
+    it runs in, resumes it there (it said "No module named 'model'"), on two worker
+    processes too; elsewhere it says which folder to run from."""
+    (tmp_path / "model.py").write_text(
+        "from poptune.testing import Quadratic\n\nclass Net(Quadratic):\n    pass\n"
+    )
+    (tmp_path / "train.py").write_text(
+        textwrap.dedent(
+            """
+            import poptune as pt
+            from poptune.testing import quadratic_space
+            from model import Net
+
+            if __name__ == "__main__":
+                pt.run(Net, space=quadratic_space(), metric="q", population=2, intervals=1,
+                       name="beside", storage="sqlite:///p.db", progress=False, seed=0)
+            """
+        )
+    )
+    subprocess.run([sys.executable, "train.py"], cwd=tmp_path, check=True, capture_output=True)
+    assert pt.load(f"sqlite:///{tmp_path / 'p.db'}", "beside").config.trainable == "model:Net"
+    command = Path(sys.executable).parent / "poptune"  # the console script, as users run it
+    resume = [str(command), "resume", "beside", "--storage", "sqlite:///p.db", "--no-progress"]
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    lost = subprocess.run(
+        [*resume[:4], f"sqlite:///{tmp_path / 'p.db'}", "--no-progress"],
+        cwd=elsewhere, capture_output=True, text=True,
+    )  # fmt: skip
+    assert lost.returncode == 1 and "Run this from the folder that holds 'model'" in lost.stderr
+    done = subprocess.run(
+        [*resume, "--intervals", "3", "--workers", "2"], cwd=tmp_path, capture_output=True,
+        text=True,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert pt.load(f"sqlite:///{tmp_path / 'p.db'}", "beside").status == "finished"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import inspect
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -55,12 +56,17 @@ def import_object(reference: str) -> Any:
         if module_part.endswith(".py"):
             module = _import_file(Path(module_part))
         else:
-            module = importlib.import_module(module_part)
+            module = _import_module(module_part)
     except ImportError as error:
-        raise ImportError(
-            f"Cannot import {reference!r}: {error}. Make sure the module is on PYTHONPATH (or the "
-            "file exists) on this machine."
-        ) from error
+        where = (
+            "Make sure the file exists on this machine."
+            if module_part.endswith(".py")
+            else f"Run this from the folder that holds {module_part.partition('.')[0]!r} (the "
+            "one your training script was started in), or put that folder on PYTHONPATH "
+            "(PYTHONPATH=/that/folder poptune ...); on another machine, install or copy the "
+            "code there."
+        )
+        raise ImportError(f"Cannot import {reference!r}: {error}. {where}") from error
     obj: Any = module
     for part in qualname.split("."):
         try:
@@ -71,6 +77,28 @@ def import_object(reference: str) -> Any:
                 f"{qualname!r}. Check the spelling, or define it at module level."
             ) from None
     return obj
+
+
+def _import_module(name: str) -> Any:
+    """``importlib.import_module(name)``; if its top-level package is not found, again with
+    the current folder on ``sys.path``, as ``python script.py`` and ``python -m`` have it.
+
+    A training script's neighbour (``train.py`` importing its trainable from ``model.py``) is
+    recorded as ``model:Net``; the ``poptune`` command, unlike ``python``, does not search the
+    folder it is run from, so ``poptune resume`` there would not find it. The folder stays on
+    the path: the worker processes started next inherit it, and unpickling may import more."""
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as error:
+        here = os.getcwd()
+        if error.name != name.partition(".")[0] or here in sys.path or "" in sys.path:
+            raise
+        sys.path.append(here)  # after the installed packages: it cannot shadow one
+        try:
+            return importlib.import_module(name)
+        except ImportError:
+            sys.path.remove(here)
+            raise
 
 
 def _import_file(path: Path) -> Any:
