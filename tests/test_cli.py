@@ -64,6 +64,14 @@ def test_schedule(population, storage_url):
     assert [e["step"] for e in entries] == list(range(1, len(entries) + 1))
 
 
+def test_schedule_of_a_member_without_trained_weights_says_so(quick_run):
+    quick_run.created(name="fresh", population=2, intervals=2)  # nothing trained yet
+    out = invoke("schedule", "fresh", "--member", "1", "--storage", quick_run.storage)
+    assert out.exit_code == 0 and "Member 1 of fresh holds no trained weights yet" in out.output
+    listed = invoke("schedule", "fresh", "--member", "1", "--storage", quick_run.storage, "--json")
+    assert json.loads(listed.output) == []
+
+
 def test_missing_population_and_bad_storage(storage_url):
     SQLStorage(storage_url).close()  # an empty poptune database
     out = CliRunner().invoke(main, ["status", "nope", "--storage", storage_url])

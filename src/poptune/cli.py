@@ -23,6 +23,7 @@ from rich.table import Table
 from ._filenames import safe_path
 from ._redact import redact_text
 from ._text import printable
+from .checkpoints import population_folder
 from .config import PopulationConfig
 from .deletion import check_deletable
 from .devices import CUDA_VISIBLE_DEVICES, apply_environment, device_environment, parse_device
@@ -254,6 +255,9 @@ def delete(name: str, storage: str | None, checkpoints: str | None, yes: bool) -
     check_deletable(store, record)  # a population in training is refused before asking
     if not yes:
         folder = checkpoints or checkpoints_location(store, record)
+        database = store.database_id(create=False)
+        if database is not None:  # its own folder in there, not the folder others share
+            folder = f"{folder.rstrip('/')}/{population_folder(database, record.id)}"
         click.confirm(
             f"Delete population '{printable(name)}' ({record.status.value}, "
             f"{summary.steps_done} intervals recorded) and its checkpoints in "
@@ -536,6 +540,13 @@ def schedule(
                 ],
                 indent=2,
             )
+        )
+        return
+    if not entries:  # only with --member: the best has a lineage, or result.best raised
+        click.echo(
+            f"Member {member} of {printable(result.name)} holds no trained weights yet (its "
+            "first interval is not recorded, or it failed): no schedule to show.",
+            err=True,
         )
         return
     table = Table(

@@ -24,7 +24,7 @@ from .handover import sweep_segments
 from .liveness import expire_dead_local_claims
 from .locations import checkpoints_location
 from .records import CheckpointRef, PopulationRecord
-from .storage import PopulationBusy, Storage
+from .storage import PopulationBusy, Storage, redact_url
 
 __all__ = ["check_deletable", "delete_population"]
 
@@ -50,6 +50,7 @@ def delete_population(
     Raises:
         PopulationError: if it is being trained; nothing is deleted then.
     """
+    _check_location(storage, record, checkpoints)
     refs = _delete_rows(storage, record)
     database = storage.database_id(create=False)
     sweep_segments(database, record.id)
@@ -73,6 +74,41 @@ def delete_population(
         except UnsafeCheckpointPath as error:  # a symbolic link out of the folder
             log.warning("%s", error)
     files.close()
+
+
+def _holds_files(location: str | os.PathLike[str] | CheckpointStore, folder: str) -> bool:
+    """Whether the checkpoint store at ``location`` has any file in ``folder``."""
+    files = open_checkpoints(location)
+    try:
+        return bool(files.files(folder))
+    finally:
+        if files is not location:  # a store the caller passed stays open
+            files.close()
+
+
+def _check_location(
+    storage: Storage,
+    record: PopulationRecord,
+    checkpoints: str | os.PathLike[str] | CheckpointStore | None,
+) -> None:
+    """Refuse a ``checkpoints`` location that holds no file of the population while the one
+    it recorded does (a mistyped ``--checkpoints``): its rows deleted, nothing would prove
+    those files its, and they would stay for ever. Nothing is deleted then."""
+    database = storage.database_id(create=False)
+    if checkpoints is None or database is None or not PopulationConfig.of(record).checkpoints:
+        return
+    folder = population_folder(database, record.id)
+    recorded = checkpoints_location(storage, record)
+    if _holds_files(checkpoints, folder) or not _holds_files(recorded, folder):
+        return
+    given = os.fspath(checkpoints) if isinstance(checkpoints, str | os.PathLike) else checkpoints
+    raise PopulationError(
+        f"Population {record.name!r} has no checkpoint file under {redact_url(str(given))!r}, "
+        f"but has some where it recorded them, {redact_url(recorded)!r}: nothing was deleted. "
+        "Leave out "
+        "checkpoints= (--checkpoints) to delete those, or pass the folder where this machine "
+        "finds them."
+    )
 
 
 def _delete_rows(

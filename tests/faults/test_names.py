@@ -71,11 +71,31 @@ def test_cli_delete_asks_first(quick_run):
     runner = CliRunner()
     kept = runner.invoke(main, ["delete", "p", "--storage", url], input="n\n")
     assert kept.exit_code == 1 and "Delete population 'p' (finished, 6 intervals" in kept.output
+    own = population_folder(pt.open_storage(url).database_id(), pt.load(url, "p").id)
+    assert f"checkpoints/{own}?" in kept.output  # its own folder, not the one others share
     assert pt.load(url, "p").status == "finished"
     deleted = runner.invoke(main, ["delete", "p", "--storage", url, "--yes"])
     assert deleted.exit_code == 0 and "Deleted population 'p'" in deleted.output
     missing = runner.invoke(main, ["delete", "p", "--storage", url, "--yes"])
     assert missing.exit_code != 0 and "No population named 'p'" in missing.output
+
+
+def test_delete_refuses_a_checkpoint_folder_that_holds_none_of_its_files(tmp_path, quick_run):
+    """A mistyped --checkpoints deleted the rows and left every file, which nothing could then
+    prove to be the population's: it is refused, nothing deleted; the recorded folder works."""
+    url = quick_run.storage
+    result = quick_run(name="p")
+    folder = tmp_path / "checkpoints" / population_folder(result.storage.database_id(), result.id)
+    files = [path for path in folder.rglob("*") if path.is_file()]
+    assert files
+    wrong = CliRunner().invoke(
+        main, ["delete", "p", "--storage", url, "--checkpoints", str(tmp_path / "nowhere"), "--yes"]
+    )
+    assert wrong.exit_code != 0 and "has no checkpoint file under" in wrong.output
+    assert "nothing was deleted" in wrong.output and not (tmp_path / "nowhere").exists()
+    assert pt.load(url, "p").status == "finished" and all(path.exists() for path in files)
+    right = CliRunner().invoke(main, ["delete", "p", "--storage", url, "--yes"])
+    assert right.exit_code == 0 and not any(path.exists() for path in files)
 
 
 def test_cli_delete_refuses_a_population_in_training_before_asking(quick_run):
