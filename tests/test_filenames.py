@@ -32,6 +32,8 @@ HOSTILE = [
     "学习率",
     "ｘ／ｙ",  # full-width solidus: no separator, but not ASCII
     "\udcff",  # a lone surrogate, as os.fsdecode makes of undecodable bytes
+    "-x",  # read as an option by `rm *`, `grep pattern *`
+    "--help",
 ]
 
 
@@ -39,7 +41,7 @@ def is_single_safe_component(name: str) -> bool:
     return (
         0 < len(name) <= MAX_LENGTH
         and re.fullmatch(r"[A-Za-z0-9._-]+", name) is not None
-        and not name.startswith(".")
+        and not name.startswith((".", "-"))
         and not name.endswith(".")
         and name.split(".", 1)[0].upper() not in {"CON", "PRN", "AUX", "NUL"}
         and re.fullmatch(r"(COM|LPT)[0-9]", name.split(".", 1)[0].upper()) is None

@@ -39,6 +39,7 @@ def _is_ordinary(name: str) -> bool:
         0 < len(name) <= MAX_LENGTH
         and _ORDINARY.fullmatch(name) is not None
         and not name.startswith(".")  # ".", "..", hidden files
+        and not name.startswith("-")  # read as an option: `rm *`, `grep x *`
         and not name.endswith(".")  # Windows drops a trailing dot
         and name.split(".", 1)[0].upper() not in _RESERVED
         and _HASHED.search(name) is None
@@ -49,9 +50,10 @@ def safe_filename(name: str) -> str:
     """``name`` as one safe file name: unchanged if it is ordinary, else made safe and tagged.
 
     Ordinary means 1 to :data:`MAX_LENGTH` characters among ASCII letters, digits and ``._-``,
-    not starting or ending with a dot, not a Windows device name (``CON``, ``NUL``, ``COM1``...).
-    Any other name has every other character replaced by ``_`` (a leading dot too), is cut to
-    fit, and gets ``-`` and 8 hex digits of the SHA-256 of the original appended, so two
+    not starting with a dot or a dash (which commands read as an option: ``rm *``) nor ending
+    with a dot, not a Windows device name (``CON``, ``NUL``, ``COM1``...).
+    Any other name has every other character replaced by ``_`` (a leading dot or dash too), is
+    cut to fit, and gets ``-`` and 8 hex digits of the SHA-256 of the original appended, so two
     different names do not map to the same file name (short of a hash collision). The result is
     never empty, ``.`` or ``..`` and never holds a separator: joined to a folder, it stays in it.
 
@@ -65,7 +67,7 @@ def safe_filename(name: str) -> str:
         return name
     digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:_HASH_LENGTH]
     readable = _OTHER.sub("_", name)
-    if readable.startswith("."):
+    if readable.startswith((".", "-")):
         readable = "_" + readable[1:]
     if readable.split(".", 1)[0].upper() in _RESERVED:
         readable = "_" + readable

@@ -989,12 +989,12 @@ class TrackerExporter:
             ) from None
         log.warning(
             "Tracker %r failed to %s population '%s' and is left out of this run (%s). "
-            "Training goes on; export later with `%s ...`.",
+            "Training goes on; export later with `%s`.",
             tracker,
             stage,
             name,
             cause,
-            command_hint("export", self.result.name, self.result.storage.url),
+            command_hint("export", self.result.name, self.result.storage.url, "..."),
         )
 
 

@@ -70,9 +70,10 @@ def storage_option(url: str) -> str:
     return f" --storage {quoted}"
 
 
-def command_hint(verb: str, name: str, url: str | None = None) -> str:
+def command_hint(verb: str, name: str, url: str | None = None, options: str = "") -> str:
     """The ``poptune VERB NAME`` command a message tells a user to copy into a shell, with the
-    :func:`storage_option` ``url`` needs (none for the default; ``None``: none either).
+    :func:`storage_option` ``url`` needs (none for the default; ``None``: none either) and the
+    caller's own ``options`` (never a stored string).
 
     The name is one quoted shell word; a name that starts with ``-`` comes after ``--``, the
     options before it, so that it is not read as an option.
@@ -82,12 +83,14 @@ def command_hint(verb: str, name: str, url: str | None = None) -> str:
         "poptune resume 'my run'"
         >>> command_hint("status", "-x", "sqlite:///other.db")
         "poptune status --storage 'sqlite:///other.db' -- -x"
+        >>> command_hint("export", "-x", options="--tensorboard DIR")
+        'poptune export --tensorboard DIR -- -x'
     """
-    option = "" if url is None else storage_option(url)
+    given = ("" if url is None else storage_option(url)) + (f" {options}" if options else "")
     word = shell_word(name)
     if str(name).startswith("-"):  # quoted or not, the shell passes on a word that starts with -
-        return f"poptune {verb}{option} -- {word}"
-    return f"poptune {verb} {word}{option}"
+        return f"poptune {verb}{given} -- {word}"
+    return f"poptune {verb} {word}{given}"
 
 
 def open_storage(
