@@ -257,6 +257,25 @@ def test_static_plots_draw_names_as_typed_not_as_math(tmp_path, kind):
     assert "a$b$" in text and r"$\frac{$ &lt;b&gt;" in text  # the names, as typed and escaped
 
 
+def test_static_plots_draw_any_choice_value(tmp_path):
+    """``None`` made matplotlib raise a ConversionError; an escape code in a value made an SVG
+    no XML parser (nor Chromium) reads."""
+    pytest.importorskip("matplotlib")
+    import xml.etree.ElementTree as ElementTree
+
+    from poptune.report import plot
+
+    model = synthetic_report_model(3, 4)
+    values = [None, "\x1b[31mred", "adam"]  # member 0: None only
+    intervals = [dataclasses.replace(i, hparams={"lr": 0.1, "units": values[i.member % 3]})
+                 for i in model.intervals]  # fmt: skip
+    model = dataclasses.replace(model, intervals=intervals, schedule=[])
+    path = plot(model, "hparams", tmp_path / "hparams.svg")
+    text = path.read_text()
+    ElementTree.fromstring(text.encode())  # well-formed
+    assert "\x1b" not in text  # the label is drawn as glyphs: its text is not in the file
+
+
 def test_plot_refuses_bad_kind_and_format(hostile, tmp_path):
     pytest.importorskip("matplotlib")
     with pytest.raises(ValueError, match="Unknown plot kind 'pie'"):

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .._text import printable
 from ._model import ReportModel
 from ._model import finite as _finite
 
@@ -98,17 +100,18 @@ def _hparams(plt: Any, model: ReportModel) -> Any:
     figure, axes = plt.subplots(len(names), 1, figsize=(7, 2.4 * len(names)), squeeze=False)
     members = _by_member(model)
     for axis, name in zip(axes[:, 0], names, strict=True):
+        shown = _values(model, name)
         for _member, intervals in members:
             axis.plot(
                 [i.step for i in intervals],
-                [i.hparams.get(name) for i in intervals],
+                [shown(i.hparams.get(name)) for i in intervals],
                 lw=0.8,
                 alpha=0.6,
             )
         if model.schedule:
             axis.plot(
                 [e.step for e in model.schedule],
-                [e.hparams.get(name) for e in model.schedule],
+                [shown(e.hparams.get(name)) for e in model.schedule],
                 color="black",
                 lw=2.2,
                 ls="--",
@@ -123,6 +126,15 @@ def _hparams(plt: Any, model: ReportModel) -> Any:
         row.xaxis.set_major_locator(_whole_numbers())
     figure.suptitle(f"{model.name}: hyperparameters")
     return figure
+
+
+def _values(model: ReportModel, name: str) -> Callable[[Any], Any]:
+    """How hyperparameter ``name``'s values are drawn: as numbers if all are finite numbers,
+    else every one as a category labelled with its text (``None`` too, which matplotlib cannot
+    place; control characters written as escapes, which an SVG cannot hold)."""
+    if all(_finite(i.hparams.get(name)) for i in model.intervals):
+        return lambda value: value
+    return lambda value: printable(value, limit=40)
 
 
 def _lineage(plt: Any, model: ReportModel) -> Any:
