@@ -739,7 +739,10 @@ def dashboard(storage: str | None, host: str, port: int, every: float) -> None:
     'poptune[dashboard]')."""
     from .dashboard import serve
 
-    serve(storage, host=host, port=port, poll_seconds=every)
+    try:
+        serve(storage, host=host, port=port, poll_seconds=every)
+    except OSError as error:  # the address: taken, or not this machine's
+        raise click.ClickException(printable(error.strerror or error, limit=None)) from None
 
 
 @main.command("export")

@@ -486,3 +486,22 @@ def test_no_stored_string_runs_script_in_the_dashboard(tmp_path):
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def test_a_taken_port_is_said_before_any_address_is_announced(tmp_path):
+    """uvicorn printed its error after poptune had announced the URL (another program's)."""
+    from click.testing import CliRunner
+
+    from poptune.cli import main
+
+    storage = f"sqlite:///{tmp_path / 'poptune.db'}"
+    pt.open_storage(storage).close()  # an empty poptune database
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        out = CliRunner().invoke(main, ["dashboard", "--storage", storage, "--port", str(port)])
+    assert out.exit_code == 1, out.output
+    assert f"Cannot serve the dashboard at 127.0.0.1:{port}" in out.output
+    assert "pick another --port" in out.output and "http://" not in out.output
+    assert "Traceback" not in out.output

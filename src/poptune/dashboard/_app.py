@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import ipaddress
 import secrets
+import socket
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -214,9 +216,50 @@ def serve(
     hosts = ["127.0.0.1", "localhost", "[::1]", "::1", host] if _loopback(host) else None
     app = create_app(storage_url, poll_seconds, allowed_hosts=hosts)
     board: Dashboard = app.state.dashboard
+    listening = _listen(host, port)  # before saying where: the address may be taken
+    port = listening.getsockname()[1]  # port 0: the one the system chose
     shown = f"[{host}]" if ":" in host else host
     print(
         f"poptune dashboard of {board.redacted_url} at http://{shown}:{port}/ (Ctrl-C stops)",
         flush=True,
     )
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+    config = uvicorn.Config(app, log_level="warning", access_log=False)
+    try:
+        uvicorn.Server(config).run(sockets=[listening])
+    finally:
+        listening.close()
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port``, as uvicorn binds it.
+
+    Raises:
+        OSError: saying which address could not be used, why, and what to do.
+    """
+    bare = host.strip("[]")  # an IPv6 address as a URL writes it
+    try:
+        family = socket.getaddrinfo(bare, port, type=socket.SOCK_STREAM)[0][0]
+        listening = socket.socket(family, socket.SOCK_STREAM)
+    except OSError as error:
+        raise OSError(
+            error.errno,
+            f"Cannot serve the dashboard on host {host!r}: {error.strerror or error}. Give an "
+            "address of this machine (--host, e.g. 127.0.0.1).",
+        ) from None
+    try:
+        listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listening.bind((bare, port))
+        listening.listen(128)
+    except OSError as error:
+        listening.close()
+        taken = error.errno == errno.EADDRINUSE
+        raise OSError(
+            error.errno,
+            f"Cannot serve the dashboard at {host}:{port}: {error.strerror or error}. "
+            + (
+                "Another program (another dashboard?) listens there: pick another --port."
+                if taken
+                else "Give an address of this machine (--host) and a port you may use (--port)."
+            ),
+        ) from None
+    return listening
