@@ -213,7 +213,7 @@ def test_stored_names_are_printed_as_text_never_obeyed(population, storage_url):
     status = CliRunner().invoke(main, ["status", evil, "--storage", storage_url], env=wide)
     assert status.exit_code == 0 and shown in status.output
     missing = CliRunner().invoke(main, ["status", "toy", "--storage", storage_url])
-    assert missing.exit_code == 1 and f"Populations here: {shown}." in missing.output
+    assert missing.exit_code == 1 and f"Populations here: {shlex.quote(shown)}." in missing.output
     for out in (listed, status, missing):
         assert "\x1b" not in out.output and "\u202e" not in out.output and "😄" not in out.output
 

@@ -61,7 +61,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .._redact import redact_url
-from .._text import printable
+from .._text import printable, shell_word
 from ..errors import LeaseLost, PopulationBusy, PopulationExists, PopulationNotFound, StorageError
 from ..records import (
     Candidate,
@@ -104,8 +104,10 @@ def is_storable(name: str) -> bool:
 
 def not_found(name: str, shown_url: str, known: Sequence[str]) -> PopulationNotFound:
     """The error for a population ``name`` that is not in the storage at ``shown_url`` (already
-    redacted), naming the ones that are; every name is shown safe and short for a terminal."""
-    hint = f" Populations here: {', '.join(printable(k) for k in known)}." if known else ""
+    redacted), naming the ones that are; every name is shown safe and short for a terminal, and
+    quoted as a shell word where it needs to be (a name holding ", " reads as one)."""
+    names = ", ".join(shell_word(printable(k)) for k in known)
+    hint = f" Populations here: {names}." if known else ""
     return PopulationNotFound(
         f"No population named '{printable(name)}' in {shown_url}.{hint or ' It is empty.'}"
     )
