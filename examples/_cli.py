@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, NoReturn
 
 import poptune as pt
@@ -23,13 +23,21 @@ EXPLORES = {
 }
 
 
+class _Defaults(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` shows each option's default, but not "(default: None)": an option without
+    one says in its help what happens without it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def parser(
     description: str, *, name: str | None, population: int, intervals: int
 ) -> argparse.ArgumentParser:
     """The options every example takes (defaults: the example's own size, 2 workers)."""
-    options = argparse.ArgumentParser(
-        description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
+    options = argparse.ArgumentParser(description=description, formatter_class=_Defaults)
     options.add_argument("--population", type=int, default=population, help="members")
     options.add_argument("--intervals", type=int, default=intervals, help="the budget per member")
     options.add_argument("--workers", type=int, default=2, help="worker processes")
@@ -49,6 +57,14 @@ def parser(
     )
     options.add_argument("--no-progress", action="store_true")
     return options
+
+
+def at_least_one(options: argparse.ArgumentParser, **values: int) -> None:
+    """Refuse (exit 2, one line) an example's own count option below 1 (``steps=0``:
+    ``--steps 0``), before anything is stored."""
+    for name, value in values.items():
+        if value < 1:
+            options.error(f"--{name.replace('_', '-')} must be at least 1, got {value}")
 
 
 def run_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -72,17 +88,20 @@ def _value(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def report(result: pt.Result, label: str) -> None:
+def report(result: pt.Result, label: str, hidden: Iterable[str] = ()) -> None:
     """Print the best member, its hyperparameters and the schedule its weights trained with
-    (``label``: how to call the score, e.g. ``accuracy``)."""
+    (``label``: how to call the score, e.g. ``accuracy``); the fixed values named in
+    ``hidden`` (settings, not tuned) are left out of the schedule."""
     best = result.best
     print(f"\nbest member {best.member}: {label} {best.score:.4f} after {best.step} intervals")
-    print("hparams: " + ", ".join(f"{k}={_value(v)}" for k, v in best.hparams.items()))
+    left_out = set(hidden)
+    tuned = {k: v for k, v in best.hparams.items() if k not in left_out}
+    print("hparams: " + ", ".join(f"{k}={_value(v)}" for k, v in tuned.items()))
     schedule = result.schedule()
-    names = list(schedule[0].hparams) if schedule else []
+    names = [n for n in schedule[0].hparams if n not in left_out] if schedule else []
     print(f"\nschedule of the winning lineage (step: member, {', '.join(names)}, {label})")
     for entry in schedule:
-        values = "  ".join(f"{k}={_value(v)}" for k, v in entry.hparams.items())
+        values = "  ".join(f"{k}={_value(entry.hparams[k])}" for k in names)
         print(f"  {entry.step:3d}: member {entry.member}  {values}  {label}={entry.score:.4f}")
     where(result)
 
@@ -99,7 +118,8 @@ def where(result: pt.Result) -> None:
 
 
 def guard(main: Callable[[], Any]) -> NoReturn:
-    """Run an example's ``main`` as a command: bad input is one clear line (exit 2), Ctrl-C
+    """Run an example's ``main`` as a command: bad input is one clear line (exit 1; 2 for what
+    the command line's parser refuses), Ctrl-C
     exits quietly (poptune has already said how to resume), never a traceback for either."""
     try:
         main()

@@ -17,7 +17,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
-from _cli import EXPLORES, guard, where
+from _cli import EXPLORES, at_least_one, guard, where
 from _cli import parser as example_parser
 from torch import nn
 
@@ -66,7 +66,8 @@ class CartPole(pt.Trainable):
         unroll, gamma = int(hparams["unroll_length"]), float(hparams["discount"])
         observation, _ = self.env.reset(seed=self.seed)
         episode_return, done_steps = 0.0, 0
-        while done_steps < self.steps:
+        steps = int(hparams.get("steps", self.steps))  # --steps, recorded in the space
+        while done_steps < steps:
             log_probs, values, rewards, entropies, masks = [], [], [], [], []
             for _ in range(unroll):
                 hidden = self.body(torch.as_tensor(observation, dtype=torch.float32))
@@ -139,10 +140,10 @@ def main(argv: Sequence[str] | None = None) -> pt.Result:
     parser.add_argument("--steps", type=int, default=CartPole.steps, help="env steps/interval")
     parser.add_argument("--exploit", choices=sorted(EXPLOITS), default="truncation")
     args = parser.parse_args(argv)
-    CartPole.steps = args.steps
+    at_least_one(parser, steps=args.steps)
     result = pt.run(
         CartPole,
-        space=SPACE,
+        space={**SPACE, "steps": args.steps},  # fixed, recorded: a resume trains as many
         metric="return",
         mode="max",
         population=args.population,

@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-from _cli import EXPLORES, guard, where
+from _cli import EXPLORES, at_least_one, guard, where
 from _cli import parser as example_parser
 from torch import nn
 
@@ -90,7 +90,7 @@ class Ring(pt.Trainable):
         apply_hparams(self.d_optimizer, {"lr": hparams["discriminator_lr"]})
         loss = nn.functional.binary_cross_entropy_with_logits
         ones, zeros = torch.ones(self.batch, 1), torch.zeros(self.batch, 1)
-        for _ in range(self.updates):
+        for _ in range(int(hparams.get("updates", self.updates))):  # --updates, recorded
             noise = torch.randn(self.batch, 2, generator=self.rng)
             fake = self.generator(noise)
             real = real_batch(self.batch, self.rng)
@@ -133,10 +133,10 @@ def main(argv: Sequence[str] | None = None) -> pt.Result:
     parser.add_argument("--updates", type=int, default=Ring.updates)
     parser.add_argument("--random-search", action="store_true", help="exploit=None baseline")
     args = parser.parse_args(argv)
-    Ring.updates = args.updates
+    at_least_one(parser, updates=args.updates)
     result = pt.run(
         Ring,
-        space=SPACE,
+        space={**SPACE, "updates": args.updates},  # fixed, recorded: a resume trains as many
         metric="quality",
         mode="max",
         population=args.population,
@@ -144,7 +144,7 @@ def main(argv: Sequence[str] | None = None) -> pt.Result:
         workers=args.workers,
         exploit=None if args.random_search else pt.Truncation(0.25),
         explore=EXPLORES[args.explore](),
-        name=args.name or "gan",
+        name=args.name or ("gan-random-search" if args.random_search else "gan"),
         storage=args.storage,
         seed=args.seed,
         sync=args.sync,

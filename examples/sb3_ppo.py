@@ -13,14 +13,13 @@ Run:  python examples/sb3_ppo.py [--env Acrobot-v1] [--population 8] [--interval
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 from typing import Any
 
 import gymnasium as gym
 import torch
+from _cli import at_least_one, guard, report, run_options
 from _cli import parser as example_parser
-from _cli import report, run_options
 from stable_baselines3 import PPO
 from stable_baselines3.common.env_util import make_vec_env
 
@@ -107,11 +106,35 @@ def main(argv: Sequence[str] | None = None) -> pt.Result:
         intervals=10,
     )
     parser.add_argument("--env", default="CartPole-v1", help="a classic-control environment id")
-    parser.add_argument("--interval-timesteps", type=int, default=4096)
-    parser.add_argument("--n-envs", type=int, default=8)
+    parser.add_argument(
+        "--interval-timesteps",
+        type=int,
+        default=4096,
+        help="environment steps per interval: a multiple of --n-envs x --n-steps",
+    )
+    parser.add_argument("--n-envs", type=int, default=8, help="environment copies per agent")
     parser.add_argument("--n-steps", type=int, default=64, help="steps per env per rollout")
-    parser.add_argument("--eval-episodes", type=int, default=10)
+    parser.add_argument(
+        "--eval-episodes", type=int, default=10, help="episodes per evaluation (the score)"
+    )
     args = parser.parse_args(argv)
+    at_least_one(
+        parser,
+        interval_timesteps=args.interval_timesteps,
+        n_envs=args.n_envs,
+        n_steps=args.n_steps,
+        eval_episodes=args.eval_episodes,
+    )
+    rollout = args.n_envs * args.n_steps
+    if rollout < 2:
+        parser.error("PPO needs a rollout of at least 2 steps: --n-envs x --n-steps >= 2")
+    if args.interval_timesteps % rollout:
+        lower = max(rollout, args.interval_timesteps // rollout * rollout)
+        parser.error(
+            f"--interval-timesteps {args.interval_timesteps} is not a multiple of a rollout, "
+            f"--n-envs x --n-steps = {rollout}: the nearest are {lower} and "
+            f"{(args.interval_timesteps // rollout + 1) * rollout}"
+        )
     env_id = classic_control(args.env)
     space = dict(SPACE)
     space.update(
@@ -127,12 +150,9 @@ def main(argv: Sequence[str] | None = None) -> pt.Result:
     if args.name == "sb3-ppo":
         options["name"] = f"sb3-ppo-{env_id.lower()}"
     result = pt.run(train, space=space, metric="mean_reward", **options)
-    report(result, "mean return")
+    report(result, "mean return", hidden=STATIC)
     return result
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except KeyboardInterrupt:  # poptune has already said how to resume
-        sys.exit(130)
+    guard(main)

@@ -28,7 +28,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from _cli import guard
+from _cli import at_least_one, guard
 
 import poptune as pt
 from poptune.storage import command_hint, default_storage_url
@@ -109,9 +109,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
         description=__doc__.splitlines()[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument("--population", type=int, default=2)
-    parser.add_argument("--intervals", type=int, default=10)
+    parser.add_argument("--seeds", type=int, default=5, help="runs per variant (the median)")
+    parser.add_argument("--population", type=int, default=2, help="members")
+    parser.add_argument("--intervals", type=int, default=10, help="the budget per member")
     parser.add_argument(
         "--storage",
         default=default_storage_url(),
@@ -124,6 +124,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
         "--progress", action=argparse.BooleanOptionalAction, default=False, help="per run"
     )
     args = parser.parse_args(argv)
+    at_least_one(parser, seeds=args.seeds)
     table: dict[str, dict[str, float]] = {}
     for variant in VARIANTS:
         bests, reached = [], []

@@ -22,7 +22,7 @@ from typing import Any
 
 import sacrebleu
 import torch
-from _cli import EXPLORES, guard, where
+from _cli import EXPLORES, at_least_one, guard, where
 from _cli import parser as example_parser
 from torch import nn
 
@@ -142,7 +142,7 @@ class Translator(pt.Trainable):
         self._set_dropout(hparams)
         self.model.train()
         sources, targets = corpus("train", 4000)
-        for _ in range(self.updates):
+        for _ in range(int(hparams.get("updates", self.updates))):  # --updates, recorded
             rows = torch.randint(0, len(sources), (self.batch_size,), generator=self.rng).tolist()
             source = batch([sources[r] for r in rows], bos=False)
             target = batch([targets[r] for r in rows], bos=True)
@@ -201,10 +201,10 @@ def main(argv: Sequence[str] | None = None) -> pt.Result:
     parser.add_argument("--updates", type=int, default=Translator.updates)
     parser.add_argument("--random-search", action="store_true", help="exploit=None baseline")
     args = parser.parse_args(argv)
-    Translator.updates = args.updates
+    at_least_one(parser, updates=args.updates)
     result = pt.run(
         Translator,
-        space=SPACE,
+        space={**SPACE, "updates": args.updates},  # fixed, recorded: a resume trains as many
         metric="bleu",
         mode="max",
         population=args.population,
@@ -212,7 +212,7 @@ def main(argv: Sequence[str] | None = None) -> pt.Result:
         workers=args.workers,
         exploit=None if args.random_search else pt.Truncation(0.25),
         explore=EXPLORES[args.explore](),
-        name=args.name or "translate",
+        name=args.name or ("translate-random-search" if args.random_search else "translate"),
         storage=args.storage,
         seed=args.seed,
         sync=args.sync,

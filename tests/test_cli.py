@@ -6,6 +6,7 @@ import datetime
 import hashlib
 import importlib
 import json
+import re
 import shlex
 import sqlite3
 import sys
@@ -469,7 +470,11 @@ def test_a_crashed_run_reads_as_interrupted_once_its_leases_ran_out(quick_run, m
 def test_status_and_list_fit_an_80_column_terminal(quick_run, monkeypatch):
     url = quick_run.storage
     quick_run(name="digits-v2")
+    long = "plateau-" + "x" * 100  # cut to "plateau-x…" in the list, not what one types
+    quick_run(name=long)
     monkeypatch.setenv("COLUMNS", "80")
+    listed = invoke("list", "--storage", url).output
+    assert "".join(re.findall(r"^[│┃|]\s*(\S+)", listed, flags=re.MULTILINE)).count(long) == 1
     for command in (["list"], ["status", "digits-v2"]):
         out = invoke(*command, "--storage", url)
         assert out.exit_code == 0, out.output

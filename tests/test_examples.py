@@ -128,7 +128,8 @@ def test_cartpole_learns_beyond_the_untrained_policy(tmp_path: Path, capsys):
     result = cartpole.main([*options, "--sync", "--no-progress", "--storage", storage])
     # sync + a fixed seed: deterministic (98.8 when written, against a baseline near 20)
     assert result.best.score > 2 * baseline
-    assert set(result.best.hparams) == {"lr", "entropy_cost", "unroll_length", "discount"}
+    assert set(result.best.hparams) == {"lr", "entropy_cost", "unroll_length", "discount", "steps"}
+    assert result.best.hparams["steps"] == 1500  # --steps, recorded: a resume trains as many
     assert isinstance(result.best.hparams["unroll_length"], int)
     assert "mean return" in capsys.readouterr().out
 

@@ -127,6 +127,9 @@ def test_no_finite_score_says_so(storage_url: str, quick_run) -> None:
     result = quick_run(AlwaysNaN, storage=storage_url, name="nan", **SIZE)
     with pytest.raises(NoBestMember, match=r"but not one finite 'q' score \(all NaN or inf"):
         _ = result.best
+    with pytest.raises(NoBestMember) as last:  # no hint at scope "all", which fails too
+        result.best_member("last")
+    assert "none did before" in str(last.value) and "--scope all" not in str(last.value)
     assert build_model(result).best_member is None
     assert "no best yet" in repr(result)
 

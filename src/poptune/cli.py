@@ -222,14 +222,15 @@ def list_command(storage: str | None) -> None:
         return
     table = Table(title=f"populations in {redact_url(store.url)}")
     for column in ("name", "status", "members", "intervals", "best", "metric", "created"):
-        table.add_column(column, no_wrap=column != "name")
+        # a name is what the user types next: folded onto more lines, never cut short
+        table.add_column(column, no_wrap=column != "name", overflow="fold")
     for record in records:
         config = PopulationConfig.of(record)
         mode = config.mode
         summary = store.summary(record.id, config.intervals, mode)
         created = datetime.datetime.fromtimestamp(record.created_at).strftime("%m-%d %H:%M")
         table.add_row(
-            printable(record.name),
+            printable(record.name, limit=None),
             _shown_status(summary),
             str(summary.members),
             f"{summary.steps_done}/{summary.steps_total}",

@@ -405,6 +405,14 @@ class Result:
                 "wait for its workers, or resume it "
                 f"({command_hint('resume', self.name, self.storage.url)})."
             )
+        try:
+            self._best_interval()
+        except NoBestMember as none:  # no earlier weights to point to either: say why
+            raise NoBestMember(
+                f"No healthy member of population {self.name!r} holds weights with a finite "
+                f"{self.metric!r} score now (their latest scores are NaN or infinite), and "
+                f"none did before: {none}"
+            ) from None
         raise NoBestMember(
             f"No healthy member of population {self.name!r} holds weights with a finite "
             f"{self.metric!r} score now (their latest scores are NaN or infinite): "

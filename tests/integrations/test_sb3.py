@@ -631,3 +631,16 @@ def test_learning_leaves_no_log_folder_and_prints_what_sb3_prints(
     model = _verbose_ppo(dict(result.members[0].hparams), 0)
     model.learn(64)  # the user's own learn() afterwards configures as SB3 does
     assert len(list(temporary.glob("SB3-*"))) == 1
+
+
+def test_the_documented_snippets_interval_falls_on_a_rollout_of_a_default_ppo():
+    """docs/sb3.md, getting-started and the module's docstring train PPO("MlpPolicy",
+    "CartPole-v1") with its defaults: 10,000 steps was refused there (a rollout is 2,048)."""
+    root = Path(__file__).resolve().parents[2]
+    model = PPO("MlpPolicy", "CartPole-v1", device="cpu")
+    hparams = {"learning_rate": 1e-3, "ent_coef": 0.01}
+    for path in ("docs/sb3.md", "docs/getting-started.md", "src/poptune/integrations/sb3.py"):
+        found = re.findall(r"interval_timesteps=([\d_]+)", (root / path).read_text())
+        assert found, path
+        for value in found:
+            pt_sb3.check(model, int(value.replace("_", "")), hparams)  # raises if refused

@@ -33,6 +33,10 @@ def test_bad_urls_are_refused_clearly(tmp_path):
     ) as e:
         SQLStorage("//user:secret@host")
     assert "secret" not in str(e.value)
+    for url in ("foo://x", "mysql://user:secret@host/db"):  # SQLAlchemy's "Can't load plugin"
+        with pytest.raises(StorageError, match=r"which poptune cannot store in: use SQLite") as e:
+            SQLStorage(url)
+        assert "secret" not in str(e.value)
     blocker = tmp_path / "file"
     blocker.write_text("x")
     with pytest.raises((StorageError, OSError)):

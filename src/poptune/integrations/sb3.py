@@ -11,7 +11,7 @@ hyperparameters and hand it to :func:`learn`::
     def train(ctx):
         model = PPO("MlpPolicy", "CartPole-v1", learning_rate=ctx.hparams["learning_rate"],
                     ent_coef=ctx.hparams["ent_coef"], seed=ctx.seed, device="cpu")
-        pt_sb3.learn(ctx, model, interval_timesteps=10_000, eval_env="CartPole-v1")
+        pt_sb3.learn(ctx, model, interval_timesteps=10_240, eval_env="CartPole-v1")
 
     pt.run(train, space={"learning_rate": pt.LogUniform(1e-4, 3e-3),
                          "ent_coef": pt.LogUniform(1e-4, 0.05)},

@@ -1376,6 +1376,13 @@ def _parse(url: str) -> URL:
             f"The storage URL {redact_url(url)!r} has the port {parsed.port}, outside 1 to "
             "65535. Write the server's port (PostgreSQL listens on 5432 by default)."
         )
+    if parsed.get_backend_name() not in ("sqlite", "postgresql"):
+        raise StorageError(
+            f"The storage URL {shown(redact_url(url), 100)} names the database "
+            f"{shown(parsed.get_backend_name(), 40)}, which poptune cannot store in: use SQLite "
+            "('sqlite:///runs/poptune.db', a file) or PostgreSQL "
+            "('postgresql+psycopg://user@host/db', pip install 'poptune[postgres]')."
+        )
     return parsed
 
 
