@@ -467,6 +467,19 @@ def test_a_crashed_run_reads_as_interrupted_once_its_leases_ran_out(quick_run, m
     storage.close()
 
 
+def test_status_shows_a_stored_traceback_as_lines(quick_run):
+    """The population's error was one line of 2,000 characters with literal \\n in it."""
+    from poptune.testing import Failing
+
+    with pytest.raises(pt.PopulationError):
+        quick_run(Failing, name="failing", population=2, intervals=2, max_failures=0)
+    out = invoke("status", "failing", "--storage", quick_run.storage).output
+    notes = out[out.index("Stopped on an error:") :].split("\nMember ")[0].splitlines()
+    assert notes[1] == "Traceback (most recent call last):"
+    assert notes[-1].startswith("RuntimeError: boom: training diverged")
+    assert "\\n" not in out
+
+
 def test_status_and_list_fit_an_80_column_terminal(quick_run, monkeypatch):
     url = quick_run.storage
     quick_run(name="digits-v2")

@@ -110,8 +110,8 @@ class CheckpointEvery(click.ParamType):
 
 #: The options whose values are URLs that may carry a password or token.
 _URL_OPTIONS = ("storage", "checkpoints", "tracking_uri")
-#: How much of a stored error a status line shows.
-_ERROR_LIMIT = 2000
+#: How much of one line of a stored error (a traceback's line) `status` shows.
+_ERROR_LIMIT = 500
 
 
 def _errors(function: Callable[..., Any]) -> Callable[..., Any]:
@@ -346,7 +346,7 @@ def _status_notes(result: Result, summary: Summary) -> None:
     """What the status table does not say: how to continue an interrupted population, why it
     stopped."""
     record = result.record
-    error = printable(record.error, limit=_ERROR_LIMIT)
+    error = _error_lines(record.error)
     if _shown_status(summary) == "interrupted":
         click.echo(
             "Interrupted: no worker holds a member. Continue it with "
@@ -357,6 +357,17 @@ def _status_notes(result: Result, summary: Summary) -> None:
         click.echo(f"Stopped before its budget: {error}", err=True)
     elif record.error:
         click.echo(f"Stopped on an error: {error}", err=True)
+
+
+def _error_lines(error: str | None, lines: int = 20) -> str:
+    """A stored error (often a traceback) as lines a terminal shows: each made safe and cut to
+    :data:`_ERROR_LIMIT` characters, the middle of a long one left out (its start says what
+    stopped, its end what failed)."""
+    shown = [printable(line, limit=_ERROR_LIMIT) for line in str(error or "").splitlines()]
+    if len(shown) > lines:
+        left_out = len(shown) - lines
+        shown = [*shown[:3], f"  … ({left_out} lines left out)", *shown[-(lines - 3) :]]
+    return "\n".join(shown)
 
 
 def _shown_status(summary: Summary) -> str:
