@@ -110,3 +110,47 @@ def test_poptune_resume_finds_a_trainable_next_to_the_training_script(tmp_path: 
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert pt.load(f"sqlite:///{tmp_path / 'p.db'}", "beside").status == "finished"
+
+
+def test_a_script_importing_its_neighbour_inside_training_resumes_from_anywhere(
+    tmp_path: Path,
+):
+    """A trainable defined in ``train.py`` that imports ``model`` when it starts training
+    (inside its function, as Ray users write it) failed under ``poptune resume``: the script's
+    folder was on the path only while the script was imported."""
+    (tmp_path / "model.py").write_text(
+        "from poptune.testing import Quadratic\n\nclass Net(Quadratic):\n    pass\n"
+    )
+    (tmp_path / "train.py").write_text(
+        textwrap.dedent(
+            """
+            import poptune as pt
+            from poptune.testing import quadratic_space
+
+            def train(ctx):
+                from model import Net  # imported when training starts
+                net = Net(ctx.hparams, ctx.seed)
+                for interval in ctx.intervals():
+                    if interval.state is not None:
+                        net.load_state_dict(interval.state)
+                    net.train(interval.hparams)
+                    interval.report(net.evaluate(), state=net.state_dict())
+
+            if __name__ == "__main__":
+                pt.run(train, space=quadratic_space(), metric="q", population=2, intervals=1,
+                       name="lazy", storage="sqlite:///p.db", progress=False, seed=0)
+            """
+        )
+    )
+    subprocess.run([sys.executable, "train.py"], cwd=tmp_path, check=True, capture_output=True)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    command = Path(sys.executable).parent / "poptune"
+    storage = f"sqlite:///{tmp_path / 'p.db'}"
+    done = subprocess.run(
+        [str(command), "resume", "lazy", "--storage", storage, "--intervals", "3", "--workers",
+         "2", "--no-progress"],
+        cwd=elsewhere, capture_output=True, text=True,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert pt.load(storage, "lazy").status == "finished"

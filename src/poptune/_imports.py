@@ -113,13 +113,18 @@ def _import_file(path: Path) -> Any:
         raise ImportError(f"cannot load {str(path)!r} as a Python module")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
-    # Let the script import its neighbours, as it could when it was run as a script.
-    sys.path.insert(0, str(path.parent))
+    # Let the script import its neighbours, as it could when it was run as a script: first
+    # on the path while it runs, then last, where a neighbour imported later (inside a training
+    # function, or by unpickling) is still found but shadows nothing installed.
+    folder = str(path.parent)
+    sys.path.insert(0, folder)
     try:
         spec.loader.exec_module(module)
     except BaseException:
         del sys.modules[name]
         raise
     finally:
-        sys.path.remove(str(path.parent))
+        sys.path.remove(folder)
+    if folder not in sys.path:
+        sys.path.append(folder)
     return module
