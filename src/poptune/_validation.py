@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import math
+import unicodedata
 import warnings
 from collections.abc import Callable, Mapping
 from numbers import Integral, Real
@@ -148,6 +149,16 @@ def check_population_name(name: str, value: Any, owner: str | None = None) -> st
     """``value`` as a population's name: :func:`check_name`, at most
     :data:`POPULATION_NAME_LENGTH` characters."""
     text = check_name(name, value, owner)
+    invisible = [c for c in text if unicodedata.category(c) == "Cf"]
+    if invisible or text != text.strip():
+        raise invalid(
+            name,
+            "a population name without invisible characters (zero-width spaces, joiners, "
+            "U+FEFF...) or spaces at its ends, which would list as another population's name "
+            "(remove them)",
+            value,
+            owner,
+        )
     if len(text) > POPULATION_NAME_LENGTH:
         raise invalid(
             name,

@@ -162,6 +162,15 @@ def test_a_name_the_storage_cannot_keep_is_refused_before_anything_is_stored(
     assert [r.name for r in pt.open_storage(storage_url).populations()] == ["x" * 255]
 
 
+@pytest.mark.parametrize("name", ["plain\u200b", " plain", "plain ", "\ufeffplain"])
+def test_a_name_that_would_list_as_another_is_refused(quick_run, name):
+    """A zero-width space or a space at an end: ``list`` showed two populations "plain"."""
+    quick_run(name="plain")
+    with pytest.raises(pt.InvalidParameterError, match="without invisible characters"):
+        quick_run(name=name)
+    assert [r.name for r in pt.open_storage(quick_run.storage).populations()] == ["plain"]
+
+
 @pytest.mark.parametrize(
     ("given", "said"),
     [
