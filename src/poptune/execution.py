@@ -75,15 +75,36 @@ def execute(execution: Execution) -> PopulationRecord:
         lease_seconds,
         execution.resident,
     )
+    _sweep(storage, record, execution.checkpoints, older_than=2 * lease_seconds)
+    _run_watched(execution, target)
+    final = _ended(storage, record)
+    sweep_finished(storage, final, execution.checkpoints)
+    return final
+
+
+def _sweep(
+    storage: Storage, record: PopulationRecord, checkpoints: CheckpointStore, older_than: float
+) -> None:
+    """Delete the files in the population's own folder that no committed checkpoint names
+    (left by killed workers) and that are older than ``older_than`` seconds."""
     committed = {ref.path for ref in storage.checkpoints(record.id)}
     database = storage.database_id()
     assert database is not None  # created on first use
     folder = population_folder(database, record.id)
-    swept = sweep_orphans(execution.checkpoints, folder, committed, older_than=2 * lease_seconds)
+    swept = sweep_orphans(checkpoints, folder, committed, older_than=older_than)
     if swept:
         log.info("Deleted %d orphan checkpoint file(s) left by killed workers.", len(swept))
-    _run_watched(execution, target)
-    return _ended(storage, record)
+
+
+def sweep_finished(
+    storage: Storage, record: PopulationRecord, checkpoints: CheckpointStore
+) -> None:
+    """Once the population finished, delete the files of its folder that nothing committed:
+    no member can be held any more, so no live worker is writing one (a worker killed before
+    it committed its checkpoint left them; the start of a run only takes those older than two
+    leases, and a resume right after the kill starts inside that window)."""
+    if record.status is PopulationStatus.FINISHED:
+        _sweep(storage, record, checkpoints, older_than=0.0)
 
 
 def _run_watched(execution: Execution, target: WorkerTarget) -> None:

@@ -10,6 +10,7 @@ arguments, :mod:`poptune.reconcile` squares them with what the storage holds,
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -23,7 +24,7 @@ from .checkpoints import CheckpointStore, open_checkpoints
 from .config import PopulationConfig
 from .deletion import check_deletable as check_deletable
 from .deletion import delete_population
-from .execution import Execution, execute
+from .execution import Execution, execute, sweep_finished
 from .locations import checkpoints_location as checkpoints_location
 from .locations import open_checkpoint_store
 from .preparation import prepare_resume, prepare_run, recorded_trainable
@@ -33,7 +34,7 @@ from .results import Result
 from .runners import InProcessRunner, Runner
 from .runspec import KEEP, RunSpec, WorkerTarget
 from .space import Space
-from .storage import Storage, open_storage
+from .storage import PopulationNotFound, Storage, open_storage
 from .strategies.stop import Stop
 from .trackers import Tracker, check_trackers
 from .trainable import check_trainable
@@ -399,7 +400,10 @@ def join(
         config.lease_seconds,
         resident,
     )
-    return build_worker(target, result.storage, checkpoint_store).run()
+    trained = build_worker(target, result.storage, checkpoint_store).run()
+    with contextlib.suppress(PopulationNotFound):  # deleted meanwhile: nothing of it to keep
+        sweep_finished(result.storage, result.storage.population(result.name), checkpoint_store)
+    return trained
 
 
 def delete(

@@ -29,8 +29,9 @@ from .devices import (
     parse_devices,
 )
 from .handover import sweep_segments
+from .records import PopulationStatus
 from .runspec import WorkerTarget
-from .storage import check_shareable, open_storage
+from .storage import PopulationNotFound, Storage, check_shareable, command_hint, open_storage
 from .worker import PopulationError
 
 __all__ = ["InProcessRunner", "LocalProcessRunner", "RayRunner", "Runner", "WorkerTarget"]
@@ -214,8 +215,31 @@ class LocalProcessRunner:
                 sweep_segments(database, target.population_id)  # of workers that were killed
         failed = [p for p in processes if p.exitcode not in (0, 3)]
         if failed:
-            codes = ", ".join(f"{p.name}: {p.exitcode}" for p in failed)
-            log.warning("Worker processes exited abnormally (%s).", codes)
+            _check_budget(target, storage, ", ".join(f"{p.name}: {p.exitcode}" for p in failed))
+
+
+def _check_budget(target: WorkerTarget, storage: Storage, codes: str) -> None:
+    """After worker processes exited abnormally (``codes``: killed, out of memory, a crash):
+    a warning if the population ended all the same (another worker took their members over),
+    else :class:`PopulationError` with the command that continues it, so that a script (SLURM,
+    CI) does not take a run that stopped half-way for a finished one."""
+    config = target.spec.config
+    try:
+        summary = storage.summary(target.population_id, config.intervals, config.mode)
+    except PopulationNotFound:  # deleted meanwhile: execute says so
+        return
+    if summary.status is not PopulationStatus.RUNNING:
+        log.warning("Worker processes exited abnormally (%s).", codes)
+        return
+    name = next(
+        (r.name for r in storage.populations() if r.id == target.population_id), "the population"
+    )
+    raise PopulationError(
+        f"Worker processes exited abnormally ({codes}: killed, out of memory?) before "
+        f"population {name!r} reached its budget ({summary.steps_done}/{summary.steps_total} "
+        f"intervals). Nothing recorded is lost: continue it with "
+        f"`{command_hint('resume', name, storage.url)}`."
+    )
 
 
 #: A cluster's address as ``host:port`` (``[v6]:port``), as ``ray start`` prints it: not

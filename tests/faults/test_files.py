@@ -111,3 +111,31 @@ def test_a_full_disk_stops_the_run_clearly_and_leaves_no_partial_file(
     monkeypatch.delattr(checkpoints, "open")  # "free some space"
     resumed = result.resume(progress=False)
     assert [m.step for m in resumed.members] == [4, 4, 4]
+
+
+@pytest.mark.parametrize("how", ["resume", "worker"])
+def test_files_a_killed_worker_left_are_gone_once_the_population_finished(
+    quick_run, tmp_path: Path, how: str
+):
+    """A worker killed after writing a checkpoint and before committing it leaves a file that
+    no row names. The start of a run deletes such files only once they are two leases old, and
+    a resume right after the kill starts inside that window: they stayed for good."""
+    from poptune.population import join
+
+    quick_run.created(name="p", population=2, intervals=2)
+    result = pt.load(quick_run.storage, "p")
+    own = checkpoints.population_folder(result.storage.database_id(), result.id)
+    folder = tmp_path / "checkpoints" / own
+    orphans = [folder / "member-0000" / "step-000001-0123456789ab.ckpt"]
+    orphans.append(folder / "member-0001" / ".step-000001-0123456789ab.ckpt.tmp")
+    for orphan in orphans:  # just written, as by a worker killed a moment ago
+        orphan.parent.mkdir(parents=True, exist_ok=True)
+        orphan.write_bytes(b"x" * 100)
+    if how == "resume":
+        result.resume(progress=False)
+    else:  # poptune worker
+        join(result, checkpoints=str(tmp_path / "checkpoints"))
+    assert pt.load(quick_run.storage, "p").status == "finished"
+    assert not any(orphan.exists() for orphan in orphans)
+    kept = result.storage.checkpoints(result.id)
+    assert kept and all((tmp_path / "checkpoints" / ref.path).exists() for ref in kept)

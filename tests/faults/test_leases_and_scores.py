@@ -242,3 +242,25 @@ def test_a_crash_between_timed_checkpoints_loses_at_most_that_much_training(tmp_
     )
     assert before.config.checkpoint_every == datetime.timedelta(seconds=2.5)
     assert result.exploits() and all(e.step == 5 for e in result.exploits())
+
+
+class _DiesOnItsSecondInterval(Quadratic):
+    """A member whose process is killed (out of memory, say) on its second interval, while
+    ``$POPTUNE_TEST_DIE`` is set."""
+
+    def train(self, hparams):
+        self.trained = getattr(self, "trained", 0) + 1
+        if self.trained == 2 and os.environ.get("POPTUNE_TEST_DIE"):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return super().train(hparams)
+
+
+def test_a_run_whose_workers_all_died_fails_with_the_command_to_continue(quick_run, monkeypatch):
+    """It returned as if done (exit 0 for poptune resume): a script could not tell."""
+    monkeypatch.setenv("POPTUNE_TEST_DIE", "1")
+    with pytest.raises(pt.PopulationError, match=r"exited abnormally .*before population 'oom'"):
+        quick_run(_DiesOnItsSecondInterval, name="oom", population=2, intervals=3, workers=2)
+    assert pt.load(quick_run.storage, "oom").status == "running"
+    monkeypatch.delenv("POPTUNE_TEST_DIE")
+    finished = pt.load(quick_run.storage, "oom").resume(progress=False)
+    assert finished.status == "finished" and len(finished.intervals()) == 6
