@@ -302,10 +302,26 @@ def test_tables_named_like_poptunes_without_its_schema_version_are_refused(stora
     engine = sa.create_engine(storage_url)
     with engine.begin() as connection:
         connection.execute(sa.text("CREATE TABLE poptune_populations (id INTEGER)"))
-    with pytest.raises(StorageError, match=r"tables named like poptune's \(poptune_populations\)"):
+    with pytest.raises(StorageError, match=r"tables with poptune's names \(poptune_populations\)"):
         open_storage(storage_url, allow_other_tables=True)  # even beside other tables
     with engine.connect() as connection:
         assert sa.inspect(connection).get_table_names() == ["poptune_populations"]
+    engine.dispose()
+
+
+def test_another_applications_table_named_poptune_something_is_left_alone(storage_url):
+    """Only poptune's own table names are refused: a poptune_settings table of another
+    application blocked the whole database, even with allow_other_tables."""
+    engine = sa.create_engine(storage_url)
+    with engine.begin() as connection:
+        connection.execute(sa.text("CREATE TABLE poptune_settings (id INTEGER, v TEXT)"))
+        connection.execute(sa.text("INSERT INTO poptune_settings VALUES (1, 'theirs')"))
+    open_storage(storage_url, allow_other_tables=True).close()
+    with engine.connect() as connection:
+        assert connection.execute(sa.text("SELECT * FROM poptune_settings")).all() == [
+            (1, "theirs")
+        ]
+        assert "poptune_populations" in sa.inspect(connection).get_table_names()
     engine.dispose()
 
 

@@ -679,17 +679,18 @@ def upgrade_schema(connection: Connection, where: str, create: bool = True) -> i
                 "URL (--storage, $POPTUNE_STORAGE); pt.run(..., storage=URL) stores a population "
                 "there."
             )
-        found = sorted(
-            name
-            for name in sa.inspect(connection).get_table_names()
-            if name.startswith("poptune_") and name != meta_table.name
-        )
+        # Only poptune's own table names: creating them beside such tables would label those
+        # with this schema. Any other table (poptune_settings, another application's) is left
+        # alone, as the tables of every other name are.
+        ours = set(metadata.tables) - {meta_table.name}
+        found = sorted(set(sa.inspect(connection).get_table_names()) & ours)
         if found:
             raise StorageError(
-                f"The storage {where} has tables named like poptune's ({', '.join(found[:5])}) "
-                "but no poptune_meta table with their schema version: they were not written by "
-                "this poptune, or the table was dropped. Nothing was changed; use another "
-                "database, or restore this one from a backup."
+                f"The storage {where} has tables with poptune's names ({', '.join(found[:5])}) "
+                "but no poptune_meta table with their schema version: another application's, "
+                "or a poptune database whose poptune_meta table was dropped. Nothing was "
+                "changed; use another database (or PostgreSQL schema), or, if they are "
+                "poptune's, restore the database from a backup."
             )
         metadata.create_all(connection)
         connection.execute(
