@@ -457,6 +457,7 @@ def test_a_crashed_run_reads_as_interrupted_once_its_leases_ran_out(quick_run, m
     time.sleep(0.4)
     out = invoke("status", "crashed", "--storage", url)
     assert out.exit_code == 0 and "crashed · interrupted ·" in out.output, out.output
+    assert "running" not in out.output  # the killed worker's member too
     assert _hinted_command(out.output, "poptune resume") == [
         "poptune", "resume", "crashed", "--storage", url,
     ]  # fmt: skip

@@ -56,6 +56,31 @@ def test_ctrl_c_stops_cleanly_and_resume_finishes(tmp_path: Path, workers: int):
     assert recorded <= {(i.member, i.step) for i in intervals}
 
 
+@pytest.mark.parametrize("group", [True, False])
+def test_sigterm_stops_cleanly_as_ctrl_c_does(tmp_path: Path, group: bool):
+    """SLURM's preemption and ``timeout`` send SIGTERM to the job's process group, Kubernetes to
+    its main process: the run died at once, its members held until their leases ran out, with
+    no word on how to continue it."""
+    url = f"sqlite:///{tmp_path / 'poptune.db'}"
+    process = subprocess.Popen(
+        [sys.executable, "-c", SCRIPT, url, "2"],
+        start_new_session=True,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_for_intervals(process, url, "cut", 12)
+    if group:
+        os.killpg(process.pid, signal.SIGTERM)
+    else:
+        os.kill(process.pid, signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert "stopped cleanly; continue it with `poptune resume cut" in stderr
+    members = pt.load(url, "cut").members
+    assert not any(m.status is MemberStatus.RUNNING for m in members), "claims were released"
+    assert sum(m.step for m in members) < 6 * 30
+
+
 def test_cli_resume_after_interrupt(tmp_path: Path):
     url = f"sqlite:///{tmp_path / 'poptune.db'}"
     process = subprocess.Popen([sys.executable, "-c", SCRIPT, url, "2"], start_new_session=True)

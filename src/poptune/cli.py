@@ -30,7 +30,7 @@ from .devices import CUDA_VISIBLE_DEVICES, apply_environment, device_environment
 from .locations import checkpoints_location
 from .population import Population, load, replay
 from .population import delete as delete_population
-from .records import MemberRecord, PopulationStatus
+from .records import MemberRecord, MemberStatus, PopulationStatus
 from .results import Result
 from .storage import (
     SCHEMA_VERSION,
@@ -393,10 +393,13 @@ def _status_table(result: Result, members: list[MemberRecord], summary: Any) -> 
     )
     for column in ("member", "status", "step", printable(result.metric), "hparams", "parent"):
         table.add_column(column, overflow="fold")
+    # no live lease at all: a member still marked running was held by a worker that died
+    stale = _shown_status(summary) == "interrupted"
     for member in members:
+        running = member.status is MemberStatus.RUNNING
         table.add_row(
             f"{member.id}{' ★' if member.id == summary.best_member else ''}",
-            member.status.value,
+            "interrupted" if stale and running else member.status.value,
             str(member.step),
             _format_score(member.score),
             _format_hparams(member.hparams),

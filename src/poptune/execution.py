@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ._signals import sigterm_interrupts
 from .checkpoints import CheckpointStore, population_folder, sweep_orphans
 from .errors import PopulationError
 from .progress import ProgressWatcher
@@ -76,7 +77,8 @@ def execute(execution: Execution) -> PopulationRecord:
         execution.resident,
     )
     _sweep(storage, record, execution.checkpoints, older_than=2 * lease_seconds)
-    _run_watched(execution, target)
+    with sigterm_interrupts():  # SIGTERM (SLURM, Kubernetes, timeout) stops as Ctrl-C does
+        _run_watched(execution, target)
     final = _ended(storage, record)
     sweep_finished(storage, final, execution.checkpoints)
     return final

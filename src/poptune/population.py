@@ -18,6 +18,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from ._signals import sigterm_interrupts
 from ._validation import check_int, check_population_name
 from .blocks import build_worker, check_block
 from .checkpoints import CheckpointStore, open_checkpoints
@@ -400,7 +401,8 @@ def join(
         config.lease_seconds,
         resident,
     )
-    trained = build_worker(target, result.storage, checkpoint_store).run()
+    with sigterm_interrupts():  # SIGTERM (SLURM, Kubernetes, timeout) stops as Ctrl-C does
+        trained = build_worker(target, result.storage, checkpoint_store).run()
     with contextlib.suppress(PopulationNotFound):  # deleted meanwhile: nothing of it to keep
         sweep_finished(result.storage, result.storage.population(result.name), checkpoint_store)
     return trained

@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from ._net import unreachable
+from ._signals import sigterm_interrupts
 from ._text import printable
 from ._validation import check_float, check_int
 from .blocks import build_worker
@@ -99,7 +100,8 @@ def _worker_main(
     # A child that sees Ctrl-C (the terminal sends it to the whole process group) releases its
     # member and exits quietly; one that does not stops after its interval when ``stop`` is set.
     try:
-        run_target(target, stop, shared_memory=shared_memory)
+        with sigterm_interrupts():  # SIGTERM to the group (SLURM, timeout): as Ctrl-C
+            run_target(target, stop, shared_memory=shared_memory)
     except KeyboardInterrupt:
         sys.exit(130)
     except PopulationError as error:
