@@ -117,10 +117,19 @@ def reconcile_replay(
 
 
 def _replaced(storage: Storage, record: PopulationRecord, config: PopulationConfig) -> bool:
-    """Delete ``record`` if its configuration differs from ``config`` and it never trained
-    (nothing worth keeping); whether it was."""
+    """Delete ``record`` if its configuration differs from ``config``, it stopped on an error
+    and it never trained (nothing worth keeping: a wrong metric name, an import that failed);
+    whether it was.
+
+    One still marked running is kept even with no interval: it may be waiting for workers
+    that have not started yet (``poptune worker`` jobs in a queue, perhaps another team's), so
+    replacing it would delete what this run cannot prove is its own."""
     differences = PopulationConfig.of(record).differences(config)
-    if not differences or not _never_trained(storage, record):
+    if (
+        not differences
+        or record.status is not PopulationStatus.ERROR
+        or not _never_trained(storage, record)
+    ):
         return False
     log.warning(
         "Population %r in %s never recorded an interval (status %s), and this run has "

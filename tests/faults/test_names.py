@@ -31,6 +31,16 @@ def test_a_wrong_metric_name_does_not_poison_the_name(storage_url: str, caplog, 
     assert [r.name for r in result.storage.populations()] == ["p"]
 
 
+def test_a_population_waiting_for_its_workers_is_never_replaced(storage_url: str, quick_run):
+    """Created for ``poptune worker`` jobs still in a queue (perhaps another team's): no
+    interval yet, but not a failed run to replace; a run of another configuration deleted it."""
+    quick_run.created(storage=storage_url, name="queued", intervals=2)
+    with pytest.raises(pt.PopulationExists, match="different configuration"):
+        quick_run(storage=storage_url, name="queued", intervals=3)
+    kept = pt.load(storage_url, "queued")
+    assert kept.status == "running" and kept.config.intervals == 2
+
+
 def test_a_population_that_trained_is_never_replaced(storage_url: str, quick_run):
     quick_run(storage=storage_url, name="p")
     with pytest.raises(ValueError, match=r"different configuration.*poptune delete p"):
