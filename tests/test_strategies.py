@@ -345,3 +345,33 @@ def test_the_builtins_declare_their_capabilities():
     assert [capabilities.window(e) for e in (pt.Perturb(), pt.PB2(window=6))] == [0, 6]
     assert capabilities.window(pt.chain(pt.Resample(), pt.PB2(window=5))) == 5
     assert [capabilities.watched_metric(s) for s in BUILT_INS[-3:]] == ["q", None, None]
+
+
+@pytest.mark.parametrize(
+    ("options", "said"),
+    [
+        ({"exploit": pt.Truncation}, r"'exploit' parameter must be a strategy instance"),
+        ({"explore": pt.Perturb}, r"'explore' parameter must be a strategy instance"),
+        ({"ready": pt.Every}, r"'ready' parameter must be a strategy instance"),
+        ({"stop": pt.Target}, r"'stop' parameter must be a strategy instance"),
+        ({"explore": pt.Truncation()}, r"Truncation is an exploit strategy: pass it as exploit="),
+        ({"exploit": pt.Perturb()}, r"Perturb is an explore strategy: pass it as explore="),
+        ({"exploit": pt.Every(2)}, r"Every is a ready strategy: pass it as ready="),
+        ({"stop": pt.Every(2)}, r"Every is a ready strategy"),
+    ],
+)
+def test_a_strategy_in_the_wrong_seat_or_a_class_is_refused_before_anything_is_stored(
+    quick_run, options, said
+):
+    """Each was accepted, and failed once training started with a TypeError or
+    AttributeError from poptune's insides, the population left half-trained."""
+    with pytest.raises(pt.InvalidParameterError, match=said):
+        quick_run(name="seat", **options)
+    assert pt.open_storage(quick_run.storage).populations() == []
+
+
+def test_a_chain_takes_explore_strategy_instances_only():
+    with pytest.raises(pt.InvalidParameterError, match=r"'steps\[0\]' .*strategy instance"):
+        pt.chain(pt.Perturb)
+    with pytest.raises(pt.InvalidParameterError, match=r"Tournament is an exploit strategy"):
+        pt.chain(pt.Perturb(), pt.Tournament())

@@ -37,6 +37,7 @@ from .space import Space
 from .storage import Storage
 from .strategies import Every, Perturb, Truncation, describe
 from .strategies import _capabilities as capabilities
+from .strategies._base import check_role
 from .strategies.stop import Stop, describe_stop, stop_list
 from .trackers import Tracker, check_trackers
 from .trainable import check_trainable
@@ -292,6 +293,7 @@ def prepare_resume(
         del changes["checkpoint_every"]
         changes.update(stored_checkpoint_every(checked))
     planned = config.replace(stop=tuple(changes["stop"])) if "stop" in changes else config
+    _check_roles(exploit, explore, ready)
     explore = None if explore is KEEP else explore  # RunSpec.build keeps the recorded one
     spec = RunSpec.build(planned, trainable, exploit, explore, ready)  # its strategies import
     warn_every_interval(checked, spec.exploit, spec.ready)
@@ -424,11 +426,20 @@ def _strategies(
         exploit = Truncation()
     explore = Perturb() if explore is None or explore is KEEP else explore
     ready = Every() if ready is None else ready
-    for role, strategy in (("exploit", exploit), ("explore", explore), ("ready", ready)):
-        if strategy is not None and not callable(strategy):
-            raise invalid(role, "a strategy such as pt.Truncation() or a callable", strategy)
+    _check_roles(exploit, explore, ready)
     capabilities.check_space(explore, space)  # e.g. PB2 cannot tune a space of constants
     return exploit, explore, ready
+
+
+def _check_roles(exploit: Any, explore: Any, ready: Any) -> None:
+    """Each strategy given (``None`` and ``KEEP`` are not) is a callable, an instance rather
+    than a class, and no built-in strategy of another seat."""
+    for role, strategy in (("exploit", exploit), ("explore", explore), ("ready", ready)):
+        if strategy is None or strategy is KEEP:
+            continue
+        check_role(role, strategy)
+        if not callable(strategy):
+            raise invalid(role, "a strategy such as pt.Truncation() or a callable", strategy)
 
 
 def _initial(

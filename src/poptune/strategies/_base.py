@@ -12,12 +12,12 @@ import inspect
 import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
 from .._imports import import_object, reference_of
-from .._validation import jsonable
+from .._validation import invalid, jsonable
 from ..errors import NotRecordable
 from ..records import Candidate
 
@@ -132,12 +132,44 @@ class DeclaredStop(Protocol):
 
 class Builtin:
     """Base of the built-in strategies, frozen dataclasses whose fields are their parameters:
-    ``repr``, ``==`` and the recorded description come from the fields."""
+    ``repr``, ``==`` and the recorded description come from the fields. ``role`` is the seat
+    it takes in ``pt.run``: ``"exploit"``, ``"explore"``, ``"ready"`` or ``"stop"``."""
+
+    role: ClassVar[str] = ""
 
     def to_config(self) -> dict[str, Any]:
         """Parameters to store with the population: the fields that rebuild it, as JSON."""
         fields = dataclasses.fields(self)  # type: ignore[arg-type]
         return {f.name: jsonable(getattr(self, f.name)) for f in fields if f.init}
+
+
+def check_role(role: str, strategy: Any, owner: str | None = None, name: str = "") -> None:
+    """Refuse a strategy class given for an instance (``pt.Truncation`` for
+    ``pt.Truncation()``), and a built-in strategy in another seat (``explore=pt.Truncation()``):
+    either was accepted, and failed after training started with an error from deep inside.
+
+    Raises:
+        InvalidParameterError: saying what was given and what to pass (as parameter ``name``,
+            by default ``role``).
+    """
+    name = name or role
+    if inspect.isclass(strategy):
+        raise invalid(
+            name,
+            f"a strategy instance, such as {strategy.__name__}(...) (the class itself was given)",
+            strategy,
+            owner,
+        )
+    seat = getattr(strategy, "role", "") if isinstance(strategy, Builtin) else ""
+    if seat and seat != role:
+        raise invalid(
+            name,
+            f"{'an' if role[0] in 'aeiou' else 'a'} {role} strategy",
+            strategy,
+            owner,
+            hint=f"{type(strategy).__name__} is {'an' if seat[0] in 'aeiou' else 'a'} {seat} "
+            f"strategy: pass it as {seat}=.",
+        )
 
 
 def settle(strategy: Any, **values: Any) -> None:

@@ -13,7 +13,7 @@ import numpy as np
 from .._validation import check_float, invalid, plain
 from ..space import Distribution
 from . import _capabilities as capabilities
-from ._base import Builtin, describe, rebuild, register, settle
+from ._base import Builtin, check_role, describe, rebuild, register, settle
 
 if TYPE_CHECKING:
     from ..space import Space
@@ -52,6 +52,8 @@ class Perturb(Builtin):
         >>> import poptune as pt
         >>> explore = pt.Perturb((0.8, 1.2), resample_probability=0.25)
     """
+
+    role: ClassVar[str] = "explore"
 
     factors: Sequence[float] = (0.8, 1.2)
     resample_probability: float = 0.0
@@ -115,6 +117,8 @@ class Resample(Builtin):
         >>> explore = pt.Resample()
     """
 
+    role: ClassVar[str] = "explore"
+
     probability: float = 1.0
     window: ClassVar[int] = 0
 
@@ -147,6 +151,8 @@ class Chain(Builtin):
         >>> explore = pt.chain(pt.Perturb((0.8, 1.2)), pt.Resample(probability=0.25))
     """
 
+    role: ClassVar[str] = "explore"
+
     steps: Sequence[Any]
 
     def __post_init__(self) -> None:
@@ -155,6 +161,7 @@ class Chain(Builtin):
             raise invalid("steps", "a non-empty list of explore strategies", steps, "Chain")
         built = [rebuild(step, "explore") if isinstance(step, Mapping) else step for step in steps]
         for index, step in enumerate(built):
+            check_role("explore", step, "Chain", name=f"steps[{index}]")
             if not callable(step):
                 raise invalid(
                     f"steps[{index}]", "an explore strategy such as pt.Perturb()", step, "Chain"

@@ -23,7 +23,7 @@ import contextlib
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
@@ -354,6 +354,8 @@ class PB2(Builtin):
         >>> import poptune as pt
         >>> explore = pt.PB2(window=10)
     """
+
+    role: ClassVar[str] = "explore"
 
     window: int = 10
     max_points: int = 200

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from .._validation import check_int, renamed
 from ..records import Candidate
@@ -26,6 +27,8 @@ class Every(Builtin):
         >>> import poptune as pt
         >>> ready = pt.Every(period=2, burn_in=4)   # exploit at steps 4, 6, 8, ...
     """
+
+    role: ClassVar[str] = "ready"
 
     period: int = 1
     burn_in: int = 0

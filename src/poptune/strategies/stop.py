@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 from .._validation import check_float, check_int, invalid, renamed
 from ..records import Mode
 from . import _capabilities as capabilities
-from ._base import Builtin, register, settle
+from ._base import Builtin, check_role, register, settle
 
 __all__ = ["Plateau", "Progress", "Stop", "Target", "WallClock", "check_stop"]
 
@@ -95,6 +95,8 @@ class Target(Builtin):
         >>> stop = pt.Target(0.98, metric="accuracy")
     """
 
+    role: ClassVar[str] = "stop"
+
     score: float
     metric: str | None = None
 
@@ -141,6 +143,8 @@ class Plateau(Builtin):
         >>> stop = pt.Plateau(patience=5, min_delta=1e-3)
     """
 
+    role: ClassVar[str] = "stop"
+
     patience: int
     min_delta: float = 0.0
     metric: str | None = None
@@ -178,6 +182,8 @@ class WallClock(Builtin):
         >>> import poptune as pt
         >>> stop = pt.WallClock(3600)      # one hour
     """
+
+    role: ClassVar[str] = "stop"
 
     seconds: float
     metric: ClassVar[str | None] = None  # watches no metric
@@ -229,6 +235,7 @@ def stop_list(stop: Stop | Sequence[Stop] | None, metric: str | None = None) -> 
         return []
     criteria = list(stop) if isinstance(stop, Sequence) and not isinstance(stop, str) else [stop]
     for criterion in criteria:
+        check_role("stop", criterion)
         if not callable(criterion):
             raise invalid(
                 "stop",
