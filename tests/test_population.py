@@ -183,6 +183,8 @@ def test_to_pandas(storage_url, quick_run):
     [
         ({"mode": "maximum"}, ValueError, "'mode' parameter must be 'max' or 'min'"),
         ({"population": 1}, ValueError, "'population' parameter must be an int >= 2. Got 1"),
+        ({"runner": "ray"}, ValueError, "'runner' parameter must be a runner instance"),
+        ({"runner": pt.InProcessRunner}, ValueError, "'runner' parameter must be a runner inst"),
         ({"intervals": 0}, ValueError, "'intervals'"),
         ({"workers": 0}, ValueError, "'workers'"),
         ({"metric": ""}, ValueError, "'metric'"),
@@ -211,6 +213,16 @@ def test_to_pandas(storage_url, quick_run):
 def test_bad_input_is_refused_with_a_clear_message(storage_url, options, error, match, quick_run):
     with pytest.raises(error, match=match):
         quick_run(**{"storage": storage_url, "name": "bad", **TOY, **options})
+
+
+def test_a_storage_or_name_of_the_wrong_type_is_named(tmp_path, quick_run):
+    """An AttributeError from the insides ('PosixPath' object has no attribute 'population')."""
+    with pytest.raises(pt.StorageError, match="must be a URL string or a Storage, not PosixPath"):
+        quick_run(storage=tmp_path / "p.db")
+    with pytest.raises(pt.StorageError, match="not int"):
+        pt.load(5, "p")
+    with pytest.raises(ValueError, match="'name' parameter of load must be a non-empty string"):
+        pt.load(quick_run.storage, None)
 
 
 def test_trainable_must_be_a_class(storage_url, quick_run):

@@ -20,6 +20,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import poptune as pt
 from poptune.checkpoints import LocalCheckpoints
 from poptune.serialization import (
     MAGIC,
@@ -33,6 +34,7 @@ from poptune.serialization import (
     encode,
     load,
 )
+from poptune.testing import Quadratic
 
 torch = pytest.importorskip("torch")
 torch.set_num_threads(1)
@@ -516,3 +518,18 @@ def test_materialize_refuses_a_folder_that_is_not_empty(tmp_path: Path):
     with pytest.raises(FileExistsError, match="is not empty"):
         Directory({"a": b"1"}).materialize(tmp_path / "busy")
     assert (tmp_path / "busy" / "x").read_text() == "mine"
+
+
+class _Cyclic(Quadratic):
+    def state_dict(self):
+        state = {"theta": self.theta.copy()}
+        state["self"] = state  # an object graph with a back-reference
+        return state
+
+
+def test_a_state_that_contains_itself_fails_its_member_with_the_reason(quick_run):
+    """The size check before saving recursed until RecursionError, outside the member's failure
+    handling: pt.run raised it bare and left the population marked running."""
+    with pytest.raises(pt.PopulationError, match="contains itself"):
+        quick_run(_Cyclic, name="cyclic", max_failures=0)
+    assert pt.load(quick_run.storage, "cyclic").status == "error"

@@ -247,6 +247,8 @@ class BlockWorker(Worker):
             results = user_code(session.step, specs)
             wall_time = time.perf_counter() - started
             states = user_code(session.states)
+            # a state poptune cannot store (one that contains itself) fails the block's members
+            size = sum(user_code(serialization.array_bytes, state) for state in states)
         except _UserCodeFailed as failure:
             self._close_session()
             for slot in slots:
@@ -257,7 +259,7 @@ class BlockWorker(Worker):
             for s, spec, r in zip(slots, specs, results, strict=True)
         ]
         job = functools.partial(self.save_and_record_block, slots, intervals, states)
-        if sum(serialization.array_bytes(state) for state in states) >= self._background_bytes:
+        if size >= self._background_bytes:
             self.writer.submit(job)
         else:
             job()

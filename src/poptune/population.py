@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ._signals import sigterm_interrupts
-from ._validation import check_int, check_population_name
+from ._validation import check_int, check_population_name, check_str
 from .blocks import build_worker, check_block
 from .checkpoints import CheckpointStore, open_checkpoints
 from .config import PopulationConfig
@@ -245,6 +245,7 @@ def load(
     Raises:
         PopulationNotFound: if there is no population called ``name`` (the message lists them).
     """
+    name = check_str("name", name, "load")  # before the storage is opened
     storage = open_storage(storage, mode="read")
     record = storage.population(name)
     return Population(storage, record, open_checkpoint_store(storage, record, checkpoints))

@@ -9,6 +9,7 @@ that turns a stored population into an :class:`~poptune.execution.Execution`.
 
 from __future__ import annotations
 
+import inspect
 import os
 import time
 import warnings
@@ -408,6 +409,13 @@ def choose_runner(
             )
         return LocalProcessRunner(min(workers, members), devices=devices)
     if runner is not None:
+        if inspect.isclass(runner) or not callable(getattr(runner, "run", None)):
+            raise invalid(
+                "runner",
+                "a runner instance, such as pt.LocalProcessRunner(4) or pt.RayRunner()",
+                runner,
+                hint="Or leave it out: workers=N starts N local processes.",
+            )
         return runner
     return InProcessRunner() if workers == 1 else LocalProcessRunner(min(workers, members))
 

@@ -470,11 +470,14 @@ def _tree(state: Any) -> _Encoder:
     except _Refused as refused:
         raise refused.error() from None
     except RecursionError:
-        raise ValueError(
-            "state is nested too deeply, or a list or dict in it contains itself; poptune stores "
-            "trees of values, so break the cycle or flatten the state."
-        ) from None
+        raise ValueError(_NESTED) from None
     return encoder
+
+
+_NESTED = (
+    "state is nested too deeply, or a list or dict in it contains itself; poptune stores trees "
+    "of values, so break the cycle or flatten the state."
+)
 
 
 class Encoded:
@@ -582,13 +585,23 @@ def array_bytes(state: Any) -> int:
     Example:
         >>> array_bytes({"w": np.zeros(4), "step": 3})
         32
+
+    Raises:
+        ValueError: for a state nested too deeply or containing itself (as encoding it would).
     """
+    try:
+        return _array_bytes(state)
+    except RecursionError:
+        raise ValueError(_NESTED) from None
+
+
+def _array_bytes(state: Any) -> int:
     kind = type(state)
     # Exact types first: a block's save asks this of every member's state, tensor by tensor.
     if kind is dict:
-        return sum(map(array_bytes, state.values()))
+        return sum(map(_array_bytes, state.values()))
     if kind is list or kind is tuple:
-        return sum(map(array_bytes, state))
+        return sum(map(_array_bytes, state))
     if kind is np.ndarray:
         return int(state.nbytes)
     torch = sys.modules.get("torch")
@@ -603,9 +616,9 @@ def array_bytes(state: Any) -> int:
     if isinstance(state, Directory):
         return state.nbytes
     if isinstance(state, dict):
-        return sum(map(array_bytes, state.values()))
+        return sum(map(_array_bytes, state.values()))
     if isinstance(state, list | tuple):
-        return sum(map(array_bytes, state))
+        return sum(map(_array_bytes, state))
     nelement = getattr(state, "nelement", None)
     element_size = getattr(state, "element_size", None)
     if callable(nelement) and callable(element_size):  # a torch tensor

@@ -215,6 +215,9 @@ class Worker:
                 member = continued(member, interval)
                 interval, _ = self.train_one_interval(live, member, state=False)
             state = user_code(live.session.state)
+            # a state poptune cannot store (one that contains itself) fails the member, as a
+            # state_dict() that raises does
+            size = user_code(serialization.array_bytes, state)
         except _UserCodeFailed as failure:
             self._record_failure(claim, failure)  # intervals not checkpointed yet are lost
             return
@@ -226,7 +229,7 @@ class Worker:
             self._abandon(claim)
             raise
         job = functools.partial(self.save_and_record, claim, live, interval, state, earlier)
-        if serialization.array_bytes(state) >= self._background_bytes:
+        if size >= self._background_bytes:
             self.writer.submit(job)
         else:  # a small state is written faster than a thread would take over
             self.writer.flush()

@@ -117,8 +117,14 @@ def open_storage(
     """
     if url is None:
         url = default_storage_url()
-    if not isinstance(url, str):
+    if isinstance(url, Storage):
         return url
+    if not isinstance(url, str):
+        raise StorageError(
+            f"The storage must be a URL string or a Storage, not {type(url).__name__} "
+            f"{str(url)[:100]!r}: e.g. storage='sqlite:///runs/poptune.db' (a file: "
+            "'sqlite:///' + its path) or 'postgresql+psycopg://user@host/db'."
+        )
     check_shareable(url)
     return SQLStorage(url, mode, allow_other_tables)
 
