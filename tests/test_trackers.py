@@ -212,6 +212,31 @@ def test_mlflow_export_holds_everything_once(
     check_mlflow(experiment, result)
 
 
+class _OwnScore(SlowQuadratic):
+    """A trainable with a metric of its own named "score" (a BLEU "score"), optimising q."""
+
+    steps = 4
+
+    def evaluate(self):
+        return {**super().evaluate(), "score": -123.0}
+
+
+def test_a_metric_of_the_users_named_score_keeps_its_own_name_in_mlflow(
+    storage_url: str, mlflow_uri: str, tmp_path: Path, quick_run
+) -> None:
+    """It and poptune's score (the optimised metric's value) were both logged as "score": one
+    overwrote the other."""
+    result = quick_run(_OwnScore, storage=storage_url, name="own", population=2, intervals=1)
+    experiment = f"own-{tmp_path.name}"
+    with TrackerExporter(result, [pt.MLflow(mlflow_uri, experiment=experiment)]) as exporter:
+        exporter.export()
+    members = [r for r in mlflow_runs(experiment) if "score" in r.data.metrics]
+    assert sorted(r.data.metrics["score"] for r in members) == sorted(
+        i.score for i in result.intervals()
+    )
+    assert all(r.data.metrics["metrics.score"] == -123.0 for r in members)
+
+
 def test_run_with_trackers_writes_the_same(
     storage_url: str, mlflow_uri: str, tmp_path: Path, quick_run
 ) -> None:

@@ -468,7 +468,7 @@ class MLflow(Tracker):
             for interval in mine:
                 stamp = int(interval.finished_at * 1000)
                 values = {"score": interval.score}
-                values.update(interval.metrics)
+                values.update(_beside_score(interval.metrics, "metrics.", self._metric()))
                 values.update({f"hparams.{k}": v for k, v in interval.hparams.items()})
                 for key, value in values.items():
                     number = _number(value)
@@ -667,7 +667,7 @@ class WandB(Tracker):
                 row["_timestamp"] = interval.finished_at
                 if interval.score is not None:
                     row["score"] = interval.score
-                row.update(interval.metrics)
+                row.update(_beside_score(interval.metrics, "metrics/", self._metric()))
                 row.update({f"hparams/{k}": v for k, v in interval.hparams.items()})
             for event in copies:
                 rows.setdefault(event.step, {"_timestamp": event.time}).update(
@@ -996,6 +996,15 @@ class TrackerExporter:
             cause,
             command_hint("export", self.result.name, self.result.storage.url, "..."),
         )
+
+
+def _beside_score(metrics: Mapping[str, Any], prefix: str, optimised: str) -> dict[str, Any]:
+    """An interval's metrics to log beside poptune's ``score`` (the value of the ``optimised``
+    metric): a metric of the user's own named ``score`` (a BLEU "score") that is not the
+    optimised one goes under ``prefix + "score"``, where it overwrote poptune's."""
+    if optimised == "score" or "score" not in metrics:
+        return dict(metrics)
+    return {f"{prefix}score" if key == "score" else key: value for key, value in metrics.items()}
 
 
 class BackgroundExport:
