@@ -406,3 +406,32 @@ def test_resume_explore_none_warns_and_still_keeps_the_recorded_explore(quick_ru
     with warnings.catch_warnings():
         warnings.simplefilter("error", DeprecationWarning)
         assert pt.resume(stored, intervals=4, progress=False).status == "finished"
+
+
+class _ForgetsReturn(Quadratic):
+    def state_dict(self):
+        {"theta": self.theta.copy()}  # the return forgotten
+
+
+class _NumpyBool(Quadratic):
+    def evaluate(self):
+        return {"q": np.bool_(True)}
+
+
+def test_mistakes_in_a_trainable_are_named_not_stored_as_something_else(quick_run):
+    """A state_dict() returning None was checkpointed (failing later, in another member's
+    load_state_dict); an np.bool_ metric was stored as the score 1.0 (a bool is refused)."""
+    with pytest.raises(pt.PopulationError, match=r"state_dict\(\) returned None"):
+        quick_run(_ForgetsReturn, name="none", max_failures=0)
+    with pytest.raises(pt.PopulationError, match=r"'q'=np.True_, which is not a number"):
+        quick_run(_NumpyBool, name="npbool", max_failures=0)
+
+
+def test_resume_delete_and_schedule_name_a_wrong_argument(quick_run):
+    result = quick_run(name="p")
+    with pytest.raises(ValueError, match=r"pt.load\(storage, name\).resume\(\)"):
+        pt.resume("p")
+    with pytest.raises(ValueError, match="'name' parameter of delete must be a non-empty str"):
+        pt.delete(quick_run.storage, result)
+    with pytest.raises(ValueError, match="'member' parameter of schedule must be an int"):
+        result.schedule(True)

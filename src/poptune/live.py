@@ -86,8 +86,16 @@ class ClassSession:
         return self.instance.evaluate()
 
     def state(self) -> Any:
-        """``state_dict()``."""
-        return self.instance.state_dict()
+        """``state_dict()``; ``None`` is refused (a forgotten ``return``): it would be
+        checkpointed, and fail only in the ``load_state_dict`` of the member that copies it."""
+        state = self.instance.state_dict()
+        if state is None:
+            raise TypeError(
+                f"{type(self.instance).__name__}.state_dict() returned None: return the state "
+                "to checkpoint (e.g. a dict of arrays or tensors), which load_state_dict() "
+                "takes back."
+            )
+        return state
 
     def close(self) -> None:
         """Drop the instance."""

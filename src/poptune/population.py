@@ -427,6 +427,7 @@ def delete(
         PopulationError: if it is being trained (a worker holds a member, or recorded an
             interval within two leases): stop its workers first. Nothing is deleted then.
     """
+    name = check_str("name", name, "delete")  # before the storage is opened
     storage = open_storage(storage, mode="write")
     delete_population(storage, storage.population(name), checkpoints)
 

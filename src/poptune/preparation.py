@@ -258,6 +258,15 @@ def prepare_resume(
         PopulationError: if the population cannot be continued (see
             :func:`~poptune.reconcile.check_continuable`).
     """
+    if not isinstance(result, Result):
+        raise invalid(
+            "result",
+            "a population as pt.load gives it",
+            result,
+            "resume",
+            hint="Continue a stored population with pt.load(storage, name).resume() (the "
+            "command line's poptune resume NAME).",
+        )
     workers = check_int("workers", workers, 1)
     record = result.storage.population(result.name)
     check_continuable(record)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ._imports import import_object
-from ._validation import invalid
+from ._validation import check_int, invalid
 from .checkpoints import CheckpointStore, confined, population_folders
 from .config import PopulationConfig
 from .errors import NoBestMember
@@ -444,6 +444,7 @@ class Result:
             best = self.best
             member, step = best.member, best.step
         else:
+            member = check_int("member", member, 0, owner="schedule")  # not True, 1.0 or a Best
             known = {m.id: m for m in self.members}
             if member not in known:
                 raise invalid(

@@ -154,8 +154,9 @@ def metrics_of(result: Any, metric: str) -> tuple[float, dict[str, Any]]:
         for key, value in result.items():
             if isinstance(value, Real) and not isinstance(value, bool):
                 metrics[str(key)] = _as_float(value)
-            elif _is_scalar_tensor(value):
-                metrics[str(key)] = _as_float(value.item())
+            elif _is_scalar_tensor(value):  # np.bool_ and a bool tensor stay bools
+                item = value.item()
+                metrics[str(key)] = item if isinstance(item, bool) else _as_float(item)
             elif isinstance(value, str | bool | None):
                 metrics[str(key)] = value
             else:
@@ -177,7 +178,7 @@ def metrics_of(result: Any, metric: str) -> tuple[float, dict[str, Any]]:
                 f"evaluate() returned {metric!r}={result[metric]!r}, which is not a number."
             )
         return score, metrics
-    if _is_scalar_tensor(result):
+    if _is_scalar_tensor(result) and not isinstance(result.item(), bool):
         value = _as_float(result.item())
         return value, {metric: value}
     raise TypeError(
