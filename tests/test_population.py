@@ -435,3 +435,10 @@ def test_resume_delete_and_schedule_name_a_wrong_argument(quick_run):
         pt.delete(quick_run.storage, result)
     with pytest.raises(ValueError, match="'member' parameter of schedule must be an int"):
         result.schedule(True)
+
+
+@pytest.mark.parametrize("given", ["", 5])
+def test_a_checkpoints_value_that_names_no_place_is_refused(quick_run, given):
+    """ "" wrote the checkpoints into the current folder; 5 was an AttributeError."""
+    with pytest.raises(ValueError, match="'checkpoints' parameter must be a folder"):
+        quick_run(name="ck", checkpoints=given)

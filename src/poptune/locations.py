@@ -15,6 +15,7 @@ from pathlib import Path
 
 from sqlalchemy.engine import make_url
 
+from ._validation import invalid
 from .checkpoints import CheckpointStore, open_checkpoints
 from .config import PopulationConfig
 from .records import PopulationRecord
@@ -34,6 +35,18 @@ def recorded_location(
     ``checkpoints`` next to the SQLite file, or ``$POPTUNE_CHECKPOINTS`` (else
     ``runs/checkpoints``) for other storages."""
     if checkpoints is not None:
+        if isinstance(checkpoints, str | os.PathLike) and not os.fspath(checkpoints).strip():
+            raise invalid(
+                "checkpoints",
+                "a folder or URL (leave it out for the default, next to the database)",
+                checkpoints,
+            )
+        if not isinstance(checkpoints, str | os.PathLike) and not hasattr(checkpoints, "url"):
+            raise invalid(
+                "checkpoints",
+                "a folder, a URL (s3://bucket/prefix) or a checkpoint store",
+                checkpoints,
+            )
         if isinstance(checkpoints, str) and "://" in checkpoints:
             open_checkpoints(checkpoints)  # fail now, clearly, if the scheme is not installed
             return checkpoints

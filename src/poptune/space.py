@@ -561,7 +561,7 @@ class Space(Mapping[str, Any]):
         if not isinstance(plain, _SCALARS):
             raise invalid(
                 name,
-                "a distribution (Uniform, LogUniform, IntUniform, Choice) or a fixed "
+                "a distribution (Uniform, LogUniform, IntUniform, Choice) or a fixed value: "
                 f"{_SCALAR_NAMES}",
                 value,
                 "Space",
