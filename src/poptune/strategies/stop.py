@@ -13,6 +13,7 @@ import math
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, ClassVar
 
 from .._validation import check_float, check_int, invalid, renamed
@@ -181,6 +182,9 @@ class WallClock(Builtin):
     Example:
         >>> import poptune as pt
         >>> stop = pt.WallClock(3600)      # one hour
+        >>> from datetime import timedelta
+        >>> pt.WallClock(timedelta(hours=1)).seconds
+        3600.0
     """
 
     role: ClassVar[str] = "stop"
@@ -189,9 +193,12 @@ class WallClock(Builtin):
     metric: ClassVar[str | None] = None  # watches no metric
 
     def __post_init__(self) -> None:
+        seconds: Any = self.seconds
+        if isinstance(seconds, timedelta):  # as checkpoint_every takes one
+            seconds = seconds.total_seconds()
         settle(
             self,
-            seconds=check_float("seconds", self.seconds, 0.0, low_open=True, owner="WallClock"),
+            seconds=check_float("seconds", seconds, 0.0, low_open=True, owner="WallClock"),
         )
 
     def __call__(self, progress: Progress) -> str | None:
