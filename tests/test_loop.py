@@ -180,3 +180,14 @@ def test_code_after_the_loop_runs_before_run_returns(quick_run, resident):
     options = {} if resident is None else {"resident": resident}
     quick_run(_loop_with_a_tail, name="tail", population=3, intervals=3, **options)
     assert {(member, 3) for member in range(3)} <= set(ENDED)  # after each member's last interval
+
+
+def _reports_another_metric(ctx):
+    for interval in ctx.intervals():
+        interval.report({"accuracy": 1.0}, state={"x": 1})
+
+
+def test_a_metric_missing_from_a_report_names_interval_report(quick_run):
+    """A training function never wrote evaluate(): the message named it."""
+    with pytest.raises(pt.PopulationError, match=r"interval.report\(\) returned no metric 'q'"):
+        quick_run(_reports_another_metric, name="loopmetric")

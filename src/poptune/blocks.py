@@ -345,7 +345,7 @@ class BlockWorker(Worker):
     ) -> IntervalRecord:
         """The record of one member's interval; a metric the results lack stops the run."""
         try:
-            score, metrics = metrics_of(result, self.spec.config.metric)
+            score, metrics = metrics_of(result, self.spec.config.metric, "block.report()")
         except (KeyError, TypeError) as error:
             message = error.args[0] if error.args else str(error)
             raise stop_population(self.storage, self.population_id, message) from None

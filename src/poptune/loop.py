@@ -384,6 +384,9 @@ class _FunctionSession:
 class LoopSession(_FunctionSession):
     """A member's training function, alive on its own thread and stepped by the worker."""
 
+    #: what gives the metrics, as messages about them name it
+    reports_with = "interval.report()"
+
     def __init__(
         self, function: Callable[[Context], Any], hparams: Mapping[str, Any], seed: int, member: int
     ) -> None:

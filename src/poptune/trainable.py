@@ -134,8 +134,11 @@ def _check_training_function(function: Any) -> None:
         ) from None
 
 
-def metrics_of(result: Any, metric: str) -> tuple[float, dict[str, Any]]:
-    """Split ``evaluate()``'s result into the score for ``metric`` and the dict of all metrics.
+def metrics_of(
+    result: Any, metric: str, source: str = "evaluate()"
+) -> tuple[float, dict[str, Any]]:
+    """Split ``evaluate()``'s result (or what ``source`` gave: ``interval.report()``) into the
+    score for ``metric`` and the dict of all metrics; messages name ``source``.
 
     Numbers (and one-element tensors) become floats; an int too large for a float becomes an
     infinite score, which ranks like any other infinite score (worst). Besides numbers a metric
@@ -163,26 +166,26 @@ def metrics_of(result: Any, metric: str) -> tuple[float, dict[str, Any]]:
                 shown = repr(value)
                 shown = shown if len(shown) <= 80 else f"{shown[:79]}…"
                 raise TypeError(
-                    f"evaluate() returned {str(key)!r}={shown} ({type(value).__name__}), which "
+                    f"{source} returned {str(key)!r}={shown} ({type(value).__name__}), which "
                     "is not a number, str, bool or None. Return a number (e.g. float(x)), or "
                     "leave it out of the dict."
                 )
         if metric not in metrics:
             raise KeyError(
-                f"evaluate() returned no metric {metric!r}; it returned the keys "
+                f"{source} returned no metric {metric!r}; it returned the keys "
                 f"{sorted(metrics)}. Pass metric= one of those, or add {metric!r} to the dict."
             )
         score = metrics[metric]
         if not isinstance(score, float):
             raise TypeError(
-                f"evaluate() returned {metric!r}={result[metric]!r}, which is not a number."
+                f"{source} returned {metric!r}={result[metric]!r}, which is not a number."
             )
         return score, metrics
     if _is_scalar_tensor(result) and not isinstance(result.item(), bool):
         value = _as_float(result.item())
         return value, {metric: value}
     raise TypeError(
-        f"evaluate() must return a number or a dict of metrics; it returned {result!r} "
+        f"{source} must return a number or a dict of metrics; it returned {result!r} "
         f"({type(result).__name__})."
     )
 

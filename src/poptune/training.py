@@ -37,7 +37,9 @@ def train_interval(
     result = user_code(live.session.step, hparams, seed, step)
     wall_time = time.perf_counter() - started
     try:
-        score, metrics = metrics_of(result, spec.config.metric)
+        # a training function reports with interval.report(): its messages say so
+        source = getattr(live.session, "reports_with", "evaluate()")
+        score, metrics = metrics_of(result, spec.config.metric, source)
     except (KeyError, TypeError) as error:
         message = error.args[0] if error.args else str(error)
         raise stop_population(storage, population_id, message) from None
