@@ -112,6 +112,7 @@ from ._statements import (
     TAKE,
     checkpoint_ref,
     collect,
+    db_clock,
     exists,
     exploit_recorded,
     exploit_row,
@@ -1225,8 +1226,9 @@ class SQLStorage(Storage):
     def summary(self, population_id: int, budget: int, mode: Mode) -> Summary:
         """Counts for a progress display."""
         m = members.c
-        now = time.time()
         with self._read() as connection:
+            # leases are timed on the database server's clock, not this machine's
+            now = float(connection.execute(sa.select(db_clock())).scalar_one())
             rows = connection.execute(
                 sa.select(m.member_id, m.step, m.score, m.status, m.lease_until).where(
                     m.population_id == population_id
