@@ -75,7 +75,7 @@ class Digits(pt.Trainable):
 def _trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder with ``runs/poptune.db``: population ``digits``, 4 members, 4 intervals."""
     folder = tmp_path_factory.mktemp("doctest-runs")
-    pt.run(
+    result = pt.run(
         Digits,
         space={"lr": pt.LogUniform(1e-3, 0.5)},
         metric="accuracy",
@@ -86,6 +86,9 @@ def _trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
         storage=f"sqlite:///{folder / 'runs' / 'poptune.db'}",
         progress=False,
     )
+    # Closed now, not whenever the garbage collector gets to it: its last connection removes
+    # the database's -wal file, which made a copy of the folder below fail now and then.
+    result.storage.close()
     return folder
 
 
