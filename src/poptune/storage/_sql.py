@@ -1226,11 +1226,11 @@ class SQLStorage(Storage):
     def summary(self, population_id: int, budget: int, mode: Mode) -> Summary:
         """Counts for a progress display."""
         m = members.c
+        # a live lease, on the database server's clock (leases are timed on it, not here)
+        live = sa.case((m.lease_until > db_clock(), 1), else_=0).label("live")
         with self._read() as connection:
-            # leases are timed on the database server's clock, not this machine's
-            now = float(connection.execute(sa.select(db_clock())).scalar_one())
             rows = connection.execute(
-                sa.select(m.member_id, m.step, m.score, m.status, m.lease_until).where(
+                sa.select(m.member_id, m.step, m.score, m.status, live).where(
                     m.population_id == population_id
                 )
             ).all()
@@ -1264,10 +1264,7 @@ class SQLStorage(Storage):
             members=len(rows),
             steps_done=sum(r.step for r in rows),
             steps_total=budget * len(rows),
-            running=sum(
-                r.status == MemberStatus.RUNNING.value and (r.lease_until or 0.0) > now
-                for r in rows
-            ),
+            running=sum(r.status == MemberStatus.RUNNING.value and r.live == 1 for r in rows),
             done=sum(r.status == MemberStatus.DONE.value for r in rows),
             failed=sum(r.status == MemberStatus.FAILED.value for r in rows),
             exploits=int(n_exploits),
